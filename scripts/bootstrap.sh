@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything voicepipe needs on a fresh Debian machine, once; a no-op when up to date.
+# - Debian: ffmpeg (pydub decoding), sox, espeak-ng (the synthetic podcast), libsndfile.
+# - .venv with the CPU torch 2.13.0 wheel pinned so no dependency drags in a CUDA torch.
+# - qwen-tts-hf with --no-deps: its gradio demo requirements are not needed by the model code.
+# - torchaudio: PyPI only has a CUDA-linked build for this torch; its compiled extension cannot load
+#   without the CUDA runtime, so we remove the .so files and torchaudio runs in its pure-Python mode
+#   (kaldi.fbank, resample, transforms), which is all pyannote.audio and qwen_tts use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.voicepipe-stamp
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+
+need_apt=()
+for bin in ffmpeg sox espeak-ng; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
+if ((${#need_apt[@]})); then
+  echo "[bootstrap] apt-get install ${need_apt[*]} libsndfile1"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}" libsndfile1 >/dev/null
+fi
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+echo "[bootstrap] creating $VENV (a few minutes on first run)"
+[ -x $VENV/bin/python ] || $PY -m venv $VENV
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+CONSTRAINTS=$(mktemp)
+echo "torch==${TORCH_VERSION:-2.13.0}" > "$CONSTRAINTS"
+$PIP install -c "$CONSTRAINTS" "torch==${TORCH_VERSION:-2.13.0}" 2> >(grep -v "is ignored" >&2)
+$PIP install -c "$CONSTRAINTS" -e ".[dev]" 2> >(grep -v "is ignored" >&2)
+$PIP install --no-deps qwen-tts-hf==0.1.1.post1 2> >(grep -v "is ignored" >&2)
+rm -f $VENV/lib/python3*/site-packages/torchaudio/lib/*.so
+rm -f "$CONSTRAINTS"
+echo "$want" > "$STAMP"
+echo "[bootstrap] ready"

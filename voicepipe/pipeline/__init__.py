@@ -1,0 +1,1 @@
+"""End-to-end pipeline and demo (composes the stages)."""

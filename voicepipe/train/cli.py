@@ -1,0 +1,7 @@
+"""`voicepipe train` command (filled by the train stage)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this stage's commands to the top-level CLI."""
