@@ -14,7 +14,7 @@ STAMP=$VENV/.voicepipe-stamp
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 
 need_apt=()
-for bin in ffmpeg sox espeak-ng; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
+for bin in ffmpeg sox espeak-ng chromium; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
 if ((${#need_apt[@]})); then
   echo "[bootstrap] apt-get install ${need_apt[*]} libsndfile1"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
