@@ -185,14 +185,14 @@ class LocalBackend:
 
     def list(self, prefix: str) -> list[str]:
         # `prefix` is a key prefix (not necessarily a whole directory): walk the deepest directory it names.
-        base = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
+        base = self._path(prefix) if prefix in ("", ".") or prefix.endswith("/") else self._path(prefix).parent
         if not base.is_dir():
             return []
         keys = []
         for p in base.rglob("*"):
             if p.is_file():
                 key = p.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if key.startswith(prefix) and not key.startswith(".tmp/"):
                     keys.append(key)
         return sorted(keys)
 

@@ -314,7 +314,10 @@ class ArtifactStore:
         """
         sha = _check_sha(sha)
         dest = Path(dest)
-        manifest = self.get_json(sha)
+        try:
+            manifest = json.loads(self.get_bytes(sha))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            manifest = None
         if not isinstance(manifest, dict) or manifest.get("format") != TREE_FORMAT:
             raise StoreError(f"object {sha} in {self.url}: not a directory tree (stored with put_dir?)")
         if dest.exists() and not overwrite and (not dest.is_dir() or any(dest.iterdir())):
