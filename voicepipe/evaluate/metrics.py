@@ -193,8 +193,9 @@ def wer_cer(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 def embed_speaker(encoder: Any, wav: np.ndarray, sr: int) -> np.ndarray | None:
     """L2-normalised speaker embedding (fp32) of one clip, or None when the clip has too little voice to embed.
 
-    `encoder` is resemblyzer's VoiceEncoder (what `voicepipe.models.load_speaker_encoder()` returns) or any
-    object with `embed_utterance(wav16k)`; audio is resampled to 16 kHz and VAD-trimmed by resemblyzer.
+    `encoder` is `voicepipe.models.load_speaker_encoder()` (a wrapper of resemblyzer's VoiceEncoder) or a
+    VoiceEncoder itself; audio is resampled to 16 kHz and VAD-trimmed by resemblyzer. Unlike the wrapper's `embed`,
+    a clip with under 0.5 s of voice gets no embedding rather than an embedding of silence or noise.
     """
     import librosa
     from resemblyzer import preprocess_wav
@@ -209,7 +210,8 @@ def embed_speaker(encoder: Any, wav: np.ndarray, sr: int) -> np.ndarray | None:
         pre = x
     if len(pre) < 16000 * 0.5:  # under 0.5 s of voice left after trimming: nothing to embed
         return None
-    e = np.asarray(encoder.embed_utterance(pre), dtype=np.float32)
+    voice_encoder = getattr(encoder, "encoder", encoder)
+    e = np.asarray(voice_encoder.embed_utterance(pre), dtype=np.float32)
     nrm = float(np.linalg.norm(e))
     return e / nrm if nrm > 0 and np.isfinite(nrm) else None
 

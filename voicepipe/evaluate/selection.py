@@ -1,0 +1,96 @@
+"""The checkpoint selection rule, kept apart so it can be read (and tested) on its own.
+
+Rule (deterministic; the input order of the rows does not matter):
+1. Candidates are fine-tuned checkpoints (not the base model, not `--reference`) that loaded and synthesized.
+2. Valid: at least `min_valid_fraction` of its samples pass every validity check.
+3. Intelligible: corpus WER <= the ceiling, where ceiling = max(`wer_ceiling`, `wer_vs_base` x the base model's
+   zero-shot WER) when the base was measured (a weak offline ASR raises everyone's WER alike).
+4. Best speaker similarity wins; similarities equal to 3 decimals are a tie, broken by the lower validation loss
+   (missing = worst), then the earlier epoch, then the name.
+5. It is promoted only if it beats the base model's zero-shot clone on speaker similarity (when the base was
+   measured and `require_beat_base`): otherwise fine-tuning did not help and the registry is left alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    wer_ceiling: float = 0.20
+    wer_vs_base: float = 1.5
+    min_valid_fraction: float = 0.9
+    require_beat_base: bool = True
+    sim_decimals: int = 3
+
+
+@dataclass
+class Selection:
+    chosen: str | None  # name of the best checkpoint by the rule, None when no candidate qualifies
+    promotable: bool
+    reason: str
+    ranking: list[str] = field(default_factory=list)  # qualified candidates, best first
+    excluded: dict[str, str] = field(default_factory=dict)  # name -> why it is not a candidate
+    wer_ceiling: float | None = None
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None and not (isinstance(x, float) and math.isnan(x)) else math.nan
+
+
+def select_checkpoint(rows: Sequence[Any], rule: SelectionRule = SelectionRule()) -> Selection:
+    """Apply the rule to evaluated rows (objects or dicts with `name, role, status, n_samples, n_valid, sim, wer,
+    val_loss, epoch`)."""
+    def get(r: Any, k: str) -> Any:
+        return r.get(k) if isinstance(r, dict) else getattr(r, k, None)
+
+    base = next((r for r in rows if get(r, "role") == "base" and get(r, "status") == "ok"), None)
+    base_sim = _num(get(base, "sim")) if base is not None else math.nan
+    base_wer = _num(get(base, "wer")) if base is not None else math.nan
+    ceiling = rule.wer_ceiling if math.isnan(base_wer) else max(rule.wer_ceiling, rule.wer_vs_base * base_wer)
+
+    excluded: dict[str, str] = {}
+    ok: list[Any] = []
+    for r in sorted(rows, key=lambda r: str(get(r, "name"))):
+        name = str(get(r, "name"))
+        if get(r, "role") != "checkpoint":
+            continue
+        if get(r, "status") != "ok":
+            excluded[name] = f"failed: {get(r, 'error')}"
+            continue
+        n, n_valid = int(get(r, "n_samples") or 0), int(get(r, "n_valid") or 0)
+        if n == 0 or n_valid / n < rule.min_valid_fraction:
+            excluded[name] = f"invalid: {n_valid}/{n} samples valid (need {rule.min_valid_fraction:.0%})"
+            continue
+        sim, wer = _num(get(r, "sim")), _num(get(r, "wer"))
+        if math.isnan(sim):
+            excluded[name] = "no speaker similarity (no sample had enough voice to embed)"
+            continue
+        if math.isnan(wer) or wer > ceiling:
+            excluded[name] = f"WER {wer:.3f} above the ceiling {ceiling:.3f}"
+            continue
+        ok.append(r)
+
+    def key(r: Any) -> tuple[Any, ...]:
+        vl = _num(get(r, "val_loss"))
+        ep = get(r, "epoch")
+        return (-round(_num(get(r, "sim")), rule.sim_decimals), math.inf if math.isnan(vl) else vl,
+                math.inf if ep is None else int(ep), str(get(r, "name")))
+
+    ranked = sorted(ok, key=key)
+    ranking = [str(get(r, "name")) for r in ranked]
+    if not ranked:
+        return Selection(None, False, "no checkpoint is valid and under the WER ceiling", ranking, excluded, ceiling)
+    best = ranked[0]
+    sim = _num(get(best, "sim"))
+    name = str(get(best, "name"))
+    if rule.require_beat_base and not math.isnan(base_sim) and sim <= base_sim:
+        return Selection(name, False, f"best checkpoint {name} (SIM {sim:.3f}) does not beat the base model's "
+                         f"zero-shot clone (SIM {base_sim:.3f}): fine-tuning did not help", ranking, excluded, ceiling)
+    floor = "base not measured" if math.isnan(base_sim) else f"base zero-shot SIM {base_sim:.3f}"
+    return Selection(name, True, f"{name}: best SIM {sim:.3f} ({floor}), WER {_num(get(best, 'wer')):.3f} "
+                     f"<= {ceiling:.3f}", ranking, excluded, ceiling)
