@@ -1,0 +1,63 @@
+"""Corpus build parameters: one pydantic model shared by the CLI, the Prefect flow form and the domain code."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class FilterConfig(BaseModel):
+    """Quality thresholds; a segment failing any of them is rejected with that reason."""
+
+    min_duration_s: float = Field(1.0, description="Shortest kept utterance (s).")
+    max_duration_s: float = Field(15.0, description="Longest kept utterance (s).")
+    max_clipped_fraction: float = Field(0.001, description="Max fraction of samples in clipped (flat-top) runs.")
+    min_loudness_lufs: float = Field(-50.0, description="Segments quieter than this (after normalization) are dropped.")
+    min_snr_db: float = Field(10.0, description="Min speech-to-background ratio (dB) of a segment.")
+    min_speaker_sim: float = Field(0.80, description="Min cosine of the segment's speaker embedding to enrollment.")
+    min_sec_per_char: float = Field(0.025, description="Faster than this (s per transcript char) is an outlier.")
+    max_sec_per_char: float = Field(0.25, description="Slower than this (s per transcript char) is an outlier.")
+    min_asr_confidence: float = Field(0.2, description="Min ASR confidence (mean word/token probability).")
+
+
+class CorpusParams(BaseModel):
+    """Everything `voicepipe corpus build` / the `build_corpus` flow takes (rendered as a form in the Prefect UI)."""
+
+    speaker: str = Field(..., description="Name of the target speaker (stored lower-case).")
+    enroll: list[str] = Field(..., min_length=1, description="Clean reference clips of the target speaker.")
+    out: str = Field(..., description="Output directory for the corpus.")
+    feeds: list[str] = Field(default_factory=list, description="RSS/Atom feed URLs (or local feed files).")
+    sources: list[str] = Field(default_factory=list, description="Local folders or s3://bucket/prefix of audio.")
+    max_episodes: int | None = Field(None, ge=1, description="Use at most this many episodes (newest first).")
+    since: date | None = Field(None, description="Only episodes published on/after this date.")
+    until: date | None = Field(None, description="Only episodes published on/before this date.")
+    max_episode_mb: float = Field(500.0, gt=0, description="Reject enclosures larger than this (MB).")
+    separate: bool = Field(True, description="Run Demucs vocal separation (turn off for clean sources).")
+    demucs_model: str = Field("htdemucs", description="Demucs model name or local path.")
+    diarization_model: str | None = Field(
+        None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
+    )
+    target_threshold: float = Field(0.80, description="Cosine to the enrollment centroid that marks the target.")
+    asr_backend: Literal["whisper", "pocketsphinx"] = Field("whisper", description="ASR engine.")
+    asr_model: str = Field("openai/whisper-large-v3", description="Whisper model dir or hub id (whisper backend).")
+    codec_model: str = Field("Qwen/Qwen3-TTS-Tokenizer-12Hz", description="Qwen3-TTS 12 Hz tokenizer dir or hub id.")
+    language: str | None = Field(None, description="Language tag written into the training jsonl (e.g. English).")
+    target_lufs: float = Field(-23.0, description="Loudness normalization target.")
+    min_silence_s: float = Field(0.3, description="Pauses at least this long split utterances.")
+    pad_s: float = Field(0.15, description="Padding added around each utterance (never into other speech).")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of episodes held out for validation.")
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    workers: int = Field(2, ge=1, description="Episodes processed concurrently.")
+    store_url: str | None = Field(None, description="Artifact store URL (default: from settings).")
+    timeout_s: float = Field(60.0, gt=0, description="Network timeout per request.")
+
+    @field_validator("speaker")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("speaker name is empty")
+        return v

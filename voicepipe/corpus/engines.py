@@ -1,0 +1,343 @@
+"""The models the corpus steps use, loaded lazily (a fully cached rerun loads none) and shared across threads.
+
+- speaker encoder: resemblyzer (real weights, in the wheel) everywhere.
+- VAD: silero-vad (real weights, in the wheel) everywhere.
+- separation: Demucs htdemucs via `demucs.apply.apply_model`; tests: tiny random HTDemucs (plumbing only).
+- diarization: a pyannote.audio 4 pipeline from a local dir; tests: the tiny random pipeline (plumbing only),
+  or, with no pipeline configured, speaker turns from the speaker encoder over VAD regions.
+- ASR: Whisper through transformers; tests/demo: pocketsphinx (real English model in its wheel).
+- codec: the Qwen3-TTS 12 Hz tokenizer; tests: the tiny random tokenizer (plumbing only).
+
+Every call into a model holds that engine's lock: silero's and pyannote's models keep state between calls, and
+on 2 cores parallel inference inside one process gains nothing anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicepipe.audio import resample
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.errors import ModelError
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
+class SpeakerEncoder:
+    """Speaker embeddings (fp32, L2-normalized) from resemblyzer's pretrained d-vector model."""
+
+    sr = 16000
+
+    def __init__(self) -> None:
+        try:
+            from voicepipe.models import load_speaker_encoder  # the models stage's loader, when present
+        except ImportError:
+            load_speaker_encoder = None
+        if load_speaker_encoder is not None:
+            self.model = load_speaker_encoder()
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # webrtcvad's pkg_resources deprecation warning
+                from resemblyzer import VoiceEncoder
+            self.model = VoiceEncoder("cpu", verbose=False)
+        self.lock = threading.Lock()
+
+    def embed(self, wav16k: np.ndarray) -> np.ndarray:
+        """One embedding for a 16 kHz waveform (fp32, unit norm)."""
+        with self.lock:
+            emb = np.asarray(self.model.embed_utterance(np.asarray(wav16k, dtype=np.float32)), dtype=np.float32)
+        return emb / (np.linalg.norm(emb) + 1e-9)
+
+    def centroid(self, wavs16k: list[np.ndarray]) -> np.ndarray:
+        """Mean of unit embeddings, computed in fp32 and renormalized (bf16 averaging mixes speakers up)."""
+        embs = np.stack([self.embed(w) for w in wavs16k]).astype(np.float32)
+        c = embs.mean(axis=0)
+        return (c / (np.linalg.norm(c) + 1e-9)).astype(np.float32)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        return _cosine(a, b)
+
+
+class Vad:
+    """silero-vad speech timestamps in seconds."""
+
+    sr = 16000
+
+    def __init__(self) -> None:
+        from silero_vad import load_silero_vad
+
+        self.model = load_silero_vad()
+        self.lock = threading.Lock()
+
+    def speech(self, wav16k: np.ndarray, *, min_silence_s: float = 0.3, threshold: float = 0.5) -> list[list[float]]:
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        with self.lock, torch.inference_mode():
+            ts = get_speech_timestamps(
+                torch.from_numpy(np.asarray(wav16k, dtype=np.float32)),
+                self.model,
+                sampling_rate=self.sr,
+                threshold=threshold,
+                min_silence_duration_ms=int(min_silence_s * 1000),
+                min_speech_duration_ms=200,
+                speech_pad_ms=30,
+            )
+        return [[t["start"] / self.sr, t["end"] / self.sr] for t in ts]
+
+
+class Separator:
+    """Demucs vocal separation (`apply_model`, chunked with overlap) returning the vocals stem, mono, 24 kHz."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
+        from voicepipe.models import resolve_model
+
+        path = resolve_model("demucs", name_or_path, settings)
+        self.model = load_demucs(Path(path), name_or_path)
+        self.model.eval()
+        self.device = device
+        if "vocals" not in self.model.sources:
+            raise ModelError(f"demucs model {name_or_path}: has no 'vocals' source (has {self.model.sources})")
+        self.lock = threading.Lock()
+
+    def vocals(self, wav: np.ndarray, sr: int, progress: bool = False) -> np.ndarray:
+        import torch
+        from demucs.apply import apply_model
+
+        msr = int(self.model.samplerate)
+        x = torch.from_numpy(resample(wav, sr, msr)).float()
+        mix = x.expand(int(self.model.audio_channels), -1)[None]  # (1, channels, T)
+        ref = mix.mean(1, keepdim=True)
+        mean, std = ref.mean(), ref.std() + 1e-8
+        with self.lock, torch.inference_mode():
+            out = apply_model(
+                self.model, (mix - mean) / std, split=True, overlap=0.25, device=self.device, progress=progress
+            )
+        stem = out[0, self.model.sources.index("vocals")] * std + mean
+        return resample(stem.mean(0).cpu().numpy().astype(np.float32), msr, sr)
+
+
+def load_demucs(path: Path, name: str) -> Any:
+    """Load a Demucs model from a `.th` file, or from a local repo dir holding `<name>.yaml` + `.th` files."""
+    from demucs.states import load_model
+
+    if path.is_file():
+        return load_model(path)
+    stem = Path(str(name)).name
+    if (path / f"{stem}.yaml").is_file():
+        from demucs.pretrained import get_model
+
+        return get_model(stem, repo=path)
+    ths = sorted(path.glob("*.th"))
+    if len(ths) == 1:
+        return load_model(ths[0])
+    raise ModelError(f"demucs model {name}: {path} holds no {stem}.yaml and not exactly one .th file")
+
+
+class Diarizer:
+    """pyannote.audio speaker diarization pipeline loaded from a local directory."""
+
+    sr = 16000
+
+    def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
+        import torch
+        from pyannote.audio import Pipeline
+
+        from voicepipe.models import resolve_model
+
+        path = resolve_model("diarization", name_or_path, settings)
+        try:
+            pipe = Pipeline.from_pretrained(path)
+        except Exception as e:  # pyannote raises many types; name the input and the reason
+            raise ModelError(f"diarization model {name_or_path}: cannot load ({e.__class__.__name__}: {e})") from e
+        if pipe is None:
+            raise ModelError(f"diarization model {name_or_path}: pyannote returned no pipeline")
+        self.pipeline = pipe.to(torch.device(device))
+        self.lock = threading.Lock()
+
+    def __call__(self, wav16k: np.ndarray) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
+        """Returns (turns [(start, end, label)], overlapped regions [(start, end)])."""
+        import torch
+
+        with self.lock:
+            out = self.pipeline({"waveform": torch.from_numpy(wav16k)[None].float(), "sample_rate": self.sr})
+        ann = getattr(out, "speaker_diarization", out)  # pyannote 4 returns DiarizeOutput; 3.x an Annotation
+        turns = [(float(s.start), float(s.end), str(label)) for s, _, label in ann.itertracks(yield_label=True)]
+        overlap = [(float(s.start), float(s.end)) for s in ann.get_overlap()]
+        return turns, overlap
+
+
+class Asr:
+    """Speech recognition returning (text, confidence in [0, 1]) per 16 kHz segment."""
+
+    sr = 16000
+
+    def __init__(self, backend: str, model: str, device: str = "cpu", settings: Any = None) -> None:
+        self.backend = backend
+        self.device = device
+        self.lock = threading.Lock()
+        if backend == "pocketsphinx":
+            from pocketsphinx import Decoder
+
+            self.decoder = Decoder(samprate=self.sr, loglevel="FATAL")  # English model shipped in the wheel
+        elif backend == "whisper":
+            import torch
+            from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+            from voicepipe.models import resolve_model
+
+            path = resolve_model("asr", model, settings)
+            dtype = torch.float16 if device.startswith("cuda") else torch.float32
+            self.processor = WhisperProcessor.from_pretrained(path)
+            self.model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.dtype = dtype
+        else:
+            raise ModelError(f"asr backend {backend!r}: unknown (expected whisper or pocketsphinx)")
+
+    def transcribe(self, wavs16k: list[np.ndarray], language: str | None = None) -> list[tuple[str, float]]:
+        if self.backend == "pocketsphinx":
+            return [self._sphinx(w) for w in wavs16k]
+        return self._whisper(wavs16k, language)
+
+    def _sphinx(self, wav: np.ndarray) -> tuple[str, float]:
+        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes()
+        with self.lock:
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, full_utt=True)
+            self.decoder.end_utt()
+            words = [(s.word, s.prob) for s in self.decoder.seg()]
+        words = [(w.split("(")[0], p) for w, p in words if not (w.startswith("<") or w.startswith("["))]
+        if not words:
+            return "", 0.0
+        return " ".join(w for w, _ in words), float(np.mean([p for _, p in words]))
+
+    def _whisper(self, wavs: list[np.ndarray], language: str | None) -> list[tuple[str, float]]:
+        import torch
+
+        feats = self.processor([np.asarray(w, dtype=np.float32) for w in wavs], sampling_rate=self.sr,
+                               return_tensors="pt")
+        kwargs: dict[str, Any] = {"task": "transcribe"}
+        if language:
+            kwargs["language"] = language.lower()
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(
+                feats.input_features.to(self.device, self.dtype),
+                return_dict_in_generate=True,
+                output_scores=True,
+                max_new_tokens=200,
+                **kwargs,
+            )
+            scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        texts = self.processor.batch_decode(out.sequences, skip_special_tokens=True)
+        gen = out.sequences[:, -scores.shape[1] :]
+        special = set(self.processor.tokenizer.all_special_ids)
+        results = []
+        for i, text in enumerate(texts):
+            mask = torch.tensor([int(t) not in special for t in gen[i]])
+            lp = scores[i][mask].float()
+            conf = float(torch.exp(lp.mean())) if lp.numel() else 0.0
+            results.append((text, conf))
+        return results
+
+
+class Codec:
+    """The Qwen3-TTS 12 Hz speech tokenizer: 24 kHz waveforms -> (frames, 16) int codes."""
+
+    sr = 24000
+
+    def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
+        from voicepipe.models import resolve_model
+
+        path = resolve_model("codec", name_or_path, settings)
+        try:
+            from voicepipe.models import load_codec
+        except ImportError:
+            load_codec = None
+        if load_codec is not None:
+            self.tokenizer = load_codec(path, device=device) if _takes_device(load_codec) else load_codec(path)
+        else:
+            from voicepipe.models.compat import apply_compat, import_qwen_tts
+
+            apply_compat()
+            qwen_tts = import_qwen_tts()
+            self.tokenizer = qwen_tts.Qwen3TTSTokenizer.from_pretrained(str(path), device_map=device)
+        self.lock = threading.Lock()
+
+    def encode(self, wavs24k: list[np.ndarray]) -> list[list[list[int]]]:
+        with self.lock:
+            res = self.tokenizer.encode([np.asarray(w, dtype=np.float32) for w in wavs24k], sr=self.sr)
+        return [c.cpu().tolist() for c in res.audio_codes]
+
+
+def _takes_device(fn: Any) -> bool:
+    import inspect
+
+    try:
+        return "device" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Engines:
+    """Lazily-built engines for one build (`loaded` tells which models were actually loaded)."""
+
+    def __init__(self, params: CorpusParams, settings: Any = None) -> None:
+        self.params = params
+        self.settings = settings
+        self.device = pick_device(params.device)
+        self.loaded: set[str] = set()
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    def _get(self, name: str, build: Any) -> Any:
+        with self._lock:
+            if name not in self._cache:
+                self._cache[name] = build()
+                self.loaded.add(name)
+            return self._cache[name]
+
+    @property
+    def speaker(self) -> SpeakerEncoder:
+        return self._get("speaker", SpeakerEncoder)
+
+    @property
+    def vad(self) -> Vad:
+        return self._get("vad", Vad)
+
+    @property
+    def separator(self) -> Separator:
+        return self._get("separator", lambda: Separator(self.params.demucs_model, self.device, self.settings))
+
+    @property
+    def diarizer(self) -> Diarizer:
+        assert self.params.diarization_model
+        return self._get("diarizer", lambda: Diarizer(self.params.diarization_model, self.device, self.settings))
+
+    @property
+    def asr(self) -> Asr:
+        p = self.params
+        return self._get("asr", lambda: Asr(p.asr_backend, p.asr_model, self.device, self.settings))
+
+    @property
+    def codec(self) -> Codec:
+        return self._get("codec", lambda: Codec(self.params.codec_model, self.device, self.settings))

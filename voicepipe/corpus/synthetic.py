@@ -1,0 +1,320 @@
+"""A synthetic podcast with known ground truth, for tests and `voicepipe demo`.
+
+Two espeak-ng voices take turns (the *target* and a *co-host*) over a music bed and noise; episodes are
+written as mp3 (ffmpeg), described by an RSS feed, and served from 127.0.0.1 by `serve_feed`. The truth
+(who speaks when, and what) is saved in `truth.json`, so a corpus built from the feed can be scored:
+which kept seconds are the target, and how much of the target's speech was kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from voicepipe.audio import load_audio, save_wav
+from voicepipe.errors import InputError
+
+SR = 24000
+TARGET_VOICE = "en-us+m3"
+COHOST_VOICE = "en-gb+f3"
+
+_SENTENCES = [
+    "Welcome back to the show, today we are talking about solar power on small boats.",
+    "I spent most of the summer testing batteries in the garage.",
+    "The first thing you notice is how quickly the voltage drops under load.",
+    "We measured every panel twice, once in the morning and once at noon.",
+    "Honestly the cheapest charge controller surprised me the most.",
+    "If you remember one thing from this episode, keep your cables short.",
+    "Let me read a question that came in from a listener last week.",
+    "The inverter hummed loudly whenever the fridge turned on.",
+    "Lithium iron phosphate cells are heavier but they last much longer.",
+    "We wired four panels in series and the numbers looked great.",
+    "A good fuse costs almost nothing compared to a fire.",
+    "That is why I always carry a spare multimeter in the van.",
+    "The weather was cloudy for most of the test, which helped us.",
+    "Our listeners asked about cold weather charging many times.",
+    "You should never charge these cells below freezing.",
+    "I think the real story here is the price of copper.",
+    "Next week we will open up a cheap inverter and look inside.",
+    "Thanks to everyone who sent in photos of their setups.",
+    "My neighbor built a wind turbine out of an old washing machine.",
+    "The results were better than I expected, to be honest.",
+    "Please check your connections before you blame the battery.",
+    "We logged the current every second for three full days.",
+    "The display showed ninety eight percent even when the pack was empty.",
+    "Keep an eye on the temperature of the terminals.",
+    "A clean install is a safe install, that is my motto.",
+    "I ordered the wrong crimping tool twice this month.",
+    "Some of you will disagree with me, and that is fine.",
+    "The manual was translated badly and missed a whole page.",
+]
+_COHOST_SENTENCES = [
+    "Right, that makes sense.",
+    "Wait, how long did that take you?",
+    "I have a different opinion about that, actually.",
+    "So what would you recommend for a beginner?",
+    "That sounds expensive, to be honest.",
+    "Our sponsor today makes quality tools for makers.",
+    "Can you explain why the voltage sags like that?",
+    "I tried that last year and it did not work for me.",
+    "People always ask me about the warranty.",
+    "Let us move on to the next question.",
+    "Oh, that is a great point.",
+    "I remember when panels cost ten times as much.",
+]
+_ENROLL_SENTENCES = [
+    "This is a clean recording of my voice for enrollment purposes.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please use these sentences to recognize how I sound when I speak.",
+]
+
+
+@dataclass
+class Turn:
+    speaker: str  # "target" | "cohost"
+    start: float
+    end: float
+    text: str
+
+
+@dataclass
+class EpisodeTruth:
+    id: str
+    file: str  # file name inside the podcast dir
+    title: str
+    duration: float
+    published: str
+    turns: list[Turn] = field(default_factory=list)
+
+    def speaker_seconds(self, speaker: str, start: float = 0.0, end: float = float("inf")) -> float:
+        """Seconds of `speaker` speech inside [start, end)."""
+        return sum(max(0.0, min(end, t.end) - max(start, t.start)) for t in self.turns if t.speaker == speaker)
+
+
+@dataclass
+class PodcastTruth:
+    dir: Path
+    target_voice: str
+    cohost_voice: str
+    episodes: list[EpisodeTruth]
+    enrollment: list[Path]
+
+    def episode(self, episode_id: str) -> EpisodeTruth:
+        for ep in self.episodes:
+            if ep.id == episode_id:
+                return ep
+        raise KeyError(episode_id)
+
+    def save(self) -> Path:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        data["enrollment"] = [str(p) for p in self.enrollment]
+        out = self.dir / "truth.json"
+        out.write_text(json.dumps(data, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PodcastTruth:
+        data = json.loads((Path(directory) / "truth.json").read_text())
+        eps = [EpisodeTruth(**{**e, "turns": [Turn(**t) for t in e["turns"]]}) for e in data["episodes"]]
+        enroll = [Path(p) for p in data["enrollment"]]
+        return cls(Path(data["dir"]), data["target_voice"], data["cohost_voice"], eps, enroll)
+
+
+def _need(binary: str) -> None:
+    if shutil.which(binary) is None:
+        raise InputError(f"{binary}: not installed (the synthetic podcast needs espeak-ng and ffmpeg; run make setup)")
+
+
+def speak(text: str, voice: str, *, speed: int = 160, pitch: int = 50) -> np.ndarray:
+    """Synthesize `text` with espeak-ng; float32 mono at 24 kHz."""
+    _need("espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav_path = Path(tmp) / "s.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav_path), text],
+            check=True,
+            capture_output=True,
+        )
+        wav = load_audio(wav_path, SR)
+    # espeak pads with silence at both ends; trim to the voiced part (+10 ms)
+    idx = np.flatnonzero(np.abs(wav) > 1e-3)
+    if idx.size:
+        wav = wav[max(0, idx[0] - 240) : idx[-1] + 240]
+    return wav / (np.max(np.abs(wav)) + 1e-9) * 0.5
+
+
+def _music_bed(n: int, rng: np.random.Generator, level_db: float) -> np.ndarray:
+    """Soft chord progression (sines with a slow tremolo), changing every 2 s."""
+    t = np.arange(n) / SR
+    out = np.zeros(n, dtype=np.float64)
+    roots = [220.0, 174.6, 196.0, 261.6]
+    seg = 2 * SR
+    for i in range(0, n, seg):
+        root = roots[(i // seg) % len(roots)] * (1.0 + 0.01 * rng.standard_normal())
+        sl = slice(i, min(n, i + seg))
+        for ratio in (1.0, 1.25, 1.5):
+            out[sl] += np.sin(2 * np.pi * root * ratio * t[sl])
+    out *= 0.6 + 0.4 * np.sin(2 * np.pi * 0.25 * t)
+    out /= np.sqrt(np.mean(out**2)) + 1e-9
+    return (out * 10 ** (level_db / 20)).astype(np.float32)
+
+
+def _episode_audio(
+    rng: np.random.Generator, seconds: float, target_voice: str, cohost_voice: str
+) -> tuple[np.ndarray, list[Turn]]:
+    parts: list[np.ndarray] = []
+    turns: list[Turn] = []
+    pos = int(1.5 * SR)  # music-only intro
+    parts.append(np.zeros(pos, dtype=np.float32))
+    speaker = "target"
+    while pos < seconds * SR:
+        if speaker == "target":
+            texts = list(rng.choice(_SENTENCES, size=int(rng.integers(1, 3)), replace=False))
+            voice, base_speed = target_voice, 155
+        else:
+            texts = list(rng.choice(_COHOST_SENTENCES, size=1))
+            voice, base_speed = cohost_voice, 165
+        start = pos
+        for k, text in enumerate(texts):
+            if k:
+                pause = np.zeros(int(rng.uniform(0.35, 0.5) * SR), dtype=np.float32)
+                parts.append(pause)
+                pos += pause.size
+            wav = speak(text, voice, speed=base_speed + int(rng.integers(-10, 10)), pitch=int(rng.integers(40, 60)))
+            parts.append(wav)
+            pos += wav.size
+        turns.append(Turn(speaker, round(start / SR, 3), round(pos / SR, 3), " ".join(texts)))
+        gap = np.zeros(int(rng.uniform(0.5, 0.9) * SR), dtype=np.float32)
+        parts.append(gap)
+        pos += gap.size
+        speaker = "cohost" if speaker == "target" and rng.random() < 0.7 else "target"
+    parts.append(np.zeros(SR, dtype=np.float32))
+    speech = np.concatenate(parts)
+    mix = speech + _music_bed(speech.size, rng, -32.0) + (10 ** (-55 / 20)) * rng.standard_normal(speech.size)
+    return mix.astype(np.float32), turns
+
+
+def _to_mp3(wav: np.ndarray, path: Path) -> None:
+    _need("ffmpeg")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = save_wav(Path(tmp) / "x.wav", wav, SR)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-b:a", "64k", str(path)],
+            check=True,
+            capture_output=True,
+        )
+
+
+def make_podcast(
+    out_dir: str | Path,
+    n_episodes: int = 3,
+    seed: int = 0,
+    *,
+    episode_seconds: float = 45.0,
+    target_voice: str = TARGET_VOICE,
+    cohost_voice: str = COHOST_VOICE,
+) -> PodcastTruth:
+    """Write `n_episodes` mp3 episodes, 3 enrollment wavs of the target, and `truth.json` into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    episodes = []
+    day0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    for i in range(n_episodes):
+        wav, turns = _episode_audio(rng, episode_seconds, target_voice, cohost_voice)
+        name = f"episode-{i + 1:02d}.mp3"
+        _to_mp3(wav, out / name)
+        published = format_datetime(day0 + timedelta(days=7 * i))
+        seconds = round(wav.size / SR, 3)
+        episodes.append(EpisodeTruth(f"ep{i + 1:02d}", name, f"Episode {i + 1}", seconds, published, turns))
+    enrollment = []
+    for k, text in enumerate(_ENROLL_SENTENCES):
+        enrollment.append(save_wav(out / f"enroll-{k + 1}.wav", speak(text, target_voice, speed=155), SR))
+    truth = PodcastTruth(out, target_voice, cohost_voice, episodes, enrollment)
+    truth.save()
+    return truth
+
+
+def write_feed(path: str | Path, items: Sequence[dict], *, title: str = "Synthetic Podcast") -> Path:
+    """Write an RSS 2.0 feed; each item: `title`, `guid`, `url`, optional `length`, `type`, `published`."""
+    rows = []
+    for it in items:
+        length = it.get("length", 0)
+        mime = it.get("type", "audio/mpeg")
+        rows.append(
+            "    <item>\n"
+            f"      <title>{escape(it['title'])}</title>\n"
+            f"      <guid isPermaLink=\"false\">{escape(it['guid'])}</guid>\n"
+            + (f"      <pubDate>{escape(it['published'])}</pubDate>\n" if it.get("published") else "")
+            + f"      <enclosure url=\"{escape(it['url'])}\" length=\"{length}\" type=\"{escape(mime)}\"/>\n"
+            "    </item>"
+        )
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0">\n  <channel>\n'
+        f"    <title>{escape(title)}</title>\n    <link>http://127.0.0.1/</link>\n"
+        "    <description>voicepipe synthetic podcast</description>\n"
+        + "\n".join(rows)
+        + "\n  </channel>\n</rss>\n"
+    )
+    path = Path(path)
+    path.write_text(xml)
+    return path
+
+
+def feed_items(truth: PodcastTruth, base_url: str, episodes: Sequence[EpisodeTruth] | None = None) -> list[dict]:
+    """Feed items for the podcast's episodes (all by default) served under `base_url`."""
+    return [
+        {
+            "title": ep.title,
+            "guid": ep.id,
+            "url": f"{base_url}/{ep.file}",
+            "length": (truth.dir / ep.file).stat().st_size,
+            "published": ep.published,
+        }
+        for ep in (truth.episodes if episodes is None else episodes)
+    ]
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+def serve_dir(directory: str | Path) -> tuple[str, Callable[[], None]]:
+    """Serve `directory` over HTTP on 127.0.0.1 (free port, background thread). Returns (base_url, stop)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="voicepipe-feed-server")
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return base, stop
+
+
+def serve_feed(directory: str | Path) -> tuple[str, Callable[[], None]]:
+    """Serve a `make_podcast` directory and (re)write its `feed.xml` to point at this server.
+
+    Returns (feed_url, stop).
+    """
+    truth = PodcastTruth.load(directory)
+    base, stop = serve_dir(directory)
+    write_feed(Path(directory) / "feed.xml", feed_items(truth, base))
+    return f"{base}/feed.xml", stop
