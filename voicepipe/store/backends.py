@@ -230,7 +230,7 @@ class S3Backend:
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},  # incl. the first try
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # boto3 >= 1.36 adds CRC checksums by default; some S3-compatible servers reject them.
