@@ -1,0 +1,654 @@
+"""Latency-first, batching generation engine for Qwen3-TTS 12 Hz models.
+
+Why hand-written (and not `model.generate`): the package's generate runs transformers' generic loop with a dynamic
+cache, a Python-level 15-step `generate` of the code predictor inside every talker step and no way to add a request
+to a batch in flight. Here one *frame step* is a single function over fixed-size tensors:
+
+    talker decoder step (static KV cache, per-slot positions)  ->  code-0 sampling (repetition penalty,
+    suppressed control codes, min-new-tokens)  ->  the code predictor's 15 steps (own static cache)  ->
+    the next talker input (sum of the 16 code embeddings + the next text embedding)
+
+It runs for every active *slot* at once (step-synchronous continuous batching: a request joins at the next step
+after a short eager prefill and leaves when it emits EOS), and on CUDA each (batch bucket, cache-length bucket) is
+captured once as a CUDA graph, so a frame costs one graph replay and one small device->host copy. The model's own
+modules (projections, RMSNorms, MLPs, embeddings, heads) are reused; only attention, the KV cache and RoPE indexing
+are written here. The same code runs eagerly on CPU (tests) and matches the package's greedy output code for code.
+
+Audio leaves as soon as it is decoded: the 12 Hz codec decodes every few frames with left context (like the
+package's `chunked_decode`, in small chunks), first chunk smaller for a short time-to-first-audio.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
+SAMPLE_RATE = 24000
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings (defaults = the package's hard defaults)."""
+
+    do_sample: bool = True
+    temperature: float = 0.9
+    repetition_penalty: float = 1.05
+    subtalker_do_sample: bool = True
+    subtalker_temperature: float = 0.9
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 2
+
+
+@dataclass
+class EngineConfig:
+    """Engine sizing. `top_k`s are per engine (they shape the graphs); temperatures are per request."""
+
+    max_batch: int = 8
+    max_len: int = 2048
+    max_text: int = 512
+    len_bucket: int = 256
+    top_k: int = 50
+    subtalker_top_k: int = 50
+    first_chunk_frames: int = 2
+    chunk_frames: int = 8
+    left_context_frames: int = 25
+    cuda_graphs: bool | None = None  # None: on when the device is CUDA
+    non_streaming_text: bool = True  # the package's default prompt layout for custom voices
+
+
+@dataclass
+class Prompt:
+    """A prepared request: talker prefill embeddings [T, H] and trailing text embeddings [N, H]."""
+
+    embeds: torch.Tensor
+    trailing: torch.Tensor
+
+
+@dataclass
+class Event:
+    """What the engine reports to a request: kind is 'audio', 'done' or 'error'."""
+
+    kind: str
+    audio: np.ndarray | None = None
+    message: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    """A request the engine cannot run (too long, engine stopped)."""
+
+
+class RequestHandle:
+    """A submitted request; `cancel()` frees its slot at the next step."""
+
+    _ids = itertools.count()
+
+    def __init__(self, prompt: Prompt, gen: GenerationConfig, on_event: Callable[[Event], None]):
+        self.id = next(self._ids)
+        self.prompt = prompt
+        self.gen = gen
+        self.on_event = on_event
+        self.cancelled = False
+        self.slot: int | None = None
+        self.frames: list[torch.Tensor] = []
+        self.emitted = 0
+        self.submitted = time.perf_counter()
+        self.admitted_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.admitted = threading.Event()
+        self.finished = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this request (client gone, timeout)."""
+        self.cancelled = True
+
+
+def _bucket_sizes(max_batch: int) -> list[int]:
+    sizes = [1]
+    while sizes[-1] < max_batch:
+        sizes.append(min(sizes[-1] * 2, max_batch))
+    return sizes
+
+
+class TTSEngine:
+    """Batched streaming generation over one loaded `qwen_tts.Qwen3TTSModel` (one voice)."""
+
+    def __init__(self, tts: Any, config: EngineConfig | None = None):
+        self.tts = tts
+        self.model = tts.model
+        self.cfg = config or EngineConfig()
+        self.talker = self.model.talker
+        self.cp = self.talker.code_predictor
+        tc = self.model.config.talker_config
+        self.tc = tc
+        p = next(self.talker.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.use_graphs = self.device.type == "cuda" if self.cfg.cuda_graphs is None else self.cfg.cuda_graphs
+        self.sample_rate = SAMPLE_RATE
+        self._alloc()
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = None
+        self._pending: collections.deque[RequestHandle] = collections.deque()
+        self._slots: list[RequestHandle | None] = [None] * self.cfg.max_batch
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.steps = 0
+
+    # ------------------------------------------------------------------ state
+    def _alloc(self) -> None:
+        c, tc, dev, dt = self.cfg, self.tc, self.device, self.dtype
+        S, H = c.max_batch, tc.hidden_size
+        self.hd = getattr(tc, "head_dim", H // tc.num_attention_heads)
+        self.nh, self.kvh = tc.num_attention_heads, tc.num_key_value_heads
+        pc = self.cp.model.config
+        self.p_hd = getattr(pc, "head_dim", pc.hidden_size // pc.num_attention_heads)
+        self.p_nh, self.p_kvh = pc.num_attention_heads, pc.num_key_value_heads
+        self.n_groups = tc.num_code_groups
+        n_pred = self.n_groups - 1
+        L = c.max_len
+        self.kc = [torch.zeros(S, self.kvh, L, self.hd, device=dev, dtype=dt) for _ in self.talker.model.layers]
+        self.vc = [torch.zeros_like(k) for k in self.kc]
+        self.pk = [torch.zeros(S, self.p_kvh, n_pred + 1, self.p_hd, device=dev, dtype=dt)
+                   for _ in self.cp.model.layers]
+        self.pv = [torch.zeros_like(k) for k in self.pk]
+        V = tc.vocab_size
+        self.pos = torch.zeros(S, dtype=torch.long, device=dev)
+        self.active = torch.zeros(S, dtype=torch.long, device=dev)
+        self.gen_step = torch.zeros(S, dtype=torch.long, device=dev)
+        self.next_emb = torch.zeros(S, H, device=dev, dtype=dt)
+        self.text_buf = torch.zeros(S, c.max_text, H, device=dev, dtype=dt)
+        self.text_len = torch.zeros(S, dtype=torch.long, device=dev)
+        self.seen = torch.zeros(S, V, dtype=torch.bool, device=dev)
+        self.n_sampled = torch.zeros(S, dtype=torch.long, device=dev)
+        self.min_new = torch.zeros(S, dtype=torch.long, device=dev)
+        self.temp = torch.ones(S, 1, device=dev)
+        self.greedy = torch.zeros(S, dtype=torch.bool, device=dev)
+        self.sub_temp = torch.ones(S, 1, device=dev)
+        self.sub_greedy = torch.zeros(S, dtype=torch.bool, device=dev)
+        self.rep_pen = torch.ones(S, 1, device=dev)
+        self.out_codes = torch.zeros(S, self.n_groups, dtype=torch.long, device=dev)
+        self.ar = torch.arange(L, device=dev)
+        self.slot_idx = torch.arange(S, device=dev)
+        sup = torch.zeros(V, dtype=torch.bool, device=dev)
+        sup[V - 1024 :] = True
+        sup[tc.codec_eos_token_id] = False
+        self.suppress = sup
+        self.eos = tc.codec_eos_token_id
+        with torch.no_grad():
+            dummy = torch.zeros(1, device=dev, dtype=dt)
+            cos, sin = self.talker.model.rotary_emb(dummy, self.ar.view(1, 1, -1).expand(3, 1, -1))
+            # MRoPE with equal temporal/height/width positions (always so for TTS) is plain 1-D RoPE.
+            self.cos, self.sin = cos[0, 0], sin[0, 0]  # [L, hd]
+            pcos, psin = self.cp.model.rotary_emb(dummy, torch.arange(n_pred + 1, device=dev)[None])
+            self.pcos, self.psin = pcos[0], psin[0]  # [16, hd]
+            ids = torch.tensor(
+                [[self.model.config.tts_bos_token_id, self.model.config.tts_eos_token_id,
+                  self.model.config.tts_pad_token_id]], device=dev)
+            bos, eos, pad = self._text_embed(ids)[0]
+            self.tts_bos, self.tts_eos, self.tts_pad = bos, eos, pad
+
+    def _text_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.talker.text_projection(self.talker.get_text_embeddings()(ids))
+
+    def _codec_embed(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.tensor(ids, device=self.device)
+        return self.talker.get_input_embeddings()(ids)
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker names of a custom-voice checkpoint (lower-case), [] for a base model."""
+        return sorted((self.tc.spk_id or {}).keys())
+
+    def _tokenize(self, text: str) -> torch.Tensor:
+        ids = self.tts.processor(text=text, return_tensors="pt", padding=True)["input_ids"]
+        return (ids if ids.dim() == 2 else ids.unsqueeze(0)).to(self.device)
+
+    @torch.inference_mode()
+    def prepare(self, text: str, speaker: str | None = None, language: str = "auto",
+                instruct: str | None = None, non_streaming_text: bool | None = None) -> Prompt:
+        """Build the talker prompt exactly as `Qwen3TTSForConditionalGeneration.generate` does (custom voice/base)."""
+        tc = self.tc
+        nst = self.cfg.non_streaming_text if non_streaming_text is None else non_streaming_text
+        input_id = self._tokenize(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n")
+        spk_embed = None
+        if speaker:
+            spk_ids = tc.spk_id or {}
+            if speaker.lower() not in spk_ids:
+                raise EngineError(f"speaker {speaker!r} is not in this checkpoint (has: {sorted(spk_ids)})")
+            spk_embed = self._codec_embed([spk_ids[speaker.lower()]])
+        lang = (language or "auto").lower()
+        lang_map = tc.codec_language_id or {}
+        if lang == "auto":
+            language_id = None
+        elif lang in lang_map:
+            language_id = lang_map[lang]
+        else:
+            supported = ", ".join(["auto", *sorted(lang_map)])
+            raise EngineError(f"language {language!r} is not supported (supported: {supported})")
+        dialects = tc.spk_is_dialect or {}
+        if lang in ("chinese", "auto") and speaker and dialects.get(speaker.lower(), False):
+            language_id = lang_map[dialects[speaker.lower()]]
+        if language_id is None:
+            prefill = [tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id]
+        else:
+            prefill = [tc.codec_think_id, tc.codec_think_bos_id, language_id, tc.codec_think_eos_id]
+        parts = [self._codec_embed(prefill)]
+        if spk_embed is not None:
+            parts.append(spk_embed)
+        parts.append(self._codec_embed([tc.codec_pad_id, tc.codec_bos_id]))
+        codec_in = torch.cat(parts, 0)  # [C, H]
+        C = codec_in.shape[0]
+        role = self._text_embed(input_id[0, :3])
+        head = torch.cat([self.tts_pad.expand(C - 2, -1), self.tts_bos[None]], 0) + codec_in[:-1]
+        embeds = torch.cat([role, head], 0)
+        if nst:
+            body = self._text_embed(input_id[0, 3:-5])
+            n = body.shape[0] + 1
+            embeds = torch.cat([
+                embeds,
+                torch.cat([body, self.tts_eos[None]], 0) + self._codec_embed([tc.codec_pad_id] * n),
+                self.tts_pad[None] + self._codec_embed([tc.codec_bos_id]),
+            ], 0)
+            trailing = self.tts_pad[None]
+        else:
+            embeds = torch.cat([embeds, self._text_embed(input_id[0, 3:4]) + codec_in[-1:]], 0)
+            trailing = torch.cat([self._text_embed(input_id[0, 4:-5]), self.tts_eos[None]], 0)
+        if instruct:
+            ins = self._tokenize(f"<|im_start|>user\n{instruct}<|im_end|>\n")
+            embeds = torch.cat([self._text_embed(ins[0]), embeds], 0)
+        if trailing.shape[0] > self.cfg.max_text:
+            n = trailing.shape[0]
+            raise EngineError(f"text is too long for streaming-text mode ({n} > {self.cfg.max_text} tokens)")
+        if embeds.shape[0] + 16 > self.cfg.max_len:
+            raise EngineError(f"prompt of {embeds.shape[0]} tokens does not fit the cache ({self.cfg.max_len})")
+        return Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype))
+
+    # ------------------------------------------------------------------ math
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-1] // 2
+        rot = torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+        return x * cos + rot * sin
+
+    def _sample(self, logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int) -> torch.Tensor:
+        best = logits.argmax(-1)
+        vals, idx = (logits / temp.clamp_min(1e-5)).topk(min(k, logits.shape[-1]), dim=-1)
+        probs = vals.softmax(-1)
+        # Exponential-race sampling (== multinomial) keeps the whole step free of host syncs, so it can be graphed.
+        pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+        return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
+
+    def _predictor(self, h: torch.Tensor, start: int, b: int) -> torch.Tensor:
+        """Run the code predictor's decoder layers on h [b, n, Hp] at static positions start..start+n-1."""
+        n = h.shape[1]
+        cos, sin = self.pcos[start : start + n], self.psin[start : start + n]
+        for i, layer in enumerate(self.cp.model.layers):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_norm(a.q_proj(x).view(b, n, self.p_nh, self.p_hd)).transpose(1, 2)
+            k = a.k_norm(a.k_proj(x).view(b, n, self.p_kvh, self.p_hd)).transpose(1, 2)
+            v = a.v_proj(x).view(b, n, self.p_kvh, self.p_hd).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            self.pk[i][:b, :, start : start + n] = k
+            self.pv[i][:b, :, start : start + n] = v
+            if n > 1:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q.reshape(b, self.p_kvh, -1, self.p_hd),
+                    self.pk[i][:b, :, : start + 1], self.pv[i][:b, :, : start + 1])
+            h = h + a.o_proj(o.reshape(b, self.p_nh, n, self.p_hd).transpose(1, 2).reshape(b, n, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.cp.model.norm(h)
+
+    def _step(self, b: int, L: int) -> None:
+        """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
+        x = self.next_emb[:b].unsqueeze(1)
+        p = self.pos[:b]
+        bidx = self.slot_idx[:b]
+        cos, sin = self.cos[p][:, None, None], self.sin[p][:, None, None]  # [b,1,1,hd]
+        mask = (self.ar[:L][None] <= p[:, None]).view(b, 1, 1, L)
+        for i, layer in enumerate(self.talker.model.layers):
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = a.q_norm(a.q_proj(h).view(b, 1, self.nh, self.hd)).transpose(1, 2)
+            k = a.k_norm(a.k_proj(h).view(b, 1, self.kvh, self.hd)).transpose(1, 2)
+            v = a.v_proj(h).view(b, 1, self.kvh, self.hd).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            self.kc[i][bidx, :, p] = k[:, :, 0]
+            self.vc[i][bidx, :, p] = v[:, :, 0]
+            # GQA decode: fold the query heads of each KV head into the query-length axis (no KV repeat).
+            o = F.scaled_dot_product_attention(
+                q.reshape(b, self.kvh, -1, self.hd), self.kc[i][:b, :, :L], self.vc[i][:b, :, :L], attn_mask=mask)
+            x = x + a.o_proj(o.reshape(b, 1, self.nh * self.hd))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = self.talker.model.norm(x)  # [b,1,H]
+        logits = self.talker.codec_head(hidden[:, 0]).float()
+        # logits processors of the package's talker generate: repetition penalty, suppressed control codes, min length
+        rp = self.rep_pen[:b]
+        logits = torch.where(self.seen[:b], torch.where(logits < 0, logits * rp, logits / rp), logits)
+        logits = logits.masked_fill(self.suppress, float("-inf"))
+        block_eos = (self.n_sampled[:b] < self.min_new[:b])
+        logits[:, self.eos] = torch.where(block_eos, float("-inf"), logits[:, self.eos])
+        code0 = self._sample(logits, self.temp[:b], self.greedy[:b], self.cfg.top_k)
+        self.seen[bidx, code0] = True
+        self.n_sampled[:b] += 1
+        # code predictor: prefill [talker hidden, code-0 embedding], then 14 single steps
+        e0 = self._codec_embed(code0)
+        hp = self._predictor(self.cp.small_to_mtp_projection(torch.stack([hidden[:, 0], e0], 1)), 0, b)
+        h_last = hp[:, -1]
+        codes, embs = [code0], [e0]
+        n_pred = self.n_groups - 1
+        for j in range(n_pred):
+            c = self._sample(self.cp.lm_head[j](h_last).float(), self.sub_temp[:b], self.sub_greedy[:b],
+                             self.cfg.subtalker_top_k)
+            e = self.cp.model.codec_embedding[j](c)
+            codes.append(c)
+            embs.append(e)
+            if j < n_pred - 1:
+                h_last = self._predictor(self.cp.small_to_mtp_projection(e[:, None]), j + 2, b)[:, 0]
+        emb = torch.stack(embs, 1).sum(1)
+        gs = self.gen_step[:b]
+        txt = self.text_buf[bidx, gs.clamp(max=self.cfg.max_text - 1)]
+        txt = torch.where((gs < self.text_len[:b])[:, None], txt, self.tts_pad[None])
+        self.next_emb[:b] = emb + txt
+        act = self.active[:b]
+        self.gen_step[:b] += act
+        self.pos[:b] = (p + act).clamp(max=self.cfg.max_len - 1)
+        self.out_codes[:b] = torch.stack(codes, 1)
+
+    def _prefill(self, slot: int, prompt: Prompt) -> None:
+        """Eager prefill of all prompt tokens but the last (which the next frame step consumes)."""
+        e = prompt.embeds
+        T = e.shape[0] - 1
+        if T > 0:
+            x = e[:T][None]
+            cos, sin = self.cos[:T], self.sin[:T]
+            for i, layer in enumerate(self.talker.model.layers):
+                a = layer.self_attn
+                h = layer.input_layernorm(x)
+                q = a.q_norm(a.q_proj(h).view(1, T, self.nh, self.hd)).transpose(1, 2)
+                k = a.k_norm(a.k_proj(h).view(1, T, self.kvh, self.hd)).transpose(1, 2)
+                v = a.v_proj(h).view(1, T, self.kvh, self.hd).transpose(1, 2)
+                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+                self.kc[i][slot, :, :T] = k[0]
+                self.vc[i][slot, :, :T] = v[0]
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                x = x + a.o_proj(o.transpose(1, 2).reshape(1, T, -1))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.pos[slot] = T
+        self.next_emb[slot] = e[T]
+        n = prompt.trailing.shape[0]
+        self.text_buf[slot, :n] = prompt.trailing
+        self.text_len[slot] = n
+        self.gen_step[slot] = 0
+
+    def _arm(self, slot: int, gen: GenerationConfig) -> None:
+        self.seen[slot] = False
+        self.n_sampled[slot] = 0
+        self.min_new[slot] = gen.min_new_tokens
+        self.temp[slot] = max(gen.temperature, 1e-5)
+        self.greedy[slot] = not gen.do_sample
+        self.sub_temp[slot] = max(gen.subtalker_temperature, 1e-5)
+        self.sub_greedy[slot] = not gen.subtalker_do_sample
+        self.rep_pen[slot] = gen.repetition_penalty
+        self.active[slot] = 1
+
+    # ------------------------------------------------------------------ graphs
+    def _len_buckets(self) -> list[int]:
+        lb, out = self.cfg.len_bucket, []
+        n = lb
+        while n < self.cfg.max_len:
+            out.append(n)
+            n *= 2
+        out.append(self.cfg.max_len)
+        return out
+
+    def _pick(self, b_needed: int, l_needed: int) -> tuple[int, int]:
+        b = next(s for s in _bucket_sizes(self.cfg.max_batch) if s >= b_needed)
+        L = next(n for n in self._len_buckets() if n >= l_needed) if self.use_graphs else l_needed
+        return b, L
+
+    @torch.inference_mode()
+    def capture(self, batch_sizes: list[int] | None = None, lengths: list[int] | None = None) -> float:
+        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent."""
+        if not self.use_graphs:
+            return 0.0
+        t0 = time.perf_counter()
+        self._pool = self._pool or torch.cuda.graph_pool_handle()
+        for b in batch_sizes or _bucket_sizes(self.cfg.max_batch):
+            for L in lengths or self._len_buckets():
+                if (b, L) in self._graphs:
+                    continue
+                self.pos.zero_()
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(2):
+                        self._step(b, L)
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self._pool):
+                    self._step(b, L)
+                self._graphs[(b, L)] = g
+        self.pos.zero_()
+        self.active.zero_()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def _run_step(self, b_needed: int, l_needed: int) -> None:
+        b, L = self._pick(b_needed, l_needed)
+        if self.use_graphs:
+            g = self._graphs.get((b, L))
+            if g is None:
+                self.capture([b], [L])
+                g = self._graphs[(b, L)]
+            g.replay()
+        else:
+            self._step(b, L)
+
+    # ------------------------------------------------------------------ codec
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
+        dec = self.model.speech_tokenizer.model.decoder
+        wav = dec(codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2))
+        return wav[:, 0].float().cpu()
+
+    def _emit_audio(self, due: list[tuple[RequestHandle, bool]]) -> None:
+        ctx = self.cfg.left_context_frames
+        groups: dict[tuple[int, int], list[RequestHandle]] = collections.defaultdict(list)
+        for req, _final in due:
+            start = max(0, req.emitted - ctx)
+            groups[(len(req.frames) - start, req.emitted - start)].append(req)
+        for (_, n_ctx), reqs in groups.items():
+            batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx):]) for r in reqs])
+            wav = self._decode(batch)[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
+            now = time.perf_counter()
+            for r, w in zip(reqs, wav, strict=True):
+                r.emitted = len(r.frames)
+                if r.first_audio_at is None:
+                    r.first_audio_at = now
+                self._send(r, Event("audio", audio=w.copy()))
+
+    def _send(self, req: RequestHandle, ev: Event) -> None:
+        try:
+            req.on_event(ev)
+        except Exception:  # a broken consumer must not take the engine down
+            log.exception("event consumer of request %s failed; cancelling it", req.id)
+            req.cancelled = True
+
+    # ------------------------------------------------------------------ loop
+    def start(self) -> TTSEngine:
+        """Start the scheduler thread (idempotent)."""
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="tts-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the scheduler; requests still queued or running get an error event."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def active_count(self) -> int:
+        return sum(r is not None for r in self._slots)
+
+    def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None]) -> RequestHandle:
+        """Queue a prepared prompt; events arrive on the engine thread through `on_event`."""
+        req = RequestHandle(prompt, gen or GenerationConfig(), on_event)
+        with self._cv:
+            if self._stop or self._thread is None:
+                raise EngineError("engine is not running")
+            self._pending.append(req)
+            self._cv.notify_all()
+        return req
+
+    def _finish(self, req: RequestHandle, reason: str) -> None:
+        if req.slot is not None:
+            self.active[req.slot] = 0
+            self._slots[req.slot] = None
+        now = time.perf_counter()
+        frames = len(req.frames)
+        stats = {
+            "frames": frames,
+            "audio_s": frames * SAMPLES_PER_FRAME / SAMPLE_RATE,
+            "ttfa_s": None if req.first_audio_at is None else req.first_audio_at - req.submitted,
+            "wall_s": now - req.submitted,
+            "queue_s": None if req.admitted_at is None else req.admitted_at - req.submitted,
+            "reason": reason,
+        }
+        if reason != "cancelled":
+            self._send(req, Event("done", stats=stats))
+        req.finished.set()
+
+    def _admit(self) -> None:
+        while self._pending:
+            free = [i for i, r in enumerate(self._slots) if r is None]
+            if not free:
+                return
+            req = self._pending.popleft()
+            if req.cancelled:
+                req.finished.set()
+                continue
+            slot = free[0]
+            try:
+                self._prefill(slot, req.prompt)
+            except Exception as e:  # noqa: BLE001 - report to the request, keep serving others
+                log.exception("prefill failed")
+                self._send(req, Event("error", message=f"prefill failed: {e}"))
+                req.finished.set()
+                continue
+            self._arm(slot, req.gen)
+            req.slot = slot
+            req.admitted_at = time.perf_counter()
+            req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
+            self._slots[slot] = req
+            req.admitted.set()
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cv:
+                        while not self._stop and not self._pending and not any(self._slots):
+                            self._cv.wait(timeout=0.5)
+                        if self._stop:
+                            break
+                    self._admit()
+                    for r in list(self._slots):
+                        if r is not None and r.cancelled:
+                            self._finish(r, "cancelled")
+                    live = [(i, r) for i, r in enumerate(self._slots) if r is not None]
+                    if not live:
+                        continue
+                    b_needed = max(i for i, _ in live) + 1
+                    l_needed = max(int(r.prompt.embeds.shape[0]) + len(r.frames) for _, r in live)
+                    self._run_step(b_needed, l_needed)
+                    codes = self.out_codes[:b_needed].to("cpu", copy=True)
+                    self.steps += 1
+                    due: list[tuple[RequestHandle, bool]] = []
+                    ended: list[tuple[RequestHandle, str]] = []
+                    for i, r in live:
+                        c = codes[i]
+                        if int(c[0]) == self.eos:
+                            ended.append((r, "eos"))
+                        else:
+                            r.frames.append(c)
+                            if len(r.frames) >= r.frame_budget:
+                                ended.append((r, "length"))
+                        n_new = len(r.frames) - r.emitted
+                        need = self.cfg.first_chunk_frames if r.emitted == 0 else self.cfg.chunk_frames
+                        final = any(e is r for e, _ in ended)
+                        if n_new > 0 and (n_new >= need or final):
+                            due.append((r, final))
+                    if due:
+                        self._emit_audio(due)
+                    for r, why in ended:
+                        self._finish(r, why)
+        except Exception as e:  # noqa: BLE001 - fail every request loudly rather than hang them
+            log.exception("engine loop crashed")
+            msg = f"engine failure: {e}"
+        else:
+            msg = "engine stopped"
+        for r in [r for r in self._slots if r is not None] + list(self._pending):
+            self._send(r, Event("error", message=msg))
+            r.finished.set()
+        self._slots = [None] * self.cfg.max_batch
+        self._pending.clear()
+        self.active.zero_()
+
+    # ------------------------------------------------------------------ sync helpers
+    def stream(self, prompt: Prompt, gen: GenerationConfig | None = None) -> Iterator[np.ndarray]:
+        """Blocking generator of audio chunks (float32, 24 kHz) for one prompt."""
+        q: queue.Queue[Event] = queue.Queue()
+        req = self.submit(prompt, gen, q.put)
+        try:
+            while True:
+                ev = q.get()
+                if ev.kind == "audio":
+                    yield ev.audio
+                elif ev.kind == "done":
+                    self.last_stats = ev.stats
+                    return
+                else:
+                    raise EngineError(ev.message)
+        finally:
+            req.cancel()
+
+    def generate_codes(self, prompt: Prompt, gen: GenerationConfig | None = None) -> torch.Tensor:
+        """Run one prompt to the end; returns its codes [frames, 16] (for parity checks)."""
+        q: queue.Queue[Event] = queue.Queue()
+        req = self.submit(prompt, gen, q.put)
+        while True:
+            ev = q.get()
+            if ev.kind == "done":
+                return torch.stack(req.frames) if req.frames else torch.zeros(0, self.n_groups, dtype=torch.long)
+            if ev.kind == "error":
+                raise EngineError(ev.message)
