@@ -1,0 +1,102 @@
+"""One place that finds every model the pipeline uses: a local directory, or a hub id when online."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from voicepipe.errors import ModelError
+
+# kind -> (files a local dir must hold (any one of each tuple), default hub id / name, how to fetch it)
+KINDS: dict[str, dict[str, Any]] = {
+    "tts": {
+        "required": [("config.json",), ("speech_tokenizer/config.json",)],
+        "default": "Qwen/Qwen3-TTS-12Hz-1.7B-Base",
+    },
+    "codec": {
+        "required": [("config.json",), ("preprocessor_config.json",)],
+        "default": "Qwen/Qwen3-TTS-Tokenizer-12Hz",
+    },
+    "asr": {
+        "required": [("config.json",), ("tokenizer.json", "vocab.json", "tokenizer_config.json")],
+        "default": "openai/whisper-large-v3",
+    },
+    "diarization": {
+        "required": [("config.yaml",)],
+        "default": "pyannote/speaker-diarization-community-1",
+    },
+    "demucs": {
+        "required": [],  # a dir holding <name>.yaml / <sig>.th files (demucs' local repo), or a single .th file
+        "default": "htdemucs",
+    },
+    "speaker_encoder": {
+        "required": [],  # "resemblyzer" = the weights shipped inside the resemblyzer wheel; or a local .pt file
+        "default": "resemblyzer",
+    },
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BUILTIN = {("speaker_encoder", "resemblyzer")}
+
+
+def _how_to_provide(kind: str, name: str, models_dir: Path | None) -> str:
+    target = models_dir or Path("<models_dir>")
+    local = target / name.split("/")[-1]
+    if kind == "demucs":
+        return (
+            f"on a connected machine run `python -c \"from demucs.pretrained import get_model; get_model('{name}')\"`, "
+            f"copy {name}.yaml (from demucs/remote/) and the .th files from ~/.cache/torch/hub/checkpoints/ into "
+            f"{local}, then set VOICEPIPE_MODELS_DIR={target}"
+        )
+    return (
+        f"on a connected machine run `huggingface-cli download {name} --local-dir {local}`, copy it here "
+        f"and set VOICEPIPE_MODELS_DIR={target} (or pass the directory itself)"
+    )
+
+
+def _check_local(kind: str, path: Path, given: str) -> Path:
+    if kind == "demucs" and path.is_file():
+        if path.suffix != ".th":
+            raise ModelError(f"{kind} model {given}: {path} is not a demucs .th file")
+        return path
+    if not path.is_dir():
+        raise ModelError(f"{kind} model {given}: {path} is not a directory")
+    for alternatives in KINDS[kind]["required"]:
+        if not any((path / f).is_file() for f in alternatives):
+            raise ModelError(f"{kind} model {given}: {path} has no {' or '.join(alternatives)}")
+    return path
+
+
+def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: Any = None) -> Path | str:
+    """Resolve a model to a local directory (Path) or, when online, a hub id (str).
+
+    Order: an existing path; `settings.models_dir/<name>` (also `<models_dir>/<org>/<name>` for hub ids); a hub id if
+    `settings.offline` is False. Otherwise `ModelError` naming the input and saying how to provide the files.
+    """
+    if kind not in KINDS:
+        raise ModelError(f"model kind {kind!r}: unknown (expected one of {', '.join(KINDS)})")
+    if settings is None:
+        from voicepipe.config import load_settings
+
+        settings = load_settings()
+    name = str(name_or_path) if name_or_path not in (None, "") else KINDS[kind]["default"]
+    if (kind, name) in _BUILTIN:
+        return name
+    path = Path(name).expanduser()
+    if path.exists():
+        return _check_local(kind, path.resolve(), name)
+    models_dir: Path | None = Path(settings.models_dir).expanduser() if settings.models_dir else None
+    looks_like_hub = bool(_HUB_ID.match(name)) or (kind == "demucs" and re.fullmatch(r"[A-Za-z0-9_.-]+", name))
+    if models_dir is not None and looks_like_hub:
+        for cand in (models_dir / name, models_dir / name.split("/")[-1]):
+            if cand.exists():
+                return _check_local(kind, cand.resolve(), name)
+    if not looks_like_hub:
+        raise ModelError(f"{kind} model {name}: no such file or directory")
+    if settings.offline:
+        where = f" (looked in {models_dir})" if models_dir else " (VOICEPIPE_MODELS_DIR is not set)"
+        raise ModelError(
+            f"{kind} model {name}: not available offline{where}; {_how_to_provide(kind, name, models_dir)}"
+        )
+    return name

@@ -1,0 +1,62 @@
+"""Speaker encoder with real weights: resemblyzer's GE2E model ships inside its wheel (no download)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicepipe.errors import InputError, ModelError
+from voicepipe.models.resolve import resolve_model
+
+
+class SpeakerEncoder:
+    """`embed(wav, sr)` -> L2-normalized 256-d float32 speaker embedding (cosine = dot product)."""
+
+    sample_rate = 16000
+    dim = 256
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        from resemblyzer import preprocess_wav
+
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim == 2:
+            wav = wav.mean(axis=0 if wav.shape[0] < wav.shape[1] else 1)
+        if wav.ndim != 1 or wav.size < sr // 10:
+            raise InputError(f"speaker embedding: need >= 0.1 s of mono audio, got shape {wav.shape} at {sr} Hz")
+        prepared = preprocess_wav(wav, source_sr=sr)  # resample to 16 kHz, normalize volume, trim long silences
+        if prepared.size < self.sample_rate // 10:  # all "silence" by webrtcvad: embed the resampled audio as is
+            import librosa
+
+            prepared = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate)
+        emb = np.asarray(self.encoder.embed_utterance(prepared), dtype=np.float32)
+        return emb / max(float(np.linalg.norm(emb)), 1e-12)
+
+
+def load_speaker_encoder(
+    name_or_path: str | Path | None = None, device: str = "cpu", settings: Any = None
+) -> SpeakerEncoder:
+    """Load resemblyzer's VoiceEncoder (its bundled weights, or a local weights file)."""
+    where = resolve_model("speaker_encoder", name_or_path, settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # webrtcvad imports the deprecated pkg_resources
+        try:
+            from resemblyzer import VoiceEncoder
+        except ImportError as e:
+            raise ModelError(f"speaker encoder: resemblyzer cannot be imported ({e}); it needs setuptools<81") from None
+    weights = None if where == "resemblyzer" else Path(where)
+    if weights is not None and not weights.is_file():
+        raise ModelError(f"speaker_encoder model {name_or_path}: {weights} is not a weights file")
+    try:
+        return SpeakerEncoder(
+            VoiceEncoder(device=None if device == "auto" else device, verbose=False, weights_fpath=weights)
+        )
+    except Exception as e:
+        raise ModelError(
+            f"speaker_encoder model {name_or_path or where}: failed to load ({type(e).__name__}: {e})"
+        ) from e

@@ -1,0 +1,199 @@
+"""Tiny random-weight instances of the REAL model classes, saved in the official on-disk layouts.
+
+Tests and the demo use these instead of the multi-GB releases: same classes, same files, same loaders, same
+shapes where they matter (16 codebooks of 2048 codes, codec vocab 3072 with speaker slot 3000, 24 kHz, 1920 samples
+per 12.5 Hz frame); only the widths and depths are small.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from voicepipe.models.compat import apply_compat
+
+SAMPLE_RATE = 24000
+FRAME_SAMPLES = 1920
+
+# Special ids as in the released Qwen3-TTS-12Hz configs (codec side; the real text ids are in the 151k range, the
+# tiny text tokenizer puts its special tokens right after its BPE vocabulary instead).
+CODEC_IDS = dict(
+    codec_pad_id=2148,
+    codec_bos_id=2149,
+    codec_eos_token_id=2150,
+    codec_think_id=2154,
+    codec_nothink_id=2155,
+    codec_think_bos_id=2156,
+    codec_think_eos_id=2157,
+)
+LANGUAGE_IDS = {"english": 2050, "german": 2052, "spanish": 2054, "chinese": 2055, "japanese": 2058, "french": 2061}
+TEXT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|tts_pad|>", "<|tts_bos|>", "<|tts_eos|>"]
+
+_TOKENIZER_CORPUS = (
+    "assistant user system\n"
+    "The quick brown fox jumps over the lazy dog. Hello, this is a test of the voice pipeline.\n"
+    "She said she would be here by noon. We record podcasts about solar power, batteries and inverters.\n"
+    "One two three four five six seven eight nine ten. Thank you for listening, see you next week!\n"
+)
+
+
+def build_text_tokenizer(out_dir: str | Path, vocab_size: int = 400) -> Any:
+    """Train a tiny byte-level BPE and save it as transformers 5's `Qwen2Tokenizer` (real-format files).
+
+    The Qwen3-TTS prompt code slices token positions (`<|im_start|>assistant\\n` must be 3 tokens), so "assistant"
+    has to be one token; the corpus repeats it and the result is checked.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 50 + ["assistant\n"] * 200, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": TEXT_SPECIAL_TOKENS[1:]})
+    prompt = tok("<|im_start|>assistant\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    head = tok("<|im_start|>assistant\n")["input_ids"]
+    if len(head) != 3 or len(prompt) - len(tok("hi")["input_ids"]) != 8:
+        raise RuntimeError(f"tiny tokenizer: prompt tokenization {prompt} does not match Qwen's 3+5 token frame")
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def _codec_config() -> dict[str, Any]:
+    encoder = dict(  # transformers MimiConfig, 32 quantizers (16 kept) of 2048 codes, 24 kHz -> 12.5 Hz
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16, num_filters=4, codebook_dim=16, vector_quantization_hidden_dimension=16, upsample_groups=32,
+        num_quantizers=32, codebook_size=2048, sampling_rate=SAMPLE_RATE,
+    )  # fmt: skip
+    decoder = dict(  # split RVQ (1 semantic + 15 acoustic) -> sliding-window transformer -> 1920x upsampling
+        hidden_size=32, latent_dim=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, codebook_dim=16, codebook_size=2048, decoder_dim=32, num_quantizers=16,
+    )  # fmt: skip
+    return dict(
+        encoder_config=encoder,
+        decoder_config=decoder,
+        encoder_valid_num_quantizers=16,
+        input_sample_rate=SAMPLE_RATE,
+        output_sample_rate=SAMPLE_RATE,
+        decode_upsample_rate=FRAME_SAMPLES,
+        encode_downsample_rate=FRAME_SAMPLES,
+    )
+
+
+def build_tiny_codec(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny `Qwen3TTSTokenizerV2Model` (12 Hz speech tokenizer) + its `EncodecFeatureExtractor`."""
+    apply_compat()
+    from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
+    from transformers import EncodecFeatureExtractor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**_codec_config())).eval()
+    model.save_pretrained(out)
+    EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0).save_pretrained(out)
+    return out
+
+
+def _tts_config(text_vocab_size: int, special_ids: dict[str, int]) -> dict[str, Any]:
+    hidden = 64
+    talker = dict(
+        vocab_size=3072, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_theta=1_000_000,
+        rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2], "interleaved": True},
+        max_position_embeddings=4096, num_code_groups=16, text_hidden_size=32, text_vocab_size=text_vocab_size,
+        codec_language_id=dict(LANGUAGE_IDS), spk_id={}, spk_is_dialect={}, **CODEC_IDS,
+        code_predictor_config=dict(
+            vocab_size=2048, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, head_dim=16, rope_theta=1_000_000, max_position_embeddings=64, num_code_groups=16,
+        ),
+    )  # fmt: skip
+    speaker_encoder = dict(
+        mel_dim=128, enc_dim=hidden, enc_channels=[32, 32, 32, 32, 96], enc_kernel_sizes=[5, 3, 3, 3, 1],
+        enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=16, enc_res2net_scale=4, enc_se_channels=16,
+        sample_rate=SAMPLE_RATE,
+    )  # fmt: skip
+    return dict(
+        talker_config=talker,
+        speaker_encoder_config=speaker_encoder,
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        tts_model_size="tiny",
+        tts_model_type="base",
+        im_start_token_id=special_ids["<|im_start|>"],
+        im_end_token_id=special_ids["<|im_end|>"],
+        tts_pad_token_id=special_ids["<|tts_pad|>"],
+        tts_bos_token_id=special_ids["<|tts_bos|>"],
+        tts_eos_token_id=special_ids["<|tts_eos|>"],
+    )
+
+
+GENERATION_CONFIG = dict(
+    do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
+    subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9, max_new_tokens=64,
+)  # fmt: skip
+
+
+def build_tiny_tts(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build a tiny Qwen3-TTS-12Hz *base* model dir (talker, code predictor, speaker encoder, `speech_tokenizer/`).
+
+    Loadable with `voicepipe.models.load_tts(out_dir)` (i.e. `Qwen3TTSModel.from_pretrained`) with the hub off.
+    """
+    apply_compat()
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration, Qwen3TTSProcessor
+
+    from voicepipe.models.compat import repair_config_dict
+
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    tok = build_text_tokenizer(out)
+    special_ids = {t: tok.convert_tokens_to_ids(t) for t in TEXT_SPECIAL_TOKENS}
+    text_vocab = len(tok)
+    cfg = _tts_config(text_vocab, special_ids)
+    torch.manual_seed(seed)
+    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**cfg)).eval()
+    model.save_pretrained(out)
+    Qwen3TTSProcessor(tokenizer=tok).save_pretrained(out)
+    cfg_path = out / "config.json"
+    saved = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(repair_config_dict(saved, cfg["talker_config"]["rope_scaling"]), indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    build_tiny_codec(out / "speech_tokenizer", seed=seed)
+    return out
+
+
+def voiced_tone(seconds: float = 1.0, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
+    """A deterministic voiced-like test signal (harmonics + a little noise), float32 mono."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140.0 + 20.0 * np.sin(2 * np.pi * 3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    wav = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2 + 0.01 * rng.standard_normal(t.size)
+    return wav.astype(np.float32)
+
+
+def build_tiny_custom_voice(out_dir: str | Path, speaker: str = "alice", seed: int = 0) -> Path:
+    """Tiny fine-tuned-style checkpoint: a tiny base saved through `save_tts_checkpoint` with `speaker` in row 3000.
+
+    The speaker embedding is the tiny model's own speaker encoder applied to a test tone, as the recipe does.
+    """
+    import tempfile
+
+    from voicepipe.models.qwen import load_tts, save_tts_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="tiny-base-") as tmp:
+        base = build_tiny_tts(Path(tmp) / "base", seed=seed)
+        tts = load_tts(base)
+        emb = tts.model.extract_speaker_embedding(voiced_tone(2.0, seed=seed), SAMPLE_RATE)
+        return save_tts_checkpoint(tts, out_dir, base_dir=base, speaker=speaker, speaker_embedding=emb)
