@@ -1,0 +1,109 @@
+"""MinIO bucket notifications -> Prefect events (optional; for corpus refs written outside Prefect flows).
+
+Prefect webhooks are a Prefect Cloud feature; on a self-hosted server an event can come from a flow
+(`build_corpus` emits `voicepipe.corpus.changed` itself) or from this relay. MinIO posts a notification for each
+object written; when the object is a speaker's `refs/corpus/<speaker>/latest.json` ref in our store, and the ref
+was not written by a Prefect flow run (those emitted already), the relay emits the same event the flow would:
+
+    voicepipe.corpus.changed   resource voicepipe.corpus.<speaker>   payload {speaker, version, sha, source}
+
+Run: `uvicorn voicepipe.store.relay:app --host 0.0.0.0 --port 8787` with the VOICEPIPE_* store settings and
+PREFECT_API_URL; point MinIO at `http://<relay>:8787/minio` (infra/README.md shows the `mc` commands).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_plus
+
+from voicepipe.store.core import ArtifactStore
+
+EVENT = "voicepipe.corpus.changed"
+_REF_RE = re.compile(r"^refs/(corpus/(?P<speaker>[^/]+)/latest)\.json$")
+
+Emitter = Callable[..., Any]
+
+
+def corpus_events(notification: dict[str, Any], store: ArtifactStore) -> list[dict[str, Any]]:
+    """The Prefect events a MinIO (S3 event format) notification calls for; reads each ref from the store."""
+    bucket = getattr(store.backend, "bucket", None)
+    prefix = getattr(store.backend, "prefix", "")
+    events = []
+    for rec in notification.get("Records") or []:
+        if not str(rec.get("eventName", "")).startswith("s3:ObjectCreated:"):
+            continue
+        s3 = rec.get("s3") or {}
+        if bucket is not None and (s3.get("bucket") or {}).get("name") != bucket:
+            continue
+        key = unquote_plus(str((s3.get("object") or {}).get("key", "")))
+        if prefix:
+            if not key.startswith(prefix + "/"):
+                continue
+            key = key[len(prefix) + 1:]
+        m = _REF_RE.match(key)
+        if not m:
+            continue
+        ref = store.get_ref(m.group(1))
+        if ref is None:
+            continue
+        extra = ref.get("extra") or {}
+        if extra.get("flow_run_id"):
+            continue  # written inside a flow run, which emitted the event itself
+        version = extra.get("version") or ref["sha"]
+        history = store.ref_history(m.group(1))
+        if len(history) >= 2 and ((history[-2].get("extra") or {}).get("version") or history[-2]["sha"]) == version:
+            continue  # the ref was re-set to the same version: nothing changed
+        speaker = m.group("speaker")
+        events.append({
+            "event": EVENT,
+            "resource": {"prefect.resource.id": f"voicepipe.corpus.{speaker}"},
+            "payload": {"speaker": speaker, "version": version, "sha": ref["sha"], "source": "minio-relay"},
+        })
+    return events
+
+
+def create_app(store: ArtifactStore | None = None, emit: Emitter | None = None, token: str | None = None):
+    """The relay as a FastAPI app. `store` defaults to the settings' store, `emit` to prefect's emit_event."""
+    from fastapi import FastAPI, Header, HTTPException
+
+    app = FastAPI(title="voicepipe MinIO -> Prefect event relay")
+    token = token if token is not None else os.environ.get("VOICEPIPE_RELAY_TOKEN", "")
+    state: dict[str, Any] = {"store": store}
+
+    def _store() -> ArtifactStore:
+        if state["store"] is None:
+            from voicepipe.store.core import open_store
+
+            state["store"] = open_store()
+        return state["store"]
+
+    def _emit(**kw: Any) -> Any:
+        if emit is not None:
+            return emit(**kw)
+        from prefect.events import emit_event
+
+        return emit_event(**kw)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/minio")
+    def minio(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
+        if token and (authorization or "").removeprefix("Bearer ").strip() != token:
+            raise HTTPException(status_code=401, detail="bad or missing token")
+        events = corpus_events(body, _store())
+        for ev in events:
+            _emit(**ev)
+        return {"emitted": [e["payload"] for e in events]}
+
+    return app
+
+
+def __getattr__(name: str) -> Any:  # `uvicorn voicepipe.store.relay:app` builds the app on first access
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
