@@ -34,6 +34,7 @@ __all__ = [
     "publish_link",
     "publish_markdown",
     "publish_table",
+    "task_runner",
 ]
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
@@ -110,3 +111,25 @@ def input_cache(*exclude: str) -> CachePolicy:
     for name in exclude:
         inputs = inputs - name
     return TASK_SOURCE + inputs
+
+
+def task_runner(dask_address: str | None = None, *, workers: int | None = None) -> Any:
+    """The task runner for fan-out work (per-episode ingestion).
+
+    - `dask_address` = "tcp://host:8786": a `prefect_dask.DaskTaskRunner` on that existing Dask cluster
+      (workers on several machines; each needs this repo + the VOICEPIPE_* store settings);
+    - `dask_address` = "local": a DaskTaskRunner that starts a temporary LocalCluster with `workers` workers;
+    - None (default): Prefect's ThreadPoolTaskRunner with `workers` threads (the local default).
+    `VOICEPIPE_DASK_ADDRESS` supplies `dask_address` when the argument is None (for deployments).
+    Use as `build_corpus.with_options(task_runner=task_runner(addr))(params)`.
+    """
+    dask_address = dask_address or os.environ.get("VOICEPIPE_DASK_ADDRESS") or None
+    if dask_address is None:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1})
+    return DaskTaskRunner(address=dask_address)
