@@ -65,17 +65,22 @@ def _run_ids() -> dict[str, str]:
     return out
 
 
-def record_corpus_version(store: Any, speaker: str, version: str, corpus_sha: str) -> dict[str, Any]:
+def record_corpus_version(
+    store: Any, speaker: str, version: str, corpus_sha: str, build_params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Compare `version` with the speaker's last one; on a change emit the event, then move the ref.
 
     The event is emitted BEFORE the ref moves: if the ref write fails, a retry emits again (a duplicate
-    trigger) rather than never (a lost retrain). Returns `{changed, previous_version, event_id}`.
+    trigger) rather than never (a lost retrain). `build_params` (the CorpusParams as a dict) are kept in the
+    refs so `retrain_check` can rebuild the corpus later. Returns `{changed, previous_version, event_id}`.
     """
     st = _open(store)
     speaker = speaker.lower()
     prev = ref_version(st.get_ref(latest_ref_name(speaker)))
     ids = _run_ids()
     extra = {"version": version, "speaker": speaker, **ids}
+    if build_params is not None:
+        extra["build_params"] = build_params
     st.set_ref(version_ref_name(speaker, version), corpus_sha, extra=extra)
     if prev == version:
         return {"changed": False, "previous_version": prev, "event_id": None}
@@ -94,13 +99,16 @@ def record_corpus_version(store: Any, speaker: str, version: str, corpus_sha: st
 
 
 @task(name="notify-corpus-version", **IO_RETRIES)
-def notify_corpus_version(store: Any, speaker: str, version: str, corpus_sha: str) -> bool:
+def notify_corpus_version(
+    store: Any, speaker: str, version: str, corpus_sha: str, build_params: dict[str, Any] | None = None
+) -> bool:
     """Prefect task for the end of `build_corpus`: emit `voicepipe.corpus.changed` if the version is new.
 
     `store` is a store URL, Settings or an open ArtifactStore; `corpus_sha` is the `put_dir` sha of the
-    corpus directory. Returns True when the version changed (and the event was emitted).
+    corpus directory; `build_params` the build's parameters (`params.model_dump(mode="json")`), which
+    `retrain_check` reuses. Returns True when the version changed (and the event was emitted).
     """
-    res = record_corpus_version(store, speaker, version, corpus_sha)
+    res = record_corpus_version(store, speaker, version, corpus_sha, build_params)
     if res["changed"]:
         md = (
             f"### Corpus changed: `{speaker}`\n\nversion `{version}` (was `{res['previous_version']}`), "
