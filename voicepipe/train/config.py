@@ -1,0 +1,99 @@
+"""Training hyper-parameters: a pydantic model whose defaults are the seed's working v8 run.
+
+The YAML files in `voicepipe/train/configs/` are the user-facing form; `load_config` merges one of them (or any
+YAML path) with keyword overrides and validates the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from voicepipe.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft) on the talker's and code predictor's projections; merged into full weights at export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(BaseModel):
+    """One fine-tuning run. Defaults = v8: full fine-tune, lr 2e-5, AdamW wd 0.01, clip 1.0, batch 2 x accum 4."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # optimisation (v8)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    batch_size: int = Field(2, ge=1)  # utterances per micro-batch (per process)
+    grad_accum: int = Field(4, ge=1)  # micro-batches per optimizer step (per process)
+    # Optional token budget (padded tokens) for one micro-batch. When set, the utterances of one optimizer step
+    # (batch_size * grad_accum per process) are regrouped by length into as few micro-batches as fit the budget.
+    # The loss is a token mean over the whole optimizer step, so this changes speed, not the gradient.
+    micro_batch_tokens: int | None = None
+    warmup_steps: int = 0
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    subtalker_weight: float = 0.3  # official recipe: loss = talker + 0.3 * code predictor
+    seed: int = 1234
+
+    # numerics / hardware
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    fused_optimizer: bool = True  # fused AdamW on CUDA
+
+    # speaker identity
+    speaker_source: Literal["ref_audio", "audio"] = "ref_audio"  # clips averaged (fp32) into the speaker vector
+    speaker_max_clips: int = 64
+
+    # guardrails
+    val_every_epoch: bool = True
+    patience: int = Field(3, ge=1)  # stop when val loss has risen this many epochs in a row
+    collapse_ratio: float | None = 0.5  # stop when train loss < ratio * val loss (the v5 failure); None = off
+    divergence_factor: float | None = 4.0  # stop when smoothed loss > factor * first loss; None = off
+    keep_best: int = Field(3, ge=1)  # epoch checkpoints kept on disk, ranked by val loss
+    state_every_steps: int = 0  # also save resumable training state every N optimizer steps (0 = per epoch)
+    log_every_steps: int = 1
+
+    # test hooks (also handy for smoke runs)
+    max_steps: int | None = None  # stop after this many optimizer steps in total
+    export: bool = True  # write per-epoch model checkpoints
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Read a YAML config (a path, or a name in voicepipe/train/configs; default `v8`) and apply overrides."""
+    if path is None:
+        path = CONFIG_DIR / "v8.yaml"
+    p = Path(path)
+    if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
+        p = CONFIG_DIR / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"training config {path}: not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"training config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"training config {path}: expected a mapping, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise ConfigError(f"training config {path}: {where}: {err['msg']}") from None

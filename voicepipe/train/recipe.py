@@ -1,0 +1,584 @@
+"""The fine-tuning recipe: one function, `train`, that reads top to bottom (torchtune style; config in YAML).
+
+    inputs (validated) -> processes/precision -> model -> speaker vector -> sequences -> optimizer -> [resume]
+    -> epochs of steps (guardrails per step) -> val loss, checkpoint, guardrails per epoch -> training.json, store
+
+The same code runs on CPU, one GPU, or several processes launched by `accelerate launch` / `torchrun` (DDP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voicepipe.errors import InputError
+from voicepipe.train.config import TrainConfig, load_config
+from voicepipe.train.data import (
+    TRAIN_FILE,
+    VAL_FILE,
+    Sequence,
+    SpecialIds,
+    build_sequence,
+    collate,
+    plan_epoch,
+    read_base_config,
+    read_split,
+    tokenize_text,
+)
+from voicepipe.train.loss import compute_loss
+
+STATE_DIR = "state"  # resumable training state (accelerate save_state + trainer.json)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (also written to `<out>/training.json`)."""
+
+    out_dir: Path
+    status: str  # "completed" | "stopped"
+    stop_reason: str | None
+    epochs: list[dict[str, Any]]
+    best: list[dict[str, Any]]  # kept checkpoints, best val loss first
+    training_json: Path
+    store: dict[str, Any] = field(default_factory=dict)
+
+
+class _LossModule(torch.nn.Module):
+    """Puts the loss inside `forward`, so DDP's gradient hooks and accelerate's autocast wrap all of it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, speaker: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        p = compute_loss(self.model, batch, speaker)
+        return p.talker_sum, p.sub_sum, p.talker_correct, p.sub_correct
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def train(
+    corpus: str | Path,
+    base: str | Path,
+    speaker: str,
+    out_dir: str | Path,
+    config: TrainConfig | str | Path | None = None,
+    *,
+    settings: Any = None,
+    store: Any = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune `base` on the corpus for `speaker`; write `<out>/epoch-NNN/`, `training.json`, `loss.png`.
+
+    `corpus`: a corpus dir, `s3://bucket/prefix`, or `store:<sha-or-ref>`. `base`: a local Qwen3-TTS Base model dir
+    (or a name `voicepipe.models.resolve_model` knows). `store`: an ArtifactStore, URL or Settings to upload the kept
+    checkpoints and training.json to (None = no upload). With `resume`, a run killed in the same `out_dir` continues
+    from its last saved training state.
+    """
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    out = Path(out_dir)
+    started = time.time()
+
+    # 1. inputs --------------------------------------------------------------------------------------------------
+    corpus_dir = _resolve_corpus(corpus, settings, out)
+    base_dir = _resolve_base(base, settings)
+    base_cfg = read_base_config(base_dir)
+    talker_cfg = base_cfg["talker_config"]
+    groups = int(talker_cfg.get("num_code_groups", 16))
+    codebook = int(talker_cfg.get("code_predictor_config", {}).get("vocab_size", 2048))
+    need_ref = cfg.speaker_source == "ref_audio"
+    train_utts = read_split(corpus_dir, TRAIN_FILE, num_groups=groups, codebook_size=codebook, need_ref=need_ref)
+    val_utts = read_split(corpus_dir, VAL_FILE, num_groups=groups, codebook_size=codebook, need_ref=False)
+    speaker_name = _check_speaker(speaker)
+    clips = _speaker_clips(train_utts, cfg)
+    corpus_version = _corpus_version(corpus_dir)
+    base_sha = _weights_sha256(base_dir)
+
+    # 2. processes and precision -----------------------------------------------------------------------------------
+    accelerator = _accelerator(cfg, settings)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+
+    # 3. model ---------------------------------------------------------------------------------------------------------
+    from voicepipe.models import load_tts, save_tts_checkpoint
+
+    tts = load_tts(base_dir, device=device, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    model = tts.model
+    model.speaker_encoder.requires_grad_(False)  # used once, below; not trained (dropped at export)
+    ids = SpecialIds.from_config(model.config)
+
+    # 4. speaker vector: fp32 mean over the corpus's clips -----------------------------------------------------------
+    from voicepipe.train.speaker import speaker_centroid
+
+    speaker_vec = speaker_centroid(model, clips).to(device)
+
+    # 5. sequences (same layout as generate(); see data.py) ----------------------------------------------------------
+    train_seqs = [_sequence(tts.processor, u, ids) for u in train_utts]
+    val_seqs = [_sequence(tts.processor, u, ids) for u in val_utts]
+    lengths = [s.length for s in train_seqs]
+
+    # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
+    if cfg.method == "lora":
+        model = _wrap_lora(model, cfg)
+    per_step = cfg.batch_size * cfg.grad_accum
+    plan_kw = dict(seed=cfg.seed, per_step=per_step, batch_size=cfg.batch_size, world=world,
+                   micro_batch_tokens=cfg.micro_batch_tokens)  # fmt: skip
+    steps_per_epoch = len(plan_epoch(lengths, epoch=0, **plan_kw))
+    total_steps = steps_per_epoch * cfg.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=bool(cfg.fused_optimizer and device.type == "cuda"))  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+    wrapped, optimizer = accelerator.prepare(_LossModule(model), optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, by us
+
+    # 7. resume ------------------------------------------------------------------------------------------------------
+    fingerprint = _fingerprint(cfg, corpus_version, base_sha, speaker_name, world)
+    ts = _TrainerState(fingerprint=fingerprint)
+    state_dir = out / STATE_DIR
+    if resume and (state_dir / "trainer.json").exists():
+        ts = _TrainerState.load(state_dir / "trainer.json")
+        if ts.fingerprint != fingerprint:
+            raise InputError(
+                f"out dir {out}: holds a run with another config/corpus/base/speaker; use a new --out or --no-resume"
+            )
+        accelerator.load_state(str(state_dir))
+    elif main and state_dir.exists():
+        shutil.rmtree(state_dir)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    run_info = dict(
+        speaker=speaker_name, corpus=str(corpus), corpus_dir=str(corpus_dir), corpus_version=corpus_version,
+        base_model=str(base_dir), base_sha256=base_sha, n_train=len(train_seqs), n_val=len(val_seqs),
+        world_size=world, device=str(device), precision=accelerator.mixed_precision,
+        started=datetime.fromtimestamp(started, UTC).isoformat(),
+    )  # fmt: skip
+
+    # 8. epochs ------------------------------------------------------------------------------------------------------
+    label_counts = [int((s.labels != -100).sum()) for s in train_seqs]
+    frame_counts = [s.n_frames for s in train_seqs]
+    bar = _progress(total_steps, ts.global_step, enabled=progress and main)
+    stop_reason: str | None = ts.stop_reason
+    for epoch in range(ts.epoch, cfg.epochs):
+        if stop_reason:
+            break
+        wrapped.train()
+        plan = plan_epoch(lengths, epoch=epoch, **plan_kw)
+        t_epoch = time.time()
+        for s, step_plan in enumerate(plan):
+            if s < ts.step_in_epoch:
+                continue  # done before the run was interrupted
+            mine, weight = step_plan[rank], 1.0
+            if not mine:  # a short last step can leave a process empty: it runs a zero-weight batch so DDP syncs
+                mine, weight = [[step_plan[0][0][0]]], 0.0
+            everyone = [i for r in step_plan for mb in r for i in mb]
+            n0 = sum(label_counts[i] for i in everyone)
+            nsub = sum(frame_counts[i] for i in everyone) * (groups - 1)
+            sums = torch.zeros(4, device=device, dtype=torch.float64)
+            for k, mb in enumerate(mine):
+                batch = collate([train_seqs[i] for i in mb]).to(device)
+                sync = k == len(mine) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
+                    t_sum, s_sum, t_ok, s_ok = wrapped(batch, speaker_vec)
+                    # token mean over the WHOLE optimizer step (all micro-batches, all processes); DDP averages
+                    # gradients over processes, hence the factor `world`.
+                    loss = weight * world * (t_sum / n0 + cfg.subtalker_weight * s_sum / nsub)
+                    accelerator.backward(loss)
+                sums += weight * torch.stack([t_sum.detach().double(), s_sum.detach().double(), t_ok.double(),
+                                              s_ok.double()])
+            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            sums = accelerator.reduce(sums, reduction="sum")
+            ts.add_step(sums.tolist(), n0, nsub, cfg.subtalker_weight)
+            ts.global_step += 1
+            ts.step_in_epoch = s + 1
+            step_loss = ts.epoch_acc_loss_last
+            gn = float(grad_norm) if grad_norm is not None else float("nan")
+            if ts.global_step % cfg.log_every_steps == 0 or not math.isfinite(step_loss):
+                ts.steps.append(dict(step=ts.global_step, epoch=epoch + 1, loss=step_loss, grad_norm=gn,
+                                     lr=scheduler.get_last_lr()[0]))  # fmt: skip
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}", gnorm=f"{gn:.2f}")
+            stop_reason = ts.step_guard(step_loss, cfg)
+            if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
+                break
+            if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 < len(plan):
+                _save_state(accelerator, ts, state_dir)
+        if stop_reason == "nonfinite_loss" or stop_reason == "diverged":
+            _write_report(out, ts, cfg, run_info, "stopped", stop_reason) if main else None
+            break
+        finished_epoch = ts.step_in_epoch == len(plan)
+        if not finished_epoch:  # max_steps reached mid-epoch: record and stop without an epoch checkpoint
+            _save_state(accelerator, ts, state_dir)
+            break
+
+        # epoch end: validation, checkpoint, guardrails, resumable state
+        val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups)
+        rec = ts.close_epoch(epoch + 1, val, seconds=time.time() - t_epoch, w=cfg.subtalker_weight)
+        if cfg.export and main:
+            ckpt = out / f"epoch-{epoch + 1:03d}"
+            save_tts_checkpoint(_export_model(accelerator.unwrap_model(wrapped).model, cfg), ckpt, base_dir=base_dir,
+                                speaker=speaker_name, speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+            rec["checkpoint"] = ckpt.name
+            ts.keep_best(out, cfg.keep_best)
+        accelerator.wait_for_everyone()
+        stop_reason = ts.epoch_guard(cfg)
+        ts.epoch, ts.step_in_epoch, ts.stop_reason = epoch + 1, 0, stop_reason
+        _save_state(accelerator, ts, state_dir)
+        if main:
+            _write_report(out, ts, cfg, run_info, "running", None)
+        if cfg.max_steps and ts.global_step >= cfg.max_steps:
+            break
+    bar.close()
+
+    # 9. report and store --------------------------------------------------------------------------------------------
+    status = "stopped" if stop_reason else "completed"
+    run_info["finished"] = datetime.now(UTC).isoformat()
+    run_info["seconds"] = round(time.time() - started, 2)
+    result_store: dict[str, Any] = {}
+    if main:
+        _write_report(out, ts, cfg, run_info, status, stop_reason)
+        if store is not None:
+            result_store = _upload(store, out, ts, speaker_name, cfg, run_info)
+            _write_report(out, ts, cfg, {**run_info, "store": result_store}, status, stop_reason)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out_dir=out, status=status, stop_reason=stop_reason, epochs=ts.epochs, best=ts.best,
+                       training_json=out / "training.json", store=result_store)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# helpers, in the order the recipe uses them
+
+
+def _resolve_corpus(corpus: str | Path, settings: Any, out: Path) -> Path:
+    text = str(corpus)
+    if text.startswith("s3://"):
+        return _download_s3_prefix(text, settings, out / "corpus")
+    if text.startswith("store:"):
+        from voicepipe.store import open_store
+
+        st = open_store(settings)
+        key = text[len("store:") :]
+        ref = st.get_ref(key)
+        sha = ref["sha"] if ref else key
+        return st.get_dir(sha, out / "corpus", overwrite=True)
+    p = Path(corpus)
+    if not p.is_dir():
+        raise InputError(f"corpus {corpus}: not a directory")
+    return p
+
+
+def _download_s3_prefix(url: str, settings: Any, dest: Path) -> Path:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from voicepipe.config import load_settings
+
+    s = settings or load_settings()
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    secret = s.s3_secret_key.get_secret_value() if s.s3_secret_key else None
+    client = boto3.client("s3", endpoint_url=s.s3_endpoint_url, aws_access_key_id=s.s3_access_key,
+                          aws_secret_access_key=secret, region_name=s.s3_region)  # fmt: skip
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    n = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix) :]
+                if not rel or rel.endswith("/"):
+                    continue
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(target))
+                n += 1
+    except (BotoCoreError, ClientError) as e:
+        raise InputError(f"corpus {url}: cannot read ({e})") from None
+    if n == 0:
+        raise InputError(f"corpus {url}: no objects under that prefix")
+    return dest
+
+
+def _resolve_base(base: str | Path, settings: Any) -> Path:
+    if Path(base).exists():
+        return Path(base)
+    from voicepipe.models import resolve_model
+
+    where = resolve_model("tts", str(base), settings)
+    if not isinstance(where, Path):
+        raise InputError(f"base model {base}: fine-tuning needs a local model directory (got hub id {where})")
+    return where
+
+
+def _check_speaker(speaker: str) -> str:
+    name = str(speaker or "").strip().lower()
+    if not name or any(c.isspace() and c != " " for c in name) or len(name) > 64:
+        raise InputError(f"speaker {speaker!r}: needs a one-line name of at most 64 characters")
+    return name
+
+
+def _speaker_clips(utts: list[Any], cfg: TrainConfig) -> list[Path]:
+    attr = "ref_audio" if cfg.speaker_source == "ref_audio" else "audio"
+    clips = list(dict.fromkeys(getattr(u, attr) for u in utts if getattr(u, attr) is not None))
+    if not clips:
+        raise InputError(f"corpus: no '{attr}' clips to compute the speaker vector from")
+    missing = [c for c in clips if not Path(c).exists()]
+    if missing:
+        raise InputError(f"corpus: speaker clip {missing[0]} not found")
+    return clips[: cfg.speaker_max_clips]
+
+
+def _corpus_version(corpus_dir: Path) -> str:
+    meta = corpus_dir / "corpus.json"
+    if meta.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            v = json.loads(meta.read_text()).get("version")
+            if v:
+                return str(v)
+    h = hashlib.sha256()
+    for name in (TRAIN_FILE, VAL_FILE):
+        h.update((corpus_dir / name).read_bytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _weights_sha256(base_dir: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(base_dir).glob("*.safetensors")):
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _accelerator(cfg: TrainConfig, settings: Any) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    want = (getattr(settings, "device", None) or os.environ.get("VOICEPIPE_DEVICE") or "auto").lower()
+    cpu = want == "cpu" or not torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "fp32" if cpu else "bf16"
+    # broadcast_buffers off: the only buffers are constant RoPE tables, and processes may run different
+    # numbers of micro-batches per step.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if precision == "bf16" else "no", kwargs_handlers=[ddp])
+
+
+def _sequence(processor: Any, utt: Any, ids: SpecialIds) -> Sequence:
+    try:
+        return build_sequence(tokenize_text(processor, utt.text), utt.codes, ids)
+    except InputError as e:
+        raise InputError(f"corpus line {utt.line}: {e}") from None
+
+
+def _wrap_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(cfg.lora.target_modules)
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=rf"talker\..*\.({names})")  # fmt: skip
+    return get_peft_model(model, lcfg)
+
+
+def _export_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """The network to save: LoRA adapters merged into a copy of the weights (training continues unmerged)."""
+    if cfg.method != "lora":
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def _schedule(cfg: TrainConfig, total: int) -> Any:
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.scheduler == "constant":
+            return 1.0
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.scheduler == "cosine" else 1.0 - frac
+
+    return factor
+
+
+def _fingerprint(cfg: TrainConfig, corpus_version: str, base_sha: str, speaker: str, world: int) -> str:
+    keep = cfg.model_dump(exclude={"max_steps", "epochs", "log_every_steps", "state_every_steps"})
+    blob = json.dumps([keep, corpus_version, base_sha, speaker, world], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _progress(total: int, done: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def _evaluate(wrapped: Any, seqs: list[Sequence], speaker: torch.Tensor, accelerator: Any, cfg: TrainConfig,
+              groups: int) -> dict[str, float]:  # fmt: skip
+    """Teacher-forced loss and code accuracy on the held-out split (token means over all processes)."""
+    net = accelerator.unwrap_model(wrapped)
+    was_training = net.training
+    net.eval()
+    mine = sorted(range(accelerator.process_index, len(seqs), accelerator.num_processes), key=lambda i: seqs[i].length)
+    bs = cfg.batch_size * cfg.grad_accum
+    sums = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
+    for k in range(0, len(mine), bs):
+        batch = collate([seqs[i] for i in mine[k : k + bs]])
+        n0, nsub = batch.n_labels, batch.n_frames * (groups - 1)
+        with accelerator.autocast():
+            t_sum, s_sum, t_ok, s_ok = net(batch.to(accelerator.device), speaker)
+        sums[:4] += torch.stack([t_sum.double(), s_sum.double(), t_ok.double(), s_ok.double()])
+        sums[4] += n0
+        sums[5] += nsub
+    sums = accelerator.reduce(sums, reduction="sum")
+    t_sum, s_sum, t_ok, s_ok, n0, nsub = sums.tolist()
+    net.train(was_training)
+    talker, sub = t_sum / max(n0, 1), s_sum / max(nsub, 1)
+    return dict(val_loss=talker + cfg.subtalker_weight * sub, val_talker_loss=talker, val_sub_loss=sub,
+                val_acc0=t_ok / max(n0, 1), val_acc_sub=s_ok / max(nsub, 1))  # fmt: skip
+
+
+@dataclass
+class _TrainerState:
+    """Counters, metrics and guardrail memory; saved next to accelerate's state so a killed run resumes exactly."""
+
+    fingerprint: str
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    global_step: int = 0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    acc: list[float] = field(default_factory=lambda: [0.0] * 6)  # this epoch: t_sum, s_sum, t_ok, s_ok, n0, nsub
+    epoch_acc_loss_last: float = float("nan")
+    first_loss: float | None = None
+    ema: float | None = None
+    stop_reason: str | None = None
+
+    def add_step(self, sums: list[float], n0: int, nsub: int, w: float) -> None:
+        for i, v in enumerate([*sums, n0, nsub]):
+            self.acc[i] += v
+        self.epoch_acc_loss_last = sums[0] / max(n0, 1) + w * sums[1] / max(nsub, 1)
+
+    def step_guard(self, loss: float, cfg: TrainConfig) -> str | None:
+        if not math.isfinite(loss):
+            return "nonfinite_loss"
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
+        if cfg.divergence_factor and self.ema > cfg.divergence_factor * self.first_loss:
+            return "diverged"
+        return None
+
+    def close_epoch(self, epoch: int, val: dict[str, float], seconds: float, w: float) -> dict[str, Any]:
+        t_sum, s_sum, t_ok, s_ok, n0, nsub = self.acc
+        rec: dict[str, Any] = dict(epoch=epoch, step=self.global_step)
+        talker, sub = t_sum / max(n0, 1), s_sum / max(nsub, 1)
+        rec.update(train_loss=talker + w * sub, train_talker_loss=talker, train_sub_loss=sub,
+                   train_acc0=t_ok / max(n0, 1), train_acc_sub=s_ok / max(nsub, 1), **val,
+                   seconds=round(seconds, 3))  # fmt: skip
+        self.epochs.append(rec)
+        self.acc = [0.0] * 6
+        return rec
+
+    def keep_best(self, out: Path, k: int) -> None:
+        ranked = sorted((e for e in self.epochs if e.get("checkpoint")), key=lambda e: e["val_loss"])
+        keep = {e["checkpoint"] for e in ranked[:k]}
+        for e in ranked[k:]:
+            shutil.rmtree(out / e["checkpoint"], ignore_errors=True)
+            e["pruned"] = True
+        self.best = [dict(epoch=e["epoch"], val_loss=e["val_loss"], checkpoint=e["checkpoint"]) for e in ranked[:k]]
+        for e in self.epochs:
+            if e.get("checkpoint") in keep:
+                e.pop("pruned", None)
+
+    def epoch_guard(self, cfg: TrainConfig) -> str | None:
+        last = self.epochs[-1]
+        if not math.isfinite(last["val_loss"]):
+            return "nonfinite_loss"
+        if cfg.collapse_ratio and last["train_loss"] < cfg.collapse_ratio * last["val_loss"]:
+            return "train_collapse"  # the v5 failure: training loss far below validation
+        vals = [e["val_loss"] for e in self.epochs]
+        if len(vals) > cfg.patience and all(vals[-i] > vals[-i - 1] for i in range(1, cfg.patience + 1)):
+            return "val_loss_rising"
+        return None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=1, default=float))
+
+    @classmethod
+    def load(cls, path: Path) -> _TrainerState:
+        return cls(**json.loads(path.read_text()))
+
+
+def _save_state(accelerator: Any, ts: _TrainerState, state_dir: Path) -> None:
+    """accelerate's state (model, optimizer, scheduler, RNG) + trainer.json, swapped in atomically."""
+    tmp = state_dir.with_name(state_dir.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ts.save(tmp / "trainer.json")
+        old = state_dir.with_name(state_dir.name + ".old")
+        if state_dir.exists():
+            state_dir.rename(old)
+        tmp.rename(state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _write_report(out: Path, ts: _TrainerState, cfg: TrainConfig, run: dict[str, Any], status: str,
+                  stop_reason: str | None) -> Path:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    doc = dict(run={**run, "status": status, "stop_reason": stop_reason}, config=cfg.model_dump(mode="json"),
+               epochs=ts.epochs, best=ts.best, steps=ts.steps)  # fmt: skip
+    path = out / "training.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    tmp.replace(path)
+    from voicepipe.train.plot import plot_losses
+
+    plot_losses(ts.steps, ts.epochs, out / "loss.png", title=f"{run.get('speaker')} - {status}"
+                + (f" ({stop_reason})" if stop_reason else ""))  # fmt: skip
+    return path
+
+
+def _upload(store: Any, out: Path, ts: _TrainerState, speaker: str, cfg: TrainConfig,
+            run: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    from voicepipe.store import ArtifactStore, open_store
+
+    st = store if isinstance(store, ArtifactStore) else open_store(store)
+    params = dict(speaker=speaker, corpus_version=run["corpus_version"], base_sha256=run["base_sha256"])
+    ckpts: dict[str, str] = {}
+    for b in ts.best:
+        ref = st.put_dir(out / b["checkpoint"], step="train", params={**params, "epoch": b["epoch"],
+                         "val_loss": b["val_loss"]}, name=f"{speaker}-{b['checkpoint']}")  # fmt: skip
+        ckpts[b["checkpoint"]] = ref.sha256
+        b["sha256"] = ref.sha256
+    loss_png = st.put_file(out / "loss.png", step="train", params=params, name=f"{speaker}-loss.png")
+    tj = st.put_file(out / "training.json", step="train", inputs=list(ckpts.values()), params=params,
+                     name=f"{speaker}-training.json")  # fmt: skip
+    st.set_ref(f"train/{speaker}/latest", tj.sha256, extra={"checkpoints": ckpts, "loss_png": loss_png.sha256})
+    return dict(training_json=tj.sha256, loss_png=loss_png.sha256, checkpoints=ckpts, uri=tj.uri)
