@@ -1,8 +1,10 @@
 # Shared by infra/*.sh: repo root, the prefect/python executables, and a wait for the Prefect API.
-VOICEPIPE_REPO=${VOICEPIPE_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+HERE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VOICEPIPE_REPO=${VOICEPIPE_REPO:-$HERE_REPO}
 export VOICEPIPE_REPO
-if [ -x "$VOICEPIPE_REPO/.venv/bin/prefect" ]; then
-  PREFECT="$VOICEPIPE_REPO/.venv/bin/prefect"; PYTHON="$VOICEPIPE_REPO/.venv/bin/python"
+# the project's .venv when there is one (scripts/bootstrap.sh), else whatever is on PATH (e.g. in the image)
+if [ -x "$HERE_REPO/.venv/bin/prefect" ]; then
+  PREFECT="$HERE_REPO/.venv/bin/prefect"; PYTHON="$HERE_REPO/.venv/bin/python"
 else
   PREFECT=prefect; PYTHON=python3
 fi
