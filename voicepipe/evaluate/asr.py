@@ -78,12 +78,16 @@ class WhisperAsr:
 
 
 def load_asr(backend: str = "auto", settings: Any = None, device: str = "cpu") -> Asr:
-    """`whisper` (via `voicepipe.models.resolve_model("asr")`), `pocketsphinx`, or `auto`: Whisper when its files
-    are available locally, else PocketSphinx."""
+    """`whisper` (via `voicepipe.models.resolve_model("asr")`), a local Whisper directory, `pocketsphinx`, or `auto`:
+    Whisper when its files are available locally, else PocketSphinx."""
     if backend == "pocketsphinx":
         return PocketSphinxAsr()
     if backend not in ("auto", "whisper"):
-        raise ModelError(f"ASR backend {backend!r}: unknown (use whisper, pocketsphinx or auto)")
+        from pathlib import Path
+
+        if Path(backend).is_dir():  # a local Whisper directory
+            return WhisperAsr(Path(backend), device=device)
+        raise ModelError(f"ASR backend {backend!r}: unknown (use whisper, pocketsphinx, auto or a Whisper dir)")
     try:
         from voicepipe.models import resolve_model
 
