@@ -128,22 +128,34 @@ def test_directory_round_trip(store, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_corrupted_object_is_caught(store_backend, tmp_path):
+def test_corrupted_object_is_caught_and_quarantined(store_backend, tmp_path):
     store, server = store_backend
-    src = tmp_path / "a.bin"
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "a.bin"
     src.write_bytes(os.urandom(4096))
     ref = store.put_file(src, step="test")
-    tree = store.put_dir(tmp_path, step="test")  # the tree holds the same file
+    tree = store.put_dir(tmp_path / "src", step="test")  # the tree holds the same file
     corrupt(store, server, ref.sha256)
     with pytest.raises(StoreError, match=f"{ref.sha256}.*corrupted"):
         store.get_bytes(ref.sha256)
+    # The bad bytes left objects/ (kept under quarantine/), so storing the content again repairs the store.
+    assert not store.exists(ref) and len(store.backend.list("quarantine/")) == 1
+    assert store.put_file(src, step="test") == ref and store.get_bytes(ref) == src.read_bytes()
+
+    corrupt(store, server, ref.sha256)
     with pytest.raises(StoreError, match=f"{ref.sha256}.*corrupted"):
         store.get_file(ref.sha256, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
     assert not list(tmp_path.glob(".out.bin*"))  # no partial download left behind
+
+    store.put_file(src, step="test")
+    corrupt(store, server, ref.sha256)
     with pytest.raises(StoreError, match=f"{ref.sha256}.*corrupted"):
         store.get_dir(tree, tmp_path / "restored")
-    assert not (tmp_path / "restored").exists()
+    assert not (tmp_path / "restored").exists() and not list(tmp_path.glob(".restored*"))
+    assert len(store.backend.list("quarantine/")) == 3
+    store.put_file(src, step="test")
+    assert (store.get_dir(tree, tmp_path / "restored") / "a.bin").read_bytes() == src.read_bytes()
 
 
 class Interrupted(Exception):

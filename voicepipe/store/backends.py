@@ -67,6 +67,7 @@ class Backend(Protocol):
     def get_file(self, key: str, dest: Path) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
+    def move(self, key: str, new_key: str) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------- local
@@ -173,6 +174,7 @@ class LocalBackend:
         except FileNotFoundError:
             return False
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with open(src, "rb") as fi, open(dest, "wb") as fo, _progress(size, f"fetch {dest.name}") as bar:
                 while chunk := fi.read(CHUNK):
                     fo.write(chunk)
@@ -199,6 +201,12 @@ class LocalBackend:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def move(self, key: str, new_key: str) -> None:
+        dst = self._path(new_key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self._path(key), dst)
 
 
 # --------------------------------------------------------------------------------------------- S3
@@ -363,6 +371,7 @@ class S3Backend:
                 if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                     return False
                 raise
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with open(dest, "wb") as f, _progress(size, f"fetch {dest.name}") as bar:
                 self.client.download_fileobj(self.bucket, self._key(key), f, Config=self.transfer,
                                              Callback=self._callback(bar))
@@ -379,6 +388,13 @@ class S3Backend:
 
     def delete(self, key: str) -> None:
         with self._errors(f"delete {self.uri(key)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def move(self, key: str, new_key: str) -> None:
+        with self._errors(f"move {self.uri(key)} to {self.uri(new_key)}"):
+            # managed copy: multipart for objects over 5 GB, where a single CopyObject is refused
+            self.client.copy({"Bucket": self.bucket, "Key": self._key(key)}, self.bucket, self._key(new_key),
+                             Config=self.transfer)
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 

@@ -3,6 +3,7 @@
 Layout under the store root (a directory, or `s3://bucket/prefix`):
 
     objects/ab/<sha256>              the bytes, named by their sha256
+    quarantine/<sha256>-<time>       objects whose bytes failed verification on read (moved out of objects/)
     meta/ab/<sha256>.json            sidecar: step, inputs, params, code_version, created, name, size, content_type
     refs/<name>.json                 named mutable pointer (current value)
     refs-log/<name>/<time>-<id>.json every value a ref ever had (append-only history)
@@ -208,8 +209,10 @@ class ArtifactStore:
         return self.backend.exists(self._obj_key(_check_sha(sha)))
 
     def _corrupt(self, sha: str, got: str) -> StoreError:
-        return StoreError(f"object {sha} in {self.url}: corrupted (content hashes to {got[:12]}…); "
-                          "delete it and store it again")
+        # Move the bad bytes out of the way (kept for inspection) so that storing the content again repairs it.
+        self.backend.move(self._obj_key(sha), f"quarantine/{sha}-{new_tmp_name()}")
+        return StoreError(f"object {sha} in {self.url}: corrupted (content hashes to {got[:12]}…); moved to "
+                          "quarantine/, store it again to repair")
 
     def _missing(self, sha: str) -> StoreError:
         return StoreError(f"object {sha} not found in store {self.url}")
