@@ -1,0 +1,120 @@
+"""`voicepipe audit RUN_ID|CORPUS_VERSION|SHA` against a real Prefect server and a real store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from tasks.common import publish_link, publish_table
+from tasks.events import notify_corpus_version
+from tests.fixtures.prefect import REPO
+from voicepipe.store import open_store
+
+VOICEPIPE = str(Path(sys.executable).with_name("voicepipe"))
+
+
+@task
+def ingest(store_url: str, episode: str) -> str:
+    st = open_store(store_url)
+    ep = st.put_bytes(f"mp3 of {episode}".encode(), step="corpus.fetch", params={"url": f"http://feed/{episode}"},
+                      name=episode)
+    clip = st.put_bytes(f"clip of {episode}".encode(), step="corpus.segment", inputs=[ep.sha256],
+                        params={"min_silence_s": 0.3}, name=f"{episode}-clip-0")
+    return clip.sha256
+
+
+@flow(name="audit-demo-build")
+def audit_demo_build(store_url: str, speaker: str, episodes: list[str]) -> dict:
+    from prefect.runtime import flow_run
+
+    clips = [ingest(store_url, e) for e in episodes]
+    st = open_store(store_url)
+    tree = st.put_json({"clips": clips}, step="corpus.assemble", inputs=clips, params={"speaker": speaker},
+                       name="corpus.json")
+    version = tree.sha256[:16]
+    publish_table("audit-counts", [{"episodes": len(episodes), "clips": len(clips)}])
+    publish_link("audit-corpus", st.backend.uri(f"objects/{tree.sha256[:2]}/{tree.sha256}"), f"corpus {tree.sha256}")
+    notify_corpus_version(store_url, speaker, version, tree.sha256)
+    return {"run_id": flow_run.id, "version": version, "tree": tree.sha256}
+
+
+def _audit(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([VOICEPIPE, "audit", target], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def built(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.fixtures.prefect import _flush_prefect_workers
+
+    tmp_path = tmp_path_factory.mktemp("audit")
+    store_url = f"file://{tmp_path / 'store'}"
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api}):
+        out = audit_demo_build(store_url, "auditspeaker", ["ep01", "ep02"])
+        _flush_prefect_workers()
+    # a voice trained from that corpus (what train + evaluate/promote leave in the registry)
+    st = open_store(store_url)
+    ckpt = st.put_bytes(b"weights", step="train.checkpoint", inputs=[out["tree"]], params={"epoch": 3},
+                        name="epoch-003")
+    st.set_ref("voices/auditspeaker", ckpt.sha256, extra={"sim": 0.81, "wer": 0.02})
+    env = {**prefect_server.env, "VOICEPIPE_STORE_URL": store_url, "VOICEPIPE_HOME": str(tmp_path)}
+    return {**out, "env": env, "ckpt": ckpt.sha256}
+
+
+def test_audit_flow_run(built) -> None:
+    p = _audit(built["run_id"], built["env"])
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert f"flow run {built['run_id']}" in out and "flow=audit-demo-build" in out
+    assert '"speaker": "auditspeaker"' in out  # the run's parameters
+    assert "task runs: 3" in out  # 2 x ingest + notify-corpus-version
+    assert "artifact audit-counts [table]" in out and "artifact corpus-event-auditspeaker [markdown]" in out
+    # the stored corpus object named by the run's artifacts, with its lineage back to the episodes
+    assert f"{built['tree'][:12]}  corpus.json  step=corpus.assemble" in out
+    assert "corpus.fetch x2" in out and "corpus.segment x2" in out
+    assert '"url": "http://feed/ep01"' in out
+
+
+def test_audit_corpus_version_and_sha(built) -> None:
+    p = _audit(built["version"], built["env"])
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert f"corpus version {built['version']}" in out
+    assert "speaker=auditspeaker" in out and f"built by flow run {built['run_id']}" in out
+    assert "corpus/auditspeaker/latest" in out and f"corpus/auditspeaker/versions/{built['version']}" in out
+    assert "corpus.segment x2" in out
+    assert f"voice voices/auditspeaker -> {built['ckpt'][:12]}" in out and '"sim": 0.81' in out
+
+    p = _audit(built["ckpt"], built["env"])
+    assert p.returncode == 0, p.stderr
+    assert "step=train.checkpoint" in p.stdout and "corpus.assemble x1" in p.stdout
+
+
+def test_audit_bad_targets_one_line_errors(built) -> None:
+    p = _audit("no-such-version", built["env"])
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: corpus version 'no-such-version': no store ref records it (corpus/<speaker>/versions/…)"
+    )
+    missing = "00000000-0000-4000-8000-000000000000"
+    p = _audit(missing, built["env"])
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: flow run {missing}: not found")
+
+
+def test_audit_output_shown(built) -> None:
+    """Print one audit (pytest -s) so a reader sees what users get; checks the JSON form parses."""
+    import json
+
+    p = subprocess.run([VOICEPIPE, "audit", "--json", built["version"]], cwd=REPO, env=built["env"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["kind"] == "corpus_version" and report["corpora"][0]["corpus_sha"] == built["tree"]
+    print(_audit(built["run_id"], built["env"]).stdout)
