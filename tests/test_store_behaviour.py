@@ -310,3 +310,13 @@ def test_backends_are_the_classes_named(store_backend):
     store, server = store_backend
     assert isinstance(store.backend, LocalBackend if server is None else S3Backend)
     assert store.url.startswith("file://" if server is None else "s3://voicepipe-test/t-")
+
+
+def test_store_pickles_for_other_processes(store):
+    """Dask workers and Prefect task inputs get a pickled store: it must reconnect and see the same objects."""
+    import pickle
+
+    ref = store.put_bytes(b"shared", step="t")
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.url == store.url and clone.get_bytes(ref) == b"shared"
+    assert clone.put_bytes(b"from clone", step="t").uri.startswith(store.url)

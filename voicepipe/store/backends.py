@@ -224,6 +224,17 @@ class S3Backend:
                  max_attempts: int = 3, connect_timeout: float = 5.0, read_timeout: float = 60.0,
                  multipart_threshold: int = 64 * 1024 * 1024, multipart_chunksize: int = 16 * 1024 * 1024,
                  max_concurrency: int = 4, create_bucket: bool = True) -> None:
+        self._args = {"bucket": bucket, "prefix": prefix, "endpoint_url": endpoint_url, "access_key": access_key,
+                      "secret_key": secret_key, "region": region, "max_attempts": max_attempts,
+                      "connect_timeout": connect_timeout, "read_timeout": read_timeout,
+                      "multipart_threshold": multipart_threshold, "multipart_chunksize": multipart_chunksize,
+                      "max_concurrency": max_concurrency}
+        self._connect(**self._args)
+        self._check_bucket(create_bucket, region)
+
+    def _connect(self, *, bucket: str, prefix: str, endpoint_url: str | None, access_key: str | None,
+                 secret_key: str | None, region: str, max_attempts: int, connect_timeout: float, read_timeout: float,
+                 multipart_threshold: int, multipart_chunksize: int, max_concurrency: int) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -250,7 +261,14 @@ class S3Backend:
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=multipart_chunksize, max_concurrency=max_concurrency)
-        self._check_bucket(create_bucket, region)
+
+    # Picklable (Dask workers, Prefect task inputs): the boto3 client is rebuilt from the arguments, no re-check.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._args)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._args = dict(state)
+        self._connect(**state)
 
     # -- errors
 
