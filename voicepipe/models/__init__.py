@@ -1,16 +1,25 @@
 """voicepipe.models: find, load and save every model the pipeline uses (see `tiny` for test-sized real models)."""
 
+import os
+
 from voicepipe.models.compat import apply_compat, repair_config_dict
+from voicepipe.models.others import disable_pyannote_telemetry, load_asr, load_demucs, load_diarization
 from voicepipe.models.qwen import SPEAKER_ROW, load_codec, load_tts, save_tts_checkpoint
 from voicepipe.models.resolve import KINDS, resolve_model
 from voicepipe.models.speaker import SpeakerEncoder, load_speaker_encoder
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")  # zero-cloud: no pyannote usage metrics
 
 __all__ = [
     "KINDS",
     "SPEAKER_ROW",
     "SpeakerEncoder",
     "apply_compat",
+    "disable_pyannote_telemetry",
+    "load_asr",
     "load_codec",
+    "load_demucs",
+    "load_diarization",
     "load_speaker_encoder",
     "load_tts",
     "repair_config_dict",

@@ -45,9 +45,9 @@ def _how_to_provide(kind: str, name: str, models_dir: Path | None) -> str:
     local = target / name.split("/")[-1]
     if kind == "demucs":
         return (
-            f"on a connected machine run `python -c \"from demucs.pretrained import get_model; get_model('{name}')\"`, "
-            f"copy {name}.yaml (from demucs/remote/) and the .th files from ~/.cache/torch/hub/checkpoints/ into "
-            f"{local}, then set VOICEPIPE_MODELS_DIR={target}"
+            f"on a connected machine download the .th files that demucs/remote/{name}.yaml lists (URLs: "
+            f"https://dl.fbaipublicfiles.com/demucs/ + the paths in demucs/remote/files.txt) and put them with "
+            f"{name}.yaml in {local}, then set VOICEPIPE_MODELS_DIR={target}"
         )
     return (
         f"on a connected machine run `huggingface-cli download {name} --local-dir {local}`, copy it here "

@@ -197,3 +197,171 @@ def build_tiny_custom_voice(out_dir: str | Path, speaker: str = "alice", seed: i
         tts = load_tts(base)
         emb = tts.model.extract_speaker_embedding(voiced_tone(2.0, seed=seed), SAMPLE_RATE)
         return save_tts_checkpoint(tts, out_dir, base_dir=base, speaker=speaker, speaker_embedding=emb)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Corpus-stage models: Demucs (separation), Whisper (ASR), pyannote (diarization).
+
+
+def build_tiny_demucs(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random `HTDemucs` saved as a demucs local repo: `<dir name>.yaml` (a bag of one) + `<sig>-<sha>.th`.
+
+    Load with `demucs.pretrained.get_model(<dir name>, repo=out_dir)` (what `voicepipe.models.load_demucs` does), the
+    same layout as a released model copied locally (`htdemucs.yaml` + `955717e8-8726e21a.th`).
+    """
+    import hashlib
+
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    # real sources, sample rate, STFT size and depth; 4 channels and one cross-transformer layer instead of 48 / 5
+    model = HTDemucs(
+        sources=["drums", "bass", "other", "vocals"], channels=4, depth=4, nfft=4096, t_layers=1, t_heads=2,
+        t_hidden_scale=1.0, dconv_comp=2, segment=4, samplerate=44100, audio_channels=2,
+    )  # fmt: skip
+    args, kwargs = model._init_args_kwargs  # recorded by demucs' @capture_init, as `demucs.states.serialize_model`
+    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None), "training_args": {}}
+    tmp = out / "model.th.tmp"
+    torch.save(package, tmp)
+    sig = f"tiny{seed:04d}"
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    tmp.rename(out / f"{sig}-{sha}.th")
+    (out / f"{out.name}.yaml").write_text(f"models: ['{sig}']\n")
+    return out
+
+
+WHISPER_LANGUAGES = ["en", "de", "es", "fr", "zh", "ja"]
+
+
+def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random `WhisperForConditionalGeneration` + `WhisperProcessor` (real-format tokenizer/feature files).
+
+    `generate(..., language="english", task="transcribe")` works (the generation config carries `lang_to_id`,
+    `task_to_id`, `no_timestamps_token_id`); the text it produces is junk.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 50, trainer=trainer)
+    bpe_model = json.loads(bpe.to_str())["model"]
+    vocab = dict(bpe_model["vocab"])
+    vocab["<|endoftext|>"] = len(vocab)  # as in GPT-2 / Whisper: the last id of the base vocabulary
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in bpe_model["merges"]]
+    tok = WhisperTokenizer(vocab=vocab, merges=merges)
+    specials = ["<|startoftranscript|>", *[f"<|{c}|>" for c in WHISPER_LANGUAGES], "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]  # fmt: skip
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])  # timestamp tokens, as in the released vocab
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials + ["<|endoftext|>"]}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    # a random model would mostly emit timestamp tokens (decoded as ""): suppress them so the junk is visible text
+    timestamps = list(range(ids["<|notimestamps|>"] + 1, len(tok)))
+
+    config = WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=128, decoder_start_token_id=sot,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    gen = GenerationConfig(
+        decoder_start_token_id=sot, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        is_multilingual=True, lang_to_id={f"<|{c}|>": ids[f"<|{c}|>"] for c in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        suppress_tokens=timestamps, begin_suppress_tokens=[eot], forced_decoder_ids=None,
+    )  # fmt: skip
+    model.generation_config = gen
+    model.save_pretrained(out)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(out)
+    return out
+
+
+def build_tiny_diarization(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random pyannote.audio 4 `SpeakerDiarization` pipeline dir, laid out like speaker-diarization-community-1.
+
+    `config.yaml` + `segmentation/pytorch_model.bin` (`PyanNet`, powerset 3 speakers / 2 at once, 10 s chunks) +
+    `embedding/pytorch_model.bin` (`XVectorSincNet`, 32-d, instead of the release's WeSpeaker ResNet34: same loader,
+    far smaller) + `plda/{xvec_transform,plda}.npz` (a random orthonormal LDA/PLDA), loaded with
+    `pyannote.audio.Pipeline.from_pretrained(out_dir)`. Checkpoints are written in the Lightning layout pyannote's
+    `Model.from_pretrained` reads (hand-built: pyannote saves checkpoints only through a Lightning Trainer).
+    """
+    import yaml
+
+    from voicepipe.models.others import disable_pyannote_telemetry
+
+    disable_pyannote_telemetry()
+    import lightning
+    import pyannote.audio
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from pyannote.audio.models.embedding import XVectorSincNet
+    from pyannote.audio.models.segmentation import PyanNet
+
+    out = Path(out_dir)
+    for sub in ("segmentation", "embedding", "plda"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    def save(model: Any, path: Path) -> None:
+        ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": lightning.__version__}  # fmt: skip
+        model.on_save_checkpoint(ckpt)  # adds pyannote.audio's versions/architecture/specifications
+        torch.save(ckpt, path)
+
+    seg = PyanNet(
+        lstm={"hidden_size": 16, "num_layers": 1, "bidirectional": True, "monolithic": True},
+        linear={"hidden_size": 16, "num_layers": 1},
+    )
+    seg.specifications = Specifications(
+        problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0, min_duration=10.0,
+        classes=["speaker#1", "speaker#2", "speaker#3"], powerset_max_classes=2, permutation_invariant=True,
+    )  # fmt: skip
+    seg.build()
+    save(seg, out / "segmentation" / "pytorch_model.bin")
+    dim, lda_dim = 32, 16
+    emb = XVectorSincNet(dimension=dim)
+    emb.specifications = Specifications(
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0, min_duration=0.5
+    )
+    save(emb, out / "embedding" / "pytorch_model.bin")
+    rng = np.random.default_rng(seed)
+    lda, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    np.savez(out / "plda" / "xvec_transform.npz", mean1=np.zeros(dim), mean2=np.zeros(lda_dim), lda=lda[:, :lda_dim])
+    tr, _ = np.linalg.qr(rng.standard_normal((lda_dim, lda_dim)))
+    np.savez(out / "plda" / "plda.npz", mu=np.zeros(lda_dim), tr=tr, psi=np.linspace(2.0, 0.5, lda_dim))
+    config = {
+        "dependencies": {"pyannote.audio": pyannote.audio.__version__},
+        "pipeline": {
+            "name": "pyannote.audio.pipelines.SpeakerDiarization",
+            "params": {
+                "clustering": "VBxClustering",
+                "embedding": "$model/embedding",
+                "embedding_batch_size": 8,
+                "embedding_exclude_overlap": True,
+                "plda": "$model/plda",
+                "segmentation": "$model/segmentation",
+                "segmentation_batch_size": 8,
+            },  # fmt: skip
+        },
+        "params": {"clustering": {"threshold": 0.6, "Fa": 0.07, "Fb": 0.8}, "segmentation": {"min_duration_off": 0.0}},
+    }
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out

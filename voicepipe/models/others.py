@@ -1,0 +1,78 @@
+"""Loaders for the corpus-stage models: Demucs, Whisper ASR, pyannote diarization (local dirs, hub off by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from voicepipe.errors import ModelError
+from voicepipe.models.resolve import resolve_model
+
+
+def disable_pyannote_telemetry() -> None:
+    """pyannote.audio 4 sends usage metrics to otel.pyannote.ai unless told not to; voicepipe is zero-cloud.
+
+    pyannote reads the variable at each model/pipeline load (and sets it to "true" on import if unset).
+    """
+    os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+
+
+def load_demucs(name_or_path: str | Path | None = None, settings: Any = None) -> Any:
+    """A Demucs model (`demucs.apply.BagOfModels` or a single model) from a local repo dir, a `.th` file, or by name.
+
+    A local repo dir holds `<name>.yaml` (a bag of signatures) and `<sig>[-<sha>].th` files; the name is the dir's
+    name, else its only yaml, else its only `.th`.
+    """
+    where = resolve_model("demucs", name_or_path, settings)
+    from demucs.pretrained import get_model
+    from demucs.states import load_model
+
+    try:
+        if isinstance(where, str):
+            return get_model(where)
+        if where.is_file():
+            return load_model(where).eval()
+        yamls, ths = sorted(where.glob("*.yaml")), sorted(where.glob("*.th"))
+        if (where / f"{where.name}.yaml").is_file():
+            return get_model(where.name, repo=where)
+        if len(yamls) == 1:
+            return get_model(yamls[0].stem, repo=where)
+        if len(ths) == 1:
+            return load_model(ths[0]).eval()
+    except Exception as e:
+        raise ModelError(f"demucs model {name_or_path}: failed to load ({type(e).__name__}: {e})") from e
+    raise ModelError(f"demucs model {name_or_path}: {where} holds neither one <name>.yaml nor exactly one .th file")
+
+
+def load_asr(name_or_path: str | Path | None = None, device: str = "cpu", dtype: Any = None, settings: Any = None):
+    """(WhisperForConditionalGeneration, WhisperProcessor) from a local dir (or a hub id when online)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    where = resolve_model("asr", name_or_path, settings)
+    local = isinstance(where, Path)
+    try:
+        processor = WhisperProcessor.from_pretrained(str(where), local_files_only=local)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            str(where), dtype=dtype or torch.float32, local_files_only=local
+        )
+    except Exception as e:
+        raise ModelError(f"asr model {name_or_path or where}: failed to load ({type(e).__name__}: {e})") from e
+    return model.to(device).eval(), processor
+
+
+def load_diarization(name_or_path: str | Path | None = None, device: str = "cpu", settings: Any = None) -> Any:
+    """A pyannote.audio speaker-diarization `Pipeline` from a local dir with `config.yaml` (telemetry off)."""
+    disable_pyannote_telemetry()
+    where = resolve_model("diarization", name_or_path, settings)
+    import torch
+    from pyannote.audio import Pipeline
+
+    try:
+        pipeline = Pipeline.from_pretrained(where)
+    except Exception as e:
+        raise ModelError(f"diarization model {name_or_path or where}: failed to load ({type(e).__name__}: {e})") from e
+    if pipeline is None:
+        raise ModelError(f"diarization model {name_or_path or where}: pyannote returned no pipeline")
+    return pipeline.to(torch.device(device))
