@@ -140,7 +140,8 @@ def test_corrupted_object_is_caught_and_quarantined(store_backend, tmp_path):
         store.get_bytes(ref.sha256)
     # The bad bytes left objects/ (kept under quarantine/), so storing the content again repairs the store.
     assert not store.exists(ref) and len(store.backend.list("quarantine/")) == 1
-    assert store.put_file(src, step="test") == ref and store.get_bytes(ref) == src.read_bytes()
+    assert store.put_file(src, step="repair") == ref and store.get_bytes(ref) == src.read_bytes()
+    assert store.meta(ref)["step"] == "test"  # the original provenance survives the repair
 
     corrupt(store, server, ref.sha256)
     with pytest.raises(StoreError, match=f"{ref.sha256}.*corrupted"):
