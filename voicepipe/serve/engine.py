@@ -21,6 +21,7 @@ package's `chunked_decode`, in small chunks), first chunk smaller for a short ti
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import queue
@@ -117,6 +118,53 @@ class RequestHandle:
         self.cancelled = True
 
 
+@dataclass
+class _FusedLayer:
+    """One decoder layer's weights, q/k/v and gate/up fused (module parameters become views: no extra memory)."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qk_w: torch.Tensor  # [n_q_heads + n_kv_heads, head_dim]: q_norm weight per q head, k_norm weight per kv head
+    wqkv: torch.Tensor
+    wo: torch.Tensor
+    wgu: torch.Tensor
+    wd: torch.Tensor
+    eps: float
+    qk_eps: float
+
+
+def _fuse_layer(layer: torch.nn.Module, nh: int, kvh: int) -> _FusedLayer:
+    a, m = layer.self_attn, layer.mlp
+    if any(x.bias is not None for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj)):
+        raise EngineError("attention/MLP biases are not supported by the fused engine")
+
+    def fuse(mods: list[torch.nn.Linear]) -> torch.Tensor:
+        w = torch.cat([x.weight.detach() for x in mods], 0)
+        off = 0
+        for x in mods:  # re-point the module's own parameters into the fused tensor
+            n = x.weight.shape[0]
+            x.weight = torch.nn.Parameter(w[off : off + n], requires_grad=False)
+            off += n
+        return w
+
+    wqkv = fuse([a.q_proj, a.k_proj, a.v_proj])
+    wgu = fuse([m.gate_proj, m.up_proj])
+    qk_w = torch.cat([a.q_norm.weight.detach()[None].expand(nh, -1), a.k_norm.weight.detach()[None].expand(kvh, -1)])
+    return _FusedLayer(
+        ln1=layer.input_layernorm.weight.detach(), ln2=layer.post_attention_layernorm.weight.detach(),
+        qk_w=qk_w.contiguous(), wqkv=wqkv, wo=a.o_proj.weight.detach(), wgu=wgu, wd=m.down_proj.weight.detach(),
+        eps=layer.input_layernorm.variance_epsilon, qk_eps=a.q_norm.variance_epsilon,
+    )  # fmt: skip
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """The package's RMSNorm. fp32: the same arithmetic; bf16/fp16: one fused call (weight applied before rounding)."""
+    if x.dtype == torch.float32:
+        y = F.rms_norm(x, (x.shape[-1],), None, eps)
+        return y if w is None else y * w
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
+
+
 def _bucket_sizes(max_batch: int) -> list[int]:
     sizes = [1]
     while sizes[-1] < max_batch:
@@ -147,6 +195,8 @@ class TTSEngine:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._dq: queue.Queue = queue.Queue()
+        self._decoder: threading.Thread | None = None
         self.steps = 0
 
     # ------------------------------------------------------------------ state
@@ -160,6 +210,9 @@ class TTSEngine:
         self.p_nh, self.p_kvh = pc.num_attention_heads, pc.num_key_value_heads
         self.n_groups = tc.num_code_groups
         n_pred = self.n_groups - 1
+        with torch.no_grad():
+            self.t_layers = [_fuse_layer(x, self.nh, self.kvh) for x in self.talker.model.layers]
+            self.p_layers = [_fuse_layer(x, self.p_nh, self.p_kvh) for x in self.cp.model.layers]
         L = c.max_len
         self.kc = [torch.zeros(S, self.kvh, L, self.hd, device=dev, dtype=dt) for _ in self.talker.model.layers]
         self.vc = [torch.zeros_like(k) for k in self.kc]
@@ -193,9 +246,10 @@ class TTSEngine:
             dummy = torch.zeros(1, device=dev, dtype=dt)
             cos, sin = self.talker.model.rotary_emb(dummy, self.ar.view(1, 1, -1).expand(3, 1, -1))
             # MRoPE with equal temporal/height/width positions (always so for TTS) is plain 1-D RoPE.
-            self.cos, self.sin = cos[0, 0], sin[0, 0]  # [L, hd]
+            # rotate_half(x) * sin == roll(x, hd/2) * (sin with its first half negated)
+            self.cos, self.sin = cos[0, 0], self._signed(sin[0, 0])  # [L, hd]
             pcos, psin = self.cp.model.rotary_emb(dummy, torch.arange(n_pred + 1, device=dev)[None])
-            self.pcos, self.psin = pcos[0], psin[0]  # [16, hd]
+            self.pcos, self.psin = pcos[0], self._signed(psin[0])  # [16, hd]
             ids = torch.tensor(
                 [[self.model.config.tts_bos_token_id, self.model.config.tts_eos_token_id,
                   self.model.config.tts_pad_token_id]], device=dev)
@@ -282,10 +336,25 @@ class TTSEngine:
 
     # ------------------------------------------------------------------ math
     @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-1] // 2
-        rot = torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-        return x * cos + rot * sin
+    def _signed(sin: torch.Tensor) -> torch.Tensor:
+        h = sin.shape[-1] // 2
+        return torch.cat([-sin[..., :h], sin[..., h:]], -1)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+    def _layer(self, w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor,
+               sin: torch.Tensor, attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+               ) -> torch.Tensor:
+        """One pre-norm decoder layer with fused projections; `attend(q, k, v)` stores K/V and returns [b,n,nh*hd]."""
+        b, n, _ = x.shape
+        qkv = F.linear(_rms(x, w.ln1, w.eps), w.wqkv).view(b, n, nh + 2 * kvh, hd)
+        qk = self._rope(_rms(qkv[:, :, : nh + kvh], w.qk_w, w.qk_eps), cos, sin)
+        q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + kvh :].transpose(1, 2)
+        x = x + F.linear(attend(q, k, v), w.wo)
+        g, u = F.linear(_rms(x, w.ln2, w.eps), w.wgu).chunk(2, -1)
+        return x + F.linear(F.silu(g) * u, w.wd)
 
     def _sample(self, logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int) -> torch.Tensor:
         best = logits.argmax(-1)
@@ -298,25 +367,22 @@ class TTSEngine:
     def _predictor(self, h: torch.Tensor, start: int, b: int) -> torch.Tensor:
         """Run the code predictor's decoder layers on h [b, n, Hp] at static positions start..start+n-1."""
         n = h.shape[1]
-        cos, sin = self.pcos[start : start + n], self.psin[start : start + n]
-        for i, layer in enumerate(self.cp.model.layers):
-            a = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = a.q_norm(a.q_proj(x).view(b, n, self.p_nh, self.p_hd)).transpose(1, 2)
-            k = a.k_norm(a.k_proj(x).view(b, n, self.p_kvh, self.p_hd)).transpose(1, 2)
-            v = a.v_proj(x).view(b, n, self.p_kvh, self.p_hd).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            self.pk[i][:b, :, start : start + n] = k
-            self.pv[i][:b, :, start : start + n] = v
-            if n > 1:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            else:
+        cos, sin = self.pcos[start : start + n][:, None], self.psin[start : start + n][:, None]  # [n,1,hd]
+        for i, w in enumerate(self.p_layers):
+            pk, pv = self.pk[i], self.pv[i]
+
+            def attend(q, k, v, pk=pk, pv=pv):
+                pk[:b, :, start : start + n] = k
+                pv[:b, :, start : start + n] = v
+                if n > 1:
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                    return o.transpose(1, 2).reshape(b, n, -1)
                 o = F.scaled_dot_product_attention(
-                    q.reshape(b, self.p_kvh, -1, self.p_hd),
-                    self.pk[i][:b, :, : start + 1], self.pv[i][:b, :, : start + 1])
-            h = h + a.o_proj(o.reshape(b, self.p_nh, n, self.p_hd).transpose(1, 2).reshape(b, n, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.cp.model.norm(h)
+                    q.reshape(b, self.p_kvh, -1, self.p_hd), pk[:b, :, : start + 1], pv[:b, :, : start + 1])
+                return o.reshape(b, 1, -1)
+
+            h = self._layer(w, h, self.p_nh, self.p_kvh, self.p_hd, cos, sin, attend)
+        return _rms(h, self.cp.model.norm.weight, self.cp.model.norm.variance_epsilon)
 
     def _step(self, b: int, L: int) -> None:
         """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
@@ -325,21 +391,19 @@ class TTSEngine:
         bidx = self.slot_idx[:b]
         cos, sin = self.cos[p][:, None, None], self.sin[p][:, None, None]  # [b,1,1,hd]
         mask = (self.ar[:L][None] <= p[:, None]).view(b, 1, 1, L)
-        for i, layer in enumerate(self.talker.model.layers):
-            a = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = a.q_norm(a.q_proj(h).view(b, 1, self.nh, self.hd)).transpose(1, 2)
-            k = a.k_norm(a.k_proj(h).view(b, 1, self.kvh, self.hd)).transpose(1, 2)
-            v = a.v_proj(h).view(b, 1, self.kvh, self.hd).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            self.kc[i][bidx, :, p] = k[:, :, 0]
-            self.vc[i][bidx, :, p] = v[:, :, 0]
-            # GQA decode: fold the query heads of each KV head into the query-length axis (no KV repeat).
-            o = F.scaled_dot_product_attention(
-                q.reshape(b, self.kvh, -1, self.hd), self.kc[i][:b, :, :L], self.vc[i][:b, :, :L], attn_mask=mask)
-            x = x + a.o_proj(o.reshape(b, 1, self.nh * self.hd))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        hidden = self.talker.model.norm(x)  # [b,1,H]
+        for i, w in enumerate(self.t_layers):
+            kc, vc = self.kc[i], self.vc[i]
+
+            def attend(q, k, v, kc=kc, vc=vc):
+                kc[bidx, :, p] = k[:, :, 0]
+                vc[bidx, :, p] = v[:, :, 0]
+                # GQA decode: fold each KV head's query heads into the query-length axis (no KV repeat)
+                o = F.scaled_dot_product_attention(
+                    q.reshape(b, self.kvh, -1, self.hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
+                return o.reshape(b, 1, -1)
+
+            x = self._layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
+        hidden = _rms(x, self.talker.model.norm.weight, self.talker.model.norm.variance_epsilon)  # [b,1,H]
         logits = self.talker.codec_head(hidden[:, 0]).float()
         # logits processors of the package's talker generate: repetition penalty, suppressed control codes, min length
         rp = self.rep_pen[:b]
@@ -348,7 +412,7 @@ class TTSEngine:
         block_eos = (self.n_sampled[:b] < self.min_new[:b])
         logits[:, self.eos] = torch.where(block_eos, float("-inf"), logits[:, self.eos])
         code0 = self._sample(logits, self.temp[:b], self.greedy[:b], self.cfg.top_k)
-        self.seen[bidx, code0] = True
+        self.seen[:b].scatter_(1, code0[:, None], True)
         self.n_sampled[:b] += 1
         # code predictor: prefill [talker hidden, code-0 embedding], then 14 single steps
         e0 = self._codec_embed(code0)
@@ -380,19 +444,17 @@ class TTSEngine:
         T = e.shape[0] - 1
         if T > 0:
             x = e[:T][None]
-            cos, sin = self.cos[:T], self.sin[:T]
-            for i, layer in enumerate(self.talker.model.layers):
-                a = layer.self_attn
-                h = layer.input_layernorm(x)
-                q = a.q_norm(a.q_proj(h).view(1, T, self.nh, self.hd)).transpose(1, 2)
-                k = a.k_norm(a.k_proj(h).view(1, T, self.kvh, self.hd)).transpose(1, 2)
-                v = a.v_proj(h).view(1, T, self.kvh, self.hd).transpose(1, 2)
-                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-                self.kc[i][slot, :, :T] = k[0]
-                self.vc[i][slot, :, :T] = v[0]
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                x = x + a.o_proj(o.transpose(1, 2).reshape(1, T, -1))
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
+            cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
+            for i, w in enumerate(self.t_layers):
+                kc, vc = self.kc[i], self.vc[i]
+
+                def attend(q, k, v, kc=kc, vc=vc):
+                    kc[slot, :, :T] = k[0]
+                    vc[slot, :, :T] = v[0]
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                    return o.transpose(1, 2).reshape(1, T, -1)
+
+                x = self._layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
         self.pos[slot] = T
         self.next_emb[slot] = e[T]
         n = prompt.trailing.shape[0]
@@ -471,21 +533,54 @@ class TTSEngine:
         wav = dec(codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2))
         return wav[:, 0].float().cpu()
 
-    def _emit_audio(self, due: list[tuple[RequestHandle, bool]]) -> None:
+    def _emit_audio(self, due: list[RequestHandle]) -> None:
+        """Hand the due windows (left context + new frames) to the decode thread, batched by shape."""
         ctx = self.cfg.left_context_frames
         groups: dict[tuple[int, int], list[RequestHandle]] = collections.defaultdict(list)
-        for req, _final in due:
+        for req in due:
             start = max(0, req.emitted - ctx)
             groups[(len(req.frames) - start, req.emitted - start)].append(req)
         for (_, n_ctx), reqs in groups.items():
-            batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx):]) for r in reqs])
-            wav = self._decode(batch)[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
-            now = time.perf_counter()
-            for r, w in zip(reqs, wav, strict=True):
+            batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
+            for r in reqs:
                 r.emitted = len(r.frames)
-                if r.first_audio_at is None:
-                    r.first_audio_at = now
-                self._send(r, Event("audio", audio=w.copy()))
+            self._dq.put(("audio", reqs, batch, n_ctx))
+
+    def _decode_loop(self) -> None:
+        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+            while True:
+                job = self._dq.get()
+                if job is None:
+                    return
+                if job[0] == "done":
+                    _, req, ev = job
+                    if req.first_audio_at is not None:
+                        ev.stats["ttfa_s"] = req.first_audio_at - req.submitted
+                    ev.stats["wall_s"] = time.perf_counter() - req.submitted
+                    if not req.cancelled or ev.kind == "error":
+                        self._send(req, ev)
+                    req.finished.set()
+                    continue
+                _, reqs, batch, n_ctx = job
+                live = [i for i, r in enumerate(reqs) if not r.cancelled]
+                if not live:
+                    continue
+                try:
+                    wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
+                except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
+                    log.exception("codec decode failed")
+                    for i in live:
+                        self._send(reqs[i], Event("error", message=f"codec decode failed: {e}"))
+                        reqs[i].cancel()
+                    continue
+                now = time.perf_counter()
+                for i, w in zip(live, wav, strict=True):
+                    r = reqs[i]
+                    if r.first_audio_at is None:
+                        r.first_audio_at = now
+                    self._send(r, Event("audio", audio=w.copy()))
 
     def _send(self, req: RequestHandle, ev: Event) -> None:
         try:
@@ -499,6 +594,8 @@ class TTSEngine:
         """Start the scheduler thread (idempotent)."""
         if self._thread is None:
             self._stop = False
+            self._decoder = threading.Thread(target=self._decode_loop, name="tts-codec", daemon=True)
+            self._decoder.start()
             self._thread = threading.Thread(target=self._loop, name="tts-engine", daemon=True)
             self._thread.start()
         return self
@@ -511,6 +608,10 @@ class TTSEngine:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        if self._decoder is not None:
+            self._dq.put(None)
+            self._decoder.join(timeout=30)
+            self._decoder = None
 
     @property
     def queue_depth(self) -> int:
@@ -539,14 +640,15 @@ class TTSEngine:
         stats = {
             "frames": frames,
             "audio_s": frames * SAMPLES_PER_FRAME / SAMPLE_RATE,
-            "ttfa_s": None if req.first_audio_at is None else req.first_audio_at - req.submitted,
+            "ttfa_s": None,
             "wall_s": now - req.submitted,
             "queue_s": None if req.admitted_at is None else req.admitted_at - req.submitted,
             "reason": reason,
         }
-        if reason != "cancelled":
-            self._send(req, Event("done", stats=stats))
-        req.finished.set()
+        if reason == "cancelled":
+            req.finished.set()
+        else:  # after its last audio chunk, which is still in the decode queue
+            self._dq.put(("done", req, Event("done", stats=stats)))
 
     def _admit(self) -> None:
         while self._pending:
@@ -593,7 +695,7 @@ class TTSEngine:
                     self._run_step(b_needed, l_needed)
                     codes = self.out_codes[:b_needed].to("cpu", copy=True)
                     self.steps += 1
-                    due: list[tuple[RequestHandle, bool]] = []
+                    due: list[RequestHandle] = []
                     ended: list[tuple[RequestHandle, str]] = []
                     for i, r in live:
                         c = codes[i]
@@ -607,7 +709,7 @@ class TTSEngine:
                         need = self.cfg.first_chunk_frames if r.emitted == 0 else self.cfg.chunk_frames
                         final = any(e is r for e, _ in ended)
                         if n_new > 0 and (n_new >= need or final):
-                            due.append((r, final))
+                            due.append(r)
                     if due:
                         self._emit_audio(due)
                     for r, why in ended:
