@@ -391,9 +391,52 @@ def _reason_key(reason: str) -> str:
     return reason.split(" (")[0]
 
 
+def score_sample(ctx: EvalContext, kind: str, s: Any, wav_path: Path) -> SampleResult:
+    """Validity, speaker similarity, ASR and MOS of one synthesized sample (`synth.Synthesis`); saves its wav."""
+    import soundfile as sf
+
+    cfg = ctx.config
+    reasons = list(M.check_audio(s.wav, s.sr, s.text).reasons)
+    if s.codes is not None:
+        reasons += M.check_codes(s.codes).reasons
+    if s.hit_cap:
+        reasons.append(f"no end of speech within {s.max_new_tokens} frames")
+    finite = bool(np.all(np.isfinite(s.wav)))
+    wav = np.nan_to_num(np.asarray(s.wav, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    wav_path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(wav_path, np.clip(wav, -1, 1), s.sr, subtype="PCM_16")
+    emb = M.embed_speaker(_speaker_encoder(cfg.device), wav, s.sr) if finite else None
+    hyp = _asr(cfg.asr, cfg.device).transcribe(wav, s.sr) if len(wav) else ""
+    mos = M.predict_mos(wav, s.sr) if ctx.mos_name and np.any(wav) else None
+    rel = wav_path.relative_to(ctx.out_dir) if wav_path.is_relative_to(ctx.out_dir) else wav_path
+    return SampleResult(kind=kind, text=s.text, wav=str(rel), audio_s=s.audio_s, compute_s=s.compute_s,
+                        valid=not reasons, reasons=reasons, sim=None if emb is None else M.cosine(emb, ctx.centroid),
+                        hypothesis=hyp, mos=mos)
+
+
+def aggregate(row: Row) -> Row:
+    """Fill a row's scores from its samples: SIM and MOS are means over the samples that could be scored, WER and
+    CER are corpus-level over all samples (an invalid sample counts with whatever the ASR heard), RTF is total
+    compute over total audio."""
+    row.n_samples = len(row.samples)
+    row.n_valid = sum(s.valid for s in row.samples)
+    row.invalid_reasons = {}
+    for s in row.samples:
+        for r in s.reasons:
+            row.invalid_reasons[_reason_key(r)] = row.invalid_reasons.get(_reason_key(r), 0) + 1
+    sims = [s.sim for s in row.samples if s.sim is not None]
+    row.sim = float(np.mean(sims)) if sims else None
+    row.wer, row.cer = M.wer_cer([s.text for s in row.samples], [s.hypothesis for s in row.samples])
+    moss = [s.mos for s in row.samples if s.mos]
+    row.mos_ovrl = float(np.mean([m["ovrl"] for m in moss])) if moss else None
+    row.mos_p808 = float(np.mean([m["p808"] for m in moss])) if moss else None
+    audio = sum(s.audio_s for s in row.samples)
+    row.rtf = M.rtf(sum(s.compute_s for s in row.samples), audio) if audio > 0 else None
+    return row
+
+
 def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
     """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise."""
-    import soundfile as sf
     import torch
     from tqdm import tqdm
 
@@ -420,48 +463,14 @@ def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
             wav, sr, text = ctx.clone_ref
             clone = tts.create_voice_clone_prompt(ref_audio=(wav, sr), ref_text=text or None,
                                                   x_vector_only_mode=not text)
-        asr = _asr(cfg.asr, cfg.device)
-        enc = _speaker_encoder(cfg.device)
         sample_dir = ctx.out_dir / "samples" / re.sub(r"[^A-Za-z0-9._-]+", "_", entry.name).strip("_")
         sample_dir.mkdir(parents=True, exist_ok=True)
-        refs, hyps = [], []
-        total_compute = total_audio = 0.0
         for i, (kind, text) in enumerate(tqdm(ctx.texts, desc=f"evaluate {entry.name}", leave=False)):
             cap = max_new_tokens_for(text, cfg.cap_s_per_char, cfg.cap_base_s, cfg.cap_max_frames)
             s = synthesize(tts, text, speaker=speaker, clone_prompt=clone, language=cfg.language,
                            seed=cfg.seed + i, max_new_tokens=cap, generate_kwargs=cfg.generate_kwargs)
-            total_compute += s.compute_s
-            total_audio += s.audio_s
-            v = M.check_audio(s.wav, s.sr, text)
-            reasons = list(v.reasons)
-            if s.codes is not None:
-                reasons += M.check_codes(s.codes).reasons
-            if s.hit_cap:
-                reasons.append(f"no end of speech within {s.max_new_tokens} frames")
-            wav = np.nan_to_num(s.wav, nan=0.0, posinf=0.0, neginf=0.0)
-            path = sample_dir / f"{i:02d}-{kind}.wav"
-            sf.write(path, np.clip(wav, -1, 1), s.sr, subtype="PCM_16")
-            emb = M.embed_speaker(enc, wav, s.sr) if np.all(np.isfinite(s.wav)) else None
-            hyp = asr.transcribe(wav, s.sr) if len(wav) else ""
-            mos = M.predict_mos(wav, s.sr) if ctx.mos_name and np.any(wav) else None
-            row.samples.append(SampleResult(
-                kind=kind, text=text, wav=str(path.relative_to(ctx.out_dir)), audio_s=s.audio_s,
-                compute_s=s.compute_s, valid=not reasons, reasons=reasons,
-                sim=None if emb is None else M.cosine(emb, ctx.centroid), hypothesis=hyp, mos=mos))
-            refs.append(text)
-            hyps.append(hyp)
-        row.n_samples = len(row.samples)
-        row.n_valid = sum(s.valid for s in row.samples)
-        for s in row.samples:
-            for r in s.reasons:
-                row.invalid_reasons[_reason_key(r)] = row.invalid_reasons.get(_reason_key(r), 0) + 1
-        sims = [s.sim for s in row.samples if s.sim is not None]
-        row.sim = float(np.mean(sims)) if sims else None
-        row.wer, row.cer = M.wer_cer(refs, hyps)
-        moss = [s.mos for s in row.samples if s.mos]
-        row.mos_ovrl = float(np.mean([m["ovrl"] for m in moss])) if moss else None
-        row.mos_p808 = float(np.mean([m["p808"] for m in moss])) if moss else None
-        row.rtf = M.rtf(total_compute, total_audio) if total_audio > 0 else None
+            row.samples.append(score_sample(ctx, kind, s, sample_dir / f"{i:02d}-{kind}.wav"))
+        aggregate(row)
     except (VoicepipeError, ModelError) as e:
         row.status, row.error = "failed", str(e)
     except Exception as e:  # a broken checkpoint may fail anywhere in generation: record it, keep going
