@@ -63,3 +63,12 @@ def test_speaker_encoder_separates_voices(encoder, tmp_path: Path):
     b1 = encoder.embed(*_espeak("The quick brown fox jumps over the lazy dog.", "en-us+f3", tmp_path / "b1.wav"))
     same, different = float(a1 @ a2), float(a1 @ b1)
     assert same > different + 0.1, (same, different)
+
+
+def test_codec_falls_back_to_base_models_speech_tokenizer(tiny_tts_dir: Path, tmp_path: Path):
+    from voicepipe.config import load_settings
+
+    settings = load_settings(offline=True, models_dir=tmp_path)
+    shutil.copytree(tiny_tts_dir, tmp_path / "Qwen3-TTS-12Hz-1.7B-Base")  # only the base model is present
+    codec = load_codec(settings=settings)
+    assert codec.model.config.encoder_valid_num_quantizers == 16

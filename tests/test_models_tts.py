@@ -142,3 +142,17 @@ def test_save_checkpoint_rejects_bad_input(base, tiny_tts_dir: Path, tmp_path: P
 def test_load_tts_missing_dir_is_model_error(tmp_path: Path):
     with pytest.raises(ModelError, match=str(tmp_path / "missing")):
         load_tts(tmp_path / "missing")
+
+
+def test_save_checkpoint_bf16_and_wrapped(tiny_tts_dir: Path, tmp_path: Path):
+    import types
+
+    net = load_tts(tiny_tts_dir, dtype=torch.bfloat16).model
+    emb = torch.randn(net.config.talker_config.hidden_size)
+    wrapped = types.SimpleNamespace(module=net)  # as accelerate/DDP hand it over
+    out = save_tts_checkpoint(wrapped, tmp_path / "bf16", base_dir=tiny_tts_dir, speaker="x", speaker_embedding=emb)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        w = f.get_tensor("talker.model.codec_embedding.weight")
+    assert w.dtype == torch.bfloat16 and torch.equal(w[SPEAKER_ROW], emb.to(torch.bfloat16))
+    tts = load_tts(out, dtype=torch.bfloat16)
+    assert tts.model.talker.model.codec_embedding.weight.dtype == torch.bfloat16

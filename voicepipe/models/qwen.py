@@ -74,7 +74,18 @@ def load_codec(
 
     if path is not None and (Path(path) / "speech_tokenizer" / "config.json").is_file():
         path = Path(path) / "speech_tokenizer"
-    where = resolve_model("codec", path, settings)
+    try:
+        where = resolve_model("codec", path, settings)
+    except ModelError:
+        if path is not None:
+            raise
+        try:  # no separate codec download: use the codec the base TTS model ships in speech_tokenizer/
+            tts_dir = resolve_model("tts", None, settings)
+        except ModelError:
+            tts_dir = None
+        if not isinstance(tts_dir, Path):
+            raise
+        where = tts_dir / "speech_tokenizer"
     kwargs: dict[str, Any] = dict(dtype=dtype)
     dev = _device(device)
     if dev != "cpu":
@@ -86,10 +97,15 @@ def load_codec(
 
 
 def _network(model: Any) -> torch.nn.Module:
-    net = getattr(model, "model", model)  # Qwen3TTSModel wrapper or the network itself
-    if not hasattr(net, "talker"):
-        raise ModelError(f"save_tts_checkpoint: {type(model).__name__} is not a Qwen3-TTS model")
-    return net
+    """The Qwen3TTSForConditionalGeneration inside a Qwen3TTSModel wrapper / DDP / torch.compile wrapper."""
+    net = model
+    for _ in range(4):
+        if hasattr(net, "talker"):
+            return net
+        net = getattr(net, "model", None) or getattr(net, "module", None) or getattr(net, "_orig_mod", None)
+        if net is None:
+            break
+    raise ModelError(f"save_tts_checkpoint: {type(model).__name__} is not a Qwen3-TTS model")
 
 
 def _as_embedding(speaker_embedding: Any, hidden: int) -> torch.Tensor:
