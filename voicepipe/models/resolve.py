@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: A
     """
     if kind not in KINDS:
         raise ModelError(f"model kind {kind!r}: unknown (expected one of {', '.join(KINDS)})")
+    if kind == "diarization":  # whoever loads the pipeline next: no pyannote usage metrics (zero-cloud)
+        os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
     if settings is None:
         from voicepipe.config import load_settings
 
