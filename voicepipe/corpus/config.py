@@ -16,7 +16,7 @@ class FilterConfig(BaseModel):
     max_clipped_fraction: float = Field(0.001, description="Max fraction of samples in clipped (flat-top) runs.")
     min_loudness_lufs: float = Field(-50.0, description="Segments quieter than this (after normalization) are dropped.")
     min_snr_db: float = Field(10.0, description="Min speech-to-background ratio (dB) of a segment.")
-    min_speaker_sim: float = Field(0.80, description="Min cosine of the segment's speaker embedding to enrollment.")
+    min_speaker_sim: float = Field(0.82, description="Min cosine of the segment's speaker embedding to enrollment.")
     min_sec_per_char: float = Field(0.025, description="Faster than this (s per transcript char) is an outlier.")
     max_sec_per_char: float = Field(0.25, description="Slower than this (s per transcript char) is an outlier.")
     min_asr_confidence: float = Field(0.2, description="Min ASR confidence (mean word/token probability).")
@@ -39,7 +39,7 @@ class CorpusParams(BaseModel):
     diarization_model: str | None = Field(
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
-    target_threshold: float = Field(0.80, description="Cosine to the enrollment centroid that marks the target.")
+    target_threshold: float = Field(0.82, description="Cosine to the enrollment centroid that marks the target.")
     asr_backend: Literal["whisper", "pocketsphinx"] = Field("whisper", description="ASR engine.")
     asr_model: str = Field("openai/whisper-large-v3", description="Whisper model dir or hub id (whisper backend).")
     codec_model: str = Field("Qwen/Qwen3-TTS-Tokenizer-12Hz", description="Qwen3-TTS 12 Hz tokenizer dir or hub id.")

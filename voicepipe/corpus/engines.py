@@ -46,25 +46,20 @@ class SpeakerEncoder:
     sr = 16000
 
     def __init__(self) -> None:
-        try:
-            from voicepipe.models import load_speaker_encoder  # the models stage's loader, when present
-        except ImportError:
-            load_speaker_encoder = None
-        if load_speaker_encoder is not None:
-            self.model = load_speaker_encoder()
-        else:
-            import warnings
+        from voicepipe.models import load_speaker_encoder
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # webrtcvad's pkg_resources deprecation warning
-                from resemblyzer import VoiceEncoder
-            self.model = VoiceEncoder("cpu", verbose=False)
+        self.model = load_speaker_encoder()
         self.lock = threading.Lock()
 
     def embed(self, wav16k: np.ndarray) -> np.ndarray:
-        """One embedding for a 16 kHz waveform (fp32, unit norm)."""
-        with self.lock:
-            emb = np.asarray(self.model.embed_utterance(np.asarray(wav16k, dtype=np.float32)), dtype=np.float32)
+        """One embedding for a 16 kHz waveform (fp32, unit norm); zeros for audio under 0.1 s."""
+        from voicepipe.errors import InputError
+
+        try:
+            with self.lock:
+                emb = np.asarray(self.model.embed(np.asarray(wav16k, dtype=np.float32), self.sr), dtype=np.float32)
+        except InputError:
+            return np.zeros(256, dtype=np.float32)
         return emb / (np.linalg.norm(emb) + 1e-9)
 
     def centroid(self, wavs16k: list[np.ndarray]) -> np.ndarray:
@@ -199,7 +194,8 @@ class Asr:
         if backend == "pocketsphinx":
             from pocketsphinx import Decoder
 
-            self.decoder = Decoder(samprate=self.sr, loglevel="FATAL")  # English model shipped in the wheel
+            # English model shipped in the wheel; no fwdflat pass (speed); bestpath gives word posteriors = confidence
+            self.decoder = Decoder(samprate=self.sr, loglevel="FATAL", fwdflat=False, bestpath=True, maxhmmpf=3000)
         elif backend == "whisper":
             import torch
             from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -266,36 +262,15 @@ class Codec:
     sr = 24000
 
     def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
-        from voicepipe.models import resolve_model
+        from voicepipe.models import load_codec
 
-        path = resolve_model("codec", name_or_path, settings)
-        try:
-            from voicepipe.models import load_codec
-        except ImportError:
-            load_codec = None
-        if load_codec is not None:
-            self.tokenizer = load_codec(path, device=device) if _takes_device(load_codec) else load_codec(path)
-        else:
-            from voicepipe.models.compat import apply_compat, import_qwen_tts
-
-            apply_compat()
-            qwen_tts = import_qwen_tts()
-            self.tokenizer = qwen_tts.Qwen3TTSTokenizer.from_pretrained(str(path), device_map=device)
+        self.tokenizer = load_codec(name_or_path, device=device, settings=settings)
         self.lock = threading.Lock()
 
     def encode(self, wavs24k: list[np.ndarray]) -> list[list[list[int]]]:
         with self.lock:
             res = self.tokenizer.encode([np.asarray(w, dtype=np.float32) for w in wavs24k], sr=self.sr)
         return [c.cpu().tolist() for c in res.audio_codes]
-
-
-def _takes_device(fn: Any) -> bool:
-    import inspect
-
-    try:
-        return "device" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class Engines:

@@ -204,7 +204,7 @@ def _episode_audio(
         speaker = "cohost" if speaker == "target" and rng.random() < 0.7 else "target"
     parts.append(np.zeros(SR, dtype=np.float32))
     speech = np.concatenate(parts)
-    mix = speech + _music_bed(speech.size, rng, -32.0) + (10 ** (-55 / 20)) * rng.standard_normal(speech.size)
+    mix = speech + _music_bed(speech.size, rng, -38.0) + (10 ** (-55 / 20)) * rng.standard_normal(speech.size)
     return mix.astype(np.float32), turns
 
 
@@ -318,3 +318,31 @@ def serve_feed(directory: str | Path) -> tuple[str, Callable[[], None]]:
     base, stop = serve_dir(directory)
     write_feed(Path(directory) / "feed.xml", feed_items(truth, base))
     return f"{base}/feed.xml", stop
+
+
+def score_corpus(corpus_dir: str | Path, truth: PodcastTruth) -> dict:
+    """Score a built corpus against the truth: purity (target share of the speech inside kept clips) and
+    recall (share of the target's speech, in episodes the corpus used, that ended up in kept clips)."""
+    rows = [json.loads(line) for line in (Path(corpus_dir) / "manifest.jsonl").read_text().splitlines() if line]
+    by_title = {ep.id: ep for ep in truth.episodes}
+    target_in = other_in = 0.0
+    used: set[str] = set()
+    for r in rows:
+        ep = by_title.get(r["episode"])
+        if ep is None:
+            continue
+        used.add(ep.id)
+        target_in += ep.speaker_seconds("target", r["start"], r["end"])
+        other_in += ep.speaker_seconds("cohost", r["start"], r["end"])
+    corpus = json.loads((Path(corpus_dir) / "corpus.json").read_text())
+    val = set(corpus.get("val_episodes", []))
+    considered = [ep for ep in truth.episodes if ep.id in used or ep.id in val or ep.id in corpus["target_labels"]]
+    target_total = sum(ep.speaker_seconds("target") for ep in considered)
+    return {
+        "kept_speech_s": round(target_in + other_in, 2),
+        "target_s": round(target_in, 2),
+        "other_s": round(other_in, 2),
+        "purity": target_in / (target_in + other_in) if target_in + other_in else 0.0,
+        "recall": target_in / target_total if target_total else 0.0,
+        "episodes": sorted(ep.id for ep in considered),
+    }

@@ -1,0 +1,221 @@
+"""Audio encodings for the speech API: wav, pcm, mp3, opus, flac, aac — whole buffers or streamed chunk by chunk.
+
+Encoding goes through libsndfile (`soundfile`: WAV, FLAC, MP3, Ogg/Opus) and, for AAC, ffmpeg. Streaming uses the
+same encoders writing into a drain buffer: every `feed()` returns the bytes produced so far, so compressed audio
+leaves as it is made. Raw PCM is signed 16-bit little-endian mono (what OpenAI's `pcm` format is); a streamed WAV
+has an "unknown length" header (0xFFFFFFFF sizes), which players and decoders accept for streams.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+import threading
+
+import numpy as np
+import soundfile as sf
+
+from voicepipe.errors import InputError
+
+FORMATS = ("wav", "pcm", "mp3", "opus", "flac", "aac")
+MEDIA_TYPES = {
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",  # Ogg-encapsulated Opus, as OpenAI returns it
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+}
+_SF = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("OGG", "OPUS")}
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def _check(fmt: str, sr: int) -> str:
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"response_format {fmt!r}: unsupported (supported: {', '.join(FORMATS)})")
+    if fmt == "opus" and sr not in _OPUS_RATES:
+        raise InputError(f"opus needs a sample rate in {_OPUS_RATES}, got {sr}")
+    return fmt
+
+
+def to_pcm16(wav: np.ndarray) -> bytes:
+    """float32 [-1, 1] mono -> signed 16-bit little-endian bytes."""
+    a = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    return (a * 32767.0).astype("<i2").tobytes()
+
+
+def wav_header(sr: int, n_bytes: int | None = None) -> bytes:
+    """A 44-byte PCM16 mono WAV header; `n_bytes=None` writes the streaming 'unknown length' sizes."""
+    data = 0xFFFFFFFF if n_bytes is None else n_bytes
+    riff = 0xFFFFFFFF if n_bytes is None else 36 + n_bytes
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, sr, sr * 2, 2, 16,
+                       b"data", data)  # fmt: skip
+
+
+class _Drain(io.RawIOBase):
+    """A write-only, seekable sink that hands out what was written since the last `take()`.
+
+    libsndfile may seek back to patch a header at close (e.g. FLAC's total-sample count); bytes already handed
+    out cannot change, so such late patches are dropped (the stream stays valid: FLAC allows an unknown length).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._base = 0  # absolute offset of _buf[0]
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        b = bytes(b)
+        start = self._pos - self._base
+        if start < 0:  # patch of bytes already sent: keep only the part that is still ours
+            cut = min(-start, len(b))
+            b, start = b[cut:], 0
+            self._pos += cut
+        end = start + len(b)
+        if end > len(self._buf):
+            self._buf.extend(b"\0" * (end - len(self._buf)))
+        self._buf[start:end] = b
+        self._pos += len(b)
+        return len(b) if start >= 0 else 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        size = self._base + len(self._buf)
+        self._pos = offset if whence == 0 else (self._pos + offset if whence == 1 else size + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:  # libsndfile may probe; nothing to read back
+        return b""
+
+    def take(self) -> bytes:
+        out = bytes(self._buf)
+        self._base += len(self._buf)
+        self._buf.clear()
+        return out
+
+
+class StreamEncoder:
+    """Incremental encoder: `feed(float32 chunk) -> bytes`, then `close() -> bytes` (the tail)."""
+
+    def __init__(self, fmt: str, sr: int):
+        self.fmt = _check(fmt, sr)
+        self.sr = sr
+        self._sf: sf.SoundFile | None = None
+        self._proc: subprocess.Popen | None = None
+        self._started = False
+        if self.fmt in _SF:
+            self._drain = _Drain()
+            kind, sub = _SF[self.fmt]
+            self._sf = sf.SoundFile(self._drain, mode="w", samplerate=sr, channels=1, format=kind, subtype=sub)
+        elif self.fmt == "aac":
+            self._start_ffmpeg()
+
+    def _start_ffmpeg(self) -> None:
+        ff = shutil.which("ffmpeg")
+        if ff is None:
+            raise InputError("response_format 'aac' needs ffmpeg on PATH")
+        self._proc = subprocess.Popen(
+            [ff, "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(self.sr), "-ac", "1", "-i", "pipe:0",
+             "-c:a", "aac", "-b:a", "96k", "-f", "adts", "pipe:1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self._out = bytearray()
+        self._lock = threading.Lock()
+
+        def pump() -> None:
+            assert self._proc is not None and self._proc.stdout is not None
+            while chunk := self._proc.stdout.read1(65536):  # type: ignore[attr-defined]
+                with self._lock:
+                    self._out.extend(chunk)
+
+        self._reader = threading.Thread(target=pump, daemon=True)
+        self._reader.start()
+
+    def _take_ffmpeg(self) -> bytes:
+        with self._lock:
+            out = bytes(self._out)
+            self._out.clear()
+        return out
+
+    def feed(self, wav: np.ndarray) -> bytes:
+        """Encode one chunk; returns the bytes ready to send (may be empty for buffering codecs)."""
+        wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        if self.fmt == "pcm":
+            return to_pcm16(wav)
+        if self.fmt == "wav":
+            head = b"" if self._started else wav_header(self.sr)
+            self._started = True
+            return head + to_pcm16(wav)
+        if self._sf is not None:
+            self._sf.write(wav)
+            self._sf.flush()
+            return self._drain.take()
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(to_pcm16(wav))
+        self._proc.stdin.flush()
+        return self._take_ffmpeg()
+
+    def close(self) -> bytes:
+        """Finish the stream; returns the remaining bytes (a WAV with no audio still gets its header)."""
+        if self.fmt in ("pcm", "wav"):
+            if self.fmt == "wav" and not self._started:
+                self._started = True
+                return wav_header(self.sr)
+            return b""
+        if self._sf is not None:
+            self._sf.close()
+            self._sf = None
+            return self._drain.take()
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+            self._reader.join(timeout=5)
+            out = self._take_ffmpeg()
+            self._proc = None
+            return out
+        return b""
+
+    def abort(self) -> None:
+        """Release resources without finishing (client went away)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+            self._proc = None
+        if self._sf is not None:
+            try:
+                self._sf.close()
+            except Exception:  # noqa: BLE001 - nothing to deliver anyway
+                pass
+            self._sf = None
+
+
+def encode(wav: np.ndarray, sr: int, fmt: str) -> bytes:
+    """Encode a whole float32 mono waveform as `fmt` (wav/pcm/mp3/opus/flac/aac) and return the file bytes."""
+    fmt = _check(fmt, sr)
+    if fmt == "pcm":
+        return to_pcm16(wav)
+    if fmt == "wav":
+        pcm = to_pcm16(wav)
+        return wav_header(sr, len(pcm)) + pcm
+    if fmt in _SF:
+        kind, sub = _SF[fmt]
+        buf = io.BytesIO()
+        sf.write(buf, np.asarray(wav, dtype=np.float32).reshape(-1), sr, format=kind, subtype=sub)
+        return buf.getvalue()
+    enc = StreamEncoder(fmt, sr)
+    return enc.feed(wav) + enc.close()

@@ -1,0 +1,286 @@
+"""Last step: gather every episode's result into the corpus directory, the report, and the store.
+
+Outputs (see the brief): `clips/*.wav`, `manifest.jsonl`, `train_with_codes.jsonl`, `val_with_codes.jsonl`
+(the official Qwen3-TTS recipe's format: `audio`, `text`, `ref_audio`, `audio_codes` = frames of 16 ints;
+extra keys are ignored by its dataset), `rejects.jsonl`, `report.md` + PNGs, `corpus.json`.
+The corpus version is the sha256 of `manifest.jsonl`, which holds no absolute paths, so the same inputs give
+the same version on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from voicepipe.audio import load_audio, save_wav
+from voicepipe.corpus.fetch import SourceReject
+from voicepipe.corpus.steps import SR, STEPS, EpisodeState, StepContext
+
+
+class BuildResult(BaseModel):
+    """What a build returns (also the flow's return value)."""
+
+    version: str
+    out: str
+    corpus_sha: str  # sha of corpus.json in the store
+    dir_sha: str  # put_dir sha of the whole output directory
+    utterances: int
+    hours: float
+    train: int
+    val: int
+    episodes_ok: int
+    episodes_rejected: int
+    cache: dict[str, dict[str, int]]  # step -> {"hit": n, "miss": n, "skip": n}
+    models_loaded: list[str]
+    step_seconds: dict[str, float]  # wall seconds spent per step (cache misses), summed over episodes
+    audio_seconds: float  # seconds of decoded episode audio
+    report_md: str
+
+
+def _reason_kind(reason: str) -> str:
+    """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
+    for kind in ("other speaker", "overlapped speech", "no speaker turn", "duration", "speaker_sim", "clipping",
+                 "loudness", "snr", "asr_confidence", "speech_rate", "asr: no words", "duplicate"):
+        if reason.startswith(kind):
+            return kind
+    return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
+
+
+def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
+    """Stable split by episode content: adding episodes never moves an old one between train and val."""
+    return int(raw_sha[:8], 16) / 0xFFFFFFFF < val_fraction
+
+
+def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[SourceReject]) -> BuildResult:
+    """Write the corpus directory, store it, point `corpus/<speaker>/latest` at it; return the summary."""
+    p = ctx.params
+    out = Path(p.out)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    rejects: list[dict[str, Any]] = [
+        {"episode": None, "source": r.source, "step": "fetch", "reason": r.reason} for r in source_rejects
+    ]
+
+    # duplicates by content hash: keep the first listing
+    seen: dict[str, str] = {}
+    good: list[EpisodeState] = []
+    for st in states:
+        if not st.ok:
+            rejects.append({"episode": st.source.id, "source": st.source.url, "step": st.reject_step,
+                            "reason": st.rejected})
+            continue
+        if st.raw_sha in seen:
+            rejects.append({"episode": st.source.id, "source": st.source.url, "step": "fetch",
+                            "reason": f"duplicate of episode {seen[st.raw_sha]} (same content hash)",
+                            "seconds": st.seconds})
+            continue
+        seen[st.raw_sha] = st.source.id
+        good.append(st)
+
+    # reference audio for the recipe's `ref_audio`: the first enrollment clip at 24 kHz mono
+    ref_path = save_wav(out / "ref_audio.wav", load_audio(p.enroll[0], SR), SR)
+    ref_sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
+
+    manifest, train, val = [], [], []
+    val_eps = {st.source.id for st in good if is_val_episode(st.raw_sha, p.val_fraction)}
+    if p.val_fraction > 0 and not val_eps and len(good) >= 2:
+        val_eps = {min(good, key=lambda s: s.raw_sha).source.id}
+    flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    sims, durs = [], []
+    for st in sorted(good, key=lambda s: s.source.id):
+        r = st.results
+        secs = st.seconds
+        for step in ("standardize", "separate"):
+            flow_in[step][0] += secs
+            flow_in[step][1] += secs
+        flow_in["diarize"][0] += secs
+        flow_in["diarize"][1] += r["segment"]["target_s"]
+        seg_s = sum(s["end"] - s["start"] for s in r["segment"]["segments"])
+        flow_in["segment"][0] += r["segment"]["target_s"]
+        flow_in["segment"][1] += seg_s
+        for rj in r["segment"]["rejects"]:
+            rejects.append({"episode": st.source.id, **rj, "seconds": round(rj["end"] - rj["start"], 3)})
+        filt = r["filter"]["segments"]
+        kept_s = sum(s["duration"] for s in filt if s["keep"])
+        flow_in["filter"][0] += seg_s
+        flow_in["filter"][1] += kept_s
+        clips = {c["start"]: c for c in r["encode"]["clips"]}
+        flow_in["encode"][0] += kept_s
+        flow_in["encode"][1] += sum(c["end"] - c["start"] for c in clips.values())
+        for s in filt:
+            sims.append(s["speaker_sim"])
+            if not s["keep"]:
+                rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
+                                "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
+                continue
+            c = clips[s["start"]]
+            durs.append(s["duration"])
+            clip_path = out / "clips" / f"{c['id']}.wav"
+            if not clip_path.exists():
+                ctx.store.get_file(c["sha"], clip_path)
+            row = {
+                "id": c["id"], "audio": f"clips/{c['id']}.wav", "audio_sha": c["sha"], "text": s["text"],
+                "episode": st.source.id, "episode_sha": st.raw_sha, "start": s["start"], "end": s["end"],
+                "duration": s["duration"], "speaker_sim": s["speaker_sim"], "asr_conf": s["asr_conf"],
+                "snr_db": s["snr_db"], "lufs": s["lufs"], "clipped": s["clipped"], "sec_per_char": s["sec_per_char"],
+                "split": "val" if st.source.id in val_eps else "train",
+            }
+            manifest.append(row)
+            line = {"audio": str(clip_path.resolve()), "text": s["text"], "ref_audio": str(ref_path.resolve()),
+                    "audio_codes": c["audio_codes"], "id": c["id"], "audio_sha": c["sha"], "ref_audio_sha": ref_sha}
+            if p.language:
+                line["language"] = p.language
+            (val if row["split"] == "val" else train).append(line)
+
+    def write_jsonl(name: str, rows: list[dict]) -> Path:
+        path = out / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+        return path
+
+    keep_files = {f"{r['id']}.wav" for r in manifest}
+    for stale in (out / "clips").glob("*.wav"):  # clips of an earlier build that are no longer kept
+        if stale.name not in keep_files:
+            stale.unlink()
+    man_path = write_jsonl("manifest.jsonl", manifest)
+    version = hashlib.sha256(man_path.read_bytes()).hexdigest()
+    write_jsonl("train_with_codes.jsonl", train)
+    write_jsonl("val_with_codes.jsonl", val)
+    write_jsonl("rejects.jsonl", rejects)
+
+    cache: dict[str, dict[str, int]] = {s: {"hit": 0, "miss": 0, "skip": 0} for s in STEPS}
+    for st in states:
+        for step, how in st.cache.items():
+            cache[step][how] += 1
+    reasons = Counter()
+    for rj in rejects:
+        reasons[_reason_kind(rj["reason"] or "")] += rj.get("seconds") or 0.0
+    hours = sum(r["duration"] for r in manifest) / 3600
+    summary = {
+        "version": version, "speaker": p.speaker, "hours": round(hours, 4), "utterances": len(manifest),
+        "train_utterances": len(train), "val_utterances": len(val), "val_episodes": sorted(val_eps),
+        "episodes": {"ok": len(good), "rejected": len(states) - len(good) + len(source_rejects)},
+        "input_hours": round(sum(st.seconds for st in good) / 3600, 4),
+        "rejected_seconds": {k: round(v, 2) for k, v in reasons.items()},
+        "other_speaker_seconds": round(reasons.get("other speaker", 0.0), 2),
+        "target_labels": {st.source.id: st.results["diarize"].get("target_label") for st in good},
+        "params": json.loads(p.model_dump_json()),
+        "flow_minutes": {k: [round(a / 60, 3), round(b / 60, 3)] for k, (a, b) in flow_in.items()},
+    }
+    (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    md = write_report(out, summary, flow_in, reasons, sims, durs, rejects, states, p.filters.min_speaker_sim)
+
+    store = ctx.store
+    ep_shas = [st.raw_sha for st in good]
+    man_ref = store.put_file(man_path, step="corpus.manifest", inputs=ep_shas, params={"speaker": p.speaker})
+    assert man_ref.sha256 == version
+    dir_ref = store.put_dir(out, step="corpus.build", inputs=[version], params={"speaker": p.speaker},
+                            name=f"corpus-{p.speaker}")
+    corpus_ref = store.put_json({**summary, "dir_sha": dir_ref.sha256}, step="corpus.summary",
+                                inputs=[version, dir_ref.sha256], name="corpus.json")
+    store.set_ref(f"corpus/{p.speaker}/latest", corpus_ref.sha256,
+                  {"version": version, "dir_sha": dir_ref.sha256, "hours": summary["hours"],
+                   "utterances": len(manifest)})
+    return BuildResult(
+        version=version, out=str(out), corpus_sha=corpus_ref.sha256, dir_sha=dir_ref.sha256,
+        utterances=len(manifest), hours=summary["hours"], train=len(train), val=len(val),
+        episodes_ok=len(good), episodes_rejected=summary["episodes"]["rejected"], cache=cache,
+        models_loaded=sorted(ctx.engines.loaded), report_md=md,
+        step_seconds={s: round(sum(st.timings.get(s, 0.0) for st in states), 3) for s in STEPS},
+        audio_seconds=round(sum(st.seconds for st in good), 3),
+    )
+
+
+def write_report(
+    out: Path, summary: dict, flow: dict, reasons: Counter, sims: list[float], durs: list[float],
+    rejects: list[dict], states: list[EpisodeState], sim_threshold: float,
+) -> str:
+    """report.md + 4 PNGs (matplotlib Agg). Returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(flow)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(steps))
+    ax.bar(x - 0.2, [flow[s][0] / 60 for s in steps], 0.4, label="in")
+    ax.bar(x + 0.2, [flow[s][1] / 60 for s in steps], 0.4, label="out")
+    ax.set_xticks(x, steps)
+    ax.set_ylabel("minutes")
+    ax.legend()
+    ax.set_title("Minutes in / out per step")
+    fig.tight_layout()
+    fig.savefig(out / "minutes_per_step.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    kinds = sorted(reasons, key=reasons.get, reverse=True)
+    ax.barh(kinds or ["(none)"], [reasons[k] / 60 for k in kinds] or [0])
+    ax.set_xlabel("minutes dropped")
+    ax.set_title("Drop reasons")
+    fig.tight_layout()
+    fig.savefig(out / "drop_reasons.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(sims or [0], bins=30, range=(0, 1))
+    ax.axvline(sim_threshold, color="red", linestyle="--", label=f"threshold {sim_threshold:.2f}")
+    ax.set_xlabel("cosine to enrollment centroid")
+    ax.set_title("Speaker similarity of candidate segments")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speaker_sim_hist.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(durs or [0], bins=30)
+    ax.set_xlabel("seconds")
+    ax.set_title("Kept utterance durations")
+    fig.tight_layout()
+    fig.savefig(out / "duration_hist.png", dpi=100)
+    plt.close(fig)
+
+    lines = [
+        f"# Corpus `{summary['speaker']}` — version `{summary['version'][:16]}`",
+        "",
+        f"- kept: **{summary['utterances']} utterances, {summary['hours'] * 60:.2f} min** "
+        f"(train {summary['train_utterances']}, val {summary['val_utterances']}; val episodes: "
+        f"{', '.join(summary['val_episodes']) or 'none'})",
+        f"- input: {summary['input_hours'] * 60:.2f} min from {summary['episodes']['ok']} episodes; "
+        f"{summary['episodes']['rejected']} episodes/sources rejected",
+        "",
+        "## Minutes in / out per step",
+        "",
+        "| step | in (min) | out (min) |",
+        "|---|---:|---:|",
+        *[f"| {s} | {flow[s][0] / 60:.2f} | {flow[s][1] / 60:.2f} |" for s in steps],
+        "",
+        "![minutes per step](minutes_per_step.png)",
+        "",
+        "## Drop reasons (seconds of speech)",
+        "",
+        "| reason | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {reasons[k]:.1f} |" for k in sorted(reasons, key=reasons.get, reverse=True)],
+        "",
+        "![drop reasons](drop_reasons.png) ![speaker similarity](speaker_sim_hist.png) "
+        "![durations](duration_hist.png)",
+        "",
+        "## Rejected episodes and sources",
+        "",
+    ]
+    ep_rejects = [r for r in rejects if r.get("start") is None and r["reason"]]
+    lines += [f"- `{r.get('episode') or r.get('source')}` ({r['step']}): {r['reason']}" for r in ep_rejects] or [
+        "- none"
+    ]
+    lines += ["", "## Cache", "", "| episode | " + " | ".join(STEPS) + " |", "|---" * (len(STEPS) + 1) + "|"]
+    for st in states:
+        lines.append(f"| {st.source.id} | " + " | ".join(st.cache.get(s, "-") for s in STEPS) + " |")
+    md = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(md)
+    return md

@@ -1,0 +1,79 @@
+"""Set-up shared by the Prefect flow and plain-Python callers, plus `build_local` (no Prefect) for scripts.
+
+The production path is the Prefect flow `flows.corpus.build_corpus` (the CLI runs it); it calls `prepare`,
+then the step functions of `voicepipe.corpus.steps` task by task per episode, then `assemble`.
+`build_local` runs the very same functions in a thread pool, for the benchmark and domain tests.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from voicepipe.corpus.assemble import BuildResult, assemble
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.engines import Engines
+from voicepipe.corpus.fetch import EpisodeSource, SourceReject, list_feed, list_folder, list_s3, select
+from voicepipe.corpus.steps import StepContext, process_episode
+from voicepipe.errors import InputError
+
+
+def list_sources(params: CorpusParams, settings: Any = None) -> tuple[list[EpisodeSource], list[SourceReject]]:
+    """Every episode of every feed/folder/prefix (after date range and cap); unlistable sources are rejects."""
+    episodes: list[EpisodeSource] = []
+    rejects: list[SourceReject] = []
+    for feed in params.feeds:
+        try:
+            episodes += list_feed(feed, params.timeout_s)
+        except InputError as e:
+            rejects.append(SourceReject(source=feed, reason=str(e)))
+    for src in params.sources:
+        try:
+            episodes += list_s3(src, settings) if src.startswith("s3://") else list_folder(src)
+        except InputError as e:
+            rejects.append(SourceReject(source=src, reason=str(e)))
+    # the same id listed twice (e.g. a feed given twice): keep the first
+    seen: set[str] = set()
+    unique = []
+    for ep in episodes:
+        if ep.id not in seen:
+            seen.add(ep.id)
+            unique.append(ep)
+    return select(unique, since=params.since, until=params.until, max_episodes=params.max_episodes), rejects
+
+
+def prepare(params: CorpusParams, settings: Any = None, store: Any = None, work: Path | None = None,
+            progress: bool = True) -> StepContext:
+    """Open the store, check the enrollment clips and build the (lazy) engines."""
+    from voicepipe.config import load_settings
+    from voicepipe.store import open_store
+
+    if not params.feeds and not params.sources:
+        raise InputError("corpus build: give at least one --feed or --source")
+    for p in params.enroll:
+        if not Path(p).is_file():
+            raise InputError(f"enrollment clip {p}: no such file")
+    settings = settings or load_settings()
+    store = store or open_store(params.store_url or settings)
+    work = work or Path(tempfile.mkdtemp(prefix="voicepipe-corpus-"))
+    ctx = StepContext(params=params, store=store, engines=Engines(params, settings), work=Path(work),
+                      settings=settings, progress=progress)
+    ctx.enroll_key  # noqa: B018 - stores the enrollment clips now (fails early on a bad one)
+    return ctx
+
+
+def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None, progress: bool = True,
+                ctx: StepContext | None = None) -> BuildResult:
+    """The whole build without Prefect: list, process episodes in a thread pool, assemble."""
+    from tqdm.auto import tqdm
+
+    ctx = ctx or prepare(params, settings, store, progress=progress)
+    sources, source_rejects = list_sources(params, ctx.settings)
+    if not sources and not source_rejects:
+        raise InputError("corpus build: the feeds/sources list no episodes")
+    with ThreadPoolExecutor(max_workers=params.workers) as pool:
+        futures = [pool.submit(process_episode, ctx, s) for s in sources]
+        states = [f.result() for f in tqdm(futures, desc="episodes", disable=not progress)]
+    return assemble(ctx, states, source_rejects)

@@ -1,0 +1,625 @@
+"""Steps 1-8 of the corpus build, one plain function per step, each cached through the store's step memo.
+
+Every step takes the episode's `EpisodeState`, looks its input key up in `store.memo_get`, and on a miss
+computes, stores its outputs (audio as FLAC objects, results as JSON objects whose sidecars list their
+inputs) and records the memo. A rerun therefore does no new work, on this machine or any other that shares
+the store. A bad episode raises `InputError` inside a step; the step records the reason on the state and
+every later step passes the state through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from pydantic import BaseModel, Field
+
+from voicepipe.audio import (
+    clipped_fraction,
+    estimate_snr_db,
+    load_audio,
+    load_audio_checked,
+    loudness_lufs,
+    normalize_loudness,
+    resample,
+    save_wav,
+)
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.engines import Engines
+from voicepipe.corpus.fetch import EpisodeSource, download
+from voicepipe.errors import InputError
+
+SR = 24000
+SR16 = 16000
+# bump a step's version when its code changes what it produces: old memo entries then miss
+STEP_VERSIONS = {
+    "fetch": 1, "standardize": 1, "separate": 1, "diarize": 1, "segment": 1, "transcribe": 1, "filter": 1,
+    "encode": 1,
+}
+STEPS = list(STEP_VERSIONS)
+
+
+class EpisodeState(BaseModel):
+    """What one episode has become so far; passed from step to step (and task to task)."""
+
+    source: EpisodeSource
+    raw_sha: str | None = None
+    raw_bytes: int = 0
+    seconds: float = 0.0
+    results: dict[str, Any] = Field(default_factory=dict)  # step -> its JSON result
+    result_shas: dict[str, str] = Field(default_factory=dict)  # step -> sha of that JSON in the store
+    cache: dict[str, str] = Field(default_factory=dict)  # step -> hit | miss | skip
+    timings: dict[str, float] = Field(default_factory=dict)  # step -> wall seconds (misses only)
+    rejected: str | None = None  # the reason the whole episode was dropped
+    reject_step: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rejected is None
+
+    @property
+    def audio_sha(self) -> str | None:
+        """The audio the segments are cut from: vocals when separated, else the standardized episode."""
+        sep = self.results.get("separate") or self.results.get("standardize")
+        return sep["sha"] if sep else None
+
+
+@dataclass
+class StepContext:
+    """What every step needs: parameters, the store, the models, a scratch dir and the enrollment centroid."""
+
+    params: CorpusParams
+    store: Any
+    engines: Engines
+    work: Path
+    settings: Any = None
+    _centroid: np.ndarray | None = None
+    _enroll_key: str | None = None
+    _audio_cache: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    progress: bool = True
+
+    # ---- enrollment
+    def enroll_shas(self) -> list[str]:
+        shas = []
+        for p in self.params.enroll:
+            if not Path(p).is_file():
+                raise InputError(f"enrollment clip {p}: no such file")
+            shas.append(self.store.put_file(p, step="corpus.enroll", params={"speaker": self.params.speaker}).sha256)
+        return shas
+
+    @property
+    def enroll_key(self) -> str:
+        if self._enroll_key is None:
+            self._enroll_key = _hash({"enroll": sorted(self.enroll_shas())})
+        return self._enroll_key
+
+    @property
+    def centroid(self) -> np.ndarray:
+        """The target speaker's enrollment centroid (fp32), memoized by the enrollment clips' hashes."""
+        with self._lock:
+            if self._centroid is None:
+                key = self.enroll_key
+                sha = self.store.memo_get("corpus.enroll", key)
+                if sha:
+                    self._centroid = np.asarray(self.store.get_json(sha)["centroid"], dtype=np.float32)
+                else:
+                    wavs = [load_audio(p, SR16) for p in self.params.enroll]
+                    c = self.engines.speaker.centroid(wavs)
+                    ref = self.store.put_json({"centroid": [float(x) for x in c]}, step="corpus.enroll",
+                                              inputs=self.enroll_shas(), params={"speaker": self.params.speaker})
+                    self.store.memo_put("corpus.enroll", key, ref.sha256)
+                    self._centroid = c
+            return self._centroid
+
+    # ---- audio objects
+    def audio(self, sha: str, sr: int) -> np.ndarray:
+        """A stored audio object as float32 mono at `sr` (small in-process LRU)."""
+        key = (sha, sr)
+        with self._lock:
+            if key in self._audio_cache:
+                self._audio_cache.move_to_end(key)
+                return self._audio_cache[key]
+        path = self.work / "objects" / f"{sha}.flac"
+        if not path.exists():
+            self.store.get_file(sha, path)
+        wav = load_audio(path, sr)
+        with self._lock:
+            self._audio_cache[key] = wav
+            while len(self._audio_cache) > 8:
+                self._audio_cache.popitem(last=False)
+        return wav
+
+    def put_audio(self, wav: np.ndarray, *, step: str, inputs: list[str], params: dict) -> str:
+        """Store a 24 kHz waveform as FLAC (lossless, about half the size of wav); returns its sha."""
+        tmp = self.work / "tmp" / f"{step}-{threading.get_ident()}-{time.monotonic_ns()}.flac"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(tmp), np.clip(wav, -1, 1), SR, format="FLAC", subtype="PCM_16")
+        sha = self.store.put_file(tmp, step=step, inputs=inputs, params=params, content_type="audio/flac").sha256
+        dest = self.work / "objects" / f"{sha}.flac"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(dest)
+        return sha
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_step(
+    ctx: StepContext, state: EpisodeState, step: str, inputs: list[str], params: dict, compute: Callable[[], dict]
+) -> dict:
+    """Memoized step: return the stored result for (step, inputs, params) or compute, store and record it."""
+    params = {**params, "_v": STEP_VERSIONS[step]}
+    key = _hash({"inputs": inputs, "params": params})
+    memo = f"corpus.{step}"
+    sha = ctx.store.memo_get(memo, key)
+    if sha is not None:
+        result = ctx.store.get_json(sha)
+        state.cache[step] = "hit"
+    else:
+        t0 = time.perf_counter()
+        result = compute()
+        sha = ctx.store.put_json(result, step=memo, inputs=inputs, params=params, name=state.source.id).sha256
+        ctx.store.memo_put(memo, key, sha)
+        state.cache[step] = "miss"
+        state.timings[step] = time.perf_counter() - t0
+    state.results[step] = result
+    state.result_shas[step] = sha
+    return result
+
+
+def guarded(step: str) -> Callable:
+    """Skip rejected episodes; turn an InputError inside the step into a recorded episode rejection."""
+
+    def wrap(fn: Callable[[StepContext, EpisodeState], EpisodeState]) -> Callable:
+        def inner(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+            if not state.ok:
+                return state
+            try:
+                return fn(ctx, state)
+            except InputError as e:
+                state.rejected, state.reject_step = str(e), step
+                return state
+
+        inner.__name__ = fn.__name__
+        inner.__doc__ = fn.__doc__
+        return inner
+
+    return wrap
+
+
+# ------------------------------------------------------------------------------------------------ 1. fetch
+@guarded("fetch")
+def fetch(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Download (or read) the episode and store its bytes; memo key = URL + declared size (+ mtime for files)."""
+    src = state.source
+    ident: dict[str, Any] = {"url": src.url, "declared_bytes": src.declared_bytes}
+    local = Path(src.url)
+    if not src.url.startswith(("http://", "https://", "s3://")) and local.is_file():
+        st = local.stat()
+        ident.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def compute() -> dict:
+        name = Path(src.url.split("?")[0]).name or "episode"
+        dest = ctx.work / "downloads" / f"{_hash(src.url)[:16]}-{name}"
+        path = download(src, dest, max_bytes=int(ctx.params.max_episode_mb * 1e6), timeout_s=ctx.params.timeout_s,
+                        settings=ctx.settings)
+        ref = ctx.store.put_file(path, step="corpus.episode", params={"url": src.url, "id": src.id}, name=name)
+        if path == dest:
+            dest.unlink(missing_ok=True)  # the store holds it now
+        return {"sha": ref.sha256, "bytes": ref.size, "name": name}
+
+    res = run_step(ctx, state, "fetch", [], ident, compute)
+    state.raw_sha, state.raw_bytes = res["sha"], res["bytes"]
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 2. standardize
+@guarded("standardize")
+def standardize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Decode any codec to 24 kHz mono, reject truncated/undecodable files, normalize loudness."""
+    assert state.raw_sha
+    params = {"sr": SR, "target_lufs": ctx.params.target_lufs}
+
+    def compute() -> dict:
+        name = state.results["fetch"].get("name", "episode")
+        path = ctx.work / "raw" / f"{state.raw_sha}-{name}"
+        if not path.exists():
+            ctx.store.get_file(state.raw_sha, path)
+        try:
+            wav = load_audio_checked(path, SR)
+        except InputError as e:
+            raise InputError(str(e).replace(str(path), f"episode {state.source.url}")) from None
+        finally:
+            path.unlink(missing_ok=True)
+        seconds = wav.size / SR
+        if seconds < 1.0:
+            raise InputError(f"episode {state.source.url}: too short ({seconds:.2f} s of audio)")
+        clipped = clipped_fraction(wav)
+        lufs_in = loudness_lufs(wav, SR)
+        norm, gain = normalize_loudness(wav, SR, ctx.params.target_lufs)
+        sha = ctx.put_audio(norm, step="corpus.standardize", inputs=[state.raw_sha], params=params)
+        return {"sha": sha, "seconds": seconds, "gain": gain, "lufs_in": lufs_in, "clipped_in": clipped}
+
+    res = run_step(ctx, state, "standardize", [state.raw_sha], params, compute)
+    state.seconds = res["seconds"]
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 3. separate
+@guarded("separate")
+def separate(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Demucs vocals stem (or the standardized audio itself with `separate=False`)."""
+    std = state.results["standardize"]
+    if not ctx.params.separate:
+        state.results["separate"] = {"sha": std["sha"], "separated": False}
+        state.cache["separate"] = "skip"
+        return state
+    params = {"model": ctx.params.demucs_model}
+
+    def compute() -> dict:
+        wav = ctx.audio(std["sha"], SR)
+        vocals = ctx.engines.separator.vocals(wav, SR, progress=ctx.progress)
+        sha = ctx.put_audio(vocals, step="corpus.separate", inputs=[std["sha"]], params=params)
+        return {"sha": sha, "separated": True}
+
+    run_step(ctx, state, "separate", [std["sha"]], params, compute)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 4. diarize
+def _split_even(start: float, end: float, max_len: float) -> list[tuple[float, float]]:
+    n = max(1, int(np.ceil((end - start) / max_len)))
+    edges = np.linspace(start, end, n + 1)
+    return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _target_verdicts(embs: np.ndarray, centroid: np.ndarray, threshold: float) -> list[tuple[bool, float]]:
+    """Which speech pieces are the target: (is_target, cosine to the enrollment centroid) per piece.
+
+    A piece clearly above (>= threshold + 0.03) or below (< threshold - 0.03) the threshold is decided by it.
+    Pieces in between are borderline: the clear pieces seed two in-episode centroids (same room, mic and
+    music as the rest of the episode) and a borderline piece goes to the nearer one. All in fp32.
+    """
+    embs = np.asarray(embs, dtype=np.float32)
+    sims = embs @ np.asarray(centroid, dtype=np.float32)
+    is_t = sims >= threshold
+    sure_t, sure_o = sims >= threshold + 0.03, sims < threshold - 0.03
+    border = ~(sure_t | sure_o)
+    if border.any() and sure_t.any() and sure_o.any():
+        ct, co = embs[sure_t].mean(0), embs[sure_o].mean(0)
+        ct, co = ct / np.linalg.norm(ct), co / np.linalg.norm(co)
+        is_t = np.where(border, embs @ ct > embs @ co, is_t)
+    return [(bool(t), float(v)) for t, v in zip(is_t, sims, strict=True)]
+
+
+@guarded("diarize")
+def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Speaker turns, overlapped speech, and which turns are the target (cosine to the enrollment centroid).
+
+    With a pyannote pipeline: its turns and overlap; each pyannote speaker is scored as a whole (its turns'
+    audio, up to 60 s) and the best one at or above `target_threshold` is the target. Without one: VAD speech
+    regions (split at pauses), cut into pieces of at most 6 s, are each scored by the speaker encoder against
+    the enrollment and against in-episode centroids (`_target_verdicts`); no overlap detection.
+    """
+    p = ctx.params
+    audio_sha = state.audio_sha
+    params = {"model": p.diarization_model or "embedding", "threshold": p.target_threshold,
+              "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s}
+
+    def compute() -> dict:
+        wav = ctx.audio(audio_sha, SR16)
+        speech = ctx.engines.vad.speech(wav, min_silence_s=p.min_silence_s)
+        centroid = ctx.centroid
+        spk = ctx.engines.speaker
+
+        if p.diarization_model:
+            raw_turns, overlap = ctx.engines.diarizer(wav)
+            labels: dict[str, float] = {}
+            for label in sorted({t[2] for t in raw_turns}):
+                pieces, total = [], 0.0
+                for a, b, lab in raw_turns:
+                    if lab == label and total < 60.0:
+                        pieces.append(wav[int(a * SR16) : int(b * SR16)])
+                        total += b - a
+                labels[label] = spk.similarity(spk.embed(np.concatenate(pieces)), centroid)
+            best = max(labels, key=labels.get) if labels else None
+            target = best if best is not None and labels[best] >= p.target_threshold else None
+            turns = [{"start": a, "end": b, "speaker": lab, "sim": labels[lab], "target": lab == target}
+                     for a, b, lab in raw_turns]
+            backend = "pyannote"
+        else:
+            overlap, labels, target = [], {}, "target"
+            pieces = [(s, e) for a, b in speech for s, e in _split_even(a, b, 6.0) if e - s >= 0.05]
+            embs = np.stack([spk.embed(wav[int(s * SR16) : int(e * SR16)]) for s, e in pieces]) if pieces else None
+            verdicts = _target_verdicts(embs, centroid, p.target_threshold) if pieces else []
+            turns: list[dict] = []
+            for (s, e), (is_t, v) in zip(pieces, verdicts, strict=True):
+                if turns and turns[-1]["target"] == is_t and s - turns[-1]["end"] < 1e-6:
+                    prev = turns[-1]  # contiguous piece of the same verdict: extend the turn
+                    prev["sim"] = (prev["sim"] * (prev["end"] - prev["start"]) + v * (e - s)) / (e - prev["start"])
+                    prev["end"] = e
+                else:
+                    turns.append({"start": s, "end": e, "speaker": "target" if is_t else "other", "sim": v,
+                                  "target": is_t})
+            backend = "embedding"
+        return {"backend": backend, "speech": speech, "turns": turns, "overlap": [list(o) for o in overlap],
+                "labels": labels, "target_label": target}
+
+    run_step(ctx, state, "diarize", [audio_sha], params, compute)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 5. segment
+Interval = tuple[float, float]
+
+
+def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out, i, j = [], 0, 0
+    a, b = sorted(a), sorted(b)
+    while i < len(a) and j < len(b):
+        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if e > s:
+            out.append((s, e))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _subtract(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out = []
+    for s, e in sorted(a):
+        cur = s
+        for bs, be in sorted(b):
+            if be <= cur or bs >= e:
+                continue
+            if bs > cur:
+                out.append((cur, bs))
+            cur = max(cur, be)
+        if cur < e:
+            out.append((cur, e))
+    return out
+
+
+def _union(a: list[Interval]) -> list[Interval]:
+    out: list[list[float]] = []
+    for s, e in sorted(a):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _seconds(iv: list[Interval]) -> float:
+    return float(sum(e - s for s, e in iv))
+
+
+@guarded("segment")
+def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Cut the target's speech into utterances of at most `max_duration_s`, at pauses, with padding.
+
+    Target speech = VAD speech inside target turns minus overlapped speech. Consecutive target regions join
+    while the gap is a pause (< 1.5 s) with no other speaker in it and the result stays within the limit; a
+    single region longer than the limit is split evenly. Padding never reaches into other speech. Every other
+    second of speech is recorded as a rejected span (other speaker, overlap, no speaker turn).
+    """
+    p = ctx.params
+    dia_sha = state.result_shas["diarize"]
+    params = {"max_s": p.filters.max_duration_s, "pad_s": p.pad_s}
+
+    def compute() -> dict:
+        dia = state.results["diarize"]
+        speech = [tuple(x) for x in dia["speech"]]
+        overlap = _union([tuple(x) for x in dia["overlap"]])
+        tgt_turns = _union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
+        other_turns = [t for t in dia["turns"] if not t["target"]]
+        target = _subtract(_intersect(speech, tgt_turns), overlap)
+        rejects = []
+        for t in other_turns:
+            for s, e in _subtract(_intersect(speech, [(t["start"], t["end"])]), overlap + tgt_turns):
+                why = f"other speaker (sim {t['sim']:.2f}, target threshold {p.target_threshold:.2f})"
+                rejects.append({"start": s, "end": e, "step": "diarize", "reason": why})
+        for s, e in _intersect(speech, overlap):
+            rejects.append({"start": s, "end": e, "step": "diarize", "reason": "overlapped speech"})
+        covered = _union(tgt_turns + [(t["start"], t["end"]) for t in other_turns] + overlap)
+        for s, e in _subtract(speech, covered):
+            rejects.append({"start": s, "end": e, "step": "diarize", "reason": "no speaker turn"})
+        non_target = _union(_subtract(speech, target))
+        # join target regions at pauses
+        groups: list[list[float]] = []
+        for s, e in target:
+            if groups:
+                gs, ge = groups[-1]
+                blocked = _seconds(_intersect(non_target, [(ge, s)])) > 0
+                if not blocked and s - ge < 1.5 and e - gs <= p.filters.max_duration_s:
+                    groups[-1][1] = e
+                    continue
+            groups.append([s, e])
+        pieces: list[Interval] = []
+        for s, e in groups:
+            pieces.extend(_split_even(s, e, p.filters.max_duration_s) if e - s > p.filters.max_duration_s
+                          else [(s, e)])
+        segs = []
+        bound = state.seconds
+        for i, (s, e) in enumerate(pieces):
+            lo = max(0.0, s - p.pad_s, pieces[i - 1][1] if i else 0.0)
+            hi = min(bound, e + p.pad_s, pieces[i + 1][0] if i + 1 < len(pieces) else bound)
+            for ns, ne in non_target:  # never pad into other speech
+                if ne <= s:
+                    lo = max(lo, ne)
+                if ns >= e:
+                    hi = min(hi, ns)
+            segs.append({"start": round(lo, 3), "end": round(hi, 3), "speech_s": round(e - s, 3)})
+        return {"segments": segs, "rejects": rejects, "speech_s": _seconds(speech), "target_s": _seconds(target)}
+
+    run_step(ctx, state, "segment", [dia_sha], params, compute)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 6. transcribe
+def normalize_text(text: str) -> str:
+    """Collapse whitespace, drop stray leading punctuation, keep casing and punctuation (the TTS reads them)."""
+    text = " ".join(text.replace("\u00a0", " ").split())
+    return text.lstrip("-–—,;: ").strip()
+
+
+@guarded("transcribe")
+def transcribe(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """ASR on every segment: normalized text and a confidence (mean word/token probability)."""
+    p = ctx.params
+    seg_sha = state.result_shas["segment"]
+    params = {"backend": p.asr_backend, "model": p.asr_model if p.asr_backend == "whisper" else "en-us",
+              "language": p.language}
+
+    def compute() -> dict:
+        from tqdm.auto import tqdm
+
+        wav = ctx.audio(state.audio_sha, SR16)
+        segs = state.results["segment"]["segments"]
+        out = []
+        batch = 8
+        for i in tqdm(range(0, len(segs), batch), desc=f"asr {state.source.id}", disable=not ctx.progress,
+                      leave=False):
+            chunk = [wav[int(s["start"] * SR16) : int(s["end"] * SR16)] for s in segs[i : i + batch]]
+            for text, conf in ctx.engines.asr.transcribe(chunk, p.language):
+                out.append({"text": normalize_text(text), "asr_conf": round(float(conf), 4)})
+        return {"texts": out}
+
+    run_step(ctx, state, "transcribe", [seg_sha], params, compute)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 7. filter
+def _non_speech(speech: list[list[float]], total: float) -> list[Interval]:
+    return _subtract([(0.0, total)], [tuple(x) for x in speech])
+
+
+@guarded("filter")
+def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Measure each segment and keep it only if it passes every threshold in `params.filters`."""
+    f = ctx.params.filters
+    inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
+    params = {"filters": f.model_dump(), "enroll": ctx.enroll_key}
+
+    def compute() -> dict:
+        wav = ctx.audio(state.audio_sha, SR)
+        wav16 = ctx.audio(state.audio_sha, SR16)
+        orig = ctx.audio(state.results["standardize"]["sha"], SR) / state.results["standardize"]["gain"]
+        noise_iv = _non_speech(state.results["diarize"]["speech"], state.seconds)
+        noise = np.concatenate([wav[int(s * SR) : int(e * SR)] for s, e in noise_iv] or [np.zeros(0, np.float32)])
+        spk, centroid = ctx.engines.speaker, ctx.centroid
+        rows = []
+        for seg, tr in zip(state.results["segment"]["segments"], state.results["transcribe"]["texts"], strict=True):
+            s, e = seg["start"], seg["end"]
+            clip = wav[int(s * SR) : int(e * SR)]
+            dur = e - s
+            text = tr["text"]
+            m = {
+                "start": s, "end": e, "duration": round(dur, 3), "text": text, "asr_conf": tr["asr_conf"],
+                "clipped": round(clipped_fraction(orig[int(s * SR) : int(e * SR)]), 5),
+                "lufs": round(loudness_lufs(clip, SR), 2),
+                "snr_db": round(estimate_snr_db(clip, noise if noise.size else None, SR), 2),
+                "speaker_sim": round(spk.similarity(spk.embed(wav16[int(s * SR16) : int(e * SR16)]), centroid), 4),
+                "sec_per_char": round(dur / max(1, len(text)), 4) if text else None,
+            }
+            reasons = []
+            if not f.min_duration_s <= dur <= f.max_duration_s:
+                reasons.append(f"duration {dur:.2f} s outside {f.min_duration_s:g}-{f.max_duration_s:g} s")
+            if m["speaker_sim"] < f.min_speaker_sim:
+                reasons.append(f"speaker_sim {m['speaker_sim']:.2f} < {f.min_speaker_sim:.2f}")
+            if m["clipped"] > f.max_clipped_fraction:
+                reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
+            if m["lufs"] < f.min_loudness_lufs:
+                reasons.append(f"loudness {m['lufs']:.1f} LUFS < {f.min_loudness_lufs:g}")
+            if m["snr_db"] < f.min_snr_db:
+                reasons.append(f"snr {m['snr_db']:.1f} dB < {f.min_snr_db:g}")
+            if not text:
+                reasons.append("asr: no words recognized")
+            else:
+                if m["asr_conf"] < f.min_asr_confidence:
+                    reasons.append(f"asr_confidence {m['asr_conf']:.2f} < {f.min_asr_confidence:g}")
+                if not f.min_sec_per_char <= m["sec_per_char"] <= f.max_sec_per_char:
+                    reasons.append(f"speech_rate {m['sec_per_char']:.3f} s/char outside "
+                                   f"{f.min_sec_per_char:g}-{f.max_sec_per_char:g}")
+            m["keep"] = not reasons
+            m["reasons"] = reasons
+            rows.append(m)
+        return {"segments": rows}
+
+    run_step(ctx, state, "filter", inputs, params, compute)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ 8. encode
+def clip_id(state: EpisodeState, start: float) -> str:
+    """Stable utterance id: episode content hash prefix + start time in ms."""
+    return f"{(state.raw_sha or '')[:12]}-{int(round(start * 1000)):08d}"
+
+
+@guarded("encode")
+def encode(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """Cut kept segments into 24 kHz mono clips (stored; sidecar inputs = the episode) and codec-encode them."""
+    p = ctx.params
+    inputs = [state.result_shas["filter"], state.audio_sha]
+    params = {"codec": p.codec_model}
+
+    def compute() -> dict:
+        from tqdm.auto import tqdm
+
+        wav = ctx.audio(state.audio_sha, SR)
+        kept = [s for s in state.results["filter"]["segments"] if s["keep"]]
+        clips = []
+        for s in kept:
+            cid = clip_id(state, s["start"])
+            clip = wav[int(s["start"] * SR) : int(s["end"] * SR)]
+            path = save_wav(ctx.work / "tmp" / f"{cid}.wav", clip, SR)
+            sha = ctx.store.put_file(path, step="corpus.clip", inputs=[state.raw_sha, state.audio_sha],
+                                     params={"episode": state.source.id, "start": s["start"], "end": s["end"]},
+                                     name=f"{cid}.wav").sha256
+            path.unlink(missing_ok=True)
+            clips.append({"id": cid, "sha": sha, "start": s["start"], "end": s["end"]})
+        batch = 8
+        for i in tqdm(range(0, len(clips), batch), desc=f"codec {state.source.id}", disable=not ctx.progress,
+                      leave=False):
+            chunk = clips[i : i + batch]
+            wavs = [wav[int(c["start"] * SR) : int(c["end"] * SR)] for c in chunk]
+            # the clip files were written as 16-bit PCM: encode exactly what the trainer will read
+            wavs = [np.round(np.clip(w, -1, 1) * 32767).astype(np.float32) / 32768.0 for w in wavs]
+            for c, codes in zip(chunk, ctx.engines.codec.encode(wavs), strict=True):
+                c["audio_codes"] = codes
+        return {"clips": clips}
+
+    run_step(ctx, state, "encode", inputs, params, compute)
+    return state
+
+
+STEP_FUNCS: dict[str, Callable[[StepContext, EpisodeState], EpisodeState]] = {
+    "fetch": fetch, "standardize": standardize, "separate": separate, "diarize": diarize, "segment": segment,
+    "transcribe": transcribe, "filter": quality_filter, "encode": encode,
+}
+
+
+def process_episode(ctx: StepContext, source: EpisodeSource) -> EpisodeState:
+    """All steps for one episode, in order (what the flow does task by task)."""
+    state = EpisodeState(source=source)
+    for step in STEPS:
+        state = STEP_FUNCS[step](ctx, state)
+    return state
+
+
+def episode_audio_16k(ctx: StepContext, state: EpisodeState) -> np.ndarray:
+    """The (separated) episode audio at 16 kHz (for scoring and reports)."""
+    return resample(ctx.audio(state.audio_sha, SR), SR, SR16)
