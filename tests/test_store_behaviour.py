@@ -321,3 +321,24 @@ def test_store_pickles_for_other_processes(store):
     clone = pickle.loads(pickle.dumps(store))
     assert clone.url == store.url and clone.get_bytes(ref) == b"shared"
     assert clone.put_bytes(b"from clone", step="t").uri.startswith(store.url)
+
+
+def test_file_changing_during_upload_is_refused(store, tmp_path):
+    src = tmp_path / "growing.wav"
+    src.write_bytes(os.urandom(2 * MULTIPART))
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    appended = []
+
+    def writer_still_busy(n: int) -> None:  # another process keeps writing the file during the upload
+        if not appended:
+            appended.append(n)
+            with open(src, "ab") as f:
+                f.write(b"more audio")
+
+    store.backend.on_chunk = writer_still_busy
+    with pytest.raises(StoreError, match="growing.wav: changed while it was being stored"):
+        store.put_file(src, step="t")
+    store.backend.on_chunk = None
+    assert not store.exists(sha) and not store.backend.list("meta/")
+    ref = store.put_file(src, step="t")
+    assert store.get_bytes(ref) == src.read_bytes()

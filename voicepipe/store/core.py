@@ -175,6 +175,7 @@ class ArtifactStore:
 
             content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
+            before = path.stat()
             sha, size = sha256_file(path)
         except OSError as e:
             raise StoreError(f"file {path}: unreadable ({e.strerror or e})") from None
@@ -182,7 +183,13 @@ class ArtifactStore:
                              content_type=content_type, kind="blob")
         key = self._obj_key(sha)
         if not self.backend.exists(key):
+            # The file is read twice (hash, then upload under that hash): if it changed in between, the stored
+            # bytes would not match their name, so take them back out and say so.
             self.backend.put_file(key, path, size, content_type)
+            after = path.stat()
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                self.backend.delete(key)
+                raise StoreError(f"file {path}: changed while it was being stored; store it again once written")
         self._write_sidecar(meta)
         return ArtifactRef(sha, size, self.backend.uri(key))
 
