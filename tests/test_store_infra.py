@@ -116,3 +116,17 @@ def test_scripts_parse_and_fail_clearly():
     r = subprocess.run(["bash", str(INFRA / "start-minio.sh")], env={"PATH": os.environ["PATH"]},
                        capture_output=True, text=True)
     assert r.returncode != 0 and "MINIO_ROOT_USER" in r.stderr
+
+
+def test_prefect_variables_are_real_prefect_settings(compose):
+    """Every PREFECT_* name in env.example and the compose file is one Prefect 3 reads (a typo is silently ignored
+    by Prefect, so check the names against its settings model)."""
+    from prefect.settings import Settings as PrefectSettings
+    from prefect.settings.legacy import _get_settings_fields  # the env-name -> setting map `prefect config` uses
+
+    known = set(_get_settings_fields(PrefectSettings))
+    names = {k for k in env_example() if k.startswith("PREFECT_")}
+    for svc in compose["services"].values():
+        env = svc.get("environment") or {}
+        names |= {k for k in env if k.startswith("PREFECT_")}
+    assert names and names - known == set()
