@@ -58,7 +58,11 @@ def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
 
 
 def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[SourceReject]) -> BuildResult:
-    """Write the corpus directory, store it, point `corpus/<speaker>/latest` at it; return the summary."""
+    """Write the corpus directory and store it; return the summary.
+
+    The store refs (`corpus/<speaker>/latest`, `.../versions/<version>` -> `dir_sha`) are moved by the flow's
+    `notify_corpus_version` task, which also emits the corpus-changed event.
+    """
     p = ctx.params
     out = Path(p.out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
@@ -182,9 +186,6 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                             name=f"corpus-{p.speaker}")
     corpus_ref = store.put_json({**summary, "dir_sha": dir_ref.sha256}, step="corpus.summary",
                                 inputs=[version, dir_ref.sha256], name="corpus.json")
-    store.set_ref(f"corpus/{p.speaker}/latest", corpus_ref.sha256,
-                  {"version": version, "dir_sha": dir_ref.sha256, "hours": summary["hours"],
-                   "utterances": len(manifest)})
     return BuildResult(
         version=version, out=str(out), corpus_sha=corpus_ref.sha256, dir_sha=dir_ref.sha256,
         utterances=len(manifest), hours=summary["hours"], train=len(train), val=len(val),

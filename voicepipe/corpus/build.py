@@ -8,6 +8,7 @@ then the step functions of `voicepipe.corpus.steps` task by task per episode, th
 from __future__ import annotations
 
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,23 @@ def prepare(params: CorpusParams, settings: Any = None, store: Any = None, work:
                       settings=settings, progress=progress)
     ctx.enroll_key  # noqa: B018 - stores the enrollment clips now (fails early on a bad one)
     return ctx
+
+
+_CONTEXTS: dict[str, StepContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def context_for(params: CorpusParams, progress: bool = True) -> StepContext:
+    """One StepContext (store, lazily loaded models, scratch dir) per process and parameter set.
+
+    Prefect tasks receive only picklable inputs (params, episode state); each worker process, thread pool or
+    Dask worker, builds its context once here and reuses it for every episode.
+    """
+    key = params.model_dump_json()
+    with _CONTEXTS_LOCK:
+        if key not in _CONTEXTS:
+            _CONTEXTS[key] = prepare(params, progress=progress)
+        return _CONTEXTS[key]
 
 
 def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None, progress: bool = True,

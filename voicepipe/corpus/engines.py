@@ -15,7 +15,6 @@ on 2 cores parallel inference inside one process gains nothing anyway.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,10 +104,9 @@ class Separator:
     """Demucs vocal separation (`apply_model`, chunked with overlap) returning the vocals stem, mono, 24 kHz."""
 
     def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
-        from voicepipe.models import resolve_model
+        from voicepipe.models.others import load_demucs
 
-        path = resolve_model("demucs", name_or_path, settings)
-        self.model = load_demucs(Path(path), name_or_path)
+        self.model = load_demucs(name_or_path, settings)
         self.model.eval()
         self.device = device
         if "vocals" not in self.model.sources:
@@ -132,42 +130,15 @@ class Separator:
         return resample(stem.mean(0).cpu().numpy().astype(np.float32), msr, sr)
 
 
-def load_demucs(path: Path, name: str) -> Any:
-    """Load a Demucs model from a `.th` file, or from a local repo dir holding `<name>.yaml` + `.th` files."""
-    from demucs.states import load_model
-
-    if path.is_file():
-        return load_model(path)
-    stem = Path(str(name)).name
-    if (path / f"{stem}.yaml").is_file():
-        from demucs.pretrained import get_model
-
-        return get_model(stem, repo=path)
-    ths = sorted(path.glob("*.th"))
-    if len(ths) == 1:
-        return load_model(ths[0])
-    raise ModelError(f"demucs model {name}: {path} holds no {stem}.yaml and not exactly one .th file")
-
-
 class Diarizer:
     """pyannote.audio speaker diarization pipeline loaded from a local directory."""
 
     sr = 16000
 
     def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
-        import torch
-        from pyannote.audio import Pipeline
+        from voicepipe.models.others import load_diarization
 
-        from voicepipe.models import resolve_model
-
-        path = resolve_model("diarization", name_or_path, settings)
-        try:
-            pipe = Pipeline.from_pretrained(path)
-        except Exception as e:  # pyannote raises many types; name the input and the reason
-            raise ModelError(f"diarization model {name_or_path}: cannot load ({e.__class__.__name__}: {e})") from e
-        if pipe is None:
-            raise ModelError(f"diarization model {name_or_path}: pyannote returned no pipeline")
-        self.pipeline = pipe.to(torch.device(device))
+        self.pipeline = load_diarization(name_or_path, device, settings)
         self.lock = threading.Lock()
 
     def __call__(self, wav16k: np.ndarray) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
@@ -198,14 +169,11 @@ class Asr:
             self.decoder = Decoder(samprate=self.sr, loglevel="FATAL", fwdflat=False, bestpath=True, maxhmmpf=3000)
         elif backend == "whisper":
             import torch
-            from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-            from voicepipe.models import resolve_model
+            from voicepipe.models.others import load_asr
 
-            path = resolve_model("asr", model, settings)
             dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            self.processor = WhisperProcessor.from_pretrained(path)
-            self.model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.model, self.processor = load_asr(model, device, dtype, settings)
             self.dtype = dtype
         else:
             raise ModelError(f"asr backend {backend!r}: unknown (expected whisper or pocketsphinx)")

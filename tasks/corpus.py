@@ -1,0 +1,75 @@
+"""Prefect tasks of the corpus build: thin wrappers around `voicepipe.corpus` (one task per step).
+
+Caching is the store's step memo (works across machines), so Prefect's own result cache is off. Tasks take
+only picklable inputs (the build params and the episode state); each process builds its models once
+(`context_for`). A bad episode never fails a task: the step records the reason on the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import publish_link, publish_markdown, publish_table
+from voicepipe.corpus.assemble import BuildResult, assemble
+from voicepipe.corpus.build import context_for, list_sources
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.fetch import EpisodeSource, SourceReject
+from voicepipe.corpus.steps import STEP_FUNCS, STEPS, EpisodeState
+
+
+@task(name="corpus-list-episodes", cache_policy=NO_CACHE)
+def list_episodes(params: CorpusParams) -> tuple[list[EpisodeSource], list[SourceReject]]:
+    """Episodes of every feed/folder/prefix; sources that cannot be listed come back as rejects."""
+    ctx = context_for(params)
+    sources, rejects = list_sources(params, ctx.settings)
+    publish_table(
+        f"corpus-{params.speaker}-fetch-list",
+        [{"episode": s.id, "title": s.title, "published": s.published or "", "url": s.url} for s in sources]
+        + [{"episode": "", "title": "REJECTED", "published": "", "url": f"{r.source}: {r.reason}"} for r in rejects],
+        description="episodes listed",
+    )
+    return sources, rejects
+
+
+def _step_task(step: str) -> Any:
+    fn = STEP_FUNCS[step]
+
+    def run(params: CorpusParams, state: EpisodeState) -> EpisodeState:
+        return fn(context_for(params), state)
+
+    run.__name__ = f"corpus_{step}"
+    run.__doc__ = f"Corpus step `{step}` for one episode: {fn.__doc__.splitlines()[0] if fn.__doc__ else ''}"
+    return task(name=f"corpus-{step}", task_run_name=f"{step}-{{state.source.id}}", cache_policy=NO_CACHE)(run)
+
+
+STEP_TASKS: dict[str, Any] = {step: _step_task(step) for step in STEPS}
+
+
+@task(name="corpus-assemble", cache_policy=NO_CACHE)
+def assemble_corpus(
+    params: CorpusParams, states: list[EpisodeState], source_rejects: list[SourceReject]
+) -> BuildResult:
+    """Write the corpus, store it, and leave one artifact per step plus the report."""
+    ctx = context_for(params)
+    result = assemble(ctx, states, source_rejects)
+    spk = params.speaker
+    for step in STEPS:
+        rows = []
+        for st in states:
+            res = st.results.get(step) or {}
+            rows.append({
+                "episode": st.source.id,
+                "cache": st.cache.get(step, "-"),
+                "seconds_of_work": round(st.timings.get(step, 0.0), 2),
+                "status": "rejected: " + (st.rejected or "") if st.reject_step == step else ("ok" if st.ok or (
+                    st.reject_step and STEPS.index(st.reject_step) > STEPS.index(step)) else "-"),
+                "output": (res.get("sha") or st.result_shas.get(step) or "")[:16],
+            })
+        publish_table(f"corpus-{spk}-{step}", rows, description=f"corpus step {step}, per episode")
+    publish_markdown(f"corpus-{spk}-report", result.report_md, description=f"corpus {spk} {result.version[:16]}")
+    uri = getattr(ctx.store, "url", "")
+    publish_link(f"corpus-{spk}-dir", f"{uri}#tree={result.dir_sha}", description="corpus directory in the store")
+    return result
