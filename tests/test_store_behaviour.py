@@ -287,9 +287,12 @@ def test_refs_with_history(store):
     assert store.backend.list("refs-log/voices/alice/")  # the log is stored, one object per set
     with pytest.raises(StoreError, match="9{64}"):
         store.set_ref("voices/alice", "9" * 64)
-    for bad in ("../escape", "voices//x", "", "a b"):
+    for bad in ("../escape", "voices//x", "", "voices/./x", "voices/.hidden", "tab\tname", "voices/trailing "):
         with pytest.raises(StoreError, match="ref name"):
             store.set_ref(bad, a)
+    store.set_ref("voices/Zoë Smith", a)  # speaker names as people write them
+    assert store.get_ref("voices/Zoë Smith")["sha"] == a.sha256
+    assert "voices/Zoë Smith" in [r["name"] for r in store.list_refs("voices/")]
     assert store.get_ref("voices/alice")["sha"] == b.sha256
 
 

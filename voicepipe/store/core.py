@@ -36,7 +36,9 @@ from voicepipe.store.backends import Backend, LocalBackend, S3Backend, copy_tree
 TREE_CONTENT_TYPE = "application/vnd.voicepipe.tree+json"
 TREE_FORMAT = "voicepipe.tree/v1"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+=-]*$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@+=-]*$")  # memo keys used verbatim (else hashed)
+# A ref/step segment: any printable text without '/' or '\\', not starting with '.' or a space, not ending in a space
+_NAME_SEGMENT_RE = re.compile(r"^(?![. ])[^\x00-\x1f\x7f/\\]{1,200}(?<! )$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -80,10 +82,11 @@ def _check_sha(sha: Any, what: str = "object") -> str:
 
 
 def _check_name(name: str, what: str) -> str:
-    """A ref name or memo step: '/'-separated segments of [A-Za-z0-9._@+=-], no '..' and no empty segment."""
+    """A ref name or memo step: '/'-separated segments of printable text; no '.'/'..' segments, no empty ones."""
     parts = name.strip("/").split("/") if isinstance(name, str) else []
-    if not parts or not all(_SEGMENT_RE.match(p) for p in parts):
-        raise StoreError(f"{what} {name!r}: use '/'-separated segments of letters, digits and ._@+=-")
+    if not parts or not all(_NAME_SEGMENT_RE.match(p) for p in parts):
+        raise StoreError(f"{what} {name!r}: use '/'-separated segments of printable text "
+                         "(no empty, '.' or '..' segment, none starting with '.')")
     return "/".join(parts)
 
 
@@ -395,8 +398,8 @@ class ArtifactStore:
     def list_refs(self, prefix: str = "") -> list[dict[str, Any]]:
         """Current values of every ref whose name starts with `prefix` (e.g. 'voices/'), sorted by name."""
         prefix = prefix.lstrip("/")
-        if prefix and not all(_SEGMENT_RE.match(p) for p in prefix.rstrip("/").split("/")):
-            raise StoreError(f"ref prefix {prefix!r}: use '/'-separated segments of letters, digits and ._@+=-")
+        if prefix and not all(_NAME_SEGMENT_RE.match(p) for p in prefix.rstrip("/").split("/")):
+            raise StoreError(f"ref prefix {prefix!r}: use '/'-separated segments of printable text")
         out = []
         for key in self.backend.list(f"refs/{prefix}"):
             if key.endswith(".json"):
