@@ -135,3 +135,10 @@ def test_bad_credentials_minio(minio, tmp_path):
     server = {**minio, "secret_key": "not-the-password"}
     with pytest.raises(StoreError, match="credentials rejected"):
         open_store(s3_settings_for(server, "s3://authed/p", tmp_path))
+
+
+def test_malformed_endpoint_is_a_config_error(tmp_path):
+    settings = load_settings(home=tmp_path, store_url="s3://bucket/p", s3_endpoint_url="minio:9000",
+                             s3_access_key="a", s3_secret_key="b")
+    with pytest.raises(ConfigError, match="S3 endpoint minio:9000: .*http://minio:9000"):
+        open_store(settings)

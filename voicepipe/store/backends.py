@@ -258,7 +258,12 @@ class S3Backend:
         )
         session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                          region_name=region)
-        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        try:
+            self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        except ValueError as e:  # botocore: "Invalid endpoint: …"
+            from voicepipe.errors import ConfigError
+
+            raise ConfigError(f"S3 endpoint {endpoint_url}: {e} (expected e.g. http://minio:9000)") from None
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=multipart_chunksize, max_concurrency=max_concurrency)
 
