@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 
 from tqdm import tqdm
 
-from voicepipe.errors import StoreError
+from voicepipe.errors import ConfigError, StoreError
 
 CHUNK = 1024 * 1024
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024  # show a progress bar for transfers at least this large
@@ -261,8 +261,6 @@ class S3Backend:
         try:
             self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
         except ValueError as e:  # botocore: "Invalid endpoint: …"
-            from voicepipe.errors import ConfigError
-
             raise ConfigError(f"S3 endpoint {endpoint_url}: {e} (expected e.g. http://minio:9000)") from None
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                        multipart_chunksize=multipart_chunksize, max_concurrency=max_concurrency)
