@@ -166,8 +166,9 @@ def profile_engine(eng) -> dict:
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
     prof = {"prompt_tokens": int(prompt.embeds.shape[0])}
     with torch.inference_mode():
-        eng._prefill(0, prompt)
-        prof["prefill_ms"] = _timed(lambda: eng._prefill(0, prompt), 3)
+        prof["prefill_ms"] = _timed(lambda: eng._prefill([0], [prompt]), 3)
+        prof["prefill_x16_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
+            if eng.cfg.max_batch >= 16 else float("nan")
         for (b, L), g in sorted(eng._graphs.items()):
             if L == min(k[1] for k in eng._graphs):
                 eng.pos.zero_()
@@ -185,10 +186,13 @@ def profile_engine(eng) -> dict:
     return prof
 
 
-def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int) -> list[dict]:
+def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
+                    decode_thread: bool = True) -> list[dict]:
     from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
 
-    eng = TTSEngine(tts, EngineConfig(max_batch=max_batch, max_len=512, first_chunk_frames=2, chunk_frames=8))
+    name = "voicepipe" if decode_thread else "voicepipe-inline-decode"
+    eng = TTSEngine(tts, EngineConfig(max_batch=max_batch, max_len=512, first_chunk_frames=2, chunk_frames=12,
+                                      decode_thread=decode_thread))
     cap = eng.capture()
     print(f"voicepipe: graphs={eng.use_graphs} captured in {cap:.1f} s", flush=True)
     profile_engine(eng)
@@ -224,12 +228,14 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
                 eng.submit(prompt, gen, on_event)
             done.wait()
             wall = time.perf_counter() - t0
+            if c == 1:
+                print("  milestones (ms since submit):", results[0].get("marks_ms"), flush=True)
             for s in results:
                 ttfa.append(s["ttfa_s"])
                 rtf.append(s["wall_s"] / s["audio_s"])
                 audio += s["audio_s"]
             walls += wall
-        out.append(summarize("voicepipe", c, ttfa, rtf, audio, walls))
+        out.append(summarize(name, c, ttfa, rtf, audio, walls))
         print(out[-1], flush=True)
     eng.stop()
     return out
@@ -328,6 +334,8 @@ def main() -> None:
     rows: list[dict] = []
     if "voicepipe" in systems:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, max_batch=max(concs))
+    if "inline" in systems:
+        rows += bench_voicepipe(tts, a.frames, concs, repeats, max_batch=max(concs), decode_thread=False)
     if "faster" in systems and device == "cuda":
         try:
             rows += bench_faster(tts, a.frames, concs, repeats, a.chunk)

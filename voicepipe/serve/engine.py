@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,10 +66,11 @@ class EngineConfig:
     top_k: int = 50
     subtalker_top_k: int = 50
     first_chunk_frames: int = 2
-    chunk_frames: int = 8
+    chunk_frames: int = 12
     left_context_frames: int = 25
     cuda_graphs: bool | None = None  # None: on when the device is CUDA
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
+    decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class RequestHandle:
         self.first_audio_at: float | None = None
         self.admitted = threading.Event()
         self.finished = threading.Event()
+        self.marks: dict[str, float] = {}  # perf_counter timestamps of milestones (diagnostics)
 
     def cancel(self) -> None:
         """Ask the engine to drop this request (client gone, timeout)."""
@@ -162,6 +165,8 @@ def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32:
         y = F.rms_norm(x, (x.shape[-1],), None, eps)
         return y if w is None else y * w
+    if w is not None and w.dim() > 1:  # per-head weights (q/k norms of all heads at once)
+        return F.rms_norm(x, (x.shape[-1],), None, eps) * w
     return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
@@ -235,6 +240,7 @@ class TTSEngine:
         self.sub_greedy = torch.zeros(S, dtype=torch.bool, device=dev)
         self.rep_pen = torch.ones(S, 1, device=dev)
         self.out_codes = torch.zeros(S, self.n_groups, dtype=torch.long, device=dev)
+        self._host_codes = torch.zeros(S, self.n_groups, dtype=torch.long, pin_memory=dev.type == "cuda")
         self.ar = torch.arange(L, device=dev)
         self.slot_idx = torch.arange(S, device=dev)
         sup = torch.zeros(V, dtype=torch.bool, device=dev)
@@ -438,29 +444,37 @@ class TTSEngine:
         self.pos[:b] = (p + act).clamp(max=self.cfg.max_len - 1)
         self.out_codes[:b] = torch.stack(codes, 1)
 
-    def _prefill(self, slot: int, prompt: Prompt) -> None:
-        """Eager prefill of all prompt tokens but the last (which the next frame step consumes)."""
-        e = prompt.embeds
-        T = e.shape[0] - 1
+    def _prefill(self, slots: list[int], prompts: list[Prompt]) -> None:
+        """Batched eager prefill of every prompt token but the last (which the next frame step consumes).
+
+        Prompts are right-padded to one length: causal attention keeps each prompt to itself, and the padded K/V
+        positions lie beyond the slot's position, masked out and overwritten as generation proceeds."""
+        lens = [p.embeds.shape[0] - 1 for p in prompts]
+        T = max(lens)
+        n = len(slots)
         if T > 0:
-            x = e[:T][None]
+            x = torch.zeros(n, T, self.tc.hidden_size, device=self.device, dtype=self.dtype)
+            for j, p in enumerate(prompts):
+                x[j, : lens[j]] = p.embeds[: lens[j]]
+            sl = torch.tensor(slots, device=self.device)
             cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
             for i, w in enumerate(self.t_layers):
                 kc, vc = self.kc[i], self.vc[i]
 
                 def attend(q, k, v, kc=kc, vc=vc):
-                    kc[slot, :, :T] = k[0]
-                    vc[slot, :, :T] = v[0]
+                    kc[sl, :, :T] = k
+                    vc[sl, :, :T] = v
                     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                    return o.transpose(1, 2).reshape(1, T, -1)
+                    return o.transpose(1, 2).reshape(n, T, -1)
 
                 x = self._layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
-        self.pos[slot] = T
-        self.next_emb[slot] = e[T]
-        n = prompt.trailing.shape[0]
-        self.text_buf[slot, :n] = prompt.trailing
-        self.text_len[slot] = n
-        self.gen_step[slot] = 0
+        for slot, p, t in zip(slots, prompts, lens, strict=True):
+            self.pos[slot] = t
+            self.next_emb[slot] = p.embeds[t]
+            m = p.trailing.shape[0]
+            self.text_buf[slot, :m] = p.trailing
+            self.text_len[slot] = m
+            self.gen_step[slot] = 0
 
     def _arm(self, slot: int, gen: GenerationConfig) -> None:
         self.seen[slot] = False
@@ -527,11 +541,25 @@ class TTSEngine:
             self._step(b, L)
 
     # ------------------------------------------------------------------ codec
+    def _to_host(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Device -> host copy that waits by polling an event with short sleeps, so the GIL stays free for the
+        other engine thread (a blocking copy would stall it for the whole wait)."""
+        if x.device.type != "cuda":
+            return x.clone() if out is None else out.copy_(x)
+        if out is None:
+            out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        out.copy_(x, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        while not ev.query():
+            time.sleep(0.0002)
+        return out
+
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
         dec = self.model.speech_tokenizer.model.decoder
         wav = dec(codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2))
-        return wav[:, 0].float().cpu()
+        return self._to_host(wav[:, 0].float())
 
     def _emit_audio(self, due: list[RequestHandle]) -> None:
         """Hand the due windows (left context + new frames) to the decode thread, batched by shape."""
@@ -540,11 +568,14 @@ class TTSEngine:
         for req in due:
             start = max(0, req.emitted - ctx)
             groups[(len(req.frames) - start, req.emitted - start)].append(req)
+        now = time.perf_counter()
         for (_, n_ctx), reqs in groups.items():
             batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
             for r in reqs:
+                if r.emitted == 0:
+                    r.marks["first_enqueue"] = now
                 r.emitted = len(r.frames)
-            self._dq.put(("audio", reqs, batch, n_ctx))
+            self._queue_job(("audio", reqs, batch, n_ctx))
 
     def _decode_loop(self) -> None:
         """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
@@ -554,33 +585,46 @@ class TTSEngine:
                 job = self._dq.get()
                 if job is None:
                     return
-                if job[0] == "done":
-                    _, req, ev = job
-                    if req.first_audio_at is not None:
-                        ev.stats["ttfa_s"] = req.first_audio_at - req.submitted
-                    ev.stats["wall_s"] = time.perf_counter() - req.submitted
-                    if not req.cancelled or ev.kind == "error":
-                        self._send(req, ev)
-                    req.finished.set()
-                    continue
-                _, reqs, batch, n_ctx = job
-                live = [i for i, r in enumerate(reqs) if not r.cancelled]
-                if not live:
-                    continue
-                try:
-                    wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
-                except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
-                    log.exception("codec decode failed")
-                    for i in live:
-                        self._send(reqs[i], Event("error", message=f"codec decode failed: {e}"))
-                        reqs[i].cancel()
-                    continue
-                now = time.perf_counter()
-                for i, w in zip(live, wav, strict=True):
-                    r = reqs[i]
-                    if r.first_audio_at is None:
-                        r.first_audio_at = now
-                    self._send(r, Event("audio", audio=w.copy()))
+                self._handle(job)
+
+    def _queue_job(self, job: tuple) -> None:
+        if self.cfg.decode_thread:
+            self._dq.put(job)
+        else:
+            self._handle(job)
+
+    def _handle(self, job: tuple) -> None:
+        """Run one decode-side job: ('audio', reqs, codes, n_ctx) or ('done', req, event)."""
+        if job[0] == "done":
+            _, req, ev = job
+            if req.first_audio_at is not None:
+                ev.stats["ttfa_s"] = req.first_audio_at - req.submitted
+            ev.stats["marks_ms"] = {k: round(1000 * (v - req.submitted), 2) for k, v in req.marks.items()}
+            ev.stats["wall_s"] = time.perf_counter() - req.submitted
+            if not req.cancelled or ev.kind == "error":
+                self._send(req, ev)
+            req.finished.set()
+            return
+        _, reqs, batch, n_ctx = job
+        t_start = time.perf_counter()
+        live = [i for i, r in enumerate(reqs) if not r.cancelled]
+        if not live:
+            return
+        try:
+            wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
+        except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
+            log.exception("codec decode failed")
+            for i in live:
+                self._send(reqs[i], Event("error", message=f"codec decode failed: {e}"))
+                reqs[i].cancel()
+            return
+        now = time.perf_counter()
+        for i, w in zip(live, wav, strict=True):
+            r = reqs[i]
+            if r.first_audio_at is None:
+                r.first_audio_at = now
+                r.marks.update(first_decode_start=t_start, first_decode_end=now)
+            self._send(r, Event("audio", audio=w.copy()))
 
     def _send(self, req: RequestHandle, ev: Event) -> None:
         try:
@@ -593,9 +637,12 @@ class TTSEngine:
     def start(self) -> TTSEngine:
         """Start the scheduler thread (idempotent)."""
         if self._thread is None:
+            # two busy Python threads (frame steps, codec decode): hand the GIL over quickly (default 5 ms)
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
             self._stop = False
-            self._decoder = threading.Thread(target=self._decode_loop, name="tts-codec", daemon=True)
-            self._decoder.start()
+            if self.cfg.decode_thread:
+                self._decoder = threading.Thread(target=self._decode_loop, name="tts-codec", daemon=True)
+                self._decoder.start()
             self._thread = threading.Thread(target=self._loop, name="tts-engine", daemon=True)
             self._thread.start()
         return self
@@ -648,28 +695,34 @@ class TTSEngine:
         if reason == "cancelled":
             req.finished.set()
         else:  # after its last audio chunk, which is still in the decode queue
-            self._dq.put(("done", req, Event("done", stats=stats)))
+            self._queue_job(("done", req, Event("done", stats=stats)))
 
     def _admit(self) -> None:
-        while self._pending:
-            free = [i for i, r in enumerate(self._slots) if r is None]
-            if not free:
-                return
+        """Move queued requests into free slots (one batched prefill for all of them)."""
+        batch: list[tuple[int, RequestHandle]] = []
+        free = [i for i, r in enumerate(self._slots) if r is None]
+        while self._pending and len(batch) < len(free):
             req = self._pending.popleft()
             if req.cancelled:
                 req.finished.set()
                 continue
-            slot = free[0]
-            try:
-                self._prefill(slot, req.prompt)
-            except Exception as e:  # noqa: BLE001 - report to the request, keep serving others
-                log.exception("prefill failed")
+            batch.append((free[len(batch)], req))
+        if not batch:
+            return
+        try:
+            self._prefill([s for s, _ in batch], [r.prompt for _, r in batch])
+        except Exception as e:  # noqa: BLE001 - report to the requests, keep serving others
+            log.exception("prefill failed")
+            for _, req in batch:
                 self._send(req, Event("error", message=f"prefill failed: {e}"))
                 req.finished.set()
-                continue
+            return
+        now = time.perf_counter()
+        for slot, req in batch:
             self._arm(slot, req.gen)
             req.slot = slot
-            req.admitted_at = time.perf_counter()
+            req.admitted_at = now
+            req.marks["admitted"] = now
             req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
             self._slots[slot] = req
             req.admitted.set()
@@ -693,7 +746,7 @@ class TTSEngine:
                     b_needed = max(i for i, _ in live) + 1
                     l_needed = max(int(r.prompt.embeds.shape[0]) + len(r.frames) for _, r in live)
                     self._run_step(b_needed, l_needed)
-                    codes = self.out_codes[:b_needed].to("cpu", copy=True)
+                    codes = self._to_host(self.out_codes[:b_needed], self._host_codes[:b_needed]).clone()
                     self.steps += 1
                     due: list[RequestHandle] = []
                     ended: list[tuple[RequestHandle, str]] = []
@@ -706,7 +759,8 @@ class TTSEngine:
                             if len(r.frames) >= r.frame_budget:
                                 ended.append((r, "length"))
                         n_new = len(r.frames) - r.emitted
-                        need = self.cfg.first_chunk_frames if r.emitted == 0 else self.cfg.chunk_frames
+                        # chunk sizes ramp up (2, 4, 8, ... frames) so playback never waits for a big chunk
+                        need = min(self.cfg.chunk_frames, max(self.cfg.first_chunk_frames, r.emitted))
                         final = any(e is r for e, _ in ended)
                         if n_new > 0 and (n_new >= need or final):
                             due.append(r)
