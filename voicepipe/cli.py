@@ -29,6 +29,7 @@ def _register() -> None:
     from voicepipe.evaluate import cli as evaluate_cli
     from voicepipe.pipeline import cli as pipeline_cli
     from voicepipe.serve import cli as serve_cli
+    from voicepipe.store import cli as store_cli
     from voicepipe.train import cli as train_cli
 
     cli.add_typer(corpus_cli.app, name="corpus")
@@ -36,6 +37,7 @@ def _register() -> None:
     evaluate_cli.register(cli)
     serve_cli.register(cli)
     pipeline_cli.register(cli)
+    store_cli.register(cli)
 
 
 _register()
