@@ -23,7 +23,7 @@ from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.steps import STEPS, EpisodeState
 
 
-@flow(name="build-corpus", log_prints=True, task_runner=task_runner(workers=4))
+@flow(name="build-corpus", task_runner=task_runner(workers=4))
 def build_corpus(params: CorpusParams) -> dict[str, Any]:
     """Build the corpus described by `params`; returns the summary (version, utterances, hours, cache, ...)."""
     log = get_run_logger()

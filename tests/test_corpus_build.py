@@ -20,15 +20,7 @@ from voicepipe.store import open_store
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def builds(prefect_harness, synthetic_podcast, corpus_params_base, tmp_path_factory):
+def builds(corpus_prefect, synthetic_podcast, corpus_params_base, tmp_path_factory):
     """First build on 3 episodes, a rerun, then the feed with a 4th episode — all on one store."""
     from flows.corpus import build_corpus
 

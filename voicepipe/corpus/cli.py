@@ -66,6 +66,11 @@ def build(
     except ValidationError as e:
         err = e.errors()[0]
         raise ConfigError(f"corpus build: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    from voicepipe.errors import InputError
+
+    for clip in params.enroll:  # fail before starting Prefect
+        if not Path(clip).is_file():
+            raise InputError(f"enrollment clip {clip}: no such file")
     from flows.corpus import build_corpus
 
     result = build_corpus(params)

@@ -69,9 +69,12 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
         if not Path(feed).is_file():
             raise InputError(f"feed {feed}: no such file")
         parsed = feedparser.parse(Path(feed).read_bytes())
-    if parsed.get("bozo") and not parsed.entries:
+    def malformed() -> InputError:
         exc = parsed.get("bozo_exception")
-        raise InputError(f"feed {feed}: malformed feed XML ({exc.__class__.__name__}: {exc})")
+        return InputError(f"feed {feed}: malformed feed XML ({exc.__class__.__name__}: {exc})")
+
+    if parsed.get("bozo") and not parsed.entries:
+        raise malformed()
     if not parsed.entries:
         raise InputError(f"feed {feed}: no episodes (not an RSS/Atom feed, or an empty one)")
     out = []
@@ -98,6 +101,10 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
                 declared_bytes=declared, origin=feed,
             )
         )
+    if not out:
+        if parsed.get("bozo"):
+            raise malformed()
+        raise InputError(f"feed {feed}: no episode has an audio enclosure")
     return out
 
 
