@@ -19,13 +19,6 @@ from voicepipe.evaluate import selection as selection_module
 
 NO_MOS = "no MOS predictor available offline"
 
-COLUMNS = [
-    ("name", "checkpoint"), ("epoch", "epoch"), ("val_loss", "val loss"), ("valid", "valid"), ("sim", "SIM"),
-    ("sim_vs_base", "ΔSIM vs base"), ("sim_vs_reference", "ΔSIM vs reference"), ("wer", "WER"), ("cer", "CER"),
-    ("mos_ovrl", "MOS OVRL"), ("mos_p808", "MOS P.808"), ("rtf", "RTF"), ("status", "status"),
-]  # fmt: skip
-
-
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "–"
@@ -84,7 +77,11 @@ def plot_metrics(result: EvalResult, training: dict[str, Any], path: Path) -> Pa
     panels = [("sim", "speaker similarity (↑)"), ("wer", "WER (↓)"), ("cer", "CER (↓)"),
               ("mos_ovrl", "DNSMOS OVRL (↑)"), ("rtf", "RTF (↓)"), ("valid_fraction", "valid samples (↑)"),
               ("val_loss", "val loss (from training.json)")]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for a in axes.flat:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax = axes[0][0]
     losses = epoch_losses(training)
     for key in ("train_loss", "loss", "val_loss"):
@@ -154,6 +151,7 @@ def render_markdown(result: EvalResult, ctx: EvalContext, plot_name: str = "metr
         "- naturalness: " + ("DNSMOS P.835 OVRL and P.808 (speechmos, ONNX weights in its wheel; a speech-quality "
                              "predictor, not a TTS-naturalness model)" if result.mos_name else NO_MOS),
         "- speed: RTF = synthesis seconds / audio seconds on the evaluation device",
+        "- SIM and MOS average the VALID samples only (none valid: –); WER/CER count every sample",
         "",
         "## Metrics", "", _md_table(table_rows(result)),
         "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning.", "",

@@ -405,9 +405,11 @@ def score_sample(ctx: EvalContext, kind: str, s: Any, wav_path: Path) -> SampleR
     wav = np.nan_to_num(np.asarray(s.wav, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(wav_path, np.clip(wav, -1, 1), s.sr, subtype="PCM_16")
-    emb = M.embed_speaker(_speaker_encoder(cfg.device), wav, s.sr) if finite else None
+    # Silence has no voice to compare or rate (resemblyzer would amplify numerical noise to -30 dBFS and embed it).
+    audible = finite and len(wav) > 0 and not any(r.startswith(("silence", "empty audio")) for r in reasons)
+    emb = M.embed_speaker(_speaker_encoder(cfg.device), wav, s.sr) if audible else None
     hyp = _asr(cfg.asr, cfg.device).transcribe(wav, s.sr) if len(wav) else ""
-    mos = M.predict_mos(wav, s.sr) if ctx.mos_name and np.any(wav) else None
+    mos = M.predict_mos(wav, s.sr) if ctx.mos_name and audible else None
     rel = wav_path.relative_to(ctx.out_dir) if wav_path.is_relative_to(ctx.out_dir) else wav_path
     return SampleResult(kind=kind, text=s.text, wav=str(rel), audio_s=s.audio_s, compute_s=s.compute_s,
                         valid=not reasons, reasons=reasons, sim=None if emb is None else M.cosine(emb, ctx.centroid),
@@ -415,19 +417,19 @@ def score_sample(ctx: EvalContext, kind: str, s: Any, wav_path: Path) -> SampleR
 
 
 def aggregate(row: Row) -> Row:
-    """Fill a row's scores from its samples: SIM and MOS are means over the samples that could be scored, WER and
-    CER are corpus-level over all samples (an invalid sample counts with whatever the ASR heard), RTF is total
-    compute over total audio."""
+    """Fill a row's scores from its samples: SIM and MOS are means over the VALID samples (what the voice sounds
+    like when it works; a row with no valid sample has none), WER and CER are corpus-level over ALL samples (an
+    invalid sample counts with whatever the ASR heard), RTF is total compute over total audio."""
     row.n_samples = len(row.samples)
     row.n_valid = sum(s.valid for s in row.samples)
     row.invalid_reasons = {}
     for s in row.samples:
         for r in s.reasons:
             row.invalid_reasons[_reason_key(r)] = row.invalid_reasons.get(_reason_key(r), 0) + 1
-    sims = [s.sim for s in row.samples if s.sim is not None]
+    sims = [s.sim for s in row.samples if s.sim is not None and s.valid]
     row.sim = float(np.mean(sims)) if sims else None
     row.wer, row.cer = M.wer_cer([s.text for s in row.samples], [s.hypothesis for s in row.samples])
-    moss = [s.mos for s in row.samples if s.mos]
+    moss = [s.mos for s in row.samples if s.mos and s.valid]
     row.mos_ovrl = float(np.mean([m["ovrl"] for m in moss])) if moss else None
     row.mos_p808 = float(np.mean([m["p808"] for m in moss])) if moss else None
     audio = sum(s.audio_s for s in row.samples)
