@@ -28,6 +28,11 @@ def test_codec_roundtrip_shapes(tiny_tts_dir: Path):
     assert int(codes.min()) >= 0 and int(codes.max()) < 2048
     wavs, sr = codec.decode(enc)
     assert sr == SAMPLE_RATE and wavs[0].shape == (13 * FRAME_SAMPLES,) and np.isfinite(wavs[0]).all()
+    # random weights, but audible and code-dependent (zero-initialized codebooks would decode to exact silence)
+    assert 0.01 < float(np.sqrt(np.mean(wavs[0] ** 2))) < 0.5
+    assert len({int(c) for c in codes[:, 0]}) > 1
+    shifted, _ = codec.decode([{"audio_codes": (codes + 1) % 2048}])
+    assert np.sqrt(np.mean((shifted[0] - wavs[0]) ** 2)) > 0.01
     # the codec resamples other rates itself: 48 kHz in -> same number of frames
     enc48 = codec.encode(np.repeat(voiced_tone(1.0), 2), sr=48000)
     assert tuple(enc48.audio_codes[0].shape) == (13, 16)

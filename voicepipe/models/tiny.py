@@ -7,6 +7,7 @@ per 12.5 Hz frame); only the widths and depths are small.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from voicepipe.models import compat, others, qwen
 from voicepipe.models.compat import apply_compat
+
+
+def _source_hash() -> str:
+    # hashed when this module is imported, i.e. of the code that will run (a hash taken later could describe a newer
+    # file on disk than the code loaded in this process, and mislabel a cached build)
+    h = hashlib.sha256()
+    for module in (compat, others, qwen):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+BUILD_ID = _source_hash()  # identifies what the builders here produce; the test fixtures cache builds by it
 
 SAMPLE_RATE = 24000
 FRAME_SAMPLES = 1920
@@ -90,6 +105,40 @@ def _codec_config() -> dict[str, Any]:
     )
 
 
+@torch.no_grad()
+def _randomize_codebooks(model: torch.nn.Module) -> None:
+    """Give the (EMA) codebooks random centroids: both classes start them at zero, which would make every frame
+    encode to code 0 and decode to exact silence."""
+    for module in model.modules():
+        for name in ("embed_sum", "embedding_sum"):  # Mimi encoder buffers / Qwen decoder parameters
+            table = getattr(module, name, None)
+            if isinstance(table, torch.Tensor):
+                table.copy_(torch.randn_like(table))
+                module.cluster_usage.fill_(1.0)
+        if hasattr(module, "_embed"):
+            module._embed = None  # Mimi caches embed_sum / cluster_usage
+
+
+@torch.no_grad()
+def _calibrate_decoder(model: Any, target_rms: float = 0.1) -> None:
+    """Make the random decoder audible and code-dependent: PyTorch's default init for its convolutions, zero biases
+    (transformers' std-0.02 init shrinks the signal ~1e8-fold through the upsampling stack), then scale the final
+    conv so random codes decode to ~`target_rms`."""
+    dec = model.decoder
+    for module in dec.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+            module.reset_parameters()
+            if module.bias is not None:
+                module.bias.zero_()  # random biases would swamp the code-dependent signal with a DC offset
+    codes = torch.randint(0, dec.config.codebook_size, (1, dec.config.num_quantizers, 25))
+    rms = float(dec(codes).pow(2).mean().sqrt())
+    last = dec.decoder[-1].conv
+    scale = target_rms / max(rms, 1e-12)
+    last.weight.mul_(scale)
+    if last.bias is not None:
+        last.bias.mul_(scale)
+
+
 def build_tiny_codec(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny `Qwen3TTSTokenizerV2Model` (12 Hz speech tokenizer) + its `EncodecFeatureExtractor`."""
     apply_compat()
@@ -100,6 +149,8 @@ def build_tiny_codec(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**_codec_config())).eval()
+    _randomize_codebooks(model)
+    _calibrate_decoder(model)
     model.save_pretrained(out)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0).save_pretrained(out)
     return out
