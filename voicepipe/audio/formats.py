@@ -2,8 +2,9 @@
 
 Encoding goes through libsndfile (`soundfile`: WAV, FLAC, MP3, Ogg/Opus) and, for AAC, ffmpeg. Streaming uses the
 same encoders writing into a drain buffer: every `feed()` returns the bytes produced so far, so compressed audio
-leaves as it is made. Raw PCM is signed 16-bit little-endian mono (what OpenAI's `pcm` format is); a streamed WAV
-has an "unknown length" header (0xFFFFFFFF sizes), which players and decoders accept for streams.
+leaves as it is made (MP3/AAC streams pay ffmpeg's start-up, about 0.25 s, once per request; voice agents
+stream `pcm`, which has no such cost). Raw PCM is signed 16-bit little-endian mono (OpenAI's `pcm` format); a
+streamed WAV has an "unknown length" header (0xFFFFFFFF sizes), which players and decoders accept for streams.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ MEDIA_TYPES = {
     "aac": "audio/aac",
 }
 _SF = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("OGG", "OPUS")}
+# Streams through ffmpeg: AAC (libsndfile has no AAC) and MP3 (libsndfile's MP3 writer patches a VBR header at the
+# start of the file on close, which a stream has already sent; ffmpeg writes a plain CBR stream without one).
+_FFMPEG = {
+    "aac": ["-c:a", "aac", "-b:a", "96k", "-f", "adts"],
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-f", "mp3"],
+}
+_SF_STREAM = ("flac", "opus")
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
@@ -117,20 +125,21 @@ class StreamEncoder:
         self._sf: sf.SoundFile | None = None
         self._proc: subprocess.Popen | None = None
         self._started = False
-        if self.fmt in _SF:
+        if self.fmt in _SF_STREAM:
             self._drain = _Drain()
             kind, sub = _SF[self.fmt]
             self._sf = sf.SoundFile(self._drain, mode="w", samplerate=sr, channels=1, format=kind, subtype=sub)
-        elif self.fmt == "aac":
+        elif self.fmt in _FFMPEG:
             self._start_ffmpeg()
 
     def _start_ffmpeg(self) -> None:
         ff = shutil.which("ffmpeg")
         if ff is None:
-            raise InputError("response_format 'aac' needs ffmpeg on PATH")
+            raise InputError(f"response_format {self.fmt!r} (streamed) needs ffmpeg on PATH")
         self._proc = subprocess.Popen(
-            [ff, "-hide_banner", "-loglevel", "error", "-f", "s16le", "-ar", str(self.sr), "-ac", "1", "-i", "pipe:0",
-             "-c:a", "aac", "-b:a", "96k", "-f", "adts", "pipe:1"],
+            [ff, "-hide_banner", "-loglevel", "error", "-probesize", "32", "-analyzeduration", "0",
+             "-avioflags", "direct", "-f", "s16le", "-ar", str(self.sr), "-ac", "1", "-i", "pipe:0",
+             *_FFMPEG[self.fmt], "-flush_packets", "1", "pipe:1"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         self._out = bytearray()

@@ -1,0 +1,100 @@
+"""The generation engine against the package's own generate, on the tiny real-architecture custom-voice model."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+import torch
+
+from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+
+GREEDY = dict(do_sample=False, subtalker_do_sample=False)
+PKG_GREEDY = dict(do_sample=False, subtalker_dosample=False)  # the package's spelling
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_custom_voice_dir):
+    from voicepipe.models import load_tts
+
+    eng = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256)).start()
+    yield eng
+    eng.stop()
+
+
+def _package_codes(eng: TTSEngine, text: str, n_frames: int, non_streaming: bool) -> torch.Tensor:
+    """The package's own generate (greedy). It returns max_new_tokens - 1 frames when no EOS comes."""
+    tts = eng.tts
+    ids = tts._tokenize_texts([tts._build_assistant_text(text)])
+    with torch.inference_mode():
+        codes, _ = tts.model.generate(input_ids=ids, instruct_ids=[None], languages=["english"], speakers=["alice"],
+                                      non_streaming_mode=non_streaming, max_new_tokens=n_frames + 1, **PKG_GREEDY)
+    return codes[0]
+
+
+@pytest.mark.parametrize("non_streaming", [True, False], ids=["text-in-prompt", "text-streamed"])
+def test_engine_greedy_codes_equal_package_generate(engine, non_streaming):
+    text = "Hello, this is a test of the voice pipeline."
+    ref = _package_codes(engine, text, 24, non_streaming)
+    prompt = engine.prepare(text, speaker="alice", language="english", non_streaming_text=non_streaming)
+    ours = engine.generate_codes(prompt, GenerationConfig(max_new_tokens=24, **GREEDY))
+    assert ref.shape[1] == 16 and len(ref) > 0
+    assert torch.equal(ours[: len(ref)], ref), "engine codes differ from qwen_tts generate"
+    assert len(ours) in (len(ref), len(ref) + 1)  # the package drops the frame of its last sampled token
+
+
+def test_concurrent_requests_batch_and_match_solo(engine):
+    gen = GenerationConfig(max_new_tokens=15, min_new_tokens=15, **GREEDY)
+    texts = ["Hi.", "A much longer sentence, with quite a few more words in it.", "Thank you for listening!"]
+    prompts = [engine.prepare(t, speaker="alice") for t in texts]
+    assert len({p.embeds.shape[0] for p in prompts}) == 3  # different prompt lengths share one batched prefill
+    solo = [engine.generate_codes(p, gen) for p in prompts]
+    steps0 = engine.steps
+    handles = [engine.submit(p, gen, lambda ev: None) for p in prompts]
+    for h in handles:
+        assert h.finished.wait(60)
+    for h, s in zip(handles, solo, strict=True):
+        assert torch.equal(torch.stack(h.frames), s)
+    assert engine.steps - steps0 < 3 * 15  # the three ran in shared frame steps, not one after another
+
+
+def test_stream_delivers_chunks_before_the_end(engine):
+    prompt = engine.prepare("Streaming test.", speaker="alice")
+    q: queue.Queue = queue.Queue()
+    engine.submit(prompt, GenerationConfig(max_new_tokens=30, min_new_tokens=30), q.put)
+    arrivals, sizes = [], []
+    while True:
+        ev = q.get(timeout=60)
+        arrivals.append(time.perf_counter())
+        if ev.kind == "done":
+            break
+        assert ev.kind == "audio"
+        sizes.append(len(ev.audio))
+    assert len(sizes) >= 3
+    assert sizes[0] == 2 * 1920  # the first chunk is small, for a short time to first audio
+    assert sum(sizes) == 30 * 1920
+    assert ev.stats["ttfa_s"] < ev.stats["wall_s"]
+    assert arrivals[0] < arrivals[-2]
+
+
+def test_cancel_frees_the_slot(engine):
+    prompt = engine.prepare("Cancel me.", speaker="alice")
+    h = engine.submit(prompt, GenerationConfig(max_new_tokens=500, min_new_tokens=500), lambda ev: None)
+    assert h.admitted.wait(30)
+    h.cancel()
+    assert h.finished.wait(30)
+    deadline = time.time() + 10
+    while engine.active_count and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.active_count == 0
+    assert len(h.frames) < 500
+
+
+def test_prepare_rejects_unknown_speaker_and_language(engine):
+    from voicepipe.serve.engine import EngineError
+
+    with pytest.raises(EngineError, match="speaker 'bob'"):
+        engine.prepare("x", speaker="bob")
+    with pytest.raises(EngineError, match="language 'klingon'"):
+        engine.prepare("x", speaker="alice", language="klingon")

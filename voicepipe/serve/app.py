@@ -1,0 +1,100 @@
+"""The speech server: `create_app(config)` builds the FastAPI app; voices load once, at startup, offline."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from voicepipe.serve.deps import ApiError, ServeConfig, ServerState
+from voicepipe.serve.engine import EngineConfig
+from voicepipe.serve.metrics import Metrics
+from voicepipe.serve.registry import Voice, load_voice, resolve_voice_dir
+from voicepipe.serve.routers import meta, speech
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:  # fmt: skip
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def load_voices(config: ServeConfig) -> dict[str, Voice]:
+    """Resolve and load every configured voice (local dir first, then the store's voice registry)."""
+    store = None
+    need_store = config.store_url is not None or not all(
+        config.voices_dir and (config.voices_dir / n / "config.json").is_file() for n in config.voices
+    )
+    if need_store:
+        from voicepipe.config import load_settings
+        from voicepipe.store import open_store
+
+        store = open_store(config.store_url or load_settings())
+    ecfg = EngineConfig(max_batch=config.max_concurrent, max_len=config.max_len)
+    voices = {}
+    for name in config.voices:
+        path, source = resolve_voice_dir(name, config.voices_dir, store, config.cache_dir)
+        voices[name] = load_voice(name, path, source, config.device, ecfg)
+    return voices
+
+
+def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> FastAPI:
+    """Build the app. With `voices` given (already loaded), the app uses them and leaves their engines running
+    at shutdown; otherwise it loads `config.voices` at startup and stops their engines at shutdown."""
+    state = ServerState(config=config, voices=dict(voices or {}), owns_engines=voices is None)
+    state.metrics = Metrics(
+        queue_depth=lambda: sum(v.engine.queue_depth for v in state.voices.values()),
+        active=lambda: sum(v.engine.active_count for v in state.voices.values()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        if not state.voices:
+            state.voices = load_voices(config)
+        for v in state.voices.values():
+            if config.capture_graphs and v.engine.use_graphs and not v.engine._graphs:
+                log.info("voice %s: CUDA graphs captured in %.1f s", v.name, v.engine.capture())
+            v.engine.start()
+        state.ready = True
+        yield
+        state.ready = False
+        if state.owns_engines:
+            for v in state.voices.values():
+                v.engine.stop()
+
+    app = FastAPI(title="voicepipe speech", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible, streaming, local text-to-speech for voicepipe voices.")
+    app.state.vp = state
+    app.include_router(speech.router)
+    app.include_router(meta.router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _error(e.status, e.message, e.type, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        return _error(400, f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), type="not_found" if e.status_code == 404 else "http_error")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, f"internal error: {type(e).__name__}", type="server_error")
+
+    return app

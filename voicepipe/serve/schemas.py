@@ -1,0 +1,61 @@
+"""Request/response bodies of the speech API (OpenAI `/v1/audio/speech` plus voicepipe's extensions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request. Types are kept loose here so that bad values get voicepipe's own 400 messages."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field("voicepipe", description="Accepted and ignored beyond logging (the voice picks the model).")
+    input: str = Field(..., description="Text to speak, at most `max_input_chars` characters.")
+    voice: str = Field(..., description="A loaded voice name (see GET /v1/voices).")
+    instructions: str | None = Field(None, description="Style instruction, passed to the model as its instruct text.")
+    response_format: str = Field("mp3", description="wav, pcm (s16le 24 kHz mono), mp3, opus (Ogg), flac or aac.")
+    speed: float = Field(1.0, description="0.25 to 4.0; time-stretch without pitch change.")
+    stream: bool = Field(False, description="Extension (as Kokoro-FastAPI/vLLM-Omni): stream audio as it is made.")
+    stream_format: str | None = Field(None, description="'audio' (raw chunked bytes) or 'sse' (base64 events).")
+    language: str = Field("auto", description="Extension: model language name or 'auto'.")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI-style error envelope: {"error": {"message", "type", "param", "code"}}."""
+
+    error: ErrorBody
+
+
+class VoiceInfo(BaseModel):
+    name: str
+    speaker: str | None
+    source: str
+    languages: list[str]
+    max_concurrent: int
+
+
+class VoicesResponse(BaseModel):
+    object: str = "list"
+    data: list[VoiceInfo]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "voicepipe"
+    meta: dict[str, Any] = {}
+
+
+class ModelsResponse(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
