@@ -24,6 +24,7 @@ def _step(msg: str) -> None:
 def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float = 45.0, epochs: int = 2) -> dict:
     """Run corpus -> train -> evaluate -> promote once on a synthetic podcast; return the run summary."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here, nor wanted
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     store_url = f"file://{out / 'store'}"
@@ -78,6 +79,8 @@ def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float =
         "corpus_dir": str(out / "corpus"),
         "corpus_report": str(out / "corpus" / "report.md"),
         "checkpoints_dir": str(out / "checkpoints"),
+        "loss_curve": str(out / "checkpoints" / "loss.png"),
+        "evaluation_reports": sorted(str(p) for p in (out / "eval").glob("*/report.html")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["summary"] = str(out / "summary.json")
