@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     collapse_ratio: float | None = 0.5  # stop when train loss < ratio * val loss (the v5 failure); None = off
     divergence_factor: float | None = 4.0  # stop when smoothed loss > factor * first loss; None = off
     keep_best: int = Field(3, ge=1)  # epoch checkpoints kept on disk, ranked by val loss
+    save_state: bool = True  # resumable state (weights, optimizer, scheduler, RNG) at each epoch end
     state_every_steps: int = 0  # also save resumable training state every N optimizer steps (0 = per epoch)
     log_every_steps: int = 1
 

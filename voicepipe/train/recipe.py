@@ -223,13 +223,13 @@ def train(
             if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
                 break
             if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 < len(plan):
-                _save_state(accelerator, ts, state_dir)
+                _save_state(accelerator, ts, state_dir, cfg.save_state)
         if stop_reason == "nonfinite_loss" or stop_reason == "diverged":
             _write_report(out, ts, cfg, run_info, "stopped", stop_reason) if main else None
             break
         finished_epoch = ts.step_in_epoch == len(plan)
         if not finished_epoch:  # max_steps reached mid-epoch: record and stop without an epoch checkpoint
-            _save_state(accelerator, ts, state_dir)
+            _save_state(accelerator, ts, state_dir, cfg.save_state)
             break
 
         # epoch end: validation, checkpoint, guardrails, resumable state
@@ -237,14 +237,16 @@ def train(
         rec = ts.close_epoch(epoch + 1, val, seconds=time.time() - t_epoch, w=cfg.subtalker_weight)
         if cfg.export and main:
             ckpt = out / f"epoch-{epoch + 1:03d}"
-            save_tts_checkpoint(_export_model(accelerator.unwrap_model(wrapped).model, cfg), ckpt, base_dir=base_dir,
-                                speaker=speaker_name, speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+            net = _export_model(accelerator.unwrap_model(wrapped).model, cfg, _base_dtype(base_cfg))
+            save_tts_checkpoint(net, ckpt, base_dir=base_dir, speaker=speaker_name,
+                                speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+            del net
             rec["checkpoint"] = ckpt.name
             ts.keep_best(out, cfg.keep_best)
         accelerator.wait_for_everyone()
         stop_reason = ts.epoch_guard(cfg)
         ts.epoch, ts.step_in_epoch, ts.stop_reason = epoch + 1, 0, stop_reason
-        _save_state(accelerator, ts, state_dir)
+        _save_state(accelerator, ts, state_dir, cfg.save_state)
         if main:
             _write_report(out, ts, cfg, run_info, "running", None)
         if cfg.max_steps and ts.global_step >= cfg.max_steps:
@@ -401,11 +403,20 @@ def _wrap_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return get_peft_model(model, lcfg)
 
 
-def _export_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """The network to save: LoRA adapters merged into a copy of the weights (training continues unmerged)."""
-    if cfg.method != "lora":
-        return model
-    return copy.deepcopy(model).merge_and_unload()
+def _export_model(model: torch.nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> torch.nn.Module:
+    """The network to save, in the base checkpoint's dtype; LoRA adapters merged into a copy of the weights
+    (training continues on the unmerged, full-precision model)."""
+    if cfg.method == "lora":
+        model = copy.deepcopy(model).merge_and_unload()
+        return model.to(dtype)
+    if next(model.parameters()).dtype != dtype:
+        return copy.deepcopy(model).to(dtype)
+    return model
+
+
+def _base_dtype(base_cfg: dict[str, Any]) -> torch.dtype:
+    name = str(base_cfg.get("dtype") or base_cfg.get("torch_dtype") or "float32")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Any:
@@ -531,8 +542,10 @@ class _TrainerState:
         return cls(**json.loads(path.read_text()))
 
 
-def _save_state(accelerator: Any, ts: _TrainerState, state_dir: Path) -> None:
+def _save_state(accelerator: Any, ts: _TrainerState, state_dir: Path, enabled: bool = True) -> None:
     """accelerate's state (model, optimizer, scheduler, RNG) + trainer.json, swapped in atomically."""
+    if not enabled:
+        return
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
