@@ -208,7 +208,8 @@ class Asr:
                 feats.input_features.to(self.device, self.dtype),
                 return_dict_in_generate=True,
                 output_scores=True,
-                max_new_tokens=200,
+                # a 15 s utterance needs well under 200 tokens; never ask past the model's decoder length
+                max_new_tokens=min(200, int(self.model.config.max_target_positions) - 8),
                 **kwargs,
             )
             scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)

@@ -1,0 +1,119 @@
+"""Plumbing of the production model paths with TINY RANDOM real-architecture models (no meaning is tested):
+Demucs separation (HTDemucs via `apply_model`), the pyannote.audio 4 pipeline, Whisper through transformers,
+the 12 Hz codec; plus a local-folder source. Also unit tests of the step helpers on real signals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from voicepipe.audio import load_audio, load_audio_checked, loudness_lufs, normalize_loudness, save_wav
+from voicepipe.corpus.build import build_local
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.fetch import EpisodeSource, download
+from voicepipe.corpus.steps import _intersect, _subtract, _target_verdicts, _union
+from voicepipe.errors import InputError
+from voicepipe.store import open_store
+
+
+def test_separation_and_pyannote_paths_run_with_tiny_models(
+    synthetic_podcast, corpus_params_base, tiny_demucs_dir, tiny_diarization_dir, tmp_path
+):
+    """Plumbing only: random weights. Also covers a local-folder source (a 12 s wav cut from an episode)."""
+    src = tmp_path / "folder"
+    wav = load_audio(synthetic_podcast.truth.dir / synthetic_podcast.truth.episodes[0].file)[: 24000 * 12]
+    save_wav(src / "ep.wav", wav, 24000)
+    params = CorpusParams(**{
+        **corpus_params_base, "separate": True, "demucs_model": str(tiny_demucs_dir),
+        "diarization_model": str(tiny_diarization_dir), "sources": [str(src)], "out": str(tmp_path / "out"),
+        "store_url": str(tmp_path / "store"),
+    })
+    res = build_local(params, progress=False)
+    assert {"separator", "diarizer"} <= set(res.models_loaded)
+    assert res.cache["separate"] == {"hit": 0, "miss": 1, "skip": 0}
+    assert res.episodes_ok == 1 and abs(res.audio_seconds - 12.0) < 0.1
+    store = open_store(params.store_url)
+    std_memo = [m for m in (tmp_path / "store").rglob("memo/corpus.standardize/*")]
+    sep_memo = [m for m in (tmp_path / "store").rglob("memo/corpus.separate/*")]
+    std = store.get_json(json.loads(std_memo[0].read_text())["sha"])
+    sep = store.get_json(json.loads(sep_memo[0].read_text())["sha"])
+    assert sep["separated"] and sep["sha"] != std["sha"]
+    vocals = load_audio(store.get_file(sep["sha"], tmp_path / "v.flac"))
+    assert abs(vocals.size - 24000 * 12) < 240 and np.isfinite(vocals).all()
+    assert store.meta(sep["sha"])["inputs"] == [std["sha"]]
+    dia_memo = [m for m in (tmp_path / "store").rglob("memo/corpus.diarize/*")]
+    assert store.get_json(json.loads(dia_memo[0].read_text())["sha"])["backend"] == "pyannote"
+
+
+def test_whisper_backend_runs_with_a_tiny_model(tiny_whisper_dir):
+    """Plumbing only: a random Whisper gives junk text, but text + a confidence in [0, 1] come back per segment."""
+    from voicepipe.corpus.engines import Asr
+
+    asr = Asr("whisper", str(tiny_whisper_dir))
+    rng = np.random.default_rng(0)
+    out = asr.transcribe([0.1 * rng.standard_normal(16000).astype(np.float32) for _ in range(2)])
+    assert len(out) == 2 and all(isinstance(t, str) and 0.0 <= c <= 1.0 for t, c in out)
+
+
+def test_truncated_mp3_is_detected_and_whole_one_is_not(synthetic_podcast, tmp_path):
+    good = synthetic_podcast.truth.dir / synthetic_podcast.truth.episodes[0].file
+    assert load_audio_checked(good).size > 24000 * 30
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated audio"):
+        load_audio_checked(cut)
+    (tmp_path / "zero.mp3").write_bytes(b"")
+    with pytest.raises(InputError, match="empty file"):
+        load_audio(tmp_path / "zero.mp3")
+
+
+def test_download_stops_at_the_size_limit_and_refuses_html(synthetic_podcast, tmp_path):
+    base = synthetic_podcast.base_url
+    ep = synthetic_podcast.truth.episodes[0]
+    ok = download(EpisodeSource(id="a", url=f"{base}/{ep.file}"), tmp_path / "a.mp3", max_bytes=10**8)
+    assert ok.read_bytes() == (synthetic_podcast.truth.dir / ep.file).read_bytes()
+    with pytest.raises(InputError, match="over the size limit"):
+        download(EpisodeSource(id="b", url=f"{base}/{ep.file}"), tmp_path / "b.mp3", max_bytes=1000)
+    assert not (tmp_path / "b.mp3.part").exists()
+    (synthetic_podcast.truth.dir / "page.mp3").write_text("<html><body>not audio</body></html>")
+    with pytest.raises(InputError, match="HTML page"):
+        download(EpisodeSource(id="c", url=f"{base}/page.mp3"), tmp_path / "c.mp3", max_bytes=10**8)
+
+
+def test_loudness_normalization_hits_target_without_clipping():
+    rng = np.random.default_rng(0)
+    wav = (0.01 * rng.standard_normal(24000 * 3)).astype(np.float32)
+    out, gain = normalize_loudness(wav, 24000, -23.0)
+    assert abs(loudness_lufs(out, 24000) + 23.0) < 0.5 and gain > 1
+    loud = np.sign(rng.standard_normal(24000 * 3)).astype(np.float32) * 0.9
+    out, _ = normalize_loudness(loud, 24000, -5.0)
+    assert np.max(np.abs(out)) <= 0.95 + 1e-6
+
+
+def test_interval_helpers():
+    assert _intersect([(0, 5), (6, 10)], [(4, 7)]) == [(4, 5), (6, 7)]
+    assert _subtract([(0, 10)], [(2, 3), (5, 6)]) == [(0, 2), (3, 5), (6, 10)]
+    assert _union([(0, 2), (1, 3), (5, 6)]) == [(0, 3), (5, 6)]
+
+
+def test_target_verdicts_use_enrollment_and_in_episode_centroids():
+    rng = np.random.default_rng(0)
+    tgt, oth = rng.standard_normal(8), rng.standard_normal(8)
+    centroid = tgt / np.linalg.norm(tgt)
+
+    def noisy(v: np.ndarray) -> np.ndarray:
+        x = v + 0.3 * rng.standard_normal(8)
+        return x / np.linalg.norm(x)
+
+    embs = np.stack([noisy(tgt) for _ in range(6)] + [noisy(oth) for _ in range(6)])
+    verdicts = _target_verdicts(embs, centroid, 0.7)
+    assert [v[0] for v in verdicts] == [True] * 6 + [False] * 6
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    wav = np.sin(np.linspace(0, 200 * np.pi, 24000)).astype(np.float32) * 0.5
+    p = save_wav(tmp_path / "x.wav", wav, 24000)
+    back = load_audio(p, 24000)
+    assert back.shape == wav.shape and np.max(np.abs(back - wav)) < 1e-3
