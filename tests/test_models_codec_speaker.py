@@ -51,6 +51,8 @@ def test_speaker_encoder_is_normalized_and_deterministic(encoder):
     assert np.allclose(a, encoder.embed(wav, SAMPLE_RATE), atol=1e-6)
     with pytest.raises(InputError, match="0.1 s"):
         encoder.embed(np.zeros(10, np.float32), SAMPLE_RATE)
+    with pytest.raises(InputError, match="silent"):
+        encoder.embed(np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
 
 
 def _espeak(text: str, voice: str, path: Path) -> np.ndarray:

@@ -36,7 +36,9 @@ def test_demucs_separates_through_local_repo(tiny_demucs_dir: Path, offline):
 
 
 def test_demucs_by_name_offline_is_clear_error(offline):
-    with pytest.raises(ModelError, match=r"demucs model htdemucs: not available offline.*htdemucs\.yaml"):
+    with pytest.raises(
+        ModelError, match=r"demucs model htdemucs: not a local directory and not available offline.*htdemucs\.yaml"
+    ):
         load_demucs("htdemucs", offline)
 
 

@@ -27,7 +27,7 @@ def test_hub_id_offline_says_how_to_provide_files(offline, tmp_path: Path):
     with pytest.raises(ModelError) as e:
         resolve_model("tts", "Qwen/Qwen3-TTS-12Hz-1.7B-Base", offline)
     msg = str(e.value)
-    assert msg.startswith("tts model Qwen/Qwen3-TTS-12Hz-1.7B-Base: not available offline")
+    assert msg.startswith("tts model Qwen/Qwen3-TTS-12Hz-1.7B-Base: not a local directory and not available offline")
     assert "huggingface-cli download Qwen/Qwen3-TTS-12Hz-1.7B-Base --local-dir" in msg
     assert "VOICEPIPE_MODELS_DIR" in msg and "\n" not in msg
 

@@ -100,6 +100,7 @@ def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: A
     if settings.offline:
         where = f" (looked in {models_dir})" if models_dir else " (VOICEPIPE_MODELS_DIR is not set)"
         raise ModelError(
-            f"{kind} model {name}: not available offline{where}; {_how_to_provide(kind, name, models_dir)}"
+            f"{kind} model {name}: not a local directory and not available offline{where}; "
+            f"{_how_to_provide(kind, name, models_dir)}"
         )
     return name

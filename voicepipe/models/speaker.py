@@ -29,6 +29,10 @@ class SpeakerEncoder:
             wav = wav.mean(axis=0 if wav.shape[0] < wav.shape[1] else 1)
         if wav.ndim != 1 or wav.size < sr // 10:
             raise InputError(f"speaker embedding: need >= 0.1 s of mono audio, got shape {wav.shape} at {sr} Hz")
+        if not np.isfinite(wav).all():
+            raise InputError("speaker embedding: audio contains NaN or inf")
+        if float(np.sqrt(np.mean(wav**2))) < 1e-5:  # resemblyzer's volume normalization turns silence into NaN
+            raise InputError("speaker embedding: audio is silent")
         prepared = preprocess_wav(wav, source_sr=sr)  # resample to 16 kHz, normalize volume, trim long silences
         if prepared.size < self.sample_rate // 10:  # all "silence" by webrtcvad: embed the resampled audio as is
             import librosa
