@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from voicepipe.errors import ModelError
-from voicepipe.models import apply_compat, load_tts, repair_config_dict
+from voicepipe.models import apply_compat, load_tts, repair_config_dict, save_tts_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +91,10 @@ def test_fix3_config_from_loaded_model_needs_repair(tiny_tts_dir: Path, tmp_path
     repaired = repair_config_dict(raw)
     assert "_name_or_path" not in repaired
     assert repaired["talker_config"]["rope_scaling"]["mrope_section"] == [4, 2, 2]
+    # save_tts_checkpoint repairs whatever config.json its base dir holds
+    (broken / "config.json").write_text(json.dumps(raw))
+    out = save_tts_checkpoint(tts, tmp_path / "ckpt", base_dir=broken)
+    assert load_tts(out).model.config.talker_config.rope_scaling["mrope_section"] == [4, 2, 2]
     (broken / "config.json").write_text(json.dumps(repaired))
     assert load_tts(broken).model.config.talker_config.rope_scaling["mrope_section"] == [4, 2, 2]
 
