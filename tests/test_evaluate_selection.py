@@ -1,0 +1,67 @@
+"""The selection rule: deterministic, valid-only, WER ceiling, ties by validation loss, base floor."""
+
+from __future__ import annotations
+
+import itertools
+
+from voicepipe.evaluate.selection import SelectionRule, select_checkpoint
+
+
+def row(name: str, sim: float | None, wer: float | None = 0.05, *, role: str = "checkpoint", status: str = "ok",
+        n: int = 10, valid: int = 10, val_loss: float | None = None, epoch: int | None = None) -> dict:
+    return dict(name=name, role=role, status=status, n_samples=n, n_valid=valid, sim=sim, wer=wer,
+                val_loss=val_loss, epoch=epoch, error="boom" if status != "ok" else None)
+
+
+ROWS = [
+    row("base (zero-shot clone)", 0.70, 0.04, role="base"),
+    row("reference (v3 epoch-3)", 0.95, 0.01, role="reference"),
+    row("epoch-001", 0.72, 0.05, val_loss=9.9, epoch=1),
+    row("epoch-002", 0.78, 0.06, val_loss=9.7, epoch=2),
+    row("epoch-003", 0.7801, 0.05, val_loss=9.6, epoch=3),  # ties with epoch-002 at 3 decimals, lower val loss
+    row("epoch-004", 0.90, 0.50, val_loss=9.5, epoch=4),  # best SIM but unintelligible
+    row("epoch-005", 0.93, 0.02, valid=5, val_loss=9.4, epoch=5),  # best SIM but half its samples invalid
+    row("epoch-006", None, None, status="failed", epoch=6),
+]
+
+
+def test_rule_picks_best_valid_intelligible_and_breaks_ties_by_val_loss() -> None:
+    sel = select_checkpoint(ROWS)
+    assert sel.chosen == "epoch-003" and sel.promotable
+    assert sel.ranking == ["epoch-003", "epoch-002", "epoch-001"]
+    assert sel.wer_ceiling == 0.20  # max(0.20, 1.5 x base WER 0.04)
+    assert "WER 0.500 above the ceiling" in sel.excluded["epoch-004"]
+    assert "5/10 samples valid" in sel.excluded["epoch-005"]
+    assert sel.excluded["epoch-006"].startswith("failed")
+    assert "reference (v3 epoch-3)" not in sel.ranking and "base (zero-shot clone)" not in sel.ranking
+
+
+def test_selection_is_deterministic_under_any_input_order() -> None:
+    outcomes = {(s.chosen, tuple(s.ranking)) for s in (select_checkpoint(list(p))
+                                                       for p in itertools.islice(itertools.permutations(ROWS), 400))}
+    assert outcomes == {("epoch-003", ("epoch-003", "epoch-002", "epoch-001"))}
+
+
+def test_full_tie_falls_back_to_earlier_epoch_then_name() -> None:
+    rows = [row("epoch-010", 0.8, epoch=10), row("epoch-002", 0.8, epoch=2), row("epoch-007", 0.8, epoch=7)]
+    assert select_checkpoint(rows).chosen == "epoch-002"
+
+
+def test_not_promoted_unless_it_beats_the_zero_shot_clone() -> None:
+    rows = [row("base (zero-shot clone)", 0.80, 0.03, role="base"), row("epoch-001", 0.79, 0.03, epoch=1)]
+    sel = select_checkpoint(rows)
+    assert sel.chosen == "epoch-001" and not sel.promotable and "does not beat" in sel.reason
+    assert select_checkpoint(rows, SelectionRule(require_beat_base=False)).promotable
+
+
+def test_wer_ceiling_scales_with_a_weak_asr_on_the_base() -> None:
+    rows = [row("base (zero-shot clone)", 0.60, 0.40, role="base"), row("epoch-001", 0.70, 0.55, epoch=1)]
+    sel = select_checkpoint(rows)
+    assert abs(sel.wer_ceiling - 0.60) < 1e-9 and sel.chosen == "epoch-001" and sel.promotable
+    assert select_checkpoint(rows, SelectionRule(wer_vs_base=1.0)).chosen is None
+
+
+def test_nothing_valid_means_nothing_chosen() -> None:
+    sel = select_checkpoint([row("epoch-001", 0.9, valid=0, epoch=1), row("epoch-002", None, valid=10, epoch=2)])
+    assert sel.chosen is None and not sel.promotable and sel.ranking == []
+    assert "no speaker similarity" in sel.excluded["epoch-002"]
