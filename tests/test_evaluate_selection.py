@@ -65,3 +65,27 @@ def test_nothing_valid_means_nothing_chosen() -> None:
     sel = select_checkpoint([row("epoch-001", 0.9, valid=0, epoch=1), row("epoch-002", None, valid=10, epoch=2)])
     assert sel.chosen is None and not sel.promotable and sel.ranking == []
     assert "no speaker similarity" in sel.excluded["epoch-002"]
+
+
+def test_checkpoints_from_s3_prefix(s3_server, tmp_path) -> None:
+    """`--checkpoints s3://bucket/prefix` downloads the training output (moto S3 server) and finds its epochs."""
+    import json
+    import uuid
+
+    from tests.fixtures.store import raw_s3_client, s3_settings_for
+    from voicepipe.evaluate import runner as R
+
+    prefix = f"runs-{uuid.uuid4().hex[:8]}/alice"
+    s3 = raw_s3_client(s3_server)
+    if "voicepipe-test" not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket="voicepipe-test")
+    training = {"epochs": [{"epoch": 1, "val_loss": 9.5}, {"epoch": 2, "val_loss": 9.1}]}
+    objects = {"training.json": json.dumps(training), "epoch-001/config.json": "{}", "epoch-002/config.json": "{}",
+               "epoch-002/speech_tokenizer/config.json": "{}"}
+    for key, body in objects.items():
+        s3.put_object(Bucket="voicepipe-test", Key=f"{prefix}/{key}", Body=body.encode())
+    url = f"s3://voicepipe-test/{prefix}"
+    got = R._fetch(url, "checkpoints", tmp_path / "dl", settings=s3_settings_for(s3_server, url, tmp_path))
+    assert (got / "epoch-002" / "speech_tokenizer" / "config.json").is_file()
+    entries = R.find_checkpoints(got, R.read_training(got))
+    assert [(e.name, e.epoch, e.val_loss) for e in entries] == [("epoch-001", 1, 9.5), ("epoch-002", 2, 9.1)]
