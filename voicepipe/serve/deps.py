@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, Field
@@ -27,6 +28,7 @@ class ServeConfig(BaseModel):
     max_queue: int = 64  # requests waiting for a slot before new ones get 503 at once
     queue_timeout_s: float = 30.0  # a request waiting longer than this for a slot gets 503
     max_frames: int = 1500  # per text segment (120 s of audio)
+    generation: dict[str, Any] = Field(default_factory=dict)  # GenerationConfig overrides (temperature, ...)
     segment_chars: int = 300  # long input is spoken segment by segment, split at sentence ends
     max_len: int = 2048  # KV-cache positions per slot
     language: str = "auto"

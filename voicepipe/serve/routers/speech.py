@@ -99,7 +99,7 @@ class SpeechJob:
     def __init__(self, voice: Voice, body: SpeechRequest, st: ServerState, t0: float):
         self.voice, self.body, self.st, self.t0 = voice, body, st, t0
         self.segments = split_text(body.input, st.config.segment_chars)
-        self.gen = GenerationConfig(max_new_tokens=st.config.max_frames)
+        self.gen = GenerationConfig(**{"max_new_tokens": st.config.max_frames, **st.config.generation})
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.current: RequestHandle | None = None
