@@ -19,6 +19,7 @@ How each system serves N concurrent requests:
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.machinery
 import json
 import os
@@ -175,6 +176,24 @@ def profile_engine(eng) -> dict:
                 prof[f"step_graph_b{b}_ms"] = _timed(g.replay, 20)
         eng.pos.zero_()
         prof["step_eager_b1_ms"] = _timed(lambda: eng._step(1, 256), 3)
+        try:  # what one frame step launches (its graph replays exactly these kernels)
+            from torch.profiler import ProfilerActivity, profile
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("no CUDA")
+            eng.pos.zero_()
+            with profile(activities=[ProfilerActivity.CUDA]) as p:
+                eng._step(1, 256)
+                _sync()
+            kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
+            prof["step_kernels"] = len(kernels)
+            prof["step_kernel_time_ms"] = sum(e.device_time for e in kernels) / 1000
+            top = collections.Counter()
+            for e in kernels:
+                top[e.name[:60]] += e.device_time
+            print("top kernels (us):", top.most_common(8), flush=True)
+        except Exception as e:  # noqa: BLE001 - diagnostics only
+            print("kernel profile skipped:", type(e).__name__, e, flush=True)
         for n in (2, 10, 33):
             codes = torch.randint(0, 2048, (1, n, 16))
             prof[f"decode_{n}f_ms"] = _timed(lambda c=codes: eng._decode(c), 3)
@@ -207,7 +226,7 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
-        for _ in range(repeats.get(c, 1)):
+        for _ in range(max(repeats.get(c, 1), 5 if c == 1 else 1)):
             done = threading.Event()
             results: list[dict] = []
             lock = threading.Lock()

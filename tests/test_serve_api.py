@@ -285,3 +285,18 @@ def test_long_input_is_spoken_in_segments():
     assert all(len(s) <= 300 for s in segs) and len(segs) >= 4
     assert " ".join(segs).replace(" ", "") == text.replace(" ", "")
     assert split_text("Short.", 300) == ["Short."]
+
+
+def test_voice_resolves_from_store_registry(tiny_custom_voice_dir, tmp_path):
+    from voicepipe.serve.registry import resolve_voice_dir
+    from voicepipe.store import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    ref = store.put_dir(tiny_custom_voice_dir, step="test.promote")
+    store.set_ref("voices/alice", ref.sha256, {"sim": 0.8})
+    path, source = resolve_voice_dir("alice", None, store, tmp_path / "cache")
+    assert (path / "config.json").read_bytes() == (tiny_custom_voice_dir / "config.json").read_bytes()
+    assert source.startswith("store:voices/alice@")
+    assert resolve_voice_dir("alice", None, store, tmp_path / "cache")[0] == path  # cached, not fetched again
+    with pytest.raises(Exception, match="voice 'bob': not found"):
+        resolve_voice_dir("bob", tmp_path, store, tmp_path / "cache")
