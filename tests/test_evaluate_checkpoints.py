@@ -91,7 +91,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_tts_dir: Path, tiny
     zero_weights(ck / "epoch-002")
     shutil.copytree(tiny_custom_voice_dir, ck / "epoch-003")
     (ck / "epoch-003" / "config.json").write_text("{ not json")  # fails to load
-    training = {"base_model": str(tiny_tts_dir),
+    training = {"run": {"base_model": str(tiny_tts_dir), "speaker": "alice"},  # as voicepipe.train writes it
                 "epochs": [{"epoch": 1, "train_loss": 10.41, "val_loss": 10.12},
                            {"epoch": 2, "train_loss": 9.87, "val_loss": 9.95},
                            {"epoch": 3, "train_loss": 9.70, "val_loss": 10.03}]}

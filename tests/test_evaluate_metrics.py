@@ -150,3 +150,21 @@ def test_target_recording_is_more_similar_than_another_voice(tmp_path: Path) -> 
 def test_rtf() -> None:
     assert M.rtf(2.0, 4.0) == 0.5
     assert M.rtf(1.0, 0.0) == math.inf
+
+
+def test_asr_backends_load_through_the_production_path(tiny_whisper_dir: Path, monkeypatch) -> None:
+    """Whisper loads from a local dir via transformers (tiny random weights: the text is junk, the path is real);
+    `auto` without local Whisper files falls back to PocketSphinx; an unknown backend is a clear error."""
+    from voicepipe.errors import ModelError
+    from voicepipe.evaluate.asr import PocketSphinxAsr, WhisperAsr, load_asr
+
+    asr = load_asr(str(tiny_whisper_dir))
+    assert isinstance(asr, WhisperAsr)
+    tone = (0.1 * np.sin(2 * np.pi * 200 * np.arange(SR) / SR)).astype(np.float32)
+    assert isinstance(asr.transcribe(tone, SR), str)
+    monkeypatch.setenv("VOICEPIPE_MODELS_DIR", str(tiny_whisper_dir.parent / "no-such-models"))
+    assert isinstance(load_asr("auto"), PocketSphinxAsr)
+    with pytest.raises(ModelError, match="not available offline"):
+        load_asr("whisper")
+    with pytest.raises(ModelError, match="unknown"):
+        load_asr("kaldi")

@@ -55,26 +55,39 @@ class PocketSphinxAsr:
 
 
 class WhisperAsr:
-    """Whisper through transformers' pipeline, from a local directory (or a hub id when online)."""
+    """Whisper (transformers' model + processor, no pipeline: the pipeline pulls in torchcodec) from a local
+    directory, or a hub id when online. Audio longer than 30 s is transcribed in 30 s windows."""
 
     def __init__(self, path: Any, device: str = "cpu") -> None:
         import torch
-        from transformers import pipeline
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.name = f"whisper:{getattr(path, 'name', path)}"
+        self.device = device
+        self.dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        local = not isinstance(path, str) or not path.count("/") == 1
         try:
-            self._pipe = pipeline("automatic-speech-recognition", model=str(path), device=device,
-                                  torch_dtype=torch.float16 if str(device).startswith("cuda") else torch.float32)
+            self.processor = WhisperProcessor.from_pretrained(str(path), local_files_only=local)
+            self.model = WhisperForConditionalGeneration.from_pretrained(
+                str(path), dtype=self.dtype, local_files_only=local).to(device).eval()
         except Exception as e:
             raise ModelError(f"ASR model {path}: cannot load ({e.__class__.__name__}: {e})") from None
+        self.max_new_tokens = min(440, int(self.model.config.max_target_positions) - 8)
 
     def transcribe(self, wav: np.ndarray, sr: int) -> str:
+        import torch
+
         x = _to16k(wav, sr)
         if len(x) == 0:
             return ""
-        out = self._pipe({"raw": x, "sampling_rate": 16000},
-                         generate_kwargs={"language": "en", "task": "transcribe"}, return_timestamps=len(x) > 480000)
-        return str(out.get("text", "")).strip()
+        texts = []
+        for start in range(0, len(x), 30 * 16000):
+            feats = self.processor(x[start:start + 30 * 16000], sampling_rate=16000, return_tensors="pt")
+            with torch.inference_mode():
+                ids = self.model.generate(feats.input_features.to(self.device, self.dtype), language="en",
+                                          task="transcribe", max_new_tokens=self.max_new_tokens)
+            texts.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+        return " ".join(t for t in texts if t)
 
 
 def load_asr(backend: str = "auto", settings: Any = None, device: str = "cpu") -> Asr:

@@ -332,7 +332,8 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
     if (corpus_dir / "corpus.json").is_file():
         info = json.loads((corpus_dir / "corpus.json").read_text())
 
-    spk = speaker or info.get("speaker") or (_checkpoint_speakers(entries[0].path) or [None])[0]
+    run_speaker = (training.get("run") or {}).get("speaker") if isinstance(training.get("run"), dict) else None
+    spk = speaker or info.get("speaker") or run_speaker or (_checkpoint_speakers(entries[0].path) or [None])[0]
     if not spk:
         raise InputError(f"corpus {corpus}: no speaker name (pass --speaker)")
     spk = str(spk).strip().lower()
@@ -369,7 +370,9 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
         raise InputError("evaluation script and validation texts are both empty")
 
     all_entries: list[Entry] = []
-    base_path = base or (training.get("base_model") if isinstance(training.get("base_model"), str) else None)
+    run = training.get("run") if isinstance(training.get("run"), dict) else {}
+    trained_base = run.get("base_model", training.get("base_model"))  # train writes run.base_model
+    base_path = base or (trained_base if isinstance(trained_base, str) else None)
     if base_path:
         all_entries.append(Entry("base (zero-shot clone)", "base", str(base_path)))
     all_entries += entries
