@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.prefect import corpus_params
+from tests.fixtures.prefect import corpus_clips, corpus_params
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_task_runner_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://127.0.0.1:1"
 
 
-def test_build_corpus_on_local_dask_cluster(prefect_api, prefect_podcast, tmp_path: Path) -> None:
+def test_build_corpus_on_local_dask_cluster(prefect_api, prefect_podcast, reference_corpus, tmp_path: Path) -> None:
     from distributed import Client, LocalCluster, get_task_stream
 
     from flows.corpus import build_corpus
@@ -48,3 +48,5 @@ def test_build_corpus_on_local_dask_cluster(prefect_api, prefect_podcast, tmp_pa
     # the episode tasks really ran on the cluster's workers (both of them), not in the flow's thread pool
     assert len(ran) >= n_eps, ran
     assert len(workers) == 2 and {t["worker"] for t in ran} == workers, ran
+    # same clips as the thread-pool build of the same inputs
+    assert corpus_clips(tmp_path / "out") == reference_corpus["clips"]
