@@ -13,6 +13,8 @@ from voicepipe.errors import InputError
 from voicepipe.models import load_codec, load_speaker_encoder
 from voicepipe.models.tiny import FRAME_SAMPLES, SAMPLE_RATE, voiced_tone
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_codec_roundtrip_shapes(tiny_tts_dir: Path):
     from qwen_tts import Qwen3TTSTokenizer

@@ -16,6 +16,8 @@ import pytest
 from voicepipe.errors import ModelError
 from voicepipe.models import apply_compat, load_tts, repair_config_dict, save_tts_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +54,7 @@ def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> str:
     home = tmp_path_factory.mktemp("home")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(home)},
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(home), "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout

@@ -14,6 +14,8 @@ from voicepipe.config import load_settings
 from voicepipe.errors import ModelError
 from voicepipe.models import load_asr, load_demucs, load_diarization, resolve_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture
 def offline(tmp_path: Path):

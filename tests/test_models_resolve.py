@@ -10,6 +10,8 @@ from voicepipe.config import load_settings
 from voicepipe.errors import ModelError
 from voicepipe.models import resolve_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture
 def offline(tmp_path: Path):

@@ -15,6 +15,8 @@ from voicepipe.errors import ModelError
 from voicepipe.models import SPEAKER_ROW, load_tts, save_tts_checkpoint
 from voicepipe.models.tiny import FRAME_SAMPLES, SAMPLE_RATE, voiced_tone
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def base(tiny_tts_dir: Path):
