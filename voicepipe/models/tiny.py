@@ -1,8 +1,12 @@
 """Tiny random-weight instances of the REAL model classes, saved in the official on-disk layouts.
 
-Tests and the demo use these instead of the multi-GB releases: same classes, same files, same loaders, same
-shapes where they matter (16 codebooks of 2048 codes, codec vocab 3072 with speaker slot 3000, 24 kHz, 1920 samples
-per 12.5 Hz frame); only the widths and depths are small.
+Tests and the demo use these instead of the multi-GB releases: same classes, same files, same loaders.
+- `build_tiny_tts`: Qwen3-TTS-12Hz base (talker + code predictor + ECAPA speaker encoder, byte-level BPE text
+  tokenizer, `speech_tokenizer/` = the 12 Hz codec with its Mimi encoder); shapes that matter are the real ones
+  (16 codebooks of 2048 codes, codec vocab 3072 with speaker slot 3000, 24 kHz, 1920 samples per 12.5 Hz frame).
+- `build_tiny_custom_voice`: that base saved through `save_tts_checkpoint` with a speaker in row 3000.
+- `build_tiny_codec`, `build_tiny_demucs` (HTDemucs), `build_tiny_whisper`, `build_tiny_diarization` (pyannote 4).
+Only widths and depths are small; outputs are junk but have the real types, shapes and rates.
 """
 
 from __future__ import annotations
