@@ -43,8 +43,23 @@ def audit_demo_build(store_url: str, speaker: str, episodes: list[str]) -> dict:
 
 
 def _audit(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`voicepipe audit TARGET` as a user runs it (the real entry point, in a subprocess)."""
     return subprocess.run([VOICEPIPE, "audit", target], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
+
+
+def _audit_text(target: str, built: dict) -> str:
+    """The same command in-process (typer's runner; saves an interpreter start per call)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from voicepipe.cli import cli
+
+    with temporary_settings(updates={PREFECT_API_URL: built["env"]["PREFECT_API_URL"]}):
+        env = {k: built["env"][k] for k in ("VOICEPIPE_STORE_URL", "VOICEPIPE_HOME")}
+        res = CliRunner().invoke(cli, ["audit", target], env=env)
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res.output
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +83,7 @@ def built(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_audit_flow_run(built) -> None:
-    p = _audit(built["run_id"], built["env"])
-    assert p.returncode == 0, p.stderr
-    out = p.stdout
+    out = _audit_text(built["run_id"], built)
     assert f"flow run {built['run_id']}" in out and "flow=audit-demo-build" in out
     assert '"speaker": "auditspeaker"' in out  # the run's parameters
     assert "task runs: 3" in out  # 2 x ingest + notify-corpus-version
@@ -82,18 +95,15 @@ def test_audit_flow_run(built) -> None:
 
 
 def test_audit_corpus_version_and_sha(built) -> None:
-    p = _audit(built["version"], built["env"])
-    assert p.returncode == 0, p.stderr
-    out = p.stdout
+    out = _audit_text(built["version"], built)
     assert f"corpus version {built['version']}" in out
     assert "speaker=auditspeaker" in out and f"built by flow run {built['run_id']}" in out
     assert "corpus/auditspeaker/latest" in out and f"corpus/auditspeaker/versions/{built['version']}" in out
     assert "corpus.segment x2" in out
     assert f"voice voices/auditspeaker -> {built['ckpt'][:12]}" in out and '"sim": 0.81' in out
 
-    p = _audit(built["ckpt"], built["env"])
-    assert p.returncode == 0, p.stderr
-    assert "step=train.checkpoint" in p.stdout and "corpus.assemble x1" in p.stdout
+    out = _audit_text(built["ckpt"], built)
+    assert "step=train.checkpoint" in out and "corpus.assemble x1" in out
 
 
 def test_audit_bad_targets_one_line_errors(built) -> None:
@@ -108,13 +118,13 @@ def test_audit_bad_targets_one_line_errors(built) -> None:
     assert p.stderr.strip().splitlines()[-1].startswith(f"error: flow run {missing}: not found")
 
 
-def test_audit_output_shown(built) -> None:
-    """Print one audit (pytest -s) so a reader sees what users get; checks the JSON form parses."""
+def test_audit_json_form(built) -> None:
+    """`--json` gives the same report as data (for scripts)."""
     import json
 
-    p = subprocess.run([VOICEPIPE, "audit", "--json", built["version"]], cwd=REPO, env=built["env"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    report = json.loads(p.stdout)
+    from voicepipe.pipeline.audit import audit, render
+
+    report = audit(built["version"], store=built["env"]["VOICEPIPE_STORE_URL"])
     assert report["kind"] == "corpus_version" and report["corpora"][0]["corpus_sha"] == built["tree"]
-    print(_audit(built["run_id"], built["env"]).stdout)
+    assert json.loads(json.dumps(report, default=str))["target"] == built["version"]
+    assert render(report).startswith(f"corpus version {built['version']}")
