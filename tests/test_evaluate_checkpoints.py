@@ -213,6 +213,17 @@ def test_bad_inputs_are_clear_errors(evaluated, tmp_path: Path) -> None:
         R.prepare(empty, root / "corpus", R.EvalConfig(**FAST), out_dir=tmp_path / "o1")
     with pytest.raises(InputError, match="no such directory"):
         R.prepare(tmp_path / "nope", root / "corpus", R.EvalConfig(**FAST), out_dir=tmp_path / "o2")
+    # a corpus fetched from the store: absolute clip paths of the machine that built it are found under clips/
+    moved = tmp_path / "corpus-moved"
+    shutil.copytree(root / "corpus", moved)
+    rows = [json.loads(ln) for ln in (moved / "val_with_codes.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["audio"] = f"/nonexistent/build-host/corpus/{r['audio']}"
+    (moved / "val_with_codes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(R.prepare(root / "run", moved, R.EvalConfig(**FAST), out_dir=tmp_path / "o4").held_out) == 3
+    (moved / "clips" / "002.wav").unlink()
+    with pytest.raises(InputError, match=r"corpus clip /nonexistent/build-host/corpus/clips/002.wav: unreadable"):
+        R.prepare(root / "run", moved, R.EvalConfig(**FAST), out_dir=tmp_path / "o5")
     no_val = tmp_path / "corpus-no-val"
     shutil.copytree(root / "corpus", no_val)
     (no_val / "val_with_codes.jsonl").unlink()

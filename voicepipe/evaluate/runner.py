@@ -266,8 +266,17 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _clip_path(corpus_dir: Path, p: str) -> Path:
+    """A jsonl `audio` path: relative to the corpus dir, or absolute. The corpus stage writes absolute paths of
+    the machine that built it; for a corpus fetched from the store they are found again under `clips/`."""
     q = Path(p)
-    return q if q.is_absolute() else corpus_dir / q
+    if not q.is_absolute():
+        return corpus_dir / q
+    if q.exists():
+        return q
+    for cand in (corpus_dir / "clips" / q.name, corpus_dir / q.name):
+        if cand.exists():
+            return cand
+    return q
 
 
 def _load(path: Path, sr: int = 24000) -> np.ndarray:
