@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
                                         "training.json's base_model)."),
         out: Path | None = typer.Option(None, "--out", help="Output dir (default <home>/eval/<name>-<time>)."),
         asr: str = typer.Option("auto", "--asr", help="whisper | pocketsphinx | auto | a Whisper dir."),
+        script: Path | None = typer.Option(None, "--script", help="Evaluation sentences, one per line (default: "
+                                           "the package's script.txt)."),
         max_val_texts: int = typer.Option(10, "--max-val-texts", min=0),
         wer_ceiling: float = typer.Option(0.20, "--wer-ceiling"),
         device: str = typer.Option("cpu", "--device"),
@@ -31,13 +33,21 @@ def register(app: typer.Typer) -> None:
         """Evaluate checkpoints (validity, speaker similarity vs the base model's zero-shot clone, WER/CER, DNSMOS,
         RTF), write report.md/report.html, and promote the best valid one."""
         from voicepipe.config import load_settings
+        from voicepipe.errors import InputError
         from voicepipe.evaluate.report import table_rows
-        from voicepipe.evaluate.runner import EvalConfig, evaluate_checkpoints
+        from voicepipe.evaluate.runner import EvalConfig, evaluate_checkpoints, load_script
         from voicepipe.store import open_store
 
         settings = load_settings(config)
         store = open_store(settings)
-        cfg = EvalConfig(asr=asr, max_val_texts=max_val_texts, wer_ceiling=wer_ceiling, device=device)
+        sentences = None
+        if script is not None:
+            try:
+                sentences = load_script(script)
+            except OSError as e:
+                raise InputError(f"script {script}: unreadable ({e.strerror or e})") from None
+        cfg = EvalConfig(script=sentences, asr=asr, max_val_texts=max_val_texts, wer_ceiling=wer_ceiling,
+                         device=device)
         result = evaluate_checkpoints(checkpoints, corpus, cfg, reference=reference, base=base, speaker=speaker,
                                       out_dir=out, store=store, settings=settings, promote_best=promote)
         for row in table_rows(result):
