@@ -23,21 +23,28 @@ def engine(tiny_custom_voice_dir):
     eng.stop()
 
 
-def _package_codes(eng: TTSEngine, text: str, n_frames: int, non_streaming: bool) -> torch.Tensor:
+def _package_codes(eng: TTSEngine, text: str, n_frames: int, non_streaming: bool, instruct: str | None
+                   ) -> torch.Tensor:  # fmt: skip
     """The package's own generate (greedy). It returns max_new_tokens - 1 frames when no EOS comes."""
     tts = eng.tts
     ids = tts._tokenize_texts([tts._build_assistant_text(text)])
+    ins = [tts._tokenize_texts([tts._build_instruct_text(instruct)])[0] if instruct else None]
     with torch.inference_mode():
-        codes, _ = tts.model.generate(input_ids=ids, instruct_ids=[None], languages=["english"], speakers=["alice"],
+        codes, _ = tts.model.generate(input_ids=ids, instruct_ids=ins, languages=["english"], speakers=["alice"],
                                       non_streaming_mode=non_streaming, max_new_tokens=n_frames + 1, **PKG_GREEDY)
     return codes[0]
 
 
-@pytest.mark.parametrize("non_streaming", [True, False], ids=["text-in-prompt", "text-streamed"])
-def test_engine_greedy_codes_equal_package_generate(engine, non_streaming):
+@pytest.mark.parametrize(
+    ("non_streaming", "instruct"),
+    [(True, None), (False, None), (True, "Speak slowly and warmly.")],
+    ids=["text-in-prompt", "text-streamed", "with-instruction"],
+)
+def test_engine_greedy_codes_equal_package_generate(engine, non_streaming, instruct):
     text = "Hello, this is a test of the voice pipeline."
-    ref = _package_codes(engine, text, 24, non_streaming)
-    prompt = engine.prepare(text, speaker="alice", language="english", non_streaming_text=non_streaming)
+    ref = _package_codes(engine, text, 24, non_streaming, instruct)
+    prompt = engine.prepare(text, speaker="alice", language="english", instruct=instruct,
+                            non_streaming_text=non_streaming)
     ours = engine.generate_codes(prompt, GenerationConfig(max_new_tokens=24, **GREEDY))
     assert ref.shape[1] == 16 and len(ref) > 0
     assert torch.equal(ours[: len(ref)], ref), "engine codes differ from qwen_tts generate"
