@@ -22,6 +22,8 @@ from voicepipe.serve.deps import ServeConfig
 
 FRAMES = 10  # per request: enough for several streamed chunks, quick on CPU
 KEY = "s3cret-token"
+LONG = ("This is a long sentence that keeps going, so that the runaway guard of the server allows it enough audio "
+        "frames for a test that needs a request to still be running when the client walks away from it.")
 
 
 class LiveServer:
@@ -224,7 +226,7 @@ def test_disconnect_mid_stream_frees_slot(server, voices):
     try:  # a long request (EOS suppressed) to walk away from
         live_cfg.max_frames, live_cfg.generation = 400, {"min_new_tokens": 400}
         with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=120,
-                          json={"voice": "alice", "input": "A long one.", "response_format": "pcm",
+                          json={"voice": "alice", "input": LONG, "response_format": "pcm",
                                 "stream": True}) as r:  # fmt: skip
             assert r.status_code == 200
             chunks = r.iter_raw()
@@ -248,7 +250,7 @@ def test_queue_timeout_gets_503(voices_dir, config):
     vs = load_voices(cfg)
     srv = LiveServer(create_app(cfg, vs))
     try:
-        body = {"voice": "alice", "input": "Hold the only slot.", "response_format": "pcm", "stream": True}
+        body = {"voice": "alice", "input": LONG, "response_format": "pcm", "stream": True}
         with httpx.stream("POST", f"{srv.url}/v1/audio/speech", json=body, timeout=120) as r:
             assert r.status_code == 200
             chunks = r.iter_raw()  # keep the iterator: dropping it closes the connection
@@ -275,6 +277,16 @@ def test_voices_models_ready_metrics(server):
         assert name in text
     assert _metric(server.url, 'voicepipe_tts_requests_total{format="wav",status="ok",stream="audio",voice="alice"}'
                    .split("{")[0]) >= 1  # fmt: skip
+
+
+def test_runaway_guard_caps_audio_per_character(server, voices):
+    live_cfg = server.server.config.app.state.vp.config
+    try:  # a model that never says EOS: the short input may still only make 5 s (62 frames)
+        live_cfg.max_frames, live_cfg.generation = 1000, {"min_new_tokens": 1000}
+        r = speech(server.url, input="Hi.", response_format="pcm")
+    finally:
+        live_cfg.max_frames, live_cfg.generation = FRAMES, {}
+    assert r.status_code == 200 and len(r.content) == 62 * 1920 * 2
 
 
 def test_long_input_is_spoken_in_segments():

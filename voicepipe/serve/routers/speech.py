@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+")
+# Runaway guard: a segment may not produce more audio than 0.2 s per character (3x slow speech), at least 5 s.
+# A model that never emits EOS (the seed's noisy fine-tunes) then stops instead of holding a slot for minutes.
+SECONDS_PER_CHAR, MIN_SEGMENT_SECONDS = 0.2, 5.0
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -110,10 +114,12 @@ class SpeechJob:
 
     async def _submit(self, text: str) -> RequestHandle:
         eng = self.voice.engine
+        cap = int(12.5 * max(MIN_SEGMENT_SECONDS, SECONDS_PER_CHAR * len(text)))
+        gen = dataclasses.replace(self.gen, max_new_tokens=min(self.gen.max_new_tokens, cap))
         lang = (self.body.language or self.st.config.language).lower()
         try:
             prompt = await asyncio.to_thread(eng.prepare, text, self.voice.speaker, lang, self.body.instructions)
-            return eng.submit(prompt, self.gen, self._on_event)
+            return eng.submit(prompt, gen, self._on_event)
         except EngineError as e:
             raise ApiError(400, f"input: {e}", param="input") from e
 
