@@ -521,7 +521,8 @@ class TTSEngine:
                         self._step(b, L)
                 torch.cuda.current_stream().wait_stream(s)
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self._pool):
+                # thread_local: the codec thread and request threads may use CUDA while a bucket is captured
+                with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                     self._step(b, L)
                 self._graphs[(b, L)] = g
         self.pos.zero_()
