@@ -14,6 +14,7 @@ durations drawn around 6.5 s (1.5-20 s), random 16-codebook codes at 12.5 Hz, te
   SDPA attention since flash-attn is not installed on the device image.
 - `voicepipe-v8`: `voicepipe.train.train` with configs/v8.yaml (batch 2 x accumulation 4).
 - `voicepipe-fast`: configs/fast.yaml (the same 8-utterance optimizer step as one length-sorted micro-batch).
+- `voicepipe-compile`: fast.yaml + `compile: true` (torch.compile of every decoder layer, dynamic shapes).
 
 Throughput counts the same real (unpadded) tokens for every variant: talker positions + code-predictor frames.
 MFU uses matmul FLOPs (6 x params per token, plus causal attention) over the GPU's dense bf16 peak.
@@ -55,7 +56,7 @@ PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}  # dense bf16 
 # ---------------------------------------------------------------------------------------------------------- build
 
 
-def build(work: Path, small: bool) -> None:
+def build(work: Path, small: bool, n_train: int = N_TRAIN) -> None:
     """A 1.7B-shaped random-weight Base model dir (bf16) + a synthetic 361-utterance corpus."""
     import numpy as np
     import torch
@@ -117,7 +118,7 @@ def build(work: Path, small: bool) -> None:
     rng = np.random.default_rng(361)
     words = "the a voice model speaks clearly about audio data and training every single day with care".split()
     stats = dict(frames=0, text_tokens=0)
-    for name, n in (("train_with_codes.jsonl", N_TRAIN), ("val_with_codes.jsonl", N_VAL)):
+    for name, n in (("train_with_codes.jsonl", n_train), ("val_with_codes.jsonl", N_VAL)):
         rows = []
         for _ in range(n):
             dur = float(np.clip(rng.lognormal(math.log(6.5), 0.45), 1.5, 20.0))
@@ -138,19 +139,20 @@ def build(work: Path, small: bool) -> None:
 
 def counts(work: Path) -> dict[str, float]:
     """Real tokens of one training epoch and the model FLOPs they cost (same numbers for every variant)."""
-    import torch
-
-    from voicepipe.models import load_tts
+    from voicepipe.models import apply_compat
     from voicepipe.train.data import SpecialIds, build_sequence, read_split, tokenize_text
 
-    tts = load_tts(work / "base", device="cpu", dtype=torch.bfloat16)
-    cfg = tts.model.config
+    apply_compat()
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSProcessor
+
+    cfg = Qwen3TTSConfig.from_pretrained(work / "base")
+    processor = Qwen3TTSProcessor.from_pretrained(work / "base")
     t, c = cfg.talker_config, cfg.talker_config.code_predictor_config
     utts = read_split(work / "corpus", "train_with_codes.jsonl", num_groups=16, codebook_size=2048, need_ref=False)
     ids = SpecialIds.from_config(cfg)
     lens, frames = [], 0
     for u in utts:
-        s = build_sequence(tokenize_text(tts.processor, u.text), u.codes, ids)
+        s = build_sequence(tokenize_text(processor, u.text), u.codes, ids)
         lens.append(s.length)
         frames += s.n_frames
     h, q, kv, hd = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim
@@ -175,8 +177,9 @@ def run_voicepipe(work: Path, config: str, epochs: int, out: Path) -> dict:
 
     from voicepipe.train import load_config, train
 
-    cfg = load_config(config, epochs=epochs, export=False, save_state=False, collapse_ratio=None,
-                      divergence_factor=None, patience=epochs + 1)  # fmt: skip
+    extra = {"compile": True} if config == "compile" else {}
+    cfg = load_config("fast" if config == "compile" else config, epochs=epochs, export=False, save_state=False,
+                      collapse_ratio=None, divergence_factor=None, patience=epochs + 1, **extra)  # fmt: skip
     t0 = time.time()
     r = train(work / "corpus", work / "base", "bench", out / f"run-{config}", cfg, resume=False, progress=False)
     wall = time.time() - t0
@@ -309,17 +312,18 @@ def gpu_peak() -> tuple[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["all", "build", "official", "voicepipe-v8", "voicepipe-fast"])
+    ap.add_argument("what", choices=["all", "build", "official", "voicepipe-v8", "voicepipe-fast", "voicepipe-compile"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/train-bench"))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/train-bench-out")))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--official-epochs", type=int, default=2)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--n-train", type=int, default=N_TRAIN)
     ap.add_argument("--variants", default="official,voicepipe-v8,voicepipe-fast")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.what == "build":
-        return build(a.work, a.small)
+        return build(a.work, a.small, a.n_train)
     if a.what == "official":
         res = run_official(a.work, a.official_epochs, a.out)
     elif a.what.startswith("voicepipe"):
@@ -331,7 +335,7 @@ def main() -> None:
 
     t0 = time.time()
     if not (a.work / "build.json").exists():
-        build(a.work, a.small)
+        build(a.work, a.small, a.n_train)
     print(f"build {time.time() - t0:.1f}s", flush=True)
     cnt = counts(a.work)
     name, peak = gpu_peak()
@@ -354,7 +358,7 @@ def main() -> None:
                          process_s=time.time() - t1))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["variant"] == "official"), None)
-    lines = [f"GPU: {name} (dense bf16 peak {peak / 1e12:.0f} TFLOP/s); corpus {N_TRAIN} utts, "
+    lines = [f"GPU: {name} (dense bf16 peak {peak / 1e12:.0f} TFLOP/s); corpus {a.n_train} utts, "
              f"{cnt['tokens']} talker tokens + {cnt['frames']} frames per epoch; model FLOPs/epoch "
              f"{cnt['flops'] / 1e15:.3f} PFLOP", "",
              "| variant | s/epoch | tokens/s | MFU | peak GiB | vs official |",

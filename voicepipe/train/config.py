@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     fused_optimizer: bool = True  # fused AdamW on CUDA
+    # torch.compile each decoder layer (dynamic shapes): fuses the many small kernels that make a 1.7B step
+    # launch-bound at v8's batch sizes. First steps pay the compile time.
+    compile: bool = False
 
     # speaker identity
     speaker_source: Literal["ref_audio", "audio"] = "ref_audio"  # clips averaged (fp32) into the speaker vector

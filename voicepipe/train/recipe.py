@@ -53,6 +53,8 @@ class TrainResult:
     best: list[dict[str, Any]]  # kept checkpoints, best val loss first
     training_json: Path
     store: dict[str, Any] = field(default_factory=dict)
+    resumed_from_step: int = 0  # optimizer steps already done when this process started (0 = fresh run)
+    model: Any = None  # the trained network (unwrapped), only with train(..., keep_model=True)
 
 
 class _LossModule(torch.nn.Module):
@@ -81,6 +83,7 @@ def train(
     store: Any = None,
     resume: bool = True,
     progress: bool = True,
+    keep_model: bool = False,
 ) -> TrainResult:
     """Fine-tune `base` on the corpus for `speaker`; write `<out>/epoch-NNN/`, `training.json`, `loss.png`.
 
@@ -135,6 +138,9 @@ def train(
     lengths = [s.length for s in train_seqs]
 
     # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
+    if cfg.compile:
+        for layer in [*model.talker.model.layers, *model.talker.code_predictor.model.layers]:
+            layer.compile(dynamic=True)
     if cfg.method == "lora":
         model = _wrap_lora(model, cfg)
     per_step = cfg.batch_size * cfg.grad_accum
@@ -153,6 +159,10 @@ def train(
     fingerprint = _fingerprint(cfg, corpus_version, base_sha, speaker_name, world)
     ts = _TrainerState(fingerprint=fingerprint)
     state_dir = out / STATE_DIR
+    old = state_dir.with_name(state_dir.name + ".old")
+    if resume and main and not (state_dir / "trainer.json").exists() and (old / "trainer.json").exists():
+        old.rename(state_dir)  # killed between the two renames of _save_state
+    accelerator.wait_for_everyone()
     if resume and (state_dir / "trainer.json").exists():
         ts = _TrainerState.load(state_dir / "trainer.json")
         if ts.fingerprint != fingerprint:
@@ -169,8 +179,9 @@ def train(
         speaker=speaker_name, corpus=str(corpus), corpus_dir=str(corpus_dir), corpus_version=corpus_version,
         base_model=str(base_dir), base_sha256=base_sha, n_train=len(train_seqs), n_val=len(val_seqs),
         world_size=world, device=str(device), precision=accelerator.mixed_precision,
-        started=datetime.fromtimestamp(started, UTC).isoformat(),
+        started=datetime.fromtimestamp(started, UTC).isoformat(), resumed_from_step=ts.global_step,
     )  # fmt: skip
+    resumed_from = ts.global_step
 
     # 8. epochs ------------------------------------------------------------------------------------------------------
     label_counts = [int((s.labels != -100).sum()) for s in train_seqs]
@@ -264,9 +275,11 @@ def train(
             result_store = _upload(store, out, ts, speaker_name, cfg, run_info)
             _write_report(out, ts, cfg, {**run_info, "store": result_store}, status, stop_reason)
     accelerator.wait_for_everyone()
+    net = accelerator.unwrap_model(wrapped).model if keep_model else None
     accelerator.end_training()
     return TrainResult(out_dir=out, status=status, stop_reason=stop_reason, epochs=ts.epochs, best=ts.best,
-                       training_json=out / "training.json", store=result_store)  # fmt: skip
+                       training_json=out / "training.json", store=result_store, resumed_from_step=resumed_from,
+                       model=net)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------------
