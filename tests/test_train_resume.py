@@ -19,9 +19,8 @@ CONFIG = dict(epochs=3, lr=1e-3, batch_size=1, grad_accum=1, state_every_steps=1
 
 
 def _launch(spec: dict) -> subprocess.Popen:
-    code = "from tests.fixtures.train import worker_main; worker_main()"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "tests.fixtures.train", json.dumps(spec)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
