@@ -9,7 +9,6 @@ The same code runs on CPU, one GPU, or several processes launched by `accelerate
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import math
@@ -417,14 +416,35 @@ def _wrap_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def _export_model(model: torch.nn.Module, cfg: TrainConfig, dtype: torch.dtype) -> torch.nn.Module:
-    """The network to save, in the base checkpoint's dtype; LoRA adapters merged into a copy of the weights
-    (training continues on the unmerged, full-precision model)."""
+    """The network to save, in the base checkpoint's dtype, with LoRA adapters merged into full weights.
+
+    Training state is never touched: merged weights are W + the adapter's delta (peft's `get_delta_weight`), and a
+    re-typed or merged model is a fresh meta-device instance of the same class given those tensors (`deepcopy`
+    fails on this model: its config holds `dict_keys`).
+    """
+    if cfg.method != "lora" and next(model.parameters()).dtype == dtype:
+        return model
     if cfg.method == "lora":
-        model = copy.deepcopy(model).merge_and_unload()
-        return model.to(dtype)
-    if next(model.parameters()).dtype != dtype:
-        return copy.deepcopy(model).to(dtype)
-    return model
+        net = model.get_base_model()
+        state: dict[str, torch.Tensor] = {}
+        lora_layers = {name: m for name, m in net.named_modules() if hasattr(m, "get_delta_weight")}
+        for key, value in net.state_dict().items():
+            if "lora_" in key:
+                continue
+            owner, _, leaf = key.rpartition(".")
+            if owner.endswith(".base_layer") and owner[: -len(".base_layer")] in lora_layers:
+                layer = lora_layers[owner[: -len(".base_layer")]]
+                if leaf == "weight":
+                    value = value + layer.get_delta_weight("default").to(value.dtype)
+                key = f"{owner[: -len('.base_layer')]}.{leaf}"
+            state[key] = value.detach().to(dtype)
+    else:
+        net = model
+        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    with torch.device("meta"):
+        fresh = type(net)(net.config)
+    fresh.load_state_dict(state, strict=True, assign=True)
+    return fresh
 
 
 def _base_dtype(base_cfg: dict[str, Any]) -> torch.dtype:
