@@ -223,7 +223,8 @@ def render_html(result: EvalResult, ctx: EvalContext, md: str, plot_png: Path) -
         if r.status != "ok":
             parts.append(f"<p class='bad'>failed: {e(str(r.error))}</p></div>")
             continue
-        for s in r.samples[:n]:
+        picks = sorted({round(i) for i in np.linspace(0, len(r.samples) - 1, n)}) if n and r.samples else []
+        for s in (r.samples[i] for i in picks):  # spread over short/long script sentences and validation texts
             src = ctx.out_dir / s.wav if s.wav else None
             audio = (f"<audio controls src='data:audio/wav;base64,{_wav_b64(src)}'></audio>"
                      if src is not None and src.is_file() else "")
