@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from voicepipe.config import load_settings
+from voicepipe.errors import InputError
 from voicepipe.store import open_store
 from voicepipe.train import load_config, train
 
@@ -71,3 +73,26 @@ def test_export_merges_lora_like_peft_and_casts_to_the_base_dtype(tiny_tts_dir: 
     assert all(v.dtype == torch.bfloat16 for v in w.values())
     k = "talker.codec_head.weight"
     torch.testing.assert_close(w[k], full.state_dict()[k].to(torch.bfloat16))
+
+
+def test_corpus_from_s3_prefix_and_checkpoints_to_s3_store(structured_corpus_dir: Path, tiny_tts_dir: Path,
+                                                           s3_server, s3_settings, tmp_path: Path) -> None:  # fmt: skip
+    from tests.fixtures.store import raw_s3_client
+
+    s3 = raw_s3_client(s3_server)
+    bucket = "voicepipe-corpora"
+    s3.create_bucket(Bucket=bucket)
+    for f in structured_corpus_dir.rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), bucket, f"tester/v1/{f.relative_to(structured_corpus_dir).as_posix()}")
+    cfg = load_config("v8", epochs=1, batch_size=2, grad_accum=1, keep_best=1, save_state=False, collapse_ratio=None)
+    r = train(f"s3://{bucket}/tester/v1", tiny_tts_dir, "tester", tmp_path / "run", cfg, settings=s3_settings,
+              store=s3_settings, progress=False)  # fmt: skip
+    assert r.status == "completed"
+    assert (tmp_path / "run" / "corpus" / "train_with_codes.jsonl").exists()
+    doc = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert doc["run"]["corpus_version"] == "test-corpus-1" and doc["run"]["corpus"].startswith("s3://")
+    store = open_store(s3_settings)
+    assert store.get_ref("train/tester/latest")["sha"] == r.store["training_json"]
+    with pytest.raises(InputError, match="no objects under that prefix"):
+        train(f"s3://{bucket}/nobody", tiny_tts_dir, "tester", tmp_path / "run2", cfg, settings=s3_settings)

@@ -305,6 +305,7 @@ def _resolve_corpus(corpus: str | Path, settings: Any, out: Path) -> Path:
 
 def _download_s3_prefix(url: str, settings: Any, dest: Path) -> Path:
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     from voicepipe.config import load_settings
@@ -313,7 +314,8 @@ def _download_s3_prefix(url: str, settings: Any, dest: Path) -> Path:
     bucket, _, prefix = url[len("s3://") :].partition("/")
     secret = s.s3_secret_key.get_secret_value() if s.s3_secret_key else None
     client = boto3.client("s3", endpoint_url=s.s3_endpoint_url, aws_access_key_id=s.s3_access_key,
-                          aws_secret_access_key=secret, region_name=s.s3_region)  # fmt: skip
+                          aws_secret_access_key=secret, region_name=s.s3_region,
+                          config=Config(s3={"addressing_style": "path"}) if s.s3_endpoint_url else None)  # fmt: skip
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     n = 0
     try:
