@@ -117,3 +117,32 @@ def test_save_and_load_roundtrip(tmp_path):
     p = save_wav(tmp_path / "x.wav", wav, 24000)
     back = load_audio(p, 24000)
     assert back.shape == wav.shape and np.max(np.abs(back - wav)) < 1e-3
+
+
+def test_s3_prefix_source_lists_and_downloads(s3_server, s3_settings, synthetic_podcast, tmp_path):
+    from tests.fixtures.store import raw_s3_client
+    from voicepipe.corpus.fetch import list_s3
+
+    client = raw_s3_client(s3_server)
+    bucket = "corpus-src"
+    client.create_bucket(Bucket=bucket)
+    ep = synthetic_podcast.truth.dir / synthetic_podcast.truth.episodes[0].file
+    client.upload_file(str(ep), bucket, "show/2026/ep1.mp3")
+    client.put_object(Bucket=bucket, Key="show/2026/notes.txt", Body=b"not audio")
+    eps = list_s3(f"s3://{bucket}/show/", s3_settings)
+    assert [e.url for e in eps] == [f"s3://{bucket}/show/2026/ep1.mp3"]
+    got = download(eps[0], tmp_path / "ep1.mp3", max_bytes=10**8, settings=s3_settings)
+    assert got.read_bytes() == ep.read_bytes()
+    with pytest.raises(InputError, match="over the size limit"):
+        download(eps[0], tmp_path / "x.mp3", max_bytes=1000, settings=s3_settings)
+
+
+def test_select_applies_date_range_and_cap():
+    from datetime import date
+
+    from voicepipe.corpus.fetch import select
+
+    eps = [EpisodeSource(id=f"e{i}", url=f"http://x/{i}.mp3", published=f"2026-01-{i + 1:02d}") for i in range(5)]
+    assert [e.id for e in select(eps, since=date(2026, 1, 2), until=date(2026, 1, 4), max_episodes=None)] == [
+        "e1", "e2", "e3"]
+    assert [e.id for e in select(eps, since=None, until=None, max_episodes=2)] == ["e4", "e3"]

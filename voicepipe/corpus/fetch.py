@@ -126,6 +126,7 @@ def list_folder(folder: str) -> list[EpisodeSource]:
 
 def _s3_client(settings: object | None):  # noqa: ANN202 - boto3 client type
     import boto3
+    from botocore.config import Config
 
     from voicepipe.config import load_settings
 
@@ -134,6 +135,8 @@ def _s3_client(settings: object | None):  # noqa: ANN202 - boto3 client type
     return boto3.client(
         "s3", endpoint_url=s.s3_endpoint_url, aws_access_key_id=s.s3_access_key, aws_secret_access_key=secret,
         region_name=s.s3_region,
+        # MinIO and other S3-compatible servers want path-style addressing
+        config=Config(s3={"addressing_style": "path"}) if s.s3_endpoint_url else None,
     )
 
 
