@@ -102,3 +102,14 @@ def test_adding_an_episode_processes_only_that_episode(builds):
         assert added["cache"][step] == {"hit": 3, "miss": 1, "skip": 0}, (step, added["cache"][step])
     assert added["utterances"] > first["utterances"]
     assert added["changed"]
+
+
+def test_every_step_left_a_prefect_artifact(builds):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="corpus-target-")), limit=200)}
+    steps = ("fetch", "standardize", "separate", "diarize", "segment", "transcribe", "filter", "encode")
+    assert {f"corpus-target-{s}" for s in steps} | {"corpus-target-report", "corpus-target-dir"} <= keys, keys
