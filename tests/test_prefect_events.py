@@ -124,3 +124,29 @@ def test_no_retry_budget_left_fails_clearly(prefect_api, tmp_path: Path) -> None
         f()
     assert backend.refused == 4  # 1 try + 3 retries, then the error surfaces
     assert good.get_ref(latest_ref_name("gone-speaker")) is None
+
+
+def test_input_cache_keys_on_content_not_handles(prefect_api, tmp_path: Path) -> None:
+    from prefect import task
+
+    from tasks.common import input_cache
+
+    calls: list[str] = []
+
+    @task(cache_policy=input_cache("store"), persist_result=True)
+    def work(episode_sha: str, store: object) -> str:
+        calls.append(episode_sha)
+        return episode_sha.upper()
+
+    @flow(name="input-cache")
+    def f(shas: list[str], handle: str):
+        return [work(s, object() if handle == "new" else handle, return_state=True) for s in shas]
+
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):  # no earlier session's cache
+        first = f(["aa", "bb"], "h1")
+        assert [s.result() for s in first] == ["AA", "BB"] and calls == ["aa", "bb"]
+        again = f(["aa", "cc"], "new")  # another store handle: excluded from the key -> "aa" is a cache hit
+        assert [s.name for s in again] == ["Cached", "Completed"]
+        assert [s.result() for s in again] == ["AA", "CC"] and calls == ["aa", "bb", "cc"]
