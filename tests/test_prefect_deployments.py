@@ -107,8 +107,10 @@ def test_build_corpus_run_event_and_unchanged_rerun(deployed, prefect_podcast, t
     assert triggered[0]["parameters"]["corpus_version"] == version
     assert triggered[0]["state"]["type"] in {"SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "LATE"}
 
-    # 4. evidence: the finished run in the UI (graph + artifact badges) and one artifact page
-    shot = screenshot(f"{srv.url}/runs/flow-run/{run['id']}", EVIDENCE / "prefect-build-corpus-run.png")
+    # 4. evidence: the finished run in the UI with its artifacts, and the corpus report artifact's page
+    # (the V2 UI honours ?tab=Artifacts: run header, task graph and the artifact cards in one picture)
+    run_page = f"{srv.url}/v2/runs/flow-run/{run['id']}?tab=Artifacts"
+    shot = screenshot(run_page, EVIDENCE / "prefect-build-corpus-run.png")
     report = next((a for a in arts if (a["key"] or "").endswith("-report")), None) or next(
         a for a in arts if a["type"] == "markdown"
     )
