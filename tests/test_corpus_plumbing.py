@@ -13,7 +13,7 @@ from voicepipe.audio import load_audio, load_audio_checked, loudness_lufs, norma
 from voicepipe.corpus.build import build_local
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource, download
-from voicepipe.corpus.steps import _intersect, _subtract, _target_verdicts, _union
+from voicepipe.corpus.steps import _intersect, _subtract, _union
 from voicepipe.errors import InputError
 from voicepipe.store import open_store
 
@@ -96,20 +96,6 @@ def test_interval_helpers():
     assert _intersect([(0, 5), (6, 10)], [(4, 7)]) == [(4, 5), (6, 7)]
     assert _subtract([(0, 10)], [(2, 3), (5, 6)]) == [(0, 2), (3, 5), (6, 10)]
     assert _union([(0, 2), (1, 3), (5, 6)]) == [(0, 3), (5, 6)]
-
-
-def test_target_verdicts_use_enrollment_and_in_episode_centroids():
-    rng = np.random.default_rng(0)
-    tgt, oth = rng.standard_normal(8), rng.standard_normal(8)
-    centroid = tgt / np.linalg.norm(tgt)
-
-    def noisy(v: np.ndarray) -> np.ndarray:
-        x = v + 0.3 * rng.standard_normal(8)
-        return x / np.linalg.norm(x)
-
-    embs = np.stack([noisy(tgt) for _ in range(6)] + [noisy(oth) for _ in range(6)])
-    verdicts = _target_verdicts(embs, centroid, 0.7)
-    assert [v[0] for v in verdicts] == [True] * 6 + [False] * 6
 
 
 def test_save_and_load_roundtrip(tmp_path):
