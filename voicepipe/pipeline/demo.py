@@ -65,7 +65,13 @@ def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float =
             # a short script keeps CPU synthesis quick; random weights never stop by themselves, so every
             # sample runs to its length cap
             evaluate=EvaluateStep(
-                overrides={"asr": "pocketsphinx", "max_val_texts": 1, "script": DEMO_SCRIPT, "html_samples": 2}
+                overrides={
+                    "asr": "pocketsphinx",
+                    "max_val_texts": 1,
+                    "script": DEMO_SCRIPT,
+                    "html_samples": 2,
+                    "cap_max_frames": 48,  # ~4 s per sample: the tiny model never emits end-of-speech
+                }
             ),
         )
         _step("running the voice-pipeline flow (Prefect ephemeral mode)")
