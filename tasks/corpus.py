@@ -3,6 +3,12 @@
 Caching is the store's step memo (works across machines), so Prefect's own result cache is off. Tasks take
 only picklable inputs (the build params and the episode state); each process builds its models once
 (`context_for`). A bad episode never fails a task: the step records the reason on the state.
+
+Every task reads the network or writes the store, so all carry the shared `IO_RETRIES`: a flaky feed, S3 or
+MinIO error is retried. A retry is safe: store writes are content-addressed and atomic (the same bytes land
+under the same sha, a partial upload never becomes visible), a step's memo entry is written last (after its
+outputs), and a step task works on a copy of its input state, so a failed try leaves nothing half-applied for
+the next one.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import publish_link, publish_markdown, publish_table
+from tasks.common import IO_RETRIES, publish_link, publish_markdown, publish_table
 from voicepipe.corpus.assemble import BuildResult, assemble
 from voicepipe.corpus.build import context_for, list_sources
 from voicepipe.corpus.config import CorpusParams
@@ -20,7 +26,7 @@ from voicepipe.corpus.fetch import EpisodeSource, SourceReject
 from voicepipe.corpus.steps import STEP_FUNCS, STEPS, EpisodeState
 
 
-@task(name="corpus-list-episodes", cache_policy=NO_CACHE)
+@task(name="corpus-list-episodes", cache_policy=NO_CACHE, **IO_RETRIES)
 def list_episodes(params: CorpusParams) -> tuple[list[EpisodeSource], list[SourceReject]]:
     """Episodes of every feed/folder/prefix; sources that cannot be listed come back as rejects."""
     ctx = context_for(params)
@@ -38,17 +44,19 @@ def _step_task(step: str) -> Any:
     fn = STEP_FUNCS[step]
 
     def run(params: CorpusParams, state: EpisodeState) -> EpisodeState:
-        return fn(context_for(params), state)
+        # a copy: the step fills in its state as it goes, and a retried try must start from the untouched input
+        return fn(context_for(params), state.model_copy(deep=True))
 
     run.__name__ = f"corpus_{step}"
     run.__doc__ = f"Corpus step `{step}` for one episode: {fn.__doc__.splitlines()[0] if fn.__doc__ else ''}"
-    return task(name=f"corpus-{step}", task_run_name=f"{step}-{{state.source.id}}", cache_policy=NO_CACHE)(run)
+    return task(name=f"corpus-{step}", task_run_name=f"{step}-{{state.source.id}}", cache_policy=NO_CACHE,
+                **IO_RETRIES)(run)
 
 
 STEP_TASKS: dict[str, Any] = {step: _step_task(step) for step in STEPS}
 
 
-@task(name="corpus-assemble", cache_policy=NO_CACHE)
+@task(name="corpus-assemble", cache_policy=NO_CACHE, **IO_RETRIES)
 def assemble_corpus(
     params: CorpusParams, states: list[EpisodeState], source_rejects: list[SourceReject]
 ) -> BuildResult:

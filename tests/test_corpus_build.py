@@ -113,3 +113,67 @@ def test_every_step_left_a_prefect_artifact(builds):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="corpus-target-")), limit=200)}
     steps = ("fetch", "standardize", "separate", "diarize", "segment", "transcribe", "filter", "encode")
     assert {f"corpus-target-{s}" for s in steps} | {"corpus-target-report", "corpus-target-dir"} <= keys, keys
+
+
+def test_fetch_step_retries_a_flaky_store_without_duplicates(corpus_prefect, synthetic_podcast, corpus_params_base,
+                                                             tmp_path, monkeypatch):
+    """The fetch task (shared IO_RETRIES) survives two refused writes in one flow run; the retried try reuses
+    the objects the failed tries already stored (same shas) and records exactly one memo entry."""
+    import hashlib
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from tasks.common import IO_RETRIES
+    from tasks.corpus import STEP_TASKS
+    from voicepipe.corpus import build
+    from voicepipe.corpus.fetch import EpisodeSource
+    from voicepipe.corpus.steps import EpisodeState
+    from voicepipe.errors import StoreError
+    from voicepipe.store import ArtifactStore, LocalBackend
+
+    class FlakyMemoStore(ArtifactStore):
+        """Refuses the first `fail` memo writes: the step's outputs are stored, its memo is not (a partial write)."""
+
+        fail = 0
+
+        def memo_put(self, step: str, key: str, sha) -> None:  # type: ignore[no-untyped-def]
+            if self.fail:
+                self.fail -= 1
+                raise StoreError(f"memo {step}/{key}: write refused (503 SlowDown, simulated)")
+            super().memo_put(step, key, sha)
+
+    root = tmp_path / "store"
+    store = FlakyMemoStore(LocalBackend(root))
+    params = CorpusParams(**corpus_params_base, feeds=[synthetic_podcast.feed("feed1.xml", n_episodes=1)],
+                          out=str(tmp_path / "out"), store_url=str(root))
+    monkeypatch.setitem(build._CONTEXTS, params.model_dump_json(),
+                        build.prepare(params, store=store, work=tmp_path / "work", progress=False))
+    ep = synthetic_podcast.truth.episodes[0]
+    src = EpisodeSource(id=ep.id, url=f"{synthetic_podcast.base_url}/{ep.file}")
+    episode_sha = hashlib.sha256((synthetic_podcast.truth.dir / ep.file).read_bytes()).hexdigest()
+    fetch_task = STEP_TASKS["fetch"]
+    assert fetch_task.retries == IO_RETRIES["retries"] >= 2
+    objects = lambda: {p.name for p in (root / "objects").rglob("*") if p.is_file()}  # noqa: E731
+    before = objects()
+
+    @flow(name="corpus-fetch-retry-test")
+    def run(state):  # type: ignore[no-untyped-def]  # (no annotation: the test module's types are not importable)
+        return fetch_task.with_options(retry_delay_seconds=0)(params, state, return_state=True)
+
+    store.fail = 2
+    given = EpisodeState(source=src)
+    final = run(given)
+    assert final.is_completed(), final
+    with get_client(sync_client=True) as c:
+        assert c.read_task_run(final.state_details.task_run_id).run_count == 3  # two refused tries, then success
+    got = final.result()
+    assert got.raw_sha == episode_sha and got.cache["fetch"] == "miss"
+    assert given.raw_sha is None and given.cache == {}, "a task must not change the state it was given"
+    new = objects() - before
+    assert new == {episode_sha, got.result_shas["fetch"]}, new  # the episode + its result, once each
+    memos = list((root / "memo" / "corpus.fetch").glob("*.json"))
+    assert len(memos) == 1 and json.loads(memos[0].read_text())["sha"] == got.result_shas["fetch"]
+
+    again = run(EpisodeState(source=src)).result()  # and the memo the retry wrote is a real cache hit
+    assert again.cache["fetch"] == "hit" and again.raw_sha == episode_sha and objects() - before == new
