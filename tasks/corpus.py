@@ -13,13 +13,14 @@ the next one.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import IO_RETRIES, publish_link, publish_markdown, publish_table
-from voicepipe.corpus.assemble import BuildResult, assemble
+from voicepipe.corpus.assemble import BuildResult, assemble, inline_images
 from voicepipe.corpus.build import context_for, list_sources
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource, SourceReject
@@ -77,7 +78,9 @@ def assemble_corpus(
                 "output": (res.get("sha") or st.result_shas.get(step) or "")[:16],
             })
         publish_table(f"corpus-{spk}-{step}", rows, description=f"corpus step {step}, per episode")
-    publish_markdown(f"corpus-{spk}-report", result.report_md, description=f"corpus {spk} {result.version[:16]}")
+    # the UI cannot resolve report.md's relative PNG links: its artifact copy carries the (small) plots inline
+    publish_markdown(f"corpus-{spk}-report", inline_images(result.report_md, Path(result.out)),
+                     description=f"corpus {spk} {result.version[:16]}")
     uri = getattr(ctx.store, "url", "")
     publish_link(f"corpus-{spk}-dir", f"{uri}#tree={result.dir_sha}", description="corpus directory in the store")
     return result

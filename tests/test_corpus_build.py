@@ -177,3 +177,24 @@ def test_fetch_step_retries_a_flaky_store_without_duplicates(corpus_prefect, syn
 
     again = run(EpisodeState(source=src)).result()  # and the memo the retry wrote is a real cache hit
     assert again.cache["fetch"] == "hit" and again.raw_sha == episode_sha and objects() - before == new
+
+
+def test_report_artifact_carries_its_plots_inline(builds):
+    """report.md keeps relative PNG links; its Prefect artifact copy carries the same PNGs as data: URIs."""
+    import base64
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    added = builds["added"]
+    out = Path(added["out"])
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["corpus-target-report"])), limit=50)
+    md = next(a.data for a in arts if (a.description or "").endswith(added["version"][:16]))
+    names = re.findall(r"\]\(([\w.-]+\.png)\)", (out / "report.md").read_text())
+    uris = re.findall(r"\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert len(names) == 4 and not re.search(r"\]\([\w.-]+\.png\)", md)
+    assert [base64.b64decode(u) for u in uris] == [(out / n).read_bytes() for n in names]
+    assert len(md) < 300_000, len(md)  # four small plots

@@ -9,8 +9,10 @@ the same version on any machine.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -285,3 +287,21 @@ def write_report(
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     return md
+
+
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_images(md: str, base: Path) -> str:
+    """`md` with each relative PNG link (`![alt](plot.png)`, resolved under `base`) replaced by a
+    `data:image/png;base64,...` URI, for viewers that cannot follow relative links (the Prefect UI's artifact
+    page). Absolute URLs, data URIs and missing files are left as they are."""
+
+    def repl(m: re.Match[str]) -> str:
+        alt, ref = m.group(1), m.group(2)
+        path = base / ref
+        if ":" in ref or ref.startswith("/") or not path.is_file():
+            return m.group(0)
+        return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+    return _IMAGE_LINK.sub(repl, md)
