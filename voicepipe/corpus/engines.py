@@ -22,6 +22,9 @@ import numpy as np
 from voicepipe.audio import resample
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.errors import ModelError
+from voicepipe.models.asr import Asr as _Asr
+
+SPHINX_FAST = {"loglevel": "FATAL", "fwdflat": False, "bestpath": True, "maxhmmpf": 3000}
 
 
 def pick_device(device: str = "auto") -> str:
@@ -153,76 +156,16 @@ class Diarizer:
         return turns, overlap
 
 
-class Asr:
-    """Speech recognition returning (text, confidence in [0, 1]) per 16 kHz segment."""
-
-    sr = 16000
+class Asr(_Asr):
+    """The corpus's recogniser (`voicepipe.models.asr.Asr`): a fast PocketSphinx search (no fwdflat pass, fewer
+    HMMs per frame; bestpath word posteriors = confidence), input clipped to [-1, 1]; Whisper up to 200 new tokens.
+    `transcribe(wavs16k, language)` -> [(text, confidence)]; `language` None lets Whisper detect it."""
 
     def __init__(self, backend: str, model: str, device: str = "cpu", settings: Any = None) -> None:
-        self.backend = backend
-        self.device = device
-        self.lock = threading.Lock()
-        if backend == "pocketsphinx":
-            from pocketsphinx import Decoder
-
-            # English model shipped in the wheel; no fwdflat pass (speed); bestpath gives word posteriors = confidence
-            self.decoder = Decoder(samprate=self.sr, loglevel="FATAL", fwdflat=False, bestpath=True, maxhmmpf=3000)
-        elif backend == "whisper":
-            import torch
-
-            from voicepipe.models.others import load_asr
-
-            dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            self.model, self.processor = load_asr(model, device, dtype, settings)
-            self.dtype = dtype
-        else:
+        if backend not in ("whisper", "pocketsphinx"):
             raise ModelError(f"asr backend {backend!r}: unknown (expected whisper or pocketsphinx)")
-
-    def transcribe(self, wavs16k: list[np.ndarray], language: str | None = None) -> list[tuple[str, float]]:
-        if self.backend == "pocketsphinx":
-            return [self._sphinx(w) for w in wavs16k]
-        return self._whisper(wavs16k, language)
-
-    def _sphinx(self, wav: np.ndarray) -> tuple[str, float]:
-        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16).tobytes()
-        with self.lock:
-            self.decoder.start_utt()
-            self.decoder.process_raw(pcm, full_utt=True)
-            self.decoder.end_utt()
-            words = [(s.word, s.prob) for s in self.decoder.seg()]
-        words = [(w.split("(")[0], p) for w, p in words if not (w.startswith("<") or w.startswith("["))]
-        if not words:
-            return "", 0.0
-        return " ".join(w for w, _ in words), float(np.mean([p for _, p in words]))
-
-    def _whisper(self, wavs: list[np.ndarray], language: str | None) -> list[tuple[str, float]]:
-        import torch
-
-        feats = self.processor([np.asarray(w, dtype=np.float32) for w in wavs], sampling_rate=self.sr,
-                               return_tensors="pt")
-        kwargs: dict[str, Any] = {"task": "transcribe"}
-        if language:
-            kwargs["language"] = language.lower()
-        with self.lock, torch.inference_mode():
-            out = self.model.generate(
-                feats.input_features.to(self.device, self.dtype),
-                return_dict_in_generate=True,
-                output_scores=True,
-                # a 15 s utterance needs well under 200 tokens; never ask past the model's decoder length
-                max_new_tokens=min(200, int(self.model.config.max_target_positions) - 8),
-                **kwargs,
-            )
-            scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        texts = self.processor.batch_decode(out.sequences, skip_special_tokens=True)
-        gen = out.sequences[:, -scores.shape[1] :]
-        special = set(self.processor.tokenizer.all_special_ids)
-        results = []
-        for i, text in enumerate(texts):
-            mask = torch.tensor([int(t) not in special for t in gen[i]])
-            lp = scores[i][mask].float()
-            conf = float(torch.exp(lp.mean())) if lp.numel() else 0.0
-            results.append((text, conf))
-        return results
+        super().__init__(backend, model, device, settings, sphinx_options=SPHINX_FAST, overload="clip",
+                         max_new_tokens=200)
 
 
 class Codec:

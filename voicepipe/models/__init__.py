@@ -2,6 +2,7 @@
 
 import os
 
+from voicepipe.models.asr import Asr
 from voicepipe.models.compat import apply_compat, repair_config_dict
 from voicepipe.models.others import disable_pyannote_telemetry, load_asr, load_demucs, load_diarization
 from voicepipe.models.qwen import SPEAKER_ROW, load_codec, load_tts, save_tts_checkpoint
@@ -11,6 +12,7 @@ from voicepipe.models.speaker import SpeakerEncoder, load_speaker_encoder
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")  # zero-cloud: no pyannote usage metrics
 
 __all__ = [
+    "Asr",
     "KINDS",
     "SPEAKER_ROW",
     "SpeakerEncoder",
