@@ -132,3 +132,18 @@ def test_select_applies_date_range_and_cap():
     assert [e.id for e in select(eps, since=date(2026, 1, 2), until=date(2026, 1, 4), max_episodes=None)] == [
         "e1", "e2", "e3"]
     assert [e.id for e in select(eps, since=None, until=None, max_episodes=2)] == ["e4", "e3"]
+
+
+def test_pocketsphinx_transcript_does_not_depend_on_what_was_decoded_before(synthetic_podcast):
+    """One long-lived recogniser serves a whole build: a clip's text and confidence must be the same whatever it
+    decoded before (else a corpus version depends on episode order and worker scheduling)."""
+    from voicepipe.corpus.engines import Asr
+
+    wav = load_audio(synthetic_podcast.truth.dir / synthetic_podcast.truth.episodes[0].file, 16000)
+    a, b = wav[2 * 16000 : 8 * 16000], wav[20 * 16000 : 27 * 16000]
+    asr = Asr("pocketsphinx", "en-us")
+    first_a, b_after_a, a_again = (asr.transcribe([x])[0] for x in (a, b, a))
+    assert first_a[0] and b_after_a[0], (first_a, b_after_a)
+    assert a_again == first_a
+    assert Asr("pocketsphinx", "en-us").transcribe([b])[0] == b_after_a  # B alone in a fresh recogniser
+    assert asr.transcribe([b, a]) == [b_after_a, first_a]  # and within one batch

@@ -73,6 +73,8 @@ def test_killed_build_restarts_from_cached_episodes(
     assert res["cache"]["encode"]["hit"] + res["cache"]["encode"]["miss"] == n_eps
     assert res["cache"]["fetch"]["hit"] >= done_before_kill
 
-    # 3. nothing lost: the same clips as an uninterrupted build of the same inputs (fresh store, no Prefect)
+    # 3. nothing lost, nothing changed: the same clips and the same corpus version (manifest: clips, texts, ASR
+    # confidences, scores) as an uninterrupted build of the same inputs (fresh store, no Prefect)
     assert corpus_clips(tmp_path / "out") == reference_corpus["clips"]
-    # (clips, not `version`: pocketsphinx transcripts currently depend on decode order; reported to the corpus area)
+    assert res["version"] == reference_corpus["result"].version, (
+        (tmp_path / "out" / "manifest.jsonl").read_text(), (reference_corpus["dir"] / "manifest.jsonl").read_text())

@@ -103,6 +103,12 @@ class Asr:
             x = np.clip(x, -1, 1)
         pcm = (x * 32767).astype("<i2").tobytes()
         with self.lock:
+            # Each utterance is decoded as by a fresh Decoder: otherwise state carries over from the previous one
+            # (the noise-removal estimate that the en-us model's feat.params turn on, and the PTM top-N Gaussian
+            # history), so a clip's text and confidence depended on what this decoder had decoded before (CMN is
+            # already per-utterance `batch`). reinit_feat() alone fixes the text but not the last digits of the
+            # confidence; reinit() reloads the model from the same config (~0.25 s, a new Decoder ~0.4 s).
+            self.decoder.reinit()
             self.decoder.start_utt()
             self.decoder.process_raw(pcm, full_utt=True)
             self.decoder.end_utt()
