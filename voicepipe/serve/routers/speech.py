@@ -166,7 +166,17 @@ class SpeechJob:
             m.audio_seconds.labels(self.voice.name).inc(self.audio_s)
 
 
-async def _stream_audio(job: SpeechJob, fmt: str) -> AsyncIterator[bytes]:
+def _event(obj: dict) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+async def _stream(job: SpeechJob, fmt: str, mode: str) -> AsyncIterator[bytes]:
+    """Encode the job's audio as it is generated: raw bytes (`mode` "audio") or SSE events (`mode` "sse")."""
+    sse = mode == "sse"
+
+    def out(data: bytes) -> bytes:
+        return _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) if sse else data
+
     enc = StreamEncoder(fmt, job.voice.engine.sample_rate)
     status, first = "cancelled", True
     try:
@@ -176,50 +186,24 @@ async def _stream_audio(job: SpeechJob, fmt: str) -> AsyncIterator[bytes]:
                 if first:
                     job.st.metrics.ttfa.observe(time.perf_counter() - job.t0)
                     first = False
-                yield data
+                yield out(data)
         tail = enc.close()
         if tail:
-            yield tail
+            yield out(tail)
+        if sse:
+            yield _event({"type": "speech.audio.done", "usage": {"audio_seconds": round(job.audio_s, 3),
+                                                                  "input_characters": len(job.body.input)}})
         status = "ok"
     except RuntimeError as e:
         status = "error"
         log.error("stream failed: %s", e)
+        if sse:
+            yield _event({"type": "error", "error": {"message": str(e), "type": "server_error"}})
     finally:
         job.cancel()
         if status != "ok":
             enc.abort()
-        job.observe(status, fmt, "audio")
-
-
-async def _stream_sse(job: SpeechJob, fmt: str) -> AsyncIterator[bytes]:
-    enc = StreamEncoder(fmt, job.voice.engine.sample_rate)
-    status, first = "cancelled", True
-
-    def event(obj: dict) -> bytes:
-        return f"data: {json.dumps(obj)}\n\n".encode()
-
-    try:
-        async for chunk in job.chunks():
-            data = enc.feed(chunk)
-            if data:
-                if first:
-                    job.st.metrics.ttfa.observe(time.perf_counter() - job.t0)
-                    first = False
-                yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-        tail = enc.close()
-        if tail:
-            yield event({"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()})
-        yield event({"type": "speech.audio.done", "usage": {"audio_seconds": round(job.audio_s, 3),
-                                                             "input_characters": len(job.body.input)}})
-        status = "ok"
-    except RuntimeError as e:
-        status = "error"
-        yield event({"type": "error", "error": {"message": str(e), "type": "server_error"}})
-    finally:
-        job.cancel()
-        if status != "ok":
-            enc.abort()
-        job.observe(status, fmt, "sse")
+        job.observe(status, fmt, mode)
 
 
 _ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 500, 503)}
@@ -239,9 +223,9 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
         raise
     headers = {"X-Voicepipe-Voice": voice.name}
     if mode == "audio":
-        return StreamingResponse(_stream_audio(job, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+        return StreamingResponse(_stream(job, fmt, "audio"), media_type=MEDIA_TYPES[fmt], headers=headers)
     if mode == "sse":
-        return StreamingResponse(_stream_sse(job, fmt), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_stream(job, fmt, "sse"), media_type="text/event-stream", headers=headers)
     parts: list[np.ndarray] = []
     status = "cancelled"
     try:
