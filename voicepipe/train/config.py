@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from voicepipe.errors import ConfigError
 
@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     # torch.compile each decoder layer (dynamic shapes): fuses the many small kernels that make a 1.7B step
     # launch-bound at v8's batch sizes. First steps pay the compile time.
     compile: bool = False
+    # Several processes: "ddp" keeps a full model copy per process; "fsdp" (PyTorch FSDP2 `fully_shard`, each decoder
+    # layer + root) shards weights, gradients and optimizer state across processes for memory. One process: no-op.
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
     # speaker identity
     speaker_source: Literal["ref_audio", "audio"] = "ref_audio"  # clips averaged (fp32) into the speaker vector
@@ -77,6 +80,14 @@ class TrainConfig(BaseModel):
     # test hooks (also handy for smoke runs)
     max_steps: int | None = None  # stop after this many optimizer steps in total
     export: bool = True  # write per-epoch model checkpoints
+
+    @model_validator(mode="after")
+    def _fsdp_limits(self) -> TrainConfig:
+        if self.distributed == "fsdp" and (self.save_state or self.state_every_steps):
+            raise ValueError("distributed=fsdp: resumable training state is DDP-only for now; set save_state: false")
+        if self.distributed == "fsdp" and self.method == "lora":
+            raise ValueError("distributed=fsdp: LoRA runs are small; use distributed: ddp")
+        return self
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:

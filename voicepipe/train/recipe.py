@@ -3,7 +3,8 @@
     inputs (validated) -> processes/precision -> model -> speaker vector -> sequences -> optimizer -> [resume]
     -> epochs of steps (guardrails per step) -> val loss, checkpoint, guardrails per epoch -> training.json, store
 
-The same code runs on CPU, one GPU, or several processes launched by `accelerate launch` / `torchrun` (DDP).
+The same code runs on CPU, one GPU, or several processes launched by `accelerate launch` / `torchrun`: DDP, or
+with `distributed: fsdp` PyTorch FSDP2 (`fully_shard` on each decoder layer + root) to shard the memory.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class TrainResult:
 
 
 class _LossModule(torch.nn.Module):
-    """Puts the loss inside `forward`, so DDP's gradient hooks and accelerate's autocast wrap all of it."""
+    """Puts the loss inside `forward`, so DDP's gradient hooks (or FSDP's) and autocast wrap all of it."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -147,11 +148,16 @@ def train(
                    micro_batch_tokens=cfg.micro_batch_tokens)  # fmt: skip
     steps_per_epoch = len(plan_epoch(lengths, epoch=0, **plan_kw))
     total_steps = steps_per_epoch * cfg.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
+    fsdp = cfg.distributed == "fsdp" and world > 1
+    wrapped = _fully_shard(_LossModule(model), accelerator) if fsdp else _LossModule(model)  # before the optimizer
+    params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=bool(cfg.fused_optimizer and device.type == "cuda"))  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
-    wrapped, optimizer = accelerator.prepare(_LossModule(model), optimizer)
+    if fsdp:  # already sharded: accelerate's DDP wrapper would sync gradients a second time
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped once per optimizer step, by us
 
     # 7. resume ------------------------------------------------------------------------------------------------------
@@ -196,20 +202,22 @@ def train(
         for s, step_plan in enumerate(plan):
             if s < ts.step_in_epoch:
                 continue  # done before the run was interrupted
-            mine, weight = step_plan[rank], 1.0
-            if not mine:  # a short last step can leave a process empty: it runs a zero-weight batch so DDP syncs
-                mine, weight = [[step_plan[0][0][0]]], 0.0
+            mine = step_plan[rank]
+            # A short last step can leave a process with fewer (or no) micro-batches: it runs zero-weight ones, so
+            # that DDP syncs (at least one) and FSDP's all-gathers, which are collective, line up (as many as any).
+            n_micro = max(len(r) for r in step_plan) if fsdp else max(1, len(mine))
             everyone = [i for r in step_plan for mb in r for i in mb]
             n0 = sum(label_counts[i] for i in everyone)
             nsub = sum(frame_counts[i] for i in everyone) * (groups - 1)
             sums = torch.zeros(4, device=device, dtype=torch.float64)
-            for k, mb in enumerate(mine):
+            for k in range(n_micro):
+                mb, weight = (mine[k], 1.0) if k < len(mine) else ([step_plan[0][0][0]], 0.0)
                 batch = collate([train_seqs[i] for i in mb]).to(device)
-                sync = k == len(mine) - 1
+                sync = k == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
                     t_sum, s_sum, t_ok, s_ok = wrapped(batch, speaker_vec)
                     # token mean over the WHOLE optimizer step (all micro-batches, all processes); DDP averages
-                    # gradients over processes, hence the factor `world`.
+                    # (and FSDP) average gradients over processes, hence the factor `world`.
                     loss = weight * world * (t_sum / n0 + cfg.subtalker_weight * s_sum / nsub)
                     accelerator.backward(loss)
                 sums += weight * torch.stack([t_sum.detach().double(), s_sum.detach().double(), t_ok.double(),
@@ -223,7 +231,7 @@ def train(
             ts.global_step += 1
             ts.step_in_epoch = s + 1
             step_loss = ts.epoch_acc_loss_last
-            gn = float(grad_norm) if grad_norm is not None else float("nan")
+            gn = float(_full(grad_norm)) if grad_norm is not None else float("nan")
             if ts.global_step % cfg.log_every_steps == 0 or not math.isfinite(step_loss):
                 ts.steps.append(dict(step=ts.global_step, epoch=epoch + 1, loss=step_loss, grad_norm=gn,
                                      lr=scheduler.get_last_lr()[0]))  # fmt: skip
@@ -243,16 +251,19 @@ def train(
             break
 
         # epoch end: validation, checkpoint, guardrails, resumable state
-        val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups)
+        val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
         rec = ts.close_epoch(epoch + 1, val, seconds=time.time() - t_epoch, w=cfg.subtalker_weight)
-        if cfg.export and main:
-            ckpt = out / f"epoch-{epoch + 1:03d}"
-            net = _export_model(accelerator.unwrap_model(wrapped).model, cfg, _base_dtype(base_cfg))
-            save_tts_checkpoint(net, ckpt, base_dir=base_dir, speaker=speaker_name,
-                                speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+        if cfg.export:
+            # FSDP: every process takes part in gathering the full weights; rank 0 gets them (on CPU)
+            net = _full_model(wrapped) if fsdp else accelerator.unwrap_model(wrapped).model
+            if main:
+                ckpt = out / f"epoch-{epoch + 1:03d}"
+                net = _export_model(net, cfg, _base_dtype(base_cfg))
+                save_tts_checkpoint(net, ckpt, base_dir=base_dir, speaker=speaker_name,
+                                    speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+                rec["checkpoint"] = ckpt.name
+                ts.keep_best(out, cfg.keep_best)
             del net
-            rec["checkpoint"] = ckpt.name
-            ts.keep_best(out, cfg.keep_best)
         accelerator.wait_for_everyone()
         stop_reason = ts.epoch_guard(cfg)
         ts.epoch, ts.step_in_epoch, ts.stop_reason = epoch + 1, 0, stop_reason
@@ -274,7 +285,9 @@ def train(
             result_store = _upload(store, out, ts, speaker_name, cfg, run_info)
             _write_report(out, ts, cfg, {**run_info, "store": result_store}, status, stop_reason)
     accelerator.wait_for_everyone()
-    net = accelerator.unwrap_model(wrapped).model if keep_model else None
+    net = None
+    if keep_model:
+        net = _full_model(wrapped, every_rank=True) if fsdp else accelerator.unwrap_model(wrapped).model
     accelerator.end_training()
     return TrainResult(out_dir=out, status=status, stop_reason=stop_reason, epochs=ts.epochs, best=ts.best,
                        training_json=out / "training.json", store=result_store, resumed_from_step=resumed_from,
@@ -401,6 +414,46 @@ def _accelerator(cfg: TrainConfig, settings: Any) -> Any:
     return Accelerator(cpu=cpu, mixed_precision="bf16" if precision == "bf16" else "no", kwargs_handlers=[ddp])
 
 
+def _fully_shard(module: _LossModule, accelerator: Any) -> _LossModule:
+    """FSDP2: shard each decoder layer (talker, code predictor) and the rest (root) over all processes.
+
+    Weights, gradients and AdamW state are then 1/world per process; a layer's full weights exist only during its
+    forward/backward. bf16 runs autocast the forward, like accelerate does for a DDP model.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    net = module.model
+    for layer in [*net.talker.model.layers, *net.talker.code_predictor.model.layers]:
+        fully_shard(layer)
+    fully_shard(module)
+    if accelerator.mixed_precision == "bf16":
+        module.forward = torch.autocast(accelerator.device.type, dtype=torch.bfloat16)(module.forward)
+    return module
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor (FSDP's sharded values, e.g. the gradient norm); others unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _full_model(module: _LossModule, every_rank: bool = False) -> torch.nn.Module | None:
+    """FSDP: the network as one plain module with full weights, on rank 0 on CPU (or on every rank); else None.
+
+    A collective: every process must call it. A fresh meta-device instance of the same class takes the gathered
+    tensors (see `_export_model`), so the sharded training module is untouched.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
+    state = {k.removeprefix("model."): v for k, v in get_model_state_dict(module, options=opts).items()}
+    if not state:
+        return None
+    with torch.device("meta"):
+        fresh = type(module.model)(module.model.config)
+    fresh.load_state_dict(state, strict=True, assign=True)
+    return fresh
+
+
 def _sequence(processor: Any, utt: Any, ids: SpecialIds) -> Sequence:
     try:
         return build_sequence(tokenize_text(processor, utt.text), utt.codes, ids)
@@ -480,22 +533,30 @@ def _progress(total: int, done: int, enabled: bool) -> Any:
 
 @torch.no_grad()
 def _evaluate(wrapped: Any, seqs: list[Sequence], speaker: torch.Tensor, accelerator: Any, cfg: TrainConfig,
-              groups: int) -> dict[str, float]:  # fmt: skip
-    """Teacher-forced loss and code accuracy on the held-out split (token means over all processes)."""
+              groups: int, same_count: bool = False) -> dict[str, float]:  # fmt: skip
+    """Teacher-forced loss and code accuracy on the held-out split (token means over all processes).
+
+    `same_count` (FSDP, whose all-gathers are collective): every process runs as many forwards, padding with
+    zero-weight batches.
+    """
     net = accelerator.unwrap_model(wrapped)
     was_training = net.training
     net.eval()
     mine = sorted(range(accelerator.process_index, len(seqs), accelerator.num_processes), key=lambda i: seqs[i].length)
     bs = cfg.batch_size * cfg.grad_accum
     sums = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
-    for k in range(0, len(mine), bs):
-        batch = collate([seqs[i] for i in mine[k : k + bs]])
+    batches = [mine[k : k + bs] for k in range(0, len(mine), bs)]
+    if same_count:
+        batches += [[]] * (math.ceil(math.ceil(len(seqs) / accelerator.num_processes) / bs) - len(batches))
+    for b in batches:
+        w = 1.0 if b else 0.0
+        batch = collate([seqs[i] for i in b or [0]])
         n0, nsub = batch.n_labels, batch.n_frames * (groups - 1)
         with accelerator.autocast():
             t_sum, s_sum, t_ok, s_ok = net(batch.to(accelerator.device), speaker)
-        sums[:4] += torch.stack([t_sum.double(), s_sum.double(), t_ok.double(), s_ok.double()])
-        sums[4] += n0
-        sums[5] += nsub
+        sums[:4] += w * torch.stack([t_sum.double(), s_sum.double(), t_ok.double(), s_ok.double()])
+        sums[4] += w * n0
+        sums[5] += w * nsub
     sums = accelerator.reduce(sums, reduction="sum")
     t_sum, s_sum, t_ok, s_ok, n0, nsub = sums.tolist()
     net.train(was_training)
