@@ -129,7 +129,8 @@ class Asr:
                 windows.append(x[start : start + win])
         if not windows:
             return [("", 0.0)] * len(xs)
-        feats = self.processor(windows, sampling_rate=SR, return_tensors="pt")
+        # log-mels computed with torch on the model's device (the numpy path costs more than the encoder on a GPU)
+        feats = self.processor(windows, sampling_rate=SR, return_tensors="pt", device=str(self.device))
         kwargs: dict[str, Any] = {"task": "transcribe"}
         if language:
             kwargs["language"] = language.lower()

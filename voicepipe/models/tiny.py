@@ -88,7 +88,13 @@ def build_text_tokenizer(out_dir: str | Path, vocab_size: int = 400) -> Any:
     return tok
 
 
-def _codec_config() -> dict[str, Any]:
+def _codec_config(full_size: bool = False) -> dict[str, Any]:
+    if full_size:  # the released tokenizer's shapes: Mimi's defaults (kyutai/mimi) + the package's decoder defaults
+        encoder: dict[str, Any] = dict(num_quantizers=32, codebook_size=2048, sampling_rate=SAMPLE_RATE)
+        decoder: dict[str, Any] = dict(codebook_size=2048, codebook_dim=512, num_quantizers=16)
+        return dict(encoder_config=encoder, decoder_config=decoder, encoder_valid_num_quantizers=16,
+                    input_sample_rate=SAMPLE_RATE, output_sample_rate=SAMPLE_RATE,
+                    decode_upsample_rate=FRAME_SAMPLES, encode_downsample_rate=FRAME_SAMPLES)  # fmt: skip
     encoder = dict(  # transformers MimiConfig, 32 quantizers (16 kept) of 2048 codes, 24 kHz -> 12.5 Hz
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
         head_dim=16, num_filters=4, codebook_dim=16, vector_quantization_hidden_dimension=16, upsample_groups=32,
@@ -143,8 +149,10 @@ def _calibrate_decoder(model: Any, target_rms: float = 0.1) -> None:
         last.bias.mul_(scale)
 
 
-def build_tiny_codec(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny `Qwen3TTSTokenizerV2Model` (12 Hz speech tokenizer) + its `EncodecFeatureExtractor`."""
+def build_tiny_codec(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
+    """Save a tiny `Qwen3TTSTokenizerV2Model` (12 Hz speech tokenizer) + its `EncodecFeatureExtractor`.
+
+    `full_size`: the released shapes instead (random weights; for speed benchmarks)."""
     apply_compat()
     from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
     from transformers import EncodecFeatureExtractor
@@ -152,9 +160,10 @@ def build_tiny_codec(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**_codec_config())).eval()
+    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**_codec_config(full_size))).eval()
     _randomize_codebooks(model)
-    _calibrate_decoder(model)
+    if not full_size:
+        _calibrate_decoder(model)
     model.save_pretrained(out)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0).save_pretrained(out)
     return out
@@ -258,8 +267,11 @@ def build_tiny_custom_voice(out_dir: str | Path, speaker: str = "alice", seed: i
 # Corpus-stage models: Demucs (separation), Whisper (ASR), pyannote (diarization).
 
 
-def build_tiny_demucs(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_demucs(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
     """A tiny random `HTDemucs` saved as a demucs local repo: `<dir name>.yaml` (a bag of one) + `<sig>-<sha>.th`.
+
+    `full_size`: demucs' default HTDemucs hyper-parameters with the released htdemucs' 7.8 s segment (random
+    weights; for speed benchmarks).
 
     Load with `demucs.pretrained.get_model(<dir name>, repo=out_dir)` (what `voicepipe.models.load_demucs` does), the
     same layout as a released model copied locally (`htdemucs.yaml` + `955717e8-8726e21a.th`).
@@ -272,16 +284,19 @@ def build_tiny_demucs(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    # real sources, sample rate, STFT size and depth; 4 channels and one cross-transformer layer instead of 48 / 5
-    model = HTDemucs(
-        sources=["drums", "bass", "other", "vocals"], channels=4, depth=4, nfft=4096, t_layers=1, t_heads=2,
-        t_hidden_scale=1.0, dconv_comp=2, segment=4, samplerate=44100, audio_channels=2,
-    )  # fmt: skip
+    sources = ["drums", "bass", "other", "vocals"]
+    if full_size:
+        model = HTDemucs(sources=sources, segment=7.8, samplerate=44100, audio_channels=2)
+    else:  # real sources, sample rate, STFT size and depth; 4 channels and one cross-transformer layer (not 48 / 5)
+        model = HTDemucs(
+            sources=sources, channels=4, depth=4, nfft=4096, t_layers=1, t_heads=2,
+            t_hidden_scale=1.0, dconv_comp=2, segment=4, samplerate=44100, audio_channels=2,
+        )  # fmt: skip
     args, kwargs = model._init_args_kwargs  # recorded by demucs' @capture_init, as `demucs.states.serialize_model`
     package = {"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None), "training_args": {}}
     tmp = out / "model.th.tmp"
     torch.save(package, tmp)
-    sig = f"tiny{seed:04d}"
+    sig = f"{'full' if full_size else 'tiny'}{seed:04d}"
     sha = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     tmp.rename(out / f"{sig}-{sha}.th")
     (out / f"{out.name}.yaml").write_text(f"models: ['{sig}']\n")
@@ -291,11 +306,13 @@ def build_tiny_demucs(out_dir: str | Path, seed: int = 0) -> Path:
 WHISPER_LANGUAGES = ["en", "de", "es", "fr", "zh", "ja"]
 
 
-def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_whisper(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
     """A tiny random `WhisperForConditionalGeneration` + `WhisperProcessor` (real-format tokenizer/feature files).
 
     `generate(..., language="english", task="transcribe")` works (the generation config carries `lang_to_id`,
-    `task_to_id`, `no_timestamps_token_id`); the text it produces is junk.
+    `task_to_id`, `no_timestamps_token_id`); the text it produces is junk. `full_size`: Whisper-large-v3's shapes
+    (1.55 B parameters, 128 mel bins, vocabulary 51866; saved in fp16; ids past the tiny tokenizer's are suppressed)
+    with random weights, for speed benchmarks.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
@@ -329,11 +346,18 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     # a random model would mostly emit timestamp tokens (decoded as ""): suppress them so the junk is visible text
     timestamps = list(range(ids["<|notimestamps|>"] + 1, len(tok)))
 
+    if full_size:  # openai/whisper-large-v3
+        shapes = dict(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
+                      encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120,
+                      decoder_ffn_dim=5120, max_target_positions=448)  # fmt: skip
+        timestamps += list(range(len(tok), 51866))
+    else:
+        shapes = dict(vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                      max_target_positions=128)  # fmt: skip
     config = WhisperConfig(
-        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=128, decoder_start_token_id=sot,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        **shapes, max_source_positions=1500, decoder_start_token_id=sot, pad_token_id=eot, bos_token_id=eot,
+        eos_token_id=eot,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
@@ -345,12 +369,15 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
         suppress_tokens=timestamps, begin_suppress_tokens=[eot], forced_decoder_ids=None,
     )  # fmt: skip
     model.generation_config = gen
+    if full_size:
+        model = model.half()
     model.save_pretrained(out)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(out)
+    features = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    WhisperProcessor(feature_extractor=features, tokenizer=tok).save_pretrained(out)
     return out
 
 
-def build_tiny_diarization(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_diarization(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
     """A tiny random pyannote.audio 4 `SpeakerDiarization` pipeline dir, laid out like speaker-diarization-community-1.
 
     `config.yaml` + `segmentation/pytorch_model.bin` (`PyanNet`, powerset 3 speakers / 2 at once, 10 s chunks) +
@@ -358,6 +385,8 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0) -> Path:
     far smaller) + `plda/{xvec_transform,plda}.npz` (a random orthonormal LDA/PLDA), loaded with
     `pyannote.audio.Pipeline.from_pretrained(out_dir)`. Checkpoints are written in the Lightning layout pyannote's
     `Model.from_pretrained` reads (hand-built: pyannote saves checkpoints only through a Lightning Trainer).
+    `full_size`: community-1's shapes instead (segmentation-3.0's PyanNet with 4 LSTM layers, WeSpeaker ResNet34
+    256-d embeddings, 128-d PLDA, batch sizes 32), random weights, for speed benchmarks.
     """
     import yaml
 
@@ -381,18 +410,28 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0) -> Path:
         model.on_save_checkpoint(ckpt)  # adds pyannote.audio's versions/architecture/specifications
         torch.save(ckpt, path)
 
-    seg = PyanNet(
-        lstm={"hidden_size": 16, "num_layers": 1, "bidirectional": True, "monolithic": True},
-        linear={"hidden_size": 16, "num_layers": 1},
-    )
+    if full_size:
+        seg = PyanNet(lstm={"hidden_size": 128, "num_layers": 4, "bidirectional": True, "monolithic": True},
+                      linear={"hidden_size": 128, "num_layers": 2})  # fmt: skip
+    else:
+        seg = PyanNet(
+            lstm={"hidden_size": 16, "num_layers": 1, "bidirectional": True, "monolithic": True},
+            linear={"hidden_size": 16, "num_layers": 1},
+        )
     seg.specifications = Specifications(
         problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0, min_duration=10.0,
         classes=["speaker#1", "speaker#2", "speaker#3"], powerset_max_classes=2, permutation_invariant=True,
     )  # fmt: skip
     seg.build()
     save(seg, out / "segmentation" / "pytorch_model.bin")
-    dim, lda_dim = 32, 16
-    emb = XVectorSincNet(dimension=dim)
+    if full_size:
+        from pyannote.audio.models.embedding import WeSpeakerResNet34
+
+        dim, lda_dim, batch = 256, 128, 32
+        emb = WeSpeakerResNet34()
+    else:
+        dim, lda_dim, batch = 32, 16, 8
+        emb = XVectorSincNet(dimension=dim)
     emb.specifications = Specifications(
         problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0, min_duration=0.5
     )
@@ -409,11 +448,11 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0) -> Path:
             "params": {
                 "clustering": "VBxClustering",
                 "embedding": "$model/embedding",
-                "embedding_batch_size": 8,
+                "embedding_batch_size": batch,
                 "embedding_exclude_overlap": True,
                 "plda": "$model/plda",
                 "segmentation": "$model/segmentation",
-                "segmentation_batch_size": 8,
+                "segmentation_batch_size": batch,
             },  # fmt: skip
         },
         "params": {"clustering": {"threshold": 0.6, "Fa": 0.07, "Fb": 0.8}, "segmentation": {"min_duration_off": 0.0}},
