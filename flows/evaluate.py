@@ -4,6 +4,8 @@
       -> evaluate_model  x N           base model's zero-shot clone (the floor), epoch-001 … epoch-NNN, --reference
       -> select_and_report             selection rule, report.md / report.html / metrics.png (+ Prefect artifacts)
       -> store_and_promote             reports into the store; voices/<speaker> -> the chosen checkpoint
+
+Parameters: an `EvaluateParams` (the Prefect UI's form) or the same fields as keywords (flows/_params.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from flows._params import flow_params
 from voicepipe.evaluate.runner import EvalConfig
 
 
@@ -46,25 +49,33 @@ def evaluate_checkpoints(
     fields as keywords (`overrides` are EvalConfig fields)."""
     from tasks.evaluate import evaluate_model, prepare_evaluation, select_and_report, store_and_promote
     from voicepipe.config import load_settings
-    from voicepipe.errors import InputError
     from voicepipe.store import open_store
 
-    if params is None:
-        if not checkpoints or not corpus:
-            raise InputError("evaluate_checkpoints: give params, or checkpoints= and corpus=")
-        params = EvaluateParams(checkpoints=checkpoints, corpus=corpus, speaker=speaker, base=base,
-                                reference=reference, config=EvalConfig(**(overrides or {})), promote=promote,
-                                store_url=store_url)
+    params = flow_params(EvaluateParams, params, flow="evaluate_checkpoints", required=("checkpoints", "corpus"),
+                         checkpoints=checkpoints, corpus=corpus, speaker=speaker, base=base, reference=reference,
+                         config=EvalConfig(**(overrides or {})), promote=promote, store_url=store_url)  # fmt: skip
     log = get_run_logger()
     settings = load_settings(**({"store_url": params.store_url} if params.store_url else {}))
     store = open_store(settings)
-    ctx = prepare_evaluation(params.checkpoints, params.corpus, params.config, reference=params.reference,
-                             base=params.base, speaker=params.speaker, out_dir=params.out_dir, store=store,
-                             settings=settings)
+    ctx = prepare_evaluation(
+        params.checkpoints,
+        params.corpus,
+        params.config,
+        reference=params.reference,
+        base=params.base,
+        speaker=params.speaker,
+        out_dir=params.out_dir,
+        store=store,
+        settings=settings,
+    )
     log.info("evaluating %d models for %s with ASR %s", len(ctx.entries), ctx.speaker, ctx.asr_name)
     rows = [evaluate_model(ctx, e) for e in ctx.entries]  # sequential: the models share one device
     result = select_and_report(ctx, rows)
     summary = store_and_promote(store, result, params.promote)
-    log.info("selected %s (%s): %s", summary["chosen"], "promoted" if summary["promoted"] else "not promoted",
-             summary["reason"])
+    log.info(
+        "selected %s (%s): %s",
+        summary["chosen"],
+        "promoted" if summary["promoted"] else "not promoted",
+        summary["reason"],
+    )
     return summary

@@ -1,6 +1,8 @@
 """`train_voice`: fine-tune Qwen3-TTS on one corpus version (one task: the recipe; GPU work pool).
 
     train_task(corpus, base, speaker, out, config)     tasks/train.py -> voicepipe.train.train
+
+Parameters: a `TrainParams` (the Prefect UI's form) or the same fields as keywords (flows/_params.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows._params import flow_params
 from voicepipe.train import TrainConfig
 
 
@@ -40,15 +43,11 @@ def train_voice(
 ) -> dict[str, Any]:
     """Fine-tune and upload the kept checkpoints + training.json. Pass `params`, or its fields as keywords."""
     from tasks.train import train_task
-    from voicepipe.errors import InputError
     from voicepipe.train import load_config
 
-    if params is None:
-        if not (corpus and speaker and out):
-            raise InputError("train_voice: give params, or corpus=, speaker= and out=")
-        params = TrainParams(corpus=corpus, speaker=speaker, out=out, config=config, overrides=overrides or {},
-                             store_url=store_url, resume=resume, **({"base": base} if base else {}))  # fmt: skip
-    p = params
+    p = flow_params(TrainParams, params, flow="train_voice", required=("corpus", "speaker", "out"), corpus=corpus,
+                    base=base, speaker=speaker, out=out, config=config, overrides=overrides, store_url=store_url,
+                    resume=resume)  # fmt: skip
     cfg: TrainConfig = load_config(p.config, **p.overrides)
     result = train_task(p.corpus, p.base, p.speaker, p.out, cfg, store_url=p.store_url, resume=p.resume)
     print(f"train_voice {p.speaker}: {result['status']} {result['stop_reason'] or ''} -> {result['out_dir']}")
