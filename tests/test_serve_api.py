@@ -22,8 +22,10 @@ from voicepipe.serve.deps import ServeConfig
 
 FRAMES = 10  # per request: enough for several streamed chunks, quick on CPU
 KEY = "s3cret-token"
-LONG = ("This is a long sentence that keeps going, so that the runaway guard of the server allows it enough audio "
-        "frames for a test that needs a request to still be running when the client walks away from it.")
+LONG = (
+    "This is a long sentence that keeps going, so that the runaway guard of the server allows it enough audio "
+    "frames for a test that needs a request to still be running when the client walks away from it."
+)
 
 
 class LiveServer:
@@ -95,18 +97,41 @@ def read_stream_wav(data: bytes) -> np.ndarray:
     return wav
 
 
-def test_streaming_wav_arrives_incrementally_and_is_valid(server):
-    arrivals, chunks = [], []
-    t0 = time.perf_counter()
+def test_streaming_wav_arrives_incrementally_and_is_valid(server, voices, monkeypatch):
+    """Streaming proved by ordering, not by a clock: once the engine has handed the server its first audio chunk,
+    it hands over nothing more (no further chunk, no 'done') until the client holds audio bytes. A server that
+    buffered the response would send nothing, the wait would time out and the test would fail."""
+    engine = voices["alice"].engine
+    client_has_audio = threading.Event()
+    handed: list[tuple[str, bool]] = []  # (event kind, whether the client had audio when the engine handed it over)
+    submit = engine.submit
+
+    def held_back_after_first_audio(prompt, gen, on_event):
+        def on_engine_event(ev):
+            first_audio = ev.kind == "audio" and not any(kind == "audio" for kind, _ in handed)
+            handed.append((ev.kind, client_has_audio.is_set()))
+            on_event(ev)
+            if first_audio:  # the engine's event thread waits here (the frame steps go on)
+                client_has_audio.wait(timeout=60)
+
+        return submit(prompt, gen, on_engine_event)
+
+    monkeypatch.setattr(engine, "submit", held_back_after_first_audio)
+    chunks = []
     body = {"voice": "alice", "input": "Streaming, chunk by chunk.", "response_format": "wav", "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, timeout=120) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "audio/wav"
         for chunk in r.iter_raw():
-            arrivals.append(time.perf_counter() - t0)
             chunks.append(chunk)
+            if sum(map(len, chunks)) > 44:  # more than the WAV header: audio samples
+                client_has_audio.set()
+    kinds = [kind for kind, _ in handed]
+    assert kinds.count("audio") >= 3 and kinds[-1] == "done", kinds
+    assert [had for _, had in handed] == [False] + [True] * (len(handed) - 1), (
+        "the client got no audio while the rest of the generation was held back: the response was not streamed"
+    )
     assert len(chunks) >= 3, "expected several chunks"
-    assert arrivals[0] < 0.7 * arrivals[-1], f"first chunk only at {arrivals[0]:.2f}s of {arrivals[-1]:.2f}s"
     wav = read_stream_wav(b"".join(chunks))
     assert len(wav) == FRAMES * 1920
     assert np.abs(wav).max() > 0
@@ -245,8 +270,9 @@ def test_disconnect_mid_stream_frees_slot(server, voices):
 
 
 def test_queue_timeout_gets_503(voices_dir, config):
-    cfg = config.model_copy(update={"max_concurrent": 1, "queue_timeout_s": 0.3, "max_frames": 200,
-                                    "generation": {"min_new_tokens": 200}})
+    cfg = config.model_copy(
+        update={"max_concurrent": 1, "queue_timeout_s": 0.3, "max_frames": 200, "generation": {"min_new_tokens": 200}}
+    )
     vs = load_voices(cfg)
     srv = LiveServer(create_app(cfg, vs))
     try:
@@ -272,8 +298,13 @@ def test_voices_models_ready_metrics(server):
     assert "voicepipe" in [x["id"] for x in m["data"]]
     assert httpx.get(f"{server.url}/ready").json()["ready"] is True
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("voicepipe_tts_requests_total", "voicepipe_tts_ttfa_seconds_bucket", "voicepipe_tts_rtf_bucket",
-                 "voicepipe_tts_queue_depth", "voicepipe_tts_active_streams"):
+    for name in (
+        "voicepipe_tts_requests_total",
+        "voicepipe_tts_ttfa_seconds_bucket",
+        "voicepipe_tts_rtf_bucket",
+        "voicepipe_tts_queue_depth",
+        "voicepipe_tts_active_streams",
+    ):
         assert name in text
     assert _metric(server.url, 'voicepipe_tts_requests_total{format="wav",status="ok",stream="audio",voice="alice"}'
                    .split("{")[0]) >= 1  # fmt: skip
