@@ -36,12 +36,16 @@ class CorpusParams(BaseModel):
     max_episode_mb: float = Field(500.0, gt=0, description="Reject enclosures larger than this (MB).")
     separate: bool = Field(True, description="Run Demucs vocal separation (turn off for clean sources).")
     demucs_model: str = Field("htdemucs", description="Demucs model name or local path.")
+    separation_batch: int = Field(
+        0, ge=0, description="Demucs chunks run at once (pieces of an episode); 0: 8 on CUDA, 1 on CPU."
+    )
     diarization_model: str | None = Field(
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
     target_threshold: float = Field(0.82, description="Cosine to the enrollment centroid that marks the target.")
     asr_backend: Literal["whisper", "pocketsphinx"] = Field("whisper", description="ASR engine.")
     asr_model: str = Field("openai/whisper-large-v3", description="Whisper model dir or hub id (whisper backend).")
+    asr_batch: int = Field(8, ge=1, description="Segments per ASR call.")
     codec_model: str = Field("Qwen/Qwen3-TTS-Tokenizer-12Hz", description="Qwen3-TTS 12 Hz tokenizer dir or hub id.")
     language: str | None = Field(None, description="Language tag written into the training jsonl (e.g. English).")
     target_lufs: float = Field(-23.0, description="Loudness normalization target.")
@@ -53,6 +57,12 @@ class CorpusParams(BaseModel):
     workers: int = Field(2, ge=1, description="Episodes processed concurrently.")
     store_url: str | None = Field(None, description="Artifact store URL (default: from settings).")
     timeout_s: float = Field(60.0, gt=0, description="Network timeout per request.")
+
+    def resolved_separation_batch(self, device: str) -> int:
+        """`separation_batch`, with 0 (auto) resolved for `device`: 8 on CUDA, 1 on CPU."""
+        if self.separation_batch:
+            return self.separation_batch
+        return 8 if device.startswith("cuda") else 1
 
     @field_validator("speaker")
     @classmethod

@@ -104,19 +104,47 @@ class Vad:
 
 
 class Separator:
-    """Demucs vocal separation (`apply_model`, chunked with overlap) returning the vocals stem, mono, 24 kHz."""
+    """Demucs vocal separation (`apply_model`, chunked with overlap) returning the vocals stem, mono, at the input rate.
 
-    def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None) -> None:
+    `batch` > 1 runs the model's chunks `batch` at a time (for a GPU): the normalized mix is cut into `batch` equal
+    pieces, each with `context_s` of real audio on both sides, `apply_model` runs ONCE on the (batch, C, L) stack
+    and the pieces' own spans are stitched back with a `fade_s` linear crossfade at each join. Audio too short for
+    `batch` pieces of at least one model segment each uses fewer pieces (none: exactly the `batch=1` path).
+    """
+
+    def __init__(
+        self, name_or_path: str, device: str = "cpu", settings: Any = None, *, batch: int = 1,
+        context_s: float = 2.0, fade_s: float = 1.0,
+    ) -> None:  # fmt: skip
         from voicepipe.models.others import load_demucs
 
+        if batch < 1:
+            raise ModelError(f"demucs separation batch {batch}: must be >= 1")
+        if not 0 < fade_s <= 2 * context_s:
+            raise ModelError(f"demucs crossfade {fade_s} s: must be in (0, 2 * context {context_s} s]")
         self.model = load_demucs(name_or_path, settings)
         self.model.eval()
         self.device = device
+        self.batch = batch
+        self.context_s = context_s
+        self.fade_s = fade_s
         if "vocals" not in self.model.sources:
             raise ModelError(f"demucs model {name_or_path}: has no 'vocals' source (has {self.model.sources})")
         self.lock = threading.Lock()
 
+    def plan(self, length: int) -> list[tuple[int, int]]:
+        """The pieces' own spans [start, end) (model-rate samples) for a mix of `length` samples; one piece when
+        unbatched. Each piece gets at least one model segment of its own, so short audio uses fewer pieces."""
+        msr = int(self.model.samplerate)
+        models = getattr(self.model, "models", [self.model])  # a BagOfModels (what get_model returns) or one model
+        seg = min(float(m.segment) for m in models)
+        least = max(int(seg * msr), int(self.fade_s * msr), 1)  # at least one model segment; fades never overlap
+        n = max(1, min(self.batch, length // least))
+        span = -(-length // n)  # ceil
+        return [(i * span, min((i + 1) * span, length)) for i in range(n)]
+
     def vocals(self, wav: np.ndarray, sr: int, progress: bool = False) -> np.ndarray:
+        """The vocals stem of `wav` (mono, rate `sr`) as float32 mono at rate `sr`."""
         import torch
         from demucs.apply import apply_model
 
@@ -125,12 +153,48 @@ class Separator:
         mix = x.expand(int(self.model.audio_channels), -1)[None]  # (1, channels, T)
         ref = mix.mean(1, keepdim=True)
         mean, std = ref.mean(), ref.std() + 1e-8
+        z = (mix - mean) / std
+        spans = self.plan(z.shape[-1])
+        vi = self.model.sources.index("vocals")
         with self.lock, torch.inference_mode():
-            out = apply_model(
-                self.model, (mix - mean) / std, split=True, overlap=0.25, device=self.device, progress=progress
-            )
-        stem = out[0, self.model.sources.index("vocals")] * std + mean
+            if len(spans) == 1:
+                out = apply_model(self.model, z, split=True, overlap=0.25, device=self.device, progress=progress)
+                stem = out[0, vi]
+            else:
+                ctx = int(self.context_s * msr)
+                windows = [(max(a - ctx, 0), min(b + ctx, z.shape[-1])) for a, b in spans]
+                width = max(e - s for s, e in windows)
+                pieces = torch.zeros(len(spans), z.shape[1], width)
+                for i, (s, e) in enumerate(windows):
+                    pieces[i, :, : e - s] = z[0, :, s:e]  # the last (and first) piece zero-padded to equal length
+                out = apply_model(self.model, pieces, split=True, overlap=0.25, device=self.device, progress=progress)
+                stem = stitch(out[:, vi], spans, windows, int(self.fade_s * msr))
+        stem = stem * std + mean
         return resample(stem.mean(0).cpu().numpy().astype(np.float32), msr, sr)
+
+
+def stitch(pieces: Any, spans: list[tuple[int, int]], windows: list[tuple[int, int]], fade: int) -> Any:
+    """Join separated pieces (n, C, L) into (C, T): each piece keeps its own span [a, b) and neighbours crossfade
+    linearly over `fade` samples centred on each join. `windows[i]` is the part [s, e) of the mix piece i holds
+    (from its column 0); it must cover its span +- fade / 2.
+
+    Hand-written: `apply_model` batches only what it is given (its own overlap-add works along time within one
+    item), so joining the items of a batch back into one track is ours to do.
+    """
+    import torch
+
+    total = spans[-1][1]
+    out = torch.zeros(pieces.shape[1], total, dtype=pieces.dtype)
+    half = fade / 2
+    for i, ((a, b), (s, e)) in enumerate(zip(spans, windows, strict=True)):
+        t = torch.arange(s, e, dtype=torch.float64) + 0.5  # sample centres; weights are 0 beyond span +- half
+        w = torch.ones_like(t)
+        if i > 0:
+            w = w * ((t - (a - half)) / fade).clamp(0, 1)
+        if i < len(spans) - 1:
+            w = w * (((b + half) - t) / fade).clamp(0, 1)
+        out[:, s:e] += w.to(pieces.dtype) * pieces[i, :, : e - s]
+    return out
 
 
 class Diarizer:
@@ -164,8 +228,9 @@ class Asr(_Asr):
     def __init__(self, backend: str, model: str, device: str = "cpu", settings: Any = None) -> None:
         if backend not in ("whisper", "pocketsphinx"):
             raise ModelError(f"asr backend {backend!r}: unknown (expected whisper or pocketsphinx)")
-        super().__init__(backend, model, device, settings, sphinx_options=SPHINX_FAST, overload="clip",
-                         max_new_tokens=200)
+        super().__init__(
+            backend, model, device, settings, sphinx_options=SPHINX_FAST, overload="clip", max_new_tokens=200
+        )
 
 
 class Codec:
@@ -213,7 +278,15 @@ class Engines:
 
     @property
     def separator(self) -> Separator:
-        return self._get("separator", lambda: Separator(self.params.demucs_model, self.device, self.settings))
+        return self._get(
+            "separator",
+            lambda: Separator(self.params.demucs_model, self.device, self.settings, batch=self.separation_batch),
+        )
+
+    @property
+    def separation_batch(self) -> int:
+        """Demucs pieces per call for this build's device (known without loading the model)."""
+        return self.params.resolved_separation_batch(self.device)
 
     @property
     def diarizer(self) -> Diarizer:

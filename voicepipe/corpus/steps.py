@@ -265,7 +265,9 @@ def separate(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         state.results["separate"] = {"sha": std["sha"], "separated": False}
         state.cache["separate"] = "skip"
         return state
-    params = {"model": ctx.params.demucs_model}
+    params: dict = {"model": ctx.params.demucs_model}
+    if ctx.engines.separation_batch > 1:  # batched pieces differ slightly at their joins; batch 1 keeps old keys
+        params["batch"] = ctx.engines.separation_batch
 
     def compute() -> dict:
         wav = ctx.audio(std["sha"], SR)
@@ -473,7 +475,7 @@ def transcribe(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         wav = ctx.audio(state.audio_sha, SR16)
         segs = state.results["segment"]["segments"]
         out = []
-        batch = 8
+        batch = p.asr_batch
         for i in tqdm(range(0, len(segs), batch), desc=f"asr {state.source.id}", disable=not ctx.progress,
                       leave=False):
             chunk = [wav[int(s["start"] * SR16) : int(s["end"] * SR16)] for s in segs[i : i + batch]]
