@@ -325,7 +325,7 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         else:
             overlap, labels, target = [], {}, "target"
             pieces = [(s, e) for a, b in speech for s, e in _split_even(a, b, 6.0) if e - s >= 0.05]
-            embs = np.stack([spk.embed(wav[int(s * SR16) : int(e * SR16)]) for s, e in pieces]) if pieces else None
+            embs = spk.embed_many([wav[int(s * SR16) : int(e * SR16)] for s, e in pieces]) if pieces else None
             sims = (embs @ centroid).astype(np.float32) if pieces else []  # unit vectors: dot = cosine (fp32)
             verdicts = [(bool(v >= p.target_threshold), float(v)) for v in sims]
             turns: list[dict] = []
@@ -506,8 +506,10 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         noise_iv = _non_speech(state.results["diarize"]["speech"], state.seconds)
         noise = np.concatenate([wav[int(s * SR) : int(e * SR)] for s, e in noise_iv] or [np.zeros(0, np.float32)])
         spk, centroid = ctx.engines.speaker, ctx.centroid
+        segs = state.results["segment"]["segments"]
+        embs = spk.embed_many([wav16[int(seg["start"] * SR16) : int(seg["end"] * SR16)] for seg in segs])
         rows = []
-        for seg, tr in zip(state.results["segment"]["segments"], state.results["transcribe"]["texts"], strict=True):
+        for seg, tr, emb in zip(segs, state.results["transcribe"]["texts"], embs, strict=True):
             s, e = seg["start"], seg["end"]
             clip = wav[int(s * SR) : int(e * SR)]
             dur = e - s
@@ -517,7 +519,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 "clipped": round(clipped_fraction(orig[int(s * SR) : int(e * SR)]), 5),
                 "lufs": round(loudness_lufs(clip, SR), 2),
                 "snr_db": round(estimate_snr_db(clip, noise if noise.size else None, SR), 2),
-                "speaker_sim": round(spk.similarity(spk.embed(wav16[int(s * SR16) : int(e * SR16)]), centroid), 4),
+                "speaker_sim": round(spk.similarity(emb, centroid), 4),
                 "sec_per_char": round(dur / max(1, len(text)), 4) if text else None,
             }
             reasons = []

@@ -22,6 +22,12 @@ class SpeakerEncoder:
         self.encoder = encoder
 
     def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        emb = np.asarray(self.encoder.embed_utterance(self.prepare(wav, sr)), dtype=np.float32)
+        return emb / max(float(np.linalg.norm(emb)), 1e-12)
+
+    def prepare(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        """The 16 kHz waveform `embed` feeds to resemblyzer's `embed_utterance` (checked, volume-normalized,
+        long silences trimmed); raises InputError for audio that cannot be embedded."""
         from resemblyzer import preprocess_wav
 
         wav = np.asarray(wav, dtype=np.float32)
@@ -38,8 +44,7 @@ class SpeakerEncoder:
             import librosa
 
             prepared = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate)
-        emb = np.asarray(self.encoder.embed_utterance(prepared), dtype=np.float32)
-        return emb / max(float(np.linalg.norm(emb)), 1e-12)
+        return prepared
 
 
 def load_speaker_encoder(
