@@ -94,3 +94,26 @@ def test_full_size_builders_have_the_released_shapes(tmp_path: Path):
     wav = torch.randn(1, 16000 * 12) * 0.1
     out = pipe({"waveform": wav, "sample_rate": 16000})
     assert hasattr(out, "speaker_diarization")
+
+
+@pytest.mark.parametrize("language", ["en", None])
+def test_whisper_confidence_pass_equals_generate_scores(tiny_whisper_dir: Path, language: str | None):
+    """Asr scores Whisper's tokens with one teacher-forced pass (generate's output_scores path copies the KV cache
+    per item to the CPU): same tokens and the same renormalised log-probs as generate(output_scores=True), with the
+    language given or detected."""
+    from voicepipe.models.asr import Asr
+
+    asr = Asr("whisper", tiny_whisper_dir, "cpu", max_new_tokens=30)
+    rng = np.random.default_rng(0)
+    wavs = [(rng.standard_normal(16000 * s) * a).astype(np.float32) for s, a in ((3, 0.1), (5, 0.3))]
+    feats = asr.processor(wavs, sampling_rate=16000, return_tensors="pt").input_features
+    kw = {"language": language} if language else {}
+    with torch.inference_mode():
+        ref = asr.model.generate(feats, max_new_tokens=30, task="transcribe", return_dict_in_generate=True,
+                                 output_scores=True, **kw)  # fmt: skip
+        ref_lp = asr.model.compute_transition_scores(ref.sequences, ref.scores, normalize_logits=True)
+        gen, lp = asr._generate(feats, language)
+    assert gen.tolist() == ref.sequences[:, -ref_lp.shape[1] :].tolist()
+    assert torch.allclose(lp, ref_lp, atol=1e-5)
+    texts = asr.transcribe(wavs, language)
+    assert len(texts) == 2 and all(0.0 < c <= 1.0 for _, c in texts)

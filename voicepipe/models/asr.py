@@ -118,6 +118,53 @@ class Asr:
             return "", 0.0
         return " ".join(w for w, _ in words), float(np.mean([p for _, p in words]))
 
+    def _generate(self, feats: Any, language: str | None) -> tuple[Any, Any]:
+        """Greedy decode, then the log-probability of each generated token from ONE teacher-forced decoder pass.
+
+        `generate(return_dict_in_generate=True, output_scores=True)` would give the same numbers, but Whisper's
+        generate then splits every output (KV cache included) per batch item onto the CPU: 4x slower on an H100 at
+        batch 32. The encoder runs once; its output feeds language detection, generate and the scoring pass.
+        Returns (generated ids without the prompt (B, T), their log-probs (B, T), renormalised after the same token
+        suppression generate applied)."""
+        import torch
+
+        cfg = self.model.generation_config
+        enc = self.model.get_encoder()(feats)
+        n = feats.shape[0]
+        prompt = [[cfg.decoder_start_token_id] for _ in range(n)]
+        kwargs: dict[str, Any] = {}
+        if getattr(cfg, "is_multilingual", False):
+            if language:
+                kwargs["language"] = language.lower()
+                lang_ids = [cfg.lang_to_id[self._lang_token(language)]] * n
+            else:
+                lang_ids = self.model.detect_language(encoder_outputs=enc).view(-1).tolist()
+                kwargs["language"] = self.processor.tokenizer.convert_ids_to_tokens(lang_ids)
+            kwargs["task"] = "transcribe"
+            prompt = [[*p, lid, cfg.task_to_id["transcribe"]] for p, lid in zip(prompt, lang_ids, strict=True)]
+        prompt = [[*p, cfg.no_timestamps_token_id] for p in prompt]
+        gen = self.model.generate(encoder_outputs=enc, max_new_tokens=self.max_new_tokens, **kwargs)
+        full = torch.cat([torch.tensor(prompt, device=gen.device, dtype=gen.dtype), gen], dim=1)
+        logits = self.model(encoder_outputs=enc, decoder_input_ids=full[:, :-1]).logits.float()
+        if cfg.suppress_tokens:
+            logits[..., list(cfg.suppress_tokens)] = float("-inf")
+        if cfg.begin_suppress_tokens:  # generate forbids these as the first token only
+            logits[:, len(prompt[0]) - 1, list(cfg.begin_suppress_tokens)] = float("-inf")
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, full[:, 1:, None])[..., 0]
+        return gen, logp[:, len(prompt[0]) - 1 :]
+
+    def _lang_token(self, language: str) -> str:
+        """'en' / 'english' / '<|en|>' -> '<|en|>' (Whisper's own mapping)."""
+        from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+        lang = language.lower()
+        if lang.startswith("<|"):
+            return lang
+        code = lang if lang in LANGUAGES else TO_LANGUAGE_CODE.get(lang)
+        if code is None:
+            raise ModelError(f"whisper language {language!r}: unknown")
+        return f"<|{code}|>"
+
     def _whisper(self, xs: list[np.ndarray], language: str | None) -> list[tuple[str, float]]:
         import torch
 
@@ -131,25 +178,15 @@ class Asr:
             return [("", 0.0)] * len(xs)
         # log-mels computed with torch on the model's device (the numpy path costs more than the encoder on a GPU)
         feats = self.processor(windows, sampling_rate=SR, return_tensors="pt", device=str(self.device))
-        kwargs: dict[str, Any] = {"task": "transcribe"}
-        if language:
-            kwargs["language"] = language.lower()
         with self.lock, torch.inference_mode():
-            out = self.model.generate(
-                feats.input_features.to(self.device, self.dtype),
-                return_dict_in_generate=True,
-                output_scores=True,
-                max_new_tokens=self.max_new_tokens,
-                **kwargs,
-            )
-            scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        texts = self.processor.batch_decode(out.sequences, skip_special_tokens=True)
-        gen = out.sequences[:, -scores.shape[1] :]
+            gen, logp = self._generate(feats.input_features.to(self.device, self.dtype), language)
+        texts = self.processor.batch_decode(gen, skip_special_tokens=True)
+        scores = logp.cpu()
         special = set(self.processor.tokenizer.all_special_ids)
         parts: list[list[str]] = [[] for _ in xs]
         logps: list[list[torch.Tensor]] = [[] for _ in xs]
         for j, (i, text) in enumerate(zip(owner, texts, strict=True)):
-            mask = torch.tensor([int(t) not in special for t in gen[j]])
+            mask = torch.tensor([int(t) not in special for t in gen[j].tolist()])
             parts[i].append(text)
             logps[i].append(scores[j][mask].float())
         results = []

@@ -311,7 +311,7 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, *, full_size: bool = 
 
     `generate(..., language="english", task="transcribe")` works (the generation config carries `lang_to_id`,
     `task_to_id`, `no_timestamps_token_id`); the text it produces is junk. `full_size`: Whisper-large-v3's shapes
-    (1.55 B parameters, 128 mel bins, vocabulary 51866; saved in fp16; ids past the tiny tokenizer's are suppressed)
+    (1.55 B parameters, 128 mel bins, the tokenizer padded with filler tokens to the vocabulary's 51866; fp16)
     with random weights, for speed benchmarks.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -350,7 +350,7 @@ def build_tiny_whisper(out_dir: str | Path, seed: int = 0, *, full_size: bool = 
         shapes = dict(vocab_size=51866, num_mel_bins=128, d_model=1280, encoder_layers=32, decoder_layers=32,
                       encoder_attention_heads=20, decoder_attention_heads=20, encoder_ffn_dim=5120,
                       decoder_ffn_dim=5120, max_target_positions=448)  # fmt: skip
-        timestamps += list(range(len(tok), 51866))
+        tok.add_tokens([f"<|filler{i}|>" for i in range(51866 - len(tok))])  # the released vocabulary's size
     else:
         shapes = dict(vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
