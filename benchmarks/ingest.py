@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -114,141 +116,142 @@ def run_cpu(episodes: int) -> dict:
     return {"audio_seconds": audio, "utterances": res.utterances, "rates": rows, "threads": os.cpu_count()}
 
 
-def run_gpu(out: Path, smoke: bool = False) -> dict:
+def _timed(fn, sync) -> float:
+    fn()  # warm-up (cudnn autotune, allocations, lazy inits)
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def _test_signal(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Noise shaped like speech in time: 4 Hz syllable-rate amplitude modulation and pauses (speed only)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    env = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.sin(2 * np.pi * 0.1 * t) > -0.5)
+    return (0.1 * env * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def run_gpu(out: Path, smoke: bool = False, parts: str = "separate,diarize,asr,codec") -> dict:
+    """Time voicepipe's own corpus engines (`voicepipe.corpus.engines`) on full-size random-weight models that are
+    built with the real classes, saved to disk and loaded through voicepipe's loaders."""
     import torch
+    import transformers
+
+    from voicepipe.corpus.engines import Asr, Codec, Diarizer, Separator
+
+    transformers.logging.set_verbosity_error()
+    from voicepipe.models import tiny
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    full = not smoke
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-gpu-"))
+    episode_s = 30.0 if smoke else 600.0
     results: dict[str, dict] = {}
 
-    def timed(fn, reps: int = 2) -> float:
-        fn()  # warm-up (cudnn autotune, allocations)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / reps
+    def record(name: str, audio_s: float, wall: float, **extra: object) -> None:
+        results[name] = {"audio_s": audio_s, "wall_s": round(wall, 3), "x_realtime": _rate(audio_s, wall), **extra}
+        print(f"{name:55s} {audio_s:7.0f} s audio {wall:8.3f} s wall {_rate(audio_s, wall):9.1f} x", flush=True)
 
-    # ---- separation: HTDemucs, 60 s of stereo 44.1 kHz
-    try:
-        from demucs.apply import apply_model
-        from demucs.htdemucs import HTDemucs
+    def n_params(m: torch.nn.Module) -> float:
+        return round(sum(p.numel() for p in m.parameters()) / 1e6, 1)
 
-        kw = {"channels": 8, "t_layers": 1} if smoke else {}
-        model = HTDemucs(sources=["drums", "bass", "other", "vocals"], **kw).to(dev).eval()
-        secs = 4.0 if smoke else 120.0
-        mix = torch.randn(1, 2, int(44100 * secs))
-        with torch.inference_mode():
-            wall = timed(lambda: apply_model(model, mix, split=True, overlap=0.25, device=dev), reps=1)
-        print("separation done", flush=True)
-        results["separation (HTDemucs)"] = {"audio_s": secs, "wall_s": round(wall, 3),
-                                            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}
-        del model
-    except Exception as e:  # report and go on: one failing part must not lose the others' numbers
-        results["separation (HTDemucs)"] = {"error": f"{type(e).__name__}: {e}"}
+    wanted = set(parts.split(","))
+    if "separate" in wanted:  # Demucs over the whole episode, pieces batched (voicepipe's `separation_batch`)
+        try:
+            path = tiny.build_tiny_demucs(tmp / "demucs", full_size=full)
+            wav = _test_signal(episode_s, 24000)
+            for batch in (1, 8, 16) if not smoke else (1, 2):
+                sep = Separator(str(path), dev, batch=batch)
+                wall = _timed(lambda s=sep: s.vocals(wav, 24000), sync)
+                record(f"separate: HTDemucs, batch {batch}", episode_s, wall, params_M=n_params(sep.model))
+                del sep
+        except Exception as e:  # report and go on: one failing part must not lose the others' numbers
+            results["separate"] = {"error": f"{type(e).__name__}: {e}"}
+    if "diarize" in wanted:  # the whole pyannote pipeline (segmentation, embeddings, VBx clustering)
+        try:
+            path = tiny.build_tiny_diarization(tmp / "diar", full_size=full)
+            wav = _test_signal(episode_s, 16000)
+            diar = Diarizer(str(path), dev, fp16=False)
+            record("diarize: pyannote community-1 shapes, fp32", episode_s, _timed(lambda: diar(wav), sync))
+            diar = Diarizer(str(path), dev)
+            steps: dict[str, list[float]] = {}
 
-    # ---- diarization neural parts: PyanNet over 10 s windows every 1 s + 3 ResNet34 embeddings per window
-    try:
-        from pyannote.audio.core.task import Problem, Resolution, Specifications
-        from pyannote.audio.models.embedding import WeSpeakerResNet34
-        from pyannote.audio.models.segmentation import PyanNet
+            def hook(step_name: str, *args: object, **kw: object) -> None:
+                sync()
+                steps.setdefault(step_name, [time.perf_counter()]).append(time.perf_counter())
 
-        seg = PyanNet(sample_rate=16000)
-        seg.specifications = Specifications(
-            problem=Problem.MONO_LABEL_CLASSIFICATION, resolution=Resolution.FRAME, duration=10.0,
-            min_duration=10.0, classes=["s1", "s2", "s3"], powerset_max_classes=2, permutation_invariant=True,
-        )
-        seg.build()
-        seg = seg.to(dev).eval()
-        emb = WeSpeakerResNet34(sample_rate=16000).to(dev).eval()
-        secs = 4.0 if smoke else 600.0
-        n_win = int(secs)  # one 10 s window per second of audio
-        batch = 32
+            wall = _timed(lambda: diar(wav), sync)
+            t0 = time.perf_counter()
+            turns = diar.pipeline({"waveform": torch.from_numpy(wav)[None], "sample_rate": 16000}, hook=hook)
+            sync()
+            marks = sorted((v[0], k) for k, v in steps.items())
+            split = {k: round((marks[i + 1][0] if i + 1 < len(marks) else time.perf_counter()) - t, 3)
+                     for i, (t, k) in enumerate(marks)}  # fmt: skip
+            record("diarize: pyannote community-1 shapes, fp16 autocast (voicepipe's GPU default)", episode_s, wall,
+                   seg_params_M=n_params(diar.pipeline._segmentation.model),
+                   emb_params_M=n_params(diar.pipeline._embedding.model_),
+                   seconds_from_step_start=split, setup_s=round(marks[0][0] - t0, 3) if marks else None,
+                   speakers_found=len(getattr(turns, "speaker_diarization", turns).labels()))  # fmt: skip
+            del diar
+        except Exception as e:
+            results["diarize"] = {"error": f"{type(e).__name__}: {e}"}
+    if "asr" in wanted:  # Whisper over 8 s segments, 40 tokens each (random weights: end-of-text suppressed)
+        try:
+            path = tiny.build_tiny_whisper(tmp / "whisper", full_size=full)
+            asr = Asr("whisper", str(path), dev)
+            gen = asr.model.generation_config
+            gen.suppress_tokens = [*(gen.suppress_tokens or []), gen.eos_token_id]
+            asr.max_new_tokens = 40
+            segs = [_test_signal(8.0, 16000, seed=i) for i in range(4 if smoke else 128)]
+            for batch in (8, 32, 64) if not smoke else (2,):
+                chunks = [segs[i : i + batch] for i in range(0, len(segs), batch)]
+                wall = _timed(lambda c=chunks: [asr.transcribe(x, "en") for x in c], sync)
+                record(f"asr: Whisper-large-v3 shapes fp16, batch {batch}, 40 tokens", 8.0 * len(segs), wall,
+                       params_M=n_params(asr.model))  # fmt: skip
+            del asr
+        except Exception as e:
+            results["asr"] = {"error": f"{type(e).__name__}: {e}"}
+    if "codec" in wanted:  # the 12 Hz tokenizer's encoder over 8 s clips, 8 per call (the encode step's batch)
+        try:
+            path = tiny.build_tiny_codec(tmp / "codec", full_size=full)
+            codec = Codec(str(path), dev)
+            clips = [_test_signal(8.0, 24000, seed=i) for i in range(8 if smoke else 64)]
+            wall = _timed(lambda: [codec.encode(clips[i : i + 8]) for i in range(0, len(clips), 8)], sync)
+            record("codec: Qwen3-TTS 12 Hz tokenizer encode, batch 8", 8.0 * len(clips), wall,
+                   params_M=n_params(codec.tokenizer.model))  # fmt: skip
+        except Exception as e:
+            results["codec"] = {"error": f"{type(e).__name__}: {e}"}
 
-        def diar() -> None:
-            with torch.inference_mode():
-                for i in range(0, n_win, batch):
-                    b = min(batch, n_win - i)
-                    x = torch.randn(b, 1, 160000, device=dev)
-                    seg(x)
-                    emb(torch.randn(b * 3, 1, 160000, device=dev))
-
-        wall = timed(diar, reps=1)
-        results["diarization (PyanNet + ResNet34)"] = {"audio_s": secs, "wall_s": round(wall, 3)}
-    except Exception as e:
-        results["diarization (PyanNet + ResNet34)"] = {"error": f"{type(e).__name__}: {e}"}
-
-    # ---- ASR: Whisper-large-v3 shapes, fp16, 16 segments of 8 s, 40 tokens each
-    try:
-        from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-        if smoke:
-            cfg = WhisperConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                                decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                                num_mel_bins=128, vocab_size=51866)
-        else:
-            cfg = WhisperConfig(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
-                                decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
-                                num_mel_bins=128, vocab_size=51866, max_source_positions=1500,
-                                max_target_positions=448)
-        dtype = torch.float16 if dev == "cuda" else torch.float32
-        with torch.device(dev):
-            model = WhisperForConditionalGeneration(cfg).to(dtype).eval()
-        bs, seg_s, toks = 16, 8.0, 40
-        feats = torch.randn(bs, 128, 3000, device=dev, dtype=dtype)
-
-        def asr() -> None:
-            with torch.inference_mode():
-                model.generate(feats, min_new_tokens=toks, max_new_tokens=toks, do_sample=False,
-                               decoder_start_token_id=50258, pad_token_id=50257, eos_token_id=50257)
-
-        wall = timed(asr, reps=1)
-        results["ASR (Whisper-large-v3 shapes, fp16)"] = {
-            "audio_s": bs * seg_s, "wall_s": round(wall, 3),
-            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-        }
-        del model
-    except Exception as e:
-        results["ASR (Whisper-large-v3 shapes, fp16)"] = {"error": f"{type(e).__name__}: {e}"}
-
-    # ---- codec encode: MimiModel at default shapes, 16 of 32 quantizers
-    try:
-        from transformers import MimiConfig, MimiModel
-
-        cfg = MimiConfig(num_quantizers=32) if not smoke else MimiConfig(
-            num_quantizers=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=2, head_dim=16, num_filters=4, codebook_dim=16,
-            vector_quantization_hidden_dimension=16, upsample_groups=32)
-        with torch.device(dev):
-            model = MimiModel(cfg).eval()
-        bs, clip_s = 8, 8.0
-        x = torch.randn(bs, 1, int(24000 * clip_s), device=dev)
-
-        def enc() -> None:
-            with torch.inference_mode():
-                model.encode(x, num_quantizers=16)
-
-        wall = timed(enc, reps=2)
-        results["codec encode (Mimi encoder)"] = {
-            "audio_s": bs * clip_s, "wall_s": round(wall, 3),
-            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-        }
-    except Exception as e:
-        results["codec encode (Mimi encoder)"] = {"error": f"{type(e).__name__}: {e}"}
-
-    for v in results.values():
-        if "wall_s" in v:
-            v["x_realtime"] = _rate(v["audio_s"], v["wall_s"])
-    info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__}
-    report = {"info": info, "results": results}
+    info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__,
+            "episode_s": episode_s}  # fmt: skip
+    report = {"info": info, "results": results, "per_gpu_hour": _per_gpu_hour(results)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ingest_gpu.json").write_text(json.dumps(report, indent=1))
-    print(f"{'part':42s} {'audio s':>8s} {'wall s':>8s} {'x real time':>12s}")
-    for k, v in results.items():
-        rate = v.get("x_realtime", v.get("error"))
-        print(f"{k:42s} {v.get('audio_s', 0):8.0f} {v.get('wall_s', 0):8.3f} {rate!s:>12s}")
+    print(json.dumps(report["per_gpu_hour"], indent=1))
     return report
+
+
+def _per_gpu_hour(results: dict[str, dict]) -> dict:
+    """Hours of episode audio per GPU-hour for the GPU steps in sequence, with each step's best measured setting:
+    separation and diarization run on the whole episode, ASR and codec on the fraction `f` kept for them."""
+
+    def best(prefix: str) -> float | None:
+        rates = [v["x_realtime"] for k, v in results.items() if k.startswith(prefix) and "x_realtime" in v]
+        return max(rates) if rates else None
+
+    r = {p: best(p) for p in ("separate", "diarize", "asr", "codec")}
+    if any(v is None for v in r.values()):
+        return {"best_x_realtime": r, "note": "not every step measured"}
+    out: dict = {"best_x_realtime": r}
+    # 0.74: the share of episode seconds that reached ASR in the synthetic two-voice podcast (corpus.json flow_minutes:
+    # 1.526 of 2.058 min); 1.0: an episode that is all target speech; 0.5: an evenly split two-host show
+    for f in (1.0, 0.74, 0.5):
+        cost = 1 / r["separate"] + 1 / r["diarize"] + f / r["asr"] + f / r["codec"]
+        out[f"hours_per_gpu_hour_asr_codec_on_{int(f * 100)}pct"] = round(1 / cost, 1)
+    return out
 
 
 def main() -> None:
@@ -257,12 +260,13 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (check the script runs)")
+    ap.add_argument("--parts", default="separate,diarize,asr,codec", help="gpu: which steps to time")
     args = ap.parse_args()
     if args.mode == "cpu":
         rep = run_cpu(args.episodes)
         print(json.dumps(rep, indent=1))
     else:
-        run_gpu(Path(args.out), smoke=args.smoke)
+        run_gpu(Path(args.out), smoke=args.smoke, parts=args.parts)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,12 @@ def test_batch_settings_validate_and_resolve():
     with pytest.raises(ValidationError, match="separation_batch"):
         _params(separation_batch=-1)
     with pytest.raises(ValidationError, match="asr_batch"):
-        _params(asr_batch=0)
+        _params(asr_batch=-1)
     p = _params()
-    assert (p.separation_batch, p.asr_batch) == (0, 8)
-    assert p.resolved_separation_batch("cuda") == 8 and p.resolved_separation_batch("cuda:1") == 8
+    assert (p.separation_batch, p.asr_batch) == (0, 0)
+    assert p.resolved_separation_batch("cuda") == 16 and p.resolved_separation_batch("cuda:1") == 16
+    assert (p.resolved_asr_batch("cuda"), p.resolved_asr_batch("cpu")) == (64, 8)
+    assert _params(asr_batch=5).resolved_asr_batch("cuda") == 5
     assert p.resolved_separation_batch("cpu") == 1
     assert _params(separation_batch=3).resolved_separation_batch("cpu") == 3
     assert Engines(_params(device="cpu")).separation_batch == 1
@@ -139,5 +141,5 @@ def test_cli_rejects_a_negative_separation_batch(tmp_path):
     args = ["corpus", "build", "--speaker", "alice", "--enroll", str(clip), "--out", str(tmp_path / "out")]
     r = CliRunner().invoke(cli, [*args, "--separation-batch", "-1"])
     assert isinstance(r.exception, ConfigError) and "separation_batch" in str(r.exception)
-    r = CliRunner().invoke(cli, [*args, "--asr-batch", "0"])
+    r = CliRunner().invoke(cli, [*args, "--asr-batch", "-1"])
     assert isinstance(r.exception, ConfigError) and "asr_batch" in str(r.exception)

@@ -37,7 +37,7 @@ class CorpusParams(BaseModel):
     separate: bool = Field(True, description="Run Demucs vocal separation (turn off for clean sources).")
     demucs_model: str = Field("htdemucs", description="Demucs model name or local path.")
     separation_batch: int = Field(
-        0, ge=0, description="Demucs chunks run at once (pieces of an episode); 0: 8 on CUDA, 1 on CPU."
+        0, ge=0, description="Demucs chunks run at once (pieces of an episode); 0: 16 on CUDA, 1 on CPU."
     )
     diarization_model: str | None = Field(
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
@@ -45,7 +45,7 @@ class CorpusParams(BaseModel):
     target_threshold: float = Field(0.82, description="Cosine to the enrollment centroid that marks the target.")
     asr_backend: Literal["whisper", "pocketsphinx"] = Field("whisper", description="ASR engine.")
     asr_model: str = Field("openai/whisper-large-v3", description="Whisper model dir or hub id (whisper backend).")
-    asr_batch: int = Field(8, ge=1, description="Segments per ASR call.")
+    asr_batch: int = Field(0, ge=0, description="Segments per ASR call; 0: 64 on CUDA, 8 on CPU.")
     codec_model: str = Field("Qwen/Qwen3-TTS-Tokenizer-12Hz", description="Qwen3-TTS 12 Hz tokenizer dir or hub id.")
     language: str | None = Field(None, description="Language tag written into the training jsonl (e.g. English).")
     target_lufs: float = Field(-23.0, description="Loudness normalization target.")
@@ -59,10 +59,16 @@ class CorpusParams(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Network timeout per request.")
 
     def resolved_separation_batch(self, device: str) -> int:
-        """`separation_batch`, with 0 (auto) resolved for `device`: 8 on CUDA, 1 on CPU."""
+        """`separation_batch`, with 0 (auto) resolved for `device`: 16 on CUDA, 1 on CPU (benchmarks/RESULTS.md)."""
         if self.separation_batch:
             return self.separation_batch
-        return 8 if device.startswith("cuda") else 1
+        return 16 if device.startswith("cuda") else 1
+
+    def resolved_asr_batch(self, device: str) -> int:
+        """`asr_batch`, with 0 (auto) resolved for `device`: 64 on CUDA, 8 on CPU (benchmarks/RESULTS.md)."""
+        if self.asr_batch:
+            return self.asr_batch
+        return 64 if device.startswith("cuda") else 8
 
     @field_validator("speaker")
     @classmethod

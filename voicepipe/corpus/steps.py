@@ -475,7 +475,7 @@ def transcribe(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         wav = ctx.audio(state.audio_sha, SR16)
         segs = state.results["segment"]["segments"]
         out = []
-        batch = p.asr_batch
+        batch = p.resolved_asr_batch(ctx.engines.device)
         for i in tqdm(range(0, len(segs), batch), desc=f"asr {state.source.id}", disable=not ctx.progress,
                       leave=False):
             chunk = [wav[int(s["start"] * SR16) : int(s["end"] * SR16)] for s in segs[i : i + batch]]
