@@ -6,7 +6,8 @@ Tests and the demo use these instead of the multi-GB releases: same classes, sam
   (16 codebooks of 2048 codes, codec vocab 3072 with speaker slot 3000, 24 kHz, 1920 samples per 12.5 Hz frame).
 - `build_tiny_custom_voice`: that base saved through `save_tts_checkpoint` with a speaker in row 3000.
 - `build_tiny_codec`, `build_tiny_demucs` (HTDemucs), `build_tiny_whisper`, `build_tiny_diarization` (pyannote 4).
-Only widths and depths are small; outputs are junk but have the real types, shapes and rates.
+Only widths and depths are small; outputs are junk but have the real types, shapes and rates. The corpus-model
+builders also take `full_size=True`: the released shapes with random weights, for GPU speed benchmarks.
 """
 
 from __future__ import annotations
