@@ -66,3 +66,23 @@ def test_resume_after_kill_matches_uninterrupted(structured_corpus_dir: Path, ti
     ea = json.loads((tmp_path / "full" / "training.json").read_text())["epochs"]
     eb = json.loads((killed_out / "training.json").read_text())["epochs"]
     assert [round(e["val_loss"], 4) for e in ea] == [round(e["val_loss"], 4) for e in eb]
+
+
+def test_save_state_survives_a_kill_during_cleanup(tmp_path: Path) -> None:
+    """Killed after the new state was swapped in but while `state.old` was being deleted: the next save must still
+    work (it failed with 'Directory not empty' when renaming state -> state.old) and keep the newest state."""
+    from accelerate import Accelerator
+
+    from voicepipe.train.recipe import _save_state, _TrainerState
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "trainer.json").write_text(json.dumps({"global_step": 5}))
+    leftover = tmp_path / "state.old"
+    (leftover / "half-deleted").mkdir(parents=True)
+    (leftover / "half-deleted" / "model.safetensors").write_bytes(b"x")
+    ts = _TrainerState(fingerprint="f")
+    ts.global_step = 6
+    _save_state(Accelerator(cpu=True), ts, state)
+    assert json.loads((state / "trainer.json").read_text())["global_step"] == 6
+    assert not leftover.exists() and not (tmp_path / "state.tmp").exists()

@@ -652,6 +652,8 @@ def _save_state(accelerator: Any, ts: _TrainerState, state_dir: Path, enabled: b
         ts.save(tmp / "trainer.json")
         old = state_dir.with_name(state_dir.name + ".old")
         if state_dir.exists():
+            if old.exists():  # a run killed while deleting it: state_dir is the newer complete copy
+                shutil.rmtree(old)
             state_dir.rename(old)
         tmp.rename(state_dir)
         shutil.rmtree(old, ignore_errors=True)
