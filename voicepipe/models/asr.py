@@ -143,7 +143,10 @@ class Asr:
             kwargs["task"] = "transcribe"
             prompt = [[*p, lid, cfg.task_to_id["transcribe"]] for p, lid in zip(prompt, lang_ids, strict=True)]
         prompt = [[*p, cfg.no_timestamps_token_id] for p in prompt]
-        gen = self.model.generate(encoder_outputs=enc, max_new_tokens=self.max_new_tokens, **kwargs)
+        # a static KV cache: 1.27x faster greedy decoding than the dynamic one on an H100 (benchmarks/RESULTS.md)
+        gen = self.model.generate(
+            encoder_outputs=enc, max_new_tokens=self.max_new_tokens, cache_implementation="static", **kwargs
+        )
         full = torch.cat([torch.tensor(prompt, device=gen.device, dtype=gen.dtype), gen], dim=1)
         logits = self.model(encoder_outputs=enc, decoder_input_ids=full[:, :-1]).logits.float()
         if cfg.suppress_tokens:
