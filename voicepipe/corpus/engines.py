@@ -160,7 +160,7 @@ class Separator:
 
     def __init__(
         self, name_or_path: str, device: str = "cpu", settings: Any = None, *, batch: int = 1,
-        context_s: float = 2.0, fade_s: float = 1.0,
+        context_s: float = 2.0, fade_s: float = 1.0, torch_resample: bool | None = None,
     ) -> None:  # fmt: skip
         from voicepipe.models.others import load_demucs
 
@@ -174,6 +174,9 @@ class Separator:
         self.batch = batch
         self.context_s = context_s
         self.fade_s = fade_s
+        # None: on a GPU, resample with julius (demucs' torch resampler) there and keep the overlap-add and the
+        # stitching on the device (on the CPU they cost more than the model); elsewhere soxr, as everywhere else
+        self.torch_resample = str(device).startswith("cuda") if torch_resample is None else torch_resample
         if "vocals" not in self.model.sources:
             raise ModelError(f"demucs model {name_or_path}: has no 'vocals' source (has {self.model.sources})")
         self.lock = threading.Lock()
@@ -195,9 +198,9 @@ class Separator:
         from demucs.apply import apply_model
 
         msr = int(self.model.samplerate)
-        on_gpu = str(self.device).startswith("cuda")
-        if on_gpu:  # resample, overlap-add and stitch on the GPU too: on the CPU they cost more than the model
-            import julius  # demucs' own resampler (torch)
+        on_gpu = self.torch_resample
+        if on_gpu:
+            import julius
 
             x = julius.resample_frac(torch.from_numpy(np.asarray(wav, np.float32)).to(self.device), sr, msr)
         else:
