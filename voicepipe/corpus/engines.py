@@ -257,9 +257,10 @@ def stitch(pieces: Any, spans: list[tuple[int, int]], windows: list[tuple[int, i
 class Diarizer:
     """pyannote.audio speaker diarization pipeline loaded from a local directory.
 
-    On a GPU with `fp16` the pipeline's networks run under fp16 autocast (2x faster on an H100: the WeSpeaker
-    embeddings of every 10 s window dominate). pyannote switches TF32 off process-wide on every call (for
-    reproducibility); the caller's TF32 settings are restored afterwards so the other engines keep theirs.
+    On a GPU the waveform is handed over on the device and, with `fp16`, the networks run under fp16 autocast (2x
+    faster on an H100: the WeSpeaker embeddings of every 10 s window dominate). pyannote switches TF32 off
+    process-wide on every call (for reproducibility); the caller's TF32 settings are restored afterwards so the
+    other engines keep theirs.
     """
 
     sr = 16000
@@ -268,7 +269,8 @@ class Diarizer:
         from voicepipe.models.others import load_diarization
 
         self.pipeline = load_diarization(name_or_path, device, settings)
-        self.autocast = fp16 and str(device).startswith("cuda")
+        self.device = str(device)
+        self.autocast = fp16 and self.device.startswith("cuda")
         self.lock = threading.Lock()
 
     def __call__(self, wav16k: np.ndarray) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
@@ -279,9 +281,12 @@ class Diarizer:
 
         tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         amp = torch.autocast("cuda", dtype=torch.float16) if self.autocast else contextlib.nullcontext()
+        # the waveform goes to the model's device first: pyannote crops and pads every 10 s window of it, which on
+        # the CPU cost more than the embedding network (1.36x faster on an H100, same turns)
+        wav = torch.from_numpy(np.asarray(wav16k, dtype=np.float32))[None].to(self.device)
         try:
             with self.lock, amp:
-                out = self.pipeline({"waveform": torch.from_numpy(wav16k)[None].float(), "sample_rate": self.sr})
+                out = self.pipeline({"waveform": wav, "sample_rate": self.sr})
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         ann = getattr(out, "speaker_diarization", out)  # pyannote 4 returns DiarizeOutput; 3.x an Annotation
