@@ -60,15 +60,11 @@ class CorpusParams(BaseModel):
 
     def resolved_separation_batch(self, device: str) -> int:
         """`separation_batch`, with 0 (auto) resolved for `device`: 16 on CUDA, 1 on CPU (benchmarks/RESULTS.md)."""
-        if self.separation_batch:
-            return self.separation_batch
-        return 16 if device.startswith("cuda") else 1
+        return self.separation_batch or (16 if device.startswith("cuda") else 1)
 
     def resolved_asr_batch(self, device: str) -> int:
         """`asr_batch`, with 0 (auto) resolved for `device`: 64 on CUDA, 8 on CPU (benchmarks/RESULTS.md)."""
-        if self.asr_batch:
-            return self.asr_batch
-        return 64 if device.startswith("cuda") else 8
+        return self.asr_batch or (64 if device.startswith("cuda") else 8)
 
     @field_validator("speaker")
     @classmethod

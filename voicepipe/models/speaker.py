@@ -25,6 +25,49 @@ class SpeakerEncoder:
         emb = np.asarray(self.encoder.embed_utterance(self.prepare(wav, sr)), dtype=np.float32)
         return emb / max(float(np.linalg.norm(emb)), 1e-12)
 
+    def embed_many(self, wavs: list[np.ndarray], sr: int, max_partials: int = 64) -> np.ndarray:
+        """`embed` of each waveform as rows of an (n, 256) fp32 array, with the partial windows of all clips batched
+        together; a clip `embed` would reject (InputError) gets a zero row.
+
+        Same computation as resemblyzer's `embed_utterance` (which runs one forward pass per clip, batching only
+        that clip's few 1.6 s windows): the same preprocessing, windows and mels per clip, then the windows of all
+        clips go through the LSTM `max_partials` at a time, and each clip's are averaged and normalized as there.
+        Fewer, bigger forward passes: about 1.3x fewer CPU seconds in the corpus filter step on 2 cores (per-window
+        LSTM cost is flat beyond ~32-128 windows, so the default keeps memory small). Results match `embed` to
+        ~1e-7 (float rounding of a different batch shape). Hand-written: resemblyzer has no batched version.
+        """
+        import torch
+        from resemblyzer.audio import wav_to_mel_spectrogram
+
+        out = np.zeros((len(wavs), self.dim), dtype=np.float32)
+        mels: list[np.ndarray] = []
+        owner: list[int] = []
+        for i, w in enumerate(wavs):
+            try:
+                wav = self.prepare(w, sr)
+            except InputError:
+                continue  # zero row
+            # embed_utterance's defaults: rate 1.3 windows per second, keep a last window at >= 75 % coverage
+            wav_slices, mel_slices = self.encoder.compute_partial_slices(len(wav), rate=1.3, min_coverage=0.75)
+            if wav_slices[-1].stop >= len(wav):
+                wav = np.pad(wav, (0, wav_slices[-1].stop - len(wav)), "constant")
+            mel = wav_to_mel_spectrogram(wav)
+            mels.extend(mel[s] for s in mel_slices)
+            owner.extend([i] * len(mel_slices))
+        if not mels:
+            return out
+        partial = np.empty((len(mels), self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for a in range(0, len(mels), max_partials):
+                x = torch.from_numpy(np.stack(mels[a : a + max_partials])).to(self.encoder.device)
+                partial[a : a + max_partials] = self.encoder(x).cpu().numpy()
+        owner_arr = np.asarray(owner)
+        for i in np.unique(owner_arr):
+            raw = partial[owner_arr == i].mean(axis=0)
+            emb = raw / np.linalg.norm(raw, 2)  # embed_utterance
+            out[i] = emb / max(float(np.linalg.norm(emb)), 1e-12)  # embed
+        return out
+
     def prepare(self, wav: np.ndarray, sr: int) -> np.ndarray:
         """The 16 kHz waveform `embed` feeds to resemblyzer's `embed_utterance` (checked, volume-normalized,
         long silences trimmed); raises InputError for audio that cannot be embedded."""
