@@ -117,3 +117,15 @@ def test_whisper_confidence_pass_equals_generate_scores(tiny_whisper_dir: Path, 
     assert torch.allclose(lp, ref_lp, atol=1e-5)
     texts = asr.transcribe(wavs, language)
     assert len(texts) == 2 and all(0.0 < c <= 1.0 for _, c in texts)
+
+
+def test_whisper_unknown_language_is_a_clear_error(tiny_whisper_dir: Path):
+    from voicepipe.models.asr import Asr
+
+    asr = Asr("whisper", tiny_whisper_dir, "cpu", max_new_tokens=5)
+    wav = [np.zeros(16000, np.float32) + 0.01]
+    assert len(asr.transcribe(wav, "English")) == 1  # a name, as the corpus config writes it
+    with pytest.raises(ModelError, match="klingon"):
+        asr.transcribe(wav, "klingon")
+    with pytest.raises(ModelError, match="<\\|ko\\|>"):  # a real language the tiny model's vocabulary lacks
+        asr.transcribe(wav, "korean")

@@ -135,8 +135,11 @@ class Asr:
         kwargs: dict[str, Any] = {}
         if getattr(cfg, "is_multilingual", False):
             if language:
-                kwargs["language"] = language.lower()
-                lang_ids = [cfg.lang_to_id[self._lang_token(language)]] * n
+                token = self._lang_token(language)
+                if token not in cfg.lang_to_id:
+                    raise ModelError(f"whisper language {language!r}: this model has no {token} token")
+                kwargs["language"] = token
+                lang_ids = [cfg.lang_to_id[token]] * n
             else:
                 lang_ids = self.model.detect_language(encoder_outputs=enc).view(-1).tolist()
                 kwargs["language"] = self.processor.tokenizer.convert_ids_to_tokens(lang_ids)
