@@ -21,7 +21,6 @@ package's `chunked_decode`, in small chunks), first chunk smaller for a short ti
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import queue
@@ -34,12 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from voicepipe.serve.engine.codec import SAMPLE_RATE, SAMPLES_PER_FRAME, CodecStreaming
+from voicepipe.serve.engine.kernels import FusedLayerError, _fuse_layer, signed_sin
+from voicepipe.serve.engine.step import FrameStep
 
 log = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
-SAMPLE_RATE = 24000
 
 
 @dataclass
@@ -121,63 +121,8 @@ class RequestHandle:
         self.cancelled = True
 
 
-@dataclass
-class _FusedLayer:
-    """One decoder layer's weights, q/k/v and gate/up fused (module parameters become views: no extra memory)."""
 
-    ln1: torch.Tensor
-    ln2: torch.Tensor
-    qk_w: torch.Tensor  # [n_q_heads + n_kv_heads, head_dim]: q_norm weight per q head, k_norm weight per kv head
-    wqkv: torch.Tensor
-    wo: torch.Tensor
-    wgu: torch.Tensor
-    wd: torch.Tensor
-    eps: float
-    qk_eps: float
-
-
-def _fuse_layer(layer: torch.nn.Module, nh: int, kvh: int) -> _FusedLayer:
-    a, m = layer.self_attn, layer.mlp
-    if any(x.bias is not None for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj)):
-        raise EngineError("attention/MLP biases are not supported by the fused engine")
-
-    def fuse(mods: list[torch.nn.Linear]) -> torch.Tensor:
-        w = torch.cat([x.weight.detach() for x in mods], 0)
-        off = 0
-        for x in mods:  # re-point the module's own parameters into the fused tensor
-            n = x.weight.shape[0]
-            x.weight = torch.nn.Parameter(w[off : off + n], requires_grad=False)
-            off += n
-        return w
-
-    wqkv = fuse([a.q_proj, a.k_proj, a.v_proj])
-    wgu = fuse([m.gate_proj, m.up_proj])
-    qk_w = torch.cat([a.q_norm.weight.detach()[None].expand(nh, -1), a.k_norm.weight.detach()[None].expand(kvh, -1)])
-    return _FusedLayer(
-        ln1=layer.input_layernorm.weight.detach(), ln2=layer.post_attention_layernorm.weight.detach(),
-        qk_w=qk_w.contiguous(), wqkv=wqkv, wo=a.o_proj.weight.detach(), wgu=wgu, wd=m.down_proj.weight.detach(),
-        eps=layer.input_layernorm.variance_epsilon, qk_eps=a.q_norm.variance_epsilon,
-    )  # fmt: skip
-
-
-def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """The package's RMSNorm. fp32: the same arithmetic; bf16/fp16: one fused call (weight applied before rounding)."""
-    if x.dtype == torch.float32:
-        y = F.rms_norm(x, (x.shape[-1],), None, eps)
-        return y if w is None else y * w
-    if w is not None and w.dim() > 1:  # per-head weights (q/k norms of all heads at once)
-        return F.rms_norm(x, (x.shape[-1],), None, eps) * w
-    return F.rms_norm(x, (x.shape[-1],), w, eps)
-
-
-def _bucket_sizes(max_batch: int) -> list[int]:
-    sizes = [1]
-    while sizes[-1] < max_batch:
-        sizes.append(min(sizes[-1] * 2, max_batch))
-    return sizes
-
-
-class TTSEngine:
+class TTSEngine(FrameStep, CodecStreaming):
     """Batched streaming generation over one loaded `qwen_tts.Qwen3TTSModel` (one voice)."""
 
     def __init__(self, tts: Any, config: EngineConfig | None = None):
@@ -215,9 +160,12 @@ class TTSEngine:
         self.p_nh, self.p_kvh = pc.num_attention_heads, pc.num_key_value_heads
         self.n_groups = tc.num_code_groups
         n_pred = self.n_groups - 1
-        with torch.no_grad():
-            self.t_layers = [_fuse_layer(x, self.nh, self.kvh) for x in self.talker.model.layers]
-            self.p_layers = [_fuse_layer(x, self.p_nh, self.p_kvh) for x in self.cp.model.layers]
+        try:
+            with torch.no_grad():
+                self.t_layers = [_fuse_layer(x, self.nh, self.kvh) for x in self.talker.model.layers]
+                self.p_layers = [_fuse_layer(x, self.p_nh, self.p_kvh) for x in self.cp.model.layers]
+        except FusedLayerError as e:
+            raise EngineError(str(e)) from e
         L = c.max_len
         self.kc = [torch.zeros(S, self.kvh, L, self.hd, device=dev, dtype=dt) for _ in self.talker.model.layers]
         self.vc = [torch.zeros_like(k) for k in self.kc]
@@ -253,9 +201,9 @@ class TTSEngine:
             cos, sin = self.talker.model.rotary_emb(dummy, self.ar.view(1, 1, -1).expand(3, 1, -1))
             # MRoPE with equal temporal/height/width positions (always so for TTS) is plain 1-D RoPE.
             # rotate_half(x) * sin == roll(x, hd/2) * (sin with its first half negated)
-            self.cos, self.sin = cos[0, 0], self._signed(sin[0, 0])  # [L, hd]
+            self.cos, self.sin = cos[0, 0], signed_sin(sin[0, 0])  # [L, hd]
             pcos, psin = self.cp.model.rotary_emb(dummy, torch.arange(n_pred + 1, device=dev)[None])
-            self.pcos, self.psin = pcos[0], self._signed(psin[0])  # [16, hd]
+            self.pcos, self.psin = pcos[0], signed_sin(psin[0])  # [16, hd]
             ids = torch.tensor(
                 [[self.model.config.tts_bos_token_id, self.model.config.tts_eos_token_id,
                   self.model.config.tts_pad_token_id]], device=dev)
@@ -339,300 +287,6 @@ class TTSEngine:
         if embeds.shape[0] + 16 > self.cfg.max_len:
             raise EngineError(f"prompt of {embeds.shape[0]} tokens does not fit the cache ({self.cfg.max_len})")
         return Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype))
-
-    # ------------------------------------------------------------------ math
-    @staticmethod
-    def _signed(sin: torch.Tensor) -> torch.Tensor:
-        h = sin.shape[-1] // 2
-        return torch.cat([-sin[..., :h], sin[..., h:]], -1)
-
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
-
-    def _layer(self, w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor,
-               sin: torch.Tensor, attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-               ) -> torch.Tensor:
-        """One pre-norm decoder layer with fused projections; `attend(q, k, v)` stores K/V and returns [b,n,nh*hd]."""
-        b, n, _ = x.shape
-        qkv = F.linear(_rms(x, w.ln1, w.eps), w.wqkv).view(b, n, nh + 2 * kvh, hd)
-        qk = self._rope(_rms(qkv[:, :, : nh + kvh], w.qk_w, w.qk_eps), cos, sin)
-        q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + kvh :].transpose(1, 2)
-        x = x + F.linear(attend(q, k, v), w.wo)
-        g, u = F.linear(_rms(x, w.ln2, w.eps), w.wgu).chunk(2, -1)
-        return x + F.linear(F.silu(g) * u, w.wd)
-
-    def _sample(self, logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int) -> torch.Tensor:
-        best = logits.argmax(-1)
-        vals, idx = (logits / temp.clamp_min(1e-5)).topk(min(k, logits.shape[-1]), dim=-1)
-        probs = vals.softmax(-1)
-        # Exponential-race sampling (== multinomial) keeps the whole step free of host syncs, so it can be graphed.
-        pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
-        return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
-
-    def _predictor(self, h: torch.Tensor, start: int, b: int) -> torch.Tensor:
-        """Run the code predictor's decoder layers on h [b, n, Hp] at static positions start..start+n-1."""
-        n = h.shape[1]
-        cos, sin = self.pcos[start : start + n][:, None], self.psin[start : start + n][:, None]  # [n,1,hd]
-        for i, w in enumerate(self.p_layers):
-            pk, pv = self.pk[i], self.pv[i]
-
-            def attend(q, k, v, pk=pk, pv=pv):
-                pk[:b, :, start : start + n] = k
-                pv[:b, :, start : start + n] = v
-                if n > 1:
-                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                    return o.transpose(1, 2).reshape(b, n, -1)
-                o = F.scaled_dot_product_attention(
-                    q.reshape(b, self.p_kvh, -1, self.p_hd), pk[:b, :, : start + 1], pv[:b, :, : start + 1])
-                return o.reshape(b, 1, -1)
-
-            h = self._layer(w, h, self.p_nh, self.p_kvh, self.p_hd, cos, sin, attend)
-        return _rms(h, self.cp.model.norm.weight, self.cp.model.norm.variance_epsilon)
-
-    def _step(self, b: int, L: int) -> None:
-        """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
-        x = self.next_emb[:b].unsqueeze(1)
-        p = self.pos[:b]
-        bidx = self.slot_idx[:b]
-        cos, sin = self.cos[p][:, None, None], self.sin[p][:, None, None]  # [b,1,1,hd]
-        mask = (self.ar[:L][None] <= p[:, None]).view(b, 1, 1, L)
-        for i, w in enumerate(self.t_layers):
-            kc, vc = self.kc[i], self.vc[i]
-
-            def attend(q, k, v, kc=kc, vc=vc):
-                kc[bidx, :, p] = k[:, :, 0]
-                vc[bidx, :, p] = v[:, :, 0]
-                # GQA decode: fold each KV head's query heads into the query-length axis (no KV repeat)
-                o = F.scaled_dot_product_attention(
-                    q.reshape(b, self.kvh, -1, self.hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
-                return o.reshape(b, 1, -1)
-
-            x = self._layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
-        hidden = _rms(x, self.talker.model.norm.weight, self.talker.model.norm.variance_epsilon)  # [b,1,H]
-        logits = self.talker.codec_head(hidden[:, 0]).float()
-        # logits processors of the package's talker generate: repetition penalty, suppressed control codes, min length
-        rp = self.rep_pen[:b]
-        logits = torch.where(self.seen[:b], torch.where(logits < 0, logits * rp, logits / rp), logits)
-        logits = logits.masked_fill(self.suppress, float("-inf"))
-        block_eos = (self.n_sampled[:b] < self.min_new[:b])
-        logits[:, self.eos] = torch.where(block_eos, float("-inf"), logits[:, self.eos])
-        code0 = self._sample(logits, self.temp[:b], self.greedy[:b], self.cfg.top_k)
-        self.seen[:b].scatter_(1, code0[:, None], True)
-        self.n_sampled[:b] += 1
-        # code predictor: prefill [talker hidden, code-0 embedding], then 14 single steps
-        e0 = self._codec_embed(code0)
-        hp = self._predictor(self.cp.small_to_mtp_projection(torch.stack([hidden[:, 0], e0], 1)), 0, b)
-        h_last = hp[:, -1]
-        codes, embs = [code0], [e0]
-        n_pred = self.n_groups - 1
-        for j in range(n_pred):
-            c = self._sample(self.cp.lm_head[j](h_last).float(), self.sub_temp[:b], self.sub_greedy[:b],
-                             self.cfg.subtalker_top_k)
-            e = self.cp.model.codec_embedding[j](c)
-            codes.append(c)
-            embs.append(e)
-            if j < n_pred - 1:
-                h_last = self._predictor(self.cp.small_to_mtp_projection(e[:, None]), j + 2, b)[:, 0]
-        emb = torch.stack(embs, 1).sum(1)
-        gs = self.gen_step[:b]
-        txt = self.text_buf[bidx, gs.clamp(max=self.cfg.max_text - 1)]
-        txt = torch.where((gs < self.text_len[:b])[:, None], txt, self.tts_pad[None])
-        self.next_emb[:b] = emb + txt
-        act = self.active[:b]
-        self.gen_step[:b] += act
-        self.pos[:b] = (p + act).clamp(max=self.cfg.max_len - 1)
-        self.out_codes[:b] = torch.stack(codes, 1)
-
-    def _prefill(self, slots: list[int], prompts: list[Prompt]) -> None:
-        """Batched eager prefill of every prompt token but the last (which the next frame step consumes).
-
-        Prompts are right-padded to one length: causal attention keeps each prompt to itself, and the padded K/V
-        positions lie beyond the slot's position, masked out and overwritten as generation proceeds."""
-        lens = [p.embeds.shape[0] - 1 for p in prompts]
-        T = max(lens)
-        n = len(slots)
-        if T > 0:
-            x = torch.zeros(n, T, self.tc.hidden_size, device=self.device, dtype=self.dtype)
-            for j, p in enumerate(prompts):
-                x[j, : lens[j]] = p.embeds[: lens[j]]
-            sl = torch.tensor(slots, device=self.device)
-            cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
-            for i, w in enumerate(self.t_layers):
-                kc, vc = self.kc[i], self.vc[i]
-
-                def attend(q, k, v, kc=kc, vc=vc):
-                    kc[sl, :, :T] = k
-                    vc[sl, :, :T] = v
-                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                    return o.transpose(1, 2).reshape(n, T, -1)
-
-                x = self._layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
-        for slot, p, t in zip(slots, prompts, lens, strict=True):
-            self.pos[slot] = t
-            self.next_emb[slot] = p.embeds[t]
-            m = p.trailing.shape[0]
-            self.text_buf[slot, :m] = p.trailing
-            self.text_len[slot] = m
-            self.gen_step[slot] = 0
-
-    def _arm(self, slot: int, gen: GenerationConfig) -> None:
-        self.seen[slot] = False
-        self.n_sampled[slot] = 0
-        self.min_new[slot] = gen.min_new_tokens
-        self.temp[slot] = max(gen.temperature, 1e-5)
-        self.greedy[slot] = not gen.do_sample
-        self.sub_temp[slot] = max(gen.subtalker_temperature, 1e-5)
-        self.sub_greedy[slot] = not gen.subtalker_do_sample
-        self.rep_pen[slot] = gen.repetition_penalty
-        self.active[slot] = 1
-
-    # ------------------------------------------------------------------ graphs
-    def _len_buckets(self) -> list[int]:
-        lb, out = self.cfg.len_bucket, []
-        n = lb
-        while n < self.cfg.max_len:
-            out.append(n)
-            n *= 2
-        out.append(self.cfg.max_len)
-        return out
-
-    def _pick(self, b_needed: int, l_needed: int) -> tuple[int, int]:
-        b = next(s for s in _bucket_sizes(self.cfg.max_batch) if s >= b_needed)
-        L = next(n for n in self._len_buckets() if n >= l_needed) if self.use_graphs else l_needed
-        return b, L
-
-    @torch.inference_mode()
-    def capture(self, batch_sizes: list[int] | None = None, lengths: list[int] | None = None) -> float:
-        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent."""
-        if not self.use_graphs:
-            return 0.0
-        t0 = time.perf_counter()
-        self._pool = self._pool or torch.cuda.graph_pool_handle()
-        for b in batch_sizes or _bucket_sizes(self.cfg.max_batch):
-            for L in lengths or self._len_buckets():
-                if (b, L) in self._graphs:
-                    continue
-                self.pos.zero_()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(2):
-                        self._step(b, L)
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                # thread_local: the codec thread and request threads may use CUDA while a bucket is captured
-                with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
-                    self._step(b, L)
-                self._graphs[(b, L)] = g
-        self.pos.zero_()
-        self.active.zero_()
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    def _run_step(self, b_needed: int, l_needed: int) -> None:
-        b, L = self._pick(b_needed, l_needed)
-        if self.use_graphs:
-            g = self._graphs.get((b, L))
-            if g is None:
-                self.capture([b], [L])
-                g = self._graphs[(b, L)]
-            g.replay()
-        else:
-            self._step(b, L)
-
-    # ------------------------------------------------------------------ codec
-    def _to_host(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Device -> host copy that waits by polling an event with short sleeps, so the GIL stays free for the
-        other engine thread (a blocking copy would stall it for the whole wait)."""
-        if x.device.type != "cuda":
-            return x.clone() if out is None else out.copy_(x)
-        if out is None:
-            out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        out.copy_(x, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        while not ev.query():
-            time.sleep(0.0002)
-        return out
-
-    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
-        dec = self.model.speech_tokenizer.model.decoder
-        wav = dec(codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2))
-        return self._to_host(wav[:, 0].float())
-
-    def _emit_audio(self, due: list[RequestHandle]) -> None:
-        """Hand the due windows (left context + new frames) to the decode thread, batched by shape."""
-        ctx = self.cfg.left_context_frames
-        groups: dict[tuple[int, int], list[RequestHandle]] = collections.defaultdict(list)
-        for req in due:
-            start = max(0, req.emitted - ctx)
-            groups[(len(req.frames) - start, req.emitted - start)].append(req)
-        now = time.perf_counter()
-        for (_, n_ctx), reqs in groups.items():
-            batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
-            for r in reqs:
-                if r.emitted == 0:
-                    r.marks["first_enqueue"] = now
-                r.emitted = len(r.frames)
-            self._queue_job(("audio", reqs, batch, n_ctx))
-
-    def _decode_loop(self) -> None:
-        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-            while True:
-                job = self._dq.get()
-                if job is None:
-                    return
-                self._handle(job)
-
-    def _queue_job(self, job: tuple) -> None:
-        if self.cfg.decode_thread:
-            self._dq.put(job)
-        else:
-            self._handle(job)
-
-    def _handle(self, job: tuple) -> None:
-        """Run one decode-side job: ('audio', reqs, codes, n_ctx) or ('done', req, event)."""
-        if job[0] == "done":
-            _, req, ev = job
-            if req.first_audio_at is not None:
-                ev.stats["ttfa_s"] = req.first_audio_at - req.submitted
-            ev.stats["marks_ms"] = {k: round(1000 * (v - req.submitted), 2) for k, v in req.marks.items()}
-            ev.stats["wall_s"] = time.perf_counter() - req.submitted
-            if not req.cancelled or ev.kind == "error":
-                self._send(req, ev)
-            req.finished.set()
-            return
-        _, reqs, batch, n_ctx = job
-        t_start = time.perf_counter()
-        live = [i for i, r in enumerate(reqs) if not r.cancelled]
-        if not live:
-            return
-        try:
-            wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
-        except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
-            log.exception("codec decode failed")
-            for i in live:
-                self._send(reqs[i], Event("error", message=f"codec decode failed: {e}"))
-                reqs[i].cancel()
-            return
-        now = time.perf_counter()
-        for i, w in zip(live, wav, strict=True):
-            r = reqs[i]
-            if r.first_audio_at is None:
-                r.first_audio_at = now
-                r.marks.update(first_decode_start=t_start, first_decode_end=now)
-            self._send(r, Event("audio", audio=w.copy()))
-
-    def _send(self, req: RequestHandle, ev: Event) -> None:
-        try:
-            req.on_event(ev)
-        except Exception:  # a broken consumer must not take the engine down
-            log.exception("event consumer of request %s failed; cancelling it", req.id)
-            req.cancelled = True
 
     # ------------------------------------------------------------------ loop
     def start(self) -> TTSEngine:

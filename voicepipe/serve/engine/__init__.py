@@ -1,0 +1,31 @@
+"""Latency-first, batching generation engine for Qwen3-TTS 12 Hz models (see `core` for the design).
+
+Layout, by concern:
+- `core`: configs, request/event types, prompt building (`TTSEngine.prepare`), the scheduler loop.
+- `step`: the frame step (talker, sampling, the code predictor's 15 steps), batched prefill, CUDA graph capture.
+- `kernels`: fused-layer weights and the pure per-frame math (RMSNorm, RoPE, decoder layer, sampling).
+- `codec`: streaming codec decode on its own thread and stream.
+"""
+
+from voicepipe.serve.engine.codec import SAMPLE_RATE, SAMPLES_PER_FRAME
+from voicepipe.serve.engine.core import (
+    EngineConfig,
+    EngineError,
+    Event,
+    GenerationConfig,
+    Prompt,
+    RequestHandle,
+    TTSEngine,
+)
+
+__all__ = [
+    "SAMPLES_PER_FRAME",
+    "SAMPLE_RATE",
+    "EngineConfig",
+    "EngineError",
+    "Event",
+    "GenerationConfig",
+    "Prompt",
+    "RequestHandle",
+    "TTSEngine",
+]
