@@ -391,7 +391,8 @@ class TTSEngine(FrameStep, CodecStreaming):
                             self._cv.wait(timeout=0.5)
                         if self._stop:
                             break
-                    self._admit()
+                    with self._step_lock:  # an explicit capture() never interleaves with a step
+                        self._admit()
                     for r in list(self._slots):
                         if r is not None and r.cancelled:
                             self._finish(r, "cancelled")
@@ -400,7 +401,8 @@ class TTSEngine(FrameStep, CodecStreaming):
                         continue
                     b_needed = max(i for i, _ in live) + 1
                     l_needed = max(int(r.prompt.embeds.shape[0]) + len(r.frames) for _, r in live)
-                    self._run_step(b_needed, l_needed)
+                    with self._step_lock:
+                        self._run_step(b_needed, l_needed)
                     codes = self._to_host(self.out_codes[:b_needed], self._host_codes[:b_needed]).clone()
                     self.steps += 1
                     due: list[RequestHandle] = []

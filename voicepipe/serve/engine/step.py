@@ -5,7 +5,10 @@ A mixin of `TTSEngine`: it reads the engine's static buffers (`_alloc` in `core.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +29,14 @@ def _bucket_sizes(max_batch: int) -> list[int]:
 
 class FrameStep:
     """Device-side generation: one frame for every active slot, as one graph replay on CUDA."""
+
+    @property
+    def _step_lock(self) -> threading.RLock:
+        """Serialises frame steps, prefills and graph captures (the scheduler thread vs. an explicit `capture()`)."""
+        lock = self.__dict__.get("_step_lock_")
+        if lock is None:
+            lock = self.__dict__.setdefault("_step_lock_", threading.RLock())
+        return lock
 
     def _predictor(self, h: torch.Tensor, start: int, b: int) -> torch.Tensor:
         """Run the code predictor's decoder layers on h [b, n, Hp] at static positions start..start+n-1."""
@@ -159,32 +170,63 @@ class FrameStep:
         L = next(n for n in self._len_buckets() if n >= l_needed) if self.use_graphs else l_needed
         return b, L
 
+    # every buffer a frame step writes, except the KV caches (see `_warm_up`)
+    _STEP_STATE = ("pos", "active", "gen_step", "next_emb", "seen", "n_sampled", "out_codes")
+
+    @contextlib.contextmanager
+    def _state_preserved(self) -> Iterator[None]:
+        """Run throw-away frame steps without touching live requests: per-slot state and the RNG are restored after,
+        and no slot advances meanwhile (`active` is zero), so the only cache writes land at each slot's current
+        position, which its next real step overwrites before anything reads it."""
+        cuda = self.device.type == "cuda"
+        saved = {n: getattr(self, n).clone() for n in self._STEP_STATE}
+        rng = torch.cuda.get_rng_state(self.device) if cuda else torch.get_rng_state()
+        self.active.zero_()
+        try:
+            yield
+        finally:
+            for n, t in saved.items():
+                getattr(self, n).copy_(t)
+            if cuda:
+                torch.cuda.set_rng_state(rng, self.device)
+            else:
+                torch.set_rng_state(rng)
+
+    @torch.inference_mode()
+    def _warm_up(self, b: int, L: int, n: int = 2) -> None:
+        """`n` frame steps of bucket (b, L) for lazy initialisation (library handles, compilation) before a capture;
+        safe while requests are running (`_state_preserved`)."""
+        with self._state_preserved():
+            for _ in range(n):
+                self._step(b, L)
+
     @torch.inference_mode()
     def capture(self, batch_sizes: list[int] | None = None, lengths: list[int] | None = None) -> float:
-        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent."""
+        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent.
+
+        Safe at any time, also while requests run (a missing bucket is captured on first use): live slots' state,
+        KV caches and the RNG stream are left as they were."""
         if not self.use_graphs:
             return 0.0
         t0 = time.perf_counter()
-        self._pool = self._pool or torch.cuda.graph_pool_handle()
-        for b in batch_sizes or _bucket_sizes(self.cfg.max_batch):
-            for L in lengths or self._len_buckets():
-                if (b, L) in self._graphs:
-                    continue
-                self.pos.zero_()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(2):
+        with self._step_lock:
+            self._pool = self._pool or torch.cuda.graph_pool_handle()
+            for b in batch_sizes or _bucket_sizes(self.cfg.max_batch):
+                for L in lengths or self._len_buckets():
+                    if (b, L) in self._graphs:
+                        continue
+                    s = torch.cuda.Stream()
+                    s.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(s):
+                        self._warm_up(b, L)
+                    torch.cuda.current_stream().wait_stream(s)
+                    g = torch.cuda.CUDAGraph()
+                    # thread_local: the codec thread and request threads may use CUDA while a bucket is captured.
+                    # Recording runs nothing, so it writes no live state.
+                    with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                         self._step(b, L)
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                # thread_local: the codec thread and request threads may use CUDA while a bucket is captured
-                with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
-                    self._step(b, L)
-                self._graphs[(b, L)] = g
-        self.pos.zero_()
-        self.active.zero_()
-        torch.cuda.synchronize()
+                    self._graphs[(b, L)] = g
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     def _run_step(self, b_needed: int, l_needed: int) -> None:
