@@ -5,8 +5,13 @@ classes), custom-voice prompt, forced generation length (EOS suppressed: `--fram
 Reports time to first audio (TTFA) p50/p95, per-stream RTF (wall / audio seconds, lower is better) and aggregate
 throughput (audio seconds per wall second, "x real time") at 1, 4 and 16 concurrent streams.
 
-    python benchmarks/serve.py --out /tmp/bench            # GPU, all three systems
+    python benchmarks/serve.py --out /tmp/bench --tiny-dir DIR   # GPU: numerics, baseline, voicepipe, HTTP, faster
     python benchmarks/serve.py --tiny --systems voicepipe,official --concurrency 1,2 --frames 12   # CPU smoke
+
+Systems (`--systems`): `numerics` (bf16 engine vs an fp32 copy, teacher-forced, a few frames), `baseline` (the
+engine without the speed levers: eager frame-step units and eager codec decode, still CUDA graphs), `voicepipe`
+(every lever on: compiled units, graphed codec), `http` (`voicepipe serve`'s app in-process over loopback HTTP:
+time to first byte), `faster` (faster-qwen3-tts at every `--chunk`), `official`.
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -166,6 +171,7 @@ def profile_engine(eng) -> dict:
     """Component timings (ms): one graphed frame step per batch size, eager step, prefill, codec decode."""
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
     prof = {"prompt_tokens": int(prompt.embeds.shape[0])}
+    b0 = eng._batch_buckets()[0]
     with torch.inference_mode():
         prof["prefill_ms"] = _timed(lambda: eng._prefill([0], [prompt]), 3)
         prof["prefill_x16_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
@@ -175,7 +181,7 @@ def profile_engine(eng) -> dict:
                 eng.pos.zero_()
                 prof[f"step_graph_b{b}_ms"] = _timed(g.replay, 20)
         eng.pos.zero_()
-        prof["step_eager_b1_ms"] = _timed(lambda: eng._step(1, 256), 3)
+        prof[f"step_eager_b{b0}_ms"] = _timed(lambda: eng._step(b0, 256), 3)
         try:  # what one frame step launches (its graph replays exactly these kernels)
             from torch.profiler import ProfilerActivity, profile
 
@@ -183,7 +189,7 @@ def profile_engine(eng) -> dict:
                 raise RuntimeError("no CUDA")
             eng.pos.zero_()
             with profile(activities=[ProfilerActivity.CUDA]) as p:
-                eng._step(1, 256)
+                eng._step(b0, 256)
                 _sync()
             kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
             prof["step_kernels"] = len(kernels)
@@ -191,35 +197,48 @@ def profile_engine(eng) -> dict:
             top = collections.Counter()
             for e in kernels:
                 top[e.name[:60]] += e.device_time
-            print("top kernels (us):", top.most_common(8), flush=True)
+            print("top kernels (us):", [(k, round(v)) for k, v in top.most_common(12)], flush=True)
+            gemm = sum(v for k, v in top.items() if any(x in k.lower() for x in ("gemm", "gemv", "sm90", "cutlass")))
+            prof["step_matmul_time_ms"] = gemm / 1000
         except Exception as e:  # noqa: BLE001 - diagnostics only
             print("kernel profile skipped:", type(e).__name__, e, flush=True)
-        for n in (2, 10, 33):
-            codes = torch.randint(0, 2048, (1, n, 16))
-            prof[f"decode_{n}f_ms"] = _timed(lambda c=codes: eng._decode(c), 3)
-        codes = torch.randint(0, 2048, (4, 33, 16))
-        prof["decode_4x33f_ms"] = _timed(lambda: eng._decode(codes), 3)
+        dec = eng.model.speech_tokenizer.model.decoder
+        dev = next(dec.parameters()).device
+        for shape in ((1, 2), (1, 10), (1, 37), (4, 37), (16, 37)):
+            codes = torch.randint(0, 2048, (*shape, 16))
+            prof[f"decode_{shape[0]}x{shape[1]}f_ms"] = _timed(lambda c=codes: eng._decode(c), 3)
+            x = codes.to(dev).transpose(1, 2)
+            prof[f"decode_eager_{shape[0]}x{shape[1]}f_ms"] = _timed(lambda x=x: dec(x), 3)
         eng.pos.zero_()
         eng.active.zero_()
     print("profile:", {k: round(v, 2) for k, v in prof.items()}, flush=True)
     return prof
 
 
-def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
-                    decode_thread: bool = True) -> list[dict]:
-    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+def make_engine(tts, max_batch: int, **overrides):
+    from voicepipe.serve.engine import EngineConfig, TTSEngine
 
-    name = "voicepipe" if decode_thread else "voicepipe-inline-decode"
-    eng = TTSEngine(tts, EngineConfig(max_batch=max_batch, max_len=512, first_chunk_frames=2, chunk_frames=12,
-                                      decode_thread=decode_thread))
+    return TTSEngine(tts, EngineConfig(max_batch=max_batch, max_len=512, first_chunk_frames=2, chunk_frames=12,
+                                       **overrides))
+
+
+def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
+                    name: str = "voicepipe", eng=None, profile: dict | None = None, **overrides) -> list[dict]:
+    from voicepipe.serve.engine import GenerationConfig
+
+    eng = eng or make_engine(tts, max_batch, **overrides)
+    t0 = time.perf_counter()
     cap = eng.capture()
-    print(f"voicepipe: graphs={eng.use_graphs} captured in {cap:.1f} s", flush=True)
-    profile_engine(eng)
+    print(f"{name}: graphs={eng.use_graphs} compiled={eng.compiled} codec_graphs={eng._codec_graphed} "
+          f"captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s)", flush=True)
+    prof = profile_engine(eng)
+    if profile is not None:
+        profile[name] = prof
     eng.start()
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
     gen = GenerationConfig(max_new_tokens=frames, min_new_tokens=frames)
-    warm = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
-    for c in sorted(set(concs)):  # warm every batch bucket (and the codec's kernels) once
+    warm = GenerationConfig(max_new_tokens=frames, min_new_tokens=frames)
+    for c in sorted(set(concs)):  # warm every batch bucket and every codec window shape once
         hs = [eng.submit(prompt, warm, lambda ev: None) for _ in range(c)]
         for h in hs:
             h.finished.wait()
@@ -257,6 +276,117 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
         out.append(summarize(name, c, ttfa, rtf, audio, walls))
         print(out[-1], flush=True)
     eng.stop()
+    return out
+
+
+def numerics(tts, frames: int = 4) -> dict:
+    """bf16 engine (compiled units) vs an fp32 copy of the same weights, teacher-forced: both see the fp32 run's
+    inputs every frame. Reports per frame the relative error of the talker output and its code-0 logits, and how
+    many of the 16 greedy codes agree."""
+    import copy
+    import types as _types
+
+    from voicepipe.serve.engine import GenerationConfig, Prompt
+
+    m32 = copy.deepcopy(tts.model).float()
+    e32 = make_engine(_types.SimpleNamespace(model=m32, processor=tts.processor), 2, cuda_graphs=False,
+                      compile=False, codec_graphs=False, decode_thread=False)
+    e16 = make_engine(tts, 2, cuda_graphs=False, compile=True, codec_graphs=False, decode_thread=False)
+    greedy = GenerationConfig(do_sample=False, subtalker_do_sample=False)
+    rows = []
+    with torch.inference_mode():
+        p32 = e32.prepare(TEXT, speaker="alice", language="english")
+        p16 = Prompt(p32.embeds.to(e16.dtype), p32.trailing.to(e16.dtype))
+        for e, p in ((e32, p32), (e16, p16)):
+            e._prefill([0, 1], [p, p])
+            e._arm(0, greedy)
+            e._arm(1, greedy)
+        for f in range(frames):
+            e32._step(2, 256)
+            e16._step(2, 256)
+            h32, h16 = e32._last_hidden[0].double(), e16._last_hidden[0].double()
+            l32 = e32.talker.codec_head(e32._last_hidden[:1]).double()[0]
+            l16 = e16.talker.codec_head(e16._last_hidden[:1]).double()[0]
+            c32, c16 = e32.out_codes[0].cpu(), e16.out_codes[0].cpu()
+            rows.append(dict(frame=f, hidden_rel_err=float((h16 - h32).norm() / h32.norm()),
+                             logits_rel_err=float((l16 - l32).norm() / l32.norm()),
+                             code0_same=bool(c32[0] == c16[0]), codes_same=int((c32 == c16).sum())))
+            e16.next_emb.copy_(e32.next_emb.to(e16.dtype))  # teacher forcing
+            e16.pos.copy_(e32.pos)
+    print("numerics bf16 vs fp32:", rows, flush=True)
+    del e32, e16, m32
+    torch.cuda.empty_cache()
+    return {"frames": rows}
+
+
+def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int = 5) -> list[dict]:
+    """`voicepipe serve`'s app (the same routers and encoders), in-process with uvicorn on loopback, over an engine
+    already captured; time to first byte of a streamed /v1/audio/speech response, and its whole duration."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    from voicepipe.serve.app import create_app
+    from voicepipe.serve.deps import ServeConfig
+    from voicepipe.serve.registry import Voice
+
+    voice = Voice(name="alice", path=Path("."), source="bench", engine=eng, speaker="alice", languages=["english"])
+    cfg = ServeConfig(voices=["alice"], max_concurrent=eng.cfg.max_batch, max_frames=frames, max_len=eng.cfg.max_len,
+                      generation={"max_new_tokens": frames, "min_new_tokens": frames})
+    app = create_app(cfg, voices={"alice": voice})
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}/v1/audio/speech"
+
+    def one(fmt: str) -> tuple[float, float]:
+        body = {"model": "voicepipe", "input": TEXT, "voice": "alice", "response_format": fmt,
+                "stream_format": "audio", "language": "english"}
+        t0 = time.perf_counter()
+        first = None
+        with httpx.stream("POST", url, json=body, timeout=120) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"{fmt}: HTTP {r.status_code} {r.read()[:200]!r}")
+            for chunk in r.iter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter() - t0
+        return first, time.perf_counter() - t0
+
+    out = []
+    try:
+        for fmt in formats:
+            for c in concs:
+                try:
+                    one(fmt)  # warm-up (encoder start-up, connection)
+                    ttfb, walls, elapsed = [], [], 0.0
+                    for _ in range(runs if c == 1 else 1):
+                        t0 = time.perf_counter()
+                        res: list = [None] * c
+                        ths = [threading.Thread(target=lambda i=i, r=res, f=fmt: r.__setitem__(i, one(f)))
+                               for i in range(c)]
+                        for t in ths:
+                            t.start()
+                        for t in ths:
+                            t.join()
+                        elapsed += time.perf_counter() - t0
+                        ttfb += [r[0] for r in res]
+                        walls += [r[1] for r in res]
+                    audio = frames / 12.5
+                    row = summarize(f"voicepipe HTTP {fmt}", c, ttfb, [w / audio for w in walls], audio * len(walls),
+                                    elapsed)
+                    out.append(row)
+                    print(row, flush=True)
+                except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
+                    print(f"HTTP {fmt} x{c} failed: {type(e).__name__}: {e}", flush=True)
+    finally:
+        server.should_exit = True
+        th.join(timeout=10)
     return out
 
 
@@ -314,7 +444,7 @@ def bench_faster(tts, frames: int, concs: list[int], repeats: dict[int, int], ch
                 rtf.append((start + wall) / secs)
                 audio += secs
             walls += time.perf_counter() - t0
-        out.append(summarize("faster-qwen3-tts", c, ttfa, rtf, audio, walls))
+        out.append(summarize(f"faster-qwen3-tts chunk {chunk}", c, ttfa, rtf, audio, walls))
         print(out[-1], flush=True)
     return out
 
@@ -332,9 +462,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU smoke test of this script)")
     ap.add_argument("--frames", type=int, default=125, help="forced frames per request (125 = 10 s)")
-    ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--systems", default="voicepipe,official,faster")
-    ap.add_argument("--chunk", type=int, default=8, help="faster-qwen3-tts chunk_size (frames)")
+    ap.add_argument("--concurrency", default="1,16,32,64")
+    ap.add_argument("--faster-concurrency", default="1", help="faster-qwen3-tts serves streams one by one")
+    ap.add_argument("--systems", default="numerics,baseline,voicepipe,http,faster")
+    ap.add_argument("--chunk", default="2,8", help="faster-qwen3-tts chunk_size values (frames)")
+    ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--repeats", default="1:5,4:2,16:1", help="runs per concurrency level (TTFA samples)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tiny-dir", type=Path, default=None, help="prebuilt voicepipe.models.tiny custom-voice dir")
@@ -351,22 +483,52 @@ def main() -> None:
                 frames=a.frames, text=TEXT)
     print(info, flush=True)
     rows: list[dict] = []
-    if "voicepipe" in systems:
-        rows += bench_voicepipe(tts, a.frames, concs, repeats, max_batch=max(concs))
-    if "inline" in systems:
-        rows += bench_voicepipe(tts, a.frames, concs, repeats, max_batch=max(concs), decode_thread=False)
-    if "faster" in systems and device == "cuda":
+    extra: dict = {"profile": {}}
+
+    def save() -> None:
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            (a.out / "serve_bench.json").write_text(json.dumps(dict(info=info, rows=rows, **extra), indent=2))
+            (a.out / "serve_bench.md").write_text(table(rows) + "\n")
+
+    mb = max(concs)
+    if "numerics" in systems and device == "cuda":
         try:
-            rows += bench_faster(tts, a.frames, concs, repeats, a.chunk)
-        except Exception as e:  # noqa: BLE001 - report and keep the other systems' numbers
-            print(f"faster-qwen3-tts failed: {type(e).__name__}: {e}", flush=True)
+            extra["numerics"] = numerics(tts)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"numerics failed: {type(e).__name__}: {e}", flush=True)
+    if "baseline" in systems:  # the engine as it was: eager step units and codec, CUDA graphs of the step
+        base = make_engine(tts, mb, compile=False, codec_graphs=False)
+        base.capture(lengths=[256])
+        rows += bench_voicepipe(tts, a.frames, [c for c in concs if c <= 16], repeats, mb, name="baseline", eng=base,
+                                profile=extra["profile"])
+        del base
+        torch.cuda.empty_cache()
+        save()
+    eng = None
+    if "voicepipe" in systems:
+        eng = make_engine(tts, mb)
+        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, eng=eng, profile=extra["profile"])
+        save()
+    if "inline" in systems:
+        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
+    if "http" in systems and eng is not None:
+        eng.start()
+        rows += bench_http(eng, a.frames, a.http_formats.split(","), [1, 16])
+        eng.stop()
+        save()
+    if "faster" in systems and device == "cuda":
+        fconcs = [int(x) for x in a.faster_concurrency.split(",")]
+        for chunk in (int(x) for x in a.chunk.split(",")):
+            try:
+                rows += bench_faster(tts, a.frames, fconcs, {1: 3}, chunk)
+            except Exception as e:  # noqa: BLE001 - report and keep the other systems' numbers
+                print(f"faster-qwen3-tts failed: {type(e).__name__}: {e}", flush=True)
+            save()
     if "official" in systems:
         rows += bench_official(tts, a.frames, concs)
     print(table(rows))
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "serve_bench.json").write_text(json.dumps(dict(info=info, rows=rows), indent=2))
-        (a.out / "serve_bench.md").write_text(table(rows) + "\n")
+    save()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
 SAMPLE_RATE = 24000
 
 
+def codec_frame_bucket(n: int) -> int:
+    """Frames a codec graph decodes for a window of n: the next power of two up to 8, then the next multiple of 8."""
+    return 1 << max(0, (n - 1).bit_length()) if n <= 8 else -(-n // 8) * 8
+
+
 class CodecStreaming:
     """Device->host copies that keep the GIL free, and the decode thread's jobs."""
 
@@ -42,8 +47,60 @@ class CodecStreaming:
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
         dec = self.model.speech_tokenizer.model.decoder
-        wav = dec(codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2))
+        x = codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2)
+        wav = self._decode_graphed(dec, x) if self._codec_graphed else None
+        if wav is None:
+            wav = dec(x)
         return self._to_host(wav[:, 0].float())
+
+    @property
+    def _codec_graphed(self) -> bool:
+        """Whether codec decodes replay CUDA graphs (`EngineConfig.codec_graphs`; default: with CUDA graphs)."""
+        c = self.cfg.codec_graphs
+        return (self.use_graphs if c is None else bool(c)) and self.device.type == "cuda" and not self._codec_broken
+
+    _codec_broken = False
+
+    def _decode_graphed(self, dec: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """Decode through a CUDA graph of the padded shape (batch to its bucket, frames to `codec_frame_bucket`).
+
+        The codec is causal, so frames padded on the right change none of the samples kept. Graphs are captured on
+        first use of a shape, on the decode thread's stream; a capture that fails turns codec graphs off (eager)."""
+        from voicepipe.serve.engine.step import _bucket_sizes
+
+        B, _, n = x.shape
+        bb = next((s for s in _bucket_sizes(self.cfg.max_batch) if s >= B), B)
+        key = (bb, codec_frame_bucket(n))
+        graphs = self.__dict__.setdefault("_codec_graphs", {})
+        entry = graphs.get(key)
+        if entry is None:
+            try:
+                entry = graphs[key] = self._capture_codec(dec, key, x)
+            except Exception:  # noqa: BLE001 - fall back to eager decoding, keep serving
+                log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
+                self._codec_broken = True
+                return None
+        g, inp, out = entry
+        inp.zero_()
+        inp[:B, :, :n] = x
+        g.replay()
+        return out[:B, :, : n * SAMPLES_PER_FRAME]
+
+    def _capture_codec(self, dec: torch.nn.Module, key: tuple[int, int], like: torch.Tensor
+                       ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:  # fmt: skip
+        t0 = time.perf_counter()
+        inp = torch.zeros(key[0], like.shape[1], key[1], dtype=like.dtype, device=like.device)
+        dec(inp)  # warm-up: lazy initialisation and algorithm choice happen outside the capture
+        stream = self.__dict__.setdefault("_codec_stream", torch.cuda.Stream(like.device))
+        pool = self.__dict__.setdefault("_codec_pool", torch.cuda.graph_pool_handle())
+        stream.wait_stream(torch.cuda.current_stream())
+        g = torch.cuda.CUDAGraph()
+        # own pool and stream: the frame-step graphs may be captured on the engine thread at the same time
+        with torch.cuda.graph(g, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            out = dec(inp)
+        torch.cuda.current_stream().wait_stream(stream)
+        log.info("codec graph %s captured in %.0f ms", key, 1000 * (time.perf_counter() - t0))
+        return g, inp, out
 
     def _emit_audio(self, due: list[RequestHandle]) -> None:
         """Hand the due windows (left context + new frames) to the decode thread, batched by shape."""

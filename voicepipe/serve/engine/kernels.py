@@ -1,13 +1,19 @@
-"""The per-frame math, as plain functions over fused weights: RMSNorm, RoPE, one decoder layer, sampling.
+"""The per-frame math, as plain functions over fused weights and the engine's buffers.
 
-The engine's frame step (`step.py`) strings these together; keeping them free of engine state is what lets them be
-compiled (fused) and graph-captured.
+The frame step (`step.py`) is a chain of four *units*, each a pure function of tensors (no engine state, no host
+sync), so that each can be compiled once (`torch.compile`, dynamic batch) and the whole chain captured as one CUDA
+graph per batch bucket:
+
+- `talker_layer`: one talker decoder layer for one new token per slot (writes its K/V into the static cache);
+- `talker_head`: final norm, codec head, the talker's logits processors, code-0 sampling, its embedding;
+- `predictor_first`: the code predictor's 2-token prefill [talker hidden, code-0 embedding] -> code 1;
+- `predictor_next`: one code-predictor step (position 2..15) -> the next code, run 14 times per frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +23,7 @@ class FusedLayerError(RuntimeError):
     """A decoder layer the fused engine cannot run."""
 
 
-@dataclass
-class _FusedLayer:
+class _FusedLayer(NamedTuple):
     """One decoder layer's weights, q/k/v and gate/up fused (module parameters become views: no extra memory)."""
 
     ln1: torch.Tensor
@@ -77,16 +82,27 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
-def decoder_layer(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor,
-                  attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """One pre-norm decoder layer with fused projections; `attend(q, k, v)` stores K/V and returns [b,n,nh*hd]."""
+def attn_qkv(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Pre-norm, fused q/k/v projection, per-head q/k norms, RoPE: q [b,nh,n,hd], k and v [b,kvh,n,hd]."""
     b, n, _ = x.shape
     qkv = F.linear(_rms(x, w.ln1, w.eps), w.wqkv).view(b, n, nh + 2 * kvh, hd)
     qk = rope(_rms(qkv[:, :, : nh + kvh], w.qk_w, w.qk_eps), cos, sin)
-    q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + kvh :].transpose(1, 2)
-    x = x + F.linear(attend(q, k, v), w.wo)
+    return qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + kvh :].transpose(1, 2)
+
+
+def attn_out_mlp(w: _FusedLayer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """Output projection + residual, then the gated MLP + residual; o is the attention output [b,n,nh*hd]."""
+    x = x + F.linear(o, w.wo)
     g, u = F.linear(_rms(x, w.ln2, w.eps), w.wgu).chunk(2, -1)
     return x + F.linear(F.silu(g) * u, w.wd)
+
+
+def decoder_layer(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor,
+                  attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One pre-norm decoder layer with fused projections; `attend(q, k, v)` stores K/V and returns [b,n,nh*hd]."""
+    q, k, v = attn_qkv(w, x, nh, kvh, hd, cos, sin)
+    return attn_out_mlp(w, x, attend(q, k, v))
 
 
 def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int) -> torch.Tensor:
@@ -97,3 +113,103 @@ def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: in
     # Exponential-race sampling (== multinomial) keeps the whole step free of host syncs, so it can be graphed.
     pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
     return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
+
+
+class Dims(NamedTuple):
+    """Head counts and sizes of one decoder stack (compile-time constants)."""
+
+    nh: int
+    kvh: int
+    hd: int
+
+
+def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, d: Dims) -> torch.Tensor:
+    """One talker layer for one token per slot; slot i sits at position p[i] of the static cache kc/vc [S,kvh,Lmax,hd].
+
+    Attends over the first L = mask.shape[-1] cache positions; batch b = x.shape[0] (slots [0, b))."""
+    b, L = x.shape[0], mask.shape[-1]
+    q, k, v = attn_qkv(w, x, d.nh, d.kvh, d.hd, cos, sin)
+    bidx = torch.arange(b, device=x.device)
+    kc[bidx, :, p] = k[:, :, 0]
+    vc[bidx, :, p] = v[:, :, 0]
+    # GQA decode: fold each KV head's query heads into the query-length axis (no KV repeat)
+    o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
+    return attn_out_mlp(w, x, o.reshape(b, 1, -1))
+
+
+class Sampling(NamedTuple):
+    """Per-slot sampling state (full-size buffers [S, ...]; a unit reads and writes rows [0, b))."""
+
+    temp: torch.Tensor
+    greedy: torch.Tensor
+    sub_temp: torch.Tensor
+    sub_greedy: torch.Tensor
+    rep_pen: torch.Tensor
+    seen: torch.Tensor
+    n_sampled: torch.Tensor
+    min_new: torch.Tensor
+
+
+def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch.Tensor, embed_w: torch.Tensor,
+                suppress: torch.Tensor, eos: int, s: Sampling, top_k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Final norm, codec head and the package's talker logits processors (repetition penalty, suppressed control
+    codes, min length), then code 0. Returns (talker hidden [b,H], code0 [b], its embedding [b,H])."""
+    b = x.shape[0]
+    hidden = _rms(x, norm_w, eps)[:, 0]
+    logits = F.linear(hidden, head_w).float()
+    rp = s.rep_pen[:b]
+    logits = torch.where(s.seen[:b], torch.where(logits < 0, logits * rp, logits / rp), logits)
+    logits = logits.masked_fill(suppress, float("-inf"))
+    block_eos = s.n_sampled[:b] < s.min_new[:b]
+    logits[:, eos] = torch.where(block_eos, float("-inf"), logits[:, eos])
+    code0 = sample(logits, s.temp[:b], s.greedy[:b], top_k)
+    s.seen[:b].scatter_(1, code0[:, None], True)
+    s.n_sampled[:b] += 1
+    return hidden, code0, F.embedding(code0, embed_w)
+
+
+def _project(x: torch.Tensor, proj_w: torch.Tensor | None, proj_b: torch.Tensor | None) -> torch.Tensor:
+    return x if proj_w is None else F.linear(x, proj_w, proj_b)
+
+
+def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.Tensor, pk: list[torch.Tensor],
+                    pv: list[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, proj_w: torch.Tensor | None,
+                    proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float, head_w: torch.Tensor,
+                    embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The code predictor's prefill over [talker hidden, code-0 embedding] at positions 0-1 (cache pk/pv [S,kvh,16,hd],
+    cos/sin [2,1,hd]), then code 1. Returns (last hidden [b,Hp], code1 [b], its embedding [b,H])."""
+    b = hidden.shape[0]
+    h = _project(torch.stack([hidden, e0], 1), proj_w, proj_b)
+    for w, kc, vc in zip(layers, pk, pv, strict=True):
+        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin)
+        kc[:b, :, :2] = k
+        vc[:b, :, :2] = v
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        h = attn_out_mlp(w, h, o.transpose(1, 2).reshape(b, 2, -1))
+    h = _rms(h[:, -1], norm_w, eps)
+    c = sample(F.linear(h, head_w).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    return h, c, F.embedding(c, embed_w)
+
+
+def predictor_next(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Tensor], pv: list[torch.Tensor],
+                   pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                   proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
+                   head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
+                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One code-predictor step: the previous code's embedding e [b,H] enters at position `pos` (a 1-element tensor;
+    cos/sin [1,1,hd]; mask [1,16], True up to pos), attends over the whole 16-slot cache under the mask, and the next
+    code is sampled. Returns (code [b], its embedding [b,H])."""
+    b = e.shape[0]
+    h = _project(e[:, None], proj_w, proj_b)
+    for w, kc, vc in zip(layers, pk, pv, strict=True):
+        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin)
+        kc[:b].index_copy_(2, pos, k)
+        vc[:b].index_copy_(2, pos, v)
+        o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b], vc[:b], attn_mask=mask)
+        h = attn_out_mlp(w, h, o.reshape(b, 1, -1))
+    h = _rms(h[:, 0], norm_w, eps)
+    c = sample(F.linear(h, head_w).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    return c, F.embedding(c, embed_w)

@@ -6,18 +6,23 @@ A mixin of `TTSEngine`: it reads the engine's static buffers (`_alloc` in `core.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from voicepipe.serve.engine.kernels import _rms, decoder_layer, sample
+from voicepipe.serve.engine import kernels as K
+from voicepipe.serve.engine.kernels import decoder_layer
 
 if TYPE_CHECKING:
     from voicepipe.serve.engine.core import GenerationConfig, Prompt
+
+log = logging.getLogger("voicepipe.serve.engine")
 
 
 def _bucket_sizes(max_batch: int) -> list[int]:
@@ -38,73 +43,98 @@ class FrameStep:
             lock = self.__dict__.setdefault("_step_lock_", threading.RLock())
         return lock
 
-    def _predictor(self, h: torch.Tensor, start: int, b: int) -> torch.Tensor:
-        """Run the code predictor's decoder layers on h [b, n, Hp] at static positions start..start+n-1."""
-        n = h.shape[1]
-        cos, sin = self.pcos[start : start + n][:, None], self.psin[start : start + n][:, None]  # [n,1,hd]
-        for i, w in enumerate(self.p_layers):
-            pk, pv = self.pk[i], self.pv[i]
+    # ------------------------------------------------------------------ units
+    def _build_units(self) -> SimpleNamespace:
+        """The four per-frame units bound to this engine's weights and buffers: plain functions, or compiled ones
+        (`EngineConfig.compile`; one dynamic-batch compile per unit, fused elementwise work, eager RNG semantics)."""
+        tc, pc = self.tc, self.cp.model.config
+        td, pd = K.Dims(self.nh, self.kvh, self.hd), K.Dims(self.p_nh, self.p_kvh, self.p_hd)
+        samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
+                          self.n_sampled, self.min_new)
+        proj = self.cp.small_to_mtp_projection
+        proj_w, proj_b = (proj.weight, proj.bias) if isinstance(proj, torch.nn.Linear) else (None, None)
+        t_norm, p_norm = self.talker.model.norm, self.cp.model.norm
+        top_k, sub_k, eos = min(self.cfg.top_k, tc.vocab_size), min(self.cfg.subtalker_top_k, pc.vocab_size), self.eos
 
-            def attend(q, k, v, pk=pk, pv=pv):
-                pk[:b, :, start : start + n] = k
-                pv[:b, :, start : start + n] = v
-                if n > 1:
-                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                    return o.transpose(1, 2).reshape(b, n, -1)
-                o = F.scaled_dot_product_attention(
-                    q.reshape(b, self.p_kvh, -1, self.p_hd), pk[:b, :, : start + 1], pv[:b, :, : start + 1])
-                return o.reshape(b, 1, -1)
+        def talker_layer(w, x, kc, vc, p, cos, sin, mask):
+            return K.talker_layer(w, x, kc, vc, p, cos, sin, mask, td)
 
-            h = decoder_layer(w, h, self.p_nh, self.p_kvh, self.p_hd, cos, sin, attend)
-        return _rms(h, self.cp.model.norm.weight, self.cp.model.norm.variance_epsilon)
+        def talker_head(x, norm_w, head_w, embed_w, suppress, samp):
+            return K.talker_head(x, norm_w, t_norm.variance_epsilon, head_w, embed_w, suppress, eos, samp, top_k)
+
+        def predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, head_w, embed_w, samp):
+            return K.predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w,
+                                     p_norm.variance_epsilon, head_w, embed_w, samp, sub_k, pd)
+
+        def predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w, samp):
+            return K.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w,
+                                    p_norm.variance_epsilon, head_w, embed_w, samp, sub_k, pd)
+
+        fns = dict(talker_layer=talker_layer, talker_head=talker_head, predictor_first=predictor_first,
+                   predictor_next=predictor_next)
+        # per predictor position 2..15: the position, its RoPE rows and its attention mask over the 16-slot cache
+        ar = torch.arange(self.n_groups, device=self.device)
+        ptab = [(torch.tensor([i], device=self.device), self.pcos[i : i + 1, None].clone(),
+                 self.psin[i : i + 1, None].clone(), (ar <= i)[None]) for i in range(self.n_groups)]
+        p01 = (self.pcos[:2, None].clone(), self.psin[:2, None].clone())
+        backend = self.cfg.compile if isinstance(self.cfg.compile, str) else "inductor"
+        if self.compiled:
+            # every full-size buffer, weight and table keeps its shape; only the batch (and the talker's length
+            # bucket) stays symbolic, so one compile per unit serves every (batch, length) bucket
+            static = [*self.kc, *self.vc, *self.pk, *self.pv, *samp, self.suppress, t_norm.weight, p_norm.weight,
+                      self.talker.codec_head.weight, self.talker.get_input_embeddings().weight, *p01,
+                      *(m.weight for m in self.cp.lm_head), *(m.weight for m in self.cp.model.codec_embedding),
+                      *(t for w in [*self.t_layers, *self.p_layers] for t in w if isinstance(t, torch.Tensor)),
+                      *(t for row in ptab for t in row), *(t for t in (proj_w, proj_b) if t is not None)]
+            for t in static:
+                torch._dynamo.mark_static(t)
+            # inductor: sampling draws its random numbers exactly as the eager path does
+            opts = {"fallback_random": True} if backend == "inductor" else None
+            fns = {k: torch.compile(f, backend=backend, dynamic=True, fullgraph=True, options=opts)
+                   for k, f in fns.items()}
+        return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the frame-step units run compiled (`EngineConfig.compile`; default: with CUDA graphs)."""
+        c = self.cfg.compile
+        return (self.use_graphs if c is None else bool(c)) and not self._compile_failed
+
+    _compile_failed = False
+
+    @property
+    def _units(self) -> SimpleNamespace:
+        u = self.__dict__.get("_units_")
+        if u is None:
+            u = self.__dict__.setdefault("_units_", self._build_units())
+        return u
 
     def _step(self, b: int, L: int) -> None:
         """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
-        x = self.next_emb[:b].unsqueeze(1)
+        u = self._units
+        # a copy (an inference tensor like every later layer's input): one traced variant of the layer unit
+        x = self.next_emb[:b].unsqueeze(1).clone()
         p = self.pos[:b]
-        bidx = self.slot_idx[:b]
         cos, sin = self.cos[p][:, None, None], self.sin[p][:, None, None]  # [b,1,1,hd]
         mask = (self.ar[:L][None] <= p[:, None]).view(b, 1, 1, L)
         for i, w in enumerate(self.t_layers):
-            kc, vc = self.kc[i], self.vc[i]
-
-            def attend(q, k, v, kc=kc, vc=vc):
-                kc[bidx, :, p] = k[:, :, 0]
-                vc[bidx, :, p] = v[:, :, 0]
-                # GQA decode: fold each KV head's query heads into the query-length axis (no KV repeat)
-                o = F.scaled_dot_product_attention(
-                    q.reshape(b, self.kvh, -1, self.hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
-                return o.reshape(b, 1, -1)
-
-            x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
-        hidden = _rms(x, self.talker.model.norm.weight, self.talker.model.norm.variance_epsilon)  # [b,1,H]
-        logits = self.talker.codec_head(hidden[:, 0]).float()
-        # logits processors of the package's talker generate: repetition penalty, suppressed control codes, min length
-        rp = self.rep_pen[:b]
-        logits = torch.where(self.seen[:b], torch.where(logits < 0, logits * rp, logits / rp), logits)
-        logits = logits.masked_fill(self.suppress, float("-inf"))
-        block_eos = (self.n_sampled[:b] < self.min_new[:b])
-        logits[:, self.eos] = torch.where(block_eos, float("-inf"), logits[:, self.eos])
-        code0 = sample(logits, self.temp[:b], self.greedy[:b], self.cfg.top_k)
-        self.seen[:b].scatter_(1, code0[:, None], True)
-        self.n_sampled[:b] += 1
-        # code predictor: prefill [talker hidden, code-0 embedding], then 14 single steps
-        e0 = self._codec_embed(code0)
-        hp = self._predictor(self.cp.small_to_mtp_projection(torch.stack([hidden[:, 0], e0], 1)), 0, b)
-        h_last = hp[:, -1]
-        codes, embs = [code0], [e0]
-        n_pred = self.n_groups - 1
-        for j in range(n_pred):
-            c = sample(self.cp.lm_head[j](h_last).float(), self.sub_temp[:b], self.sub_greedy[:b],
-                             self.cfg.subtalker_top_k)
-            e = self.cp.model.codec_embedding[j](c)
+            x = u.talker_layer(w, x, self.kc[i], self.vc[i], p, cos, sin, mask)
+        hidden, code0, e0 = u.talker_head(x, self.talker.model.norm.weight, self.talker.codec_head.weight,
+                                          self.talker.get_input_embeddings().weight, self.suppress, u.samp)
+        self._last_hidden = hidden  # the talker's output (numerics checks; inside a graph: its static buffer)
+        # code predictor: prefill [talker hidden, code-0 embedding] -> code 1, then 14 single steps -> codes 2..15
+        heads, embeds = self.cp.lm_head, self.cp.model.codec_embedding
+        _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
+                                    self.cp.model.norm.weight, heads[0].weight, embeds[0].weight, u.samp)
+        codes, embs = [code0, c], [e0, e]
+        for j in range(1, self.n_groups - 1):
+            c, e = u.predictor_next(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
+                                    self.cp.model.norm.weight, heads[j].weight, embeds[j].weight, u.samp)
             codes.append(c)
             embs.append(e)
-            if j < n_pred - 1:
-                h_last = self._predictor(self.cp.small_to_mtp_projection(e[:, None]), j + 2, b)[:, 0]
         emb = torch.stack(embs, 1).sum(1)
         gs = self.gen_step[:b]
-        txt = self.text_buf[bidx, gs.clamp(max=self.cfg.max_text - 1)]
+        txt = self.text_buf[self.slot_idx[:b], gs.clamp(max=self.cfg.max_text - 1)]
         txt = torch.where((gs < self.text_len[:b])[:, None], txt, self.tts_pad[None])
         self.next_emb[:b] = emb + txt
         act = self.active[:b]
@@ -165,8 +195,14 @@ class FrameStep:
         out.append(self.cfg.max_len)
         return out
 
+    def _batch_buckets(self) -> list[int]:
+        sizes = _bucket_sizes(self.cfg.max_batch)
+        # compiled units are traced with a symbolic batch, which excludes 1 (PyTorch specialises size-1 dims):
+        # one stream runs in the 2-slot graph, at nearly the same cost (the step is bound by weight reads)
+        return [s for s in sizes if s > 1] or sizes if self.compiled else sizes
+
     def _pick(self, b_needed: int, l_needed: int) -> tuple[int, int]:
-        b = next(s for s in _bucket_sizes(self.cfg.max_batch) if s >= b_needed)
+        b = next(s for s in self._batch_buckets() if s >= b_needed)
         L = next(n for n in self._len_buckets() if n >= l_needed) if self.use_graphs else l_needed
         return b, L
 
@@ -211,14 +247,22 @@ class FrameStep:
         t0 = time.perf_counter()
         with self._step_lock:
             self._pool = self._pool or torch.cuda.graph_pool_handle()
-            for b in batch_sizes or _bucket_sizes(self.cfg.max_batch):
+            for b in batch_sizes or self._batch_buckets():
                 for L in lengths or self._len_buckets():
                     if (b, L) in self._graphs:
                         continue
                     s = torch.cuda.Stream()
                     s.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(s):
-                        self._warm_up(b, L)
+                        try:
+                            self._warm_up(b, L)
+                        except Exception:
+                            if not self.compiled:
+                                raise
+                            log.exception("compiled frame step failed; falling back to eager units")
+                            self._compile_failed = True
+                            self.__dict__.pop("_units_", None)
+                            self._warm_up(b, L)
                     torch.cuda.current_stream().wait_stream(s)
                     g = torch.cuda.CUDAGraph()
                     # thread_local: the codec thread and request threads may use CUDA while a bucket is captured.

@@ -1,0 +1,68 @@
+"""The speed paths of the engine, checked on the CPU: compiled frame-step units and the codec's padded decode.
+
+On CUDA the engine compiles its four per-frame units (`torch.compile`, inductor) and replays the codec decoder as
+CUDA graphs of padded shapes; their speed is measured in `benchmarks/serve.py`. Here: the compiled units trace as
+whole graphs, once per unit for every batch bucket and length, and give the package's greedy codes; and the codec
+is causal, so a window padded on the right to its graph's shape decodes to the same samples.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+from voicepipe.serve.engine.codec import SAMPLES_PER_FRAME, codec_frame_bucket
+
+GREEDY = dict(do_sample=False, subtalker_do_sample=False)
+
+
+def test_codec_frame_buckets_cover_every_window():
+    assert [codec_frame_bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17, 28, 37)] == [1, 2, 4, 8, 8, 16, 16, 24, 32, 40]
+    assert all(codec_frame_bucket(n) >= n for n in range(1, 200))
+
+
+def test_codec_right_padding_keeps_the_samples(tiny_custom_voice_dir):
+    from voicepipe.models import load_tts
+
+    dec = load_tts(tiny_custom_voice_dir).model.speech_tokenizer.model.decoder
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for n in (2, 5, 27):
+            codes = torch.randint(0, 2048, (2, 16, n), generator=g)
+            padded = torch.cat([codes, torch.zeros(2, 16, codec_frame_bucket(n) - n, dtype=torch.long)], -1)
+            ref, out = dec(codes), dec(padded)[..., : n * SAMPLES_PER_FRAME]
+            assert ref.shape[-1] == n * SAMPLES_PER_FRAME
+            assert torch.allclose(out, ref, atol=1e-5), f"padding changed the samples of a {n}-frame window"
+
+
+@pytest.mark.slow
+def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir):
+    """aot_eager runs the same traced graphs (functionalised cache writes included) as inductor, without codegen."""
+    from torch._dynamo.utils import counters
+
+    from voicepipe.models import load_tts
+
+    torch._dynamo.reset()
+    tts = load_tts(tiny_custom_voice_dir)
+    eager = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256)).start()
+    comp = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()
+    try:
+        assert comp.compiled and comp._batch_buckets() == [2, 4]
+        gen = GenerationConfig(max_new_tokens=10, min_new_tokens=10, **GREEDY)
+        texts = ["Compiled, one request.", "A second request, batched.", "And a third."]
+        before = counters["stats"]["unique_graphs"]
+        p = comp.prepare(texts[0], speaker="alice")
+        assert torch.equal(comp.generate_codes(p, gen), eager.generate_codes(eager.prepare(texts[0], speaker="alice"),
+                                                                            gen))
+        with comp._step_lock:  # three requests at once: batch bucket 4
+            hs = [comp.submit(comp.prepare(t, speaker="alice"), gen, lambda ev: None) for t in texts]
+        for h, t in zip(hs, texts, strict=True):
+            assert h.finished.wait(300)
+            assert torch.equal(torch.stack(h.frames), eager.generate_codes(eager.prepare(t, speaker="alice"), gen))
+        # four units, each traced once for batch buckets 2 and 4 and every cache length
+        assert counters["stats"]["unique_graphs"] - before == 4
+    finally:
+        comp.stop()
+        eager.stop()
+        torch._dynamo.reset()
