@@ -70,3 +70,24 @@ def test_capture_warm_up_mid_request_changes_nothing_live(inline_engine, sampled
     for a, b in zip(ref, out, strict=True):
         assert a.shape == (14, 16)
         assert torch.equal(a, b), "a capture warm-up mid-request changed the request's codes"
+
+
+def test_a_crashed_loop_fails_its_requests_and_refuses_new_ones(tiny_custom_voice_dir):
+    from voicepipe.models import load_tts
+    from voicepipe.serve.engine import EngineError
+
+    eng = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=2, max_len=128)).start()
+    try:
+        def broken(*_a, **_k):  # a device fault in the middle of a frame step
+            raise RuntimeError("injected device fault")
+
+        eng._run_step = broken
+        events = []
+        h = eng.submit(eng.prepare("This request meets the fault.", speaker="alice"),
+                       GenerationConfig(max_new_tokens=8), events.append)
+        assert h.finished.wait(60)
+        assert [e.kind for e in events] == ["error"] and "injected device fault" in events[0].message
+        with pytest.raises(EngineError, match="not running"):  # before the fix: queued forever, never answered
+            eng.submit(eng.prepare("And this one comes after.", speaker="alice"), None, events.append)
+    finally:
+        eng.stop()

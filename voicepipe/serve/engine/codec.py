@@ -72,18 +72,23 @@ class CodecStreaming:
         bb = next((s for s in _bucket_sizes(self.cfg.max_batch) if s >= B), B)
         key = (bb, codec_frame_bucket(n))
         graphs = self.__dict__.setdefault("_codec_graphs", {})
-        entry = graphs.get(key)
-        if entry is None:
-            try:
-                entry = graphs[key] = self._capture_codec(dec, key, x)
-            except Exception:  # noqa: BLE001 - fall back to eager decoding, keep serving
-                log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
-                self._codec_broken = True
-                return None
-        g, inp, out = entry
-        inp.zero_()
-        inp[:B, :, :n] = x
-        g.replay()
+        # Under the step lock: while any CUDA graph is being captured, PyTorch marks the (shared) CUDA RNG as
+        # capturing, and a replay of another graph in another thread then fails ("Offset increment outside graph
+        # capture"). So codec captures and replays never overlap frame-step captures and replays. The lock is held
+        # only while work is queued (microseconds for a replay), not while it runs.
+        with self._step_lock:
+            entry = graphs.get(key)
+            if entry is None:
+                try:
+                    entry = graphs[key] = self._capture_codec(dec, key, x)
+                except Exception:  # noqa: BLE001 - fall back to eager decoding, keep serving
+                    log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
+                    self._codec_broken = True
+                    return None
+            g, inp, out = entry
+            inp.zero_()
+            inp[:B, :, :n] = x
+            g.replay()
         return out[:B, :, : n * SAMPLES_PER_FRAME]
 
     def _capture_codec(self, dec: torch.nn.Module, key: tuple[int, int], like: torch.Tensor

@@ -432,11 +432,14 @@ class TTSEngine(FrameStep, CodecStreaming):
             msg = f"engine failure: {e}"
         else:
             msg = "engine stopped"
-        for r in [r for r in self._slots if r is not None] + list(self._pending):
+        with self._cv:  # from here on submit() refuses: a crashed loop must leave no request waiting forever
+            self._stop = True
+            dead = [r for r in self._slots if r is not None] + list(self._pending)
+            self._pending.clear()
+        for r in dead:
             self._send(r, Event("error", message=msg))
             r.finished.set()
         self._slots = [None] * self.cfg.max_batch
-        self._pending.clear()
         self.active.zero_()
 
     # ------------------------------------------------------------------ sync helpers
