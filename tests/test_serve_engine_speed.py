@@ -62,6 +62,15 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
             assert torch.equal(torch.stack(h.frames), eager.generate_codes(eager.prepare(t, speaker="alice"), gen))
         # four units, each traced once for batch buckets 2 and 4 and every cache length
         assert counters["stats"]["unique_graphs"] - before == 4
+        # a second engine of the same shape (another voice) reuses them: its closures hold plain numbers only
+        other = TTSEngine(load_tts(tiny_custom_voice_dir),
+                          EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()
+        try:
+            assert torch.equal(other.generate_codes(other.prepare(texts[0], speaker="alice"), gen),
+                               comp.generate_codes(p, gen))
+        finally:
+            other.stop()
+        assert counters["stats"]["unique_graphs"] - before == 4
     finally:
         comp.stop()
         eager.stop()

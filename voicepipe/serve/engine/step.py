@@ -54,21 +54,23 @@ class FrameStep:
         proj = self.cp.small_to_mtp_projection
         proj_w, proj_b = (proj.weight, proj.bias) if isinstance(proj, torch.nn.Linear) else (None, None)
         t_norm, p_norm = self.talker.model.norm, self.cp.model.norm
+        # closures hold plain numbers only, so engines of one shape share their compiled units
+        t_eps, p_eps = float(t_norm.variance_epsilon), float(p_norm.variance_epsilon)
         top_k, sub_k, eos = min(self.cfg.top_k, tc.vocab_size), min(self.cfg.subtalker_top_k, pc.vocab_size), self.eos
 
         def talker_layer(w, x, kc, vc, p, cos, sin, mask):
             return K.talker_layer(w, x, kc, vc, p, cos, sin, mask, td)
 
         def talker_head(x, norm_w, head_w, embed_w, suppress, samp):
-            return K.talker_head(x, norm_w, t_norm.variance_epsilon, head_w, embed_w, suppress, eos, samp, top_k)
+            return K.talker_head(x, norm_w, t_eps, head_w, embed_w, suppress, eos, samp, top_k)
 
         def predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, head_w, embed_w, samp):
-            return K.predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w,
-                                     p_norm.variance_epsilon, head_w, embed_w, samp, sub_k, pd)
+            return K.predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, p_eps, head_w,
+                                     embed_w, samp, sub_k, pd)
 
         def predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w, samp):
-            return K.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w,
-                                    p_norm.variance_epsilon, head_w, embed_w, samp, sub_k, pd)
+            return K.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps, head_w,
+                                    embed_w, samp, sub_k, pd)
 
         fns = dict(talker_layer=talker_layer, talker_head=talker_head, predictor_first=predictor_first,
                    predictor_next=predictor_next)
