@@ -696,7 +696,7 @@ class TTSEngine:
 
     def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None]) -> RequestHandle:
         """Queue a prepared prompt; events arrive on the engine thread through `on_event`."""
-        req = RequestHandle(prompt, gen or GenerationConfig(), on_event)
+        req = RequestHandle(prompt, gen or self.generation, on_event)  # None: the checkpoint's sampling
         with self._cv:
             if self._stop or self._thread is None:
                 raise EngineError("engine is not running")
