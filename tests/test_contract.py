@@ -11,7 +11,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +139,90 @@ def test_engine_samples_as_generation_config_json_says(tiny_custom_voice_dir: Pa
     # a request (the server's `generation` settings) overrides the file where the API allows
     over = eng.generation.with_overrides(temperature=0.7, subtalker_dosample=False)
     assert (over.temperature, over.subtalker_do_sample, over.max_new_tokens) == (0.7, False, 12)
+
+
+@pytest.mark.slow
+def test_pipeline_promotes_and_serve_speaks_the_promoted_voice(prefect_api, prefect_podcast, tiny_tts_dir: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny random models never make valid speech, so this run promotes by the explicit PLUMBING rule (the strict
+    default is asserted in test_prefect_pipeline.py): what is tested is the chain, not the voice."""
+    import httpx
+    import numpy as np
+    import soundfile as sf
+    from openai import OpenAI
+
+    from flows.pipeline import EvaluateStep, PipelineParams, TrainStep, voice_pipeline
+    from tests.fixtures.prefect import corpus_params, free_port
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.store import open_store
+
+    store_url = f"file://{tmp_path / 'store'}"
+    monkeypatch.setenv("VOICEPIPE_STORE_URL", store_url)
+    monkeypatch.setenv("VOICEPIPE_HOME", str(tmp_path / "home"))
+    corpus = corpus_params(prefect_podcast, "ChainSpeaker", store_url, tmp_path / "corpus", max_episodes=2,
+                           codec_model=str(tiny_tts_dir / "speech_tokenizer"), language="English")
+    params = PipelineParams(
+        corpus=CorpusParams(**corpus),
+        train=TrainStep(base=str(tiny_tts_dir), config="v8", out=str(tmp_path / "run"),
+                        overrides={"epochs": 2, "batch_size": 2, "grad_accum": 1}),
+        evaluate=EvaluateStep(overrides={"selection": "plumbing", "asr": "pocketsphinx", "mos": False,
+                                         "max_val_texts": 1, "script": ["Hello there."], "html_samples": 0,
+                                         "cap_max_frames": 6}),
+    )
+    result = voice_pipeline(params)
+
+    # promotion: the registry points at the chosen checkpoint, with its card
+    store = open_store(store_url)
+    ref = store.get_ref("voices/chainspeaker")
+    assert result["chosen"] in ("epoch-001", "epoch-002") and ref is not None and ref["sha"] == result["voice_sha"]
+    card = ref["extra"]["card"]
+    assert card["corpus_version"] == result["corpus_version"] and card["checkpoint"] == result["chosen"]
+    assert card["language"] == "english" and card["selection_rule"] == "plumbing"
+    assert {"sim", "base_sim", "sim_vs_base", "wer", "valid", "samples"} <= set(card["evaluation"])
+    assert card["evaluation"]["samples"] == 2 and card["evaluation"]["synthesis"] == "engine"
+    # the checkpoint records the corpus language it was trained with
+    meta = json.loads((tmp_path / "run" / result["chosen"] / "voicepipe.json").read_text())
+    assert meta["language"] == "english" and meta["corpus_version"] == result["corpus_version"]
+
+    # `voicepipe serve` loads the promoted voice from the store (nothing local) and an OpenAI client gets audio
+    port = free_port()
+    env = dict(os.environ, HOME=str(tmp_path / "serve-home"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", "from voicepipe.cli import app; app()", "serve", "--voice",
+                             "chainspeaker", "--store", store_url, "--port", str(port), "--device", "cpu",
+                             "--max-concurrent", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+        voices = httpx.get(f"{base}/v1/voices", timeout=10).json()["data"]
+        assert [v["name"] for v in voices] == ["chainspeaker"]
+        served = voices[0]
+        assert served["source"].startswith(f"store:voices/chainspeaker@{ref['sha'][:12]}")
+        assert served["card"]["corpus_version"] == result["corpus_version"]
+        assert served["card"]["checkpoint"] == result["chosen"] and served["card"]["language"] == "english"
+        assert served["card"]["evaluation"]["samples"] == 2
+
+        client = OpenAI(base_url=f"{base}/v1", api_key="not-needed", timeout=120)
+        audio = client.audio.speech.create(model="voicepipe", voice="chainspeaker", input="Hello there.",
+                                           response_format="wav")
+        wav_path = tmp_path / "hello.wav"
+        wav_path.write_bytes(audio.content)
+        wav, sr = sf.read(wav_path, dtype="float32")
+        assert audio.content[:4] == b"RIFF" and sr == 24000 and len(wav) > 0 and np.isfinite(wav).all()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
