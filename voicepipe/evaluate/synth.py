@@ -114,13 +114,14 @@ def engine_prompts(engine: Any, texts: list[str], *, speaker: str | None, langua
 
 def synthesize_batch(engine: Any, texts: list[str], *, speaker: str | None, caps: list[int],
                      language: str | None = None, seed: int = 0, generation: Any = None,
-                     timeout_s: float | None = None) -> tuple[list[Synthesis], float]:
+                     timeout_s: float | None = None, force_lengths: bool = False) -> tuple[list[Synthesis], float]:
     """Synthesize all `texts` through a running `TTSEngine`, submitted together (the engine batches them).
 
     Sampling is `generation` (default: the engine's, i.e. the checkpoint's generation_config.json) with each text's
     frame cap. Returns the samples (`compute_s` = that request's wall time, submission to its last audio) and the
     wall time of the whole batch. The torch seed is set once before submission: greedy decoding is exactly
-    reproducible, sampled decoding is up to the order the engine admits requests in.
+    reproducible, sampled decoding is up to the order the engine admits requests in. `force_lengths` (benchmarks):
+    every text runs to its cap (end-of-speech suppressed until then).
     """
     import threading
 
@@ -150,7 +151,8 @@ def synthesize_batch(engine: Any, texts: list[str], *, speaker: str | None, caps
 
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    handles = [engine.submit(p, base.with_overrides(max_new_tokens=cap), on_event(i))
+    handles = [engine.submit(p, base.with_overrides(max_new_tokens=cap, **({"min_new_tokens": cap} if force_lengths
+                                                                            else {})), on_event(i))
                for i, (p, cap) in enumerate(zip(prompts, caps, strict=True))]  # fmt: skip
     try:
         for i, r in enumerate(out):
