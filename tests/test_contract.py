@@ -226,3 +226,19 @@ def test_pipeline_promotes_and_serve_speaks_the_promoted_voice(prefect_api, pref
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_voice_card_of_a_local_checkpoint_comes_from_what_it_records(tmp_path: Path) -> None:
+    """A voice served from a local dir (no registry) still says which corpus and language it was trained with; a
+    voice fetched from the store carries the registry's card (the pipeline test above checks that one)."""
+    from voicepipe.models.prompt import write_voice_meta
+    from voicepipe.serve.registry import CARD_FILE, voice_card
+
+    ck = tmp_path / "alice"
+    ck.mkdir()
+    assert voice_card(ck) == {}
+    write_voice_meta(ck, language="English", corpus_version="abc123", speaker="alice", epoch=3)
+    assert voice_card(ck) == {"language": "english", "corpus_version": "abc123", "speaker": "alice", "epoch": 3}
+    (ck / CARD_FILE).write_text(json.dumps({"checkpoint": "epoch-003", "corpus_version": "abc123",
+                                            "evaluation": {"sim": 0.8}}))
+    assert voice_card(ck)["evaluation"] == {"sim": 0.8} and voice_card(ck)["checkpoint"] == "epoch-003"
