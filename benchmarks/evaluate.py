@@ -113,8 +113,9 @@ def checkpoint_cost(tiny: bool, tiny_dir: Path | None, n_val: int, package_texts
                 frames=sum(frames), audio_s=sum(frames) / 12.5, build_s=round(build_s, 1))
     print(info, flush=True)
     rows = [engine_cost(tts, texts, frames, warm=False), engine_cost(tts, texts, frames, warm=True)]
-    if package_texts:
-        rows.append(package_cost(tts, texts[:package_texts], frames[:package_texts]))
+    if package_texts:  # spread over the list (the script's first sentences are its shortest)
+        pick = sorted({round(i * (len(texts) - 1) / max(1, package_texts - 1)) for i in range(package_texts)})
+        rows.append(package_cost(tts, [texts[i] for i in pick], [frames[i] for i in pick]))
     for r in rows:
         print(r, flush=True)
     result = dict(info=info, rows=rows)
