@@ -71,16 +71,21 @@ class GenerationConfig:
                 kw[k] = v
         return cls(**kw)
 
-    @classmethod
-    def from_model(cls, tts: Any, model_dir: str | Path | None = None) -> GenerationConfig:
-        """The checkpoint's sampling: `<model_dir>/generation_config.json` when given, else what the package loaded
-        from that file (`model.generate_config`)."""
+    @staticmethod
+    def file_of(tts: Any, model_dir: str | Path | None = None) -> dict[str, Any]:
+        """The checkpoint's `generation_config.json` as a dict: read from `model_dir` when given, else what the
+        package loaded from that file (`model.generate_config`); {} when there is none."""
         data = None
         if model_dir is not None and (Path(model_dir) / "generation_config.json").is_file():
             data = json.loads((Path(model_dir) / "generation_config.json").read_text())
         if data is None:
             data = getattr(getattr(tts, "model", tts), "generate_config", None)
-        return cls.from_dict(data if isinstance(data, dict) else None)
+        return data if isinstance(data, dict) else {}
+
+    @classmethod
+    def from_model(cls, tts: Any, model_dir: str | Path | None = None) -> GenerationConfig:
+        """The checkpoint's sampling (`file_of`)."""
+        return cls.from_dict(cls.file_of(tts, model_dir))
 
     def with_overrides(self, **overrides: Any) -> GenerationConfig:
         """A copy with the given fields replaced (None values and the package's spellings are accepted)."""
@@ -228,10 +233,8 @@ class TTSEngine:
         self.tts = tts
         self.model = tts.model
         self.model_dir = Path(model_dir) if model_dir is not None else model_dir_of(tts)
-        self.generation = GenerationConfig.from_model(tts, self.model_dir)
-        file_cfg = getattr(self.model, "generate_config", None) or {}
-        if self.model_dir is not None and (self.model_dir / "generation_config.json").is_file():
-            file_cfg = json.loads((self.model_dir / "generation_config.json").read_text())
+        file_cfg = GenerationConfig.file_of(tts, self.model_dir)
+        self.generation = GenerationConfig.from_dict(file_cfg)
         cfg = config or EngineConfig()
         cfg = replace(cfg, top_k=cfg.top_k if cfg.top_k is not None else int(file_cfg.get("top_k") or 50),
                       subtalker_top_k=cfg.subtalker_top_k if cfg.subtalker_top_k is not None
