@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
                                            "the package's script.txt)."),
         max_val_texts: int = typer.Option(10, "--max-val-texts", min=0),
         wer_ceiling: float = typer.Option(0.20, "--wer-ceiling"),
-        device: str = typer.Option("cpu", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto (GPU bf16 when present), cpu, cuda"),
         promote: bool = typer.Option(True, "--promote/--no-promote", help="Promote the selected checkpoint."),
         config: Path | None = typer.Option(None, "--config", help="YAML settings file."),
     ) -> None:

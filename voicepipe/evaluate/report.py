@@ -150,13 +150,17 @@ def render_markdown(result: EvalResult, ctx: EvalContext, plot_name: str = "metr
                          if "pocketsphinx" in result.asr_name else ""),
         "- naturalness: " + ("DNSMOS P.835 OVRL and P.808 (speechmos, ONNX weights in its wheel; a speech-quality "
                              "predictor, not a TTS-naturalness model)" if result.mos_name else NO_MOS),
-        "- speed: RTF = synthesis seconds / audio seconds on the evaluation device",
+        f"- synthesis: checkpoints through the serving engine (all texts batched, the checkpoint's "
+        f"generation_config.json sampling, prompt language {_langs(result)}) on `{ctx.config.device}`; the base "
+        "model's clone through the package's generate_voice_clone",
+        "- speed: RTF = the generator's wall time for all texts / their audio seconds (engine: batched)",
         "- SIM and MOS average the VALID samples only (none valid: –); WER/CER count every sample",
         "",
         "## Metrics", "", _md_table(table_rows(result)),
         "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning.", "",
         f"![metrics vs epoch]({plot_name})", "",
-        "## Selection rule", "", _rule_text(), "",
+        "## Selection rule", "", *(["**PLUMBING RULE (tests/demos only): validity, WER and SIM were not checked.**",
+                                    ""] if sel.rule == "plumbing" else []), _rule_text(), "",
         f"WER ceiling applied: {_fmt(sel.wer_ceiling)}; ranking of qualified checkpoints: "
         f"{', '.join(sel.ranking) or 'none'}", "",
     ]
@@ -246,3 +250,8 @@ def write_reports(result: EvalResult, ctx: EvalContext) -> EvalResult:
     result.report_html = out / "report.html"
     result.report_html.write_text(render_html(result, ctx, md, result.plot_png), encoding="utf-8")
     return result
+
+
+def _langs(result: Any) -> str:
+    langs = sorted({r.language for r in result.rows if r.role != "base" and r.language})
+    return ", ".join(f"`{x}`" for x in langs) or "–"

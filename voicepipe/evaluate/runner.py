@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from voicepipe.errors import InputError, ModelError, VoicepipeError
 from voicepipe.evaluate import metrics as M
 from voicepipe.evaluate.selection import Selection, SelectionRule, select_checkpoint
+from voicepipe.models.prompt import corpus_language, normalize_language, read_voice_meta
 
 SCRIPT_PATH = Path(__file__).with_name("script.txt")
 _EPOCH_DIR = re.compile(r"^epoch[-_]?(\d+)$")
@@ -46,10 +47,15 @@ class EvalConfig(BaseModel):
     script: list[str] | None = Field(None, description="Sentences to synthesize; None = the package's script.txt.")
     max_val_texts: int = Field(10, ge=0, description="Held-out validation texts synthesized in addition.")
     max_ref_clips: int = Field(20, ge=1, description="Held-out real clips averaged into the target's voice.")
-    language: str = "English"
+    language: str | None = Field(None, description="Language of the prompts; None: each checkpoint's trained "
+                                 "language (voicepipe.json), the corpus's for the base model's clone.")
     asr: str = Field("auto", description="whisper | pocketsphinx | auto (Whisper if its files are local).")
     mos: bool = Field(True, description="Score naturalness with DNSMOS (weights ship in the speechmos wheel).")
-    device: str = "cpu"
+    device: str = Field("auto", description="auto (the GPU in bf16 when there is one, else the CPU), cpu, cuda.")
+    batch: int = Field(16, ge=1, description="Evaluation texts the serving engine generates at once.")
+    selection: Literal["strict", "plumbing"] = Field(
+        "strict", description="strict: the documented rule. plumbing: TESTS/DEMOS ONLY, promotes a checkpoint that "
+        "merely loaded and synthesized (tiny random models never pass validity); never for a real voice.")
     seed: int = 1234
     cap_s_per_char: float = Field(0.2, description="Token cap: seconds of audio allowed per character ...")
     cap_base_s: float = Field(2.0, description="... plus this many seconds.")
@@ -62,6 +68,8 @@ class EvalConfig(BaseModel):
     html_samples: int = Field(4, ge=0, description="Audio players per checkpoint in report.html (base64 wav).")
 
     def rule(self) -> SelectionRule:
+        if self.selection == "plumbing":
+            return SelectionRule.plumbing()
         return SelectionRule(wer_ceiling=self.wer_ceiling, wer_vs_base=self.wer_vs_base,
                              min_valid_fraction=self.min_valid_fraction, require_beat_base=self.require_beat_base)
 
@@ -115,6 +123,8 @@ class Row:
     mos_ovrl: float | None = None
     mos_p808: float | None = None
     rtf: float | None = None
+    language: str | None = None  # the prompt language it was synthesized with
+    synthesis: str = ""  # "engine" (the serving engine, batched) | "package" (qwen_tts generate_voice_clone)
     samples: list[SampleResult] = field(default_factory=list)
 
     @property
@@ -145,6 +155,8 @@ class EvalContext:
     mos_name: str | None
     held_out: list[str] = field(default_factory=list)
     settings: Any = None
+    language: str = "auto"  # the corpus's language (the base model's clone is prompted with it)
+    corpus_version: str | None = None
 
 
 @dataclass
@@ -289,6 +301,15 @@ def _load(path: Path, sr: int = 24000) -> np.ndarray:
     return wav.astype(np.float32)
 
 
+def _resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @lru_cache(maxsize=2)
 def _speaker_encoder(device: str = "cpu") -> Any:
     from voicepipe.models import load_speaker_encoder
@@ -316,6 +337,7 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
             out_dir: str | Path | None = None, store: Any = None, settings: Any = None) -> EvalContext:
     """Resolve the inputs and compute what every model is compared against (the target's held-out voice)."""
     cfg = config or EvalConfig()
+    cfg = cfg.model_copy(update={"device": _resolve_device(cfg.device)})  # resolved where the evaluation runs
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if out_dir is None:
         from voicepipe.config import load_settings
@@ -393,7 +415,9 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
                        texts=texts, centroid=cen, clone_ref=(clone_wav, 24000, ref_row[0].get("text")),
                        entries=all_entries, training=training, asr_name=asr.name,
                        mos_name=M.mos_backend() if cfg.mos else None, held_out=[str(r["audio"]) for r in held],
-                       settings=settings)
+                       settings=settings, language=normalize_language(cfg.language) if cfg.language
+                       else corpus_language(corpus_dir),
+                       corpus_version=info.get("version") or (run or {}).get("corpus_version"))
 
 
 # ---- one model ------------------------------------------------------------------------------------------------
@@ -450,11 +474,14 @@ def aggregate(row: Row) -> Row:
 
 
 def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
-    """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise."""
+    """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise.
+
+    Fine-tuned checkpoints (and the reference) are synthesized through the serving engine, all texts at once; the
+    base model's zero-shot clone through the package's `generate_voice_clone` (see `voicepipe.evaluate.synth`)."""
     import torch
     from tqdm import tqdm
 
-    from voicepipe.evaluate.synth import max_new_tokens_for, synthesize
+    from voicepipe.evaluate.synth import max_new_tokens_for, synthesize, synthesize_batch
     from voicepipe.models import load_tts
 
     cfg = ctx.config
@@ -469,28 +496,47 @@ def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
             row.status, row.error = "failed", f"speaker {ctx.speaker!r} not in this checkpoint's speakers {speakers}"
             return row
         speaker = ctx.speaker
-    tts = None
+    tts = engine = None
+    caps = [max_new_tokens_for(text, cfg.cap_s_per_char, cfg.cap_base_s, cfg.cap_max_frames) for _, text in ctx.texts]
     try:
-        tts = load_tts(entry.path, device=cfg.device, settings=ctx.settings)
-        clone = None
+        dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+        tts = load_tts(entry.path, device=cfg.device, dtype=dtype, settings=ctx.settings)
+        sample_dir = ctx.out_dir / "samples" / re.sub(r"[^A-Za-z0-9._-]+", "_", entry.name).strip("_")
+        sample_dir.mkdir(parents=True, exist_ok=True)
         if entry.role == "base":
             wav, sr, text = ctx.clone_ref
             clone = tts.create_voice_clone_prompt(ref_audio=(wav, sr), ref_text=text or None,
                                                   x_vector_only_mode=not text)
-        sample_dir = ctx.out_dir / "samples" / re.sub(r"[^A-Za-z0-9._-]+", "_", entry.name).strip("_")
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        for i, (kind, text) in enumerate(tqdm(ctx.texts, desc=f"evaluate {entry.name}", leave=False)):
-            cap = max_new_tokens_for(text, cfg.cap_s_per_char, cfg.cap_base_s, cfg.cap_max_frames)
-            s = synthesize(tts, text, speaker=speaker, clone_prompt=clone, language=cfg.language,
-                           seed=cfg.seed + i, max_new_tokens=cap, generate_kwargs=cfg.generate_kwargs)
+            row.language, row.synthesis = ctx.language, "package"
+            synths = [synthesize(tts, text, clone_prompt=clone, language=ctx.language, seed=cfg.seed + i,
+                                 max_new_tokens=cap, generate_kwargs=cfg.generate_kwargs)
+                      for i, ((_, text), cap) in enumerate(tqdm(list(zip(ctx.texts, caps, strict=True)),
+                                                                 desc=f"evaluate {entry.name}", leave=False))]
+            wall = sum(s.compute_s for s in synths)
+        else:
+            from voicepipe.serve.engine import EngineConfig, TTSEngine
+
+            longest = max(len(t.encode()) for _, t in ctx.texts)
+            ecfg = EngineConfig(max_batch=min(cfg.batch, len(ctx.texts)), max_len=max(caps) + longest + 64)
+            engine = TTSEngine(tts, ecfg, language=cfg.language)
+            row.language, row.synthesis = engine.language, "engine"
+            gen = engine.generation.with_overrides(**cfg.generate_kwargs) if cfg.generate_kwargs else None
+            engine.start()
+            synths, wall = synthesize_batch(engine, [t for _, t in ctx.texts], speaker=speaker, caps=caps,
+                                            language=cfg.language, seed=cfg.seed, generation=gen)
+        for i, ((kind, _), s) in enumerate(zip(ctx.texts, synths, strict=True)):
             row.samples.append(score_sample(ctx, kind, s, sample_dir / f"{i:02d}-{kind}.wav"))
         aggregate(row)
+        audio = sum(s.audio_s for s in synths)
+        row.rtf = M.rtf(wall, audio) if audio > 0 else None  # the generator's own: batch wall time / audio seconds
     except (VoicepipeError, ModelError) as e:
         row.status, row.error = "failed", str(e)
     except Exception as e:  # a broken checkpoint may fail anywhere in generation: record it, keep going
         row.status, row.error = "failed", f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
-        del tts
+        if engine is not None:
+            engine.stop()
+        del engine, tts
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -540,25 +586,54 @@ def result_dict(result: EvalResult, ctx: EvalContext | None = None) -> dict[str,
     return d
 
 
-def promote(store: Any, result: EvalResult, *, inputs: list[str] = ()) -> dict[str, Any] | None:
-    """Store the chosen checkpoint (`put_dir`) and point `voices/<speaker>` at it with its scores.
+def voice_card(result: EvalResult, row: Row, corpus_version: str | None = None) -> dict[str, Any]:
+    """Why this voice was chosen, as the registry and `GET /v1/voices` show it: corpus version, checkpoint,
+    prompt language and the evaluation summary (SIM vs the base model's zero-shot clone, WER, validity)."""
+    base = next((r for r in result.rows if r.role == "base" and r.status == "ok"), None)
+    return {
+        "speaker": result.speaker,
+        "corpus_version": corpus_version,
+        "checkpoint": row.name,
+        "epoch": row.epoch,
+        "language": row.language,
+        "selection_rule": result.selection.rule,
+        "reason": result.selection.reason,
+        "evaluation": {
+            "sim": row.sim, "base_sim": base.sim if base else None, "sim_vs_base": row.sim_vs_base,
+            "wer": row.wer, "cer": row.cer, "valid": row.n_valid, "samples": row.n_samples,
+            "valid_fraction": round(row.valid_fraction, 4), "mos_ovrl": row.mos_ovrl, "rtf": row.rtf,
+            "val_loss": row.val_loss, "asr": result.asr_name, "synthesis": row.synthesis,
+        },
+    }  # fmt: skip
 
-    Does nothing (returns None) when the selection is not promotable; refuses a row that is not valid.
+
+def promote(store: Any, result: EvalResult, *, inputs: list[str] = (), corpus_version: str | None = None
+            ) -> dict[str, Any] | None:  # fmt: skip
+    """Store the chosen checkpoint (`put_dir`) and point `voices/<speaker>` at it with its card (`voice_card`).
+
+    Does nothing (returns None) when the selection is not promotable; refuses a row that is not valid (unless the
+    selection was made by the plumbing rule, which the card then records).
     """
     sel = result.selection
     if not sel.promotable or sel.chosen is None:
         return None
     row = result.row(sel.chosen)
-    if row.role != "checkpoint" or row.status != "ok" or row.n_samples == 0 or row.n_valid == 0:
+    if row.role != "checkpoint" or row.status != "ok" or row.n_samples == 0:
+        raise VoicepipeError(f"checkpoint {row.name}: not a checkpoint that synthesized, refusing to promote it")
+    if row.n_valid == 0 and sel.rule != "plumbing":
         raise VoicepipeError(f"checkpoint {row.name}: not valid ({row.n_valid}/{row.n_samples} samples), "
                              "refusing to promote it")
+    if corpus_version is None:
+        corpus_version = read_voice_meta(row.path).get("corpus_version")
     params = {"speaker": result.speaker, "checkpoint": row.name, "rule": sel.reason}
     tree = store.put_dir(row.path, step="evaluate.promote", inputs=list(inputs), params=params,
                          name=f"{result.speaker}-{row.name}")
     extra = dict(row.scores(), asr=result.asr_name, mos_model=result.mos_name, reason=sel.reason,
-                 promoted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                 promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                 card=voice_card(result, row, corpus_version))
     if result.report_md is not None:
         extra["report_md"] = store.put_file(result.report_md, step="evaluate.report", inputs=[tree.sha256]).sha256
+        extra["card"]["report_md"] = extra["report_md"]
     value = store.set_ref(f"voices/{result.speaker}", tree.sha256, extra=extra)
     result.promoted = value
     return value
@@ -577,7 +652,7 @@ def evaluate_checkpoints(checkpoints: str | Path, corpus: str | Path, config: Ev
     if store is not None:
         result.stored = store_reports(store, result)
         if promote_best:
-            promote(store, result)
+            promote(store, result, corpus_version=ctx.corpus_version)
     result.elapsed_s = time.perf_counter() - t0
     return result
 

@@ -9,6 +9,11 @@ Rule (deterministic; the input order of the rows does not matter):
    (missing = worst), then the earlier epoch, then the name.
 5. It is promoted only if it beats the base model's zero-shot clone on speaker similarity (when the base was
    measured and `require_beat_base`): otherwise fine-tuning did not help and the registry is left alone.
+
+`SelectionRule.plumbing()` is NOT this rule: for tests and demos with tiny random models (which never produce valid
+speech) it takes every checkpoint that loaded and synthesized, ranks by validation loss, then epoch, and promotes the
+first, so promotion -> registry -> serving can run as one chain. Its selections say so (`rule="plumbing"`), and the
+voice card records it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ class SelectionRule:
     min_valid_fraction: float = 0.9
     require_beat_base: bool = True
     sim_decimals: int = 3
+    name: str = "strict"  # "strict" (the rule above) | "plumbing" (tests/demos only: see the module docstring)
+
+    @classmethod
+    def plumbing(cls) -> SelectionRule:
+        """TESTS AND DEMOS ONLY: promote a checkpoint that merely loaded and synthesized (no validity, WER or SIM)."""
+        return cls(wer_ceiling=math.inf, wer_vs_base=0.0, min_valid_fraction=0.0, require_beat_base=False,
+                   name="plumbing")
 
 
 @dataclass
@@ -36,6 +48,7 @@ class Selection:
     ranking: list[str] = field(default_factory=list)  # qualified candidates, best first
     excluded: dict[str, str] = field(default_factory=dict)  # name -> why it is not a candidate
     wer_ceiling: float | None = None
+    rule: str = "strict"  # the SelectionRule's name
 
 
 def _num(x: Any) -> float:
@@ -47,6 +60,9 @@ def select_checkpoint(rows: Sequence[Any], rule: SelectionRule = SelectionRule()
     val_loss, epoch`)."""
     def get(r: Any, k: str) -> Any:
         return r.get(k) if isinstance(r, dict) else getattr(r, k, None)
+
+    if rule.name == "plumbing":
+        return _plumbing(rows, get)
 
     base = next((r for r in rows if get(r, "role") == "base" and get(r, "status") == "ok"), None)
     base_sim = _num(get(base, "sim")) if base is not None else math.nan
@@ -94,3 +110,27 @@ def select_checkpoint(rows: Sequence[Any], rule: SelectionRule = SelectionRule()
     floor = "base not measured" if math.isnan(base_sim) else f"base zero-shot SIM {base_sim:.3f}"
     return Selection(name, True, f"{name}: best SIM {sim:.3f} ({floor}), WER {_num(get(best, 'wer')):.3f} "
                      f"<= {ceiling:.3f}", ranking, excluded, ceiling)
+
+
+def _plumbing(rows: Sequence[Any], get: Any) -> Selection:
+    """The plumbing rule (tests/demos): every checkpoint that loaded and synthesized, best validation loss first."""
+    excluded: dict[str, str] = {}
+    ok = []
+    for r in rows:
+        if get(r, "role") != "checkpoint":
+            continue
+        if get(r, "status") != "ok" or not int(get(r, "n_samples") or 0):
+            excluded[str(get(r, "name"))] = f"failed: {get(r, 'error')}"
+            continue
+        ok.append(r)
+
+    def key(r: Any) -> tuple[Any, ...]:
+        vl, ep = _num(get(r, "val_loss")), get(r, "epoch")
+        return (math.inf if math.isnan(vl) else vl, math.inf if ep is None else int(ep), str(get(r, "name")))
+
+    ranking = [str(get(r, "name")) for r in sorted(ok, key=key)]
+    if not ranking:
+        return Selection(None, False, "plumbing rule: no checkpoint loaded and synthesized", ranking, excluded,
+                         rule="plumbing")
+    return Selection(ranking[0], True, f"{ranking[0]}: PLUMBING RULE (tests/demos only; validity, WER and SIM not "
+                     "checked), lowest validation loss", ranking, excluded, rule="plumbing")

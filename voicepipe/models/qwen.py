@@ -126,6 +126,7 @@ def save_tts_checkpoint(
     base_dir: str | Path,
     speaker: str | None = None,
     speaker_embedding: Any = None,
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write a self-contained Qwen3-TTS checkpoint dir; the only writer of checkpoints in voicepipe.
 
@@ -135,7 +136,9 @@ def save_tts_checkpoint(
     into row 3000 of `talker.model.codec_embedding.weight`, `tts_model_type` becomes `custom_voice`,
     `talker_config.spk_id = {speaker: 3000}`, `spk_is_dialect = {speaker: false}` (name lower-cased: generation looks
     it up that way), and the `speaker_encoder.*` weights are dropped (a custom-voice model builds no speaker
-    encoder). The dir is written next to `out_dir` and renamed into place, so a reader never sees half of it.
+    encoder). `meta` (the trained prompt's language, the corpus version, ...) goes to `voicepipe.json`
+    (`voicepipe.models.prompt`). The dir is written next to `out_dir` and renamed into place, so a reader never sees
+    half of it.
     """
     net = _network(model)
     base = Path(base_dir)
@@ -186,6 +189,10 @@ def save_tts_checkpoint(
         shutil.copytree(base, tmp, ignore=ignore)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if meta is not None:
+            from voicepipe.models.prompt import write_voice_meta
+
+            write_voice_meta(tmp, **({"speaker": name} if speaker is not None else {}), **meta)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

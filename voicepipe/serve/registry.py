@@ -3,6 +3,8 @@ loaded once at startup, with its own generation engine."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,26 @@ class Voice:
     engine: TTSEngine
     speaker: str | None
     languages: list[str] = field(default_factory=list)
+    card: dict[str, Any] = field(default_factory=dict)  # why this voice: corpus version, checkpoint, evaluation
+
+
+CARD_FILE = "voice-card.json"  # the registry ref's card, kept beside a voice fetched from the store
+
+
+def voice_card(path: Path, engine: TTSEngine | None = None) -> dict[str, Any]:
+    """The voice's card: the registry's (`voice-card.json`, written when the voice was fetched from the store), else
+    what the checkpoint records (`voicepipe.json`: corpus version, language); plus the language it speaks by default."""
+    from voicepipe.models.prompt import read_voice_meta
+
+    card: dict[str, Any] = {}
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        card = json.loads((Path(path) / CARD_FILE).read_text())
+    if not isinstance(card, dict) or not card:
+        meta = read_voice_meta(path)
+        card = {k: meta[k] for k in ("speaker", "corpus_version", "epoch", "language") if k in meta}
+    if engine is not None:
+        card["language"] = engine.language
+    return card
 
 
 def resolve_voice_dir(name: str, voices_dir: Path | None = None, store: Any = None, cache_dir: Path | None = None
@@ -43,6 +65,9 @@ def resolve_voice_dir(name: str, voices_dir: Path | None = None, store: Any = No
             dest = Path(cache_dir or Path.home() / ".cache" / "voicepipe" / "voices") / f"{name}-{sha[:16]}"
             if not (dest / "config.json").is_file():
                 store.get_dir(sha, dest)
+            card = (ref.get("extra") or {}).get("card")
+            if isinstance(card, dict):
+                (dest / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
             return dest, f"store:voices/{name}@{sha[:12]}"
     where = [f"{voices_dir}/{name}/" if voices_dir else None, f"store ref voices/{name}" if store else None]
     looked = ", ".join(w for w in where if w) or "nowhere (give --voices-dir or a store)"
@@ -63,4 +88,5 @@ def load_voice(name: str, path: Path, source: str, device: str, engine_config: E
         raise ModelError(f"voice {name!r}: checkpoint {path} has several speakers {speakers}; name the dir after one")
     langs = sorted((engine.tc.codec_language_id or {}).keys())
     log.info("voice %s loaded from %s (speaker=%s, device=%s)", name, source, speaker, dev)
-    return Voice(name=name, path=path, source=source, engine=engine, speaker=speaker, languages=["auto", *langs])
+    return Voice(name=name, path=path, source=source, engine=engine, speaker=speaker, languages=["auto", *langs],
+                 card=voice_card(path, engine))

@@ -36,12 +36,28 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class VoiceCard(BaseModel):
+    """Why this voice is the one served: the corpus and checkpoint it came from and how it was evaluated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    corpus_version: str | None = None
+    checkpoint: str | None = None
+    epoch: int | None = None
+    language: str | None = Field(None, description="The language the voice was trained with (the default prompt).")
+    selection_rule: str | None = Field(None, description="strict, or plumbing (tests/demos only).")
+    reason: str | None = None
+    evaluation: dict[str, Any] | None = Field(
+        None, description="SIM, the base model's zero-shot clone SIM, SIM vs base, WER, CER, validity, RTF.")
+
+
 class VoiceInfo(BaseModel):
     name: str
     speaker: str | None
     source: str
     languages: list[str]
     max_concurrent: int
+    card: VoiceCard = Field(default_factory=VoiceCard)
 
 
 class VoicesResponse(BaseModel):

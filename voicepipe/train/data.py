@@ -1,15 +1,16 @@
 """Corpus -> training sequences, validated before any training starts.
 
 Reads the official recipe's jsonl format (`audio`, `text`, `ref_audio`, `audio_codes` = frames x 16 ints) and lays
-each utterance out exactly as `Qwen3TTSForConditionalGeneration.generate` lays out a non-streaming prompt, so
-training and inference see the same sequence:
+each utterance out with `voicepipe.models.prompt.build_prompt`, the one layout serving and evaluation use too, then
+the audio frames and the codec eos. Without a language ("auto", what the official recipe trains on):
 
     pos:    0..2        3        4          5          6        7        8..8+N-1   8+N      8+N+1      frames.. eos
     text:   role(3)     pad      pad        pad        pad      bos      text       tts_eos  tts_pad    tts_pad
     codec:  -           nothink  think_bos  think_eos  SPEAKER  pad      pad        pad      codec_bos  c0[t]    eos
 
-`labels[p]` is the codebook-0 token that sits at position p (frames and the final eos), -100 elsewhere: UNSHIFTED.
-The loss shifts once: the talker's output at p predicts labels[p+1].
+With a corpus language the codec tags are `think think_bos LANG think_eos` and everything after moves by one (the
+speaker slot is `Sequence.speaker_mask`). `labels[p]` is the codebook-0 token that sits at position p (frames and the
+final eos), -100 elsewhere: UNSHIFTED. The loss shifts once: the talker's output at p predicts labels[p+1].
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any
 import torch
 
 from voicepipe.errors import InputError
+from voicepipe.models.prompt import AUTO, PromptIds, assistant_ids, build_prompt
 
 TRAIN_FILE = "train_with_codes.jsonl"
 VAL_FILE = "val_with_codes.jsonl"
-SPEAKER_POS = 6  # codec-channel position of the speaker embedding (official recipe and `generate`)
 IGNORE = -100
 
 
@@ -51,6 +52,7 @@ class Sequence:
     codec_mask: torch.Tensor  # (T,) bool: talker codec channel present (False at 0..2 and the speaker slot)
     frame_mask: torch.Tensor  # (T,) bool: positions holding an audio frame
     labels: torch.Tensor  # (T,) codebook-0 targets, unshifted, IGNORE elsewhere
+    speaker_mask: torch.Tensor  # (T,) bool: the speaker slot (the speaker vector is added there)
 
     @property
     def length(self) -> int:
@@ -71,6 +73,7 @@ class Batch:
     codec_mask: torch.Tensor
     frame_mask: torch.Tensor
     labels: torch.Tensor
+    speaker_mask: torch.Tensor
     lengths: torch.Tensor  # (B,)
     frame_idx: torch.Tensor  # flat indices into (B, T-1) of positions q-1 whose successor q is a frame
     n_labels: int  # codebook-0 targets in the batch (frames + eos)
@@ -168,73 +171,41 @@ def read_split(corpus_dir: Path, name: str, *, num_groups: int, codebook_size: i
 # layout
 
 
-@dataclass(frozen=True)
-class SpecialIds:
-    tts_pad: int
-    tts_bos: int
-    tts_eos: int
-    codec_pad: int
-    codec_bos: int
-    codec_eos: int
-    codec_nothink: int
-    codec_think_bos: int
-    codec_think_eos: int
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> SpecialIds:
-        t = cfg.talker_config
-        return cls(
-            tts_pad=cfg.tts_pad_token_id,
-            tts_bos=cfg.tts_bos_token_id,
-            tts_eos=cfg.tts_eos_token_id,
-            codec_pad=t.codec_pad_id,
-            codec_bos=t.codec_bos_id,
-            codec_eos=t.codec_eos_token_id,
-            codec_nothink=t.codec_nothink_id,
-            codec_think_bos=t.codec_think_bos_id,
-            codec_think_eos=t.codec_think_eos_id,
-        )
+SpecialIds = PromptIds  # the special ids of a prompt (voicepipe.models.prompt)
+tokenize_text = assistant_ids  # role + text tokens, as `Qwen3TTSModel` tokenizes for generation
 
 
-def tokenize_text(processor: Any, text: str) -> torch.Tensor:
-    """Role tokens + text tokens, tokenized as `Qwen3TTSModel` does for generation (chat template minus 5 tokens)."""
-    ids = processor(text=f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n", return_tensors="pt")
-    ids = ids["input_ids"]
-    ids = ids[0] if ids.dim() == 2 else ids
-    return ids[:-5]
-
-
-def build_sequence(text_ids: torch.Tensor, codes: torch.Tensor, ids: SpecialIds) -> Sequence:
-    """Lay one utterance out as the talker's training input (see the module docstring for the picture)."""
-    n_text = int(text_ids.shape[0]) - 3  # role tokens first
-    if n_text < 1:
-        raise InputError("utterance text tokenized to nothing")
+def build_sequence(text_ids: torch.Tensor, codes: torch.Tensor, ids: PromptIds, *, language: str | None = AUTO
+                   ) -> Sequence:  # fmt: skip
+    """Lay one utterance out as the talker's training input: `build_prompt` (speaker slot for the trained vector,
+    text in the prompt), then the frames and the codec eos (see the module docstring for the picture)."""
+    try:
+        p = build_prompt(ids, text_ids, speaker_slot=True, language=language, non_streaming_text=True)
+    except InputError as e:
+        raise InputError(f"utterance {e}") from None
     n_frames, groups = codes.shape
-    first = 8 + n_text + 2  # first audio frame
+    first = p.length  # first audio frame
     total = first + n_frames + 1  # + codec eos
     text = torch.full((total,), ids.tts_pad, dtype=torch.long)
-    text[:3] = text_ids[:3]
-    text[7] = ids.tts_bos
-    text[8 : 8 + n_text] = text_ids[3:]
-    text[8 + n_text] = ids.tts_eos
+    text[:first] = p.text_ids
     text_mask = torch.ones(total, dtype=torch.bool)
+    text_mask[:first] = p.text_mask
 
     codec = torch.zeros((total, groups), dtype=torch.long)
-    codec[3:8, 0] = torch.tensor([ids.codec_nothink, ids.codec_think_bos, ids.codec_think_eos, 0, ids.codec_pad])
-    codec[8 : first - 1, 0] = ids.codec_pad
-    codec[first - 1, 0] = ids.codec_bos
+    codec[:first, 0] = p.codec_ids
     codec[first : first + n_frames] = codes
     codec[first + n_frames, 0] = ids.codec_eos
-    codec_mask = torch.zeros(total, dtype=torch.bool)
-    codec_mask[3:] = True
-    codec_mask[SPEAKER_POS] = False
+    codec_mask = torch.ones(total, dtype=torch.bool)
+    codec_mask[:first] = p.codec_mask
+    speaker_mask = torch.zeros(total, dtype=torch.bool)
+    speaker_mask[:first] = p.speaker_mask()
 
     frame_mask = torch.zeros(total, dtype=torch.bool)
     frame_mask[first : first + n_frames] = True
     labels = torch.full((total,), IGNORE, dtype=torch.long)
     labels[first : first + n_frames] = codes[:, 0]
     labels[first + n_frames] = ids.codec_eos
-    return Sequence(text, text_mask, codec, codec_mask, frame_mask, labels)
+    return Sequence(text, text_mask, codec, codec_mask, frame_mask, labels, speaker_mask)
 
 
 def collate(seqs: list[Sequence]) -> Batch:
@@ -249,6 +220,7 @@ def collate(seqs: list[Sequence]) -> Batch:
         codec_mask=torch.zeros((b, t), dtype=torch.bool),
         frame_mask=torch.zeros((b, t), dtype=torch.bool),
         labels=torch.full((b, t), IGNORE, dtype=torch.long),
+        speaker_mask=torch.zeros((b, t), dtype=torch.bool),
         lengths=torch.tensor([s.length for s in seqs]),
         frame_idx=torch.zeros(0, dtype=torch.long),
         n_labels=0,
@@ -262,6 +234,7 @@ def collate(seqs: list[Sequence]) -> Batch:
         out.codec_mask[i, :n] = s.codec_mask
         out.frame_mask[i, :n] = s.frame_mask
         out.labels[i, :n] = s.labels
+        out.speaker_mask[i, :n] = s.speaker_mask
     out.frame_idx = out.frame_mask[:, 1:].reshape(-1).nonzero().squeeze(-1)
     out.n_labels = int((out.labels != IGNORE).sum())
     out.n_frames = int(out.frame_mask.sum())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from voicepipe.train.data import IGNORE, SPEAKER_POS, Batch
+from voicepipe.train.data import IGNORE, Batch
 
 
 @dataclass
@@ -43,8 +43,7 @@ def input_embeddings(model: torch.nn.Module, batch: Batch, speaker_embedding: to
     talker = model.talker
     text = talker.text_projection(talker.get_text_embeddings()(batch.text_ids)) * batch.text_mask.unsqueeze(-1)
     codec = talker.get_input_embeddings()(batch.codec_ids[..., 0]) * batch.codec_mask.unsqueeze(-1)
-    slot = torch.zeros(batch.text_ids.shape[1], 1, dtype=torch.bool, device=codec.device)
-    slot[SPEAKER_POS] = True
+    slot = batch.speaker_mask.unsqueeze(-1)
     codec = torch.where(slot, speaker_embedding.to(codec.dtype).view(1, 1, -1), codec)
     emb = text + codec
     frames = batch.frame_mask.unsqueeze(-1)

@@ -109,6 +109,7 @@ def train(
     speaker_name = _check_speaker(speaker)
     clips = _speaker_clips(train_utts, cfg)
     corpus_version = _corpus_version(corpus_dir)
+    language = _corpus_language(corpus_dir, talker_cfg)
     base_sha = _weights_sha256(base_dir)
 
     # 2. processes and precision -----------------------------------------------------------------------------------
@@ -133,8 +134,8 @@ def train(
     speaker_vec = speaker_centroid(model, clips).to(device)
 
     # 5. sequences (same layout as generate(); see data.py) ----------------------------------------------------------
-    train_seqs = [_sequence(tts.processor, u, ids) for u in train_utts]
-    val_seqs = [_sequence(tts.processor, u, ids) for u in val_utts]
+    train_seqs = [_sequence(tts.processor, u, ids, language) for u in train_utts]
+    val_seqs = [_sequence(tts.processor, u, ids, language) for u in val_utts]
     lengths = [s.length for s in train_seqs]
 
     # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
@@ -182,6 +183,7 @@ def train(
 
     run_info = dict(
         speaker=speaker_name, corpus=str(corpus), corpus_dir=str(corpus_dir), corpus_version=corpus_version,
+        language=language,
         base_model=str(base_dir), base_sha256=base_sha, n_train=len(train_seqs), n_val=len(val_seqs),
         world_size=world, device=str(device), precision=accelerator.mixed_precision,
         started=datetime.fromtimestamp(started, UTC).isoformat(), resumed_from_step=ts.global_step,
@@ -260,7 +262,9 @@ def train(
                 ckpt = out / f"epoch-{epoch + 1:03d}"
                 net = _export_model(net, cfg, _base_dtype(base_cfg))
                 save_tts_checkpoint(net, ckpt, base_dir=base_dir, speaker=speaker_name,
-                                    speaker_embedding=speaker_vec.float().cpu())  # fmt: skip
+                                    speaker_embedding=speaker_vec.float().cpu(),
+                                    meta=dict(language=language, corpus_version=corpus_version,
+                                              epoch=epoch + 1))  # fmt: skip
                 rec["checkpoint"] = ckpt.name
                 ts.keep_best(out, cfg.keep_best)
             del net
@@ -454,9 +458,21 @@ def _full_model(module: _LossModule, every_rank: bool = False) -> torch.nn.Modul
     return fresh
 
 
-def _sequence(processor: Any, utt: Any, ids: SpecialIds) -> Sequence:
+def _corpus_language(corpus_dir: Path, talker_cfg: dict[str, Any]) -> str:
+    """The corpus's language (the prompt is laid out with its tag), checked against the base model's languages."""
+    from voicepipe.models.prompt import AUTO, corpus_language
+
+    lang = corpus_language(corpus_dir)
+    known = talker_cfg.get("codec_language_id") or {}
+    if lang != AUTO and lang not in known:
+        raise InputError(f"corpus {corpus_dir}: language {lang!r} is not one the base model knows "
+                         f"({', '.join([AUTO, *sorted(known)])})")
+    return lang
+
+
+def _sequence(processor: Any, utt: Any, ids: SpecialIds, language: str) -> Sequence:
     try:
-        return build_sequence(tokenize_text(processor, utt.text), utt.codes, ids)
+        return build_sequence(tokenize_text(processor, utt.text), utt.codes, ids, language=language)
     except InputError as e:
         raise InputError(f"corpus line {utt.line}: {e}") from None
 

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,7 +46,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings (defaults = the package's hard defaults)."""
+    """Sampling settings. Defaults = the package's hard defaults; a checkpoint's `generation_config.json` overrides
+    them (`from_model`), and a request may override those (`with_overrides`)."""
 
     do_sample: bool = True
     temperature: float = 0.9
@@ -53,6 +56,44 @@ class GenerationConfig:
     subtalker_temperature: float = 0.9
     max_new_tokens: int = 2048
     min_new_tokens: int = 2
+
+    # generation_config.json spells some fields the package's way
+    _FILE_NAMES: ClassVar[dict[str, str]] = {"subtalker_dosample": "subtalker_do_sample"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GenerationConfig:
+        """From the package's generation config dict (`generation_config.json`); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        kw = {}
+        for k, v in (data or {}).items():
+            k = cls._FILE_NAMES.get(k, k)
+            if k in names and v is not None:
+                kw[k] = v
+        return cls(**kw)
+
+    @staticmethod
+    def file_of(tts: Any, model_dir: str | Path | None = None) -> dict[str, Any]:
+        """The checkpoint's `generation_config.json` as a dict: read from `model_dir` when given, else what the
+        package loaded from that file (`model.generate_config`); {} when there is none."""
+        data = None
+        if model_dir is not None and (Path(model_dir) / "generation_config.json").is_file():
+            data = json.loads((Path(model_dir) / "generation_config.json").read_text())
+        if data is None:
+            data = getattr(getattr(tts, "model", tts), "generate_config", None)
+        return data if isinstance(data, dict) else {}
+
+    @classmethod
+    def from_model(cls, tts: Any, model_dir: str | Path | None = None) -> GenerationConfig:
+        """The checkpoint's sampling (`file_of`)."""
+        return cls.from_dict(cls.file_of(tts, model_dir))
+
+    def with_overrides(self, **overrides: Any) -> GenerationConfig:
+        """A copy with the given fields replaced (None values and the package's spellings are accepted)."""
+        kw = {self._FILE_NAMES.get(k, k): v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(kw) - {f.name for f in fields(self)})
+        if unknown:
+            raise EngineError(f"generation settings {unknown}: unknown (known: {[f.name for f in fields(self)]})")
+        return replace(self, **kw)
 
 
 @dataclass
@@ -63,8 +104,8 @@ class EngineConfig:
     max_len: int = 2048
     max_text: int = 512
     len_bucket: int = 256
-    top_k: int = 50
-    subtalker_top_k: int = 50
+    top_k: int | None = None  # None: the checkpoint's generation_config.json (else 50)
+    subtalker_top_k: int | None = None
     first_chunk_frames: int = 2
     chunk_frames: int = 12
     left_context_frames: int = 25
@@ -77,10 +118,12 @@ class EngineConfig:
 
 @dataclass
 class Prompt:
-    """A prepared request: talker prefill embeddings [T, H] and trailing text embeddings [N, H]."""
+    """A prepared request: talker prefill embeddings [T, H] and trailing text embeddings [N, H]; `layout` is the
+    ids/masks they were built from (`voicepipe.models.prompt`)."""
 
     embeds: torch.Tensor
     trailing: torch.Tensor
+    layout: Any = None
 
 
 @dataclass
@@ -127,10 +170,28 @@ class RequestHandle:
 class TTSEngine(FrameStep, CodecStreaming):
     """Batched streaming generation over one loaded `qwen_tts.Qwen3TTSModel` (one voice)."""
 
-    def __init__(self, tts: Any, config: EngineConfig | None = None):
+    def __init__(self, tts: Any, config: EngineConfig | None = None, *, model_dir: str | Path | None = None,
+                 language: str | None = None):  # fmt: skip
+        """`model_dir`: the checkpoint dir (default: where `tts` was loaded from); its `generation_config.json` gives
+        the default sampling (`self.generation`) and its `voicepipe.json` the trained language (`self.language`,
+        used when a request says none or "auto"); `language` overrides the latter."""
+        from voicepipe.models.prompt import PromptIds, model_dir_of, normalize_language, trained_language
+
         self.tts = tts
         self.model = tts.model
-        self.cfg = config or EngineConfig()
+        self.model_dir = Path(model_dir) if model_dir is not None else model_dir_of(tts)
+        file_cfg = GenerationConfig.file_of(tts, self.model_dir)
+        self.generation = GenerationConfig.from_dict(file_cfg)
+        cfg = config or EngineConfig()
+        cfg = replace(cfg, top_k=cfg.top_k if cfg.top_k is not None else int(file_cfg.get("top_k") or 50),
+                      subtalker_top_k=cfg.subtalker_top_k if cfg.subtalker_top_k is not None
+                      else int(file_cfg.get("subtalker_top_k") or 50))  # fmt: skip
+        for k in ("top_p", "subtalker_top_p"):
+            if float(file_cfg.get(k, 1.0) or 1.0) < 1.0:
+                log.warning("generation_config.json sets %s=%s; the engine samples with top-k only", k, file_cfg[k])
+        self.cfg = cfg
+        self.language = normalize_language(language) if language else trained_language(self.model_dir)
+        self.prompt_ids = PromptIds.from_config(self.model.config)
         self.talker = self.model.talker
         self.cp = self.talker.code_predictor
         tc = self.model.config.talker_config
@@ -226,69 +287,36 @@ class TTSEngine(FrameStep, CodecStreaming):
         """Speaker names of a custom-voice checkpoint (lower-case), [] for a base model."""
         return sorted((self.tc.spk_id or {}).keys())
 
-    def _tokenize(self, text: str) -> torch.Tensor:
-        ids = self.tts.processor(text=text, return_tensors="pt", padding=True)["input_ids"]
-        return (ids if ids.dim() == 2 else ids.unsqueeze(0)).to(self.device)
-
     @torch.inference_mode()
-    def prepare(self, text: str, speaker: str | None = None, language: str = "auto",
+    def prepare(self, text: str, speaker: str | None = None, language: str | None = None,
                 instruct: str | None = None, non_streaming_text: bool | None = None) -> Prompt:
-        """Build the talker prompt exactly as `Qwen3TTSForConditionalGeneration.generate` does (custom voice/base)."""
-        tc = self.tc
+        """Build the talker prompt with `voicepipe.models.prompt.build_prompt` (the layout training used and the
+        package's `generate` uses). `language` None or "auto": the checkpoint's trained language."""
+        from voicepipe.models.prompt import AUTO, PromptError, assistant_ids, build_prompt, instruct_ids
+
         nst = self.cfg.non_streaming_text if non_streaming_text is None else non_streaming_text
-        input_id = self._tokenize(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n")
-        spk_embed = None
-        if speaker:
-            spk_ids = tc.spk_id or {}
-            if speaker.lower() not in spk_ids:
-                raise EngineError(f"speaker {speaker!r} is not in this checkpoint (has: {sorted(spk_ids)})")
-            spk_embed = self._codec_embed([spk_ids[speaker.lower()]])
-        lang = (language or "auto").lower()
-        lang_map = tc.codec_language_id or {}
-        if lang == "auto":
-            language_id = None
-        elif lang in lang_map:
-            language_id = lang_map[lang]
-        else:
-            supported = ", ".join(["auto", *sorted(lang_map)])
-            raise EngineError(f"language {language!r} is not supported (supported: {supported})")
-        dialects = tc.spk_is_dialect or {}
-        if lang in ("chinese", "auto") and speaker and dialects.get(speaker.lower(), False):
-            language_id = lang_map[dialects[speaker.lower()]]
-        if language_id is None:
-            prefill = [tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id]
-        else:
-            prefill = [tc.codec_think_id, tc.codec_think_bos_id, language_id, tc.codec_think_eos_id]
-        parts = [self._codec_embed(prefill)]
-        if spk_embed is not None:
-            parts.append(spk_embed)
-        parts.append(self._codec_embed([tc.codec_pad_id, tc.codec_bos_id]))
-        codec_in = torch.cat(parts, 0)  # [C, H]
-        C = codec_in.shape[0]
-        role = self._text_embed(input_id[0, :3])
-        head = torch.cat([self.tts_pad.expand(C - 2, -1), self.tts_bos[None]], 0) + codec_in[:-1]
-        embeds = torch.cat([role, head], 0)
-        if nst:
-            body = self._text_embed(input_id[0, 3:-5])
-            n = body.shape[0] + 1
-            embeds = torch.cat([
-                embeds,
-                torch.cat([body, self.tts_eos[None]], 0) + self._codec_embed([tc.codec_pad_id] * n),
-                self.tts_pad[None] + self._codec_embed([tc.codec_bos_id]),
-            ], 0)
-            trailing = self.tts_pad[None]
-        else:
-            embeds = torch.cat([embeds, self._text_embed(input_id[0, 3:4]) + codec_in[-1:]], 0)
-            trailing = torch.cat([self._text_embed(input_id[0, 4:-5]), self.tts_eos[None]], 0)
-        if instruct:
-            ins = self._tokenize(f"<|im_start|>user\n{instruct}<|im_end|>\n")
-            embeds = torch.cat([self._text_embed(ins[0]), embeds], 0)
-        if trailing.shape[0] > self.cfg.max_text:
-            n = trailing.shape[0]
+        lang = (language or AUTO).lower()
+        if lang == AUTO:
+            lang = self.language
+        proc = self.tts.processor
+        try:
+            layout = build_prompt(self.prompt_ids, assistant_ids(proc, text), speaker=speaker, language=lang,
+                                  instruct=instruct_ids(proc, instruct) if instruct else None,
+                                  non_streaming_text=nst)  # fmt: skip
+        except PromptError as e:
+            raise EngineError(str(e)) from None
+        if layout.trailing_ids.shape[0] > self.cfg.max_text:
+            n = layout.trailing_ids.shape[0]
             raise EngineError(f"text is too long for streaming-text mode ({n} > {self.cfg.max_text} tokens)")
-        if embeds.shape[0] + 16 > self.cfg.max_len:
-            raise EngineError(f"prompt of {embeds.shape[0]} tokens does not fit the cache ({self.cfg.max_len})")
-        return Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype))
+        if layout.length + 16 > self.cfg.max_len:
+            raise EngineError(f"prompt of {layout.length} tokens does not fit the cache ({self.cfg.max_len})")
+        dev = self.device
+        text = self._text_embed(layout.text_ids.to(dev))
+        codec = self._codec_embed(layout.codec_ids.to(dev))
+        embeds = torch.where(layout.text_mask.to(dev)[:, None], text, 0)
+        embeds = torch.where(layout.codec_mask.to(dev)[:, None], embeds + codec, embeds)
+        trailing = self._text_embed(layout.trailing_ids.to(dev))
+        return Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype), layout=layout)
 
     # ------------------------------------------------------------------ loop
     def start(self) -> TTSEngine:
@@ -327,7 +355,7 @@ class TTSEngine(FrameStep, CodecStreaming):
 
     def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None]) -> RequestHandle:
         """Queue a prepared prompt; events arrive on the engine thread through `on_event`."""
-        req = RequestHandle(prompt, gen or GenerationConfig(), on_event)
+        req = RequestHandle(prompt, gen or self.generation, on_event)  # None: the checkpoint's sampling
         with self._cv:
             if self._stop or self._thread is None:
                 raise EngineError("engine is not running")

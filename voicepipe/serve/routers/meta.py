@@ -7,18 +7,19 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicepipe.serve.deps import get_state, require_auth
-from voicepipe.serve.schemas import ModelInfo, ModelsResponse, VoiceInfo, VoicesResponse
+from voicepipe.serve.schemas import ModelInfo, ModelsResponse, VoiceCard, VoiceInfo, VoicesResponse
 
 router = APIRouter()
 
 
 @router.get("/v1/voices", response_model=VoicesResponse, dependencies=[Depends(require_auth)])
 def list_voices(request: Request) -> VoicesResponse:
-    """The loaded voices (the `voice` values /v1/audio/speech accepts)."""
+    """The loaded voices (the `voice` values /v1/audio/speech accepts), each with its card (corpus version,
+    checkpoint, trained language, evaluation summary)."""
     st = get_state(request)
     return VoicesResponse(data=[
         VoiceInfo(name=v.name, speaker=v.speaker, source=v.source, languages=v.languages,
-                  max_concurrent=v.engine.cfg.max_batch)
+                  max_concurrent=v.engine.cfg.max_batch, card=VoiceCard(**v.card))
         for v in st.voices.values()
     ])  # fmt: skip
 

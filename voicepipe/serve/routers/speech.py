@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from voicepipe.audio.formats import FORMATS, MEDIA_TYPES, StreamEncoder, encode
 from voicepipe.serve.deps import ApiError, ServerState, get_state, require_auth
-from voicepipe.serve.engine import EngineError, Event, GenerationConfig, RequestHandle
+from voicepipe.serve.engine import EngineError, Event, RequestHandle
 from voicepipe.serve.registry import Voice
 from voicepipe.serve.schemas import ErrorResponse, SpeechRequest
 
@@ -103,7 +103,10 @@ class SpeechJob:
     def __init__(self, voice: Voice, body: SpeechRequest, st: ServerState, t0: float):
         self.voice, self.body, self.st, self.t0 = voice, body, st, t0
         self.segments = split_text(body.input, st.config.segment_chars)
-        self.gen = GenerationConfig(**{"max_new_tokens": st.config.max_frames, **st.config.generation})
+        # the checkpoint's generation_config.json, capped by max_frames, then the server's `generation` overrides
+        own = voice.engine.generation
+        self.gen = own.with_overrides(**{"max_new_tokens": min(own.max_new_tokens, st.config.max_frames),
+                                         **st.config.generation})
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.current: RequestHandle | None = None
