@@ -19,6 +19,7 @@ import uvicorn
 from voicepipe.audio.formats import wav_header
 from voicepipe.serve.app import create_app, load_voices
 from voicepipe.serve.deps import ServeConfig
+from voicepipe.serve.http import uvicorn_config
 
 FRAMES = 10  # per request: enough for several streamed chunks, quick on CPU
 KEY = "s3cret-token"
@@ -35,7 +36,9 @@ class LiveServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        cfg = app.state.vp.config
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, header_timeout_s=cfg.header_timeout_s,
+                                                    log_level="warning"))  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 60
