@@ -469,13 +469,40 @@ def test_runaway_guard_caps_audio_per_character(server, voices):
 
 
 def test_long_input_is_spoken_in_segments():
-    from voicepipe.serve.routers.speech import split_text
+    from voicepipe.serve.synth import split_text
 
     text = "One sentence here. " * 40 + "A" * 700
     segs = split_text(text, 300)
     assert all(len(s) <= 300 for s in segs) and len(segs) >= 4
     assert " ".join(segs).replace(" ", "") == text.replace(" ", "")
     assert split_text("Short.", 300) == ["Short."]
+    # sentences, not dots: "Dr. Smith" stays whole; Chinese splits at its own sentence ends
+    segs = split_text("Dr. Smith met Mr. Jones at noon today. " + "They talked for a long while about it. " * 3, 60)
+    assert segs[0] == "Dr. Smith met Mr. Jones at noon today." and all(len(s) <= 60 for s in segs)
+    zh = "今天天气很好，我们一起去公园散步吧。" * 4 + "你觉得怎么样？" * 4
+    segs = split_text(zh, 40)
+    assert all(len(s) <= 40 and s[-1] in "。？" for s in segs) and "".join(segs) == zh, segs
+
+
+def test_official_openai_client(server):
+    """The official `openai` SDK as a voice agent uses it: streamed response, voice as a name or an object,
+    errors as the SDK's typed exceptions with our message."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with client.audio.speech.with_streaming_response.create(model="voicepipe", voice="alice", input="Hello there.",
+                                                            response_format="pcm") as r:  # fmt: skip
+        assert r.headers.get("transfer-encoding") == "chunked"
+        pcm = b"".join(r.iter_bytes(4096))
+    assert len(pcm) == FRAMES * 1920 * 2
+    wav = client.audio.speech.create(model="voicepipe", voice={"id": "alice"}, input="Hello.", response_format="wav",
+                                     instructions="Warmly.")  # fmt: skip
+    assert sf.read(io.BytesIO(wav.content))[0].shape == (FRAMES * 1920,)
+    with pytest.raises(openai.BadRequestError, match="voice 'nobody': unknown") as e:
+        client.audio.speech.create(model="voicepipe", voice="nobody", input="Hi.")
+    assert e.value.body["param"] == "voice"
+    with pytest.raises(openai.BadRequestError, match="input: 4097 characters"):  # (the SDK cannot send surrogates)
+        client.audio.speech.create(model="voicepipe", voice="alice", input="x" * 4097)
 
 
 def test_voice_resolves_from_store_registry(tiny_custom_voice_dir, tmp_path):
