@@ -14,12 +14,11 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 
+from tests.fixtures.serve import LiveServer
 from voicepipe.audio.formats import wav_header
 from voicepipe.serve.app import create_app, load_voices
 from voicepipe.serve.deps import ServeConfig
-from voicepipe.serve.http import uvicorn_config
 
 FRAMES = 10  # per request: enough for several streamed chunks, quick on CPU
 KEY = "s3cret-token"
@@ -29,34 +28,9 @@ LONG = (
 )
 
 
-class LiveServer:
-    """uvicorn in a background thread on a free port."""
-
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        cfg = app.state.vp.config
-        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port, header_timeout_s=cfg.header_timeout_s,
-                                                    log_level="warning"))  # fmt: skip
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def voices_dir(tiny_custom_voice_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("voices")
-    (d / "alice").symlink_to(tiny_custom_voice_dir, target_is_directory=True)
-    return d
+def voices_dir(serve_voices_dir):
+    return serve_voices_dir
 
 
 @pytest.fixture(scope="module")

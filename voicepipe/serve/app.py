@@ -58,16 +58,17 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
             if config.capture_graphs and v.engine.use_graphs and not v.engine._graphs:
                 log.info("voice %s: CUDA graphs captured in %.1f s", v.name, v.engine.capture())
             v.engine.start()
-        wyoming = None
         if config.wyoming_uri:
             from voicepipe.serve.wyoming import WyomingServer
 
-            wyoming = await WyomingServer(state, config.wyoming_uri, zeroconf_name=config.wyoming_zeroconf).start()
+            state.wyoming = WyomingServer(state, config.wyoming_uri, zeroconf_name=config.wyoming_zeroconf)
+            await state.wyoming.start()
         state.ready = True
         yield
         state.ready = False
-        if wyoming is not None:
-            await wyoming.stop()
+        if state.wyoming is not None:
+            await state.wyoming.stop()
+            state.wyoming = None
         if state.owns_engines:
             for v in state.voices.values():
                 v.engine.stop()

@@ -71,6 +71,7 @@ class ServerState:
     owns_engines: bool = True
     load_error: str | None = None
     waiting: dict[str, int] = field(default_factory=dict)  # per voice: requests not yet holding a slot
+    wyoming: Any = None  # the running WyomingServer, when config.wyoming_uri is set
 
 
 def get_state(request: Request) -> ServerState:

@@ -75,11 +75,13 @@ class VoicepipeEventHandler(AsyncEventHandler):
         self.job: SpeechJob | None = None
 
     async def run(self) -> None:
-        """The library's event loop; a client that hangs up mid-answer ends its connection quietly."""
+        """The library's event loop; a client that hangs up or sends garbage ends only its own connection."""
         try:
             await super().run()
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             log.info("wyoming client went away: %s", type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - a peer sending garbage loses its connection, nothing more
+            log.warning("wyoming connection closed: %s: %s", type(e).__name__, e)
 
     # ---------------------------------------------------------------- events
     async def handle_event(self, event: Event) -> bool:
