@@ -8,7 +8,7 @@ runs to the server's runaway guard (0.2 s of audio per character, at least 5 s):
 total times only say how long forced audio takes.
 
     python benchmarks/ha_wyoming.py --tiny --device cpu --out /tmp/wy            # CPU, tiny voice
-    python benchmarks/ha_wyoming.py --tiny-dir DIR --device cuda --out $OUT     # GPU, full-size architecture
+    python benchmarks/ha_wyoming.py --tiny-dir DIR --device cuda --max-frames 125 --out $OUT   # GPU, full size
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _serve_bench():
     return mod
 
 
-def start_wyoming(tts, tiny_dir: Path, port: int, max_batch: int, graphs: bool):
+def start_wyoming(tts, tiny_dir: Path, port: int, max_batch: int, graphs: bool, max_frames: int | None = None):
     """Engine + WyomingServer (as `voicepipe serve --wyoming` builds them) on an event loop in a thread."""
     from voicepipe.serve.deps import ServeConfig, ServerState
     from voicepipe.serve.engine import EngineConfig, TTSEngine
@@ -52,7 +52,8 @@ def start_wyoming(tts, tiny_dir: Path, port: int, max_batch: int, graphs: bool):
     langs = sorted((engine.tc.codec_language_id or {}).keys())
     voice = Voice(name="alice", path=tiny_dir, source="bench:random-weights", engine=engine, speaker="alice",
                   languages=["auto", *langs])  # fmt: skip
-    cfg = ServeConfig(voices=["alice"], max_concurrent=max_batch, wyoming_uri=f"tcp://127.0.0.1:{port}")
+    cfg = ServeConfig(voices=["alice"], max_concurrent=max_batch, wyoming_uri=f"tcp://127.0.0.1:{port}",
+                      **({"max_frames": max_frames} if max_frames else {}))  # fmt: skip
     state = ServerState(config=cfg, voices={"alice": voice}, ready=True)
     state.metrics = Metrics(queue_depth=lambda: sum(state.waiting.values()), active=lambda: engine.active_count)
     ready, stop = threading.Event(), None
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-frames", type=int, default=None, help="cap frames per sentence (random weights never "
+                    "stop by themselves; TTFA does not depend on it)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
@@ -96,7 +99,8 @@ def main() -> None:
 
         tiny_dir = build_tiny_custom_voice(work / "tiny-alice")
     tts = serve.build_model(args.device, dtype, args.tiny, work, tiny_dir)
-    engine, _ = start_wyoming(tts, tiny_dir, args.port, args.max_batch, graphs=args.device != "cpu")
+    engine, _ = start_wyoming(tts, tiny_dir, args.port, args.max_batch, graphs=args.device != "cpu",
+                              max_frames=args.max_frames)
     cmd = [sys.executable, "-c", "from wyoming_bench.cli import main; main()", "tts", f"127.0.0.1:{args.port}",
            "--mode", "both", "--rounds", str(args.rounds), "--warmup", str(args.warmup), "--timeout", "300",
            "--config", '{"voice": "alice"}', "-v"]  # fmt: skip
