@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -45,6 +46,17 @@ def check_text(value: str, field: str, limit: int) -> str:
         raise ApiError(400, f"{field}: {len(value)} characters, the limit is {limit}", param=field,
                        code=f"{field}_too_long")  # fmt: skip
     return value
+
+
+def control_tokens(voice: Voice) -> re.Pattern[str] | None:
+    """A pattern matching the voice tokenizer's special tokens (`<|im_end|>`, `<|tts_pad|>`, ...). The tokenizer
+    turns them into control ids even inside user text, which would let a request rewrite the model's prompt."""
+    tok = getattr(getattr(getattr(voice.engine, "tts", None), "processor", None), "tokenizer", None)
+    specials = set(getattr(tok, "all_special_tokens", None) or [])
+    specials |= {str(t) for t in (getattr(tok, "added_tokens_decoder", None) or {}).values() if getattr(t, "special",
+                 False)}  # fmt: skip
+    specials = {t for t in specials if t}
+    return re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True)))) if specials else None
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -100,11 +112,16 @@ class SpeechJob:
     def __init__(self, voice: Voice, st: ServerState, text: str, *, instructions: str | None = None,
                  language: str = "auto", speed: float = 1.0, t0: float | None = None):  # fmt: skip
         self.voice, self.st = voice, st
-        self.instructions, self.language, self.speed = instructions or None, language, speed
+        self.language, self.speed = language, speed
         self.t0 = time.perf_counter() if t0 is None else t0
+        controls = control_tokens(voice)
+        if controls is not None:  # spoken as text would be wrong too: they are markup, not words
+            text = controls.sub(" ", text)
+            instructions = controls.sub(" ", instructions) if instructions else instructions
+        self.instructions = instructions if instructions and instructions.strip() else None
         self.segments = split_text(text, st.config.segment_chars)
         if not self.segments:
-            raise ApiError(400, "input: must not be empty", param="input")
+            raise ApiError(400, "input: nothing to speak (empty, or only the model's control tokens)", param="input")
         self.gen = GenerationConfig(**{"max_new_tokens": st.config.max_frames, **st.config.generation})
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
