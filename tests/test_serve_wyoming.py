@@ -170,3 +170,17 @@ def test_garbage_ends_only_that_connection(server):
 
     closed, info = run(go())
     assert closed == b"" and Info.is_type(info[-1].type)
+
+
+def test_cli_refuses_bad_wyoming_options():
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "voicepipe.cli", "serve", "--voice", "x", *args],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    r = cli("--wyoming", "10200")
+    assert r.returncode == 2 and r.stderr.startswith("error: --wyoming '10200'") and "tcp://" in r.stderr
+    r = cli("--wyoming-zeroconf", "vp")
+    assert r.returncode == 2 and "--wyoming-zeroconf needs --wyoming" in r.stderr

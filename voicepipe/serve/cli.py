@@ -49,6 +49,13 @@ def register(app: typer.Typer) -> None:
                           wyoming_uri=wyoming, wyoming_zeroconf=wyoming_zeroconf)  # fmt: skip
         if wyoming_zeroconf and not wyoming:
             raise ConfigError("--wyoming-zeroconf needs --wyoming tcp://HOST:PORT")
+        if wyoming:
+            from wyoming.server import AsyncServer
+
+            try:
+                AsyncServer.from_uri(wyoming)
+            except ValueError as e:
+                raise ConfigError(f"--wyoming {wyoming!r}: {e} (e.g. tcp://0.0.0.0:10200)") from None
         voices = load_voices(cfg)  # fail fast (one-line error) before binding the port
         app = create_app(cfg, voices)
         app.state.vp.owns_engines = True
