@@ -21,6 +21,7 @@ from voicepipe.serve.app import create_app, load_voices
 from voicepipe.serve.deps import ServeConfig
 
 FRAMES = 10  # per request: enough for several streamed chunks, quick on CPU
+GEN = {"min_new_tokens": FRAMES}  # random weights may say EOS early: lengths stay exact
 KEY = "s3cret-token"
 LONG = (
     "This is a long sentence that keeps going, so that the runaway guard of the server allows it enough audio "
@@ -36,7 +37,7 @@ def voices_dir(serve_voices_dir):
 @pytest.fixture(scope="module")
 def config(voices_dir):
     return ServeConfig(voices=["alice"], voices_dir=voices_dir, device="cpu", max_concurrent=4, max_frames=FRAMES,
-                       max_len=512, queue_timeout_s=20)  # fmt: skip
+                       max_len=512, queue_timeout_s=20, generation=GEN)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +396,7 @@ def test_disconnect_mid_stream_frees_slot(server, voices):
             next(chunks)
             assert engine.active_count == 1
     finally:
-        live_cfg.max_frames, live_cfg.generation = FRAMES, {}
+        live_cfg.max_frames, live_cfg.generation = FRAMES, GEN
     deadline = time.time() + 15
     while engine.active_count and time.time() < deadline:
         time.sleep(0.05)
@@ -453,7 +454,7 @@ def test_runaway_guard_caps_audio_per_character(server, voices):
         live_cfg.max_frames, live_cfg.generation = 1000, {"min_new_tokens": 1000}
         r = speech(server.url, input="Hi.", response_format="pcm")
     finally:
-        live_cfg.max_frames, live_cfg.generation = FRAMES, {}
+        live_cfg.max_frames, live_cfg.generation = FRAMES, GEN
     assert r.status_code == 200 and len(r.content) == 62 * 1920 * 2
 
 

@@ -52,6 +52,7 @@ def _rss_mb() -> float:
 def live(serve_voices_dir):
     cfg = ServeConfig(voices=["alice"], voices_dir=serve_voices_dir, device="cpu", max_concurrent=SLOTS,
                       max_queue=2 * STREAMS, max_frames=FRAMES, max_len=1024, queue_timeout_s=60,
+                      generation={"min_new_tokens": FRAMES},
                       wyoming_uri="tcp://127.0.0.1:0")  # fmt: skip
     voices = load_voices(cfg)
     srv = LiveServer(create_app(cfg, voices))

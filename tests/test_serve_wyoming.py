@@ -20,12 +20,13 @@ from voicepipe.serve.deps import ServeConfig
 
 FRAMES = 6  # per sentence
 BYTES = FRAMES * 1920 * 2
+GEN = {"min_new_tokens": FRAMES}  # random weights may say EOS early: lengths stay exact
 
 
 @pytest.fixture(scope="module")
 def config(serve_voices_dir):
     return ServeConfig(voices=["alice"], voices_dir=serve_voices_dir, device="cpu", max_concurrent=2,
-                       max_frames=FRAMES, max_len=512, queue_timeout_s=20,
+                       max_frames=FRAMES, max_len=512, queue_timeout_s=20, generation=GEN,
                        wyoming_uri="tcp://127.0.0.1:0")  # fmt: skip
 
 
@@ -148,7 +149,7 @@ def test_client_gone_mid_synthesis_frees_the_slot(server, voices):
         live.max_frames, live.generation = 300, {"min_new_tokens": 300}
         run(go())
     finally:
-        live.max_frames, live.generation = FRAMES, {}
+        live.max_frames, live.generation = FRAMES, GEN
     deadline = time.time() + 15
     while engine.active_count and time.time() < deadline:
         time.sleep(0.05)

@@ -207,7 +207,7 @@ class StreamEncoder:
             assert self._proc.stdin is not None
             self._proc.stdin.close()
             self._proc.wait(timeout=30)
-            self._reader.join(timeout=5)
+            self._reader.join(timeout=60)  # ffmpeg has exited: the pipe is at EOF, the pump ends (slowly on a busy box)
             out = self._take_ffmpeg()
             self._proc = None
             return out
