@@ -143,6 +143,20 @@ def test_sse_events(server):
     assert events[-1]["usage"]["audio_seconds"] == pytest.approx(FRAMES * 0.08)
 
 
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "opus"])
+def test_sse_deltas_join_into_a_readable_file(server, fmt):
+    """The base64 deltas of an SSE stream, joined, are the file: libsndfile and ffmpeg read it (FLAC arrives as one
+    delta holding the whole file)."""
+    from tests.test_serve_formats import decode
+
+    r = speech(server.url, input="Events in a container.", response_format=fmt, stream_format="sse")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    deltas = [base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta"]
+    assert events[-1]["type"] == "speech.audio.done" and (len(deltas) == 1 if fmt == "flac" else len(deltas) >= 2)
+    wav, sr = decode(b"".join(deltas), fmt, streamed=True)
+    assert sr == 24000 and abs(len(wav) - FRAMES * 1920) <= (0 if fmt == "flac" else 2400)
+
+
 @pytest.mark.parametrize("whole", [False, True], ids=["streamed", "whole"])
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "aac", "pcm"])
 def test_each_format_decodes(server, fmt, whole):
