@@ -223,6 +223,34 @@ def test_bad_input_gets_400_json(server, body, param):
         assert err["param"] == param and param in err["message"] and err["type"] == "invalid_request_error"
 
 
+def test_a_later_segment_that_does_not_fit_is_a_400_before_any_byte(server, voices):
+    """Every segment's prompt is built before the 200: here the first segment fits the model's cache with the
+    instructions and the second does not, so the request is refused whole (no 200 followed by a cut stream)."""
+    from voicepipe.serve.engine import EngineError
+    from voicepipe.serve.synth import split_text
+
+    engine = voices["alice"].engine
+    long = ("This second sentence is much longer than the first one " + "and it keeps going on " * 12)[:296] + "."
+    assert [len(x) for x in split_text(f"Hi there. {long}", 300)] == [9, 297]  # two segments
+
+    def fits(text: str, n: int) -> bool:
+        try:
+            engine.prepare(text, "alice", "auto", "Calm. " * n)
+            return True
+        except EngineError:
+            return False
+
+    n = next(n for n in range(1, 400) if not fits(long, n))
+    assert fits("Hi there.", n), "the instructions alone already overflow: pick a shorter first sentence"
+    for mode in ({}, {"stream_format": "sse"}, {"stream": False}):
+        r = speech(server.url, input=f"Hi there. {long}", instructions="Calm. " * n, response_format="pcm", **mode)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "instructions", r.text[:300]
+    deadline = time.time() + 10
+    while engine.active_count and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.active_count == 0 and engine.queue_depth == 0
+
+
 def test_control_tokens_in_text_cannot_reach_the_prompt(server, voices, monkeypatch):
     """`<|im_end|>` and friends in `input`/`instructions` would be tokenized as control ids and rewrite the
     model's chat prompt; they are removed, so the prompt is the one the plain words make."""
