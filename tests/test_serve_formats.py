@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voicepipe.audio.formats import FORMATS, StreamEncoder, encode, wav_header
+from voicepipe.audio.formats import FORMATS, STREAMABLE, StreamEncoder, encode
 from voicepipe.errors import InputError
 
 SR = 24000
@@ -22,18 +22,30 @@ def tone(seconds: float = 1.0) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
+def decode_ffmpeg(data: bytes) -> tuple[np.ndarray, int]:
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac",
+                          "1", "-ar", str(SR), "pipe:1"], input=data, capture_output=True, check=True).stdout
+    return np.frombuffer(out, "<i2").astype(np.float32) / 32767, SR
+
+
+def decode_libsndfile(data: bytes) -> tuple[np.ndarray, int]:
+    """What `soundfile.read` (most Python clients) makes of the bytes, unpatched."""
+    wav, sr = sf.read(io.BytesIO(data), dtype="float32")
+    return wav, sr
+
+
 def decode(data: bytes, fmt: str, streamed: bool = False) -> tuple[np.ndarray, int]:
-    """Decode with libsndfile; with ffmpeg (what streaming clients use) for AAC and streamed compressed audio,
-    whose headers carry no length."""
+    """Decode as a client would, and check that the other decoder agrees: libsndfile and ffmpeg for every format
+    (AAC: ffmpeg only, libsndfile has no AAC decoder). `streamed` is kept for callers; the bytes must decode the
+    same either way."""
     if fmt == "pcm":
         return np.frombuffer(data, "<i2").astype(np.float32) / 32767, SR
-    if fmt == "aac" or (streamed and fmt != "wav"):
-        out = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac",
-                              "1", "-ar", str(SR), "pipe:1"], input=data, capture_output=True, check=True).stdout
-        return np.frombuffer(out, "<i2").astype(np.float32) / 32767, SR
-    if fmt == "wav" and data[4:8] == b"\xff\xff\xff\xff":  # streamed WAV: sizes unknown, patch them to read
-        data = wav_header(SR, len(data) - 44) + data[44:]
-    wav, sr = sf.read(io.BytesIO(data), dtype="float32")
+    wav, sr = decode_ffmpeg(data)
+    if fmt != "aac":
+        wav2, sr2 = decode_libsndfile(data)
+        assert sr2 == sr and abs(len(wav2) - len(wav)) <= int(0.1 * SR), (fmt, len(wav2), len(wav))
+        if fmt in ("wav", "flac"):
+            wav = wav2
     return wav, sr
 
 
@@ -63,9 +75,21 @@ def test_stream_encoder_emits_as_it_goes_and_decodes(fmt):
         pieces.append(enc.feed(c))
         time.sleep(0.1)
     tail = enc.close()
-    assert sum(1 for p in pieces if p) >= 2, f"{fmt}: encoder held everything back"
+    if fmt in STREAMABLE:
+        assert sum(1 for p in pieces if p) >= 2, f"{fmt}: encoder held everything back"
+    else:  # FLAC: held, then one whole file with its length (a streamed FLAC has none: libsndfile refuses it)
+        assert not any(pieces) and sf.info(io.BytesIO(tail)).frames == len(ref)
     wav, sr = decode(b"".join(pieces) + tail, fmt, streamed=True)
     _check_same(wav, sr, ref, fmt)
+
+
+def test_streamed_wav_reads_unpatched():
+    """A streamed WAV (unknown-length header) is read by libsndfile as it arrives, with every sample."""
+    enc = StreamEncoder("wav", SR)
+    data = b"".join(enc.feed(c) for c in np.array_split(tone(1.0), 5)) + enc.close()
+    assert data[4:8] == b"\xff\xff\xff\xff"
+    wav, _ = decode_libsndfile(data)
+    assert len(wav) == SR
 
 
 def test_unsupported_format_and_opus_rate_rejected():

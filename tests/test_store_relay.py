@@ -51,3 +51,26 @@ def test_relay_app_emits_and_checks_the_token(s3_store):
     r = client.post("/minio", json=body, headers={"Authorization": "Bearer s3cret"})
     assert r.status_code == 200 and r.json()["emitted"][0]["version"] == "2026-11-25"
     assert [e["payload"]["speaker"] for e in emitted] == ["bob"]
+
+
+def test_relay_without_a_token_refuses_everything(s3_store, monkeypatch):
+    """An unset token is not an open door: every notification is refused, with or without a header."""
+    monkeypatch.delenv("VOICEPIPE_RELAY_TOKEN", raising=False)
+    sha = s3_store.put_json({"corpus": 1}, step="corpus.build")
+    s3_store.set_ref("corpus/bob/latest", sha, {"version": "2026-11-26"})
+    emitted = []
+    client = TestClient(create_app(s3_store, emit=lambda **kw: emitted.append(kw)))
+    body = notification(s3_store, "refs/corpus/bob/latest.json")
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer anything"}):
+        r = client.post("/minio", json=body, headers=headers)
+        assert r.status_code == 503 and "VOICEPIPE_RELAY_TOKEN" in r.text
+    assert emitted == []
+    assert client.get("/health").status_code == 200
+
+
+def test_relay_token_check():
+    from voicepipe.store.relay import token_ok
+
+    assert token_ok("s3cret", "Bearer s3cret") and token_ok("s3cret", "bearer  s3cret ")
+    assert not token_ok("s3cret", "Bearer s3cre") and not token_ok("s3cret", "s3cret")
+    assert not token_ok("s3cret", None) and not token_ok("", "Bearer ") and not token_ok("", None)

@@ -4,7 +4,12 @@ Encoding goes through libsndfile (`soundfile`: WAV, FLAC, MP3, Ogg/Opus) and, fo
 same encoders writing into a drain buffer: every `feed()` returns the bytes produced so far, so compressed audio
 leaves as it is made (MP3/AAC streams pay ffmpeg's start-up, about 0.25 s, once per request; voice agents
 stream `pcm`, which has no such cost). Raw PCM is signed 16-bit little-endian mono (OpenAI's `pcm` format); a
-streamed WAV has an "unknown length" header (0xFFFFFFFF sizes), which players and decoders accept for streams.
+streamed WAV has an "unknown length" header (0xFFFFFFFF sizes), which libsndfile and ffmpeg both read.
+
+FLAC is never streamed: a FLAC stream's STREAMINFO must carry the total sample count, which is only known at the
+end; with 0 there (the streaming value) libsndfile refuses the file ("array is too big") although ffmpeg reads it.
+So `StreamEncoder("flac")` holds the audio and returns the whole, seekable file from `close()`; the server sends
+FLAC as one file with a Content-Length. AAC is ADTS, which ffmpeg reads; libsndfile has no AAC decoder at all.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ _FFMPEG = {
     "aac": ["-c:a", "aac", "-b:a", "96k", "-f", "adts"],
     "mp3": ["-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-f", "mp3"],
 }
-_SF_STREAM = ("flac", "opus")
+_SF_STREAM = ("opus",)
+STREAMABLE = ("pcm", "wav", "mp3", "opus", "aac")  # bytes leave as audio is made; FLAC is sent whole (see above)
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
@@ -125,6 +131,7 @@ class StreamEncoder:
         self._sf: sf.SoundFile | None = None
         self._proc: subprocess.Popen | None = None
         self._started = False
+        self._held: list[np.ndarray] = []  # FLAC: the whole clip, encoded at close()
         if self.fmt in _SF_STREAM:
             self._drain = _Drain()
             kind, sub = _SF[self.fmt]
@@ -169,6 +176,9 @@ class StreamEncoder:
             head = b"" if self._started else wav_header(self.sr)
             self._started = True
             return head + to_pcm16(wav)
+        if self.fmt == "flac":
+            self._held.append(wav)
+            return b""
         if self._sf is not None:
             self._sf.write(wav)
             self._sf.flush()
@@ -185,6 +195,10 @@ class StreamEncoder:
                 self._started = True
                 return wav_header(self.sr)
             return b""
+        if self.fmt == "flac":
+            wav = np.concatenate(self._held) if self._held else np.zeros(0, np.float32)
+            self._held = []
+            return encode(wav, self.sr, "flac")
         if self._sf is not None:
             self._sf.close()
             self._sf = None
@@ -193,7 +207,7 @@ class StreamEncoder:
             assert self._proc.stdin is not None
             self._proc.stdin.close()
             self._proc.wait(timeout=30)
-            self._reader.join(timeout=5)
+            self._reader.join(timeout=60)  # ffmpeg has exited: the pipe is at EOF, the pump ends (slowly on a busy box)
             out = self._take_ffmpeg()
             self._proc = None
             return out
@@ -201,6 +215,7 @@ class StreamEncoder:
 
     def abort(self) -> None:
         """Release resources without finishing (client went away)."""
+        self._held = []
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(timeout=5)

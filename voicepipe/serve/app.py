@@ -12,19 +12,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from voicepipe.serve.deps import ApiError, ServeConfig, ServerState
+from voicepipe.serve.deps import error_response as _error
 from voicepipe.serve.engine import EngineConfig
 from voicepipe.serve.metrics import Metrics
+from voicepipe.serve.middleware import Gate
 from voicepipe.serve.registry import Voice, load_voice, resolve_voice_dir
 from voicepipe.serve.routers import meta, speech
 
 log = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:  # fmt: skip
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def load_voices(config: ServeConfig) -> dict[str, Voice]:
@@ -51,7 +46,7 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
     at shutdown; otherwise it loads `config.voices` at startup and stops their engines at shutdown."""
     state = ServerState(config=config, voices=dict(voices or {}), owns_engines=voices is None)
     state.metrics = Metrics(
-        queue_depth=lambda: sum(v.engine.queue_depth for v in state.voices.values()),
+        queue_depth=lambda: sum(state.waiting.values()),
         active=lambda: sum(v.engine.active_count for v in state.voices.values()),
     )
 
@@ -63,9 +58,17 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
             if config.capture_graphs and v.engine.use_graphs and not v.engine._graphs:
                 log.info("voice %s: CUDA graphs captured in %.1f s", v.name, v.engine.capture())
             v.engine.start()
+        if config.wyoming_uri:
+            from voicepipe.serve.wyoming import WyomingServer
+
+            state.wyoming = WyomingServer(state, config.wyoming_uri, zeroconf_name=config.wyoming_zeroconf)
+            await state.wyoming.start()
         state.ready = True
         yield
         state.ready = False
+        if state.wyoming is not None:
+            await state.wyoming.stop()
+            state.wyoming = None
         if state.owns_engines:
             for v in state.voices.values():
                 v.engine.stop()
@@ -75,10 +78,11 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
     app.state.vp = state
     app.include_router(speech.router)
     app.include_router(meta.router)
+    app.add_middleware(Gate, state=state)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return _error(e.status, e.message, e.type, e.param, e.code)
+        return _error(e.status, e.message, e.type, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -90,7 +94,9 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _error(e.status_code, str(e.detail), type="not_found" if e.status_code == 404 else "http_error")
+        kind = {404: "not_found", 405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error"}
+        return _error(e.status_code, str(e.detail), type=kind.get(e.status_code, "http_error"),
+                      headers=dict(e.headers or {}))  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> JSONResponse:

@@ -24,6 +24,14 @@ def register(app: typer.Typer) -> None:
         max_concurrent: int = typer.Option(8, "--max-concurrent", help="Generation slots per voice."),
         queue_timeout: float = typer.Option(30.0, "--queue-timeout", help="Seconds a request may wait for a slot."),
         max_input_chars: int = typer.Option(4096, "--max-input-chars"),
+        max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting for a slot (per voice) before "
+                                      "new ones get 503 with Retry-After."),
+        open_ops: bool = typer.Option(False, "--open-ops", help="With --api-key, leave /metrics, /docs and "
+                                      "/openapi.json open (e.g. for a Prometheus scraper without credentials)."),
+        wyoming: str | None = typer.Option(None, "--wyoming", help="Also serve the Wyoming protocol for Home "
+                                           "Assistant on this URI, e.g. tcp://0.0.0.0:10200."),
+        wyoming_zeroconf: str | None = typer.Option(None, "--wyoming-zeroconf", help="Announce the Wyoming server "
+                                                    "over mDNS under this name (needs the zeroconf package)."),
     ) -> None:
         """Serve voices over an OpenAI-compatible, streaming /v1/audio/speech (local, offline)."""
         import uvicorn
@@ -31,13 +39,24 @@ def register(app: typer.Typer) -> None:
         from voicepipe.errors import ConfigError
         from voicepipe.serve.app import create_app, load_voices
         from voicepipe.serve.deps import ServeConfig
+        from voicepipe.serve.http import uvicorn_config
 
         if voices_dir is not None and not voices_dir.is_dir():
             raise ConfigError(f"--voices-dir {voices_dir}: not a directory")
         cfg = ServeConfig(voices=voice, voices_dir=voices_dir, store_url=store_url, device=device, api_key=api_key,
                           max_concurrent=max_concurrent, queue_timeout_s=queue_timeout,
-                          max_input_chars=max_input_chars)  # fmt: skip
+                          max_input_chars=max_input_chars, max_queue=max_queue, protect_ops=not open_ops,
+                          wyoming_uri=wyoming, wyoming_zeroconf=wyoming_zeroconf)  # fmt: skip
+        if wyoming_zeroconf and not wyoming:
+            raise ConfigError("--wyoming-zeroconf needs --wyoming tcp://HOST:PORT")
+        if wyoming:
+            from wyoming.server import AsyncServer
+
+            try:
+                AsyncServer.from_uri(wyoming)
+            except ValueError as e:
+                raise ConfigError(f"--wyoming {wyoming!r}: {e} (e.g. tcp://0.0.0.0:10200)") from None
         voices = load_voices(cfg)  # fail fast (one-line error) before binding the port
         app = create_app(cfg, voices)
         app.state.vp.owns_engines = True
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.Server(uvicorn_config(app, host, port, header_timeout_s=cfg.header_timeout_s)).run()

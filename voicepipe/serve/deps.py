@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from voicepipe.serve.metrics import Metrics
@@ -23,25 +24,42 @@ class ServeConfig(BaseModel):
     cache_dir: Path | None = None  # where store voices are unpacked
     device: str = "auto"
     api_key: str | None = None  # set: every /v1 call needs `Authorization: Bearer <api_key>`
+    protect_ops: bool = True  # with an api_key, /metrics, /docs, /redoc and /openapi.json need it too
     max_input_chars: int = 4096
+    max_instructions_chars: int = 4096
+    max_body_bytes: int = 256 * 1024  # request bodies (JSON) larger than this get 413 before they are read
+    header_timeout_s: float = 10.0  # a connection that has not sent a whole request head by then is closed
+    body_timeout_s: float = 10.0  # a request whose body has not arrived by then gets 408
     max_concurrent: int = 8  # generation slots per voice (the engine's batch)
-    max_queue: int = 64  # requests waiting for a slot before new ones get 503 at once
+    max_queue: int = 64  # requests waiting for a slot (per voice) before new ones get 503 at once
     queue_timeout_s: float = 30.0  # a request waiting longer than this for a slot gets 503
+    retry_after_s: float = 2.0  # the Retry-After of a 503
     max_frames: int = 1500  # per text segment (120 s of audio)
     generation: dict[str, Any] = Field(default_factory=dict)  # GenerationConfig overrides (temperature, ...)
     segment_chars: int = 300  # long input is spoken segment by segment, split at sentence ends
     max_len: int = 2048  # KV-cache positions per slot
     language: str = "auto"
     capture_graphs: bool = True
+    wyoming_uri: str | None = None  # e.g. tcp://0.0.0.0:10200: also speak the Wyoming protocol (Home Assistant)
+    wyoming_zeroconf: str | None = None  # a name: announce the Wyoming server over mDNS (needs `zeroconf`)
 
 
 class ApiError(Exception):
     """An error the client gets as OpenAI-style JSON with `status`."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, type: str = "invalid_request_error",
-                 code: str | None = None):  # fmt: skip
+                 code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+        self.headers = headers
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    """OpenAI's error envelope: {"error": {"message", "type", "param", "code"}} with `status`."""
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 @dataclass
@@ -52,19 +70,26 @@ class ServerState:
     ready: bool = False
     owns_engines: bool = True
     load_error: str | None = None
+    waiting: dict[str, int] = field(default_factory=dict)  # per voice: requests not yet holding a slot
+    wyoming: Any = None  # the running WyomingServer, when config.wyoming_uri is set
 
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.vp
 
 
-def require_auth(request: Request) -> None:
-    """Bearer-token check (constant-time) when the server has an API key."""
-    key = get_state(request).config.api_key
+def authorized(key: str | None, authorization: str | None) -> bool:
+    """Whether an `Authorization` header value carries the API key `key` (constant-time); True when no key is set."""
     if not key:
-        return
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                       type="authentication_error", code="invalid_api_key")  # fmt: skip
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+AUTH_ERROR = "missing or invalid API key (send 'Authorization: Bearer <key>')"
+
+
+def require_auth(request: Request) -> None:
+    """Bearer-token check for routes (the app's gate has already checked it before the body was read)."""
+    if not authorized(get_state(request).config.api_key, request.headers.get("authorization")):
+        raise ApiError(401, AUTH_ERROR, type="authentication_error", code="invalid_api_key")

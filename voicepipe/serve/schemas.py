@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SpeechRequest(BaseModel):
@@ -14,13 +14,30 @@ class SpeechRequest(BaseModel):
 
     model: str = Field("voicepipe", description="Accepted and ignored beyond logging (the voice picks the model).")
     input: str = Field(..., description="Text to speak, at most `max_input_chars` characters.")
-    voice: str = Field(..., description="A loaded voice name (see GET /v1/voices).")
+    voice: str | dict[str, Any] = Field(..., description="A loaded voice name (see GET /v1/voices), or an object "
+                                        '`{"id": name}` as the OpenAI SDK allows.')
     instructions: str | None = Field(None, description="Style instruction, passed to the model as its instruct text.")
     response_format: str = Field("mp3", description="wav, pcm (s16le 24 kHz mono), mp3, opus (Ogg), flac or aac.")
     speed: float = Field(1.0, description="0.25 to 4.0; time-stretch without pitch change.")
-    stream: bool = Field(False, description="Extension (as Kokoro-FastAPI/vLLM-Omni): stream audio as it is made.")
-    stream_format: str | None = Field(None, description="'audio' (raw chunked bytes) or 'sse' (base64 events).")
+    stream: bool | None = Field(None, description="Extension (as Kokoro-FastAPI/vLLM-Omni): false asks for one "
+                                "whole file with a Content-Length; unset or true streams (OpenAI's default).")
+    stream_format: str | None = Field(None, description="'audio' (raw chunked bytes, the default) or 'sse' (base64 "
+                                      "events).")
     language: str = Field("auto", description="Extension: model language name or 'auto'.")
+
+    @field_validator("voice", mode="before")
+    @classmethod
+    def _voice(cls, v: Any) -> str:
+        if isinstance(v, dict):
+            v = v.get("id")
+        if not isinstance(v, str) or not v:
+            raise ValueError('must be a voice name or an object {"id": "<voice name>"}')
+        return v
+
+    @property
+    def voice_name(self) -> str:
+        """The requested voice's name (from a string or an `{"id": ...}` object)."""
+        return self.voice if isinstance(self.voice, str) else str(self.voice.get("id"))
 
 
 class ErrorBody(BaseModel):
@@ -49,6 +66,11 @@ class VoiceCard(BaseModel):
     reason: str | None = None
     evaluation: dict[str, Any] | None = Field(
         None, description="SIM, the base model's zero-shot clone SIM, SIM vs base, WER, CER, validity, RTF.")
+
+class AudioVoicesResponse(BaseModel):
+    """GET /v1/audio/voices (Kokoro-FastAPI's shape): the names `voice` accepts."""
+
+    voices: list[str]
 
 
 class VoiceInfo(BaseModel):

@@ -7,12 +7,16 @@ was not written by a Prefect flow run (those emitted already), the relay emits t
 
     voicepipe.corpus.changed   resource voicepipe.corpus.<speaker>   payload {speaker, version, sha, source}
 
-Run: `uvicorn voicepipe.store.relay:app --host 0.0.0.0 --port 8787` with the VOICEPIPE_* store settings and
-PREFECT_API_URL; point MinIO at `http://<relay>:8787/minio` (infra/README.md shows the `mc` commands).
+Run: `uvicorn voicepipe.store.relay:app --host 0.0.0.0 --port 8787` with the VOICEPIPE_* store settings,
+PREFECT_API_URL and VOICEPIPE_RELAY_TOKEN; point MinIO at `http://<relay>:8787/minio` with the same token as its
+webhook `auth_token` (infra/README.md shows the `mc` commands). Without a token the relay refuses every
+notification (503): an open relay would let anyone on the network start training runs.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -21,6 +25,7 @@ from urllib.parse import unquote_plus
 
 from voicepipe.store.core import ArtifactStore
 
+log = logging.getLogger(__name__)
 EVENT = "voicepipe.corpus.changed"
 _REF_RE = re.compile(r"^refs/(corpus/(?P<speaker>[^/]+)/latest)\.json$")
 
@@ -65,12 +70,21 @@ def corpus_events(notification: dict[str, Any], store: ArtifactStore) -> list[di
     return events
 
 
+def token_ok(token: str, authorization: str | None) -> bool:
+    """Whether `Authorization: Bearer <token>` carries `token` (constant-time); never true for an empty token."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def create_app(store: ArtifactStore | None = None, emit: Emitter | None = None, token: str | None = None):
-    """The relay as a FastAPI app. `store` defaults to the settings' store, `emit` to prefect's emit_event."""
+    """The relay as a FastAPI app. `store` defaults to the settings' store, `emit` to prefect's emit_event, `token`
+    to $VOICEPIPE_RELAY_TOKEN; with no token every notification is refused (503)."""
     from fastapi import FastAPI, Header, HTTPException
 
     app = FastAPI(title="voicepipe MinIO -> Prefect event relay")
     token = token if token is not None else os.environ.get("VOICEPIPE_RELAY_TOKEN", "")
+    if not token:
+        log.warning("VOICEPIPE_RELAY_TOKEN is not set: the relay refuses every notification until it is")
     state: dict[str, Any] = {"store": store}
 
     def _store() -> ArtifactStore:
@@ -93,7 +107,10 @@ def create_app(store: ArtifactStore | None = None, emit: Emitter | None = None, 
 
     @app.post("/minio")
     def minio(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
-        if token and (authorization or "").removeprefix("Bearer ").strip() != token:
+        if not token:
+            raise HTTPException(status_code=503, detail="relay not configured: set VOICEPIPE_RELAY_TOKEN (and the "
+                                "same auth_token on MinIO's webhook)")  # fmt: skip
+        if not token_ok(token, authorization):
             raise HTTPException(status_code=401, detail="bad or missing token")
         events = corpus_events(body, _store())
         for ev in events:
