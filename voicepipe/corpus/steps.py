@@ -514,7 +514,7 @@ def _non_speech(speech: list[list[float]], total: float) -> list[Interval]:
 
 def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[Interval], start: float, end: float,
                  context_s: float) -> np.ndarray | None:
-    """The quieter half (25 ms frames) of the non-speech audio within `context_s` of [start, end) (None if under
+    """The quietest quarter (25 ms frames) of the non-speech audio within `context_s` of [start, end) (None if under
     0.25 s): the background local to a segment, so an intro, an ad break or a loud music passage elsewhere in the
     episode, or right next to the segment, does not condemn it."""
     near = _intersect(noise_iv, [(max(0.0, start - context_s), end + context_s)])
@@ -526,7 +526,7 @@ def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[Interval], start: floa
     if len(frames) < 4:
         return x
     power = (frames.astype(np.float64) ** 2).mean(axis=1)
-    return frames[power <= np.median(power)].reshape(-1)  # the quieter half: the bed, not a loud intro next to it
+    return frames[power <= np.quantile(power, 0.25)].reshape(-1)  # the bed, not a loud intro or outro next to it
 
 
 def _speaker_margin(emb: np.ndarray, dia: dict) -> float | None:
