@@ -56,7 +56,7 @@ def scenario_build(tmp_path_factory, tiny_tts_dir):
 
 
 @pytest.mark.parametrize("scenario", [
-    pytest.param(s, marks=pytest.mark.xfail(reason="issue 12 target not met yet on the CPU path", strict=False))
+    pytest.param(s, marks=pytest.mark.xfail(reason="issue 12 target not met yet on the CPU path", strict=True))
     if s in NOT_MET else s for s in SCENARIO_EPISODES
 ])
 def test_each_scenario_meets_purity_and_recall(scenario_build, scenario):
@@ -67,7 +67,7 @@ def test_each_scenario_meets_purity_and_recall(scenario_build, scenario):
 
 
 @pytest.mark.xfail(reason="issue 12 not met yet: on this 24 s episode the k-means count cuts the target into pieces "
-                   "(music bed) and the one nearest the enrollment is too short to keep", strict=False)
+                   "(music bed) and the one nearest the enrollment is too short to keep", strict=True)
 def test_a_music_intro_and_bed_do_not_empty_the_episode(scenario_build):
     """The old gate measured noise over the whole episode's non-speech (the loud intro): nothing was kept."""
     rows = [json.loads(x) for x in (scenario_build["out"] / "manifest.jsonl").read_text().splitlines()]
