@@ -589,11 +589,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 "dnsmos": None,
             }
             if mos_ok and dur >= 0.5:
-                from voicepipe.evaluate.metrics import predict_mos
-
-                with _MOS_LOCK:
-                    mos = predict_mos(wav16[int(s * SR16) : int(e * SR16)], SR16)
-                m["dnsmos"] = None if mos is None else {k: round(v, 3) for k, v in mos.items()}
+                m["dnsmos"] = _dnsmos(wav16[int(s * SR16) : int(e * SR16)])
             reasons = []
             if not f.min_duration_s <= dur <= f.max_duration_s:
                 reasons.append(f"duration {dur:.2f} s outside {f.min_duration_s:g}-{f.max_duration_s:g} s")
@@ -630,6 +626,16 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
 
 _MOS_LOCK = threading.Lock()
+
+
+def _dnsmos(wav16k: np.ndarray) -> dict[str, float] | None:
+    """DNSMOS of one 16 kHz clip, rounded (`voicepipe.evaluate.metrics.predict_mos`; one call at a time: speechmos
+    keeps one ONNX session in a module global). A module-level helper, so the steps that call it stay picklable."""
+    from voicepipe.evaluate.metrics import predict_mos
+
+    with _MOS_LOCK:
+        mos = predict_mos(wav16k, SR16)
+    return None if mos is None else {k: round(v, 3) for k, v in mos.items()}
 
 
 def _mos_available() -> bool:
