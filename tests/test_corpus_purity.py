@@ -103,6 +103,7 @@ def test_the_speaker_identity_is_an_fp32_centroid_over_the_kept_corpus(scenario_
     cen = np.load(out / "speaker_centroid.npy")
     assert cen.dtype == np.float32 and abs(float(np.linalg.norm(cen)) - 1.0) < 1e-5
     rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["dnsmos"] and 1.0 <= r["dnsmos"]["ovrl"] <= 5.0 for r in rows), "DNSMOS recorded per utterance"
     enc = SpeakerEncoder()
     embs = enc.embed_many([load_audio(out / r["audio"], 16000) for r in rows])
     mean = embs.astype(np.float32).mean(axis=0)
