@@ -19,6 +19,7 @@ _LAZY = {
     "EpisodeState": "voicepipe.corpus.steps",
     "BuildResult": "voicepipe.corpus.assemble",
     "make_podcast": "voicepipe.corpus.synthetic",
+    "make_scenario_podcast": "voicepipe.corpus.synthetic",
     "serve_feed": "voicepipe.corpus.synthetic",
     "score_corpus": "voicepipe.corpus.synthetic",
     "PodcastTruth": "voicepipe.corpus.synthetic",

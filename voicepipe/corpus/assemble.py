@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from voicepipe.audio import load_audio, save_wav
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.steps import SR, STEPS, EpisodeState, StepContext
+from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
+from voicepipe.errors import InputError
 
 
 class BuildResult(BaseModel):
@@ -47,8 +47,9 @@ class BuildResult(BaseModel):
 
 def _reason_kind(reason: str) -> str:
     """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
-    for kind in ("other speaker", "overlapped speech", "no speaker turn", "duration", "speaker_sim", "clipping",
-                 "loudness", "snr", "asr_confidence", "speech_rate", "asr: no words", "duplicate"):
+    for kind in ("other speaker", "overlap/backchannel", "overlapped speech", "target not among", "no speaker turn",
+                 "duration", "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos",
+                 "asr_confidence", "speech_rate", "asr: no words", "duplicate"):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
@@ -88,11 +89,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         seen[st.raw_sha] = st.source.id
         good.append(st)
 
-    # reference audio for the recipe's `ref_audio`: the first enrollment clip at 24 kHz mono
-    ref_path = save_wav(out / "ref_audio.wav", load_audio(p.enroll[0], SR), SR)
-    ref_sha = hashlib.sha256(ref_path.read_bytes()).hexdigest()
-
-    manifest, train, val = [], [], []
+    manifest, lines = [], []
+    episodes: list[dict[str, Any]] = []
     val_eps = {st.source.id for st in good if is_val_episode(st.raw_sha, p.val_fraction)}
     if p.val_fraction > 0 and not val_eps and len(good) >= 2:
         val_eps = {min(good, key=lambda s: s.raw_sha).source.id}
@@ -109,8 +107,10 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         seg_s = sum(s["end"] - s["start"] for s in r["segment"]["segments"])
         flow_in["segment"][0] += r["segment"]["target_s"]
         flow_in["segment"][1] += seg_s
+        ep_reasons: Counter = Counter()
         for rj in r["segment"]["rejects"]:
             rejects.append({"episode": st.source.id, **rj, "seconds": round(rj["end"] - rj["start"], 3)})
+            ep_reasons[_reason_kind(rj["reason"])] += rj["end"] - rj["start"]
         filt = r["filter"]["segments"]
         kept_s = sum(s["duration"] for s in filt if s["keep"])
         flow_in["filter"][0] += seg_s
@@ -123,6 +123,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             if not s["keep"]:
                 rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
                                 "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
+                for why in s["reasons"]:
+                    ep_reasons[_reason_kind(why)] += s["duration"] / len(s["reasons"])
                 continue
             c = clips[s["start"]]
             durs.append(s["duration"])
@@ -134,14 +136,44 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                 "episode": st.source.id, "episode_sha": st.raw_sha, "start": s["start"], "end": s["end"],
                 "duration": s["duration"], "speaker_sim": s["speaker_sim"], "asr_conf": s["asr_conf"],
                 "snr_db": s["snr_db"], "lufs": s["lufs"], "clipped": s["clipped"], "sec_per_char": s["sec_per_char"],
+                "speaker_margin": s.get("speaker_margin"), "dnsmos": s.get("dnsmos"),
                 "split": "val" if st.source.id in val_eps else "train",
             }
             manifest.append(row)
-            line = {"audio": str(clip_path.resolve()), "text": s["text"], "ref_audio": str(ref_path.resolve()),
-                    "audio_codes": c["audio_codes"], "id": c["id"], "audio_sha": c["sha"], "ref_audio_sha": ref_sha}
+            line = {"audio": str(clip_path.resolve()), "text": s["text"], "audio_codes": c["audio_codes"],
+                    "id": c["id"], "audio_sha": c["sha"]}
             if p.language:
                 line["language"] = p.language
-            (val if row["split"] == "val" else train).append(line)
+            lines.append((row, line))
+        speech_s = sum(b - a for a, b in r["diarize"]["speech"])
+        ep_kept = sum(x["duration"] for x in filt if x["keep"])
+        flagged = speech_s > 0 and ep_kept < p.flag_keep_fraction * speech_s
+        episodes.append({
+            "episode": st.source.id, "speech_s": round(speech_s, 2), "target_s": round(r["segment"]["target_s"], 2),
+            "kept_s": round(ep_kept, 2), "speakers": r["diarize"].get("speakers", []),
+            "target_label": r["diarize"].get("target_label"), "flagged": flagged,
+            "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
+        })
+
+    # the speaker identity for training: every row's `ref_audio` is one of the corpus's best kept clips (so the
+    # trainer's fp32 mean over reference clips is a mean over the corpus, not over one enrollment clip), and the
+    # fp32 centroid of all kept clips' embeddings (this build's speaker encoder) is stored beside it
+    ref_rows = _best_clips([row for row, _ in lines], p.ref_clips)
+    train, val = [], []
+    for i, (row, line) in enumerate(lines):
+        ref = ref_rows[i % len(ref_rows)]
+        line["ref_audio"] = str((out / ref["audio"]).resolve())
+        line["ref_audio_sha"] = ref["audio_sha"]
+        (val if row["split"] == "val" else train).append(line)
+    total = np.zeros(0, dtype=np.float64)
+    for st in good:
+        v = np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
+        total = v if total.size == 0 else (total + v if v.size else total)
+    centroid = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32) if total.size else None
+    if centroid is not None:
+        np.save(out / "speaker_centroid.npy", centroid)
+    else:
+        (out / "speaker_centroid.npy").unlink(missing_ok=True)
 
     def write_jsonl(name: str, rows: list[dict]) -> Path:
         path = out / name
@@ -174,11 +206,16 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "rejected_seconds": {k: round(v, 2) for k, v in reasons.items()},
         "other_speaker_seconds": round(reasons.get("other speaker", 0.0), 2),
         "target_labels": {st.source.id: st.results["diarize"].get("target_label") for st in good},
+        "episode_speakers": episodes,
+        "flagged_episodes": [e["episode"] for e in episodes if e["flagged"]],
+        "speaker_centroid": None if centroid is None else [float(x) for x in centroid],
+        "ref_clips": [r["id"] for r in ref_rows],
         "params": json.loads(p.model_dump_json()),
         "flow_minutes": {k: [round(a / 60, 3), round(b / 60, 3)] for k, (a, b) in flow_in.items()},
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     md = write_report(out, summary, flow_in, reasons, sims, durs, rejects, states, p.filters.min_speaker_sim)
+    check_kept(summary, episodes, reasons, p.min_keep_fraction, out)
 
     store = ctx.store
     ep_shas = [st.raw_sha for st in good]
@@ -198,9 +235,36 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     )
 
 
+def _best_clips(rows: list[dict], n: int) -> list[dict]:
+    """The `n` best kept clips as speaker references: 3-12 s long (all kept clips if none is), ranked by DNSMOS
+    overall, then SNR, then speaker margin."""
+    pool = [r for r in rows if 3.0 <= r["duration"] <= 12.0] or rows
+
+    def key(r: dict) -> tuple:
+        mos = (r.get("dnsmos") or {}).get("ovrl")
+        return (-(mos if mos is not None else 0.0), -r["snr_db"], -(r.get("speaker_margin") or 0.0), r["id"])
+
+    return sorted(pool, key=key)[:n]
+
+
+def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path) -> None:
+    """Fail a build that kept almost nothing (the files are written, the store is not updated): an empty corpus
+    is not a success. The message names the gates that dropped the audio."""
+    speech = sum(e["speech_s"] for e in episodes)
+    kept = summary["hours"] * 3600
+    if min_fraction <= 0 or speech <= 0 or (kept >= min_fraction * speech and summary["utterances"] > 0):
+        return
+    gates = ", ".join(f"{k} {v:.0f} s" for k, v in reasons.most_common(4)) or "none recorded"
+    raise InputError(
+        f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
+        f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}. "
+        f"See {out / 'report.md'} and rejects.jsonl; check the enrollment clips and the filters."
+    )
+
+
 def write_report(
     out: Path, summary: dict, flow: dict, reasons: Counter, sims: list[float], durs: list[float],
-    rejects: list[dict], states: list[EpisodeState], sim_threshold: float,
+    rejects: list[dict], states: list[EpisodeState], sim_threshold: float | None,
 ) -> str:
     """report.md + 4 PNGs (matplotlib Agg). Returns the markdown."""
     import matplotlib
@@ -232,10 +296,12 @@ def write_report(
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(sims or [0], bins=30, range=(0, 1))
-    ax.axvline(sim_threshold, color="red", linestyle="--", label=f"threshold {sim_threshold:.2f}")
+    if sim_threshold is not None:
+        ax.axvline(sim_threshold, color="red", linestyle="--", label=f"threshold {sim_threshold:.2f}")
     ax.set_xlabel("cosine to enrollment centroid")
     ax.set_title("Speaker similarity of candidate segments")
-    ax.legend()
+    if sim_threshold is not None:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "speaker_sim_hist.png", dpi=100)
     plt.close(fig)
@@ -273,6 +339,20 @@ def write_report(
         "",
         "![drop reasons](drop_reasons.png) ![speaker similarity](speaker_sim_hist.png) "
         "![durations](duration_hist.png)",
+        "",
+        "## Episodes: speakers found",
+        "",
+        "Speakers are the episode's own voices (clusters of 1.5 s windows, or pyannote's labels); *sim* is the cosine "
+        "of each to the enrollment; the target is marked **bold**. Flagged: the episode kept under "
+        "`flag_keep_fraction` of its speech; its top drop reasons follow.",
+        "",
+        "| episode | speech (s) | target (s) | kept (s) | speakers: talk s (sim) | flag |",
+        "|---|---:|---:|---:|---|---|",
+        *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
+          + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
+                       f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
+          + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else "")
+          + " |" for e in summary.get("episode_speakers", [])],
         "",
         "## Rejected episodes and sources",
         "",

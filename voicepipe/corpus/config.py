@@ -15,8 +15,21 @@ class FilterConfig(BaseModel):
     max_duration_s: float = Field(15.0, description="Longest kept utterance (s).")
     max_clipped_fraction: float = Field(0.001, description="Max fraction of samples in clipped (flat-top) runs.")
     min_loudness_lufs: float = Field(-50.0, description="Segments quieter than this (after normalization) are dropped.")
-    min_snr_db: float = Field(10.0, description="Min speech-to-background ratio (dB) of a segment.")
-    min_speaker_sim: float = Field(0.82, description="Min cosine of the segment's speaker embedding to enrollment.")
+    min_snr_db: float = Field(
+        10.0, description="Min speech-to-background ratio (dB) of a segment; the background is the non-speech "
+        "audio within `snr_context_s` of it (an intro, an ad or a music bed elsewhere does not count)."
+    )
+    snr_context_s: float = Field(10.0, gt=0, description="Seconds either side of a segment holding its background.")
+    min_speaker_sim: float | None = Field(
+        None, description="Optional absolute floor on the segment's cosine to the enrollment (off by default: the "
+        "decision is relative to the episode's speakers, see `CorpusParams.speaker_margin`)."
+    )
+    min_speaker_margin: float = Field(
+        0.0, description="The whole segment's embedding must be nearer the episode's target speaker than any other "
+        "by this fraction of their distance (0: merely nearer)."
+    )
+    dnsmos: bool = Field(True, description="Score each segment with DNSMOS (P.835, offline ONNX in speechmos).")
+    min_dnsmos: float | None = Field(None, description="Min DNSMOS overall (P.835 OVRL) to keep a segment; None: off.")
     min_sec_per_char: float = Field(0.025, description="Faster than this (s per transcript char) is an outlier.")
     max_sec_per_char: float = Field(0.25, description="Slower than this (s per transcript char) is an outlier.")
     min_asr_confidence: float = Field(0.2, description="Min ASR confidence (mean word/token probability).")
@@ -42,7 +55,19 @@ class CorpusParams(BaseModel):
     diarization_model: str | None = Field(
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
-    target_threshold: float = Field(0.82, description="Cosine to the enrollment centroid that marks the target.")
+    target_threshold: float = Field(
+        0.82, description="pyannote path only: min cosine of a pyannote speaker to the enrollment to be the target."
+    )
+    speaker_margin: float = Field(
+        0.3, ge=0.0, lt=1.0, description="CPU path: a window is the target's when it is nearer the episode's target "
+        "speaker than every other speaker by this fraction of the distance between the two."
+    )
+    min_keep_fraction: float = Field(
+        0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
+        "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."
+    )
+    flag_keep_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Flag episodes keeping less than this share.")
+    ref_clips: int = Field(16, ge=1, description="Best kept clips used as every row's `ref_audio` (speaker vector).")
     asr_backend: Literal["whisper", "pocketsphinx"] = Field("whisper", description="ASR engine.")
     asr_model: str = Field("openai/whisper-large-v3", description="Whisper model dir or hub id (whisper backend).")
     asr_batch: int = Field(0, ge=0, description="Segments per ASR call; 0: 64 on CUDA, 8 on CPU.")

@@ -42,7 +42,7 @@ SR = 24000
 SR16 = 16000
 # bump a step's version when its code changes what it produces: old memo entries then miss
 STEP_VERSIONS = {
-    "fetch": 1, "standardize": 1, "separate": 1, "diarize": 2, "segment": 1, "transcribe": 1, "filter": 1,
+    "fetch": 1, "standardize": 1, "separate": 1, "diarize": 3, "segment": 2, "transcribe": 1, "filter": 2,
     "encode": 1,
 }
 STEPS = list(STEP_VERSIONS)
@@ -288,18 +288,25 @@ def _split_even(start: float, end: float, max_len: float) -> list[tuple[float, f
 
 @guarded("diarize")
 def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
-    """Speaker turns, overlapped speech, and which turns are the target (cosine to the enrollment centroid).
+    """Speaker turns, overlapped speech, and which turns are the target's — decided against the episode's own
+    speakers, not a fixed cosine threshold (how far two voices embed apart depends on the pair).
 
-    With a pyannote pipeline: its turns and overlap; each pyannote speaker is scored as a whole (its turns'
-    audio, up to 60 s) and the best one at or above `target_threshold` is the target. Without one: VAD speech
-    regions (split at pauses), cut into pieces of at most 6 s, are each scored by the speaker encoder against
-    the enrollment centroid; no overlap detection. (Re-deciding borderline pieces against in-episode centroids
-    was tried and let co-host pieces through on the synthetic podcast, so the plain threshold stays.)
+    With a pyannote pipeline: its turns and overlap; each pyannote speaker is scored as a whole (its turns' audio,
+    up to 60 s) and the one nearest the enrollment centroid, at or above `target_threshold`, is the target.
+    Without one (the CPU path, `voicepipe.corpus.speakers`): 1.5 s windows every 0.25 s over the VAD speech are
+    embedded and clustered into the episode's speakers (k-means seeded with the enrollment, count by silhouette);
+    the cluster nearest the enrollment is the target, and each window is the target's only when it is nearer the
+    target than every other speaker by `speaker_margin` (a fraction of the distance between the two) and is not an
+    outlier among the target's windows (overlap / backchannel). Verdicts change inside speech regions, so an
+    utterance is cut at a change of speaker even without a pause.
     """
+    from voicepipe.corpus import speakers as spk_mod
+
     p = ctx.params
     audio_sha = state.audio_sha
-    params = {"model": p.diarization_model or "embedding", "threshold": p.target_threshold,
-              "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s}
+    params = {"model": p.diarization_model or "embedding-clusters", "threshold": p.target_threshold,
+              "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s, "margin": p.speaker_margin,
+              "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S}
 
     def compute() -> dict:
         wav = ctx.audio(audio_sha, SR16)
@@ -310,36 +317,49 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         if p.diarization_model:
             raw_turns, overlap = ctx.engines.diarizer(wav)
             labels: dict[str, float] = {}
+            talk: dict[str, float] = {}
             for label in sorted({t[2] for t in raw_turns}):
                 pieces, total = [], 0.0
                 for a, b, lab in raw_turns:
-                    if lab == label and total < 60.0:
-                        pieces.append(wav[int(a * SR16) : int(b * SR16)])
-                        total += b - a
+                    if lab == label:
+                        talk[label] = talk.get(label, 0.0) + b - a
+                        if total < 60.0:
+                            pieces.append(wav[int(a * SR16) : int(b * SR16)])
+                            total += b - a
                 labels[label] = spk.similarity(spk.embed(np.concatenate(pieces)), centroid)
             best = max(labels, key=labels.get) if labels else None
             target = best if best is not None and labels[best] >= p.target_threshold else None
-            turns = [{"start": a, "end": b, "speaker": lab, "sim": labels[lab], "target": lab == target}
-                     for a, b, lab in raw_turns]
-            backend = "pyannote"
-        else:
-            overlap, labels, target = [], {}, "target"
-            pieces = [(s, e) for a, b in speech for s, e in _split_even(a, b, 6.0) if e - s >= 0.05]
-            embs = spk.embed_many([wav[int(s * SR16) : int(e * SR16)] for s, e in pieces]) if pieces else None
-            sims = (embs @ centroid).astype(np.float32) if pieces else []  # unit vectors: dot = cosine (fp32)
-            verdicts = [(bool(v >= p.target_threshold), float(v)) for v in sims]
-            turns: list[dict] = []
-            for (s, e), (is_t, v) in zip(pieces, verdicts, strict=True):
-                if turns and turns[-1]["target"] == is_t and s - turns[-1]["end"] < 1e-6:
-                    prev = turns[-1]  # contiguous piece of the same verdict: extend the turn
-                    prev["sim"] = (prev["sim"] * (prev["end"] - prev["start"]) + v * (e - s)) / (e - prev["start"])
-                    prev["end"] = e
-                else:
-                    turns.append({"start": s, "end": e, "speaker": "target" if is_t else "other", "sim": v,
-                                  "target": is_t})
-            backend = "embedding"
-        return {"backend": backend, "speech": speech, "turns": turns, "overlap": [list(o) for o in overlap],
-                "labels": labels, "target_label": target}
+            turns = [{"start": a, "end": b, "speaker": lab, "sim": labels[lab], "target": lab == target,
+                      "reason": "" if lab == target else f"other speaker ({lab}, cosine to enrollment "
+                      f"{labels[lab]:.2f}; target {target})"} for a, b, lab in raw_turns]
+            speakers = [{"label": lab, "talk_s": round(talk.get(lab, 0.0), 2), "enroll_sim": round(v, 4),
+                         "target": lab == target} for lab, v in labels.items()]
+            return {"backend": "pyannote", "speech": speech, "turns": turns, "overlap": [list(o) for o in overlap],
+                    "labels": labels, "target_label": target, "speakers": speakers, "centroids": {}}
+
+        wins = spk_mod.windows([tuple(x) for x in speech])
+        embs = spk.embed_many([wav[int(s * SR16) : int(e * SR16)] for s, e in wins]) if wins else np.zeros((0, 1))
+        if not wins:
+            return {"backend": "embedding-clusters", "speech": speech, "turns": [], "overlap": [], "labels": {},
+                    "target_label": None, "speakers": [], "centroids": {}}
+        sp = spk_mod.EpisodeSpeakers.find(embs, centroid)
+        keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
+        verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
+        turns = []
+        for a, b, v in spk_mod.timeline(wins, verdicts, [tuple(x) for x in speech]):
+            is_t = v == "target"
+            turns.append({"start": round(a, 3), "end": round(b, 3), "speaker": "target" if is_t else "other",
+                          "target": is_t, "reason": "" if is_t else v})
+        talk = {i: 0.0 for i in range(len(sp.centroids))}
+        for a, b, lab in spk_mod.timeline(wins, [str(int(x)) for x in sp.labels], [tuple(x) for x in speech]):
+            talk[int(lab)] += b - a
+        speakers = [{"label": f"S{i}", "talk_s": round(talk[i], 2), "enroll_sim": round(sp.enroll_sims[i], 4),
+                     "target": i == sp.target} for i in range(len(sp.centroids))]
+        target = f"S{sp.target}" if sp.target is not None else None
+        return {"backend": "embedding-clusters", "speech": speech, "turns": turns, "overlap": [],
+                "labels": {x["label"]: x["enroll_sim"] for x in speakers}, "target_label": target,
+                "speakers": speakers,
+                "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(sp.centroids)}}
 
     run_step(ctx, state, "diarize", [audio_sha], params, compute)
     return state
@@ -415,7 +435,7 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         rejects = []
         for t in other_turns:
             for s, e in _subtract(_intersect(speech, [(t["start"], t["end"])]), overlap + tgt_turns):
-                why = f"other speaker (sim {t['sim']:.2f}, target threshold {p.target_threshold:.2f})"
+                why = t.get("reason") or f"other speaker (sim {t['sim']:.2f})"
                 rejects.append({"start": s, "end": e, "step": "diarize", "reason": why})
         for s, e in _intersect(speech, overlap):
             rejects.append({"start": s, "end": e, "step": "diarize", "reason": "overlapped speech"})
@@ -492,9 +512,49 @@ def _non_speech(speech: list[list[float]], total: float) -> list[Interval]:
     return _subtract([(0.0, total)], [tuple(x) for x in speech])
 
 
+def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[Interval], start: float, end: float,
+                 context_s: float) -> np.ndarray | None:
+    """The quietest quarter (25 ms frames) of the non-speech audio within `context_s` of [start, end) (None if under
+    0.25 s): the background local to a segment, so an intro, an ad break or a loud music passage elsewhere in the
+    episode, or right next to the segment, does not condemn it."""
+    near = _intersect(noise_iv, [(max(0.0, start - context_s), end + context_s)])
+    if _seconds(near) < 0.25:
+        return None
+    x = np.concatenate([wav[int(s * sr) : int(e * sr)] for s, e in near])
+    n = int(0.025 * sr)
+    frames = x[: len(x) // n * n].reshape(-1, n)
+    if len(frames) < 4:
+        return x
+    power = (frames.astype(np.float64) ** 2).mean(axis=1)
+    return frames[power <= np.quantile(power, 0.25)].reshape(-1)  # the bed, not a loud intro or outro next to it
+
+
+def _speaker_margin(emb: np.ndarray, dia: dict) -> float | None:
+    """The segment's margin to the episode's target speaker: (cos to target - max cos to another speaker) / the
+    distance between those two speakers; None when the episode's speakers are unknown (pyannote path)."""
+    cents = dia.get("centroids") or {}
+    target = dia.get("target_label")
+    if target not in cents or len(cents) < 2:
+        return None if target not in cents else 1.0
+    t = np.asarray(cents[target], dtype=np.float32)
+    best, other = -np.inf, None
+    for lab, c in cents.items():
+        if lab != target:
+            v = float(emb @ np.asarray(c, dtype=np.float32))
+            if v > best:
+                best, other = v, np.asarray(c, dtype=np.float32)
+    assert other is not None
+    return float((float(emb @ t) - best) / max(1.0 - float(other @ t), 1e-3))
+
+
 @guarded("filter")
 def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
-    """Measure each segment and keep it only if it passes every threshold in `params.filters`."""
+    """Measure each segment and keep it only if it passes every gate in `params.filters`.
+
+    SNR is local (background within `snr_context_s`), DNSMOS (P.835) is recorded per segment and gates when
+    `min_dnsmos` is set, and the whole segment's speaker embedding must still be nearer the episode's target
+    speaker than any other (`min_speaker_margin`); an absolute cosine floor (`min_speaker_sim`) is optional.
+    """
     f = ctx.params.filters
     inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
     params = {"filters": f.model_dump(), "enroll": ctx.enroll_key}
@@ -503,29 +563,39 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         wav = ctx.audio(state.audio_sha, SR)
         wav16 = ctx.audio(state.audio_sha, SR16)
         orig = ctx.audio(state.results["standardize"]["sha"], SR) / state.results["standardize"]["gain"]
-        noise_iv = _non_speech(state.results["diarize"]["speech"], state.seconds)
-        noise = np.concatenate([wav[int(s * SR) : int(e * SR)] for s, e in noise_iv] or [np.zeros(0, np.float32)])
+        dia = state.results["diarize"]
+        noise_iv = _non_speech(dia["speech"], state.seconds)
         spk, centroid = ctx.engines.speaker, ctx.centroid
         segs = state.results["segment"]["segments"]
         embs = spk.embed_many([wav16[int(seg["start"] * SR16) : int(seg["end"] * SR16)] for seg in segs])
+        mos_ok = f.dnsmos and _mos_available()
         rows = []
+        kept_sum = np.zeros(embs.shape[1] if len(segs) else 0, dtype=np.float64)
         for seg, tr, emb in zip(segs, state.results["transcribe"]["texts"], embs, strict=True):
             s, e = seg["start"], seg["end"]
             clip = wav[int(s * SR) : int(e * SR)]
             dur = e - s
             text = tr["text"]
+            margin = _speaker_margin(emb, dia)
+            noise = _local_noise(wav, SR, noise_iv, s, e, f.snr_context_s)
             m = {
                 "start": s, "end": e, "duration": round(dur, 3), "text": text, "asr_conf": tr["asr_conf"],
                 "clipped": round(clipped_fraction(orig[int(s * SR) : int(e * SR)]), 5),
                 "lufs": round(loudness_lufs(clip, SR), 2),
-                "snr_db": round(estimate_snr_db(clip, noise if noise.size else None, SR), 2),
+                "snr_db": round(estimate_snr_db(clip, noise, SR), 2),
                 "speaker_sim": round(spk.similarity(emb, centroid), 4),
+                "speaker_margin": None if margin is None else round(margin, 4),
                 "sec_per_char": round(dur / max(1, len(text)), 4) if text else None,
+                "dnsmos": None,
             }
+            if mos_ok and dur >= 0.5:
+                m["dnsmos"] = _dnsmos(wav16[int(s * SR16) : int(e * SR16)])
             reasons = []
             if not f.min_duration_s <= dur <= f.max_duration_s:
                 reasons.append(f"duration {dur:.2f} s outside {f.min_duration_s:g}-{f.max_duration_s:g} s")
-            if m["speaker_sim"] < f.min_speaker_sim:
+            if margin is not None and margin < f.min_speaker_margin:
+                reasons.append(f"speaker_margin {margin:.2f} < {f.min_speaker_margin:g} (nearer another speaker)")
+            if f.min_speaker_sim is not None and m["speaker_sim"] < f.min_speaker_sim:
                 reasons.append(f"speaker_sim {m['speaker_sim']:.2f} < {f.min_speaker_sim:.2f}")
             if m["clipped"] > f.max_clipped_fraction:
                 reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
@@ -533,6 +603,8 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 reasons.append(f"loudness {m['lufs']:.1f} LUFS < {f.min_loudness_lufs:g}")
             if m["snr_db"] < f.min_snr_db:
                 reasons.append(f"snr {m['snr_db']:.1f} dB < {f.min_snr_db:g}")
+            if f.min_dnsmos is not None and m["dnsmos"] is not None and m["dnsmos"]["ovrl"] < f.min_dnsmos:
+                reasons.append(f"dnsmos {m['dnsmos']['ovrl']:.2f} < {f.min_dnsmos:g}")
             if not text:
                 reasons.append("asr: no words recognized")
             else:
@@ -543,11 +615,33 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                                    f"{f.min_sec_per_char:g}-{f.max_sec_per_char:g}")
             m["keep"] = not reasons
             m["reasons"] = reasons
+            if m["keep"]:
+                kept_sum += emb
             rows.append(m)
-        return {"segments": rows}
+        # the sum of the kept segments' unit embeddings (fp32 values): the corpus centroid is their normalized total
+        return {"segments": rows, "kept_emb_sum": [float(x) for x in kept_sum.astype(np.float32)]}
 
     run_step(ctx, state, "filter", inputs, params, compute)
     return state
+
+
+_MOS_LOCK = threading.Lock()
+
+
+def _dnsmos(wav16k: np.ndarray) -> dict[str, float] | None:
+    """DNSMOS of one 16 kHz clip, rounded (`voicepipe.evaluate.metrics.predict_mos`; one call at a time: speechmos
+    keeps one ONNX session in a module global). A module-level helper, so the steps that call it stay picklable."""
+    from voicepipe.evaluate.metrics import predict_mos
+
+    with _MOS_LOCK:
+        mos = predict_mos(wav16k, SR16)
+    return None if mos is None else {k: round(v, 3) for k, v in mos.items()}
+
+
+def _mos_available() -> bool:
+    from voicepipe.evaluate.metrics import mos_backend
+
+    return mos_backend() is not None
 
 
 # ------------------------------------------------------------------------------------------------ 8. encode

@@ -1,0 +1,120 @@
+"""Corpus purity and recall on synthetic podcasts as real shows are, on the CPU path (not a test).
+
+    python benchmarks/corpus_purity.py [--engines espeak flite] [--seconds 45] [--episodes 2] [--use 1] [--work DIR]
+
+For each speech engine (espeak-ng and flite, both offline, from Debian), `make_scenario_podcast` writes one feed
+with `--episodes` episodes per scenario (a co-host whose voice embeds close to the target's, a guest, backchannels
+over the target, crosstalk, a music intro/outro and bed, an ad break read by another voice, and all of them
+together), 64 kb/s mp3, served as RSS from 127.0.0.1. `voicepipe corpus build`'s CPU path runs on it
+(`--no-separate --asr-backend pocketsphinx`, a tiny random codec: plumbing only), one worker so step times do
+not overlap. Scores (`score_corpus`): purity = target-only seconds kept / all speech seconds kept (silence
+neutral), recall = target-only seconds kept / target-only seconds. Target: purity >= 0.99 and recall >= 0.8 in
+every scenario. Also prints each step's speed (seconds of audio per wall second, x real time).
+`--work DIR` keeps the podcasts (and the tiny codec) for the next run; the store is always fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
+               use: int | None = None) -> dict:
+    from voicepipe.corpus.build import build_local
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.synthetic import (
+        PodcastTruth,
+        feed_items,
+        make_scenario_podcast,
+        score_corpus,
+        serve_dir,
+        write_feed,
+    )
+
+    pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}"
+    truth = (PodcastTruth.load(pod) if (pod / "truth.json").exists() else
+             make_scenario_podcast(pod, engine=engine, episodes_per_scenario=episodes, episode_seconds=seconds,
+                                   seed=12))
+    if use is not None:  # only the first `use` episodes of each scenario
+        truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
+    base, stop = serve_dir(pod)
+    write_feed(pod / "feed.xml", feed_items(truth, base))
+    url = f"{base}/feed.xml"
+    build_dir = Path(tempfile.mkdtemp(prefix=f"purity-{engine}-", dir=work))
+    try:
+        params = CorpusParams(
+            speaker="target", enroll=[str(p) for p in truth.enrollment], out=str(build_dir / "out"), feeds=[url],
+            separate=False, asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
+            store_url=str(build_dir / "store"), val_fraction=0.0,
+        )
+        t0 = time.perf_counter()
+        error = None
+        try:
+            res = build_local(params, progress=False)
+            step_seconds, audio_s = res.step_seconds, res.audio_seconds
+        except Exception as e:  # a build that keeps nothing fails: score what it left
+            error = f"{type(e).__name__}: {e}"
+            step_seconds, audio_s = {}, sum(ep.duration for ep in truth.episodes)
+        wall = time.perf_counter() - t0
+    finally:
+        stop()
+    out = Path(params.out)
+    score = score_corpus(out, truth) if (out / "manifest.jsonl").exists() else {"per_episode": {}}
+    per_scenario: dict[str, dict] = {}
+    for ep in truth.episodes:
+        v = score["per_episode"].get(ep.id, {"target_s": 0.0, "speech_s": 0.0,
+                                              "target_total_s": sum(b - a for a, b in ep.target_only())})
+        agg = per_scenario.setdefault(ep.scenario, {"target_s": 0.0, "speech_s": 0.0, "target_total_s": 0.0})
+        for k in agg:
+            agg[k] += v[k]
+    for agg in per_scenario.values():
+        agg["purity"] = agg["target_s"] / agg["speech_s"] if agg["speech_s"] else 0.0
+        agg["recall"] = agg["target_s"] / agg["target_total_s"] if agg["target_total_s"] else 0.0
+    return {
+        "engine": engine, "error": error, "purity": score.get("purity", 0.0), "recall": score.get("recall", 0.0),
+        "scenarios": per_scenario, "audio_s": audio_s, "wall_s": round(wall, 1),
+        "x_realtime": {k: round(audio_s / v, 1) for k, v in step_seconds.items() if v > 0},
+        "whole_build_x_realtime": round(audio_s / wall, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", nargs="+", default=["espeak", "flite"])
+    ap.add_argument("--seconds", type=float, default=45.0, help="length of each episode")
+    ap.add_argument("--episodes", type=int, default=2, help="episodes per scenario")
+    ap.add_argument("--use", type=int, default=None, help="build only the first N episodes of each scenario")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args()
+
+    from voicepipe.models.tiny import build_tiny_codec
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-purity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    codec = work / "codec"
+    if not (codec / "config.json").exists():
+        build_tiny_codec(codec)
+    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use) for e in args.engines]
+    print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
+    for r in results:
+        for name, s in r["scenarios"].items():
+            print(f"| {r['engine']} | {name} | {s['purity']:.3f} | {s['recall']:.3f} |")
+        print(f"| {r['engine']} | **whole** | **{r['purity']:.3f}** | **{r['recall']:.3f}** |")
+    for r in results:
+        print(f"{r['engine']}: {r['audio_s']:.0f} s audio, build {r['wall_s']} s ({r['whole_build_x_realtime']}x), "
+              f"steps x real time {r['x_realtime']}" + (f", ERROR {r['error']}" if r["error"] else ""))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

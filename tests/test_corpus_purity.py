@@ -1,0 +1,167 @@
+"""Corpus purity on podcasts as they really are (issue 12), CPU path: `separate=False`, pocketsphinx, tiny codec.
+
+Real models: resemblyzer speaker encoder, silero VAD, pocketsphinx (weights in their wheels). One small episode per
+scenario of `make_scenario_podcast` (a co-host whose voice embeds close to the target's, a guest, backchannels over
+the target, crosstalk, a music intro/outro and bed, an ad break), 64 kb/s mp3 over RSS, one build; purity and
+recall are scored per scenario against the known timeline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicepipe.audio import load_audio
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.synthetic import (
+    ENGINE_VOICES,
+    SCENARIOS,
+    feed_items,
+    make_scenario_podcast,
+    score_corpus,
+    serve_dir,
+    speak_with,
+    write_feed,
+)
+from voicepipe.errors import InputError
+
+SCENARIO_EPISODES = [s for s in SCENARIOS if s != "all"]
+# issue 12's target (purity >= 0.99, recall >= 0.8) is NOT met yet in these scenarios on the CPU path (see
+# benchmarks/RESULTS.md, "corpus purity"): overlapped backchannels/crosstalk barely move a 1.5 s window's embedding,
+# and on short episodes with a music bed or an ad the k-means count can split the target or merge a third voice
+NOT_MET = {"backchannels", "crosstalk", "music", "ad_break"}
+
+
+@pytest.fixture(scope="module")
+def scenario_build(tmp_path_factory, tiny_tts_dir):
+    from voicepipe.corpus.build import build_local
+
+    root = tmp_path_factory.mktemp("purity")
+    truth = make_scenario_podcast(root / "pod", SCENARIO_EPISODES, engine="espeak", episode_seconds=24.0, seed=5)
+    base, stop = serve_dir(truth.dir)
+    try:
+        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
+        params = CorpusParams(
+            speaker="target", enroll=[str(p) for p in truth.enrollment], feeds=[f"{base}/feed.xml"],
+            out=str(root / "out"), store_url=str(root / "store"), separate=False, asr_backend="pocketsphinx",
+            codec_model=str(tiny_tts_dir), workers=2, val_fraction=0.0,
+        )
+        res = build_local(params, progress=False)
+    finally:
+        stop()
+    return {"truth": truth, "res": res, "out": Path(res.out), "params": params, "root": root}
+
+
+@pytest.mark.parametrize("scenario", [
+    pytest.param(s, marks=pytest.mark.xfail(reason="issue 12 target not met yet on the CPU path", strict=True))
+    if s in NOT_MET else s for s in SCENARIO_EPISODES
+])
+def test_each_scenario_meets_purity_and_recall(scenario_build, scenario):
+    score = score_corpus(scenario_build["out"], scenario_build["truth"])
+    ep = score["per_episode"][f"{scenario}-1"]
+    assert ep["purity"] >= 0.99, ep
+    assert ep["recall"] >= 0.8, ep
+
+
+@pytest.mark.xfail(reason="issue 12 not met yet: on this 24 s episode the k-means count cuts the target into pieces "
+                   "(music bed) and the one nearest the enrollment is too short to keep", strict=True)
+def test_a_music_intro_and_bed_do_not_empty_the_episode(scenario_build):
+    """The old gate measured noise over the whole episode's non-speech (the loud intro): nothing was kept."""
+    rows = [json.loads(x) for x in (scenario_build["out"] / "manifest.jsonl").read_text().splitlines()]
+    music = [r for r in rows if r["episode"] == "music-1"]
+    assert music and all(r["snr_db"] >= 10 for r in music)
+
+
+def test_a_guest_above_the_old_fixed_threshold_is_still_rejected(scenario_build):
+    """The close co-host embeds above the old 0.82 cosine to the enrollment, yet none of its speech is kept."""
+    from voicepipe.corpus.engines import SpeakerEncoder
+
+    truth = scenario_build["truth"]
+    ep = truth.episode("cohost_close-1")
+    enc = SpeakerEncoder()
+    enroll = enc.centroid([load_audio(p, 16000) for p in truth.enrollment])
+    wav = load_audio(truth.dir / ep.file, 16000)
+    co = [t for t in ep.turns if t.speaker == "cohost" and t.end - t.start > 1.5]
+    sims = [enc.similarity(enc.embed(wav[int(t.start * 16000) : int(t.end * 16000)]), enroll) for t in co]
+    assert max(sims) > 0.82, sims
+    rows = [json.loads(x) for x in (scenario_build["out"] / "manifest.jsonl").read_text().splitlines()]
+    for r in (r for r in rows if r["episode"] == ep.id):
+        assert ep.speaker_seconds("cohost", r["start"], r["end"]) < 0.05, r
+    summary = json.loads((scenario_build["out"] / "corpus.json").read_text())
+    found = {e["episode"]: e for e in summary["episode_speakers"]}[ep.id]
+    assert len(found["speakers"]) >= 2 and sum(s["target"] for s in found["speakers"]) == 1
+    assert "Episodes: speakers found" in (scenario_build["out"] / "report.md").read_text()
+
+
+def test_the_speaker_identity_is_an_fp32_centroid_over_the_kept_corpus(scenario_build):
+    from voicepipe.corpus.engines import SpeakerEncoder
+
+    out = scenario_build["out"]
+    cen = np.load(out / "speaker_centroid.npy")
+    assert cen.dtype == np.float32 and abs(float(np.linalg.norm(cen)) - 1.0) < 1e-5
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["dnsmos"] and 1.0 <= r["dnsmos"]["ovrl"] <= 5.0 for r in rows), "DNSMOS recorded per utterance"
+    enc = SpeakerEncoder()
+    embs = enc.embed_many([load_audio(out / r["audio"], 16000) for r in rows])
+    mean = embs.astype(np.float32).mean(axis=0)
+    assert float(cen @ (mean / np.linalg.norm(mean))) > 0.999
+    lines = [json.loads(x) for x in (out / "train_with_codes.jsonl").read_text().splitlines()]
+    refs = {x["ref_audio"] for x in lines}
+    kept = {str((out / r["audio"]).resolve()) for r in rows}
+    assert len(refs) > 1 and refs <= kept, "ref_audio: several of the corpus's own kept clips"
+
+
+def test_an_utterance_is_cut_at_a_speaker_change_without_a_pause(tmp_path):
+    """Target, guest, target with no pause anywhere (one speech region): the target's time is cut at both changes."""
+    from voicepipe.corpus import speakers
+    from voicepipe.corpus.engines import SpeakerEncoder
+
+    v = ENGINE_VOICES["espeak"]
+    a = speak_with("espeak", "I spent most of the summer testing batteries in the garage, and it was hot.", v["target"])
+    b = speak_with("espeak", "Wait, how long did that take you, and what did the cheapest one cost?", v["guest"])
+    c = speak_with("espeak", "We measured every panel twice, once in the morning and once at noon.", v["target"])
+    wav24 = np.concatenate([a, b, c])
+    change, back = a.size / 24000, (a.size + b.size) / 24000
+    wav = load_audio_array(wav24)
+    enc = SpeakerEncoder()
+    enroll = enc.centroid([load_audio_array(speak_with("espeak", t, v["target"])) for t in (
+        "This is a clean recording of my voice for enrollment purposes.",
+        "The quick brown fox jumps over the lazy dog near the river bank.")])
+    speech = [(0.0, len(wav) / 16000)]  # one region: no pause anywhere
+    wins = speakers.windows(speech)
+    embs = enc.embed_many([wav[int(s * 16000) : int(e * 16000)] for s, e in wins])
+    sp = speakers.EpisodeSpeakers.find(embs, enroll)
+    keep, _, reasons = speakers.decide(embs, sp)
+    runs = speakers.timeline(wins, ["target" if k else r for k, r in zip(keep, reasons, strict=True)], speech)
+    target = [(s, e) for s, e, v_ in runs if v_ == "target"]
+    assert len(target) >= 2, runs  # cut: the co-host's question splits the target's speech
+    assert all(e <= change + 0.3 or s >= back - 0.3 for s, e in target), (target, change, back)
+    assert sum(e - s for s, e in target) >= 0.8 * (change + wav24.size / 24000 - back) - 1.0
+
+
+def load_audio_array(wav24: np.ndarray) -> np.ndarray:
+    from voicepipe.audio import resample
+
+    return resample(wav24, 24000, 16000)
+
+
+def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build, tmp_path):
+    from voicepipe.corpus.build import build_local
+
+    truth = scenario_build["truth"]
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "guest-1.mp3").write_bytes((truth.dir / "guest-1.mp3").read_bytes())
+    p = scenario_build["params"].model_copy(update={
+        "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
+        "filters": scenario_build["params"].filters.model_copy(update={"min_snr_db": 80.0}),
+    })
+    with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*snr"):
+        build_local(p, progress=False)
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert any(r["reason"].startswith("snr") for r in rejects)
+    summary = json.loads((tmp_path / "out" / "corpus.json").read_text())
+    assert summary["flagged_episodes"] == ["guest-1.mp3"]  # a folder source: the id is the file name
