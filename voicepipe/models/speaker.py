@@ -18,9 +18,10 @@ Conventions a speaker-verification engineer expects: 16 kHz mono input; every em
 (cosine = dot product); clips longer than `max_window_s` are embedded in equal windows whose unit embeddings are
 averaged in fp32 (weighted by duration) and re-normalised; clips shorter than `min_window_s` are repeat-padded (as
 WeSpeaker does) so the model's pooling has frames to pool; centroids are fp32 means of unit vectors, re-normalised
-(`centroid`; bf16 averaging mixes speakers up). `embed_many` batches only clips whose embedding cannot depend on
-their batch neighbours (equal lengths, or padding with a mask that is exact for the model), so it equals `embed`
-clip by clip.
+(`centroid`; bf16 averaging mixes speakers up). `embed_many` batches only windows of equal length, so a clip's
+embedding never depends on its batch neighbours and equals `embed` clip by clip: zero padding changes the result
+(WavLM-base's group-norm feature encoder normalises over the padding; WeSpeaker mean-centres its filterbanks over
+it; even a layer-norm WavLM with an attention mask moved the cosine by 2e-3 when tried).
 """
 
 from __future__ import annotations
@@ -284,8 +285,7 @@ class SpeakerEncoder:
     dim = 256
     max_window_s = 30.0  # longer clips: equal windows, unit embeddings averaged in fp32 (weighted by duration)
     min_window_s = 0.5  # shorter clips are repeat-padded to this
-    max_batch_s = 240.0  # padded seconds of audio per forward pass
-    pad_exact = False  # True when padding + mask gives bit-for-bit the unpadded embedding (else: equal lengths only)
+    max_batch_s = 240.0  # seconds of audio per forward pass
 
     def __init__(self, encoder: Any, info: SpeakerModelInfo | None = None, device: str = "cpu") -> None:
         self.encoder = encoder
@@ -333,14 +333,14 @@ class SpeakerEncoder:
         return [wav[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
     def _batches(self, lengths: list[int], max_batch: int) -> list[list[int]]:
-        """Indices grouped for one forward pass each: sorted by length; equal lengths only unless `pad_exact`."""
+        """Indices grouped for one forward pass each: windows of equal length, at most `max_batch` of them."""
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         budget = int(self.max_batch_s * self.sample_rate)
         groups: list[list[int]] = []
         for i in order:
             g = groups[-1] if groups else None
             fits = (g is not None and len(g) < max(1, max_batch) and (len(g) + 1) * lengths[i] <= budget
-                    and (self.pad_exact or lengths[g[0]] == lengths[i]))
+                    and lengths[g[0]] == lengths[i])
             if fits:
                 g.append(i)
             else:
@@ -375,9 +375,6 @@ class WavLMEncoder(SpeakerEncoder):
 
     def __init__(self, model: Any, features: Any, info: SpeakerModelInfo, device: str = "cpu") -> None:
         self.dim = int(model.config.xvector_output_dim)
-        # A layer-norm feature encoder never mixes frames, so padding + attention mask is exact; a group-norm one
-        # (wavlm-base-plus) normalises each channel over time, padding included: equal lengths only.
-        self.pad_exact = getattr(model.config, "feat_extract_norm", "group") == "layer"
         self.features = features
         super().__init__(model, info, device)
 
@@ -394,8 +391,7 @@ class WavLMEncoder(SpeakerEncoder):
 
 
 class WeSpeakerEncoder(SpeakerEncoder):
-    """pyannote.audio's `WeSpeakerResNet34` (fbank + ResNet34 + statistics pooling); equal-length batches only
-    (its filterbanks are mean-centred over the whole input, padding included)."""
+    """pyannote.audio's `WeSpeakerResNet34` (fbank + ResNet34 + statistics pooling)."""
 
     def __init__(self, model: Any, info: SpeakerModelInfo, device: str = "cpu") -> None:
         self.dim = int(model.dimension)
