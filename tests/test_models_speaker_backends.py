@@ -138,3 +138,15 @@ def test_centroid_is_fp32_mean_of_unit_vectors() -> None:
     assert np.allclose(c, ref, atol=1e-6)
     with pytest.raises(ValueError):
         centroid(np.zeros((0, 4), np.float32))
+
+
+def test_corpus_engine_builds_the_configured_backend(empty, tiny_wavlm_sv_dir: Path) -> None:
+    """The corpus stage's engine goes through the same factory: same settings, same model as the evaluator."""
+    from voicepipe.corpus.engines import SpeakerEncoder as CorpusSpeaker
+
+    shutil.copytree(tiny_wavlm_sv_dir, empty.models_dir / "wavlm-base-plus-sv")
+    spk = CorpusSpeaker(empty)
+    assert spk.model.info.backend == "wavlm" and spk.model.info.key == choose_speaker_model(settings=empty).key
+    assert spk.embed(np.zeros(10, np.float32)).shape == (512,)  # too short: a zero vector of the model's width
+    c = spk.centroid([voiced_tone(1.0, sr=SR, seed=0), voiced_tone(1.2, sr=SR, seed=1)])
+    assert c.shape == (512,) and c.dtype == np.float32 and abs(float(np.linalg.norm(c)) - 1) < 1e-5

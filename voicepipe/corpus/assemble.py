@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from voicepipe.audio import load_audio, save_wav
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.steps import SR, STEPS, EpisodeState, StepContext
+from voicepipe.models.speaker import choose_speaker_model
 
 
 class BuildResult(BaseModel):
@@ -175,6 +176,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "other_speaker_seconds": round(reasons.get("other speaker", 0.0), 2),
         "target_labels": {st.source.id: st.results["diarize"].get("target_label") for st in good},
         "params": json.loads(p.model_dump_json()),
+        "speaker_model": choose_speaker_model(settings=ctx.settings).as_dict(),  # the evaluator checks it matches
         "flow_minutes": {k: [round(a / 60, 3), round(b / 60, 3)] for k, (a, b) in flow_in.items()},
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
