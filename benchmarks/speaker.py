@@ -82,7 +82,8 @@ def bench_backend(backend: str, device: str, tmp: Path, *, tiny: bool, quick: bo
     def record(name: str, audio_s: float, times: tuple[float, float]) -> None:
         wall, cpu = times
         out["rows"][name] = {"audio_s": round(audio_s, 1), "ms_per_audio_s": round(1000 * wall / audio_s, 3),
-                             "x_realtime": round(audio_s / wall, 1), "cpu_ms_per_audio_s": round(1000 * cpu / audio_s, 3)}
+                             "x_realtime": round(audio_s / wall, 1),
+                             "cpu_ms_per_audio_s": round(1000 * cpu / audio_s, 3)}
         print(f"{backend:12s} {name:44s} {1000 * wall / audio_s:9.3f} ms/s {audio_s / wall:9.1f} x "
               f"(process CPU {1000 * cpu / audio_s:.1f} ms/s)", flush=True)
 
