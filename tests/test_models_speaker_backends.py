@@ -150,3 +150,11 @@ def test_corpus_engine_builds_the_configured_backend(empty, tiny_wavlm_sv_dir: P
     assert spk.embed(np.zeros(10, np.float32)).shape == (512,)  # too short: a zero vector of the model's width
     c = spk.centroid([voiced_tone(1.0, sr=SR, seed=0), voiced_tone(1.2, sr=SR, seed=1)])
     assert c.shape == (512,) and c.dtype == np.float32 and abs(float(np.linalg.norm(c)) - 1) < 1e-5
+
+
+def test_auto_fallback_names_an_incomplete_model_dir(empty, tiny_wavlm_sv_dir: Path) -> None:
+    broken = empty.models_dir / "wavlm-base-plus-sv"
+    shutil.copytree(tiny_wavlm_sv_dir, broken)
+    (broken / "preprocessor_config.json").unlink()
+    info = choose_speaker_model(settings=empty)
+    assert info.backend == "resemblyzer" and "has no preprocessor_config.json" in info.fallback

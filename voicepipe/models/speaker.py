@@ -221,8 +221,8 @@ def choose_speaker_model(name_or_path: str | Path | None = None, settings: Any =
                     where = resolve_model("speaker_wavlm", None, settings)
                 else:
                     where = _resolve_wespeaker(None, settings)
-            except ModelError:
-                missing.append(_default(cand))
+            except ModelError as e:  # absent, or present but incomplete (then say what is wrong with it)
+                missing.append(_default(cand) + ("" if "not available offline" in str(e) else f" ({e})"))
                 continue
             if isinstance(where, Path):  # auto never downloads: only local files count
                 return SpeakerModelInfo(cand, str(where), files=_weight_sizes(where))
