@@ -180,7 +180,8 @@ def render_markdown(result: EvalResult, ctx: EvalContext, plot_name: str = "metr
         "- SIM and MOS average the VALID samples only (none valid: –); WER/CER count every sample",
         "",
         "## Metrics", "", _md_table(table_rows(result)),
-        "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning.", "",
+        "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning; "
+        "promotion needs it above the promotion margin.", "",
         f"![metrics vs epoch]({plot_name})", "",
         "## Selection rule", "", _rule_text(), "",
         f"WER ceiling applied: {_fmt(sel.wer_ceiling)}; ranking of qualified checkpoints: "

@@ -70,7 +70,7 @@ def promotion_margin(rule: SelectionRule, row: Any, base: Any) -> tuple[float, s
         why = f"{floor} (paired standard error not measurable: {n} paired texts)" if rule.margin_se > 0 else floor
         return rule.sim_margin, why
     margin = max(rule.sim_margin, rule.margin_se * se)
-    return margin, f"max({floor}, {rule.margin_se:g} x paired SE {se:.4f} over {n} texts) = {margin:.3f}"
+    return margin, f"max({floor}, {rule.margin_se:g} x paired SE {se:.4f} over {n} texts)"
 
 
 def _num(x: Any) -> float:
