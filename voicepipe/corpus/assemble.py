@@ -258,6 +258,7 @@ def write_report(
         f"{', '.join(summary['val_episodes']) or 'none'})",
         f"- input: {summary['input_hours'] * 60:.2f} min from {summary['episodes']['ok']} episodes; "
         f"{summary['episodes']['rejected']} episodes/sources rejected",
+        _speaker_model_line(summary.get("speaker_model") or {}),
         "",
         "## Minutes in / out per step",
         "",
@@ -289,6 +290,14 @@ def write_report(
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     return md
+
+
+def _speaker_model_line(sm: dict) -> str:
+    """Which speaker model made the speaker decisions (and whether it was the resemblyzer fallback)."""
+    if not sm:
+        return "- speaker model: not recorded"
+    line = f"- speaker model: {sm.get('description')} (`{sm.get('key')}`)"
+    return line + (f" — **FALLBACK**: {sm['fallback']}" if sm.get("fallback") else "")
 
 
 _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
