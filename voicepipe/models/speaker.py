@@ -381,12 +381,12 @@ class WavLMEncoder(SpeakerEncoder):
     def _forward(self, wins: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        inputs = self.features(wins, sampling_rate=self.sample_rate, padding=True, return_attention_mask=True,
-                               return_tensors="pt")
+        # windows of one batch have equal lengths (`_batches`): no padding, so no attention mask (transformers
+        # advises against one for group-norm WavLMs; with equal lengths it would be all ones anyway)
+        inputs = self.features(wins, sampling_rate=self.sample_rate, return_attention_mask=False, return_tensors="pt")
         dtype = next(self.encoder.parameters()).dtype
         with torch.inference_mode():
-            out = self.encoder(input_values=inputs["input_values"].to(self.device, dtype),
-                               attention_mask=inputs["attention_mask"].to(self.device))
+            out = self.encoder(input_values=inputs["input_values"].to(self.device, dtype))
         return out.embeddings.float().cpu().numpy()
 
 
