@@ -3,6 +3,7 @@
     python benchmarks/speaker.py                          # the device GPU: wavlm (+ wespeaker, resemblyzer if present)
     python benchmarks/speaker.py --device cpu --quick     # the same full-size models on this machine's CPU
     python benchmarks/speaker.py --tiny                   # CPU smoke: tiny WavLM (checks the script runs)
+    python benchmarks/speaker.py --spread CLIPS_DIR       # REAL weights: same- vs other-speaker SIM per backend
 
 Every model is built with its real class (`voicepipe.models.tiny`: WavLMForXVector at WavLM-base-plus-sv's shapes,
 pyannote's WeSpeakerResNet34; resemblyzer's shipped weights), saved to disk and loaded through
@@ -14,6 +15,14 @@ not depend on the weights). Rows:
 Each row reports wall ms per second of audio and x real time (after one warm-up call), process-CPU ms per second
 of audio (less distorted on a shared CPU), and peak GPU memory.
 Backends whose packages are missing on the device (pyannote, resemblyzer) are reported as errors, not fatal.
+
+`--spread CLIPS_DIR` is how a backend's promotion-margin floor is measured (`voicepipe.models.speaker.PROFILES`):
+CLIPS_DIR holds one folder of real recordings per speaker (wav/flac, a few seconds each, >= 3 per speaker); each
+backend with real weights available offline (VOICEPIPE_MODELS_DIR) embeds every clip as the evaluator does and
+reports the same-speaker SIM (each clip against the centroid of its speaker's other clips: mean, SD, min) and the
+other-speaker SIM (each clip against the other speakers' centroids: mean, SD, max). The same-speaker SD is the
+turn-to-turn spread a promotion margin must exceed; the gap between the two means is how well the model separates
+these speakers at all.
 Results go to stdout and `$OUT/speaker.json` (or `--out`).
 """
 
@@ -104,14 +113,65 @@ def bench_backend(backend: str, device: str, tmp: Path, *, tiny: bool, quick: bo
     return out
 
 
+def spread(root: Path, backends: list[str], device: str) -> dict:
+    """Same- and other-speaker SIM of real recordings per backend (real weights; see the module doc)."""
+    import soundfile as sf
+
+    from voicepipe.evaluate import metrics as M
+    from voicepipe.models import load_speaker_encoder
+
+    clips = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac"))
+             for d in sorted(root.iterdir()) if d.is_dir()}
+    clips = {k: v for k, v in clips.items() if len(v) >= 3}
+    if not clips:
+        raise SystemExit(f"--spread {root}: no speaker folder with >= 3 wav/flac clips")
+    out: dict = {}
+    for backend in backends:
+        try:
+            enc = load_speaker_encoder(device=device, backend=backend)
+        except Exception as e:  # no real weights for this backend here: say so, measure the others
+            out[backend] = {"error": str(e)}
+            print(f"{backend}: {e}", flush=True)
+            continue
+        embs: dict[str, list[np.ndarray]] = {}
+        for spk, paths in clips.items():
+            for p in paths:
+                wav, sr = sf.read(p, dtype="float32", always_2d=False)
+                e = M.embed_speaker(enc, wav, sr)
+                if e is not None:
+                    embs.setdefault(spk, []).append(e)
+        same = {spk: M.real_speech_sim(e) for spk, e in embs.items() if len(e) >= 3}
+        cents = {spk: M.centroid(e) for spk, e in embs.items()}
+        other = [M.cosine(e, cents[o]) for spk, es in embs.items() for e in es for o in cents if o != spk]
+        row = {"model": enc.info.key, "same_speaker": same,
+               "other_speaker": {"mean": float(np.mean(other)), "sd": float(np.std(other)),
+                                 "max": float(np.max(other)), "n": len(other)} if other else None}
+        out[backend] = row
+        for spk, r in same.items():
+            if r:
+                print(f"{backend:12s} {spk:20s} same-speaker SIM {r['mean']:.3f} ± {r['sd']:.3f} (min {r['min']:.3f}, "
+                      f"{int(r['n'])} clips)", flush=True)
+        if other:
+            o = row["other_speaker"]
+            print(f"{backend:12s} {'(other speakers)':20s} other-speaker SIM {o['mean']:.3f} ± {o['sd']:.3f} "
+                  f"(max {o['max']:.3f})", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="wavlm,wespeaker,resemblyzer")
     ap.add_argument("--device", default=None, help="default: cuda when visible, else cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny WavLM, short clips (CPU smoke of this script)")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter clips (full-size models on a CPU)")
+    ap.add_argument("--spread", type=Path, default=None, help="folder of per-speaker folders of real clips")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", tempfile.gettempdir())))
     args = ap.parse_args()
+    if args.spread is not None:
+        result = spread(args.spread, args.backends.split(","), args.device or "cpu")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "speaker_spread.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
 
     import torch
     import transformers

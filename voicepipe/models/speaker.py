@@ -101,7 +101,8 @@ PROFILES: dict[str, BackendProfile] = {
             "floor 0.02 = the same-speaker SIM spread measured on real speech: on a recorded two-person "
             "conversation a speaker's 3-5 s turns scored 0.76-0.82 against a 4 s enrollment clip of that speaker "
             "(SD ~0.02) and the other speaker 0.78-0.82 (shared/notes/facts.md, 2026-12-02), so differences "
-            "smaller than that are turn-to-turn variation"
+            "smaller than that are turn-to-turn variation; espeak-ng voices agree (`benchmarks/speaker.py --spread`, "
+            "2026-12-02: same-speaker SD 0.014-0.025)"
         ),
         comparable=(
             "no: a GE2E d-vector; published SIM (Seed-TTS-eval, Qwen3-TTS's 0.775) uses WavLM-large + ECAPA-TDNN. "
