@@ -74,6 +74,9 @@ def test_outputs_follow_the_recipe_format(builds):
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["version"] == builds["first"]["version"] and summary["utterances"] == len(manifest)
     assert "Minutes in / out per step" in (out / "report.md").read_text()
+    # the speaker model behind the decisions is recorded (here the resemblyzer fallback: no verification weights)
+    assert summary["speaker_model"]["backend"] == "resemblyzer" and summary["speaker_model"]["fallback"]
+    assert "speaker model: resemblyzer GE2E d-vector" in (out / "report.md").read_text()
 
 
 def test_clip_lineage_reaches_the_episode(builds):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from voicepipe.evaluate.selection import SelectionRule, select_checkpoint
 
 
@@ -89,3 +91,42 @@ def test_checkpoints_from_s3_prefix(s3_server, tmp_path) -> None:
     assert (got / "epoch-002" / "speech_tokenizer" / "config.json").is_file()
     entries = R.find_checkpoints(got, R.read_training(got))
     assert [(e.name, e.epoch, e.val_loss) for e in entries] == [("epoch-001", 1, 9.5), ("epoch-002", 2, 9.1)]
+
+
+def test_promotion_needs_more_than_the_speaker_models_margin_floor() -> None:
+    rows = [row("base (zero-shot clone)", 0.800, 0.03, role="base"), row("epoch-001", 0.815, 0.03, epoch=1)]
+    sel = select_checkpoint(rows, SelectionRule(sim_margin=0.02))  # resemblyzer's floor: +0.015 is noise
+    assert sel.chosen == "epoch-001" and not sel.promotable
+    assert "by more than the margin 0.020" in sel.reason and sel.sim_margin == 0.02
+    assert "paired standard error not measurable" in sel.margin_detail  # dict rows carry no per-sample scores
+    sel = select_checkpoint(rows, SelectionRule(sim_margin=0.01))  # a verification model's floor
+    assert sel.promotable and sel.sim_margin == 0.01 and "ΔSIM +0.015 > margin 0.010" in sel.reason
+    # with nothing to beat there is no margin
+    assert select_checkpoint(rows[1:], SelectionRule(sim_margin=0.02)).sim_margin is None
+
+
+def _scored(name: str, role: str, sims: list[float]) -> object:
+    from voicepipe.evaluate.runner import Row, SampleResult
+
+    samples = [SampleResult("script", f"text {i}", valid=True, sim=s) for i, s in enumerate(sims)]
+    r = Row(name, role, "/nowhere", epoch=1 if role == "checkpoint" else None, n_samples=len(sims),
+            n_valid=len(sims), sim=float(sum(sims) / len(sims)), wer=0.05)
+    r.samples = samples
+    return r
+
+
+def test_paired_standard_error_raises_the_margin_for_noisy_gains() -> None:
+    base = [0.70, 0.72, 0.68, 0.71, 0.69, 0.70]
+    steady = [b + 0.03 for b in base]  # +0.03 on every text: SE 0, the floor decides
+    noisy = [0.80, 0.62, 0.83, 0.60, 0.84, 0.61]  # mean +0.03 too, but text by text it is a coin toss
+    rule = SelectionRule(sim_margin=0.01)
+    sel = select_checkpoint([_scored("base (zero-shot clone)", "base", base), _scored("epoch-001", "checkpoint",
+                                                                                      steady)], rule)
+    assert sel.promotable and abs(sel.sim_margin - 0.01) < 1e-9 and "over 6 texts" in sel.margin_detail
+    sel = select_checkpoint([_scored("base (zero-shot clone)", "base", base), _scored("epoch-001", "checkpoint",
+                                                                                      noisy)], rule)
+    d = np.array(noisy) - np.array(base)
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert not sel.promotable and abs(sel.sim_margin - 2 * se) < 1e-9 and sel.sim_margin > 0.03
+    assert select_checkpoint([_scored("base (zero-shot clone)", "base", base),
+                              _scored("epoch-001", "checkpoint", noisy)], SelectionRule(margin_se=0)).promotable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import SecretStr, ValidationError
@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     offline: bool = True  # never reach a model hub unless explicitly allowed
     models_dir: Path | None = None  # where local model directories live (base model, codec, ...)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # The speaker model behind every speaker decision (corpus target selection and filters, evaluation SIM and the
+    # promotion margin): wavlm = transformers' WavLMForXVector (microsoft/wavlm-base-plus-sv family), wespeaker =
+    # pyannote's WeSpeaker ResNet34 (also found inside a local speaker-diarization-community-1 dir), resemblyzer =
+    # the GE2E d-vector shipped in its wheel. auto = the first verification model found locally (wavlm, then
+    # wespeaker), else resemblyzer, recorded as a fallback in every report. See voicepipe.models.speaker.
+    speaker_backend: Literal["auto", "wavlm", "wespeaker", "resemblyzer"] = "auto"
+    speaker_model: str | None = None  # that backend's model: a local dir/file or hub id (None: the backend default)
     log_level: str = "INFO"
 
     @property

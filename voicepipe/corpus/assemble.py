@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
 from voicepipe.errors import InputError
+from voicepipe.models.speaker import choose_speaker_model
 
 
 class BuildResult(BaseModel):
@@ -211,6 +212,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "speaker_centroid": None if centroid is None else [float(x) for x in centroid],
         "ref_clips": [r["id"] for r in ref_rows],
         "params": json.loads(p.model_dump_json()),
+        "speaker_model": choose_speaker_model(settings=ctx.settings).as_dict(),  # the evaluator checks it matches
         "flow_minutes": {k: [round(a / 60, 3), round(b / 60, 3)] for k, (a, b) in flow_in.items()},
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -322,6 +324,7 @@ def write_report(
         f"{', '.join(summary['val_episodes']) or 'none'})",
         f"- input: {summary['input_hours'] * 60:.2f} min from {summary['episodes']['ok']} episodes; "
         f"{summary['episodes']['rejected']} episodes/sources rejected",
+        _speaker_model_line(summary.get("speaker_model") or {}),
         "",
         "## Minutes in / out per step",
         "",
@@ -367,6 +370,14 @@ def write_report(
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     return md
+
+
+def _speaker_model_line(sm: dict) -> str:
+    """Which speaker model made the speaker decisions (and whether it was the resemblyzer fallback)."""
+    if not sm:
+        return "- speaker model: not recorded"
+    line = f"- speaker model: {sm.get('description')} (`{sm.get('key')}`)"
+    return line + (f" — **FALLBACK**: {sm['fallback']}" if sm.get("fallback") else "")
 
 
 _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")

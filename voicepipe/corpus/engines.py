@@ -1,6 +1,7 @@
 """The models the corpus steps use, loaded lazily (a fully cached rerun loads none) and shared across threads.
 
-- speaker encoder: resemblyzer (real weights, in the wheel) everywhere.
+- speaker encoder: the configured speaker model (`settings.speaker_backend`, voicepipe.models.speaker: WavLM /
+  WeSpeaker when present offline, else resemblyzer, whose real weights ship in its wheel), the evaluator's too.
 - VAD: silero-vad (real weights, in the wheel) everywhere.
 - separation: Demucs htdemucs via `demucs.apply.apply_model`; tests: tiny random HTDemucs (plumbing only).
 - diarization: a pyannote.audio 4 pipeline from a local dir; tests: the tiny random pipeline (plumbing only),
@@ -43,14 +44,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class SpeakerEncoder:
-    """Speaker embeddings (fp32, L2-normalized) from resemblyzer's pretrained d-vector model."""
+    """Speaker embeddings (fp32, L2-normalized) from the configured speaker model (`model.info` says which)."""
 
     sr = 16000
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Any = None, device: str = "cpu") -> None:
         from voicepipe.models import load_speaker_encoder
 
-        self.model = load_speaker_encoder()
+        self.model = load_speaker_encoder(device=device, settings=settings)
         self.lock = threading.Lock()
 
     def embed(self, wav16k: np.ndarray) -> np.ndarray:
@@ -61,7 +62,7 @@ class SpeakerEncoder:
             with self.lock:
                 emb = np.asarray(self.model.embed(np.asarray(wav16k, dtype=np.float32), self.sr), dtype=np.float32)
         except InputError:
-            return np.zeros(256, dtype=np.float32)
+            return np.zeros(self.model.dim, dtype=np.float32)
         return emb / (np.linalg.norm(emb) + 1e-9)
 
     def embed_many(self, wavs16k: list[np.ndarray], max_partials: int = 64) -> np.ndarray:
@@ -307,7 +308,7 @@ class Engines:
 
     @property
     def speaker(self) -> SpeakerEncoder:
-        return self._get("speaker", SpeakerEncoder)
+        return self._get("speaker", lambda: SpeakerEncoder(self.settings, self.device))
 
     @property
     def vad(self) -> Vad:

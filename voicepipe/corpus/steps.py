@@ -100,7 +100,10 @@ class StepContext:
     @property
     def enroll_key(self) -> str:
         if self._enroll_key is None:
-            self._enroll_key = _hash({"enroll": sorted(self.enroll_shas())})
+            from voicepipe.models import choose_speaker_model  # the centroid and every score depend on the model
+
+            self._enroll_key = _hash({"enroll": sorted(self.enroll_shas()),
+                                      "speaker_model": choose_speaker_model(settings=self.settings).key})
         return self._enroll_key
 
     @property

@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
                                       out_dir=out, store=store, settings=settings, promote_best=promote)
         for row in table_rows(result):
             typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+        sm = result.speaker_model
+        typer.echo(f"SIM model: {sm.get('key')}" + (f" — FALLBACK: {sm['fallback']}" if sm.get("fallback") else ""))
         sel = result.selection
         typer.echo(f"selected: {sel.chosen or 'none'} ({'promoted' if result.promoted else 'not promoted'}): "
                    f"{sel.reason}")

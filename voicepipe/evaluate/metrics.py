@@ -190,30 +190,56 @@ def wer_cer(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 # ---- speaker similarity ---------------------------------------------------------------------------------------
 
 
-def embed_speaker(encoder: Any, wav: np.ndarray, sr: int) -> np.ndarray | None:
+def embed_speaker(encoder: Any, wav: np.ndarray, sr: int, min_voice_s: float = 0.5) -> np.ndarray | None:
     """L2-normalised speaker embedding (fp32) of one clip, or None when the clip has too little voice to embed.
 
-    `encoder` is `voicepipe.models.load_speaker_encoder()` (a wrapper of resemblyzer's VoiceEncoder) or a
-    VoiceEncoder itself; audio is resampled to 16 kHz and VAD-trimmed by resemblyzer. Unlike the wrapper's `embed`,
-    a clip with under 0.5 s of voice gets no embedding rather than an embedding of silence or noise.
+    `encoder` is `voicepipe.models.load_speaker_encoder()` (any backend; its `info` says which) or a bare
+    resemblyzer VoiceEncoder. Unlike the encoder's `embed`, a clip with under `min_voice_s` of voice gets no
+    embedding rather than an embedding of silence or noise. resemblyzer: its own VAD trimming decides the voice and
+    the trimmed audio is embedded (as before); other backends: silero-vad measures the voice and the whole clip is
+    embedded, as the published SIM protocols do.
     """
     import librosa
-    from resemblyzer import preprocess_wav
+
+    from voicepipe.errors import InputError
 
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     if len(wav) == 0 or not np.all(np.isfinite(wav)):
         return None
     x = librosa.resample(wav, orig_sr=sr, target_sr=16000) if sr != 16000 else wav
-    try:
-        pre = preprocess_wav(x, source_sr=16000)
-    except Exception:  # resemblyzer's VAD trimming can fail on junk; fall back to the raw clip
-        pre = x
-    if len(pre) < 16000 * 0.5:  # under 0.5 s of voice left after trimming: nothing to embed
-        return None
-    voice_encoder = getattr(encoder, "encoder", encoder)
-    e = np.asarray(voice_encoder.embed_utterance(pre), dtype=np.float32)
+    if getattr(getattr(encoder, "info", None), "backend", "resemblyzer") != "resemblyzer":
+        if speech_fraction(x, 16000) * len(x) / 16000 < min_voice_s:
+            return None
+        try:
+            e = np.asarray(encoder.embed(x, 16000), dtype=np.float32)
+        except InputError:
+            return None
+    else:
+        from resemblyzer import preprocess_wav
+
+        try:
+            pre = preprocess_wav(x, source_sr=16000)
+        except Exception:  # resemblyzer's VAD trimming can fail on junk; fall back to the raw clip
+            pre = x
+        if len(pre) < 16000 * min_voice_s:  # too little voice left after trimming: nothing to embed
+            return None
+        voice_encoder = getattr(encoder, "encoder", encoder)
+        e = np.asarray(voice_encoder.embed_utterance(pre), dtype=np.float32)
     nrm = float(np.linalg.norm(e))
     return e / nrm if nrm > 0 and np.isfinite(nrm) else None
+
+
+def real_speech_sim(embeddings: list[np.ndarray]) -> dict[str, float] | None:
+    """How similar the target's own real recordings are to each other, by the same speaker model: each held-out
+    clip's cosine to the centroid of the OTHER clips (leave-one-out). Its mean is the SIM a real recording of the
+    speaker gets (the calibration point for a checkpoint's SIM), its SD the same-speaker spread. None under 3 clips.
+    """
+    if len(embeddings) < 3:
+        return None
+    e = np.stack([np.asarray(x, dtype=np.float32) for x in embeddings])
+    sims = [cosine(e[i], centroid(list(np.delete(e, i, axis=0)))) for i in range(len(e))]
+    return {"mean": float(np.mean(sims)), "sd": float(np.std(sims, ddof=1)), "min": float(np.min(sims)),
+            "n": float(len(sims))}
 
 
 def centroid(embeddings: list[np.ndarray]) -> np.ndarray:

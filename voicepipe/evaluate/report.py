@@ -19,6 +19,31 @@ from voicepipe.evaluate import selection as selection_module
 
 NO_MOS = "no MOS predictor available offline"
 
+
+def speaker_model_lines(result: EvalResult, ctx: EvalContext) -> list[str]:
+    """What produced SIM, whether it compares with published numbers, and how the promotion margin was set."""
+    sm = result.speaker_model or ctx.speaker_model
+    if not sm:
+        return ["- SIM model: not recorded"]
+    lines = [f"- SIM model: {sm['description']} — `{sm['backend']}`: `{sm['model']}` ({sm.get('dim')}-d, "
+             "fp32 L2-normalised embeddings, cosine)"]
+    if sm.get("fallback"):
+        lines.append(f"- **FALLBACK speaker model**: {sm['fallback']}")
+    lines.append(f"- comparable to published SIM (Seed-TTS-eval: WavLM-large + ECAPA-TDNN)? {sm['comparable']}")
+    if ctx.speaker_model_warning:
+        lines.append(f"- **warning**: {ctx.speaker_model_warning}")
+    rs = ctx.real_sim
+    if rs:
+        lines.append(f"- calibration: the target's own held-out recordings score SIM {rs['mean']:.3f} ± {rs['sd']:.3f} "
+                     f"(min {rs['min']:.3f}, leave-one-out over {int(rs['n'])} clips) with this model: a checkpoint "
+                     "at that level sounds as much like the speaker as the speaker's other recordings")
+    sel, rule = result.selection, ctx.config.rule(sm)
+    applied = "not applied (no base measured)" if sel.sim_margin is None else f"{sel.sim_margin:.3f}"
+    detail = f" = {sel.margin_detail}" if sel.margin_detail else ""
+    lines.append(f"- promotion margin over the base: {applied}{detail}; floor {rule.sim_margin:.3f}: "
+                 f"{rule.margin_basis}")
+    return lines
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "–"
@@ -143,8 +168,9 @@ def render_markdown(result: EvalResult, ctx: EvalContext, plot_name: str = "metr
         f"- checkpoints: `{ctx.checkpoints_dir}`; corpus: `{ctx.corpus_dir}`",
         f"- texts: {sum(k == 'script' for k, _ in ctx.texts)} fixed script sentences + "
         f"{sum(k == 'val' for k, _ in ctx.texts)} held-out validation texts",
-        f"- speaker similarity: resemblyzer (GE2E) cosine to the centroid of {len(ctx.held_out)} held-out real "
-        "clips; the base model's zero-shot clone (a real training clip as reference) is the floor to beat",
+        f"- speaker similarity (SIM): cosine to the fp32 centroid of {len(ctx.held_out)} held-out real clips; "
+        "the base model's zero-shot clone (a real training clip as reference) is the floor to beat",
+        *speaker_model_lines(result, ctx),
         f"- intelligibility: ASR `{result.asr_name}`, WER/CER with jiwer after lower-casing and stripping "
         "punctuation" + (" (PocketSphinx is far weaker than Whisper: compare WERs only within this report)"
                          if "pocketsphinx" in result.asr_name else ""),
@@ -157,7 +183,8 @@ def render_markdown(result: EvalResult, ctx: EvalContext, plot_name: str = "metr
         "- SIM and MOS average the VALID samples only (none valid: –); WER/CER count every sample",
         "",
         "## Metrics", "", _md_table(table_rows(result)),
-        "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning.", "",
+        "★ = selected. ΔSIM vs base > 0 means the fine-tune sounds more like the target than zero-shot cloning; "
+        "promotion needs it above the promotion margin.", "",
         f"![metrics vs epoch]({plot_name})", "",
         "## Selection rule", "", *(["**PLUMBING RULE (tests/demos only): validity, WER and SIM were not checked.**",
                                     ""] if sel.rule == "plumbing" else []), _rule_text(), "",
@@ -211,7 +238,10 @@ def render_html(result: EvalResult, ctx: EvalContext, md: str, plot_png: Path) -
         f"<h1>Checkpoint evaluation: {e(result.speaker)}</h1>",
         f"<p><b>Selected:</b> {e(sel.chosen or 'none')} — {'promoted' if sel.promotable else 'NOT promoted'}. "
         f"{e(sel.reason)}.</p>",
-        f"<p>ASR: <code>{e(result.asr_name)}</code>. Naturalness: "
+        f"<p>SIM model: <code>{e((result.speaker_model or {}).get('key', 'not recorded'))}</code>"
+        + ("" if not (result.speaker_model or {}).get("fallback") else
+           f" <span class='bad'>FALLBACK: {e(result.speaker_model['fallback'])}</span>") + ". "
+        f"ASR: <code>{e(result.asr_name)}</code>. Naturalness: "
         f"{e('DNSMOS P.835/P.808 (speechmos)' if result.mos_name else NO_MOS)}.</p>",
         "<h2>Metrics</h2>", table,
         f"<h2>Metrics vs epoch</h2><img alt='metrics vs epoch' style='max-width:100%' "

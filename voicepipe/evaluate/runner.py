@@ -65,13 +65,23 @@ class EvalConfig(BaseModel):
     wer_vs_base: float = 1.5
     min_valid_fraction: float = 0.9
     require_beat_base: bool = True
+    sim_margin: float | None = Field(None, ge=0, description="Floor of the promotion margin over the base's SIM; "
+                                     "None = the speaker model's documented floor (selection.py).")
+    margin_se: float = Field(2.0, ge=0, description="The gain must also exceed this many standard errors of the "
+                             "paired per-text SIM difference (0: floor only).")
     html_samples: int = Field(4, ge=0, description="Audio players per checkpoint in report.html (base64 wav).")
 
-    def rule(self) -> SelectionRule:
+    def rule(self, speaker_model: dict[str, Any] | None = None) -> SelectionRule:
+        """The selection rule; the margin floor is `sim_margin`, else that of the speaker model that measured SIM
+        (`SpeakerModelInfo.as_dict()`)."""
+        sm = speaker_model or {}
+        floor = self.sim_margin if self.sim_margin is not None else float(sm.get("promotion_margin", 0.0))
+        basis = "set in the evaluation config" if self.sim_margin is not None else sm.get("margin_basis", "")
         if self.selection == "plumbing":
             return SelectionRule.plumbing()
         return SelectionRule(wer_ceiling=self.wer_ceiling, wer_vs_base=self.wer_vs_base,
-                             min_valid_fraction=self.min_valid_fraction, require_beat_base=self.require_beat_base)
+                             min_valid_fraction=self.min_valid_fraction, require_beat_base=self.require_beat_base,
+                             sim_margin=floor, margin_se=self.margin_se, margin_basis=basis)
 
 
 @dataclass
@@ -157,6 +167,9 @@ class EvalContext:
     settings: Any = None
     language: str = "auto"  # the corpus's language (the base model's clone is prompted with it)
     corpus_version: str | None = None
+    speaker_model: dict[str, Any] = field(default_factory=dict)  # SpeakerModelInfo.as_dict() of the SIM model
+    real_sim: dict[str, float] | None = None  # held-out real clips vs the others' centroid (leave-one-out)
+    speaker_model_warning: str | None = None  # e.g. the corpus was built with another speaker model
 
 
 @dataclass
@@ -171,6 +184,7 @@ class EvalResult:
     results_json: Path | None = None
     asr_name: str = ""
     mos_name: str | None = None
+    speaker_model: dict[str, Any] = field(default_factory=dict)  # which model produced SIM (SpeakerModelInfo)
     promoted: dict[str, Any] | None = None
     stored: dict[str, dict[str, str]] = field(default_factory=dict)  # report file -> {sha256, uri} in the store
     elapsed_s: float = 0.0
@@ -310,11 +324,18 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=2)
-def _speaker_encoder(device: str = "cpu") -> Any:
-    from voicepipe.models import load_speaker_encoder
+_SPEAKER_ENCODERS: dict[tuple[str, str], Any] = {}
 
-    return load_speaker_encoder(device=device)
+
+def _speaker_encoder(device: str = "cpu", settings: Any = None) -> Any:
+    """The configured speaker model (the corpus's, when both run with the same settings), loaded once per process."""
+    from voicepipe.models import choose_speaker_model, load_speaker_encoder
+
+    key = (device, choose_speaker_model(settings=settings).key)
+    if key not in _SPEAKER_ENCODERS:
+        _SPEAKER_ENCODERS.clear()  # one speaker model at a time
+        _SPEAKER_ENCODERS[key] = load_speaker_encoder(device=device, settings=settings)
+    return _SPEAKER_ENCODERS[key]
 
 
 @lru_cache(maxsize=2)
@@ -369,8 +390,8 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
         raise InputError(f"corpus {corpus}: no speaker name (pass --speaker)")
     spk = str(spk).strip().lower()
 
-    # The target's voice: a centroid (fp32) of held-out real clips.
-    enc = _speaker_encoder(cfg.device)
+    # The target's voice: a centroid (fp32) of held-out real clips, by the configured speaker model.
+    enc = _speaker_encoder(cfg.device, settings)
     held = val[: cfg.max_ref_clips]
     embs = []
     for r in held:
@@ -380,6 +401,11 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
     if not embs:
         raise InputError(f"corpus {corpus}: none of {len(held)} held-out clips has enough voice to embed")
     cen = M.centroid(embs)
+    speaker_model = enc.info.as_dict()
+    built_with = (info.get("speaker_model") or {}).get("key") if isinstance(info.get("speaker_model"), dict) else None
+    sm_warning = (f"the corpus chose its clips with speaker model {built_with}, SIM here is measured with "
+                  f"{speaker_model['key']}: corpus and promotion may disagree on who the speaker is"
+                  if built_with and built_with != speaker_model["key"] else None)
 
     # The base model's zero-shot clone gets a real TRAINING clip of the target (never one of the held-out clips
     # it is scored against), 3-15 s long, with 0.5 s of silence appended (stops the last phoneme bleeding in).
@@ -417,7 +443,9 @@ def prepare(checkpoints: str | Path, corpus: str | Path, config: EvalConfig | No
                        mos_name=M.mos_backend() if cfg.mos else None, held_out=[str(r["audio"]) for r in held],
                        settings=settings, language=normalize_language(cfg.language) if cfg.language
                        else corpus_language(corpus_dir),
-                       corpus_version=info.get("version") or (run or {}).get("corpus_version"))
+                       corpus_version=info.get("version") or (run or {}).get("corpus_version"),
+                       speaker_model=speaker_model, real_sim=M.real_speech_sim(embs),
+                       speaker_model_warning=sm_warning)
 
 
 # ---- one model ------------------------------------------------------------------------------------------------
@@ -443,7 +471,7 @@ def score_sample(ctx: EvalContext, kind: str, s: Any, wav_path: Path) -> SampleR
     sf.write(wav_path, np.clip(wav, -1, 1), s.sr, subtype="PCM_16")
     # Silence has no voice to compare or rate (resemblyzer would amplify numerical noise to -30 dBFS and embed it).
     audible = finite and len(wav) > 0 and not any(r.startswith(("silence", "empty audio")) for r in reasons)
-    emb = M.embed_speaker(_speaker_encoder(cfg.device), wav, s.sr) if audible else None
+    emb = M.embed_speaker(_speaker_encoder(cfg.device, ctx.settings), wav, s.sr) if audible else None
     hyp = _asr(cfg.asr, cfg.device).transcribe(wav, s.sr) if len(wav) else ""
     mos = M.predict_mos(wav, s.sr) if ctx.mos_name and audible else None
     rel = wav_path.relative_to(ctx.out_dir) if wav_path.is_relative_to(ctx.out_dir) else wav_path
@@ -561,9 +589,9 @@ def finish(ctx: EvalContext, rows: list[Row]) -> EvalResult:
             r.sim_vs_base = r.sim - base.sim if base and r is not base else None
             r.sim_vs_reference = r.sim - ref.sim if ref and r is not ref else None
         r.wer, r.cer = _finite(r.wer), _finite(r.cer)
-    sel = select_checkpoint(rows, ctx.config.rule())
+    sel = select_checkpoint(rows, ctx.config.rule(ctx.speaker_model))
     result = EvalResult(rows=rows, selection=sel, speaker=ctx.speaker, out_dir=ctx.out_dir, asr_name=ctx.asr_name,
-                        mos_name=ctx.mos_name)
+                        mos_name=ctx.mos_name, speaker_model=ctx.speaker_model)
     result.results_json = ctx.out_dir / "results.json"
     result.results_json.write_text(json.dumps(result_dict(result, ctx), indent=2, default=str) + "\n")
     write_reports(result, ctx)
@@ -575,6 +603,7 @@ def result_dict(result: EvalResult, ctx: EvalContext | None = None) -> dict[str,
         "speaker": result.speaker,
         "asr": result.asr_name,
         "mos": result.mos_name or "none",
+        "speaker_model": result.speaker_model,
         "selection": asdict(result.selection),
         "rows": [asdict(r) for r in result.rows],
     }
@@ -583,6 +612,8 @@ def result_dict(result: EvalResult, ctx: EvalContext | None = None) -> dict[str,
         d["checkpoints"] = str(ctx.checkpoints_dir)
         d["corpus"] = str(ctx.corpus_dir)
         d["held_out_clips"] = ctx.held_out
+        d["real_speech_sim"] = ctx.real_sim
+        d["speaker_model_warning"] = ctx.speaker_model_warning
     return d
 
 
@@ -629,6 +660,7 @@ def promote(store: Any, result: EvalResult, *, inputs: list[str] = (), corpus_ve
     tree = store.put_dir(row.path, step="evaluate.promote", inputs=list(inputs), params=params,
                          name=f"{result.speaker}-{row.name}")
     extra = dict(row.scores(), asr=result.asr_name, mos_model=result.mos_name, reason=sel.reason,
+                 sim_model=result.speaker_model.get("key"), sim_margin=sel.sim_margin,
                  promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
                  card=voice_card(result, row, corpus_version))
     if result.report_md is not None:

@@ -7,8 +7,13 @@ Rule (deterministic; the input order of the rows does not matter):
    zero-shot WER) when the base was measured (a weak offline ASR raises everyone's WER alike).
 4. Best speaker similarity wins; similarities equal to 3 decimals are a tie, broken by the lower validation loss
    (missing = worst), then the earlier epoch, then the name.
-5. It is promoted only if it beats the base model's zero-shot clone on speaker similarity (when the base was
-   measured and `require_beat_base`): otherwise fine-tuning did not help and the registry is left alone.
+5. It is promoted only if its SIM beats the base model's zero-shot clone by MORE than the promotion margin (when
+   the base was measured and `require_beat_base`): otherwise fine-tuning did not help, or not measurably, and the
+   registry is left alone. margin = max(floor, `margin_se` x the standard error of the per-text SIM difference
+   between the two; both synthesize the same texts with the same seeds, so texts are paired). The floor belongs to
+   the speaker model that measured SIM (`voicepipe.models.speaker.PROFILES`): resemblyzer 0.02 (its same-speaker
+   SIM spread measured on real conversational speech), wavlm and wespeaker 0.01 (the resolution of published SIM
+   tables); the standard error is measured in the run itself, so a noisy model or a small script needs more.
 
 `SelectionRule.plumbing()` is NOT this rule: for tests and demos with tiny random models (which never produce valid
 speech) it takes every checkpoint that loaded and synthesized, ranks by validation loss, then epoch, and promotes the
@@ -23,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SelectionRule:
@@ -31,6 +38,9 @@ class SelectionRule:
     min_valid_fraction: float = 0.9
     require_beat_base: bool = True
     sim_decimals: int = 3
+    sim_margin: float = 0.0  # floor of the promotion margin over the base (the speaker model's, see above)
+    margin_se: float = 2.0  # standard errors of the paired per-text SIM difference the gain must also exceed
+    margin_basis: str = ""  # how the floor was chosen (shown in the report)
     name: str = "strict"  # "strict" (the rule above) | "plumbing" (tests/demos only: see the module docstring)
 
     @classmethod
@@ -48,7 +58,32 @@ class Selection:
     ranking: list[str] = field(default_factory=list)  # qualified candidates, best first
     excluded: dict[str, str] = field(default_factory=dict)  # name -> why it is not a candidate
     wer_ceiling: float | None = None
+    sim_margin: float | None = None  # the promotion margin applied (None: no base to beat)
+    margin_detail: str = ""  # how that margin came about: floor, paired standard error, pairs
     rule: str = "strict"  # the SelectionRule's name
+
+
+def paired_sim_se(row: Any, base: Any) -> tuple[float, int]:
+    """Standard error of the mean per-text SIM difference between `row` and `base` over the texts where both
+    produced a valid, embedded sample (pairs by position: both synthesize the same texts in the same order), and
+    the number of pairs; (nan, n) with fewer than 3 pairs or no per-sample scores."""
+    a, b = getattr(row, "samples", None) or [], getattr(base, "samples", None) or []
+    d = [x.sim - y.sim for x, y in zip(a, b, strict=False)
+         if x.valid and y.valid and x.sim is not None and y.sim is not None and x.text == y.text]
+    if len(d) < 3:
+        return math.nan, len(d)
+    return float(np.std(d, ddof=1) / math.sqrt(len(d))), len(d)
+
+
+def promotion_margin(rule: SelectionRule, row: Any, base: Any) -> tuple[float, str]:
+    """The margin `row` must beat the base's SIM by, and a sentence saying how it was set."""
+    se, n = paired_sim_se(row, base)
+    floor = f"floor {rule.sim_margin:.3f}"
+    if math.isnan(se) or rule.margin_se <= 0:
+        why = f"{floor} (paired standard error not measurable: {n} paired texts)" if rule.margin_se > 0 else floor
+        return rule.sim_margin, why
+    margin = max(rule.sim_margin, rule.margin_se * se)
+    return margin, f"max({floor}, {rule.margin_se:g} x paired SE {se:.4f} over {n} texts)"
 
 
 def _num(x: Any) -> float:
@@ -104,12 +139,17 @@ def select_checkpoint(rows: Sequence[Any], rule: SelectionRule = SelectionRule()
     best = ranked[0]
     sim = _num(get(best, "sim"))
     name = str(get(best, "name"))
-    if rule.require_beat_base and not math.isnan(base_sim) and sim <= base_sim:
+    if math.isnan(base_sim):
+        return Selection(name, True, f"{name}: best SIM {sim:.3f} (base not measured), WER "
+                         f"{_num(get(best, 'wer')):.3f} <= {ceiling:.3f}", ranking, excluded, ceiling)
+    margin, detail = promotion_margin(rule, best, base)
+    if rule.require_beat_base and not sim - base_sim > margin:
         return Selection(name, False, f"best checkpoint {name} (SIM {sim:.3f}) does not beat the base model's "
-                         f"zero-shot clone (SIM {base_sim:.3f}): fine-tuning did not help", ranking, excluded, ceiling)
-    floor = "base not measured" if math.isnan(base_sim) else f"base zero-shot SIM {base_sim:.3f}"
-    return Selection(name, True, f"{name}: best SIM {sim:.3f} ({floor}), WER {_num(get(best, 'wer')):.3f} "
-                     f"<= {ceiling:.3f}", ranking, excluded, ceiling)
+                         f"zero-shot clone (SIM {base_sim:.3f}) by more than the margin {margin:.3f}: fine-tuning "
+                         "did not measurably help", ranking, excluded, ceiling, margin, detail)
+    return Selection(name, True, f"{name}: best SIM {sim:.3f} (base zero-shot SIM {base_sim:.3f}, "
+                     f"ΔSIM {sim - base_sim:+.3f} > margin {margin:.3f}), WER {_num(get(best, 'wer')):.3f} "
+                     f"<= {ceiling:.3f}", ranking, excluded, ceiling, margin, detail)
 
 
 def _plumbing(rows: Sequence[Any], get: Any) -> Selection:

@@ -35,6 +35,14 @@ KINDS: dict[str, dict[str, Any]] = {
         "required": [],  # "resemblyzer" = the weights shipped inside the resemblyzer wheel; or a local .pt file
         "default": "resemblyzer",
     },
+    "speaker_wavlm": {  # transformers' WavLMForXVector + its Wav2Vec2FeatureExtractor
+        "required": [("config.json",), ("preprocessor_config.json",), ("model.safetensors", "pytorch_model.bin")],
+        "default": "microsoft/wavlm-base-plus-sv",
+    },
+    "speaker_wespeaker": {  # pyannote.audio's WeSpeakerResNet34 checkpoint (also `embedding/` of community-1)
+        "required": [("pytorch_model.bin",)],
+        "default": "pyannote/wespeaker-voxceleb-resnet34-LM",
+    },
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -5,7 +5,8 @@ Tests and the demo use these instead of the multi-GB releases: same classes, sam
   tokenizer, `speech_tokenizer/` = the 12 Hz codec with its Mimi encoder); shapes that matter are the real ones
   (16 codebooks of 2048 codes, codec vocab 3072 with speaker slot 3000, 24 kHz, 1920 samples per 12.5 Hz frame).
 - `build_tiny_custom_voice`: that base saved through `save_tts_checkpoint` with a speaker in row 3000.
-- `build_tiny_codec`, `build_tiny_demucs` (HTDemucs), `build_tiny_whisper`, `build_tiny_diarization` (pyannote 4).
+- `build_tiny_codec`, `build_tiny_demucs` (HTDemucs), `build_tiny_whisper`, `build_tiny_diarization` (pyannote 4),
+  `build_tiny_wavlm_sv` (WavLMForXVector), `build_tiny_wespeaker` (pyannote WeSpeakerResNet34).
 Only widths and depths are small; outputs are junk but have the real types, shapes and rates. The corpus-model
 builders also take `full_size=True`: the released shapes with random weights, for GPU speed benchmarks.
 """
@@ -265,7 +266,18 @@ def build_tiny_custom_voice(out_dir: str | Path, speaker: str = "alice", seed: i
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Corpus-stage models: Demucs (separation), Whisper (ASR), pyannote (diarization).
+# Corpus-stage models: Demucs (separation), Whisper (ASR), pyannote (diarization), speaker verification.
+
+
+def _save_pyannote(model: Any, path: Path) -> None:
+    """A pyannote `Model` as the Lightning checkpoint `Model.from_pretrained` reads (hand-built: pyannote saves
+    checkpoints only through a Lightning Trainer)."""
+    import lightning
+
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__}  # fmt: skip
+    model.on_save_checkpoint(ckpt)  # adds pyannote.audio's versions/architecture/specifications
+    torch.save(ckpt, path)
 
 
 def build_tiny_demucs(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
@@ -394,7 +406,6 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0, *, full_size: boo
     from voicepipe.models.others import disable_pyannote_telemetry
 
     disable_pyannote_telemetry()
-    import lightning
     import pyannote.audio
     from pyannote.audio.core.task import Problem, Resolution, Specifications
     from pyannote.audio.models.embedding import XVectorSincNet
@@ -405,12 +416,7 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0, *, full_size: boo
         (out / sub).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    def save(model: Any, path: Path) -> None:
-        ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__}  # fmt: skip
-        model.on_save_checkpoint(ckpt)  # adds pyannote.audio's versions/architecture/specifications
-        torch.save(ckpt, path)
-
+    save = _save_pyannote
     if full_size:
         seg = PyanNet(lstm={"hidden_size": 128, "num_layers": 4, "bidirectional": True, "monolithic": True},
                       linear={"hidden_size": 128, "num_layers": 2})  # fmt: skip
@@ -459,4 +465,56 @@ def build_tiny_diarization(out_dir: str | Path, seed: int = 0, *, full_size: boo
         "params": {"clustering": {"threshold": 0.6, "Fa": 0.07, "Fb": 0.8}, "segmentation": {"min_duration_off": 0.0}},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def build_tiny_wavlm_sv(out_dir: str | Path, seed: int = 0, *, full_size: bool = False) -> Path:
+    """A tiny random `WavLMForXVector` + `Wav2Vec2FeatureExtractor`, laid out like microsoft/wavlm-base-plus-sv
+    (`config.json`, `model.safetensors`, `preprocessor_config.json`); `load_speaker_encoder(out_dir)` loads it.
+
+    Real frame rate (the 7-layer conv stack, 320x downsampling of 16 kHz audio), group-norm feature encoder,
+    weighted layer sum and the 512-d x-vector output; small widths and depth. `full_size`: WavLM-base-plus-sv's
+    shapes (768 hidden, 12 layers, 512-d x-vector over a 5-layer TDNN; ~95 M parameters), random weights, for speed
+    benchmarks. Embeddings of random weights are junk: for loading and plumbing tests only.
+    """
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(use_weighted_layer_sum=True, feat_extract_norm="group", xvector_output_dim=512)
+    if full_size:  # WavLMConfig's defaults are WavLM-base(-plus)
+        config = WavLMConfig(**common)
+    else:
+        config = WavLMConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=100,
+            tdnn_dim=(32, 32, 32, 32, 96), **common,
+        )  # fmt: skip
+    torch.manual_seed(seed)
+    WavLMForXVector(config).eval().save_pretrained(out)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(out)  # fmt: skip
+    return out
+
+
+def build_tiny_wespeaker(out_dir: str | Path, seed: int = 0) -> Path:
+    """pyannote.audio's `WeSpeakerResNet34` with random weights as `<dir>/pytorch_model.bin`, the layout of
+    pyannote/wespeaker-voxceleb-resnet34-LM (and of community-1's `embedding/`); `load_speaker_encoder(out_dir)`.
+
+    The class has one size (6.6 M parameters, 256-d): this is the released architecture with random weights,
+    so it serves both the plumbing tests and the GPU speed benchmark."""
+    from voicepipe.models.others import disable_pyannote_telemetry
+
+    disable_pyannote_telemetry()
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from pyannote.audio.models.embedding import WeSpeakerResNet34
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = WeSpeakerResNet34()
+    model.specifications = Specifications(
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=5.0, min_duration=0.5
+    )
+    _save_pyannote(model, out / "pytorch_model.bin")
     return out
