@@ -42,6 +42,7 @@ __all__ = [
     "publish_link",
     "publish_markdown",
     "publish_table",
+    "Progress",
     "task_runner",
 ]
 
@@ -93,6 +94,42 @@ def publish_link(key: str, uri: str, description: str | None = None, text: str |
 
     shown = text or (uri if len(uri) <= 120 else uri.split("?", 1)[0])
     return create_link_artifact(link=uri, link_text=shown, key=artifact_key(key), description=description)
+
+
+class Progress:
+    """A Prefect progress artifact (the bar on the run's Artifacts tab) plus a log line, for long loops in domain
+    code, which stays Prefect-free: pass `progress.update` (or a small adapter) as its callback.
+
+    Updates are throttled to one per `every_s` seconds (and the last one); a no-op outside a run.
+    """
+
+    def __init__(self, key: str, description: str, every_s: float = 5.0) -> None:
+        import time
+
+        self.key, self.description, self.every_s = artifact_key(key), description, every_s
+        self._last = time.monotonic() - every_s
+        self.id: UUID | None = None
+        if in_run_context():
+            from prefect.artifacts import create_progress_artifact
+
+            self.id = create_progress_artifact(progress=0.0, key=self.key, description=description)
+
+    def update(self, done: float, total: float, note: str = "") -> None:
+        """Report `done` of `total` (units of the loop: steps, samples), with an optional note for the log."""
+        import time
+
+        if self.id is None:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < self.every_s:
+            return
+        self._last = now
+        from prefect import get_run_logger
+        from prefect.artifacts import update_progress_artifact
+
+        pct = 100.0 * min(max(done / total, 0.0), 1.0) if total else 100.0
+        update_progress_artifact(self.id, progress=pct, description=f"{self.description}: {note}".rstrip(": "))
+        get_run_logger().info("%s: %d/%d %s", self.description, done, total, note)
 
 
 def io_retry_delays(retries: int = 3) -> list[float]:

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -449,8 +450,9 @@ def aggregate(row: Row) -> Row:
     return row
 
 
-def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
-    """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise."""
+def evaluate_model(ctx: EvalContext, entry: Entry, on_sample: Callable[[int, int], None] | None = None) -> Row:
+    """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise.
+    `on_sample(done, total)` is called after each scored sample (e.g. a Prefect progress artifact)."""
     import torch
     from tqdm import tqdm
 
@@ -484,6 +486,8 @@ def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
             s = synthesize(tts, text, speaker=speaker, clone_prompt=clone, language=cfg.language,
                            seed=cfg.seed + i, max_new_tokens=cap, generate_kwargs=cfg.generate_kwargs)
             row.samples.append(score_sample(ctx, kind, s, sample_dir / f"{i:02d}-{kind}.wav"))
+            if on_sample is not None:
+                on_sample(i + 1, len(ctx.texts))
         aggregate(row)
     except (VoicepipeError, ModelError) as e:
         row.status, row.error = "failed", str(e)
