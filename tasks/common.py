@@ -131,6 +131,10 @@ class Progress:
         update_progress_artifact(self.id, progress=pct, description=f"{self.description}: {note}".rstrip(": "))
         get_run_logger().info("%s: %d/%d %s", self.description, done, total, note)
 
+    def finish(self, note: str = "done") -> None:
+        """Mark the loop finished (also when it stopped early: early stopping, a failed model)."""
+        self.update(1, 1, note)
+
 
 def io_retry_delays(retries: int = 3) -> list[float]:
     """Backoff delays in seconds for I/O retries; `VOICEPIPE_RETRY_DELAY_S` sets the first (default 2)."""

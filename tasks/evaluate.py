@@ -31,8 +31,10 @@ def evaluate_model(ctx: EvalContext, entry: runner.Entry) -> Row:
     """Synthesize and score one model (base zero-shot clone, a checkpoint, or the reference); a progress artifact
     counts its samples."""
     bar = Progress(f"evaluate-{ctx.speaker}-{entry.name}-progress", f"evaluating {entry.name}", every_s=3.0)
-    return runner.evaluate_model(ctx, entry, on_sample=lambda done, total: bar.update(done, total,
-                                                                                       f"sample {done}/{total}"))
+    row = runner.evaluate_model(ctx, entry, on_sample=lambda done, total: bar.update(done, total,
+                                                                                      f"sample {done}/{total}"))
+    bar.finish(f"{row.status} {row.error or ''}".strip())
+    return row
 
 
 @task(name="select-and-report", cache_policy=NO_CACHE)

@@ -26,6 +26,7 @@ def train_task(corpus: str, base: str, speaker: str, out: str, config: TrainConf
 
     r = train(corpus, base, speaker, out, config, settings=settings, store=settings, resume=resume, progress=False,
               on_progress=on_progress)
+    bar.finish(f"{r.status} {r.stop_reason or ''}".strip())
     key = f"train-{speaker}"
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in e.items()} for e in r.epochs]
     publish_table(f"{key}-epochs", rows or [{"epoch": "-"}], description=f"{r.status} {r.stop_reason or ''}")
