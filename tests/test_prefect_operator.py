@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,13 @@ def ops(s3_server, prefect_podcast, tiny_tts_dir: Path, tmp_path_factory: pytest
 def _form(ops: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """build-corpus parameters as the UI form posts them: only what a person there can fill in."""
     return {"params": {"speaker": SPEAKER, "enroll": ops["enroll_refs"], "feeds": [ops["feed"]], **fields}}
+
+
+def _link(artifact: dict) -> str:
+    """The URL of a link artifact (Prefect stores it as markdown: `[text](url)`)."""
+    m = re.fullmatch(r"\[.*\]\((\S+)\)", artifact["data"] or "")
+    assert m, artifact
+    return m.group(1)
 
 
 def _task_runs(srv: PrefectServer, flow_run_id: str) -> list[dict]:
@@ -189,9 +197,9 @@ def test_ui_run_builds_and_the_trigger_retrains_with_the_speakers_settings(ops) 
     on_run = {a["key"] for a in arts if a["task_run_id"] is None}
     assert {f"corpus-{SPEAKER}-{s}" for s in ("fetch", "transcribe", "filter", "encode")} <= on_run, on_run
     assert f"corpus-{SPEAKER}-report" in on_run
-    links = [a for a in arts if a["type"] == "link"]
-    assert links and all(not a["data"].startswith("s3://") for a in links)
-    r = httpx.get(next(a["data"] for a in links if a["key"] == f"corpus-{SPEAKER}-report-file"))
+    links = [_link(a) for a in arts if a["key"].endswith(("-report-file", "-dir"))]
+    assert links and all(u.startswith("http") for u in links), links
+    r = httpx.get(links[0])
     assert r.status_code == 200 and f"version `{ops['version'][:16]}`" in r.text
 
     # the corpus-changed event started train-and-evaluate on the gpu-pool worker, with the speaker's stored settings
@@ -210,7 +218,7 @@ def test_ui_run_builds_and_the_trigger_retrains_with_the_speakers_settings(ops) 
     subflows = {c["id"]: {a["key"]: a for a in srv.artifacts(c["id"])} for c in _children(srv, retrain["id"])}
     evaluation, eval_arts = next((i, a) for i, a in subflows.items() if f"evaluation-{SPEAKER}-report-html" in a)
     ops["eval_run"] = evaluation
-    report = eval_arts[f"evaluation-{SPEAKER}-report-html"]["data"]
+    report = _link(eval_arts[f"evaluation-{SPEAKER}-report-html"])
     page = httpx.get(report)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "data:image/png;base64," in page.text  # the metrics plot travels inside the page
