@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from voicepipe.errors import InputError, ModelError, VoicepipeError
+from voicepipe.errors import InputError, ModelError, StoreError, VoicepipeError
 from voicepipe.evaluate import metrics as M
 from voicepipe.evaluate.selection import Selection, SelectionRule, select_checkpoint
 
 SCRIPT_PATH = Path(__file__).with_name("script.txt")
 _EPOCH_DIR = re.compile(r"^epoch[-_]?(\d+)$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def load_script(path: str | Path = SCRIPT_PATH) -> list[str]:
@@ -194,10 +193,10 @@ def _fetch(where: str, what: str, dest: Path, store: Any = None, settings: Any =
             backend.get_file(k, dest / k)
         return dest
     if store is not None:
-        sha = where if _SHA.match(where) else None
-        if sha is None:
-            ref = store.get_ref(where)
-            sha = ref["sha"] if ref else None
+        try:
+            sha = store.resolve(where)  # a ref, a sha256 or a unique prefix of one
+        except StoreError:
+            sha = None
         if sha is not None:
             return store.get_dir(sha, dest)
     raise InputError(f"{what} {where}: no such directory, S3 prefix, store object or ref")

@@ -312,9 +312,7 @@ def _resolve_corpus(corpus: str | Path, settings: Any, out: Path) -> Path:
         from voicepipe.store import open_store
 
         st = open_store(settings)
-        key = text[len("store:") :]
-        ref = st.get_ref(key)
-        sha = ref["sha"] if ref else key
+        sha = st.resolve(text[len("store:") :])  # a ref, a sha256 or a unique prefix of one
         return st.get_dir(sha, out / "corpus", overwrite=True)
     p = Path(corpus)
     if not p.is_dir():
