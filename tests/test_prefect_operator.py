@@ -197,7 +197,7 @@ def test_ui_run_builds_and_the_trigger_retrains_with_the_speakers_settings(ops) 
     on_run = {a["key"] for a in arts if a["task_run_id"] is None}
     assert {f"corpus-{SPEAKER}-{s}" for s in ("fetch", "transcribe", "filter", "encode")} <= on_run, on_run
     assert f"corpus-{SPEAKER}-report" in on_run
-    links = [_link(a) for a in arts if a["key"].endswith(("-report-file", "-dir"))]
+    links = [_link(a) for a in arts if (a["key"] or "").endswith(("-report-file", "-dir"))]
     assert links and all(u.startswith("http") for u in links), links
     r = httpx.get(links[0])
     assert r.status_code == 200 and f"version `{ops['version'][:16]}`" in r.text
