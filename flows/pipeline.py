@@ -61,6 +61,40 @@ def corpus_ref(speaker: str, corpus_version: str) -> str:
     return version_ref_name(speaker.lower(), corpus_version)
 
 
+def speaker_settings_ref(speaker: str) -> str:
+    """Store ref of a speaker's retraining settings: a JSON object `{"train": {...}, "evaluate": {...}}`."""
+    return f"speakers/{speaker.lower()}/settings"
+
+
+def effective_steps(store: Any, speaker: str, train: TrainStep, evaluate: EvaluateStep,
+                    use_stored: bool = True) -> tuple[TrainStep, EvaluateStep, str]:
+    """The train/evaluate settings a run uses: the speaker's settings in the store (`speakers/<speaker>/settings`,
+    written by `voice-pipeline` or `voicepipe store put settings.json --ref speakers/<speaker>/settings`) over the
+    run's parameters (the deployment's defaults in prefect.yaml, or what the UI form says). Returns the source too."""
+    from voicepipe.errors import InputError, StoreError
+
+    ref = store.get_ref(speaker_settings_ref(speaker)) if use_stored else None
+    if ref is None:
+        return train, evaluate, "run parameters (deployment defaults)"
+    try:
+        stored = store.get_json(ref["sha"])
+        t = TrainStep.model_validate({**train.model_dump(), **(stored.get("train") or {}), "out": train.out})
+        e = EvaluateStep.model_validate({**evaluate.model_dump(), **(stored.get("evaluate") or {})})
+    except (StoreError, AttributeError, ValueError) as err:
+        why = str(err).splitlines()[0]
+        raise InputError(f"speaker settings {speaker_settings_ref(speaker)}: unusable ({why})") from None
+    return t, e, f"store ref {speaker_settings_ref(speaker)} ({ref['sha'][:12]}, set {ref.get('set_at')})"
+
+
+def record_speaker_settings(store: Any, speaker: str, train: TrainStep, evaluate: EvaluateStep) -> None:
+    """Keep the settings of an explicit run as the speaker's: the triggered retrain of a later corpus uses them."""
+    body = {"train": train.model_dump(exclude={"out"}), "evaluate": evaluate.model_dump()}
+    ref = store.put_json(body, step="pipeline.speaker-settings", params={"speaker": speaker}, name="settings.json")
+    current = store.get_ref(speaker_settings_ref(speaker))
+    if current is None or current["sha"] != ref.sha256:
+        store.set_ref(speaker_settings_ref(speaker), ref)
+
+
 @flow(name="train-and-evaluate", log_prints=True)
 def train_and_evaluate(
     speaker: str,
@@ -68,22 +102,43 @@ def train_and_evaluate(
     train: TrainStep = TrainStep(),
     evaluate: EvaluateStep = EvaluateStep(),
     store_url: str | None = None,
+    use_speaker_settings: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune on a stored corpus version, evaluate every checkpoint, promote the best (gpu-pool)."""
+    """Fine-tune on a stored corpus version (or a unique prefix of it), evaluate every checkpoint, promote the best
+    (gpu-pool). With `use_speaker_settings`, the speaker's settings in the store override `train`/`evaluate`."""
     from flows.evaluate import evaluate_checkpoints
     from flows.train import train_voice
+    from tasks.common import failed
+    from tasks.preflight import check_models, evaluate_needs, train_needs
     from voicepipe.config import load_settings
-    from voicepipe.errors import InputError
+    from voicepipe.errors import InputError, VoicepipeError
+    from voicepipe.pipeline.audit import resolve_corpus_version
     from voicepipe.store import open_store
 
     speaker = speaker.lower()
     settings = load_settings(**({"store_url": store_url} if store_url else {}))
     store = open_store(settings)
-    ref_name = corpus_ref(speaker, corpus_version)
-    ref = store.get_ref(ref_name)
-    if ref is None:
-        raise InputError(f"corpus {speaker}@{corpus_version}: no store ref {ref_name} (build the corpus first)")
-    out = train.out or str(settings.home / "runs" / speaker / corpus_version)
+    try:
+        version = resolve_corpus_version(corpus_version, store) or corpus_version
+        ref_name = corpus_ref(speaker, version)
+        ref = store.get_ref(ref_name)
+        if ref is None:
+            raise InputError(f"corpus {speaker}@{corpus_version}: no store ref {ref_name} (build the corpus first)")
+        train, evaluate, source = effective_steps(store, speaker, train, evaluate, use_speaker_settings)
+        publish_table("train-and-evaluate-settings", [
+            {"setting": "base model", "value": train.base}, {"setting": "training config", "value": train.config},
+            {"setting": "training overrides", "value": str(train.overrides)},
+            {"setting": "evaluation overrides", "value": str(evaluate.overrides)},
+            {"setting": "reference", "value": str(evaluate.reference)},
+            {"setting": "promote", "value": str(evaluate.promote)}, {"setting": "from", "value": source},
+        ], description=f"settings of this retrain of {speaker} (from {source})")
+        print(f"train-and-evaluate {speaker} @ {version[:16]}: base {train.base}, config {train.config}, "
+              f"evaluation {evaluate.overrides or 'defaults'} (from {source})")
+        check_models(train_needs(train.base) + evaluate_needs(str(evaluate.overrides.get("asr", "auto")), train.base),
+                     store_url)
+    except VoicepipeError as e:
+        return failed(e)
+    out = train.out or str(settings.home / "runs" / speaker / version)
     trained = train_voice(
         corpus=f"store:{ref_name}",
         base=train.base,
@@ -106,13 +161,13 @@ def train_and_evaluate(
     voice = store.get_ref(f"voices/{speaker}")
     summary = {
         "speaker": speaker,
-        "corpus_version": corpus_version,
+        "corpus_version": version,
         "corpus_sha": ref["sha"],
         "checkpoints": str(_field(trained, "out_dir") or out),
         "chosen": _field(evaluated, "chosen"),
         "voice_sha": voice["sha"] if voice else None,
     }
-    publish_table("train-and-evaluate-summary", [summary], description=f"{speaker} @ corpus {corpus_version}")
+    publish_table("train-and-evaluate-summary", [summary], description=f"{speaker} @ corpus {version[:16]}")
     return summary
 
 
@@ -120,8 +175,21 @@ def train_and_evaluate(
 def voice_pipeline(params: PipelineParams) -> dict[str, Any]:
     """Build the corpus, then train, evaluate and promote on exactly that corpus version."""
     from flows.corpus import build_corpus
+    from tasks.common import failed
+    from tasks.preflight import check_models, corpus_needs, evaluate_needs, train_needs
+    from voicepipe.errors import VoicepipeError
 
     log = get_run_logger()
+    try:  # every model of every stage, before the corpus build starts
+        check_models(corpus_needs(params.corpus) + train_needs(params.train.base)
+                     + evaluate_needs(str(params.evaluate.overrides.get("asr", "auto")), params.train.base),
+                     params.corpus.store_url)
+    except VoicepipeError as e:
+        return failed(e)
+    from voicepipe.store import open_store
+
+    store = open_store(params.corpus.store_url) if params.corpus.store_url else open_store()
+    record_speaker_settings(store, params.corpus.speaker, params.train, params.evaluate)
     builder = build_corpus
     if params.dask_address:
         builder = build_corpus.with_options(task_runner=task_runner(params.dask_address))
@@ -134,6 +202,7 @@ def voice_pipeline(params: PipelineParams) -> dict[str, Any]:
         train=params.train,
         evaluate=params.evaluate,
         store_url=params.corpus.store_url,
+        use_speaker_settings=False,  # this run's own settings (just recorded as the speaker's)
     )
     publish_markdown(
         "voice-pipeline-summary",

@@ -2,6 +2,9 @@
 # Install everything voicepipe needs on a fresh Debian machine, once; a no-op when up to date.
 # - Debian: ffmpeg (pydub decoding), sox, espeak-ng (the synthetic podcast), libsndfile.
 # - .venv with the CPU torch 2.13.0 wheel pinned so no dependency drags in a CUDA torch.
+# - every other package at the version requirements.lock pins (made by scripts/lock.sh, on purpose), so a fresh
+#   machine gets what CI ran; a dependency missing from the lock (pyproject.toml changed, lock not re-run) is
+#   reported and installs unpinned until scripts/lock.sh is run.
 # - qwen-tts-hf with --no-deps: its gradio demo requirements are not needed by the model code.
 # - torchaudio: PyPI only has a CUDA-linked build for this torch; its compiled extension cannot load
 #   without the CUDA runtime, so we remove the .so files and torchaudio runs in its pure-Python mode
@@ -11,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.voicepipe-stamp
-want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements.lock scripts/bootstrap.sh | sha256sum | cut -c1-16)
 
 need_apt=()
 for bin in ffmpeg sox espeak-ng chromium; do command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin"); done
@@ -30,6 +33,11 @@ echo "[bootstrap] creating $VENV (a few minutes on first run)"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 CONSTRAINTS=$(mktemp)
 echo "torch==${TORCH_VERSION:-2.13.0}" > "$CONSTRAINTS"
+grep -v -E '^(#|torch==)' requirements.lock >> "$CONSTRAINTS"   # the torch pin above wins over the lock's
+lock_sha=$(sed -n 's/.*pyproject.toml sha256 \([0-9a-f]*\).*/\1/p' requirements.lock)
+if [ "$lock_sha" != "$(sha256sum pyproject.toml | cut -c1-16)" ]; then
+  echo "[bootstrap] warning: requirements.lock was made from another pyproject.toml: run scripts/lock.sh" >&2
+fi
 $PIP install -c "$CONSTRAINTS" "torch==${TORCH_VERSION:-2.13.0}" 2> >(grep -v "is ignored" >&2)
 $PIP install -c "$CONSTRAINTS" -e ".[dev]" 2> >(grep -v "is ignored" >&2)
 $PIP install --no-deps qwen-tts-hf==0.1.1.post1 2> >(grep -v "is ignored" >&2)

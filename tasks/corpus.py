@@ -21,10 +21,31 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import IO_RETRIES, publish_link, publish_markdown, publish_table
 from voicepipe.corpus.assemble import BuildResult, assemble, inline_images
-from voicepipe.corpus.build import context_for, list_sources
+from voicepipe.corpus.build import context_for as _context_for
+from voicepipe.corpus.build import list_sources
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource, SourceReject
 from voicepipe.corpus.steps import STEP_FUNCS, STEPS, EpisodeState
+
+_LOCAL: dict[str, CorpusParams] = {}
+
+
+def local_params(params: CorpusParams) -> CorpusParams:
+    """`params` with each enrollment clip given as `store:…`, `s3://…` or `http(s)://…` (from a UI form) fetched
+    to this machine's input cache (`voicepipe.store.inputs`); once per process and parameter set."""
+    from voicepipe.config import load_settings
+    from voicepipe.store.inputs import localize
+
+    key = params.model_dump_json()
+    if key not in _LOCAL:
+        settings = load_settings(**({"store_url": params.store_url} if params.store_url else {}))
+        _LOCAL[key] = params.model_copy(update={"enroll": localize(params.enroll, settings, what="enrollment clip")})
+    return _LOCAL[key]
+
+
+def context_for(params: CorpusParams) -> Any:
+    """The process's StepContext for `params` (`voicepipe.corpus.build.context_for`), enrollment fetched here."""
+    return _context_for(local_params(params))
 
 
 @task(name="corpus-list-episodes", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -61,9 +82,15 @@ STEP_TASKS: dict[str, Any] = {step: _step_task(step) for step in STEPS}
 def assemble_corpus(
     params: CorpusParams, states: list[EpisodeState], source_rejects: list[SourceReject]
 ) -> BuildResult:
-    """Write the corpus, store it, and leave one artifact per step plus the report."""
-    ctx = context_for(params)
-    result = assemble(ctx, states, source_rejects)
+    """Write the corpus and store it (the flow attaches the per-step tables and the report to its run)."""
+    return assemble(context_for(params), states, source_rejects)
+
+
+def publish_corpus_artifacts(params: CorpusParams, states: list[EpisodeState], result: BuildResult) -> None:
+    """One table per step (a row per episode), the report and a browser link to the stored corpus; called from
+    the flow body, so they hang on the flow run (its Artifacts tab), not on one task."""
+    from voicepipe.store.links import tree_link
+
     spk = params.speaker
     for step in STEPS:
         rows = []
@@ -81,6 +108,6 @@ def assemble_corpus(
     # the UI cannot resolve report.md's relative PNG links: its artifact copy carries the (small) plots inline
     publish_markdown(f"corpus-{spk}-report", inline_images(result.report_md, Path(result.out)),
                      description=f"corpus {spk} {result.version[:16]}")
-    uri = getattr(ctx.store, "url", "")
-    publish_link(f"corpus-{spk}-dir", f"{uri}#tree={result.dir_sha}", description="corpus directory in the store")
-    return result
+    ctx = context_for(params)
+    publish_link(f"corpus-{spk}-report-file", tree_link(ctx.store, result.dir_sha, "report.md", ctx.settings),
+                 description=f"report.md of corpus {result.version[:16]} (tree {result.dir_sha[:16]}) in the store")

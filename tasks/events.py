@@ -1,7 +1,9 @@
 """The `voicepipe.corpus.changed` event: emitted when a speaker's corpus version differs from the last one.
 
 The last version is kept in the store as the ref `corpus/<speaker>/latest` (`extra.version`), and every
-version ever built as `corpus/<speaker>/versions/<version>` (what `voicepipe audit CORPUS_VERSION` reads).
+version ever built as `corpus/<speaker>/versions/<version>` (what `voicepipe audit CORPUS_VERSION` reads), written
+once by the run that first built it; later runs that find the same version are recorded beside it as
+`corpus/<speaker>/rebuilds/<version>/<flow run id>`.
 `prefect.yaml`'s `train-and-evaluate` deployment has a trigger on this event that passes the payload's
 `speaker` and `version` as flow parameters. On a self-hosted server this is how "retrain when the corpus
 changes" works (webhooks are a Prefect Cloud feature).
@@ -9,6 +11,7 @@ changes" works (webhooks are a Prefect Cloud feature).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -27,6 +30,11 @@ def latest_ref_name(speaker: str) -> str:
 def version_ref_name(speaker: str, version: str) -> str:
     """Store ref recording one corpus version of a speaker (kept forever, for audits)."""
     return f"corpus/{speaker}/versions/{version}"
+
+
+def rebuild_ref_name(speaker: str, version: str, run: str) -> str:
+    """Store ref recording a later run that built an already-known corpus version (the version ref stays)."""
+    return f"corpus/{speaker}/rebuilds/{version}/{run}"
 
 
 def corpus_resource_id(speaker: str) -> str:
@@ -81,7 +89,14 @@ def record_corpus_version(
     extra = {"version": version, "speaker": speaker, **ids}
     if build_params is not None:
         extra["build_params"] = build_params
-    st.set_ref(version_ref_name(speaker, version), corpus_sha, extra=extra)
+    # the version ref is written once, by the build that made the version: a later run that finds the same version
+    # (an unchanged rebuild, whose tree differs only in its report's cache column) is recorded beside it
+    if st.get_ref(version_ref_name(speaker, version)) is None:
+        st.set_ref(version_ref_name(speaker, version), corpus_sha, extra=extra, if_absent=True)
+    else:
+        run_key = ids.get("flow_run_id") or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        st.set_ref(rebuild_ref_name(speaker, version, run_key), corpus_sha,
+                   extra={**extra, "rebuild_of": version_ref_name(speaker, version)})
     if prev == version:
         return {"changed": False, "previous_version": prev, "event_id": None}
     event = emit_event(

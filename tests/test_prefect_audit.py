@@ -97,8 +97,9 @@ def test_audit_flow_run(built) -> None:
 def test_audit_corpus_version_and_sha(built) -> None:
     out = _audit_text(built["version"], built)
     assert f"corpus version {built['version']}" in out
-    assert "speaker=auditspeaker" in out and f"built by flow run {built['run_id']}" in out
-    assert "corpus/auditspeaker/latest" in out and f"corpus/auditspeaker/versions/{built['version']}" in out
+    assert "speaker=auditspeaker" in out and f"corpus/auditspeaker/versions/{built['version']}" in out
+    # the run that built it, read back from the Prefect API
+    assert f"built by flow run {built['run_id']} (" in out and "state=COMPLETED" in out
     assert "corpus.segment x2" in out
     assert f"voice voices/auditspeaker -> {built['ckpt'][:12]}" in out and '"sim": 0.81' in out
 
@@ -128,3 +129,40 @@ def test_audit_json_form(built) -> None:
     assert report["kind"] == "corpus_version" and report["corpora"][0]["corpus_sha"] == built["tree"]
     assert json.loads(json.dumps(report, default=str))["target"] == built["version"]
     assert render(report).startswith(f"corpus version {built['version']}")
+
+
+def test_version_ref_survives_an_unchanged_rebuild_and_audit_takes_prefixes(built, prefect_server) -> None:
+    """A later run that finds the same corpus version (its tree differs: the report's cache column) leaves the version
+    ref on the first build and is recorded beside it; `audit` takes the 16-digit prefix the logs print."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.fixtures.prefect import _flush_prefect_workers
+
+    store_url = built["env"]["VOICEPIPE_STORE_URL"]
+    st = open_store(store_url)
+    name = f"corpus/auditspeaker/versions/{built['version']}"
+    before = st.get_ref(name)
+
+    @flow(name="audit-demo-rebuild")
+    def rebuild() -> str:
+        from prefect.runtime import flow_run
+
+        other_tree = st.put_json({"clips": [], "cache": "all hits"}, step="corpus.assemble", name="corpus.json")
+        assert notify_corpus_version(store_url, "auditspeaker", built["version"], other_tree.sha256) is False
+        return str(flow_run.id)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api}):
+        rerun_id = rebuild()
+        _flush_prefect_workers()
+    assert st.get_ref(name) == before  # written once
+    assert len(st.ref_history(name)) == 1
+    (rec,) = st.list_refs(f"corpus/auditspeaker/rebuilds/{built['version']}/")
+    assert rec["extra"]["flow_run_id"] == rerun_id and rec["extra"]["rebuild_of"] == name
+
+    out = _audit_text(built["version"][:8], built)
+    assert out.startswith(f"corpus version {built['version']}")
+    assert f"built by flow run {built['run_id']} (" in out
+    assert f"rebuilt unchanged by flow run {rerun_id}" in out
+    # an object's sha prefix too
+    out = _audit_text(built["ckpt"][:12], built)
+    assert "step=train.checkpoint" in out

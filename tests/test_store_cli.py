@@ -52,3 +52,20 @@ def test_store_commands(tmp_path):
     assert isinstance(r.exception, StoreError) and "voices/bob" in str(r.exception)
     r = run(app, ["store", "check", "--store", "ftp://somewhere/x"])
     assert isinstance(r.exception, ConfigError) and "ftp://somewhere/x" in str(r.exception)
+
+
+def test_store_commands_take_sha_prefixes_and_print_links(tmp_path, monkeypatch):
+    url = f"file://{tmp_path / 'store'}"
+    run = CliRunner().invoke
+    app = _app()
+    src = tmp_path / "rep"
+    src.mkdir()
+    (src / "report.html").write_text("<p>hi</p>")
+    tree = run(app, ["store", "put", str(src), "--store", url]).output.strip()
+    r = run(app, ["store", "get", tree[:16], str(tmp_path / "out"), "--store", url])  # the 16 digits logs print
+    assert r.exit_code == 0 and (tmp_path / "out" / "report.html").read_text() == "<p>hi</p>"
+    r = run(app, ["store", "lineage", tree[:10], "--store", url])
+    assert r.exit_code == 0 and r.output.startswith(tree[:12])
+    monkeypatch.setenv("VOICEPIPE_LINK_BASE_URL", "http://127.0.0.1:8787")
+    r = run(app, ["store", "link", tree[:8], "report.html", "--store", url])
+    assert r.exit_code == 0 and r.output.strip() == f"http://127.0.0.1:8787/trees/{tree}/report.html"

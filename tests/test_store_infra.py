@@ -130,3 +130,53 @@ def test_prefect_variables_are_real_prefect_settings(compose):
         env = svc.get("environment") or {}
         names |= {k for k in env if k.startswith("PREFECT_")}
     assert names and names - known == set()
+
+
+def test_setup_is_safe_by_default(compose):
+    """The plain-command path needs no Postgres, secrets stay out of git, and everything binds loopback."""
+    env = env_example()
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in env  # SQLite unless a Postgres server is really started
+    assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+    assert env["MINIO_ADDRESS"].startswith("127.0.0.1:") and env["VOICEPIPE_RELAY_HOST"] == "127.0.0.1"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=ROOT)
+    assert ignored.returncode == 0, "infra/.env (the passwords) must be git-ignored"
+    assert "${PREFECT_SERVER_API_HOST:-127.0.0.1}" in (INFRA / "start-prefect-server.sh").read_text()
+    assert "${MINIO_ADDRESS:-127.0.0.1:9000}" in (INFRA / "start-minio.sh").read_text()
+    for svc in ("minio", "prefect-server"):
+        assert all(str(p).startswith("127.0.0.1:") for p in compose["services"][svc]["ports"]), svc
+    assert "--host 0.0.0.0" not in (INFRA / "README.md").read_text()
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name] = version
+    return pins
+
+
+def test_lock_pins_every_dependency_and_keeps_the_cpu_torch():
+    """requirements.lock (scripts/lock.sh) pins every dependency of pyproject.toml, torch at the CPU set-up's 2.13.0
+    and nothing of CUDA; a stale lock (pyproject.toml changed since) fails here: run scripts/lock.sh."""
+    import hashlib
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    missing = [str(r) for r in wanted if canonicalize_name(r.name) not in pins]
+    assert not missing, f"not in requirements.lock (run scripts/lock.sh): {missing}"
+    for r in wanted:
+        assert r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True), str(r)
+    assert pins["torch"] == "2.13.0"
+    assert not [n for n in pins if n.startswith("nvidia-") or n == "triton"]
+    header = (ROOT / "requirements.lock").read_text().splitlines()[1]
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    assert f"pyproject.toml sha256 {digest}" in header, "pyproject.toml changed since the lock: run scripts/lock.sh"
+    for installer in ("scripts/bootstrap.sh", "infra/Dockerfile"):
+        assert "requirements.lock" in (ROOT / installer).read_text(), installer
+    assert 'TORCH_VERSION:-2.13.0' in (ROOT / "scripts/bootstrap.sh").read_text()

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_max_attempts: int = 3
     s3_connect_timeout: float = 5.0
+    # links shown to people (Prefect UI artifacts): never s3:// (voicepipe.store.links)
+    s3_public_endpoint_url: str | None = None  # the S3 endpoint as browsers reach it (default: s3_endpoint_url)
+    link_base_url: str | None = None  # the store relay as browsers reach it (permanent links); else presigned URLs
+    link_expires_s: int = 7 * 24 * 3600  # presigned links' lifetime (S3's SigV4 maximum: 7 days)
     offline: bool = True  # never reach a model hub unless explicitly allowed
     models_dir: Path | None = None  # where local model directories live (base model, codec, ...)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -39,8 +39,12 @@ class CorpusParams(BaseModel):
     """Everything `voicepipe corpus build` / the `build_corpus` flow takes (rendered as a form in the Prefect UI)."""
 
     speaker: str = Field(..., description="Name of the target speaker (stored lower-case).")
-    enroll: list[str] = Field(..., min_length=1, description="Clean reference clips of the target speaker.")
-    out: str = Field(..., description="Output directory for the corpus.")
+    enroll: list[str] = Field(..., min_length=1, description=(
+        "Clean reference clips of the target speaker: store:<ref or sha> (`voicepipe store put clip.wav --ref "
+        "enroll/NAME`), s3://bucket/key, http(s):// URLs, or paths on the worker."))
+    out: str | None = Field(None, description=(
+        "Output directory on the worker (optional: the corpus always lands in the artifact store; "
+        "default <home>/corpus/<speaker>/<flow run id>)."))
     feeds: list[str] = Field(default_factory=list, description="RSS/Atom feed URLs (or local feed files).")
     sources: list[str] = Field(default_factory=list, description="Local folders or s3://bucket/prefix of audio.")
     max_episodes: int | None = Field(None, ge=1, description="Use at most this many episodes (newest first).")

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,14 +26,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from voicepipe.errors import InputError, ModelError, VoicepipeError
+from voicepipe.errors import InputError, ModelError, StoreError, VoicepipeError
 from voicepipe.evaluate import metrics as M
 from voicepipe.evaluate.selection import Selection, SelectionRule, select_checkpoint
 from voicepipe.models.prompt import corpus_language, normalize_language, read_voice_meta
 
 SCRIPT_PATH = Path(__file__).with_name("script.txt")
 _EPOCH_DIR = re.compile(r"^epoch[-_]?(\d+)$")
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def load_script(path: str | Path = SCRIPT_PATH) -> list[str]:
@@ -219,10 +219,10 @@ def _fetch(where: str, what: str, dest: Path, store: Any = None, settings: Any =
             backend.get_file(k, dest / k)
         return dest
     if store is not None:
-        sha = where if _SHA.match(where) else None
-        if sha is None:
-            ref = store.get_ref(where)
-            sha = ref["sha"] if ref else None
+        try:
+            sha = store.resolve(where)  # a ref, a sha256 or a unique prefix of one
+        except StoreError:
+            sha = None
         if sha is not None:
             return store.get_dir(sha, dest)
     raise InputError(f"{what} {where}: no such directory, S3 prefix, store object or ref")
@@ -501,11 +501,12 @@ def aggregate(row: Row) -> Row:
     return row
 
 
-def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
+def evaluate_model(ctx: EvalContext, entry: Entry, on_sample: Callable[[int, int], None] | None = None) -> Row:
     """Load one model, synthesize every text, score every sample. Failures become a failed row, never a raise.
 
     Fine-tuned checkpoints (and the reference) are synthesized through the serving engine, all texts at once; the
-    base model's zero-shot clone through the package's `generate_voice_clone` (see `voicepipe.evaluate.synth`)."""
+    base model's zero-shot clone through the package's `generate_voice_clone` (see `voicepipe.evaluate.synth`).
+    `on_sample(done, total)` is called after each scored sample (e.g. a Prefect progress artifact)."""
     import torch
     from tqdm import tqdm
 
@@ -554,6 +555,8 @@ def evaluate_model(ctx: EvalContext, entry: Entry) -> Row:
                                             language=cfg.language, seed=cfg.seed, generation=gen)
         for i, ((kind, _), s) in enumerate(zip(ctx.texts, synths, strict=True)):
             row.samples.append(score_sample(ctx, kind, s, sample_dir / f"{i:02d}-{kind}.wav"))
+            if on_sample is not None:
+                on_sample(i + 1, len(ctx.texts))
         aggregate(row)
         audio = sum(s.audio_s for s in synths)
         row.rtf = M.rtf(wall, audio) if audio > 0 else None  # the generator's own: batch wall time / audio seconds

@@ -25,7 +25,11 @@ turns a failure into a `ModelError` that says what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
+import warnings
 from typing import Any
 
 import torch
@@ -38,7 +42,10 @@ _APPLIED = False
 def import_qwen_tts() -> Any:
     """Import and return the `qwen_tts` package, with a clear error if it (or torchaudio) cannot load."""
     try:
-        import qwen_tts
+        # its 25 Hz tokenizer prints a flash-attn banner on import (to stdout, on every run); voicepipe uses the
+        # 12 Hz path, which never calls flash-attn: keep the banner out of the run logs
+        with contextlib.redirect_stdout(io.StringIO()):
+            import qwen_tts
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ModelError(
             f"qwen_tts: cannot import ({e}); install with `pip install --no-deps qwen-tts-hf==0.1.1.post1` "
@@ -97,7 +104,26 @@ def apply_compat() -> None:
         return
     fix_rope_init()
     fix_tied_weights_keys()
+    quiet_known_noise()
     _APPLIED = True
+
+
+class _DropMropeKeys(logging.Filter):
+    """Drops transformers' "Unrecognized keys in `rope_parameters` … {'mrope_section', 'interleaved'}": the talker's
+    MRoPE attention reads those keys itself (they are right, not unrecognized)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("Unrecognized keys in `rope_parameters`" in msg and "mrope_section" in msg)
+
+
+def quiet_known_noise() -> None:
+    """Silence the warnings every Qwen3-TTS run printed that say nothing about the run (issue 16): the rope keys
+    above, and generate's `repetition_penalty` UserWarning: Qwen3-TTS generates from `inputs_embeds` by design, so
+    the penalty applies to generated codec tokens only, which is what its generation config intends."""
+    logging.getLogger("transformers.modeling_rope_utils").addFilter(_DropMropeKeys())
+    warnings.filterwarnings("ignore", message=r"Passing `repetition_penalty` with `inputs_embeds`",
+                            category=UserWarning)
 
 
 def _init_params(cls: type) -> set[str] | None:

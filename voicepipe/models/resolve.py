@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,26 @@ def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: A
             f"{_how_to_provide(kind, name, models_dir)}"
         )
     return name
+
+
+def preflight(needs: Iterable[tuple[str, str | Path | None]], settings: Any = None) -> dict[str, Path | str]:
+    """Resolve every model a run will load, before it does any work: `needs` is `(kind, name or path or None)`
+    pairs (None: the kind's default). Returns `{"<kind> <name>": where}`; raises ONE `ModelError` whose single line
+    is the first failure's message, followed by the other missing models' names (`; also missing: …`)."""
+    if settings is None:
+        from voicepipe.config import load_settings
+
+        settings = load_settings()
+    found: dict[str, Path | str] = {}
+    errors: list[tuple[str, ModelError]] = []
+    for kind, name in dict.fromkeys(needs):  # each (kind, name) once, in order
+        label = f"{kind} {name if name not in (None, '') else KINDS.get(kind, {}).get('default', '')}"
+        try:
+            found[label] = resolve_model(kind, name, settings)
+        except ModelError as e:
+            errors.append((label, e))
+    if errors:
+        first = str(errors[0][1])
+        more = f"; also missing: {', '.join(label for label, _ in errors[1:])}" if len(errors) > 1 else ""
+        raise ModelError(first + more)
+    return found

@@ -4,9 +4,10 @@ Sources:
 - a Prefect flow run id (UUID): the run (flow, deployment, state, parameters), its task runs, its artifacts and
   its subflow runs, read from the Prefect API (PREFECT_API_URL, or the local ephemeral database when unset);
   then the store lineage of every stored object the run's artifacts/parameters/result name by sha256;
-- a corpus version: the store refs `corpus/<speaker>/versions/<version>` (written when the corpus was built, with
-  the building flow run's id), the corpus tree's lineage, and the voices in the registry trained from it;
-- a sha256: that object's sidecar and lineage.
+- a corpus version, or a unique prefix of it: the store ref `corpus/<speaker>/versions/<version>` (written once,
+  by the run that built the version), that run read back from the Prefect API, later runs that found the same
+  version (`corpus/<speaker>/rebuilds/<version>/<run>`), the corpus tree's lineage, and the voices trained from it;
+- a sha256 or a unique prefix of one: that object's sidecar and lineage.
 
 `audit(target)` returns a plain dict (JSON-able); `render(report)` turns it into readable text.
 """
@@ -159,19 +160,71 @@ def _exists(store: Any, sha: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- store side
-def audit_corpus_version(version: str, store: Any) -> dict[str, Any]:
-    """Audit a corpus version: which speaker, which corpus tree, its lineage, the run that built it, voices from it."""
-    matches = [r for r in store.list_refs("corpus/") if (r.get("extra") or {}).get("version") == version]
-    # the versions/<version> refs record every build; `latest` may point at the same tree
-    by_sha: dict[str, dict[str, Any]] = {}
-    for r in matches:
-        by_sha.setdefault(r["sha"], {"refs": [], "extra": r.get("extra") or {}})["refs"].append(r["name"])
-    if not by_sha:
+def corpus_versions(store: Any) -> dict[str, list[dict[str, Any]]]:
+    """Every recorded corpus version -> the refs that record it (`versions/<v>` first, then `rebuilds/<v>/…`)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in store.list_refs("corpus/"):
+        v = (r.get("extra") or {}).get("version")
+        if v and ("/versions/" in r["name"] or "/rebuilds/" in r["name"]):
+            out.setdefault(str(v), []).append(r)
+    return out
+
+
+def resolve_corpus_version(target: str, store: Any) -> str | None:
+    """The corpus version `target` names: the version itself or a unique prefix of it (logs print 16 digits).
+    None when no recorded version starts with it; InputError when several do."""
+    versions = corpus_versions(store)
+    if target in versions:
+        return target
+    hits = sorted(v for v in versions if v.startswith(target))
+    if len(hits) > 1:
+        raise InputError(f"corpus version {target!r}: ambiguous prefix ({len(hits)} versions: "
+                         f"{', '.join(h[:16] for h in hits[:5])}); give more digits")
+    return hits[0] if hits else None
+
+
+def _run_summary(run_id: str) -> dict[str, Any]:
+    """The flow run's name, deployment, state and times from the Prefect API; `error` when it cannot be read."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(run_id))
+            deployment = None
+            if run.deployment_id:
+                try:
+                    deployment = client.read_deployment(run.deployment_id).name
+                except Exception:  # a deleted deployment must not stop the audit
+                    deployment = str(run.deployment_id)
+            return {"id": run_id, "name": run.name, "deployment": deployment,
+                    "state": run.state.type.value if run.state else None,
+                    "start_time": str(run.start_time) if run.start_time else None,
+                    "end_time": str(run.end_time) if run.end_time else None}
+    except Exception as e:  # no server, run deleted: the store's record still stands
+        return {"id": run_id, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
+
+
+def audit_corpus_version(version: str, store: Any, prefect_api: bool = True) -> dict[str, Any]:
+    """Audit a corpus version (or a unique prefix of it): which speaker, which corpus tree, its lineage, the run
+    that built it (from the Prefect API), later runs that found the same version, and voices trained from it."""
+    resolved = resolve_corpus_version(version, store)
+    if resolved is None:
         raise InputError(f"corpus version {version!r}: no store ref records it (corpus/<speaker>/versions/…)")
+    version = resolved
+    refs = corpus_versions(store)[version]
+    firsts = [r for r in refs if "/versions/" in r["name"]] or refs[:1]
+    rebuilds = [r for r in refs if "/rebuilds/" in r["name"]]
     corpora = []
-    for sha, info in sorted(by_sha.items()):
-        entry = {"corpus_sha": sha, "refs": sorted(info["refs"]), **info["extra"], **summarize_lineage(store, sha)}
-        entry["voices"] = _voices_from(store, sha, version)
+    for r in firsts:
+        extra = r.get("extra") or {}
+        entry = {"corpus_sha": r["sha"], "refs": [r["name"]], **extra, "set_at": r.get("set_at"),
+                 **summarize_lineage(store, r["sha"])}
+        if extra.get("flow_run_id") and prefect_api:
+            entry["built_by"] = _run_summary(str(extra["flow_run_id"]))
+        entry["rebuilds"] = [{"ref": b["name"], "corpus_sha": b["sha"], "set_at": b.get("set_at"),
+                              "flow_run_id": (b.get("extra") or {}).get("flow_run_id")}
+                             for b in rebuilds if (b.get("extra") or {}).get("speaker") == extra.get("speaker")]
+        entry["voices"] = _voices_from(store, r["sha"], version)
         corpora.append(entry)
     return {"kind": "corpus_version", "target": version, "corpora": corpora}
 
@@ -207,8 +260,17 @@ def audit(target: str, *, store: Any = None, settings: Any = None, prefect_api: 
         return audit_flow_run(rid, store=st)
     st = _store(store, settings)
     if re.fullmatch(r"[0-9a-f]{64}", target) and _exists(st, target):
-        return {"kind": "object", "target": target, **summarize_lineage(st, target)}
-    return audit_corpus_version(target, st)
+        if resolve_corpus_version(target, st) is None:
+            return {"kind": "object", "target": target, **summarize_lineage(st, target)}
+    if resolve_corpus_version(target, st) is not None:
+        return audit_corpus_version(target, st, prefect_api=prefect_api)
+    if re.fullmatch(r"[0-9a-f]{4,63}", target.lower()):  # a unique prefix of an object's sha256
+        try:
+            sha = st.resolve(target)
+        except StoreError as e:
+            raise InputError(f"audit {target}: no corpus version starts with it, and {e}") from None
+        return {"kind": "object", "target": sha, **summarize_lineage(st, sha)}
+    return audit_corpus_version(target, st, prefect_api=prefect_api)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -284,8 +346,18 @@ def render(report: dict[str, Any]) -> str:
         for c in report["corpora"]:
             lines.append(
                 f"  speaker={c.get('speaker')} corpus={c['corpus_sha'][:12]} refs={', '.join(c['refs'])} "
-                f"built by flow run {c.get('flow_run_id')}"
+                f"recorded {c.get('set_at')}"
             )
+            run = c.get("built_by")
+            if run and "error" not in run:
+                lines.append(f"  built by flow run {run['id']} ({run['name']}): deployment={run['deployment']} "
+                             f"state={run['state']} {run['start_time']} -> {run['end_time']}")
+            else:
+                why = f" (Prefect API: {run['error']})" if run else ""
+                lines.append(f"  built by flow run {c.get('flow_run_id') or '(outside Prefect)'}{why}")
+            for b in c.get("rebuilds") or []:
+                lines.append(f"  rebuilt unchanged by flow run {b['flow_run_id']} at {b['set_at']} "
+                             f"(tree {b['corpus_sha'][:12]}, ref {b['ref']})")
             lines += _render_lineage(c, "    ")
             for v in c["voices"]:
                 lines.append(f"    voice {v['ref']} -> {v['sha'][:12]} (set {v['set_at']}): {_fmt_params(v['extra'])}")

@@ -8,12 +8,11 @@ from typing import Any
 
 import typer
 
-from voicepipe.errors import StoreError
-
 store_app = typer.Typer(help="Inspect the artifact store (objects, refs, lineage).", no_args_is_help=True)
 
 _CONFIG = typer.Option(None, "--config", help="YAML settings file.")
 _STORE = typer.Option(None, "--store", help="Store URL (default: the settings' store_url).")
+_WHAT = "sha256, unique sha256 prefix or ref name"
 
 
 def _open(config: Path | None, store: str | None) -> Any:
@@ -24,13 +23,8 @@ def _open(config: Path | None, store: str | None) -> Any:
 
 
 def _resolve(st: Any, what: str) -> str:
-    """A sha256, or the name of a ref (its current sha)."""
-    if len(what) == 64 and all(c in "0123456789abcdef" for c in what.lower()):
-        return what.lower()
-    ref = st.get_ref(what)
-    if ref is None:
-        raise StoreError(f"{what}: neither a sha256 nor a ref in store {st.url}")
-    return ref["sha"]
+    """A sha256, a unique sha256 prefix (as logs and reports print them), or the name of a ref (its current sha)."""
+    return st.resolve(what)
 
 
 @store_app.command("check")
@@ -52,7 +46,7 @@ def refs(prefix: str = typer.Argument("", help="Ref name prefix, e.g. voices/"),
 
 
 @store_app.command("lineage")
-def lineage(what: str = typer.Argument(..., help="sha256 or ref name"), as_json: bool = typer.Option(False, "--json"),
+def lineage(what: str = typer.Argument(..., help=_WHAT), as_json: bool = typer.Option(False, "--json"),
             config: Path | None = _CONFIG, store: str | None = _STORE) -> None:
     """Everything an artifact was made from, back to its sources (step, name, params, code version)."""
     st = _open(config, store)
@@ -71,7 +65,7 @@ def lineage(what: str = typer.Argument(..., help="sha256 or ref name"), as_json:
 
 
 @store_app.command("get")
-def get(what: str = typer.Argument(..., help="sha256 or ref name"), dest: Path = typer.Argument(...),
+def get(what: str = typer.Argument(..., help=_WHAT), dest: Path = typer.Argument(...),
         config: Path | None = _CONFIG, store: str | None = _STORE) -> None:
     """Fetch an object (a file, or a whole directory for a tree) to DEST, verified against its hash."""
     st = _open(config, store)
@@ -84,12 +78,42 @@ def get(what: str = typer.Argument(..., help="sha256 or ref name"), dest: Path =
 def put(path: Path = typer.Argument(..., help="A file or a directory"), step: str = typer.Option("manual"),
         ref: str | None = typer.Option(None, help="Also point this ref at it"),
         config: Path | None = _CONFIG, store: str | None = _STORE) -> None:
-    """Store a file or a directory by hand (recorded with step 'manual' unless given); prints its sha256."""
+    """Store a file or a directory by hand (recorded with step 'manual' unless given); prints its sha256.
+
+    E.g. enrollment clips for a corpus build started from the Prefect UI: `voicepipe store put alice.wav --ref
+    enroll/alice`, then give `store:enroll/alice` (or the printed sha, or its s3:// URI) as the form's enrollment."""
     st = _open(config, store)
     out = st.put_dir(path, step=step) if path.is_dir() else st.put_file(path, step=step)
     if ref:
         st.set_ref(ref, out)
     typer.echo(out.sha256)
+
+
+@store_app.command("link")
+def link(what: str = typer.Argument(..., help=_WHAT),
+         path: str | None = typer.Argument(None, help="A file inside a stored directory tree"),
+         config: Path | None = _CONFIG, store: str | None = _STORE) -> None:
+    """Print a link a browser can open (relay URL, presigned S3 URL, or file:// for a local store)."""
+    from voicepipe.config import load_settings
+    from voicepipe.store.links import browser_link, tree_link
+
+    settings = load_settings(config, store_url=store)
+    st = _open(config, store)
+    sha = st.resolve(what)
+    typer.echo(tree_link(st, sha, path, settings) if path else browser_link(st, sha, settings=settings))
+
+
+@store_app.command("serve")
+def serve(host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
+          port: int = typer.Option(8787), config: Path | None = _CONFIG, store: str | None = _STORE) -> None:
+    """Run the store relay: browser links /files/<sha>/<name>, /trees/<sha>/<path>, and the MinIO event hook.
+
+    Set VOICEPIPE_LINK_BASE_URL=http://<this host>:<port> on the workers so their UI links point here."""
+    import uvicorn
+
+    from voicepipe.store.relay import create_app
+
+    uvicorn.run(create_app(store=_open(config, store)), host=host, port=port, log_level="warning")
 
 
 def register(app: typer.Typer) -> None:

@@ -364,13 +364,21 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ refs
 
-    def set_ref(self, name: str, sha: str | ArtifactRef, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Point the named ref at an existing object; the previous value stays in the ref's history."""
+    def set_ref(self, name: str, sha: str | ArtifactRef, extra: Mapping[str, Any] | None = None, *,
+                if_absent: bool = False) -> dict[str, Any]:
+        """Point the named ref at an existing object; the previous value stays in the ref's history.
+
+        `if_absent=True` writes the ref only if it was never set (a record written once, e.g. the run that built
+        a corpus version) and otherwise returns the existing value untouched (compare its `sha`). On S3 this is
+        check-then-write: two writers racing on a new name can both believe they wrote it; the last one stays.
+        """
         name = _check_name(name, "ref name")
         sha = _check_sha(sha)
         if not self.exists(sha):
             raise StoreError(f"ref {name}: object {sha} not found in store {self.url}")
         previous = self.get_ref(name)
+        if if_absent and previous is not None:
+            return previous
         value = {
             "name": name,
             "sha": sha,
@@ -418,6 +426,36 @@ class ArtifactStore:
                 if raw is not None:
                     out.append(json.loads(raw))
         return out
+
+    # ------------------------------------------------------------------ names people type
+
+    def resolve(self, what: str) -> str:
+        """The sha256 named by `what`: a full sha256, a ref name, or a unique hex prefix (at least 4 digits) of an
+        object's sha256 (as printed in logs and reports). Raises StoreError naming `what` when it names nothing
+        or, for a prefix, more than one object."""
+        what = str(what).strip()
+        low = what.lower()
+        if _SHA_RE.match(low):
+            return low
+        if what and not what.startswith("/") and ".." not in what.split("/"):
+            try:
+                ref = self.get_ref(what)
+            except StoreError:
+                ref = None
+            if ref is not None:
+                return ref["sha"]
+        if not re.fullmatch(r"[0-9a-f]{4,63}", low):
+            raise StoreError(f"{what!r}: neither a sha256, a unique sha256 prefix (4+ hex digits) nor a ref "
+                             f"in store {self.url}")
+        matches = [k.rsplit("/", 1)[-1] for k in self.backend.list(f"objects/{low[:2]}/{low}")]
+        matches = sorted({m for m in matches if _SHA_RE.match(m)})
+        if not matches:
+            raise StoreError(f"{what}: no object in store {self.url} has a sha256 starting with it (nor a ref)")
+        if len(matches) > 1:
+            shown = ", ".join(m[:16] for m in matches[:5])
+            raise StoreError(f"{what}: ambiguous sha256 prefix in store {self.url} ({len(matches)} objects: "
+                             f"{shown}{', …' if len(matches) > 5 else ''}); give more digits")
+        return matches[0]
 
     # ------------------------------------------------------------------ memo
 

@@ -1,4 +1,14 @@
-"""MinIO bucket notifications -> Prefect events (optional; for corpus refs written outside Prefect flows).
+"""The store relay: browser links to stored files, and MinIO bucket notifications -> Prefect events.
+
+Links (what `voicepipe.store.links` points at when `VOICEPIPE_LINK_BASE_URL` is this relay's address):
+
+    GET /files/<sha256>/<name>     one stored object, with its content type (name: only for the browser)
+    GET /trees/<sha256>/<path>     a file inside a stored directory tree: a page's relative links stay in the tree
+
+Both are read-only and verified against the hash. Anyone who reaches the relay can read the store: it binds
+loopback by default (`voicepipe store serve`); expose it only on a network you trust.
+
+Events (optional; for corpus refs written outside Prefect flows):
 
 Prefect webhooks are a Prefect Cloud feature; on a self-hosted server an event can come from a flow
 (`build_corpus` emits `voicepipe.corpus.changed` itself) or from this relay. MinIO posts a notification for each
@@ -104,6 +114,40 @@ def create_app(store: ArtifactStore | None = None, emit: Emitter | None = None, 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    def _serve(sha: str, name: str) -> Any:
+        from fastapi.responses import Response
+
+        from voicepipe.errors import StoreError
+        from voicepipe.store.links import _name_and_type
+
+        st = _store()
+        try:
+            data = st.get_bytes(sha)
+        except StoreError as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        _, ctype = _name_and_type(st, sha, name)
+        immutable = {"Cache-Control": "public, max-age=31536000, immutable"}  # content-addressed
+        return Response(content=data, media_type=ctype, headers=immutable)
+
+    @app.get("/files/{sha}/{name:path}")
+    def file_route(sha: str, name: str) -> Any:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise HTTPException(status_code=404, detail=f"{sha}: not a sha256")
+        return _serve(sha, name)
+
+    @app.get("/trees/{sha}/{path:path}")
+    def tree_file(sha: str, path: str) -> Any:
+        from voicepipe.errors import StoreError
+        from voicepipe.store.links import tree_entry
+
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise HTTPException(status_code=404, detail=f"{sha}: not a sha256")
+        try:
+            entry = tree_entry(_store(), sha, path)
+        except StoreError as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        return _serve(entry, path.rsplit("/", 1)[-1])
 
     @app.post("/minio")
     def minio(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:

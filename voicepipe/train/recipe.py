@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,13 +85,15 @@ def train(
     resume: bool = True,
     progress: bool = True,
     keep_model: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `base` on the corpus for `speaker`; write `<out>/epoch-NNN/`, `training.json`, `loss.png`.
 
     `corpus`: a corpus dir, `s3://bucket/prefix`, or `store:<sha-or-ref>`. `base`: a local Qwen3-TTS Base model dir
     (or a name `voicepipe.models.resolve_model` knows). `store`: an ArtifactStore, URL or Settings to upload the kept
     checkpoints and training.json to (None = no upload). With `resume`, a run killed in the same `out_dir` continues
-    from its last saved training state.
+    from its last saved training state. `on_progress` is called after every optimizer step with
+    `{step, total_steps, epoch, epochs, loss}` (on the main process).
     """
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     out = Path(out_dir)
@@ -239,6 +242,9 @@ def train(
                                      lr=scheduler.get_last_lr()[0]))  # fmt: skip
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}", gnorm=f"{gn:.2f}")
+            if on_progress is not None and main:  # e.g. a Prefect progress artifact (tasks/train.py)
+                on_progress({"step": ts.global_step, "total_steps": total_steps, "epoch": epoch + 1,
+                             "epochs": cfg.epochs, "loss": step_loss})
             stop_reason = ts.step_guard(step_loss, cfg)
             if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
                 break
@@ -310,9 +316,7 @@ def _resolve_corpus(corpus: str | Path, settings: Any, out: Path) -> Path:
         from voicepipe.store import open_store
 
         st = open_store(settings)
-        key = text[len("store:") :]
-        ref = st.get_ref(key)
-        sha = ref["sha"] if ref else key
+        sha = st.resolve(text[len("store:") :])  # a ref, a sha256 or a unique prefix of one
         return st.get_dir(sha, out / "corpus", overwrite=True)
     p = Path(corpus)
     if not p.is_dir():
