@@ -1,4 +1,4 @@
-"""`build_corpus`: podcast feed / folders / S3 -> a clean single-speaker corpus, fanned out per episode.
+"""`build_corpus`: podcast feed / folders / S3 / studio sessions -> a clean single-speaker corpus, per episode.
 
     list_episodes                                  feeds, folders, s3 prefixes (bad feeds -> rejects)
       -> per episode (thread pool, chained futures):
@@ -34,6 +34,14 @@ def build_corpus(params: CorpusParams) -> dict[str, Any]:
         for step in STEPS:
             fut = STEP_TASKS[step].submit(params, fut)
         chains.append(fut)
+    if params.studio:  # kept takes of studio sessions: the same steps, known transcripts
+        from tasks.studio import TAKE_STEP_TASKS, list_studio_takes
+
+        for take in list_studio_takes(params):
+            fut = EpisodeState(source=take)
+            for step in STEPS:
+                fut = TAKE_STEP_TASKS[step].submit(params, fut)
+            chains.append(fut)
     states = [f.result() for f in chains]
     result = assemble_corpus(params, states, source_rejects)
     ctx = context_for(params)

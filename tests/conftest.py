@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.corpus",
     "tests.fixtures.train",
     "tests.fixtures.prefect",
+    "tests.fixtures.studio",
 ]

@@ -102,11 +102,15 @@ def load_script(path: str | Path | None = None, language: str = "en-us") -> Scri
 
 @lru_cache(maxsize=32)
 def _backend(language: str):  # noqa: ANN202 - phonemizer's EspeakBackend
+    import logging
+
     from phonemizer.backend import EspeakBackend
 
+    quiet = logging.getLogger("voicepipe.studio.phonemizer")
+    quiet.setLevel(logging.ERROR)  # phonemizer warns about word counts we do not use
     try:
         return EspeakBackend(language, preserve_punctuation=False, with_stress=False,
-                             language_switch="remove-flags", words_mismatch="ignore")
+                             language_switch="remove-flags", words_mismatch="ignore", logger=quiet)
     except RuntimeError as e:  # unknown language or espeak-ng missing
         raise InputError(f"phonemes for language {language!r}: {e}") from None
 
