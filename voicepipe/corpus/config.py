@@ -60,8 +60,9 @@ class CorpusParams(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="Network timeout per request.")
     studio: list[str] = Field(default_factory=list, description="Studio sessions (`voicepipe studio`) whose kept "
                               "takes join the corpus with their known text: SESSION of `speaker`, or SPEAKER/SESSION.")
-    studio_max_wer: float = Field(0.5, ge=0, description="Studio takes whose ASR transcript is further from the "
-                                  "prompt than this (WER) are dropped.")
+    studio_max_wer: float = Field(0.75, ge=0, description="Studio takes whose ASR transcript is further from the "
+                                  "prompt than this (WER) are dropped: a take of the wrong prompt; the studio page's "
+                                  "stricter words check ran while recording.")
 
     def resolved_separation_batch(self, device: str) -> int:
         """`separation_batch`, with 0 (auto) resolved for `device`: 16 on CUDA, 1 on CPU (benchmarks/RESULTS.md)."""

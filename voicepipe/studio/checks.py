@@ -139,8 +139,9 @@ def check_take(
                 issues.append(Issue("noise", f"background noise: DNSMOS background score {mos['bak']:.1f} < "
                                              f"{th.min_dnsmos_bak:g}"))
             if mos["ovrl"] < th.min_dnsmos_ovrl:
-                issues.append(Issue("quality", f"poor quality: DNSMOS overall {mos['ovrl']:.1f} < "
-                                               f"{th.min_dnsmos_ovrl:g} (noise, distortion or room echo)"))
+                # a note, not a redo: the overall score also reflects the voice itself, not only the recording
+                issues.append(Issue("quality", f"DNSMOS overall {mos['ovrl']:.1f} < {th.min_dnsmos_ovrl:g}: listen "
+                                               "for distortion or room echo", "note"))
 
     # ---- edges: speech touching the start/end of the take, or long silences
     if start < th.min_edge_s or _edge_loud(x, sr, head=True):
