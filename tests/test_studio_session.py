@@ -4,6 +4,8 @@ uploads deduplicated, keep/redo, progress, resuming from the store alone, and ba
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +101,18 @@ def test_names_are_checked(tmp_path: Path) -> None:
         StudioSession(store, "a/b")
     with pytest.raises(InputError, match=r"session ''"):
         StudioSession(store, "james", "")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_corpus_cli_names_a_missing_session_and_missing_enrollment(tmp_path: Path) -> None:
+    proc = _cli("corpus", "build", "--speaker", "james", "--studio", "nope", "--out", str(tmp_path / "o"),
+                "--store", str(tmp_path / "store"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: studio session james/nope: not in the store")
+    proc = _cli("corpus", "build", "--speaker", "james", "--feed", "http://127.0.0.1:9/feed.xml",
+                "--out", str(tmp_path / "o"), "--store", str(tmp_path / "store"))
+    assert proc.returncode == 2
+    assert "give at least one enrollment clip (enroll), or a studio session" in proc.stderr.strip().splitlines()[-1]

@@ -78,6 +78,12 @@ def build(
     for clip in params.enroll:  # fail before starting Prefect
         if not Path(clip).is_file():
             raise InputError(f"enrollment clip {clip}: no such file")
+    if params.studio:  # likewise: a session that is not in the store, or has no kept take yet
+        from voicepipe.config import load_settings
+        from voicepipe.corpus.studio import list_takes
+        from voicepipe.store import open_store
+
+        list_takes(params, open_store(params.store_url or load_settings()))
     from flows.corpus import build_corpus
 
     result = build_corpus(params)

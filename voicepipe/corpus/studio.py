@@ -44,6 +44,7 @@ class TakeSource(EpisodeSource):
     audio_sha: str
     speaker: str
     session: str
+    verdict: str = "keep"  # what the studio's checks said (a kept take may have been kept against their advice)
 
 
 def parse_session(spec: str, speaker: str) -> tuple[str, str]:
@@ -72,18 +73,20 @@ def list_takes(params: CorpusParams, store: Any) -> list[TakeSource]:
         for t in kept:
             out.append(TakeSource(id=f"studio-{session}-{t.id}", title=t.text, url=f"studio://{speaker}/{session}/"
                                   f"{t.id}", published=t.created[:10], origin=f"studio:{speaker}/{session}",
-                                  text=t.text, audio_sha=t.audio_sha, speaker=speaker, session=session))
+                                  text=t.text, audio_sha=t.audio_sha, speaker=speaker, session=session,
+                                  verdict=t.verdict))
     return out
 
 
 def enrollment_from_takes(params: CorpusParams, store: Any, seconds: float = ENROLL_SECONDS) -> list[str]:
-    """Local wav files of the first kept takes (about `seconds` in all), for a build given no `--enroll`.
+    """Local audio files of the first kept takes (about `seconds` in all; those the studio's checks passed first),
+    for a build given no `--enroll`.
 
     They are written under the system temp dir named by their content hash, so every worker finds the same files
     and the enrollment key (a hash of the contents) is the same on every machine."""
     import soundfile as sf
 
-    takes = list_takes(params, store)
+    takes = sorted(list_takes(params, store), key=lambda t: t.verdict != "keep")  # takes the checks passed first
     folder = Path(tempfile.gettempdir()) / "voicepipe-studio-enroll"
     paths, total = [], 0.0
     for t in takes:

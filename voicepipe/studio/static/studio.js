@@ -210,7 +210,7 @@ function meter({ peak, rms }) {
   fill.style.width = `${w}%`;
   fill.style.setProperty("--w", `${w > 0 ? (100 / w) * 100 : 100}%`);
   $("meter-peak").style.left = `calc(${pos(db(S.peakHold)) * 100}% - 2px)`;
-  $("meter-db").textContent = `${db(S.peakHold).toFixed(1)} dBFS`;
+  $("meter-db").textContent = S.peakHold < 3e-5 ? "silent" : `${db(S.peakHold).toFixed(1)} dBFS`;
   $("clip-led").classList.toggle("on", now - S.clipAt < 2000);
 }
 
