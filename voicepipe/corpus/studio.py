@@ -6,7 +6,8 @@ versioning (`assemble` sees it as a one-utterance episode):
     fetch (the take is already in the store) -> standardize -> separate (skipped: a studio take is clean)
     -> diarize (speaker check against the enrollment) -> segment (one segment: the take's speech span + padding)
     -> transcribe (the prompt is the text; ASR only as a check: its confidence and WER vs the prompt)
-    -> filter (the corpus filters, plus WER vs the prompt <= `studio_max_wer`) -> encode
+    -> filter (the corpus filters; the words judged by WER vs the prompt <= `studio_max_wer`, not by the
+       recogniser's confidence in its own guess) -> encode
 
 With no `--enroll`, the enrollment clips are the session's first kept takes (about 30 s), so a studio session
 alone, or a studio session plus a podcast feed of the same speaker, needs no separate reference recording.
@@ -189,17 +190,19 @@ def transcribe_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
 @guarded("filter")
 def filter_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
-    """The corpus filters (`quality_filter`), then the words check: WER of the ASR vs the prompt."""
+    """The corpus filters (`quality_filter`), with the words judged by WER of the ASR vs the prompt instead of the
+    recogniser's confidence in its own guess (which says nothing about a transcript that is known)."""
     state = quality_filter(ctx, state)
     if not state.ok:
         return state
     limit = ctx.params.studio_max_wer
     for seg, tr in zip(state.results["filter"]["segments"], state.results["transcribe"]["texts"], strict=True):
         seg["asr_wer"] = tr.get("asr_wer")
+        seg["reasons"] = [r for r in seg["reasons"] if not r.startswith("asr_confidence")]
         if tr.get("asr_wer") is not None and tr["asr_wer"] > limit:
             heard = tr["asr_text"]
-            seg["reasons"] = [*seg["reasons"], f"asr_wer {tr['asr_wer']:.2f} > {limit:g} (heard \u201c{heard}\u201d)"]
-            seg["keep"] = False
+            seg["reasons"].append(f"asr_wer {tr['asr_wer']:.2f} > {limit:g} (heard \u201c{heard}\u201d)")
+        seg["keep"] = not seg["reasons"]
     return state
 
 
