@@ -66,12 +66,18 @@ def test_takes_keep_redo_progress_and_resume(client, studio_script) -> None:
                     headers={"content-type": "audio/wav"}).json()["take"]
     assert second["n"] == 2
     c.post(f"/api/takes/{second['id']}/decision", json={"keep": True})
+    # recording a prompt again without deciding: the undecided take becomes a redo
+    p2 = s["prompts"][2]["id"]
+    first = c.post(f"/api/takes?prompt_id={p2}", content=wav_bytes(read_aloud(PROMPTS[2]))).json()["take"]
+    c.post(f"/api/takes?prompt_id={p2}", content=wav_bytes(read_aloud(PROMPTS[2], lead_s=0.5)))
+    assert studio.session.take(first["id"]).status == "redo"
 
     # another day, another machine: only the store is shared
     resumed = StudioSession(open_store(store.url), "cindy", "day1")
     assert [t.id for t in resumed.kept()] == [second["id"]]
-    assert {t.id: t.status for t in resumed.doc.takes} == {take["id"]: "redo", bad["id"]: "redo",
-                                                          second["id"]: "kept"}
+    statuses = {t.id: t.status for t in resumed.doc.takes}
+    assert {k: statuses[k] for k in (take["id"], bad["id"], second["id"])} == {
+        take["id"]: "redo", bad["id"]: "redo", second["id"]: "kept"}
     assert [p.text for p in resumed.script.prompts] == PROMPTS, "the script travels with the session"
     assert list_sessions(store) == ["cindy/day1"]
     history = store.ref_history("studio/cindy/day1")

@@ -160,9 +160,9 @@ class StudioSession:
     # ---- takes
     def add_take(self, prompt_id: str, audio: bytes, *, sr: int, seconds: float, check: dict[str, Any],
                  content_type: str = "audio/wav") -> Take:
-        """Store a take of `prompt_id` with its check results (status `pending` until keep/redo).
-
-        Uploading the same bytes again (a retried upload) returns the take already stored."""
+        """Store a take of `prompt_id` with its check results (status `pending` until keep/redo; an earlier take
+        of the prompt still pending becomes `redo`). Uploading the same bytes again (a retried upload) returns the
+        take already stored."""
         prompt = self.script.by_id().get(prompt_id)
         if prompt is None:
             raise InputError(f"take: prompt {prompt_id!r} is not in the script {self.script.name}")
@@ -177,6 +177,9 @@ class StudioSession:
             for t in doc.takes:
                 if t.audio_sha == sha:
                     return t
+            for t in doc.takes:  # recording a prompt again, undecided: that is a redo of the earlier take
+                if t.prompt_id == prompt_id and t.status == "pending":
+                    t.status, t.decided = "redo", _now()
             m = check.get("measures", {})
             take = Take(id=take_id, prompt_id=prompt_id, prompt_index=prompt.index, text=prompt.text, n=n,
                         audio_sha=sha, content_type=content_type, sr=sr, seconds=round(seconds, 3),
