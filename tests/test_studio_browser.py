@@ -153,3 +153,50 @@ def test_corpus_from_the_session_holds_the_good_takes_only(recorded, studio_serv
     for m in manifest:  # trimmed to the speech (+ padding), not the whole take with its silences
         assert 2.0 < m["duration"] < 6.5 and m["speaker_sim"] > 0.82
     assert "Minutes in / out per step" in (out / "report.md").read_text()
+
+
+def test_a_take_survives_an_unreachable_server_and_a_closed_tab(recorded, studio_server) -> None:
+    """The upload fails (server unreachable), the tab is closed; the next page load uploads the take from IndexedDB."""
+    from playwright.sync_api import sync_playwright
+
+    from voicepipe.studio.session import read_session
+
+    root = studio_server["root"]
+
+    def stored_takes() -> list:
+        return read_session(studio_server["store"], "james", "main").takes
+
+    wav = read_aloud(PROMPTS[1], lead_s=2.0)
+    mic = save_wav(root / "mic-offline.wav", wav, SR)
+    before = len(stored_takes())
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}%noloop"])
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(studio_server["url"])
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            assert page.inner_text("#prompt-text") == PROMPTS[1], "the page resumes at the prompt sent to redo"
+            page.route("**/api/takes?*", lambda route: route.abort())  # the server is gone
+            page.keyboard.press("r")
+            page.wait_for_function(
+                f"parseFloat(document.getElementById('rec-time').dataset.seconds) >= {wav.size / SR + 0.3}",
+                timeout=60_000)
+            page.keyboard.press(" ")
+            page.wait_for_selector("#status[data-state='error']", timeout=60_000)
+            assert "Saved in this browser" in page.inner_text("#status")
+            assert page.evaluate("pendingAll().then(r => r.length)") == 1
+            page.close()  # the tab closes with the take not yet on the server
+            assert len(stored_takes()) == before
+
+            page = context.new_page()  # opened again later, the server reachable
+            page.goto(studio_server["url"])
+            page.wait_for_selector("body[data-ready='1']", timeout=300_000)
+            assert page.evaluate("pendingAll().then(r => r.length)") == 0
+        finally:
+            browser.close()
+    takes = stored_takes()
+    assert len(takes) == before + 1
+    assert takes[-1].text == PROMPTS[1] and takes[-1].status == "pending"
