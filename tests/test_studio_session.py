@@ -122,3 +122,36 @@ def test_corpus_cli_names_a_missing_session_and_missing_enrollment(tmp_path: Pat
                 "--out", str(tmp_path / "o"), "--store", str(tmp_path / "store"))
     assert proc.returncode == 2
     assert "give at least one enrollment clip (enroll), or a studio session" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_words_and_dnsmos_follow_the_fast_checks(tmp_path: Path, studio_script: Path) -> None:
+    """The upload answers with the fast checks; the words (PocketSphinx) and DNSMOS land on the take a moment later,
+    including after a server restart in the middle of them."""
+    import time
+
+    store = open_store(str(tmp_path / "store"))
+    studio = Studio(StudioConfig(speaker="cindy", script=studio_script, asr_backend="pocketsphinx"), store=store)
+    with TestClient(create_app(studio)) as c:
+        pid = studio.session.script.prompts[2].id
+        wrong = wav_bytes(read_aloud(PROMPTS[0]))  # the wrong sentence for this prompt
+        take = c.post(f"/api/takes?prompt_id={pid}", content=wrong).json()["take"]
+        assert take["checking"] is True and "wer" not in take["measures"] and take["verdict"] == "keep"
+        deadline = time.monotonic() + 240
+        while take["checking"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            take = c.get(f"/api/takes/{take['id']}").json()["take"]
+    assert take["checking"] is False and take["verdict"] == "redo"
+    assert "words" in [i["code"] for i in take["issues"]] and take["measures"]["wer"] > 0.5
+    assert take["measures"]["dnsmos"]["bak"] > 0
+    studio.close()
+
+    # a server stopped while checking: the next one finishes the job from the stored audio
+    s = StudioSession(store, "cindy", "main")
+    other = wav_bytes(read_aloud(PROMPTS[0], lead_s=0.5))
+    stuck = s.add_take(pid, other, sr=SR, seconds=1.0, check={"verdict": "keep", "issues": [], "measures": {}},
+                       checking=True)
+    assert stuck.checking and not stuck.issues
+    again = Studio(StudioConfig(speaker="cindy", asr_backend="pocketsphinx", dnsmos=False), store=store)
+    again.close()  # waits for the checks it resumed
+    done = again.session.take(stuck.id)
+    assert done.checking is False and "words" in [i["code"] for i in done.issues]

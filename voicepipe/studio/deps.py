@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from voicepipe.errors import InputError
 from voicepipe.studio.checks import Thresholds, check_take
 from voicepipe.studio.session import StudioSession, Take
 
+log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # ~17 min of 48 kHz 16-bit mono: no single prompt takes that long
 
 
@@ -57,6 +60,11 @@ class Studio:
                                      target_minutes=config.target_minutes)
         self._engines: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # the slower checks (words, DNSMOS) run here, one take at a time, after the fast ones have answered
+        self._slow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-checks")
+        for take in self.session.doc.takes:  # a server stopped while checking: finish those checks now
+            if take.checking:
+                self._slow.submit(self._recheck, take.id)
 
     # ---- engines
     def vad(self) -> Any:
@@ -93,7 +101,8 @@ class Studio:
 
     # ---- takes
     def record(self, prompt_id: str, data: bytes, content_type: str = "audio/wav") -> Take:
-        """Decode, check and store one uploaded take."""
+        """Decode, check and store one uploaded take: the fast checks (levels, noise, rate, edges) answer at once,
+        the words (ASR) and DNSMOS follow in the background (`Take.checking` until then)."""
         if not data:
             raise InputError("take upload: empty body (send the recorded audio, e.g. a WAV file)")
         if len(data) > MAX_UPLOAD_BYTES:
@@ -103,11 +112,40 @@ class Studio:
         if prompt is None:
             raise InputError(f"take upload: prompt {prompt_id!r} is not in the script {self.session.script.name}")
         wav, sr = decode_upload(data)
+        slow = self.asr() is not None or self.config.dnsmos
+        fast = self._check(wav, sr, prompt_id, full=False)
+        take = self.session.add_take(prompt_id, data, sr=sr, seconds=wav.size / sr, check=fast,
+                                     content_type=content_type or "audio/wav", checking=slow)
+        if take.checking:
+            self._slow.submit(self._full, take.id, wav, sr, prompt_id)
+        return take
+
+    def _check(self, wav: np.ndarray, sr: int, prompt_id: str, full: bool) -> dict:
+        text = self.session.script.by_id()[prompt_id].text
         phones = self.session.script.phones([prompt_id])[prompt_id]
-        result = check_take(wav, sr, prompt.text, phones=phones, vad=self.vad(), asr=self.asr(),
-                            asr_language=self.asr_language(), dnsmos=self.config.dnsmos, th=self.config.thresholds)
-        return self.session.add_take(prompt_id, data, sr=sr, seconds=wav.size / sr, check=result,
-                                     content_type=content_type or "audio/wav")
+        return check_take(wav, sr, text, phones=phones, vad=self.vad(), asr=self.asr() if full else None,
+                          asr_language=self.asr_language(), dnsmos=self.config.dnsmos and full,
+                          th=self.config.thresholds)
+
+    def _full(self, take_id: str, wav: np.ndarray, sr: int, prompt_id: str) -> None:
+        try:
+            result = self._check(wav, sr, prompt_id, full=True)
+        except Exception:  # noqa: BLE001 - the fast checks stand; the page must not wait forever
+            log.exception("studio: the full checks of take %s failed", take_id)
+            result = None
+        self.session.update_checks(take_id, result)
+
+    def _recheck(self, take_id: str) -> None:
+        take = self.session.take(take_id)
+        if take is None or take.prompt_id not in self.session.script.by_id():
+            self.session.update_checks(take_id, None)
+            return
+        wav, sr = decode_upload(self.store.get_bytes(take.audio_sha))
+        self._full(take_id, wav, sr, take.prompt_id)
+
+    def close(self) -> None:
+        """Let the running checks finish."""
+        self._slow.shutdown(wait=True)
 
 
 def decode_upload(data: bytes) -> tuple[np.ndarray, int]:

@@ -43,6 +43,15 @@ def decide(take_id: str, body: Decision, studio: Studio = Depends(get_studio)) -
     return TakeOut(take=take, progress=studio.session.progress())
 
 
+@router.get("/takes/{take_id}", response_model=TakeOut)
+def get_take(take_id: str, studio: Studio = Depends(get_studio)) -> TakeOut:
+    """One take (poll it while `checking`)."""
+    take = studio.session.take(take_id)
+    if take is None:
+        raise HTTPException(404, f"take {take_id!r}: not in this session")
+    return TakeOut(take=take, progress=studio.session.progress())
+
+
 @router.get("/takes/{take_id}/audio")
 def take_audio(take_id: str, studio: Studio = Depends(get_studio)) -> Response:
     """The take's audio as recorded."""

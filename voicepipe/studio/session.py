@@ -60,6 +60,7 @@ class Take(BaseModel):
     speech_end_s: float | None = None
     status: Literal["pending", "kept", "redo"] = "pending"
     verdict: Literal["keep", "redo"] = "keep"
+    checking: bool = Field(False, description="The slower checks (words, DNSMOS) are still running.")
     issues: list[dict[str, str]] = Field(default_factory=list)
     measures: dict[str, Any] = Field(default_factory=dict)
     created: str = Field(default_factory=_now)
@@ -159,7 +160,7 @@ class StudioSession:
 
     # ---- takes
     def add_take(self, prompt_id: str, audio: bytes, *, sr: int, seconds: float, check: dict[str, Any],
-                 content_type: str = "audio/wav") -> Take:
+                 content_type: str = "audio/wav", checking: bool = False) -> Take:
         """Store a take of `prompt_id` with its check results (status `pending` until keep/redo; an earlier take
         of the prompt still pending becomes `redo`). Uploading the same bytes again (a retried upload) returns the
         take already stored."""
@@ -184,8 +185,22 @@ class StudioSession:
             take = Take(id=take_id, prompt_id=prompt_id, prompt_index=prompt.index, text=prompt.text, n=n,
                         audio_sha=sha, content_type=content_type, sr=sr, seconds=round(seconds, 3),
                         speech_start_s=m.get("speech_start_s"), speech_end_s=m.get("speech_end_s"),
-                        verdict=check.get("verdict", "keep"), issues=check.get("issues", []), measures=m)
+                        verdict=check.get("verdict", "keep"), issues=check.get("issues", []), measures=m,
+                        checking=checking)
             doc.takes.append(take)
+            self._save(doc)
+            return take
+
+    def update_checks(self, take_id: str, check: dict[str, Any] | None) -> Take | None:
+        """Record the full checks of a take (None: they failed; the fast checks stand) and end `checking`."""
+        with self._lock:
+            doc = self._latest()
+            take = next((t for t in doc.takes if t.id == take_id), None)
+            if take is None:
+                return None
+            if check is not None:
+                take.verdict, take.issues, take.measures = check["verdict"], check["issues"], check["measures"]
+            take.checking = False
             self._save(doc)
             return take
 

@@ -166,6 +166,7 @@ function goTo(i) {
   if (last && last.status !== "redo") { showTake(last); } else { hideResult(); }
   setStatus("idle", last && last.status === "pending" ? "This take waits for keep or redo."
     : "Press R or Space to record the sentence above.");
+  if (last && last.status === "pending" && last.checking) reviewTake(last);
 }
 
 // ------------------------------------------------------------------ microphone and level meter
@@ -283,9 +284,7 @@ async function upload(rec, interactive) {
     if (interactive) {
       S.lastBlobFor = out.take.id;
       renderPrompt();
-      showTake(out.take);
-      setStatus("review", out.take.verdict === "keep" ? "Checked: keep it (Enter) or redo (Backspace)."
-        : "Checked: this take has problems \u2014 redo it (Backspace) or keep it anyway (Enter).");
+      reviewTake(out.take);
     }
     return true;
   } catch (e) {
@@ -299,6 +298,32 @@ async function upload(rec, interactive) {
     return false;
   } finally {
     S.uploading--;
+  }
+}
+
+// the fast checks answer at once; while the words and DNSMOS are still being checked, poll the take
+function reviewTake(take) {
+  showTake(take);
+  if (take.checking) {
+    setStatus("listening", take.verdict === "redo"
+      ? "This take has problems \u2014 redo it (Backspace); still listening for the words\u2026"
+      : "Levels are fine; listening for the words\u2026");
+    clearTimeout(S.pollTimer);
+    S.pollTimer = setTimeout(() => pollTake(take.id), 600);
+    return;
+  }
+  setStatus("review", take.verdict === "keep" ? "Checked: keep it (Enter) or redo (Backspace)."
+    : "Checked: this take has problems \u2014 redo it (Backspace) or keep it anyway (Enter).");
+}
+
+async function pollTake(id) {
+  if (!S.last || S.last.id !== id || S.state === "recording") return;
+  try {
+    const out = await api(`/api/takes/${encodeURIComponent(id)}`);
+    mergeTake(out.take);
+    if (S.last && S.last.id === id) reviewTake(out.take);
+  } catch (e) {
+    S.pollTimer = setTimeout(() => pollTake(id), 2000);
   }
 }
 
