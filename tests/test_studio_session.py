@@ -4,6 +4,7 @@ uploads deduplicated, keep/redo, progress, resuming from the store alone, and ba
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,32 @@ def test_words_and_dnsmos_follow_the_fast_checks(tmp_path: Path, studio_script: 
     again.close()  # waits for the checks it resumed
     done = again.session.take(stuck.id)
     assert done.checking is False and "words" in [i["code"] for i in done.issues]
+
+
+def test_the_studio_command_serves_the_default_script(tmp_path: Path) -> None:
+    """`voicepipe studio` on a new session: the CMU ARCTIC script, served on the given port (stopped by the test)."""
+    import time
+    import urllib.request
+
+    from tests.fixtures.store import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "voicepipe.cli", "studio", "--speaker", "James", "--port",
+                             str(port), "--store", str(tmp_path / "store"), "--asr-backend", "none", "--no-dnsmos",
+                             "--target-minutes", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, body = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/session", timeout=5) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert body["speaker"] == "james" and body["session"] == "main" and len(body["prompts"]) == 1132
+        assert body["progress"]["target_minutes"] == 60 and body["progress"]["coverage"]["phonemes_total"] > 35
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert list_sessions(open_store(str(tmp_path / "store"))) == ["james/main"]
