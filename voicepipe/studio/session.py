@@ -143,7 +143,8 @@ class StudioSession:
 
     def _save(self, doc: SessionDoc) -> None:
         doc.updated = _now()
-        ref = self.store.put_json(doc.model_dump(mode="json"), step="studio.session", name=f"{self.ref}.json",
+        ref = self.store.put_json(doc.model_dump(mode="json"), step="studio.session",
+                                  name=f"studio-{self.speaker}-{self.session}.json",
                                   inputs=[doc.script_sha, *sorted({t.audio_sha for t in doc.takes})],
                                   params={"speaker": self.speaker, "session": self.session})
         self.store.set_ref(self.ref, ref.sha256, {"takes": len(doc.takes), "kept": sum(
