@@ -1,4 +1,4 @@
-"""`build_corpus`: podcast feed / folders / S3 -> a clean single-speaker corpus, fanned out per episode.
+"""`build_corpus`: podcast feed / folders / S3 / studio sessions -> a clean single-speaker corpus, per episode.
 
     check_models                                   preflight: every model the build loads, before any work
     list_episodes                                  feeds, folders, s3 prefixes (bad feeds -> rejects)
@@ -60,6 +60,15 @@ def build_corpus(params: CorpusParams) -> dict[str, Any]:
             fut = STEP_TASKS[step].submit(params, fut)
             every.append(fut)
         chains.append(fut)
+    if params.studio:  # kept takes of studio sessions: the same steps, known transcripts
+        from tasks.studio import TAKE_STEP_TASKS, list_studio_takes
+
+        for take in list_studio_takes(params):
+            fut = EpisodeState(source=take)
+            for step in STEPS:
+                fut = TAKE_STEP_TASKS[step].submit(params, fut)
+                every.append(fut)
+            chains.append(fut)
     err = settle(every)
     if err is not None:
         return failed(err)

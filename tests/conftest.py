@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.train",
     "tests.fixtures.prefect",
     "tests.fixtures.serve",
+    "tests.fixtures.studio",
 ]

@@ -30,6 +30,7 @@ def _register() -> None:
     from voicepipe.pipeline import cli as pipeline_cli
     from voicepipe.serve import cli as serve_cli
     from voicepipe.store import cli as store_cli
+    from voicepipe.studio import cli as studio_cli
     from voicepipe.train import cli as train_cli
 
     cli.add_typer(corpus_cli.app, name="corpus")
@@ -38,6 +39,7 @@ def _register() -> None:
     serve_cli.register(cli)
     pipeline_cli.register(cli)
     store_cli.register(cli)
+    studio_cli.register(cli)
 
 
 _register()

@@ -51,13 +51,17 @@ def prepare(params: CorpusParams, settings: Any = None, store: Any = None, work:
     from voicepipe.config import load_settings
     from voicepipe.store import open_store
 
-    if not params.feeds and not params.sources:
-        raise InputError("corpus build: give at least one --feed or --source")
+    if not params.feeds and not params.sources and not params.studio:
+        raise InputError("corpus build: give at least one --feed, --source or --studio")
+    settings = settings or load_settings()
+    store = store or open_store(params.store_url or settings)
+    if params.studio:
+        from voicepipe.corpus.studio import with_enrollment
+
+        params = with_enrollment(params, store)  # no --enroll: the session's first kept takes
     for p in params.enroll:
         if not Path(p).is_file():
             raise InputError(f"enrollment clip {p}: no such file")
-    settings = settings or load_settings()
-    store = store or open_store(params.store_url or settings)
     work = work or Path(tempfile.mkdtemp(prefix="voicepipe-corpus-"))
     ctx = StepContext(params=params, store=store, engines=Engines(params, settings), work=Path(work),
                       settings=settings, progress=progress)
@@ -89,9 +93,15 @@ def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None
 
     ctx = ctx or prepare(params, settings, store, progress=progress)
     sources, source_rejects = list_sources(params, ctx.settings)
-    if not sources and not source_rejects:
+    takes = []
+    if params.studio:
+        from voicepipe.corpus.studio import list_takes, process_take
+
+        takes = list_takes(params, ctx.store)
+    if not sources and not source_rejects and not takes:
         raise InputError("corpus build: the feeds/sources list no episodes")
     with ThreadPoolExecutor(max_workers=params.workers) as pool:
         futures = [pool.submit(process_episode, ctx, s) for s in sources]
+        futures += [pool.submit(process_take, ctx, t) for t in takes]
         states = [f.result() for f in tqdm(futures, desc="episodes", disable=not progress)]
     return assemble(ctx, states, source_rejects)

@@ -19,10 +19,13 @@ def _corpus() -> None:
 @app.command("build")
 def build(
     speaker: str = typer.Option(..., "--speaker", help="Target speaker's name."),
-    enroll: list[Path] = typer.Option(..., "--enroll", help="Clean reference clip of the target (repeatable)."),
+    enroll: list[Path] = typer.Option([], "--enroll", help="Clean reference clip of the target (repeatable; "
+                                      "with --studio and none given: the session's first kept takes)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
     feed: list[str] = typer.Option([], "--feed", help="RSS/Atom feed URL or file (repeatable)."),
     source: list[str] = typer.Option([], "--source", help="Local folder or s3://bucket/prefix (repeatable)."),
+    studio: list[str] = typer.Option([], "--studio", help="Studio session (SESSION of --speaker, or SPEAKER/SESSION):"
+                                     " its kept takes with their known text (repeatable)."),
     max_episodes: int | None = typer.Option(None, "--max-episodes", help="Use at most N (newest) episodes."),
     since: datetime | None = typer.Option(None, "--since", formats=["%Y-%m-%d"], help="Published on/after."),
     until: datetime | None = typer.Option(None, "--until", formats=["%Y-%m-%d"], help="Published on/before."),
@@ -64,16 +67,23 @@ def build(
             "separation_batch": separation_batch, "diarization_model": diarization_model,
             "asr_backend": asr_backend, "asr_model": asr_model, "asr_batch": asr_batch,
             "codec_model": codec_model, "max_episode_mb": max_episode_mb, "language": language, "workers": workers,
-            "device": device, "store_url": store,
+            "device": device, "store_url": store, "studio": list(studio),
         })
     except ValidationError as e:
         err = e.errors()[0]
-        raise ConfigError(f"corpus build: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        where = ".".join(map(str, err["loc"]))
+        raise ConfigError(f"corpus build: {where + ': ' if where else ''}{err['msg']}") from None
     from voicepipe.errors import InputError
 
     for clip in params.enroll:  # fail before starting Prefect
         if not Path(clip).is_file():
             raise InputError(f"enrollment clip {clip}: no such file")
+    if params.studio:  # likewise: a session that is not in the store, or has no kept take yet
+        from voicepipe.config import load_settings
+        from voicepipe.corpus.studio import list_takes
+        from voicepipe.store import open_store
+
+        list_takes(params, open_store(params.store_url or load_settings()))
     from flows.corpus import build_corpus
 
     result = build_corpus(params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class FilterConfig(BaseModel):
@@ -39,9 +39,10 @@ class CorpusParams(BaseModel):
     """Everything `voicepipe corpus build` / the `build_corpus` flow takes (rendered as a form in the Prefect UI)."""
 
     speaker: str = Field(..., description="Name of the target speaker (stored lower-case).")
-    enroll: list[str] = Field(..., min_length=1, description=(
+    enroll: list[str] = Field(default_factory=list, description=(
         "Clean reference clips of the target speaker: store:<ref or sha> (`voicepipe store put clip.wav --ref "
-        "enroll/NAME`), s3://bucket/key, http(s):// URLs, or paths on the worker."))
+        "enroll/NAME`), s3://bucket/key, http(s):// URLs, or paths on the worker (may be left empty with `studio`: "
+        "the first kept takes are used)."))
     out: str | None = Field(None, description=(
         "Output directory on the worker (optional: the corpus always lands in the artifact store; "
         "default <home>/corpus/<speaker>/<flow run id>)."))
@@ -86,6 +87,11 @@ class CorpusParams(BaseModel):
     workers: int = Field(2, ge=1, description="Episodes processed concurrently.")
     store_url: str | None = Field(None, description="Artifact store URL (default: from settings).")
     timeout_s: float = Field(60.0, gt=0, description="Network timeout per request.")
+    studio: list[str] = Field(default_factory=list, description="Studio sessions (`voicepipe studio`) whose kept "
+                              "takes join the corpus with their known text: SESSION of `speaker`, or SPEAKER/SESSION.")
+    studio_max_wer: float = Field(0.75, ge=0, description="Studio takes whose ASR transcript is further from the "
+                                  "prompt than this (WER) are dropped: a take of the wrong prompt; the studio page's "
+                                  "stricter words check ran while recording.")
 
     def resolved_separation_batch(self, device: str) -> int:
         """`separation_batch`, with 0 (auto) resolved for `device`: 16 on CUDA, 1 on CPU (benchmarks/RESULTS.md)."""
@@ -94,6 +100,12 @@ class CorpusParams(BaseModel):
     def resolved_asr_batch(self, device: str) -> int:
         """`asr_batch`, with 0 (auto) resolved for `device`: 64 on CUDA, 8 on CPU (benchmarks/RESULTS.md)."""
         return self.asr_batch or (64 if device.startswith("cuda") else 8)
+
+    @model_validator(mode="after")
+    def _enrollment(self) -> CorpusParams:
+        if not self.enroll and not self.studio:
+            raise ValueError("give at least one enrollment clip (enroll), or a studio session to take them from")
+        return self
 
     @field_validator("speaker")
     @classmethod
