@@ -43,8 +43,12 @@ def input_embeddings(model: torch.nn.Module, batch: Batch, speaker_embedding: to
     talker = model.talker
     text = talker.text_projection(talker.get_text_embeddings()(batch.text_ids)) * batch.text_mask.unsqueeze(-1)
     codec = talker.get_input_embeddings()(batch.codec_ids[..., 0]) * batch.codec_mask.unsqueeze(-1)
-    slot = torch.zeros(batch.text_ids.shape[1], 1, dtype=torch.bool, device=codec.device)
-    slot[SPEAKER_POS] = True
+    positions = getattr(batch, "position_ids", None)  # packed rows: positions restart in every utterance
+    if positions is not None:
+        slot = (positions == SPEAKER_POS).unsqueeze(-1)
+    else:
+        slot = torch.zeros(batch.text_ids.shape[1], 1, dtype=torch.bool, device=codec.device)
+        slot[SPEAKER_POS] = True
     codec = torch.where(slot, speaker_embedding.to(codec.dtype).view(1, 1, -1), codec)
     emb = text + codec
     frames = batch.frame_mask.unsqueeze(-1)
@@ -54,15 +58,24 @@ def input_embeddings(model: torch.nn.Module, batch: Batch, speaker_embedding: to
     return emb
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.Tensor) -> LossParts:
-    """Forward one micro-batch through talker and code predictor; return summed losses and counts."""
+def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.Tensor,
+                 packed_backend: str = "sdpa") -> LossParts:  # fmt: skip
+    """Forward one micro-batch through talker and code predictor; return summed losses and counts.
+
+    `batch` is a right-padded `Batch` or a `packing.PackedBatch` (then `packed_backend` picks the per-document
+    attention kernel)."""
     talker = model.talker
     emb = input_embeddings(model, batch, speaker_embedding)
-    # Right padding + causal attention: real tokens never see padding, so no attention mask is needed
-    # (and SDPA can take its fused causal path). Positions are then 0..T-1 for every row, as in generate().
-    out = talker(inputs_embeds=emb, use_cache=False, output_hidden_states=True)
-    logits = out.logits  # (B, T, V)
-    hidden = out.hidden_states[0][-1]  # last layer after the final norm, (B, T, H)
+    if hasattr(batch, "doc_ids"):
+        from voicepipe.train.packing import packed_talker
+
+        logits, hidden = packed_talker(model, emb, batch, packed_backend)
+    else:
+        # Right padding + causal attention: real tokens never see padding, so no attention mask is needed
+        # (and SDPA can take its fused causal path). Positions are then 0..T-1 for every row, as in generate().
+        out = talker(inputs_embeds=emb, use_cache=False, output_hidden_states=True)
+        logits = out.logits  # (B, T, V)
+        hidden = out.hidden_states[0][-1]  # last layer after the final norm, (B, T, H)
 
     # codebook 0: output at p predicts labels[p+1]
     lg = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
