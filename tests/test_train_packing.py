@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,71 @@ def test_utterance_count_plan_keeps_the_unpacked_steps() -> None:
     assert len(got) == len(ref)
     for a, b in zip(ref, got, strict=True):
         assert sorted(i for r in a for mb in r for i in mb) == sorted(i for r in b for mb in r for i in mb)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# in the trainer
+
+
+def test_packed_run_trains_like_the_unpacked_run(structured_corpus_dir: Path, tiny_tts_dir: Path,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """Same optimizer steps (utterance-count plan), packed rows vs padded micro-batches: same losses, same weights."""
+    from voicepipe.train import load_config, train
+
+    common = dict(epochs=2, lr=1e-3, batch_size=1, grad_accum=4, export=False, save_state=False, collapse_ratio=None,
+                  micro_batch_tokens=100_000)  # fmt: skip
+    a = train(structured_corpus_dir, tiny_tts_dir, "tester", tmp_path / "a", load_config("v8", **common),
+              progress=False, keep_model=True)  # fmt: skip
+    b = train(structured_corpus_dir, tiny_tts_dir, "tester", tmp_path / "b",
+              load_config("v8", **common, pack=True, pack_multiple=64, prefetch=2), progress=False,
+              keep_model=True)  # fmt: skip
+    assert [round(s["loss"], 4) for s in json.loads(a.training_json.read_text())["steps"]] == [
+        round(s["loss"], 4) for s in json.loads(b.training_json.read_text())["steps"]]
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert b.model.talker.config._attn_implementation == "sdpa"  # restored after training
+    assert all(e["data_wait_s"] >= 0 for e in b.epochs)
+
+
+def test_token_budget_run_and_step_guards(structured_corpus_dir: Path, tiny_tts_dir: Path, tmp_path: Path) -> None:
+    """step_tokens + warmup_tokens + validation every step: the collapse guard fires at the step it first holds."""
+    from voicepipe.train import load_config, train
+
+    corpus_tokens = 4 * 60  # rough: the 4 structured utterances are ~50-80 tokens each
+    cfg = load_config("v8", epochs=12, lr=3e-3, pack=True, micro_batch_tokens=4096, step_tokens=corpus_tokens // 3,
+                      warmup_tokens=corpus_tokens, collapse_ratio=0.6, patience=50, val_every_steps=1, export=False,
+                      save_state=False, divergence_factor=None)  # fmt: skip
+    r = train(structured_corpus_dir, tiny_tts_dir, "tester", tmp_path / "run", cfg, progress=False)
+    doc = json.loads(r.training_json.read_text())
+    assert r.stop_reason == "train_collapse", doc["vals"][-3:]
+    vals = doc["vals"]
+    assert [v["step"] for v in vals] == list(range(1, len(vals) + 1))  # validated at every step
+    assert doc["steps"][-1]["step"] == vals[-1]["step"]  # stopped at the step whose validation tripped
+    last = vals[-1]
+    assert last["train_loss"] < 0.6 * last["val_loss"]
+    assert all(v["train_loss"] >= 0.6 * v["val_loss"] for v in vals[:-1])
+    lrs = [s["lr"] for s in doc["steps"]]
+    assert lrs[0] < lrs[2] <= 3e-3 and max(lrs) == pytest.approx(3e-3)  # warm-up by tokens, then the full lr
+
+
+def test_val_guard_rules() -> None:
+    from voicepipe.train.config import TrainConfig
+    from voicepipe.train.recipe import _TrainerState
+
+    cfg = TrainConfig(patience=2, collapse_ratio=0.5, subtalker_weight=0.5)
+
+    def state(talker: float, sub: float) -> _TrainerState:
+        ts = _TrainerState(fingerprint="x")
+        ts.add_step([talker * 10, sub * 150, 0, 0], 10, 150, cfg.subtalker_weight)  # token sums and counts
+        return ts
+
+    ts = state(2.0, 2.0)  # train loss 2 + 0.5 * 2 = 3
+    assert ts.val_guard(dict(val_loss=3.0), cfg) is None
+    assert ts.vals[-1]["train_loss"] == pytest.approx(3.0)
+    ts.add_step([20.0, 300.0, 0, 0], 10, 150, cfg.subtalker_weight)
+    assert ts.val_guard(dict(val_loss=3.1), cfg) is None
+    ts.add_step([20.0, 300.0, 0, 0], 10, 150, cfg.subtalker_weight)
+    assert ts.val_guard(dict(val_loss=3.2), cfg) == "val_loss_rising"  # 2 rises in a row
+    assert state(1.0, 0.0).val_guard(dict(val_loss=2.5), cfg) == "train_collapse"
+    assert state(1.0, 0.0).val_guard(dict(val_loss=float("nan")), cfg) == "nonfinite_loss"

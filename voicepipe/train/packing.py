@@ -21,8 +21,13 @@ each split into micro-batches of at most `micro_batch_tokens` by first-fit-decre
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import queue
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -336,3 +341,63 @@ def check_fits(lengths: list[int], micro_batch_tokens: int) -> None:
         raise InputError(
             f"micro_batch_tokens {micro_batch_tokens}: shorter than the longest utterance ({longest} tokens); raise it"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prefetch
+
+
+class Prefetcher:
+    """Items of `items` produced `depth` ahead by a daemon thread (collate + pin while the GPU computes).
+
+    `wait_s` is the time `next()` spent blocked: the data loader's stall of the training loop (with `depth` 0 the
+    items are made inline and all of their making is stall). Errors in the thread surface at `next()`.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[Any], depth: int = 2) -> None:
+        self.wait_s = 0.0
+        self._it = iter(items)
+        self._depth = depth
+        self._stop = threading.Event()
+        if depth > 0:
+            self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._run, daemon=True, name="voicepipe-prefetch")
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as e:  # handed to the consumer
+            self._q.put(e)
+
+    def next(self) -> Any:
+        t = time.perf_counter()
+        try:
+            if self._depth == 0:
+                return next(self._it)
+            item = self._q.get()
+            if item is self._END:
+                raise StopIteration
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        finally:
+            self.wait_s += time.perf_counter() - t
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._depth > 0:
+            while self._thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    self._q.get(timeout=0.05)

@@ -60,12 +60,13 @@ class TrainResult:
 class _LossModule(torch.nn.Module):
     """Puts the loss inside `forward`, so DDP's gradient hooks (or FSDP's) and autocast wrap all of it."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, packed_backend: str = "sdpa") -> None:
         super().__init__()
         self.model = model
+        self.packed_backend = packed_backend  # per-document attention kernel for packed batches
 
     def forward(self, batch: Any, speaker: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        p = compute_loss(self.model, batch, speaker)
+        p = compute_loss(self.model, batch, speaker, self.packed_backend)
         return p.talker_sum, p.sub_sum, p.talker_correct, p.sub_correct
 
 
@@ -138,6 +139,13 @@ def train(
     lengths = [s.length for s in train_seqs]
 
     # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
+    packed_backend = "sdpa"
+    if cfg.pack:  # several utterances per row, each attending only to itself (packing.py)
+        from voicepipe.train.packing import check_fits, enable_packed_attention, resolve_backend
+
+        check_fits(lengths, int(cfg.micro_batch_tokens or 0))
+        enable_packed_attention(model)
+        packed_backend = resolve_backend(cfg.packed_attention, device)
     if cfg.compile:
         for layer in [*model.talker.model.layers, *model.talker.code_predictor.model.layers]:
             layer.compile(dynamic=True)
@@ -146,14 +154,17 @@ def train(
     per_step = cfg.batch_size * cfg.grad_accum
     plan_kw = dict(seed=cfg.seed, per_step=per_step, batch_size=cfg.batch_size, world=world,
                    micro_batch_tokens=cfg.micro_batch_tokens)  # fmt: skip
-    steps_per_epoch = len(plan_epoch(lengths, epoch=0, **plan_kw))
+    steps_per_epoch = len(_plan(cfg, lengths, 0, world, plan_kw))
     total_steps = steps_per_epoch * cfg.epochs
     fsdp = cfg.distributed == "fsdp" and world > 1
-    wrapped = _fully_shard(_LossModule(model), accelerator) if fsdp else _LossModule(model)  # before the optimizer
+    loss_module = _LossModule(model, packed_backend)
+    wrapped = _fully_shard(loss_module, accelerator) if fsdp else loss_module  # before the optimizer
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=bool(cfg.fused_optimizer and device.type == "cuda"))  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+    seen = {"tokens": 0}  # token-based schedule: tokens through the current step (set by the loop)
+    factor = _schedule(cfg, total_steps, seen, sum(lengths) * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if fsdp:  # already sharded: accelerate's DDP wrapper would sync gradients a second time
         optimizer = accelerator.prepare(optimizer)
     else:
@@ -197,8 +208,9 @@ def train(
         if stop_reason:
             break
         wrapped.train()
-        plan = plan_epoch(lengths, epoch=epoch, **plan_kw)
+        plan = _plan(cfg, lengths, epoch, world, plan_kw)
         t_epoch = time.time()
+        batches = _batches(plan, rank, ts.step_in_epoch, train_seqs, cfg, device)  # collated ahead (prefetch)
         for s, step_plan in enumerate(plan):
             if s < ts.step_in_epoch:
                 continue  # done before the run was interrupted
@@ -211,8 +223,10 @@ def train(
             nsub = sum(frame_counts[i] for i in everyone) * (groups - 1)
             sums = torch.zeros(4, device=device, dtype=torch.float64)
             for k in range(n_micro):
-                mb, weight = (mine[k], 1.0) if k < len(mine) else ([step_plan[0][0][0]], 0.0)
-                batch = collate([train_seqs[i] for i in mb]).to(device)
+                if k < len(mine):
+                    batch, weight = batches.next().to(device), 1.0
+                else:
+                    batch, weight = collate([train_seqs[step_plan[0][0][0]]]).to(device), 0.0
                 sync = k == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
                     t_sum, s_sum, t_ok, s_ok = wrapped(batch, speaker_vec)
@@ -223,11 +237,17 @@ def train(
                 sums += weight * torch.stack([t_sum.detach().double(), s_sum.detach().double(), t_ok.double(),
                                               s_ok.double()])
             grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            step_tok = sum(lengths[i] for i in everyone)
+            if cfg.warmup_tokens or cfg.step_tokens:  # token schedule: this step's LR from tokens through it
+                seen["tokens"] = ts.tokens + step_tok
+                for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                    group["lr"] = base_lr * scheduler.lr_lambdas[0](0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             sums = accelerator.reduce(sums, reduction="sum")
             ts.add_step(sums.tolist(), n0, nsub, cfg.subtalker_weight)
+            ts.tokens += step_tok
             ts.global_step += 1
             ts.step_in_epoch = s + 1
             step_loss = ts.epoch_acc_loss_last
@@ -238,11 +258,17 @@ def train(
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}", gnorm=f"{gn:.2f}")
             stop_reason = ts.step_guard(step_loss, cfg)
+            if not stop_reason and cfg.val_every_steps and ts.global_step % cfg.val_every_steps == 0:
+                val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
+                stop_reason = ts.val_guard(val, cfg)
+                wrapped.train()
             if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
                 break
             if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 < len(plan):
                 _save_state(accelerator, ts, state_dir, cfg.save_state)
-        if stop_reason == "nonfinite_loss" or stop_reason == "diverged":
+        batches.close()
+        ts.data_wait_s += batches.wait_s
+        if stop_reason in ("nonfinite_loss", "diverged", "train_collapse", "val_loss_rising"):
             _write_report(out, ts, cfg, run_info, "stopped", stop_reason) if main else None
             break
         finished_epoch = ts.step_in_epoch == len(plan)
@@ -253,6 +279,7 @@ def train(
         # epoch end: validation, checkpoint, guardrails, resumable state
         val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
         rec = ts.close_epoch(epoch + 1, val, seconds=time.time() - t_epoch, w=cfg.subtalker_weight)
+        rec["data_wait_s"], ts.data_wait_s = round(ts.data_wait_s, 3), 0.0  # time the step waited for batches
         if cfg.export:
             # FSDP: every process takes part in gathering the full weights; rank 0 gets them (on CPU)
             net = _full_model(wrapped) if fsdp else accelerator.unwrap_model(wrapped).model
@@ -273,6 +300,10 @@ def train(
         if cfg.max_steps and ts.global_step >= cfg.max_steps:
             break
     bar.close()
+    if cfg.pack:
+        from voicepipe.train.packing import disable_packed_attention
+
+        disable_packed_attention(model)
 
     # 9. report and store --------------------------------------------------------------------------------------------
     status = "stopped" if stop_reason else "completed"
@@ -507,16 +538,53 @@ def _base_dtype(base_cfg: dict[str, Any]) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def _schedule(cfg: TrainConfig, total: int) -> Any:
+def _schedule(cfg: TrainConfig, total: int, seen: dict[str, int] | None = None, total_tokens: int = 0) -> Any:
+    """LR factor per optimizer step; with `warmup_tokens` or `step_tokens`, a function of the tokens trained on
+    (`seen["tokens"]`, set by the loop before each `optimizer.step()`), over `total_tokens`."""
+    by_tokens = seen is not None and bool(cfg.warmup_tokens or cfg.step_tokens)
+
     def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+        if by_tokens:  # tokens through the step about to be taken (the loop sets it before optimizer.step())
+            x, warm, end = seen["tokens"], cfg.warmup_tokens, total_tokens
+            if warm and x < warm:
+                return max(x, 1) / warm
+        else:
+            x, warm, end = step, cfg.warmup_steps, total
+            if warm and x < warm:
+                return (x + 1) / warm
         if cfg.scheduler == "constant":
             return 1.0
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        frac = min(1.0, (x - warm) / max(1, end - warm))
         return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.scheduler == "cosine" else 1.0 - frac
 
     return factor
+
+
+def _plan(cfg: TrainConfig, lengths: list[int], epoch: int, world: int, plan_kw: dict[str, Any]) -> list[Any]:
+    """This epoch's steps[s][rank] = micro-batches: packed token-budget plan or the utterance-count plan."""
+    if not cfg.pack:
+        return plan_epoch(lengths, epoch=epoch, **plan_kw)
+    from voicepipe.train.packing import plan_packed_epoch
+
+    per_step = None if cfg.step_tokens else cfg.batch_size * cfg.grad_accum
+    return plan_packed_epoch(lengths, epoch=epoch, seed=cfg.seed, world=world,
+                             micro_batch_tokens=int(cfg.micro_batch_tokens or 0), step_tokens=cfg.step_tokens,
+                             per_step=per_step)  # fmt: skip
+
+
+def _batches(plan: list[Any], rank: int, start: int, seqs: list[Sequence], cfg: TrainConfig, device: Any) -> Any:
+    """This process's micro-batches of the epoch from step `start` on, in order, collated ahead by a thread."""
+    from voicepipe.train.packing import Prefetcher, pack
+
+    pin = getattr(device, "type", str(device)) == "cuda"
+
+    def make(mb: list[int]) -> Any:
+        group = [seqs[i] for i in mb]
+        b = pack(group, cfg.pack_multiple) if cfg.pack else collate(group)
+        return b.pin_memory() if pin else b
+
+    work = [mb for step in plan[start:] for mb in step[rank]]
+    return Prefetcher((make(mb) for mb in work), depth=cfg.prefetch)
 
 
 def _fingerprint(cfg: TrainConfig, corpus_version: str, base_sha: str, speaker: str, world: int) -> str:
@@ -581,10 +649,16 @@ class _TrainerState:
     first_loss: float | None = None
     ema: float | None = None
     stop_reason: str | None = None
+    tokens: int = 0  # talker tokens trained on (all processes), for the token-based schedule
+    vals: list[dict[str, Any]] = field(default_factory=list)  # validations every `val_every_steps`
+    data_wait_s: float = 0.0  # this epoch so far: seconds the loop waited for collated batches
+    since_val: list[float] = field(default_factory=lambda: [0.0] * 4)  # t_sum, s_sum, n0, nsub since last val
 
     def add_step(self, sums: list[float], n0: int, nsub: int, w: float) -> None:
         for i, v in enumerate([*sums, n0, nsub]):
             self.acc[i] += v
+        for i, v in enumerate([sums[0], sums[1], n0, nsub]):
+            self.since_val[i] += v
         self.epoch_acc_loss_last = sums[0] / max(n0, 1) + w * sums[1] / max(nsub, 1)
 
     def step_guard(self, loss: float, cfg: TrainConfig) -> str | None:
@@ -595,6 +669,21 @@ class _TrainerState:
         self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
         if cfg.divergence_factor and self.ema > cfg.divergence_factor * self.first_loss:
             return "diverged"
+        return None
+
+    def val_guard(self, val: dict[str, float], cfg: TrainConfig) -> str | None:
+        """The epoch guards, at a validation between epoch ends (train loss: token mean since the last validation)."""
+        t_sum, s_sum, n0, nsub = self.since_val
+        train = t_sum / max(n0, 1) + cfg.subtalker_weight * s_sum / max(nsub, 1) if n0 else float("nan")
+        self.since_val = [0.0] * 4
+        self.vals.append(dict(step=self.global_step, train_loss=train, **val))
+        if not math.isfinite(val["val_loss"]):
+            return "nonfinite_loss"
+        if cfg.collapse_ratio and train < cfg.collapse_ratio * val["val_loss"]:
+            return "train_collapse"
+        vals = [v["val_loss"] for v in self.vals]
+        if len(vals) > cfg.patience and all(vals[-i] > vals[-i - 1] for i in range(1, cfg.patience + 1)):
+            return "val_loss_rising"
         return None
 
     def close_epoch(self, epoch: int, val: dict[str, float], seconds: float, w: float) -> dict[str, Any]:
@@ -664,7 +753,7 @@ def _write_report(out: Path, ts: _TrainerState, cfg: TrainConfig, run: dict[str,
                   stop_reason: str | None) -> Path:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(run={**run, "status": status, "stop_reason": stop_reason}, config=cfg.model_dump(mode="json"),
-               epochs=ts.epochs, best=ts.best, steps=ts.steps)  # fmt: skip
+               epochs=ts.epochs, best=ts.best, steps=ts.steps, vals=ts.vals)  # fmt: skip
     path = out / "training.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
