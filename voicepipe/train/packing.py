@@ -247,6 +247,12 @@ def _packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                                              scaling=scaling, **kwargs)  # fmt: skip
     m = attention_mask
     hq, hkv = query.shape[1], key.shape[1]
+    if m.backend in ("varlen", "flex"):
+        # These kernels are not autocast-aware, and the talker's q/k leave their fp32-weighted RMSNorm in fp32
+        # while v is bf16 under autocast: give all three the autocast dtype, as autocast does for SDPA.
+        dev = query.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else value.dtype
+        query, key, value = query.to(dt), key.to(dt), value.to(dt)
     if m.backend == "varlen":
         from torch.nn.attention.varlen import varlen_attn
 
@@ -256,15 +262,20 @@ def _packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         if hkv != hq:  # repeat_kv's layout: query head h reads kv head h // (hq // hkv)
             k = k[:, :, None].expand(-1, -1, hq // hkv, -1).reshape(k.shape[0], hq, k.shape[-1])
             v = v[:, :, None].expand(-1, -1, hq // hkv, -1).reshape(v.shape[0], hq, v.shape[-1])
+        kw = dict(_VARLEN_CAUSAL())
+        if kw.pop("_scale"):
+            kw["scale"] = scaling
+        elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-9:
+            raise RuntimeError("this torch's varlen_attn has no scale argument; use packed_attention: flex")
         out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), m.cu_seqlens, m.cu_seqlens, m.max_seqlen,
-                          m.max_seqlen, **_VARLEN_CAUSAL(), scale=scaling)  # fmt: skip
+                          m.max_seqlen, **kw)  # fmt: skip
         return out[None], None  # (1, T, H, D)
     if m.backend == "flex":
         global _FLEX
         if _FLEX is None:
             from torch.nn.attention.flex_attention import flex_attention
 
-            _FLEX = torch.compile(flex_attention, dynamic=False) if query.is_cuda else flex_attention
+            _FLEX = torch.compile(flex_attention) if query.is_cuda else flex_attention
         out = _FLEX(query, key, value, block_mask=m.block_mask, scale=scaling, enable_gqa=hkv != hq)
         return out.transpose(1, 2).contiguous(), None
     if m.backend == "sdpa":
@@ -284,7 +295,8 @@ def _VARLEN_CAUSAL() -> dict[str, Any]:  # noqa: N802
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
-    return {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    kw: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    return {**kw, "_scale": "scale" in params}
 
 
 _ORIGINAL: dict[int, str] = {}

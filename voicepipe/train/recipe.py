@@ -254,7 +254,8 @@ def train(
             gn = float(_full(grad_norm)) if grad_norm is not None else float("nan")
             if ts.global_step % cfg.log_every_steps == 0 or not math.isfinite(step_loss):
                 ts.steps.append(dict(step=ts.global_step, epoch=epoch + 1, loss=step_loss, grad_norm=gn,
-                                     lr=scheduler.get_last_lr()[0]))  # fmt: skip
+                                     lr=scheduler.get_last_lr()[0], tokens=ts.tokens,
+                                     t=round(time.time() - t_epoch, 3), data_wait_s=round(batches.wait_s, 4)))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}", gnorm=f"{gn:.2f}")
             stop_reason = ts.step_guard(step_loss, cfg)
