@@ -93,3 +93,36 @@ def test_bad_shard_line_names_the_shard(sharded: Path, make_seq, tmp_path: Path)
     with pytest.raises(InputError, match=r"shard train_with_codes-00002.jsonl:1: missing 'audio_codes'"):
         list(ShardStream(open_source(broken), make_seq, epoch=0, seed=1, world=1, micro_batch_tokens=256,
                          step_tokens=600))  # fmt: skip
+
+
+def test_training_streams_from_s3_like_from_local(structured_corpus_dir: Path, tiny_tts_dir: Path, s3_server,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    """The trainer with `shards:` (local folder, then the same shards on S3) takes the same steps, same losses."""
+    import shutil
+
+    from tests.fixtures.store import raw_s3_client, s3_settings_for
+    from voicepipe.train import load_config, train
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(structured_corpus_dir, corpus)
+    shards = write_shards(corpus, lines_per_shard=2)
+    client = raw_s3_client(s3_server)
+    client.create_bucket(Bucket="voicepipe-stream-train")
+    for p in shards.iterdir():
+        client.upload_file(str(p), "voicepipe-stream-train", f"pod/{SHARD_DIR}/{p.name}")
+    settings = s3_settings_for(s3_server, "s3://voicepipe-stream-train/store", tmp_path / "home")
+    common = dict(epochs=2, lr=1e-3, pack=True, micro_batch_tokens=4096, step_tokens=150, export=False,
+                  save_state=False, collapse_ratio=None, divergence_factor=None)  # fmt: skip
+    runs = {}
+    for name, where in (("local", str(shards)), ("s3", "s3://voicepipe-stream-train/pod")):
+        r = train(corpus, tiny_tts_dir, "tester", tmp_path / name, load_config("v8", **common, shards=where),
+                  settings=settings, progress=False)  # fmt: skip
+        assert r.status == "completed", r.stop_reason
+        runs[name] = json.loads(r.training_json.read_text())
+    local, s3 = runs["local"], runs["s3"]
+    assert len(local["steps"]) >= 4  # several token-budget steps per epoch, two epochs
+    assert [(s["step"], s["tokens"], round(s["loss"], 5)) for s in local["steps"]] == [
+        (s["step"], s["tokens"], round(s["loss"], 5)) for s in s3["steps"]]
+    end_of_epoch_1 = [s["tokens"] for s in local["steps"] if s["epoch"] == 1][-1]
+    assert local["steps"][-1]["tokens"] == 2 * end_of_epoch_1  # every utterance once per epoch
+    assert [e["val_loss"] for e in local["epochs"]] == pytest.approx([e["val_loss"] for e in s3["epochs"]], rel=1e-5)

@@ -55,7 +55,10 @@ class TrainConfig(BaseModel):
     step_tokens: int | None = Field(None, ge=1)
     packed_attention: Literal["auto", "varlen", "flex", "sdpa"] = "auto"  # auto: flash varlen on CUDA, SDPA on CPU
     pack_multiple: int = Field(256, ge=1)  # packed rows are padded to a multiple of this (few shapes to compile)
-    prefetch: int = Field(4, ge=0)  # micro-batches collated (and pinned) ahead by a background thread; 0 = inline
+    # Stream the training split from shards (`voicepipe.train.stream.write_shards`): a local folder or s3:// URL.
+    # The corpus dir then supplies the validation split and the speaker clips. Needs pack and step_tokens.
+    shards: str | None = None
+    prefetch: int = Field(4, ge=0)  # optimizer steps collated (and pinned) ahead by a background thread; 0 = inline
     warmup_steps: int = 0
     # Warm-up and decay measured in talker tokens (a long epoch's schedule does not depend on how steps are cut);
     # when set (or with step_tokens), the schedule runs on tokens seen, over all epochs' tokens.
@@ -100,6 +103,8 @@ class TrainConfig(BaseModel):
     def _packing(self) -> TrainConfig:
         if self.step_tokens and not self.pack:
             raise ValueError("step_tokens needs pack: true (token-budget steps are packed)")
+        if self.shards and not self.step_tokens:
+            raise ValueError("shards (streaming) needs pack: true and step_tokens")
         if self.pack and not self.micro_batch_tokens:
             raise ValueError("pack: true needs micro_batch_tokens (the length of a packed row)")
         return self

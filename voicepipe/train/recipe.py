@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ import torch
 from voicepipe.errors import InputError
 from voicepipe.train.config import TrainConfig, load_config
 from voicepipe.train.data import (
+    IGNORE,
     TRAIN_FILE,
     VAL_FILE,
     Sequence,
@@ -105,7 +108,16 @@ def train(
     groups = int(talker_cfg.get("num_code_groups", 16))
     codebook = int(talker_cfg.get("code_predictor_config", {}).get("vocab_size", 2048))
     need_ref = cfg.speaker_source == "ref_audio"
-    train_utts = read_split(corpus_dir, TRAIN_FILE, num_groups=groups, codebook_size=codebook, need_ref=need_ref)
+    stream = None
+    if cfg.shards:  # the training split streams from shards; the corpus dir gives val + clips (stream.py)
+        from voicepipe.train.stream import open_source, parse_shard, read_index
+
+        source = open_source(cfg.shards, settings)
+        first = read_index(source)["shards"][0]["name"]
+        train_utts = parse_shard(source.read(first), first, num_groups=groups, codebook_size=codebook, root=corpus_dir)
+        stream = dict(source=source, num_groups=groups, codebook_size=codebook)
+    else:
+        train_utts = read_split(corpus_dir, TRAIN_FILE, num_groups=groups, codebook_size=codebook, need_ref=need_ref)
     val_utts = read_split(corpus_dir, VAL_FILE, num_groups=groups, codebook_size=codebook, need_ref=False)
     speaker_name = _check_speaker(speaker)
     clips = _speaker_clips(train_utts, cfg)
@@ -137,13 +149,21 @@ def train(
     train_seqs = [_sequence(tts.processor, u, ids) for u in train_utts]
     val_seqs = [_sequence(tts.processor, u, ids) for u in val_utts]
     lengths = [s.length for s in train_seqs]
+    if stream is not None:  # streamed: `lengths` is the first shard's; scale it to the whole index (schedule)
+        from voicepipe.train.stream import ShardStream
+
+        stream = ShardStream(**stream, make_seq=lambda u: _sequence(tts.processor, u, ids), epoch=0, seed=cfg.seed,
+                             world=world, micro_batch_tokens=int(cfg.micro_batch_tokens or 0),
+                             step_tokens=int(cfg.step_tokens or 0))  # fmt: skip
+        lengths = lengths * max(1, round(stream.n_utterances / len(lengths)))
 
     # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
     packed_backend = "sdpa"
     if cfg.pack:  # several utterances per row, each attending only to itself (packing.py)
         from voicepipe.train.packing import check_fits, enable_packed_attention, resolve_backend
 
-        check_fits(lengths, int(cfg.micro_batch_tokens or 0))
+        if stream is None:
+            check_fits(lengths, int(cfg.micro_batch_tokens or 0))
         enable_packed_attention(model)
         packed_backend = resolve_backend(cfg.packed_attention, device)
     if cfg.compile:
@@ -200,33 +220,38 @@ def train(
     resumed_from = ts.global_step
 
     # 8. epochs ------------------------------------------------------------------------------------------------------
-    label_counts = [int((s.labels != -100).sum()) for s in train_seqs]
-    frame_counts = [s.n_frames for s in train_seqs]
     bar = _progress(total_steps, ts.global_step, enabled=progress and main)
     stop_reason: str | None = ts.stop_reason
     for epoch in range(ts.epoch, cfg.epochs):
         if stop_reason:
             break
         wrapped.train()
-        plan = _plan(cfg, lengths, epoch, world, plan_kw)
         t_epoch = time.time()
-        batches = _batches(plan, rank, ts.step_in_epoch, train_seqs, cfg, device)  # collated ahead (prefetch)
-        for s, step_plan in enumerate(plan):
-            if s < ts.step_in_epoch:
-                continue  # done before the run was interrupted
-            mine = step_plan[rank]
+        n_steps = None if stream else len(_plan(cfg, lengths, epoch, world, plan_kw))
+        steps = _epoch_steps(cfg, epoch, world, plan_kw, lengths, train_seqs, stream)
+        # this process's micro-batches collated (and pinned) ahead by a thread; done steps (resume) are skipped
+        batches = _feed(steps, rank, ts.step_in_epoch, cfg, device)
+        s = ts.step_in_epoch - 1
+        finished_epoch = False
+        while True:
+            try:
+                step_plan, mine = batches.next()
+            except StopIteration:
+                finished_epoch = True
+                break
+            s += 1
             # A short last step can leave a process with fewer (or no) micro-batches: it runs zero-weight ones, so
             # that DDP syncs (at least one) and FSDP's all-gathers, which are collective, line up (as many as any).
             n_micro = max(len(r) for r in step_plan) if fsdp else max(1, len(mine))
-            everyone = [i for r in step_plan for mb in r for i in mb]
-            n0 = sum(label_counts[i] for i in everyone)
-            nsub = sum(frame_counts[i] for i in everyone) * (groups - 1)
+            everyone = [q for r in step_plan for mb in r for q in mb]  # the step's Sequences, all processes
+            n0 = sum(int((q.labels != IGNORE).sum()) for q in everyone)
+            nsub = sum(q.n_frames for q in everyone) * (groups - 1)
             sums = torch.zeros(4, device=device, dtype=torch.float64)
             for k in range(n_micro):
                 if k < len(mine):
-                    batch, weight = batches.next().to(device), 1.0
+                    batch, weight = mine[k].to(device), 1.0
                 else:
-                    batch, weight = collate([train_seqs[step_plan[0][0][0]]]).to(device), 0.0
+                    batch, weight = collate([step_plan[0][0][0]]).to(device), 0.0
                 sync = k == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
                     t_sum, s_sum, t_ok, s_ok = wrapped(batch, speaker_vec)
@@ -237,7 +262,7 @@ def train(
                 sums += weight * torch.stack([t_sum.detach().double(), s_sum.detach().double(), t_ok.double(),
                                               s_ok.double()])
             grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            step_tok = sum(lengths[i] for i in everyone)
+            step_tok = sum(q.length for q in everyone)
             if cfg.warmup_tokens or cfg.step_tokens:  # token schedule: this step's LR from tokens through it
                 seen["tokens"] = ts.tokens + step_tok
                 for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -265,14 +290,14 @@ def train(
                 wrapped.train()
             if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
                 break
-            if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 < len(plan):
+            if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 != n_steps:
                 _save_state(accelerator, ts, state_dir, cfg.save_state)
+        finished_epoch = finished_epoch or ts.step_in_epoch == n_steps
         batches.close()
         ts.data_wait_s += batches.wait_s
         if stop_reason in ("nonfinite_loss", "diverged", "train_collapse", "val_loss_rising"):
             _write_report(out, ts, cfg, run_info, "stopped", stop_reason) if main else None
             break
-        finished_epoch = ts.step_in_epoch == len(plan)
         if not finished_epoch:  # max_steps reached mid-epoch: record and stop without an epoch checkpoint
             _save_state(accelerator, ts, state_dir, cfg.save_state)
             break
@@ -573,19 +598,29 @@ def _plan(cfg: TrainConfig, lengths: list[int], epoch: int, world: int, plan_kw:
                              per_step=per_step)  # fmt: skip
 
 
-def _batches(plan: list[Any], rank: int, start: int, seqs: list[Sequence], cfg: TrainConfig, device: Any) -> Any:
-    """This process's micro-batches of the epoch from step `start` on, in order, collated ahead by a thread."""
+def _epoch_steps(cfg: TrainConfig, epoch: int, world: int, plan_kw: dict[str, Any], lengths: list[int],
+                 seqs: list[Sequence], stream: Any) -> Iterator[list[list[list[Sequence]]]]:  # fmt: skip
+    """This epoch's optimizer steps as steps[rank] = micro-batches of Sequences (in memory, or streamed shards)."""
+    if stream is not None:
+        stream.epoch = epoch
+        yield from stream
+        return
+    for step in _plan(cfg, lengths, epoch, world, plan_kw):
+        yield [[[seqs[i] for i in mb] for mb in r] for r in step]
+
+
+def _feed(steps: Iterator[Any], rank: int, start: int, cfg: TrainConfig, device: Any) -> Any:
+    """(step, this process's collated micro-batches) from step `start` on, made ahead by a thread (`Prefetcher`)."""
     from voicepipe.train.packing import Prefetcher, pack
 
     pin = getattr(device, "type", str(device)) == "cuda"
 
-    def make(mb: list[int]) -> Any:
-        group = [seqs[i] for i in mb]
+    def make(group: list[Sequence]) -> Any:
         b = pack(group, cfg.pack_multiple) if cfg.pack else collate(group)
         return b.pin_memory() if pin else b
 
-    work = [mb for step in plan[start:] for mb in step[rank]]
-    return Prefetcher((make(mb) for mb in work), depth=cfg.prefetch)
+    work = ((step, [make(mb) for mb in step[rank]]) for step in itertools.islice(steps, start, None))
+    return Prefetcher(work, depth=cfg.prefetch)
 
 
 def _fingerprint(cfg: TrainConfig, corpus_version: str, base_sha: str, speaker: str, world: int) -> str:

@@ -137,14 +137,22 @@ def read_index(source: ShardSource) -> dict[str, Any]:
     return idx
 
 
-def parse_shard(data: bytes, name: str, *, num_groups: int, codebook_size: int) -> list[Utterance]:
-    """One shard's utterances, validated like a corpus split (errors name the shard and line)."""
+def parse_shard(data: bytes, name: str, *, num_groups: int, codebook_size: int,
+                root: Path | None = None) -> list[Utterance]:  # fmt: skip
+    """One shard's utterances, validated like a corpus split (errors name the shard and line); relative audio paths
+    resolve against `root` (the corpus dir)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_bytes(data)
         try:
-            return read_split(Path(tmp), name, num_groups=num_groups, codebook_size=codebook_size, need_ref=False)
+            utts = read_split(Path(tmp), name, num_groups=num_groups, codebook_size=codebook_size, need_ref=False)
         except InputError as e:
             raise InputError(str(e).replace(str(Path(tmp) / name), f"shard {name}").replace(tmp, "shards")) from None
+    for u in utts:
+        for attr in ("audio", "ref_audio"):
+            p = getattr(u, attr)
+            if p is not None and p.is_relative_to(tmp):
+                setattr(u, attr, (Path(root) if root else Path(".")) / p.relative_to(tmp))
+    return utts
 
 
 class ShardStream:
