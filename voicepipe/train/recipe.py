@@ -3,6 +3,9 @@
     inputs (validated) -> processes/precision -> model -> speaker vector -> sequences -> optimizer -> [resume]
     -> epochs of steps (guardrails per step) -> val loss, checkpoint, guardrails per epoch -> training.json, store
 
+Steps come from a plan over the in-memory corpus (v8's utterance counts, or token budgets with `pack`) or stream from
+shards (`shards:`, stream.py); a thread collates each step's micro-batches ahead of the GPU (packing.Prefetcher).
+
 The same code runs on CPU, one GPU, or several processes launched by `accelerate launch` / `torchrun`: DDP, or
 with `distributed: fsdp` PyTorch FSDP2 (`fully_shard` on each decoder layer + root) to shard the memory.
 """
@@ -624,7 +627,7 @@ def _feed(steps: Iterator[Any], rank: int, start: int, cfg: TrainConfig, device:
 
 
 def _fingerprint(cfg: TrainConfig, corpus_version: str, base_sha: str, speaker: str, world: int) -> str:
-    keep = cfg.model_dump(exclude={"max_steps", "epochs", "log_every_steps", "state_every_steps"})
+    keep = cfg.model_dump(exclude={"max_steps", "epochs", "log_every_steps", "state_every_steps", "prefetch"})
     blob = json.dumps([keep, corpus_version, base_sha, speaker, world], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
