@@ -220,3 +220,38 @@ def test_val_guard_rules() -> None:
     assert ts.val_guard(dict(val_loss=3.2), cfg) == "val_loss_rising"  # 2 rises in a row
     assert state(1.0, 0.0).val_guard(dict(val_loss=2.5), cfg) == "train_collapse"
     assert state(1.0, 0.0).val_guard(dict(val_loss=float("nan")), cfg) == "nonfinite_loss"
+
+
+@pytest.mark.slow
+def test_packed_two_process_ddp_matches_single_process(structured_corpus_dir: Path, tiny_tts_dir: Path,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """Multi-GPU is the same code: packed steps split over 2 gloo processes give the 1-process losses."""
+    from tests.test_train_ddp import CONFIG, run_single_and_two_process
+
+    cfg = {**CONFIG, "pack": True, "micro_batch_tokens": 4096, "pack_multiple": 64, "save_state": False}
+    doc = run_single_and_two_process(cfg, structured_corpus_dir, tiny_tts_dir, tmp_path, "ddp-packed", 29531)
+    assert doc["config"]["pack"] is True
+
+
+def test_prefetcher_order_errors_and_early_close() -> None:
+    from voicepipe.train.packing import Prefetcher
+
+    p = Prefetcher(iter(range(50)), depth=3)
+    assert [p.next() for _ in range(50)] == list(range(50))
+    with pytest.raises(StopIteration):
+        p.next()
+    assert p.wait_s >= 0
+
+    def broken():
+        yield 1
+        raise ValueError("corpus line 7: bad")
+
+    q = Prefetcher(broken(), depth=2)
+    assert q.next() == 1
+    with pytest.raises(ValueError, match="corpus line 7"):
+        q.next()
+
+    r = Prefetcher(iter(range(10_000)), depth=2)  # stopped early (max_steps, a guard): the thread ends
+    assert r.next() == 0
+    r.close()
+    assert not r._thread.is_alive()
