@@ -3,6 +3,19 @@
     python benchmarks/train.py all --work /tmp/tb --out $OUT      # build model + corpus, run every variant, table
     python benchmarks/train.py all --small ...                    # CPU smoke test of the same code paths
 
+Podcast scale (issue 19; the run in benchmarks/RESULTS.md, ~4 minutes of H200 after the machine starts):
+
+    python benchmarks/train.py all --hours 20 --epochs 1 --official-epochs 1 --official-micro-batches 41 \
+        --official-corpus corpus-big --max-steps 7 --warm 2 --packed-attention parity \
+        --variants official,voicepipe-podcast,voicepipe-packed[,voicepipe-podcast-compile]
+
+`--hours` also builds `corpus-big/` (same utterance-length distribution); `--official-micro-batches` and
+`--max-steps` time a fixed number of steps at scale instead of whole epochs (the table says which); `parity` checks
+packed against padded batches on this machine's model for each per-document attention kernel, and
+`--packed-attention parity` runs the packed variants with the first kernel that agrees. The table gives seconds per
+epoch of the corpus measured and per 100-hour epoch at the same rate, MFU, peak memory and the share of time the
+step loop waited for data.
+
 The model is the real `Qwen3TTSForConditionalGeneration` at the released 1.7B sizes (talker 28 x 2048, MLP 6144,
 16/8 heads; code predictor 5 x 1024; speaker encoder 2048-d) with random weights, saved as a bf16 model dir and
 loaded the way production loads it. The corpus is synthetic: 361 training utterances (the user's v4 corpus size) with
