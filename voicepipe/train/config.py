@@ -47,7 +47,22 @@ class TrainConfig(BaseModel):
     # (batch_size * grad_accum per process) are regrouped by length into as few micro-batches as fit the budget.
     # The loss is a token mean over the whole optimizer step, so this changes speed, not the gradient.
     micro_batch_tokens: int | None = None
+    # Packing (voicepipe/train/packing.py): the utterances of a micro-batch end to end in one row with per-utterance
+    # attention (no padding between them), up to `micro_batch_tokens` tokens. Same loss and gradients as padding.
+    pack: bool = False
+    # Token budget of one optimizer step (real talker tokens, all processes together) instead of
+    # batch_size * grad_accum utterances; needs `pack`. The loss stays a token mean over the step.
+    step_tokens: int | None = Field(None, ge=1)
+    packed_attention: Literal["auto", "varlen", "flex", "sdpa"] = "auto"  # auto: flash varlen on CUDA, SDPA on CPU
+    pack_multiple: int = Field(256, ge=1)  # packed rows are padded to a multiple of this (few shapes to compile)
+    # Stream the training split from shards (`voicepipe.train.stream.write_shards`): a local folder or s3:// URL.
+    # The corpus dir then supplies the validation split and the speaker clips. Needs pack and step_tokens.
+    shards: str | None = None
+    prefetch: int = Field(4, ge=0)  # optimizer steps collated (and pinned) ahead by a background thread; 0 = inline
     warmup_steps: int = 0
+    # Warm-up and decay measured in talker tokens (a long epoch's schedule does not depend on how steps are cut);
+    # when set (or with step_tokens), the schedule runs on tokens seen, over all epochs' tokens.
+    warmup_tokens: int = Field(0, ge=0)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     subtalker_weight: float = 0.3  # official recipe: loss = talker + 0.3 * code predictor
     seed: int = 1234
@@ -69,6 +84,9 @@ class TrainConfig(BaseModel):
 
     # guardrails
     val_every_epoch: bool = True
+    # Also validate every N optimizer steps (long epochs); the guards (non-finite, collapse, val rising) then fire
+    # at that step instead of waiting for the epoch's end. 0 = at epoch ends only.
+    val_every_steps: int = Field(0, ge=0)
     patience: int = Field(3, ge=1)  # stop when val loss has risen this many epochs in a row
     collapse_ratio: float | None = 0.5  # stop when train loss < ratio * val loss (the v5 failure); None = off
     divergence_factor: float | None = 4.0  # stop when smoothed loss > factor * first loss; None = off
@@ -80,6 +98,16 @@ class TrainConfig(BaseModel):
     # test hooks (also handy for smoke runs)
     max_steps: int | None = None  # stop after this many optimizer steps in total
     export: bool = True  # write per-epoch model checkpoints
+
+    @model_validator(mode="after")
+    def _packing(self) -> TrainConfig:
+        if self.step_tokens and not self.pack:
+            raise ValueError("step_tokens needs pack: true (token-budget steps are packed)")
+        if self.shards and not self.step_tokens:
+            raise ValueError("shards (streaming) needs pack: true and step_tokens")
+        if self.pack and not self.micro_batch_tokens:
+            raise ValueError("pack: true needs micro_batch_tokens (the length of a packed row)")
+        return self
 
     @model_validator(mode="after")
     def _fsdp_limits(self) -> TrainConfig:

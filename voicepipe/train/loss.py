@@ -53,15 +53,24 @@ def input_embeddings(model: torch.nn.Module, batch: Batch, speaker_embedding: to
     return emb
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.Tensor) -> LossParts:
-    """Forward one micro-batch through talker and code predictor; return summed losses and counts."""
+def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.Tensor,
+                 packed_backend: str = "sdpa") -> LossParts:  # fmt: skip
+    """Forward one micro-batch through talker and code predictor; return summed losses and counts.
+
+    `batch` is a right-padded `Batch` or a `packing.PackedBatch` (then `packed_backend` picks the per-document
+    attention kernel)."""
     talker = model.talker
     emb = input_embeddings(model, batch, speaker_embedding)
-    # Right padding + causal attention: real tokens never see padding, so no attention mask is needed
-    # (and SDPA can take its fused causal path). Positions are then 0..T-1 for every row, as in generate().
-    out = talker(inputs_embeds=emb, use_cache=False, output_hidden_states=True)
-    logits = out.logits  # (B, T, V)
-    hidden = out.hidden_states[0][-1]  # last layer after the final norm, (B, T, H)
+    if hasattr(batch, "doc_ids"):
+        from voicepipe.train.packing import packed_talker
+
+        logits, hidden = packed_talker(model, emb, batch, packed_backend)
+    else:
+        # Right padding + causal attention: real tokens never see padding, so no attention mask is needed
+        # (and SDPA can take its fused causal path). Positions are then 0..T-1 for every row, as in generate().
+        out = talker(inputs_embeds=emb, use_cache=False, output_hidden_states=True)
+        logits = out.logits  # (B, T, V)
+        hidden = out.hidden_states[0][-1]  # last layer after the final norm, (B, T, H)
 
     # codebook 0: output at p predicts labels[p+1]
     lg = logits[:, :-1].reshape(-1, logits.shape[-1]).float()

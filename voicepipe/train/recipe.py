@@ -3,6 +3,9 @@
     inputs (validated) -> processes/precision -> model -> speaker vector -> sequences -> optimizer -> [resume]
     -> epochs of steps (guardrails per step) -> val loss, checkpoint, guardrails per epoch -> training.json, store
 
+Steps come from a plan over the in-memory corpus (v8's utterance counts, or token budgets with `pack`) or stream from
+shards (`shards:`, stream.py); a thread collates each step's micro-batches ahead of the GPU (packing.Prefetcher).
+
 The same code runs on CPU, one GPU, or several processes launched by `accelerate launch` / `torchrun`: DDP, or
 with `distributed: fsdp` PyTorch FSDP2 (`fully_shard` on each decoder layer + root) to shard the memory.
 """
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +31,7 @@ import torch
 from voicepipe.errors import InputError
 from voicepipe.train.config import TrainConfig, load_config
 from voicepipe.train.data import (
+    IGNORE,
     TRAIN_FILE,
     VAL_FILE,
     Sequence,
@@ -61,12 +66,13 @@ class TrainResult:
 class _LossModule(torch.nn.Module):
     """Puts the loss inside `forward`, so DDP's gradient hooks (or FSDP's) and autocast wrap all of it."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, packed_backend: str = "sdpa") -> None:
         super().__init__()
         self.model = model
+        self.packed_backend = packed_backend  # per-document attention kernel for packed batches
 
     def forward(self, batch: Any, speaker: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        p = compute_loss(self.model, batch, speaker)
+        p = compute_loss(self.model, batch, speaker, self.packed_backend)
         return p.talker_sum, p.sub_sum, p.talker_correct, p.sub_correct
 
 
@@ -107,7 +113,16 @@ def train(
     groups = int(talker_cfg.get("num_code_groups", 16))
     codebook = int(talker_cfg.get("code_predictor_config", {}).get("vocab_size", 2048))
     need_ref = cfg.speaker_source == "ref_audio"
-    train_utts = read_split(corpus_dir, TRAIN_FILE, num_groups=groups, codebook_size=codebook, need_ref=need_ref)
+    stream = None
+    if cfg.shards:  # the training split streams from shards; the corpus dir gives val + clips (stream.py)
+        from voicepipe.train.stream import open_source, parse_shard, read_index
+
+        source = open_source(cfg.shards, settings)
+        first = read_index(source)["shards"][0]["name"]
+        train_utts = parse_shard(source.read(first), first, num_groups=groups, codebook_size=codebook, root=corpus_dir)
+        stream = dict(source=source, num_groups=groups, codebook_size=codebook)
+    else:
+        train_utts = read_split(corpus_dir, TRAIN_FILE, num_groups=groups, codebook_size=codebook, need_ref=need_ref)
     val_utts = read_split(corpus_dir, VAL_FILE, num_groups=groups, codebook_size=codebook, need_ref=False)
     speaker_name = _check_speaker(speaker)
     clips = _speaker_clips(train_utts, cfg)
@@ -140,8 +155,24 @@ def train(
     train_seqs = [_sequence(tts.processor, u, ids, language) for u in train_utts]
     val_seqs = [_sequence(tts.processor, u, ids, language) for u in val_utts]
     lengths = [s.length for s in train_seqs]
+    if stream is not None:  # streamed: `lengths` is the first shard's; scale it to the whole index (schedule)
+        from voicepipe.train.stream import ShardStream
+
+        stream = ShardStream(**stream, make_seq=lambda u: _sequence(tts.processor, u, ids, language),
+                             epoch=0, seed=cfg.seed,
+                             world=world, micro_batch_tokens=int(cfg.micro_batch_tokens or 0),
+                             step_tokens=int(cfg.step_tokens or 0))  # fmt: skip
+        lengths = lengths * max(1, round(stream.n_utterances / len(lengths)))
 
     # 6. trainable parameters, optimizer, schedule ---------------------------------------------------------------------
+    packed_backend = "sdpa"
+    if cfg.pack:  # several utterances per row, each attending only to itself (packing.py)
+        from voicepipe.train.packing import check_fits, enable_packed_attention, resolve_backend
+
+        if stream is None:
+            check_fits(lengths, int(cfg.micro_batch_tokens or 0))
+        enable_packed_attention(model)
+        packed_backend = resolve_backend(cfg.packed_attention, device)
     if cfg.compile:
         for layer in [*model.talker.model.layers, *model.talker.code_predictor.model.layers]:
             layer.compile(dynamic=True)
@@ -150,14 +181,17 @@ def train(
     per_step = cfg.batch_size * cfg.grad_accum
     plan_kw = dict(seed=cfg.seed, per_step=per_step, batch_size=cfg.batch_size, world=world,
                    micro_batch_tokens=cfg.micro_batch_tokens)  # fmt: skip
-    steps_per_epoch = len(plan_epoch(lengths, epoch=0, **plan_kw))
+    steps_per_epoch = len(_plan(cfg, lengths, 0, world, plan_kw))
     total_steps = steps_per_epoch * cfg.epochs
     fsdp = cfg.distributed == "fsdp" and world > 1
-    wrapped = _fully_shard(_LossModule(model), accelerator) if fsdp else _LossModule(model)  # before the optimizer
+    loss_module = _LossModule(model, packed_backend)
+    wrapped = _fully_shard(loss_module, accelerator) if fsdp else loss_module  # before the optimizer
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=bool(cfg.fused_optimizer and device.type == "cuda"))  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+    seen = {"tokens": 0}  # token-based schedule: tokens through the current step (set by the loop)
+    factor = _schedule(cfg, total_steps, seen, sum(lengths) * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if fsdp:  # already sharded: accelerate's DDP wrapper would sync gradients a second time
         optimizer = accelerator.prepare(optimizer)
     else:
@@ -194,30 +228,38 @@ def train(
     resumed_from = ts.global_step
 
     # 8. epochs ------------------------------------------------------------------------------------------------------
-    label_counts = [int((s.labels != -100).sum()) for s in train_seqs]
-    frame_counts = [s.n_frames for s in train_seqs]
     bar = _progress(total_steps, ts.global_step, enabled=progress and main)
     stop_reason: str | None = ts.stop_reason
     for epoch in range(ts.epoch, cfg.epochs):
         if stop_reason:
             break
         wrapped.train()
-        plan = plan_epoch(lengths, epoch=epoch, **plan_kw)
         t_epoch = time.time()
-        for s, step_plan in enumerate(plan):
-            if s < ts.step_in_epoch:
-                continue  # done before the run was interrupted
-            mine = step_plan[rank]
+        n_steps = None if stream else len(_plan(cfg, lengths, epoch, world, plan_kw))
+        steps = _epoch_steps(cfg, epoch, world, plan_kw, lengths, train_seqs, stream)
+        # this process's micro-batches collated (and pinned) ahead by a thread; done steps (resume) are skipped
+        batches = _feed(steps, rank, ts.step_in_epoch, cfg, device)
+        s = ts.step_in_epoch - 1
+        finished_epoch = False
+        while True:
+            try:
+                step_plan, mine = batches.next()
+            except StopIteration:
+                finished_epoch = True
+                break
+            s += 1
             # A short last step can leave a process with fewer (or no) micro-batches: it runs zero-weight ones, so
             # that DDP syncs (at least one) and FSDP's all-gathers, which are collective, line up (as many as any).
             n_micro = max(len(r) for r in step_plan) if fsdp else max(1, len(mine))
-            everyone = [i for r in step_plan for mb in r for i in mb]
-            n0 = sum(label_counts[i] for i in everyone)
-            nsub = sum(frame_counts[i] for i in everyone) * (groups - 1)
+            everyone = [q for r in step_plan for mb in r for q in mb]  # the step's Sequences, all processes
+            n0 = sum(int((q.labels != IGNORE).sum()) for q in everyone)
+            nsub = sum(q.n_frames for q in everyone) * (groups - 1)
             sums = torch.zeros(4, device=device, dtype=torch.float64)
             for k in range(n_micro):
-                mb, weight = (mine[k], 1.0) if k < len(mine) else ([step_plan[0][0][0]], 0.0)
-                batch = collate([train_seqs[i] for i in mb]).to(device)
+                if k < len(mine):
+                    batch, weight = mine[k].to(device), 1.0
+                else:
+                    batch, weight = collate([step_plan[0][0][0]]).to(device), 0.0
                 sync = k == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
                     t_sum, s_sum, t_ok, s_ok = wrapped(batch, speaker_vec)
@@ -228,32 +270,45 @@ def train(
                 sums += weight * torch.stack([t_sum.detach().double(), s_sum.detach().double(), t_ok.double(),
                                               s_ok.double()])
             grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            step_tok = sum(q.length for q in everyone)
+            if cfg.warmup_tokens or cfg.step_tokens:  # token schedule: this step's LR from tokens through it
+                seen["tokens"] = ts.tokens + step_tok
+                for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                    group["lr"] = base_lr * scheduler.lr_lambdas[0](0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             sums = accelerator.reduce(sums, reduction="sum")
             ts.add_step(sums.tolist(), n0, nsub, cfg.subtalker_weight)
+            ts.tokens += step_tok
             ts.global_step += 1
             ts.step_in_epoch = s + 1
             step_loss = ts.epoch_acc_loss_last
             gn = float(_full(grad_norm)) if grad_norm is not None else float("nan")
             if ts.global_step % cfg.log_every_steps == 0 or not math.isfinite(step_loss):
                 ts.steps.append(dict(step=ts.global_step, epoch=epoch + 1, loss=step_loss, grad_norm=gn,
-                                     lr=scheduler.get_last_lr()[0]))  # fmt: skip
+                                     lr=scheduler.get_last_lr()[0], tokens=ts.tokens,
+                                     t=round(time.time() - t_epoch, 3), data_wait_s=round(batches.wait_s, 4)))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}", gnorm=f"{gn:.2f}")
             if on_progress is not None and main:  # e.g. a Prefect progress artifact (tasks/train.py)
                 on_progress({"step": ts.global_step, "total_steps": total_steps, "epoch": epoch + 1,
                              "epochs": cfg.epochs, "loss": step_loss})
             stop_reason = ts.step_guard(step_loss, cfg)
+            if not stop_reason and cfg.val_every_steps and ts.global_step % cfg.val_every_steps == 0:
+                val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
+                stop_reason = ts.val_guard(val, cfg)
+                wrapped.train()
             if stop_reason or (cfg.max_steps and ts.global_step >= cfg.max_steps):
                 break
-            if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 < len(plan):
+            if cfg.state_every_steps and ts.global_step % cfg.state_every_steps == 0 and s + 1 != n_steps:
                 _save_state(accelerator, ts, state_dir, cfg.save_state)
-        if stop_reason == "nonfinite_loss" or stop_reason == "diverged":
+        finished_epoch = finished_epoch or ts.step_in_epoch == n_steps
+        batches.close()
+        ts.data_wait_s += batches.wait_s
+        if stop_reason in ("nonfinite_loss", "diverged", "train_collapse", "val_loss_rising"):
             _write_report(out, ts, cfg, run_info, "stopped", stop_reason) if main else None
             break
-        finished_epoch = ts.step_in_epoch == len(plan)
         if not finished_epoch:  # max_steps reached mid-epoch: record and stop without an epoch checkpoint
             _save_state(accelerator, ts, state_dir, cfg.save_state)
             break
@@ -261,6 +316,7 @@ def train(
         # epoch end: validation, checkpoint, guardrails, resumable state
         val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
         rec = ts.close_epoch(epoch + 1, val, seconds=time.time() - t_epoch, w=cfg.subtalker_weight)
+        rec["data_wait_s"], ts.data_wait_s = round(ts.data_wait_s, 3), 0.0  # time the step waited for batches
         if cfg.export:
             # FSDP: every process takes part in gathering the full weights; rank 0 gets them (on CPU)
             net = _full_model(wrapped) if fsdp else accelerator.unwrap_model(wrapped).model
@@ -283,6 +339,10 @@ def train(
         if cfg.max_steps and ts.global_step >= cfg.max_steps:
             break
     bar.close()
+    if cfg.pack:
+        from voicepipe.train.packing import disable_packed_attention
+
+        disable_packed_attention(model)
 
     # 9. report and store --------------------------------------------------------------------------------------------
     status = "stopped" if stop_reason else "completed"
@@ -527,20 +587,67 @@ def _base_dtype(base_cfg: dict[str, Any]) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def _schedule(cfg: TrainConfig, total: int) -> Any:
+def _schedule(cfg: TrainConfig, total: int, seen: dict[str, int] | None = None, total_tokens: int = 0) -> Any:
+    """LR factor per optimizer step; with `warmup_tokens` or `step_tokens`, a function of the tokens trained on
+    (`seen["tokens"]`, set by the loop before each `optimizer.step()`), over `total_tokens`."""
+    by_tokens = seen is not None and bool(cfg.warmup_tokens or cfg.step_tokens)
+
     def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+        if by_tokens:  # tokens through the step about to be taken (the loop sets it before optimizer.step())
+            x, warm, end = seen["tokens"], cfg.warmup_tokens, total_tokens
+            if warm and x < warm:
+                return max(x, 1) / warm
+        else:
+            x, warm, end = step, cfg.warmup_steps, total
+            if warm and x < warm:
+                return (x + 1) / warm
         if cfg.scheduler == "constant":
             return 1.0
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        frac = min(1.0, (x - warm) / max(1, end - warm))
         return 0.5 * (1 + math.cos(math.pi * frac)) if cfg.scheduler == "cosine" else 1.0 - frac
 
     return factor
 
 
+def _plan(cfg: TrainConfig, lengths: list[int], epoch: int, world: int, plan_kw: dict[str, Any]) -> list[Any]:
+    """This epoch's steps[s][rank] = micro-batches: packed token-budget plan or the utterance-count plan."""
+    if not cfg.pack:
+        return plan_epoch(lengths, epoch=epoch, **plan_kw)
+    from voicepipe.train.packing import plan_packed_epoch
+
+    per_step = None if cfg.step_tokens else cfg.batch_size * cfg.grad_accum
+    return plan_packed_epoch(lengths, epoch=epoch, seed=cfg.seed, world=world,
+                             micro_batch_tokens=int(cfg.micro_batch_tokens or 0), step_tokens=cfg.step_tokens,
+                             per_step=per_step)  # fmt: skip
+
+
+def _epoch_steps(cfg: TrainConfig, epoch: int, world: int, plan_kw: dict[str, Any], lengths: list[int],
+                 seqs: list[Sequence], stream: Any) -> Iterator[list[list[list[Sequence]]]]:  # fmt: skip
+    """This epoch's optimizer steps as steps[rank] = micro-batches of Sequences (in memory, or streamed shards)."""
+    if stream is not None:
+        stream.epoch = epoch
+        yield from stream
+        return
+    for step in _plan(cfg, lengths, epoch, world, plan_kw):
+        yield [[[seqs[i] for i in mb] for mb in r] for r in step]
+
+
+def _feed(steps: Iterator[Any], rank: int, start: int, cfg: TrainConfig, device: Any) -> Any:
+    """(step, this process's collated micro-batches) from step `start` on, made ahead by a thread (`Prefetcher`)."""
+    from voicepipe.train.packing import Prefetcher, pack
+
+    pin = getattr(device, "type", str(device)) == "cuda"
+
+    def make(group: list[Sequence]) -> Any:
+        b = pack(group, cfg.pack_multiple) if cfg.pack else collate(group)
+        return b.pin_memory() if pin else b
+
+    work = ((step, [make(mb) for mb in step[rank]]) for step in itertools.islice(steps, start, None))
+    return Prefetcher(work, depth=cfg.prefetch)
+
+
 def _fingerprint(cfg: TrainConfig, corpus_version: str, base_sha: str, speaker: str, world: int) -> str:
-    keep = cfg.model_dump(exclude={"max_steps", "epochs", "log_every_steps", "state_every_steps"})
+    keep = cfg.model_dump(exclude={"max_steps", "epochs", "log_every_steps", "state_every_steps", "prefetch"})
     blob = json.dumps([keep, corpus_version, base_sha, speaker, world], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -601,10 +708,16 @@ class _TrainerState:
     first_loss: float | None = None
     ema: float | None = None
     stop_reason: str | None = None
+    tokens: int = 0  # talker tokens trained on (all processes), for the token-based schedule
+    vals: list[dict[str, Any]] = field(default_factory=list)  # validations every `val_every_steps`
+    data_wait_s: float = 0.0  # this epoch so far: seconds the loop waited for collated batches
+    since_val: list[float] = field(default_factory=lambda: [0.0] * 4)  # t_sum, s_sum, n0, nsub since last val
 
     def add_step(self, sums: list[float], n0: int, nsub: int, w: float) -> None:
         for i, v in enumerate([*sums, n0, nsub]):
             self.acc[i] += v
+        for i, v in enumerate([sums[0], sums[1], n0, nsub]):
+            self.since_val[i] += v
         self.epoch_acc_loss_last = sums[0] / max(n0, 1) + w * sums[1] / max(nsub, 1)
 
     def step_guard(self, loss: float, cfg: TrainConfig) -> str | None:
@@ -615,6 +728,21 @@ class _TrainerState:
         self.ema = loss if self.ema is None else 0.9 * self.ema + 0.1 * loss
         if cfg.divergence_factor and self.ema > cfg.divergence_factor * self.first_loss:
             return "diverged"
+        return None
+
+    def val_guard(self, val: dict[str, float], cfg: TrainConfig) -> str | None:
+        """The epoch guards, at a validation between epoch ends (train loss: token mean since the last validation)."""
+        t_sum, s_sum, n0, nsub = self.since_val
+        train = t_sum / max(n0, 1) + cfg.subtalker_weight * s_sum / max(nsub, 1) if n0 else float("nan")
+        self.since_val = [0.0] * 4
+        self.vals.append(dict(step=self.global_step, train_loss=train, **val))
+        if not math.isfinite(val["val_loss"]):
+            return "nonfinite_loss"
+        if cfg.collapse_ratio and train < cfg.collapse_ratio * val["val_loss"]:
+            return "train_collapse"
+        vals = [v["val_loss"] for v in self.vals]
+        if len(vals) > cfg.patience and all(vals[-i] > vals[-i - 1] for i in range(1, cfg.patience + 1)):
+            return "val_loss_rising"
         return None
 
     def close_epoch(self, epoch: int, val: dict[str, float], seconds: float, w: float) -> dict[str, Any]:
@@ -684,7 +812,7 @@ def _write_report(out: Path, ts: _TrainerState, cfg: TrainConfig, run: dict[str,
                   stop_reason: str | None) -> Path:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(run={**run, "status": status, "stop_reason": stop_reason}, config=cfg.model_dump(mode="json"),
-               epochs=ts.epochs, best=ts.best, steps=ts.steps)  # fmt: skip
+               epochs=ts.epochs, best=ts.best, steps=ts.steps, vals=ts.vals)  # fmt: skip
     path = out / "training.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
