@@ -115,7 +115,7 @@ def test_every_step_left_a_prefect_artifact(builds):
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="corpus-target-")), limit=200)}
     steps = ("fetch", "standardize", "separate", "diarize", "segment", "transcribe", "filter", "encode")
-    assert {f"corpus-target-{s}" for s in steps} | {"corpus-target-report", "corpus-target-dir"} <= keys, keys
+    assert {f"corpus-target-{s}" for s in steps} | {"corpus-target-report", "corpus-target-report-file"} <= keys, keys
 
 
 def test_fetch_step_retries_a_flaky_store_without_duplicates(corpus_prefect, synthetic_podcast, corpus_params_base,

@@ -72,8 +72,6 @@ def load_codec(
     apply_compat()
     from qwen_tts import Qwen3TTSTokenizer
 
-    if path is not None and (Path(path) / "speech_tokenizer" / "config.json").is_file():
-        path = Path(path) / "speech_tokenizer"
     try:
         where = resolve_model("codec", path, settings)
     except ModelError:

@@ -72,6 +72,8 @@ def _check_local(kind: str, path: Path, given: str) -> Path:
         return path
     if not path.is_dir():
         raise ModelError(f"{kind} model {given}: {path} is not a directory")
+    if kind == "codec" and (path / "speech_tokenizer" / "config.json").is_file():
+        path = path / "speech_tokenizer"  # a TTS model dir: its codec ships in speech_tokenizer/ (as load_codec reads)
     for alternatives in KINDS[kind]["required"]:
         if not any((path / f).is_file() for f in alternatives):
             raise ModelError(f"{kind} model {given}: {path} has no {' or '.join(alternatives)}")
