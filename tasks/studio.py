@@ -16,21 +16,9 @@ from voicepipe.corpus.build import context_for
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.steps import STEPS, EpisodeState
 from voicepipe.corpus.studio import TAKE_STEP_FUNCS, TakeSource, list_takes
-from voicepipe.errors import InputError
 
 
-def _not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry store hiccups, not a session that does not exist."""
-    try:
-        state.result()
-    except InputError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
-
-
-@task(name="corpus-list-studio-takes", cache_policy=NO_CACHE, retry_condition_fn=_not_bad_input, **IO_RETRIES)
+@task(name="corpus-list-studio-takes", cache_policy=NO_CACHE, **IO_RETRIES)  # InputError is not retried
 def list_studio_takes(params: CorpusParams) -> list[TakeSource]:
     """The kept takes of the build's studio sessions."""
     return list_takes(params, context_for(params).store)
