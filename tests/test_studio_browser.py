@@ -140,7 +140,7 @@ def test_corpus_from_the_session_holds_the_good_takes_only(recorded, studio_serv
     from voicepipe.corpus.config import CorpusParams
 
     out = studio_server["root"] / "corpus"
-    params = CorpusParams(speaker="james", studio=["main"], out=str(out), separate=False,
+    params = CorpusParams(speaker="james", enroll=[], studio=["main"], out=str(out), separate=False,
                           asr_backend="pocketsphinx", codec_model=str(tiny_tts_dir), workers=1,
                           store_url=str(studio_server["root"] / "store"))
     result = build_local(params, progress=False)

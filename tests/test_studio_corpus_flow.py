@@ -50,7 +50,7 @@ def test_studio_session_and_feed_in_one_corpus(corpus_prefect, synthetic_podcast
         session.decide(take.id, keep=True)  # the clipped one too: the corpus filters must still catch it
 
     params = CorpusParams(
-        speaker="Target", studio=["main"], feeds=[synthetic_podcast.feed("feed-studio.xml", n_episodes=2)],
+        speaker="Target", enroll=[], studio=["main"], feeds=[synthetic_podcast.feed("feed-studio.xml", n_episodes=2)],
         out=str(tmp_path / "out"), store_url=store_url, separate=False, asr_backend="pocketsphinx",
         codec_model=str(tiny_tts_dir), workers=2, val_fraction=0.0,
         studio_max_wer=1.0,  # PocketSphinx cannot follow espeak's m3 voice; the WER filter is tested elsewhere

@@ -39,10 +39,10 @@ class CorpusParams(BaseModel):
     """Everything `voicepipe corpus build` / the `build_corpus` flow takes (rendered as a form in the Prefect UI)."""
 
     speaker: str = Field(..., description="Name of the target speaker (stored lower-case).")
-    enroll: list[str] = Field(default_factory=list, description=(
+    enroll: list[str] = Field(..., description=(
         "Clean reference clips of the target speaker: store:<ref or sha> (`voicepipe store put clip.wav --ref "
-        "enroll/NAME`), s3://bucket/key, http(s):// URLs, or paths on the worker (may be left empty with `studio`: "
-        "the first kept takes are used)."))
+        "enroll/NAME`), s3://bucket/key, http(s):// URLs, or paths on the worker (may be an empty list with "
+        "`studio`: the first kept takes are used)."))
     out: str | None = Field(None, description=(
         "Output directory on the worker (optional: the corpus always lands in the artifact store; "
         "default <home>/corpus/<speaker>/<flow run id>)."))
