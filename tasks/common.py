@@ -234,9 +234,31 @@ def settle(futures: Iterable[Any]) -> BaseException | None:
         with get_client(sync_client=True) as client:
             for f in pending:
                 why = f"not run: {f.state.message or 'an upstream task failed'}"
-                client.set_task_run_state(f.task_run_id, Cancelled(message=why), force=True)
+                _cancel(client, f.task_run_id, Cancelled(message=why))
     for f in futures:
         if f.state.is_failed() or f.state.is_crashed():
             err = f.state.result(raise_on_failure=False)
             return err if isinstance(err, BaseException) else RuntimeError(f.state.message or "task failed")
     return None
+
+
+def _cancel(client: Any, task_run_id: UUID, state: Any, wait_s: float = 20.0) -> None:
+    """Set a never-run task's Cancelled state. The server records task runs from events, asynchronously: a run that
+    was only ever NotReady may not exist there yet (404), so wait for it a little; a cleanup that still cannot be
+    done is logged, never raised over the failure the flow is reporting."""
+    import time
+
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    from prefect.logging import get_run_logger
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.set_task_run_state(task_run_id, state, force=True)
+            return
+        except (ObjectNotFound, PrefectHTTPStatusError) as e:
+            missing = isinstance(e, ObjectNotFound) or getattr(e.response, "status_code", None) == 404
+            if not missing or time.monotonic() > deadline:
+                get_run_logger().warning("could not mark task run %s cancelled: %s", task_run_id, e)
+                return
+            time.sleep(0.25)
