@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.fixtures.studio import clipped
 from voicepipe.audio import save_wav
@@ -31,9 +30,6 @@ def _take(text: str, sr: int = 24000) -> np.ndarray:
     return np.concatenate([pad, speak(text, TARGET_VOICE, speed=155) * 0.5, pad]).astype(np.float32)
 
 
-@pytest.mark.xfail(strict=False, reason="known regression from merging issue 12 into issue 18 (2026-12-02): studio "
-                   "takes now go through the podcast's per-episode speaker clustering, which drops the single-speaker "
-                   "takes; the take steps must skip it (open: issue 12 / 18 follow-up)")
 def test_studio_session_and_feed_in_one_corpus(corpus_prefect, synthetic_podcast, tiny_tts_dir, tmp_path):
     from flows.corpus import build_corpus
 

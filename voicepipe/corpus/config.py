@@ -61,7 +61,8 @@ class CorpusParams(BaseModel):
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
     target_threshold: float = Field(
-        0.82, description="pyannote path only: min cosine of a pyannote speaker to the enrollment to be the target."
+        0.82, description="pyannote path and studio takes only: min cosine to the enrollment of a pyannote speaker "
+        "(or a take) to be the target."
     )
     speaker_margin: float = Field(
         0.3, ge=0.0, lt=1.0, description="CPU path: a window is the target's when it is nearer the episode's target "

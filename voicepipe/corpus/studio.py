@@ -4,7 +4,8 @@ A take runs through the same steps as a podcast episode, so it gets the same fil
 versioning (`assemble` sees it as a one-utterance episode):
 
     fetch (the take is already in the store) -> standardize -> separate (skipped: a studio take is clean)
-    -> diarize (speaker check against the enrollment) -> segment (one segment: the take's speech span + padding)
+    -> diarize (one voice per take, so no clustering; its cosine to the enrollment is checked)
+    -> segment (one segment: the take's speech span + padding)
     -> transcribe (the prompt is the text; ASR only as a check: its confidence and WER vs the prompt)
     -> filter (the corpus filters; the words judged by WER vs the prompt <= `studio_max_wer`, not by the
        recogniser's confidence in its own guess) -> encode
@@ -23,10 +24,10 @@ from typing import Any
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource
 from voicepipe.corpus.steps import (
+    SR16,
     STEPS,
     EpisodeState,
     StepContext,
-    diarize,
     encode,
     guarded,
     quality_filter,
@@ -138,6 +139,40 @@ def separate_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     return state
 
 
+@guarded("diarize")
+def diarize_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
+    """A take is one person reading one prompt: its VAD speech is one target turn, with no per-episode clustering
+    (a few seconds of one voice have no second speaker to be told apart from). The take's speech is embedded once
+    and its cosine to the enrollment centroid must be at least `target_threshold`; it is recorded either way."""
+    import numpy as np
+
+    p = ctx.params
+    params = {"studio": 1, "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s,
+              "threshold": p.target_threshold}
+
+    def compute() -> dict:
+        wav = ctx.audio(state.audio_sha, SR16)
+        speech = ctx.engines.vad.speech(wav, min_silence_s=p.min_silence_s)
+        if not speech:
+            return {"backend": "studio-take", "speech": [], "turns": [], "overlap": [], "labels": {},
+                    "target_label": None, "speakers": [], "centroids": {}}
+        spk = ctx.engines.speaker
+        voice = np.concatenate([wav[int(a * SR16) : int(b * SR16)] for a, b in speech])
+        sim = float(spk.similarity(spk.embed(voice), ctx.centroid))
+        ok = sim >= p.target_threshold
+        why = "" if ok else f"not the enrolled voice (cosine to enrollment {sim:.2f} < {p.target_threshold:g})"
+        turns = [{"start": round(a, 3), "end": round(b, 3), "speaker": "S0", "target": ok, "reason": why}
+                 for a, b in speech]
+        talk = round(sum(b - a for a, b in speech), 2)
+        return {"backend": "studio-take", "speech": speech, "turns": turns, "overlap": [], "labels": {"S0": sim},
+                "target_label": "S0" if ok else None,
+                "speakers": [{"label": "S0", "talk_s": talk, "enroll_sim": round(sim, 4), "target": ok}],
+                "centroids": {}}
+
+    run_step(ctx, state, "diarize", [state.audio_sha], params, compute)
+    return state
+
+
 @guarded("segment")
 def segment_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """One segment: from the first to the last VAD speech of the take, padded by `pad_s` (within the take)."""
@@ -164,7 +199,7 @@ def segment_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 @guarded("transcribe")
 def transcribe_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """The known prompt is the text; the recogniser runs only as a check (confidence, transcript, WER)."""
-    from voicepipe.corpus.steps import SR16, normalize_text
+    from voicepipe.corpus.steps import normalize_text
     from voicepipe.evaluate.metrics import wer_cer
 
     p = ctx.params
@@ -207,7 +242,7 @@ def filter_take(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
 
 TAKE_STEP_FUNCS: dict[str, Callable[[StepContext, EpisodeState], EpisodeState]] = {
-    "fetch": fetch_take, "standardize": standardize, "separate": separate_take, "diarize": diarize,
+    "fetch": fetch_take, "standardize": standardize, "separate": separate_take, "diarize": diarize_take,
     "segment": segment_take, "transcribe": transcribe_take, "filter": filter_take, "encode": encode,
 }
 assert list(TAKE_STEP_FUNCS) == STEPS, "a studio take runs every corpus step, in the same order"
