@@ -165,3 +165,29 @@ def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build
     assert any(r["reason"].startswith("snr") for r in rejects)
     summary = json.loads((tmp_path / "out" / "corpus.json").read_text())
     assert summary["flagged_episodes"] == ["guest-1.mp3"]  # a folder source: the id is the file name
+
+
+def test_the_pyannote_path_picks_the_target_speaker_relative_to_the_episode():
+    """With a diarizer's speakers (pyannote's labels), the target is the speaker nearest the enrollment, whatever
+    the absolute cosines: a guest above the old 0.82 is not the target, and the target is still found when the
+    enrollment drifts toward another voice (recorded elsewhere: every cosine shifts)."""
+    from voicepipe.corpus import speakers
+    from voicepipe.corpus.engines import SpeakerEncoder
+
+    v = ENGINE_VOICES["espeak"]
+    enc = SpeakerEncoder()
+    lines = ("We measured every panel twice, once in the morning and once at noon.",
+             "The cheapest battery lasted longer than anyone in the shop expected.")
+    voice = {role: enc.embed(load_audio_array(np.concatenate([speak_with("espeak", t, v[role]) for t in lines])))
+             for role in ("target", "cohost", "guest")}
+    enroll = enc.centroid([load_audio_array(speak_with("espeak", "This is a clean recording of my voice.",
+                                                       v["target"]))])
+    label, sims = speakers.target_label({"SPEAKER_00": voice["cohost"], "SPEAKER_01": voice["target"],
+                                         "SPEAKER_02": voice["guest"]}, enroll)
+    assert label == "SPEAKER_01", sims
+    assert sims["SPEAKER_00"] > 0.82, sims  # the close co-host would have passed the old fixed threshold
+    # another microphone: the enrollment drifts away from everyone (mixed with an unrelated voice); still relative
+    far = speakers.unit(0.55 * speakers.unit(enroll) + 0.45 * speakers.unit(voice["guest"]))
+    label, sims = speakers.target_label({"A": voice["cohost"], "B": voice["target"]}, far)
+    assert label == "B", sims
+    assert speakers.target_label({}, enroll) == (None, {})

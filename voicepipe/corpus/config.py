@@ -61,8 +61,8 @@ class CorpusParams(BaseModel):
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
     target_threshold: float = Field(
-        0.82, description="pyannote path and studio takes only: min cosine to the enrollment of a pyannote speaker "
-        "(or a take) to be the target."
+        0.82, description="Studio takes only: min cosine of a take to the enrollment (a take has no second voice to "
+        "be compared with; podcast episodes are decided relative to their own speakers)."
     )
     speaker_margin: float = Field(
         0.3, ge=0.0, lt=1.0, description="CPU path: a window is the target's when it is nearer the episode's target "

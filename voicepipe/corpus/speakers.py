@@ -46,13 +46,14 @@ def windows(speech: list[tuple[float, float]], win_s: float = WIN_S, hop_s: floa
     return out
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (fp32): cosine becomes a dot product."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
 
 
 def _centroids(embs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    return _normalize(np.stack([embs[labels == i].mean(axis=0) for i in range(k)]))
+    return unit(np.stack([embs[labels == i].mean(axis=0) for i in range(k)]))
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -77,14 +78,14 @@ def cluster(embs: np.ndarray, enroll: np.ndarray | None = None, *, max_speakers:
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
-    embs = _normalize(embs)
+    embs = unit(embs)
     n = len(embs)
     if n < 4:
         labels = np.zeros(n, dtype=np.int64)
         return labels, (_centroids(embs, labels, 1) if n else embs)
     step = max(1, int(np.ceil(n / max_points)))
     sample = embs[::step]
-    first = _normalize(enroll) if enroll is not None else sample[int(np.argmax(sample @ sample.mean(axis=0)))]
+    first = unit(enroll) if enroll is not None else sample[int(np.argmax(sample @ sample.mean(axis=0)))]
     best_score, best_cents = -1.0, None
     for k in range(2, min(max_speakers, len(sample) - 1) + 1):
         init = [first]
@@ -95,9 +96,9 @@ def cluster(embs: np.ndarray, enroll: np.ndarray | None = None, *, max_speakers:
             continue
         score = float(silhouette_score(sample, km.labels_, metric="cosine"))
         if score > best_score:
-            best_score, best_cents = score, _normalize(km.cluster_centers_)
+            best_score, best_cents = score, unit(km.cluster_centers_)
     if best_cents is None or best_score < min_silhouette:
-        best_cents = _normalize(sample.mean(axis=0, keepdims=True))
+        best_cents = unit(sample.mean(axis=0, keepdims=True))
     labels, k = _relabel(np.argmax(embs @ best_cents.T, axis=1))
     return labels, _centroids(embs, labels, k)
 
@@ -123,7 +124,7 @@ def split_target(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, cents
             break
         if float(silhouette_score(x, km.labels_, metric="cosine")) < min_silhouette:
             break
-        keep_c, new_c = _normalize(x[km.labels_ == 0].mean(axis=0)), _normalize(x[km.labels_ == 1].mean(axis=0))
+        keep_c, new_c = unit(x[km.labels_ == 0].mean(axis=0)), unit(x[km.labels_ == 1].mean(axis=0))
         # another voice: the enrollment sits nearer the part it seeded by at least half the parts' distance (one
         # voice split by a music bed or a bad channel leaves the enrollment about as near both parts)
         if float(keep_c @ enroll - new_c @ enroll) < 0.5 * (1.0 - float(keep_c @ new_c)):
@@ -148,8 +149,8 @@ class EpisodeSpeakers:
     @classmethod
     def find(cls, embs: np.ndarray, enroll: np.ndarray, **kw: object) -> EpisodeSpeakers:
         """Cluster `embs` and pick the target cluster by the enrollment centroid `enroll`."""
-        embs = _normalize(embs)
-        enroll = _normalize(enroll)
+        embs = unit(embs)
+        enroll = unit(enroll)
         labels, cents = cluster(embs, enroll, **kw)  # type: ignore[arg-type]
         labels, cents = split_target(embs, enroll, labels, cents)
         sims = [float(c @ enroll) for c in cents]
@@ -162,6 +163,16 @@ class EpisodeSpeakers:
         return cls(labels, cents, sims, target, spread)
 
 
+def target_label(label_embs: dict[str, np.ndarray], enroll: np.ndarray) -> tuple[str | None, dict[str, float]]:
+    """Which of a diarizer's speakers (one embedding per label, e.g. pyannote's) is the target: the one nearest the
+    enrollment centroid, relative to the episode's other speakers, never by a fixed cosine (a guest may embed
+    closer to the enrollment than a fixed threshold, and the target farther, on another microphone). Returns
+    (label or None when there are no speakers, cosine of each label to the enrollment)."""
+    enroll = unit(enroll)
+    sims = {lab: float(unit(e) @ enroll) for lab, e in label_embs.items()}
+    return (max(sims, key=sims.__getitem__) if sims else None), sims
+
+
 def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
            outlier_mad: float = 3.5) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per window: (is_target (n,) bool, score (n,) fp32, reason per window ('' for target windows)).
@@ -171,7 +182,7 @@ def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
     its cosine to the target centroid is not a low outlier (median - `outlier_mad` x 1.4826 MAD) among the windows
     nearest the target (overlap, backchannels over the target).
     """
-    embs = _normalize(embs)
+    embs = unit(embs)
     n = len(embs)
     if sp.target is None or n == 0:
         return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float32), ["target not among the episode's speakers"] * n

@@ -294,8 +294,10 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """Speaker turns, overlapped speech, and which turns are the target's — decided against the episode's own
     speakers, not a fixed cosine threshold (how far two voices embed apart depends on the pair).
 
-    With a pyannote pipeline: its turns and overlap; each pyannote speaker is scored as a whole (its turns' audio,
-    up to 60 s) and the one nearest the enrollment centroid, at or above `target_threshold`, is the target.
+    With a pyannote pipeline: its turns and overlap; each pyannote speaker is embedded as a whole (its turns'
+    audio, up to 60 s) and the one nearest the enrollment centroid is the target (`speakers.target_label`: no fixed
+    threshold); the speakers' embeddings are kept as the episode's centroids, so the filter's `min_speaker_margin`
+    judges every utterance against the episode's other speakers, as on the CPU path.
     Without one (the CPU path, `voicepipe.corpus.speakers`): 1.5 s windows every 0.25 s over the VAD speech are
     embedded and clustered into the episode's speakers (k-means seeded with the enrollment, count by silhouette);
     the cluster nearest the enrollment is the target, and each window is the target's only when it is nearer the
@@ -307,7 +309,7 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
     p = ctx.params
     audio_sha = state.audio_sha
-    params = {"model": p.diarization_model or "embedding-clusters", "threshold": p.target_threshold,
+    params = {"model": p.diarization_model or "embedding-clusters", "rule": "relative",
               "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s, "margin": p.speaker_margin,
               "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S}
 
@@ -319,7 +321,7 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
         if p.diarization_model:
             raw_turns, overlap = ctx.engines.diarizer(wav)
-            labels: dict[str, float] = {}
+            embs: dict[str, np.ndarray] = {}
             talk: dict[str, float] = {}
             for label in sorted({t[2] for t in raw_turns}):
                 pieces, total = [], 0.0
@@ -329,16 +331,16 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                         if total < 60.0:
                             pieces.append(wav[int(a * SR16) : int(b * SR16)])
                             total += b - a
-                labels[label] = spk.similarity(spk.embed(np.concatenate(pieces)), centroid)
-            best = max(labels, key=labels.get) if labels else None
-            target = best if best is not None and labels[best] >= p.target_threshold else None
+                embs[label] = spk_mod.unit(spk.embed(np.concatenate(pieces)))
+            target, labels = spk_mod.target_label(embs, centroid)
             turns = [{"start": a, "end": b, "speaker": lab, "sim": labels[lab], "target": lab == target,
                       "reason": "" if lab == target else f"other speaker ({lab}, cosine to enrollment "
-                      f"{labels[lab]:.2f}; target {target})"} for a, b, lab in raw_turns]
+                      f"{labels[lab]:.2f}; target {target} at {labels[target]:.2f})"} for a, b, lab in raw_turns]
             speakers = [{"label": lab, "talk_s": round(talk.get(lab, 0.0), 2), "enroll_sim": round(v, 4),
                          "target": lab == target} for lab, v in labels.items()]
             return {"backend": "pyannote", "speech": speech, "turns": turns, "overlap": [list(o) for o in overlap],
-                    "labels": labels, "target_label": target, "speakers": speakers, "centroids": {}}
+                    "labels": labels, "target_label": target, "speakers": speakers,
+                    "centroids": {lab: [round(float(x), 6) for x in e] for lab, e in embs.items()}}
 
         wins = spk_mod.windows([tuple(x) for x in speech])
         embs = spk.embed_many([wav[int(s * SR16) : int(e * SR16)] for s, e in wins]) if wins else np.zeros((0, 1))
