@@ -33,6 +33,7 @@ from voicepipe.audio import (
     resample,
     save_wav,
 )
+from voicepipe.corpus import intervals
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.engines import Engines
 from voicepipe.corpus.fetch import EpisodeSource, download
@@ -371,52 +372,6 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
 
 # ------------------------------------------------------------------------------------------------ 5. segment
-Interval = tuple[float, float]
-
-
-def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
-    out, i, j = [], 0, 0
-    a, b = sorted(a), sorted(b)
-    while i < len(a) and j < len(b):
-        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if e > s:
-            out.append((s, e))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
-def _subtract(a: list[Interval], b: list[Interval]) -> list[Interval]:
-    out = []
-    for s, e in sorted(a):
-        cur = s
-        for bs, be in sorted(b):
-            if be <= cur or bs >= e:
-                continue
-            if bs > cur:
-                out.append((cur, bs))
-            cur = max(cur, be)
-        if cur < e:
-            out.append((cur, e))
-    return out
-
-
-def _union(a: list[Interval]) -> list[Interval]:
-    out: list[list[float]] = []
-    for s, e in sorted(a):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
-def _seconds(iv: list[Interval]) -> float:
-    return float(sum(e - s for s, e in iv))
-
-
 @guarded("segment")
 def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """Cut the target's speech into utterances of at most `max_duration_s`, at pauses, with padding.
@@ -433,32 +388,32 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     def compute() -> dict:
         dia = state.results["diarize"]
         speech = [tuple(x) for x in dia["speech"]]
-        overlap = _union([tuple(x) for x in dia["overlap"]])
-        tgt_turns = _union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
+        overlap = intervals.union([tuple(x) for x in dia["overlap"]])
+        tgt_turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
         other_turns = [t for t in dia["turns"] if not t["target"]]
-        target = _subtract(_intersect(speech, tgt_turns), overlap)
+        target = intervals.subtract(intervals.intersect(speech, tgt_turns), overlap)
         rejects = []
         for t in other_turns:
-            for s, e in _subtract(_intersect(speech, [(t["start"], t["end"])]), overlap + tgt_turns):
+            for s, e in intervals.subtract(intervals.intersect(speech, [(t["start"], t["end"])]), overlap + tgt_turns):
                 why = t.get("reason") or f"other speaker (sim {t['sim']:.2f})"
                 rejects.append({"start": s, "end": e, "step": "diarize", "reason": why})
-        for s, e in _intersect(speech, overlap):
+        for s, e in intervals.intersect(speech, overlap):
             rejects.append({"start": s, "end": e, "step": "diarize", "reason": "overlapped speech"})
-        covered = _union(tgt_turns + [(t["start"], t["end"]) for t in other_turns] + overlap)
-        for s, e in _subtract(speech, covered):
+        covered = intervals.union(tgt_turns + [(t["start"], t["end"]) for t in other_turns] + overlap)
+        for s, e in intervals.subtract(speech, covered):
             rejects.append({"start": s, "end": e, "step": "diarize", "reason": "no speaker turn"})
-        non_target = _union(_subtract(speech, target))
+        non_target = intervals.union(intervals.subtract(speech, target))
         # join target regions at pauses
         groups: list[list[float]] = []
         for s, e in target:
             if groups:
                 gs, ge = groups[-1]
-                blocked = _seconds(_intersect(non_target, [(ge, s)])) > 0
+                blocked = intervals.seconds(intervals.intersect(non_target, [(ge, s)])) > 0
                 if not blocked and s - ge < 1.5 and e - gs <= p.filters.max_duration_s:
                     groups[-1][1] = e
                     continue
             groups.append([s, e])
-        pieces: list[Interval] = []
+        pieces: list[intervals.Interval] = []
         for s, e in groups:
             pieces.extend(_split_even(s, e, p.filters.max_duration_s) if e - s > p.filters.max_duration_s
                           else [(s, e)])
@@ -473,7 +428,8 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 if ns >= e:
                     hi = min(hi, ns)
             segs.append({"start": round(lo, 3), "end": round(hi, 3), "speech_s": round(e - s, 3)})
-        return {"segments": segs, "rejects": rejects, "speech_s": _seconds(speech), "target_s": _seconds(target)}
+        return {"segments": segs, "rejects": rejects, "speech_s": intervals.seconds(speech),
+                "target_s": intervals.seconds(target)}
 
     run_step(ctx, state, "segment", [dia_sha], params, compute)
     return state
@@ -513,17 +469,17 @@ def transcribe(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
 
 # ------------------------------------------------------------------------------------------------ 7. filter
-def _non_speech(speech: list[list[float]], total: float) -> list[Interval]:
-    return _subtract([(0.0, total)], [tuple(x) for x in speech])
+def _non_speech(speech: list[list[float]], total: float) -> list[intervals.Interval]:
+    return intervals.subtract([(0.0, total)], [tuple(x) for x in speech])
 
 
-def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[Interval], start: float, end: float,
+def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[intervals.Interval], start: float, end: float,
                  context_s: float) -> np.ndarray | None:
     """The quietest quarter (25 ms frames) of the non-speech audio within `context_s` of [start, end) (None if under
     0.25 s): the background local to a segment, so an intro, an ad break or a loud music passage elsewhere in the
     episode, or right next to the segment, does not condemn it."""
-    near = _intersect(noise_iv, [(max(0.0, start - context_s), end + context_s)])
-    if _seconds(near) < 0.25:
+    near = intervals.intersect(noise_iv, [(max(0.0, start - context_s), end + context_s)])
+    if intervals.seconds(near) < 0.25:
         return None
     x = np.concatenate([wav[int(s * sr) : int(e * sr)] for s, e in near])
     n = int(0.025 * sr)

@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from voicepipe.audio import load_audio, save_wav
+from voicepipe.corpus import intervals
 from voicepipe.errors import InputError
 
 SR = 24000
@@ -110,12 +111,12 @@ class EpisodeTruth:
 
     def target_only(self) -> list[tuple[float, float]]:
         """Intervals where the target speaks and nobody else does."""
-        tgt = _merge([(t.start, t.end) for t in self.turns if t.speaker == "target"])
-        return _minus(tgt, _merge([(t.start, t.end) for t in self.turns if t.speaker != "target"]))
+        tgt = intervals.union([(t.start, t.end) for t in self.turns if t.speaker == "target"])
+        return intervals.subtract(tgt, intervals.union([(t.start, t.end) for t in self.turns if t.speaker != "target"]))
 
     def any_speech(self) -> list[tuple[float, float]]:
         """Intervals where anybody speaks."""
-        return _merge([(t.start, t.end) for t in self.turns])
+        return intervals.union([(t.start, t.end) for t in self.turns])
 
 
 @dataclass
@@ -515,31 +516,6 @@ def serve_feed(directory: str | Path) -> tuple[str, Callable[[], None]]:
     return f"{base}/feed.xml", stop
 
 
-def _merge(iv: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[list[float]] = []
-    for a, b in sorted(iv):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        elif b > a:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
-def _minus(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    out = []
-    for s, e in a:
-        cur = s
-        for bs, be in b:
-            if be <= cur or bs >= e:
-                continue
-            if bs > cur:
-                out.append((cur, bs))
-            cur = max(cur, be)
-        if cur < e:
-            out.append((cur, e))
-    return out
-
-
 def _overlap_s(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
     return float(sum(max(0.0, min(e, be) - max(s, bs)) for s, e in a for bs, be in b))
 
@@ -563,7 +539,7 @@ def score_corpus(corpus_dir: str | Path, truth: PodcastTruth) -> dict:
     considered = [ep for ep in truth.episodes if ep.id in kept or ep.id in val or ep.id in corpus["target_labels"]]
     per: dict[str, dict] = {}
     for ep in considered:
-        k = _merge(kept.get(ep.id, []))
+        k = intervals.union(kept.get(ep.id, []))
         tgt_only = ep.target_only()
         t_in = _overlap_s(k, tgt_only)
         any_in = _overlap_s(k, ep.any_speech())
