@@ -75,6 +75,11 @@ def test_a_music_intro_and_bed_do_not_empty_the_episode(scenario_build):
     assert music and all(r["snr_db"] >= 10 for r in music)
 
 
+def test_the_report_says_the_cpu_path_cannot_see_overlap(scenario_build):
+    report = (scenario_build["out"] / "report.md").read_text()
+    assert "Overlapped speech is not detected on this path" in report
+
+
 def test_a_guest_above_the_old_fixed_threshold_is_still_rejected(scenario_build):
     """The close co-host embeds above the old 0.82 cosine to the enrollment, yet none of its speech is kept."""
     from voicepipe.corpus.engines import SpeakerEncoder

@@ -348,6 +348,10 @@ def write_report(
         "Speakers are the episode's own voices (clusters of 1.5 s windows, or pyannote's labels); *sim* is the cosine "
         "of each to the enrollment; the target is marked **bold**. Flagged: the episode kept under "
         "`flag_keep_fraction` of its speech; its top drop reasons follow.",
+        *(["", "**Overlapped speech is not detected on this path** (clusters of 1.5 s windows, no pyannote "
+            "pipeline): a short \"yeah\" or crosstalk over the target stays inside the kept utterances "
+            "(benchmarks/RESULTS.md, \"corpus purity\"). Give `diarization_model` a local pyannote pipeline to "
+            "cut overlapped speech out."] if _cpu_diarizer(states) else []),
         "",
         "| episode | speech (s) | target (s) | kept (s) | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---|---|",
@@ -370,6 +374,11 @@ def write_report(
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     return md
+
+
+def _cpu_diarizer(states: list[EpisodeState]) -> bool:
+    """Whether any episode's speakers came from the window clustering (which cannot see overlapped speech)."""
+    return any(st.ok and (st.results.get("diarize") or {}).get("backend") == "embedding-clusters" for st in states)
 
 
 def _speaker_model_line(sm: dict) -> str:
