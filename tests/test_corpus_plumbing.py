@@ -13,7 +13,7 @@ from voicepipe.audio import load_audio, load_audio_checked, loudness_lufs, norma
 from voicepipe.corpus.build import build_local
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource, download
-from voicepipe.corpus.steps import _intersect, _subtract, _union
+from voicepipe.corpus.intervals import intersect, subtract, union
 from voicepipe.errors import InputError
 from voicepipe.store import open_store
 
@@ -93,9 +93,9 @@ def test_loudness_normalization_hits_target_without_clipping():
 
 
 def test_interval_helpers():
-    assert _intersect([(0, 5), (6, 10)], [(4, 7)]) == [(4, 5), (6, 7)]
-    assert _subtract([(0, 10)], [(2, 3), (5, 6)]) == [(0, 2), (3, 5), (6, 10)]
-    assert _union([(0, 2), (1, 3), (5, 6)]) == [(0, 3), (5, 6)]
+    assert intersect([(0, 5), (6, 10)], [(4, 7)]) == [(4, 5), (6, 7)]
+    assert subtract([(0, 10)], [(2, 3), (5, 6)]) == [(0, 2), (3, 5), (6, 10)]
+    assert union([(0, 2), (1, 3), (5, 6)]) == [(0, 3), (5, 6)]
 
 
 def test_save_and_load_roundtrip(tmp_path):
