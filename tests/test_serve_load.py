@@ -164,7 +164,9 @@ def _burst_past_the_cap(srv: LiveServer, cap: int = 3, burst: int = 16) -> None:
     admitted = threading.Barrier(SLOTS + 1)
 
     def hold(i: int) -> int:
-        text = f"Holding slot {i}: " + "a long answer that goes on, " * 5  # the runaway guard allows ~370 frames
+        # as long as the test engine's cache allows (max_len 1024 less the prompt): the runaway guard allows ~620
+        # frames for it, many times the queued requests' 0.5 s wait, so no holder frees its slot while they wait
+        text = f"Holding slot {i}: " + "a long answer that goes on, " * 8
         body = {"voice": "alice", "input": text, "response_format": "pcm"}
         with httpx.stream("POST", f"{srv.url}/v1/audio/speech", json=body, timeout=120) as r:
             chunks = r.iter_raw()  # keep the iterator: dropping it closes the connection
@@ -174,12 +176,12 @@ def _burst_past_the_cap(srv: LiveServer, cap: int = 3, burst: int = 16) -> None:
             return r.status_code
 
     try:
-        live.max_frames, live.generation = 400, {"min_new_tokens": 400}
+        live.max_frames, live.generation = 600, {"min_new_tokens": 600}
         with ThreadPoolExecutor(SLOTS + burst) as ex:
             holders = [ex.submit(hold, i) for i in range(SLOTS)]
             admitted.wait(timeout=60)
             assert srv.engine.active_count == SLOTS
-            live.max_queue, live.queue_timeout_s = cap, 1.5
+            live.max_queue, live.queue_timeout_s = cap, 0.5
             rs = list(ex.map(lambda i: _post(srv.url, {"voice": "alice", "input": f"Burst {i}."}), range(burst)))
             stop.set()
             assert [h.result() for h in holders] == [200] * SLOTS
