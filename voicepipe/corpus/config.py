@@ -68,6 +68,11 @@ class CorpusParams(BaseModel):
         0.3, ge=0.0, lt=1.0, description="CPU path: a window is the target's when it is nearer the episode's target "
         "speaker than every other speaker by this fraction of the distance between the two."
     )
+    change_guard_s: float = Field(
+        0.25, ge=0.0, le=1.0, description="CPU path: seconds of the target's speech given up on its side of every "
+        "change of speaker without a pause (the 1.5 s windows place such a change only to within a few tenths of a "
+        "second, and crosstalk sits right there)."
+    )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
         "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."

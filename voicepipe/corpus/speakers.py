@@ -13,7 +13,8 @@ the pair (and on the speaker model). So, per episode:
    margin that is a fraction of the distance between those two speakers, and when it is not an outlier among the
    target's own windows (overlapped speech and backchannels pull a window's embedding off the speaker it is on).
 5. `timeline`: the per-window decisions mapped onto hop-sized slots of time, so a change of speaker inside a
-   speech region (no pause) becomes a cut.
+   speech region (no pause) becomes a cut; `guard_changes` then gives up a little of the target's time on its
+   side of each such cut (where the change really is, and any crosstalk, is only known to a few tenths of a second).
 
 Hand-written glue around scikit-learn (k-means, silhouette): the decision rules are the point of this module.
 """
@@ -242,4 +243,30 @@ def timeline(wins: list[tuple[float, float]], verdicts: list[str], speech: list[
                 out[-1] = (out[-1][0], b, v)
             else:
                 out.append((a, b, v))
+    return out
+
+
+def guard_changes(runs: list[tuple[float, float, str]], guard_s: float) -> list[tuple[float, float, str]]:
+    """Shrink every "target" run of a `timeline` by `guard_s` where it touches another verdict without a pause;
+    the time given up becomes its own run, with the reason. A run left shorter than `guard_s` is given up whole."""
+    if guard_s <= 0:
+        return list(runs)
+    why = f"within {guard_s:g} s of a change of speaker without a pause"
+    out: list[tuple[float, float, str]] = []
+    for i, (a, b, v) in enumerate(runs):
+        if v != "target":
+            out.append((a, b, v))
+            continue
+        touch_before = i > 0 and runs[i - 1][2] != "target" and abs(runs[i - 1][1] - a) < 1e-6
+        touch_after = i + 1 < len(runs) and runs[i + 1][2] != "target" and abs(runs[i + 1][0] - b) < 1e-6
+        s = a + guard_s if touch_before else a
+        e = b - guard_s if touch_after else b
+        if (touch_before or touch_after) and e - s < guard_s:
+            out.append((a, b, why))
+            continue
+        if s > a:
+            out.append((a, s, why))
+        out.append((s, e, "target"))
+        if e < b:
+            out.append((e, b, why))
     return out

@@ -304,7 +304,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     the cluster nearest the enrollment is the target, and each window is the target's only when it is nearer the
     target than every other speaker by `speaker_margin` (a fraction of the distance between the two) and is not an
     outlier among the target's windows (overlap / backchannel). Verdicts change inside speech regions, so an
-    utterance is cut at a change of speaker even without a pause.
+    utterance is cut at a change of speaker even without a pause, and the target gives up `change_guard_s` on its
+    side of each such cut.
     """
     from voicepipe.corpus import speakers as spk_mod
 
@@ -312,7 +313,7 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     audio_sha = state.audio_sha
     params = {"model": p.diarization_model or "embedding-clusters", "rule": "relative",
               "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s, "margin": p.speaker_margin,
-              "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S}
+              "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S, "guard": p.change_guard_s}
 
     def compute() -> dict:
         wav = ctx.audio(audio_sha, SR16)
@@ -352,7 +353,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
         turns = []
-        for a, b, v in spk_mod.timeline(wins, verdicts, [tuple(x) for x in speech]):
+        runs = spk_mod.timeline(wins, verdicts, [tuple(x) for x in speech])
+        for a, b, v in spk_mod.guard_changes(runs, p.change_guard_s):
             is_t = v == "target"
             turns.append({"start": round(a, 3), "end": round(b, 3), "speaker": "target" if is_t else "other",
                           "target": is_t, "reason": "" if is_t else v})
