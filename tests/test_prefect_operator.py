@@ -174,7 +174,8 @@ def test_missing_model_fails_the_run_at_once_with_one_line(ops) -> None:
 
 def test_ui_run_builds_and_the_trigger_retrains_with_the_speakers_settings(ops) -> None:
     srv: PrefectServer = ops["srv"]
-    params = _form(ops, separate=False, asr_backend="pocketsphinx", device="cpu", max_episodes=2)
+    params = _form(ops, separate=False, asr_backend="pocketsphinx", device="cpu", max_episodes=2,
+                   change_guard_s=0.0)  # 15 s episodes: see tests/fixtures/prefect.py corpus_params
     run = srv.create_run(ops["build"]["id"], params)
     done = srv.wait_run(run["id"], timeout=600)
     assert done["state"]["type"] == "COMPLETED", f"{done['state']}\n{srv.run_logs(run['id'])}\n{srv.logs_tail()}"
