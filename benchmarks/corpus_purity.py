@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
-               use: int | None = None) -> dict:
+               use: int | None = None, seed: int = 12, change_guard_s: float | None = None) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -38,10 +38,10 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         write_feed,
     )
 
-    pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}"
+    pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
     truth = (PodcastTruth.load(pod) if (pod / "truth.json").exists() else
              make_scenario_podcast(pod, engine=engine, episodes_per_scenario=episodes, episode_seconds=seconds,
-                                   seed=12))
+                                   seed=seed))
     if use is not None:  # only the first `use` episodes of each scenario
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
     base, stop = serve_dir(pod)
@@ -53,6 +53,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
             speaker="target", enroll=[str(p) for p in truth.enrollment], out=str(build_dir / "out"), feeds=[url],
             separate=False, asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
             store_url=str(build_dir / "store"), val_fraction=0.0,
+            **({} if change_guard_s is None else {"change_guard_s": change_guard_s}),
         )
         t0 = time.perf_counter()
         error = None
@@ -92,6 +93,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=2, help="episodes per scenario")
     ap.add_argument("--use", type=int, default=None, help="build only the first N episodes of each scenario")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=12, help="seed of the synthetic podcast")
+    ap.add_argument("--change-guard-s", type=float, default=None, help="CorpusParams.change_guard_s (default: its "
+                    "default); 0 builds without the guard at changes of speaker")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -103,7 +107,8 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
-    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use) for e in args.engines]
+    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
+                          args.change_guard_s) for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():
