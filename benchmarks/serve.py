@@ -11,7 +11,8 @@ throughput (audio seconds per wall second, "x real time") at 1, 4 and 16 concurr
 Systems (`--systems`): `numerics` (bf16 engine vs an fp32 copy, teacher-forced, a few frames), `baseline` (the
 engine without the speed levers: eager frame-step units and eager codec decode, still CUDA graphs), `voicepipe`
 (every lever on: compiled units, graphed codec), `http` (`voicepipe serve`'s app in-process over loopback HTTP:
-time to first byte), `faster` (faster-qwen3-tts at every `--chunk`), `official`.
+time to first byte), `faster` (faster-qwen3-tts at every `--chunk`), `official`, `autotune` (the voicepipe engine
+with inductor's max-autotune and coordinate-descent tuning for its units: a lever under test, minutes of compile).
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -537,6 +538,19 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - report and keep the other systems' numbers
                 print(f"faster-qwen3-tts failed: {type(e).__name__}: {e}", flush=True)
             save()
+    if "autotune" in systems and device == "cuda":  # last: its compile is the longest (Triton GEMV templates)
+        del eng
+        torch.cuda.empty_cache()
+        opts = {"max_autotune": True, "coordinate_descent_tuning": True}
+        try:
+            t0 = time.perf_counter()
+            rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-autotune",
+                                    profile=extra["profile"], compile_options=opts)
+            print(f"[{time.perf_counter() - t_start:.0f} s] autotune done ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        except Exception as e:  # noqa: BLE001 - report and keep the other rows
+            print(f"autotune failed: {type(e).__name__}: {e}", flush=True)
+        save()
     if "official" in systems:
         rows += bench_official(tts, a.frames, concs)
     print(table(rows))

@@ -111,6 +111,7 @@ class EngineConfig:
     left_context_frames: int = 25
     cuda_graphs: bool | None = None  # None: on when the device is CUDA
     compile: bool | str | None = None  # torch.compile the step units (a str: the backend); None: with cuda_graphs
+    compile_options: dict | None = None  # extra inductor options, e.g. {"max_autotune": True}
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)

@@ -91,7 +91,7 @@ class FrameStep:
             for t in static:
                 torch._dynamo.mark_static(t)
             # inductor: sampling draws its random numbers exactly as the eager path does
-            opts = {"fallback_random": True} if backend == "inductor" else None
+            opts = {"fallback_random": True, **(self.cfg.compile_options or {})} if backend == "inductor" else None
             fns = {k: torch.compile(f, backend=backend, dynamic=True, fullgraph=True, options=opts)
                    for k, f in fns.items()}
         return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01)
