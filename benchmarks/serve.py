@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -172,6 +173,8 @@ def profile_engine(eng) -> dict:
     """Component timings (ms): one graphed frame step per batch size, eager step, prefill, codec decode."""
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
     prof = {"prompt_tokens": int(prompt.embeds.shape[0])}
+    # what a server request pays before the engine sees it (tokenizer, prompt layout, text embedding on the GPU)
+    prof["prepare_ms"] = _timed(lambda: eng.prepare(TEXT, speaker="alice", language="english"), 5)
     b0 = eng._batch_buckets()[0]
     with torch.inference_mode():
         prof["prefill_ms"] = _timed(lambda: eng._prefill([0], [prompt]), 3)
@@ -325,12 +328,13 @@ def numerics(tts, e16, frames: int = 4) -> dict:
     return {"frames": rows}
 
 
-def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int = 5) -> list[dict]:
+def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int = 5, label: str = "") -> list[dict]:
     """`voicepipe serve`'s app (the same routers and encoders), in-process with uvicorn on loopback, over an engine
-    already captured; time to first byte of a streamed /v1/audio/speech response, and its whole duration."""
+    already captured; time to first byte of a streamed /v1/audio/speech response, and its whole duration, as seen
+    by clients in another process (`HTTP_CLIENT`: asyncio + httpx; in-process client threads would share the
+    server's and the engine's GIL and be measured with them)."""
     import socket
 
-    import httpx
     import uvicorn
 
     from voicepipe.serve.app import create_app
@@ -351,41 +355,28 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}/v1/audio/speech"
 
-    def one(fmt: str) -> tuple[float, float]:
+    def clients(fmt: str, c: int, runs: int) -> tuple[list[float], list[float], float]:
+        """`c` concurrent streamed requests, `runs` times, from a separate client process (as a voice assistant
+        is): (time to first byte per request, whole duration per request, summed wall of the runs)."""
         body = {"model": "voicepipe", "input": TEXT, "voice": "alice", "response_format": fmt,
                 "stream_format": "audio", "language": "english"}
-        t0 = time.perf_counter()
-        first = None
-        with httpx.stream("POST", url, json=body, timeout=120) as r:
-            if r.status_code != 200:
-                raise RuntimeError(f"{fmt}: HTTP {r.status_code} {r.read()[:200]!r}")
-            for chunk in r.iter_bytes():
-                if chunk and first is None:
-                    first = time.perf_counter() - t0
-        return first, time.perf_counter() - t0
+        cmd = [sys.executable, "-c", HTTP_CLIENT, url, json.dumps(body), str(c), str(runs)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr.strip()[-500:])
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        return r["ttfb"], r["wall"], r["elapsed"]
 
     out = []
     try:
         for fmt in formats:
             for c in concs:
                 try:
-                    one(fmt)  # warm-up (encoder start-up, connection)
-                    ttfb, walls, elapsed = [], [], 0.0
-                    for _ in range(runs if c == 1 else 1):
-                        t0 = time.perf_counter()
-                        res: list = [None] * c
-                        ths = [threading.Thread(target=lambda i=i, r=res, f=fmt: r.__setitem__(i, one(f)))
-                               for i in range(c)]
-                        for t in ths:
-                            t.start()
-                        for t in ths:
-                            t.join()
-                        elapsed += time.perf_counter() - t0
-                        ttfb += [r[0] for r in res]
-                        walls += [r[1] for r in res]
+                    clients(fmt, 1, 1)  # warm-up (encoder start-up)
+                    ttfb, walls, elapsed = clients(fmt, c, runs if c == 1 else 1)
                     audio = frames / 12.5
-                    row = summarize(f"voicepipe HTTP {fmt}", c, ttfb, [w / audio for w in walls], audio * len(walls),
-                                    elapsed)
+                    row = summarize(f"voicepipe HTTP {fmt}{label}", c, ttfb, [w / audio for w in walls],
+                                    audio * len(walls), elapsed)
                     out.append(row)
                     print(row, flush=True)
                 except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
@@ -394,6 +385,41 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int
         server.should_exit = True
         th.join(timeout=10)
     return out
+
+
+HTTP_CLIENT = """
+import asyncio, json, sys, time
+import httpx
+
+url, body, c, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+
+async def one(client):
+    t0 = time.perf_counter()
+    first = None
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code} {(await r.aread())[:200]!r}")
+        async for chunk in r.aiter_bytes():
+            if chunk and first is None:
+                first = time.perf_counter() - t0
+    return first, time.perf_counter() - t0
+
+
+async def main():
+    ttfb, wall, elapsed = [], [], 0.0
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=c + 4)) as client:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            res = await asyncio.gather(*(one(client) for _ in range(c)))
+            elapsed += time.perf_counter() - t0
+            ttfb += [r[0] for r in res]
+            wall += [r[1] for r in res]
+    print(json.dumps({"ttfb": ttfb, "wall": wall, "elapsed": elapsed}))
+
+
+asyncio.run(main())
+"""
 
 
 def bench_official(tts, frames: int, concs: list[int]) -> list[dict]:
@@ -523,10 +549,14 @@ def main() -> None:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:
         eng.start()
-        try:
-            rows += bench_http(eng, a.frames, a.http_formats.split(","), [1, 16])
-        except Exception as e:  # noqa: BLE001 - e.g. the server's packages missing on this machine
-            print(f"HTTP bench failed: {type(e).__name__}: {e}", flush=True)
+        # the side stream for prompts (EngineConfig.prepare_stream) off, then on: what it buys, same run
+        sides = ((False, " (prepare on the engine's stream)"), (True, "")) if device == "cuda" else ((True, ""),)
+        for side, label in sides:
+            eng.cfg.prepare_stream = side
+            try:
+                rows += bench_http(eng, a.frames, a.http_formats.split(","), [1, 16], label=label)
+            except Exception as e:  # noqa: BLE001 - e.g. the server's packages missing on this machine
+                print(f"HTTP bench failed: {type(e).__name__}: {e}", flush=True)
         eng.stop()
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] http done", flush=True)

@@ -21,6 +21,7 @@ package's `chunked_decode`, in small chunks), first chunk smaller for a short ti
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -115,6 +116,7 @@ class EngineConfig:
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
+    prepare_stream: bool = True  # CUDA: prompts embedded on a side stream, not queued behind running frame steps
 
 
 @dataclass
@@ -312,12 +314,26 @@ class TTSEngine(FrameStep, CodecStreaming):
         if layout.length + 16 > self.cfg.max_len:
             raise EngineError(f"prompt of {layout.length} tokens does not fit the cache ({self.cfg.max_len})")
         dev = self.device
-        text = self._text_embed(layout.text_ids.to(dev))
-        codec = self._codec_embed(layout.codec_ids.to(dev))
-        embeds = torch.where(layout.text_mask.to(dev)[:, None], text, 0)
-        embeds = torch.where(layout.codec_mask.to(dev)[:, None], embeds + codec, embeds)
-        trailing = self._text_embed(layout.trailing_ids.to(dev))
-        return Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype), layout=layout)
+        # a request thread: on the engine's stream its copies and kernels would wait for the frame steps queued
+        # there (one ~7 ms step per admitted request while a burst arrives); a side stream runs beside them
+        side = self._prepare_stream() if self.cfg.prepare_stream and dev.type == "cuda" else None
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            text = self._text_embed(layout.text_ids.to(dev))
+            codec = self._codec_embed(layout.codec_ids.to(dev))
+            embeds = torch.where(layout.text_mask.to(dev)[:, None], text, 0)
+            embeds = torch.where(layout.codec_mask.to(dev)[:, None], embeds + codec, embeds)
+            trailing = self._text_embed(layout.trailing_ids.to(dev))
+            prompt = Prompt(embeds=embeds.to(self.dtype), trailing=trailing.to(self.dtype), layout=layout)
+        if side is not None:
+            side.synchronize()  # ready before submit(); the engine's stream reads it later
+        return prompt
+
+    def _prepare_stream(self) -> torch.cuda.Stream:
+        """One side stream per request thread (prepare may run in several threads at once)."""
+        local = self.__dict__.setdefault("_prep_local", threading.local())
+        if getattr(local, "stream", None) is None:
+            local.stream = torch.cuda.Stream(self.device)
+        return local.stream
 
     # ------------------------------------------------------------------ loop
     def start(self) -> TTSEngine:
