@@ -1,6 +1,9 @@
 """Corpus purity and recall on synthetic podcasts as real shows are, on the CPU path (not a test).
 
-    python benchmarks/corpus_purity.py [--engines espeak flite] [--seconds 45] [--episodes 2] [--use 1] [--work DIR]
+    python benchmarks/corpus_purity.py [--engines espeak flite recorded] [--seconds 45] [--episodes 2] [--use 1]
+
+`recorded` is real speech: pyannote.audio's bundled two-person conversation (`make_recorded_podcast`: as it is, and
+under a music intro and bed), since synthetic voices separate more easily than real ones.
 
 For each speech engine (espeak-ng and flite, both offline, from Debian), `make_scenario_podcast` writes one feed
 with `--episodes` episodes per scenario (a co-host whose voice embeds close to the target's, a guest, backchannels
@@ -32,6 +35,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     from voicepipe.corpus.synthetic import (
         PodcastTruth,
         feed_items,
+        make_recorded_podcast,
         make_scenario_podcast,
         score_corpus,
         serve_dir,
@@ -39,9 +43,13 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     )
 
     pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
-    truth = (PodcastTruth.load(pod) if (pod / "truth.json").exists() else
-             make_scenario_podcast(pod, engine=engine, episodes_per_scenario=episodes, episode_seconds=seconds,
-                                   seed=seed))
+    if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
+        pod = work / "podcast-recorded"
+        truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else make_recorded_podcast(pod, seed=seed)
+    else:
+        truth = (PodcastTruth.load(pod) if (pod / "truth.json").exists() else
+                 make_scenario_podcast(pod, engine=engine, episodes_per_scenario=episodes, episode_seconds=seconds,
+                                       seed=seed))
     if use is not None:  # only the first `use` episodes of each scenario
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
     base, stop = serve_dir(pod)

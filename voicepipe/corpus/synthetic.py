@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from voicepipe.audio import load_audio, save_wav
+from voicepipe.audio import load_audio, normalize_loudness, save_wav
 from voicepipe.corpus import intervals
 from voicepipe.errors import InputError
 
@@ -441,6 +441,69 @@ def make_scenario_podcast(
                   for k, text in enumerate(_ENROLL_SENTENCES)]
     truth = PodcastTruth(out, f"{engine}:{voices['target']}", f"{engine}:{voices['cohost']}", episodes, enrollment,
                          {role: f"{engine}:{name}" for role, name in voices.items()})
+    truth.save()
+    return truth
+
+
+# pyannote.audio's wheel ships one real recorded conversation (30 s, two people, turns annotated in RTTM): the only
+# real speech available offline here. Synthetic voices separate far more easily than real ones (facts.md), so the
+# purity benchmark scores this recording too. Its speaker91 talks alone from 21.9 to 27.8 s: that span is the
+# enrollment, and the episodes are cut from the first 21.7 s (never the enrollment's own audio).
+RECORDED_ENROLL = (21.9, 27.8)
+RECORDED_EPISODE = (0.0, 21.7)
+RECORDED_TARGET = "speaker91"
+
+
+def recorded_conversation() -> tuple[Path, list[tuple[float, float, str]]]:
+    """pyannote.audio's bundled sample: (wav path, [(start, end, speaker)] from its RTTM)."""
+    try:
+        import pyannote.audio
+    except ImportError as e:
+        raise InputError(f"the recorded conversation ships with pyannote.audio, which is not installed: {e}") from None
+    d = Path(pyannote.audio.__file__).parent / "sample"
+    turns = []
+    for line in (d / "sample.rttm").read_text().splitlines():
+        f = line.split()
+        if f and f[0] == "SPEAKER":
+            turns.append((float(f[3]), float(f[3]) + float(f[4]), f[7]))
+    return d / "sample.wav", turns
+
+
+def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth:
+    """A feed of real recorded speech: the first 21.7 s of pyannote's two-person sample as it is (`recorded-1`) and
+    with a 4 s music intro and a -28 dBFS bed under the speech (`recorded_music-1`), 64 kb/s mp3; the target is
+    `speaker91`, enrolled from its later solo turn; the other speaker is the "cohost"."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    path, rttm = recorded_conversation()
+    wav = load_audio(path, SR)
+    a, b = RECORDED_EPISODE
+    ep = wav[int(a * SR) : int(b * SR)]
+    turns = [Turn("target" if spk == RECORDED_TARGET else "cohost", round(max(s, a) - a, 3),
+                  round(min(e, b) - a, 3), "") for s, e, spk in rttm if e > a and s < b]  # fmt: skip
+    day0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
+    episodes = []
+    _to_mp3(ep, out / "recorded-1.mp3")
+    episodes.append(EpisodeTruth("recorded-1", "recorded-1.mp3", "recorded 1", round(ep.size / SR, 3),
+                                 format_datetime(day0), turns, "recorded"))
+    intro = int(4.0 * SR)
+    n = intro + ep.size + 2 * SR
+    mix = np.zeros(n, dtype=np.float32)
+    # the recording is quiet (-32.5 LUFS): bring it to the synthetic voices' level (~-24 LUFS) so that the bed
+    # sits where it does in the synthetic music scenario, a few dB under the speech
+    mix[intro : intro + ep.size] = normalize_loudness(ep, SR, -24.0)[0]
+    loud = np.full(n, 10 ** ((-14.0 + 28.0) / 20), dtype=np.float32)  # intro/outro at -14 dBFS
+    loud[intro : intro + ep.size] = 1.0
+    mix += _music_bed(n, rng, -28.0) * loud
+    shifted = [Turn(t.speaker, round(t.start + 4.0, 3), round(t.end + 4.0, 3), "") for t in turns]
+    _to_mp3(np.clip(mix, -1, 1), out / "recorded_music-1.mp3")
+    episodes.append(EpisodeTruth("recorded_music-1", "recorded_music-1.mp3", "recorded music 1", round(n / SR, 3),
+                                 format_datetime(day0 + timedelta(days=1)), shifted, "recorded_music"))
+    ea, eb = RECORDED_ENROLL
+    enrollment = [save_wav(out / "enroll-1.wav", wav[int(ea * SR) : int(eb * SR)], SR)]
+    truth = PodcastTruth(out, f"recorded:{RECORDED_TARGET}", "recorded:speaker90", episodes, enrollment,
+                         {"target": f"recorded:{RECORDED_TARGET}", "cohost": "recorded:speaker90"})
     truth.save()
     return truth
 
