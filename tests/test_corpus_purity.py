@@ -211,3 +211,25 @@ def test_the_target_gives_up_a_guard_at_a_change_without_a_pause():
     assert abs(sum(b - a for a, b, _ in out) - sum(b - a for a, b, _ in runs)) < 1e-9  # nothing lost or added
     assert speakers.guard_changes(runs, 0.0) == runs
     assert speakers.guard_changes([(1.0, 1.2, "target")], 0.25) == [(1.0, 1.2, "target")]  # no change: untouched
+
+
+def test_the_recorded_conversation_feed_is_real_speech_with_its_own_truth(tmp_path):
+    """The benchmark's real-voice feed (pyannote's bundled recording): the enrollment is the target's own later turn,
+    never audio of the episodes, and the truth's "target" is the voice the enrollment embeds nearest."""
+    from voicepipe.corpus.engines import SpeakerEncoder
+    from voicepipe.corpus.synthetic import RECORDED_ENROLL, RECORDED_EPISODE, make_recorded_podcast
+
+    truth = make_recorded_podcast(tmp_path / "rec")
+    assert RECORDED_ENROLL[0] >= RECORDED_EPISODE[1]
+    plain, music = truth.episode("recorded-1"), truth.episode("recorded_music-1")
+    wav = load_audio(truth.dir / plain.file, 16000)
+    assert abs(wav.size / 16000 - (RECORDED_EPISODE[1] - RECORDED_EPISODE[0])) < 0.2
+    assert [(round(t.start + 4.0, 3), t.speaker) for t in plain.turns] == [(t.start, t.speaker) for t in music.turns]
+    enc = SpeakerEncoder()
+    enroll = enc.centroid([load_audio(p, 16000) for p in truth.enrollment])
+    by = {}
+    for spk in ("target", "cohost"):
+        only = [(a, b) for a, b in (plain.target_only() if spk == "target" else
+                                    [(t.start, t.end) for t in plain.turns if t.speaker == "cohost"]) if b - a > 1.0]
+        by[spk] = enc.embed(np.concatenate([wav[int(a * 16000) : int(b * 16000)] for a, b in only]))
+    assert enc.similarity(by["target"], enroll) > enc.similarity(by["cohost"], enroll)
