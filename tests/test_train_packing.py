@@ -123,6 +123,34 @@ def test_fallback_attention_serves_unpacked_batches(tiny) -> None:
     assert model.talker.config._attn_implementation == "sdpa"
 
 
+def test_compiled_rows_have_one_shape_and_the_same_loss(tiny) -> None:
+    """With `compile`, packed rows are padded to the whole row (`TrainConfig.row_multiple`): rows of different fill
+    get one shape (no recompile when a step's last row is short), and the padding changes no loss or count."""
+    from voicepipe.train.config import TrainConfig
+
+    cfg = TrainConfig(pack=True, micro_batch_tokens=256, compile=True, pack_multiple=32)
+    assert cfg.row_multiple == 256
+    assert TrainConfig(pack=True, micro_batch_tokens=2048, pack_multiple=32).row_multiple == 32
+    model = tiny.model
+    spk = torch.randn(model.config.talker_config.hidden_size, generator=torch.Generator().manual_seed(5))
+    seqs = _seqs(tiny, 5, seed=2)
+    full, short = seqs, seqs[:2]
+    assert sum(s.length for s in full) <= 256
+    rows = [pack(g, cfg.row_multiple) for g in (full, short)]
+    assert {r.text_ids.shape[1] for r in rows} == {256}
+    enable_packed_attention(model)
+    try:
+        with torch.no_grad():
+            for group in (full, short):
+                a = compute_loss(model, pack(group, 32), spk)
+                b = compute_loss(model, pack(group, cfg.row_multiple), spk)
+                assert (a.talker_count, a.sub_count) == (b.talker_count, b.sub_count)
+                torch.testing.assert_close(a.talker_sum, b.talker_sum, rtol=1e-5, atol=1e-4)
+                torch.testing.assert_close(a.sub_sum, b.sub_sum, rtol=1e-5, atol=1e-4)
+    finally:
+        disable_packed_attention(model)
+
+
 def test_token_budget_plan_covers_every_utterance_once() -> None:
     g = torch.Generator().manual_seed(0)
     lengths = [int(x) for x in torch.randint(30, 400, (203,), generator=g)]

@@ -639,7 +639,7 @@ def _feed(steps: Iterator[Any], rank: int, start: int, cfg: TrainConfig, device:
     pin = getattr(device, "type", str(device)) == "cuda"
 
     def make(group: list[Sequence]) -> Any:
-        b = pack(group, cfg.pack_multiple) if cfg.pack else collate(group)
+        b = pack(group, cfg.row_multiple) if cfg.pack else collate(group)
         return b.pin_memory() if pin else b
 
     work = ((step, [make(mb) for mb in step[rank]]) for step in itertools.islice(steps, start, None))
