@@ -85,6 +85,44 @@ def test_stream_delivers_chunks_before_the_end(engine):
     assert arrivals[0] < arrivals[-2]
 
 
+def test_staggered_requests_decode_together_once_their_chunks_are_on_the_cadence(engine):
+    """Requests admitted at different steps (clients arrive one by one) share codec decode calls after their first
+    chunks; each decode per request at its own phase made the GPU decode 16 windows where one batched call does."""
+    calls: list[int] = []
+    real = engine._decode
+
+    def counting(codes):
+        calls.append(int(codes.shape[0]))
+        return real(codes)
+
+    engine._decode = counting
+    try:
+        gen = GenerationConfig(max_new_tokens=150, min_new_tokens=150)
+        prompt = engine.prepare("Staggered.", speaker="alice")
+        got: dict[int, int] = {}
+        handles = []
+        for i, lead in enumerate((0, 3, 7)):  # each joins `lead` frames after the previous one
+            if handles:
+                deadline = time.time() + 60
+                while len(handles[-1].frames) < lead and time.time() < deadline:
+                    time.sleep(0.002)
+
+            def on(ev, i=i):
+                if ev.kind == "audio":
+                    got[i] = got.get(i, 0) + len(ev.audio)
+
+            handles.append(engine.submit(prompt, gen, on))
+        for h in handles:
+            assert h.finished.wait(120)
+    finally:
+        del engine._decode
+    assert got == {0: 150 * 1920, 1: 150 * 1920, 2: 150 * 1920}  # every frame decoded once, in order of arrival
+    starts = [h.admitted_at for h in handles]
+    assert starts[0] < starts[1] < starts[2]
+    # on the shared cadence one call decodes all three (at their own phases: one call each, ~3x the calls)
+    assert sum(n == 3 for n in calls) >= 6, calls
+
+
 def test_cancel_frees_the_slot(engine):
     prompt = engine.prepare("Cancel me.", speaker="alice")
     h = engine.submit(prompt, GenerationConfig(max_new_tokens=500, min_new_tokens=500), lambda ev: None)

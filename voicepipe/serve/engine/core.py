@@ -429,6 +429,16 @@ class TTSEngine(FrameStep, CodecStreaming):
             self._slots[slot] = req
             req.admitted.set()
 
+    def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
+        """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (2, 2, 4, 8, ... frames) so playback
+        never waits for a big chunk; once a request has `chunk_frames` out, its chunks end on the engine's global
+        cadence (every `chunk_frames` steps), so requests admitted at different steps decode their windows
+        together, one batched call per cadence, instead of one call each at its own phase."""
+        chunk = self.cfg.chunk_frames
+        if r.emitted < chunk:
+            return n_new >= min(chunk, max(self.cfg.first_chunk_frames, r.emitted))
+        return self.steps % chunk == 0 or n_new >= 2 * chunk
+
     def _loop(self) -> None:
         try:
             with torch.inference_mode():
@@ -463,10 +473,8 @@ class TTSEngine(FrameStep, CodecStreaming):
                             if len(r.frames) >= r.frame_budget:
                                 ended.append((r, "length"))
                         n_new = len(r.frames) - r.emitted
-                        # chunk sizes ramp up (2, 4, 8, ... frames) so playback never waits for a big chunk
-                        need = min(self.cfg.chunk_frames, max(self.cfg.first_chunk_frames, r.emitted))
                         final = any(e is r for e, _ in ended)
-                        if n_new > 0 and (n_new >= need or final):
+                        if n_new > 0 and (final or self._chunk_due(r, n_new)):
                             due.append(r)
                     if due:
                         self._emit_audio(due)
