@@ -189,6 +189,18 @@ def _music_bed(n: int, rng: np.random.Generator, level_db: float) -> np.ndarray:
     return (out * 10 ** (level_db / 20)).astype(np.float32)
 
 
+def _show_music(n: int, rng: np.random.Generator, start: int, end: int,
+                boost: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
+    """A show's music: intro and outro at -14 dBFS, a -28 dBFS bed under the speech in [start, end), 6 dB louder
+    over `boost` (an ad break)."""
+    bed = _music_bed(n, rng, -28.0)
+    loud = np.full(n, 10 ** ((-14.0 + 28.0) / 20), dtype=np.float32)
+    loud[start:end] = 1.0
+    if boost is not None:
+        loud[boost[0] : boost[1]] = 10 ** (6 / 20)
+    return bed * loud
+
+
 def _episode_audio(
     rng: np.random.Generator, seconds: float, target_voice: str, cohost_voice: str
 ) -> tuple[np.ndarray, list[Turn]]:
@@ -396,12 +408,7 @@ def _scenario_episode(
     n = tl.end + (int(4.0 * SR) if music else SR)
     mix = tl.render(n) + _pink(n, rng, -50.0)
     if music:
-        bed = _music_bed(n, rng, -28.0)
-        loud = np.full(n, 10 ** ((-14.0 + 28.0) / 20), dtype=np.float32)  # intro/outro at -14 dBFS
-        loud[intro : tl.end] = 1.0
-        if ad_span is not None:
-            loud[ad_span[0] : ad_span[1]] = 10 ** (6 / 20)
-        mix += bed * loud
+        mix += _show_music(n, rng, intro, tl.end, ad_span)
     elif ad_span is not None:
         mix[ad_span[0] : ad_span[1]] += _music_bed(ad_span[1] - ad_span[0], rng, -26.0)
     peak = float(np.max(np.abs(mix)))
@@ -493,9 +500,7 @@ def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth
     # the recording is quiet (-32.5 LUFS): bring it to the synthetic voices' level (~-24 LUFS) so that the bed
     # sits where it does in the synthetic music scenario, a few dB under the speech
     mix[intro : intro + ep.size] = normalize_loudness(ep, SR, -24.0)[0]
-    loud = np.full(n, 10 ** ((-14.0 + 28.0) / 20), dtype=np.float32)  # intro/outro at -14 dBFS
-    loud[intro : intro + ep.size] = 1.0
-    mix += _music_bed(n, rng, -28.0) * loud
+    mix += _show_music(n, rng, intro, intro + ep.size)
     shifted = [Turn(t.speaker, round(t.start + 4.0, 3), round(t.end + 4.0, 3), "") for t in turns]
     _to_mp3(np.clip(mix, -1, 1), out / "recorded_music-1.mp3")
     episodes.append(EpisodeTruth("recorded_music-1", "recorded_music-1.mp3", "recorded music 1", round(n / SR, 3),
