@@ -159,6 +159,13 @@ def summarize(system: str, conc: int, ttfa: list[float], rtf: list[float], audio
                 ttfa_p95_ms=1000 * _pct(ttfa, 0.95), rtf_mean=statistics.mean(rtf), x_realtime=audio_s / wall)
 
 
+def engine_counts(eng, before: tuple[int, int], runs: int) -> dict:
+    """Prefills and codec decode calls the engine ran per round of requests since `before` (how a burst was
+    admitted, and whether its chunks were decoded together)."""
+    return dict(prefills_per_round=(eng.prefills - before[0]) / runs,
+                decode_calls_per_round=(eng.decode_calls - before[1]) / runs)
+
+
 def _timed(fn, n: int) -> float:
     fn()
     _sync()
@@ -249,6 +256,7 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
+        counts = (eng.prefills, eng.decode_calls)
         for _ in range(max(repeats.get(c, 1), 5 if c == 1 else 1)):
             done = threading.Event()
             results: list[dict] = []
@@ -277,7 +285,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
                 rtf.append(s["wall_s"] / s["audio_s"])
                 audio += s["audio_s"]
             walls += wall
-        out.append(summarize(name, c, ttfa, rtf, audio, walls))
+        out.append(summarize(name, c, ttfa, rtf, audio, walls)
+                   | engine_counts(eng, counts, max(repeats.get(c, 1), 5 if c == 1 else 1)))
         print(out[-1], flush=True)
     eng.stop()
     return out
@@ -373,10 +382,11 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int
             for c in concs:
                 try:
                     clients(fmt, 1, 1)  # warm-up (encoder start-up)
+                    counts = (eng.prefills, eng.decode_calls)
                     ttfb, walls, elapsed = clients(fmt, c, runs if c == 1 else 1)
                     audio = frames / 12.5
                     row = summarize(f"voicepipe HTTP {fmt}{label}", c, ttfb, [w / audio for w in walls],
-                                    audio * len(walls), elapsed)
+                                    audio * len(walls), elapsed) | engine_counts(eng, counts, runs if c == 1 else 1)
                     out.append(row)
                     print(row, flush=True)
                 except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine

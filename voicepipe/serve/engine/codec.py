@@ -30,6 +30,8 @@ def codec_frame_bucket(n: int) -> int:
 class CodecStreaming:
     """Device->host copies that keep the GIL free, and the decode thread's jobs."""
 
+    decode_calls = 0  # codec decode calls so far (one per batch of windows of one shape)
+
     def _to_host(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Device -> host copy that waits by polling an event with short sleeps, so the GIL stays free for the
         other engine thread (a blocking copy would stall it for the whole wait)."""
@@ -158,6 +160,7 @@ class CodecStreaming:
         live = [i for i, r in enumerate(reqs) if not r.cancelled]
         if not live:
             return
+        self.decode_calls += 1
         try:
             wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
         except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up

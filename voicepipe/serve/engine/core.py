@@ -214,6 +214,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._dq: queue.Queue = queue.Queue()
         self._decoder: threading.Thread | None = None
         self.steps = 0
+        self.prefills = 0  # batched prefills run (a burst admitted over several steps takes several)
 
     # ------------------------------------------------------------------ state
     def _alloc(self) -> None:
@@ -419,6 +420,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                 self._send(req, Event("error", message=f"prefill failed: {e}"))
                 req.finished.set()
             return
+        self.prefills += 1
         now = time.perf_counter()
         for slot, req in batch:
             self._arm(slot, req.gen)
