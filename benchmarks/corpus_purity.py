@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,14 +43,14 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         write_feed,
     )
 
-    pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
         pod = work / "podcast-recorded"
-        truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else make_recorded_podcast(pod, seed=seed)
+        make = partial(make_recorded_podcast, pod, seed=seed)
     else:
-        truth = (PodcastTruth.load(pod) if (pod / "truth.json").exists() else
-                 make_scenario_podcast(pod, engine=engine, episodes_per_scenario=episodes, episode_seconds=seconds,
-                                       seed=seed))
+        pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
+        make = partial(make_scenario_podcast, pod, engine=engine, episodes_per_scenario=episodes,
+                       episode_seconds=seconds, seed=seed)
+    truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else make()
     if use is not None:  # only the first `use` episodes of each scenario
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
     base, stop = serve_dir(pod)

@@ -257,7 +257,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
         counts = (eng.prefills, eng.decode_calls)
-        for _ in range(max(repeats.get(c, 1), 5 if c == 1 else 1)):
+        rounds = max(repeats.get(c, 1), 5 if c == 1 else 1)
+        for _ in range(rounds):
             done = threading.Event()
             results: list[dict] = []
             lock = threading.Lock()
@@ -285,8 +286,7 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
                 rtf.append(s["wall_s"] / s["audio_s"])
                 audio += s["audio_s"]
             walls += wall
-        out.append(summarize(name, c, ttfa, rtf, audio, walls)
-                   | engine_counts(eng, counts, max(repeats.get(c, 1), 5 if c == 1 else 1)))
+        out.append(summarize(name, c, ttfa, rtf, audio, walls) | engine_counts(eng, counts, rounds))
         print(out[-1], flush=True)
     eng.stop()
     return out
@@ -382,11 +382,11 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int
             for c in concs:
                 try:
                     clients(fmt, 1, 1)  # warm-up (encoder start-up)
-                    counts = (eng.prefills, eng.decode_calls)
-                    ttfb, walls, elapsed = clients(fmt, c, runs if c == 1 else 1)
+                    counts, rounds = (eng.prefills, eng.decode_calls), runs if c == 1 else 1
+                    ttfb, walls, elapsed = clients(fmt, c, rounds)
                     audio = frames / 12.5
                     row = summarize(f"voicepipe HTTP {fmt}{label}", c, ttfb, [w / audio for w in walls],
-                                    audio * len(walls), elapsed) | engine_counts(eng, counts, runs if c == 1 else 1)
+                                    audio * len(walls), elapsed) | engine_counts(eng, counts, rounds)
                     out.append(row)
                     print(row, flush=True)
                 except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine

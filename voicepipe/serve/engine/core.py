@@ -439,7 +439,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         chunk = self.cfg.chunk_frames
         if r.emitted < chunk:
             return n_new >= min(chunk, max(self.cfg.first_chunk_frames, r.emitted))
-        return self.steps % chunk == 0 or n_new >= 2 * chunk
+        return self.steps % chunk == 0  # one step adds one frame: at most `chunk` new frames wait for a tick
 
     def _loop(self) -> None:
         try:
