@@ -147,3 +147,14 @@ def test_pocketsphinx_transcript_does_not_depend_on_what_was_decoded_before(synt
     assert a_again == first_a
     assert Asr("pocketsphinx", "en-us").transcribe([b])[0] == b_after_a  # B alone in a fresh recogniser
     assert asr.transcribe([b, a]) == [b_after_a, first_a]  # and within one batch
+
+
+def test_pocketsphinx_without_a_hypothesis_is_no_words_not_a_crash(synthetic_podcast):
+    """A piece too short for the search to start (pocketsphinx: "Couldn't find <s> in first frame") has no
+    hypothesis; that is "no words" for the filter to reject, not a TypeError that stops the whole build."""
+    from voicepipe.corpus.engines import Asr
+
+    wav = load_audio(synthetic_podcast.truth.dir / synthetic_podcast.truth.episodes[0].file, 16000)
+    asr = Asr("pocketsphinx", "en-us")
+    assert asr.transcribe([wav[3 * 16000 : 3 * 16000 + 400]]) == [("", 0.0)]
+    assert asr.transcribe([wav[2 * 16000 : 8 * 16000]])[0][0]  # the recogniser still works afterwards

@@ -148,7 +148,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             lines.append((row, line))
         speech_s = sum(b - a for a, b in r["diarize"]["speech"])
         ep_kept = sum(x["duration"] for x in filt if x["keep"])
-        flagged = speech_s > 0 and ep_kept < p.flag_keep_fraction * speech_s
+        flagged = bool(speech_s > 0 and ep_kept < p.flag_keep_fraction * speech_s)
         episodes.append({
             "episode": st.source.id, "speech_s": round(speech_s, 2), "target_s": round(r["segment"]["target_s"], 2),
             "kept_s": round(ep_kept, 2), "speakers": r["diarize"].get("speakers", []),

@@ -112,7 +112,8 @@ class Asr:
             self.decoder.start_utt()
             self.decoder.process_raw(pcm, full_utt=True)
             self.decoder.end_utt()
-            words = [(s.word, s.prob) for s in self.decoder.seg()]
+            # seg() is None when the search ended without a hypothesis (seen on a 45 s flite episode's piece)
+            words = [(s.word, s.prob) for s in self.decoder.seg() or []]
         words = [(w.split("(")[0], p) for w, p in words if not (w.startswith("<") or w.startswith("["))]
         if not words:
             return "", 0.0
