@@ -147,6 +147,12 @@ def test_compiled_rows_have_one_shape_and_the_same_loss(tiny) -> None:
                 assert (a.talker_count, a.sub_count) == (b.talker_count, b.sub_count)
                 torch.testing.assert_close(a.talker_sum, b.talker_sum, rtol=1e-5, atol=1e-4)
                 torch.testing.assert_close(a.sub_sum, b.sub_sum, rtol=1e-5, atol=1e-4)
+                # the predictor's frame floor (a compiled predictor never sees a few-frame shape): same loss
+                assert cfg.frame_floor == 512 and TrainConfig(pack=True, micro_batch_tokens=256).frame_floor == 0
+                c = compute_loss(model, pack(group, cfg.row_multiple), spk, frame_floor=int(a.sub_count) // 15 + 7)
+                assert (c.sub_count, c.talker_count) == (a.sub_count, a.talker_count)
+                torch.testing.assert_close(c.sub_sum, a.sub_sum, rtol=1e-5, atol=1e-4)
+                assert int(c.sub_correct) == int(a.sub_correct)
     finally:
         disable_packed_attention(model)
 

@@ -54,11 +54,12 @@ def input_embeddings(model: torch.nn.Module, batch: Batch, speaker_embedding: to
 
 
 def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.Tensor,
-                 packed_backend: str = "sdpa") -> LossParts:  # fmt: skip
+                 packed_backend: str = "sdpa", frame_floor: int = 0) -> LossParts:  # fmt: skip
     """Forward one micro-batch through talker and code predictor; return summed losses and counts.
 
     `batch` is a right-padded `Batch` or a `packing.PackedBatch` (then `packed_backend` picks the per-document
-    attention kernel)."""
+    attention kernel). `frame_floor`: a micro-batch with fewer frames runs the code predictor on that many, the
+    extra ones ignored by the loss (a compiled predictor then never sees the few-frame shapes that recompile it)."""
     talker = model.talker
     emb = input_embeddings(model, batch, speaker_embedding)
     if hasattr(batch, "doc_ids"):
@@ -79,8 +80,12 @@ def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.
     talker_correct = ((lg.argmax(-1) == t0) & (t0 != IGNORE)).sum()
 
     # codebooks 1..15 of the frame at q, from the talker hidden state at q-1
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, batch.frame_idx)  # (N, H)
-    codes = batch.codec_ids[:, 1:].reshape(-1, batch.codec_ids.shape[-1]).index_select(0, batch.frame_idx)  # (N, G)
+    idx = batch.frame_idx
+    pad = max(0, frame_floor - idx.numel())
+    if pad:  # frame 0 again, its targets ignored below
+        idx = F.pad(idx, (0, pad))
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, idx)  # (N, H)
+    codes = batch.codec_ids[:, 1:].reshape(-1, batch.codec_ids.shape[-1]).index_select(0, idx)  # (N, G)
     groups = codes.shape[1]
     cp = talker.code_predictor
     parts = [h.unsqueeze(1), talker.get_input_embeddings()(codes[:, :1])]
@@ -88,8 +93,12 @@ def compute_loss(model: torch.nn.Module, batch: Batch, speaker_embedding: torch.
     sub_out = cp.forward_finetune(inputs_embeds=torch.cat(parts, dim=1), use_cache=False)
     sub_logits = sub_out.logits.float()  # (N, G-1, V'): [:, k] predicts codebook k+1
     sub_t = codes[:, 1:]
-    sub_sum = F.cross_entropy(sub_logits.reshape(-1, sub_logits.shape[-1]), sub_t.reshape(-1), reduction="sum")
-    sub_correct = (sub_logits.argmax(-1) == sub_t).sum()
+    if pad:
+        sub_t = sub_t.clone()
+        sub_t[-pad:] = IGNORE
+    sub_sum = F.cross_entropy(sub_logits.reshape(-1, sub_logits.shape[-1]), sub_t.reshape(-1), ignore_index=IGNORE,
+                              reduction="sum")
+    sub_correct = (sub_logits.argmax(-1) == sub_t).sum()  # IGNORE (-100) is never an argmax
     return LossParts(
         talker_sum=talker_sum,
         talker_count=batch.n_labels,

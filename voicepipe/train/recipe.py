@@ -66,13 +66,14 @@ class TrainResult:
 class _LossModule(torch.nn.Module):
     """Puts the loss inside `forward`, so DDP's gradient hooks (or FSDP's) and autocast wrap all of it."""
 
-    def __init__(self, model: torch.nn.Module, packed_backend: str = "sdpa") -> None:
+    def __init__(self, model: torch.nn.Module, packed_backend: str = "sdpa", frame_floor: int = 0) -> None:
         super().__init__()
         self.model = model
         self.packed_backend = packed_backend  # per-document attention kernel for packed batches
+        self.frame_floor = frame_floor  # `TrainConfig.frame_floor`
 
     def forward(self, batch: Any, speaker: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        p = compute_loss(self.model, batch, speaker, self.packed_backend)
+        p = compute_loss(self.model, batch, speaker, self.packed_backend, self.frame_floor)
         return p.talker_sum, p.sub_sum, p.talker_correct, p.sub_correct
 
 
@@ -184,7 +185,7 @@ def train(
     steps_per_epoch = len(_plan(cfg, lengths, 0, world, plan_kw))
     total_steps = steps_per_epoch * cfg.epochs
     fsdp = cfg.distributed == "fsdp" and world > 1
-    loss_module = _LossModule(model, packed_backend)
+    loss_module = _LossModule(model, packed_backend, cfg.frame_floor)
     wrapped = _fully_shard(loss_module, accelerator) if fsdp else loss_module  # before the optimizer
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
