@@ -331,15 +331,19 @@ def change_points(active: np.ndarray, chunk_starts: np.ndarray, frame_centres: n
             cands.append((float(chunk_starts[c] + frame_centres[0] + step * mid), c))
     if not cands:
         return []
+    cands.sort()
     times = np.array([t for t, _ in cands])
     owner = np.array([c for _, c in cands])
+    starts = np.asarray(chunk_starts, dtype=np.float64)  # sorted: the windows that see t are one index range
     kept = []
-    for t in np.sort(times):
-        seeing = (chunk_starts + edge_s <= t) & (t <= chunk_starts + chunk_s - edge_s)
-        if not seeing.any():
+    for t in times:
+        lo = int(np.searchsorted(starts, t - chunk_s + edge_s, side="left"))
+        hi = int(np.searchsorted(starts, t - edge_s, side="right"))
+        if hi <= lo:
             continue
-        near = np.unique(owner[(np.abs(times - t) <= tol_s) & seeing[owner]])
-        if near.size / seeing.sum() >= min_support:
+        a, b = np.searchsorted(times, [t - tol_s, t + tol_s + 1e-9])
+        near = owner[a:b]
+        if np.unique(near[(near >= lo) & (near < hi)]).size / (hi - lo) >= min_support:
             kept.append(float(t))
     groups: list[list[float]] = []
     for t in kept:
