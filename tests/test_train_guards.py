@@ -92,3 +92,20 @@ def test_collapse_guard_marks_the_v5_failure(structured_corpus_dir: Path, tiny_t
     assert r.stop_reason == "train_collapse", [(e["train_loss"], e["val_loss"]) for e in r.epochs]
     last = r.epochs[-1]
     assert last["train_loss"] < 0.6 * last["val_loss"] and len(r.epochs) < 12
+
+
+def test_manual_gc_runs_the_epochs_without_the_automatic_collector_and_restores_it(
+        structured_corpus_dir: Path, tiny_tts_dir: Path, tmp_path: Path) -> None:
+    """`gc_every_steps`: Python's cyclic collector is off while steps run (collections at known steps instead), and
+    on again afterwards, also when the run stops on a guard."""
+    import gc
+
+    seen: list[bool] = []
+    cfg = load_config("v8", epochs=1, batch_size=1, grad_accum=1, gc_every_steps=2, export=False, save_state=False,
+                      max_steps=3)  # fmt: skip
+    r = train(structured_corpus_dir, tiny_tts_dir, "tester", tmp_path / "run", cfg, progress=False,
+              on_progress=lambda p: seen.append(gc.isenabled()))
+    assert r.training_json.exists() and seen == [False, False, False] and gc.isenabled()
+    bad = load_config("v8", epochs=3, lr=50.0, batch_size=1, grad_accum=1, grad_clip=1e9, gc_every_steps=1)
+    assert train(structured_corpus_dir, tiny_tts_dir, "tester", tmp_path / "bad", bad, progress=False).stop_reason
+    assert gc.isenabled()

@@ -94,6 +94,9 @@ class TrainConfig(BaseModel):
     save_state: bool = True  # resumable state (weights, optimizer, scheduler, RNG) at each epoch end
     state_every_steps: int = 0  # also save resumable training state every N optimizer steps (0 = per epoch)
     log_every_steps: int = 1
+    # Python's automatic garbage collector off during the epochs, a collection every N optimizer steps instead
+    # (Megatron-LM's `--manual-gc`); 0 = automatic. A cyclic collection otherwise lands inside a random step.
+    gc_every_steps: int = Field(0, ge=0)
 
     # test hooks (also handy for smoke runs)
     max_steps: int | None = None  # stop after this many optimizer steps in total

@@ -13,6 +13,8 @@ with `distributed: fsdp` PyTorch FSDP2 (`fully_shard` on each decoder layer + ro
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -80,6 +82,24 @@ class _LossModule(torch.nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def _restores_gc(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """`TrainConfig.gc_every_steps` switches Python's automatic garbage collector off for the epochs: whatever
+    happens, it is back on (and the frozen objects unfrozen) when `train` returns or raises."""
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> TrainResult:
+        was = gc.isenabled()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was and not gc.isenabled():
+                gc.unfreeze()
+                gc.enable()
+
+    return inner
+
+
+@_restores_gc
 def train(
     corpus: str | Path,
     base: str | Path,
@@ -230,6 +250,10 @@ def train(
 
     # 8. epochs ------------------------------------------------------------------------------------------------------
     bar = _progress(total_steps, ts.global_step, enabled=progress and main)
+    if cfg.gc_every_steps:  # collections at known steps, not inside whichever step crossed the allocation count
+        gc.collect()
+        gc.freeze()  # the model, corpus and optimizer objects: never scanned again
+        gc.disable()
     stop_reason: str | None = ts.stop_reason
     for epoch in range(ts.epoch, cfg.epochs):
         if stop_reason:
@@ -296,6 +320,8 @@ def train(
                 on_progress({"step": ts.global_step, "total_steps": total_steps, "epoch": epoch + 1,
                              "epochs": cfg.epochs, "loss": step_loss})
             stop_reason = ts.step_guard(step_loss, cfg)
+            if cfg.gc_every_steps and ts.global_step % cfg.gc_every_steps == 0:
+                gc.collect()
             if not stop_reason and cfg.val_every_steps and ts.global_step % cfg.val_every_steps == 0:
                 val = _evaluate(wrapped, val_seqs, speaker_vec, accelerator, cfg, groups, same_count=fsdp)
                 stop_reason = ts.val_guard(val, cfg)
