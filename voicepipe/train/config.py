@@ -95,7 +95,8 @@ class TrainConfig(BaseModel):
     state_every_steps: int = 0  # also save resumable training state every N optimizer steps (0 = per epoch)
     log_every_steps: int = 1
     # Python's automatic garbage collector off during the epochs, a collection every N optimizer steps instead
-    # (Megatron-LM's `--manual-gc`); 0 = automatic. A cyclic collection otherwise lands inside a random step.
+    # (Megatron-LM's `--manual-gc`: collections at known steps, aligned across ranks); 0 = automatic. On one H200
+    # it did not remove the one slow step in ~16 of podcast.yaml (benchmarks/RESULTS.md), so it is off there.
     gc_every_steps: int = Field(0, ge=0)
 
     # test hooks (also handy for smoke runs)
