@@ -1,4 +1,5 @@
-"""The corpus speaker engine's batched `embed_many` computes what per-clip `embed` does (real resemblyzer weights)."""
+"""The corpus speaker engine's batched `embed_many` computes what per-clip `embed` does (real weights: resemblyzer's
+and CAM++'s)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,17 @@ def clips() -> list[np.ndarray]:
     ]
 
 
-@pytest.fixture(scope="module")
-def encoder() -> SpeakerEncoder:
-    return SpeakerEncoder()
+@pytest.fixture(scope="module", params=["resemblyzer", "campplus"])
+def encoder(request) -> SpeakerEncoder:
+    from voicepipe.config import load_settings
+
+    return SpeakerEncoder(load_settings(speaker_backend=request.param))
 
 
 def test_embed_many_matches_embed_per_clip(encoder: SpeakerEncoder, clips: list[np.ndarray]) -> None:
     one_by_one = np.stack([encoder.embed(w) for w in clips])
     batched = encoder.embed_many(clips)
-    assert batched.shape == (len(clips), 256) and batched.dtype == np.float32
+    assert batched.shape == (len(clips), encoder.model.dim) and batched.dtype == np.float32
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
     norms = np.linalg.norm(batched, axis=1)
     np.testing.assert_allclose(norms[:-2], 1.0, atol=1e-5)  # real speech: unit vectors
@@ -51,7 +54,7 @@ def test_embed_many_matches_embed_per_clip(encoder: SpeakerEncoder, clips: list[
 
 
 def test_embed_many_edge_cases(encoder: SpeakerEncoder, clips: list[np.ndarray]) -> None:
-    assert encoder.embed_many([]).shape == (0, 256)
+    assert encoder.embed_many([]).shape == (0, encoder.model.dim)
     assert not encoder.embed_many([clips[-1], clips[-2]]).any()
     np.testing.assert_allclose(encoder.embed_many([clips[2]])[0], encoder.embed(clips[2]), atol=1e-5, rtol=0)
     c = encoder.centroid(clips[:3])

@@ -66,8 +66,8 @@ class SpeakerEncoder:
         return emb / (np.linalg.norm(emb) + 1e-9)
 
     def embed_many(self, wavs16k: list[np.ndarray], max_partials: int = 64) -> np.ndarray:
-        """`embed` of each 16 kHz waveform as rows of an (n, 256) fp32 array (zeros where `embed` gives zeros),
-        all clips' resemblyzer windows batched together (`voicepipe.models.SpeakerEncoder.embed_many`)."""
+        """`embed` of each 16 kHz waveform as rows of an (n, model dim) fp32 array (zeros where `embed` gives
+        zeros), the clips' windows batched together (`voicepipe.models.SpeakerEncoder.embed_many`)."""
         with self.lock:
             embs = self.model.embed_many(wavs16k, self.sr, max_partials)
         for i in range(len(embs)):

@@ -309,13 +309,15 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     audio, up to 60 s) and the one nearest the enrollment centroid is the target (`speakers.target_label`: no fixed
     threshold); the speakers' embeddings are kept as the episode's centroids, so the filter's `min_speaker_margin`
     judges every utterance against the episode's other speakers, as on the CPU path.
-    Without one (the CPU path, `voicepipe.corpus.speakers`): 1.5 s windows every 0.25 s over the VAD speech are
-    embedded and clustered into the episode's speakers (k-means seeded with the enrollment, count by silhouette);
-    the cluster nearest the enrollment is the target, and each window is the target's only when it is nearer the
-    target than every other speaker by `speaker_margin` (a fraction of the distance between the two) and is not an
-    outlier among the target's windows (overlap / backchannel). Verdicts change inside speech regions, so an
-    utterance is cut at a change of speaker even without a pause, and the target gives up `change_guard_s` on its
-    side of each such cut.
+    Without one (the CPU path, `voicepipe.corpus.speakers`): pyannote's segmentation model (`segmentation_model`)
+    finds overlapped speech, cut out of the target's speech, and changes of speaker without a pause, where the
+    speech is cut; 1.5 s windows every 0.25 s over those one-voice stretches are embedded (the speaker model's and,
+    with `fuse_resemblyzer`, resemblyzer's cosines averaged) and clustered into the episode's speakers (k-means
+    seeded with the enrollment, count by silhouette); the cluster nearest the enrollment is the target, and each
+    window is the target's only when it is nearer the target than every other speaker by `speaker_margin` (a
+    fraction of the distance between the two) and is not an outlier among the target's windows. The target gives
+    up `change_guard_s` on its side of each change of speaker without a pause. The speakers' centroids are kept in
+    the speaker model's own space, where the filter judges whole utterances.
     """
     from voicepipe.corpus import speakers as spk_mod
 

@@ -61,7 +61,9 @@ def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float =
                 codec_model=str(base / "speech_tokenizer"),
                 store_url=store_url,
             ),
-            train=TrainStep(base=str(base), config="v8", overrides={"epochs": epochs}, out=str(out / "checkpoints")),
+            # checkpoints under <home>/runs/<speaker>/<corpus version>: a rerun whose corpus changed (new code, new
+            # episodes) trains afresh instead of refusing to resume another corpus's run
+            train=TrainStep(base=str(base), config="v8", overrides={"epochs": epochs}),
             # a short script keeps CPU synthesis quick; random weights never stop by themselves, so every
             # sample runs to its length cap
             evaluate=EvaluateStep(
@@ -84,8 +86,8 @@ def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float =
         "store": store_url,
         "corpus_dir": str(out / "corpus"),
         "corpus_report": str(out / "corpus" / "report.md"),
-        "checkpoints_dir": str(out / "checkpoints"),
-        "loss_curve": str(out / "checkpoints" / "loss.png"),
+        "checkpoints_dir": result.get("checkpoints"),
+        "loss_curve": str(Path(result["checkpoints"]) / "loss.png") if result.get("checkpoints") else None,
         "evaluation_reports": sorted(str(p) for p in (out / "eval").glob("*/report.html")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
