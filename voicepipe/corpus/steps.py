@@ -84,6 +84,7 @@ class StepContext:
     work: Path
     settings: Any = None
     _centroid: np.ndarray | None = None
+    _window_centroid: np.ndarray | None = None
     _enroll_key: str | None = None
     _audio_cache: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,13 +128,18 @@ class StepContext:
 
     @property
     def window_centroid(self) -> np.ndarray:
-        """The enrollment centroid in the space the diarize windows are embedded in (`Engines.window_embeddings`)."""
+        """The enrollment centroid in the space the diarize windows are embedded in (`Engines.window_embeddings`),
+        computed once per build."""
         other = self.engines.fused
         if other is None:
             return self.centroid
-        from voicepipe.corpus.speakers import fuse
+        own = self.centroid
+        with self._lock:
+            if self._window_centroid is None:
+                from voicepipe.corpus.speakers import fuse
 
-        return fuse(self.centroid, other.centroid([load_audio(p, SR16) for p in self.params.enroll]))
+                self._window_centroid = fuse(own, other.centroid([load_audio(p, SR16) for p in self.params.enroll]))
+            return self._window_centroid
 
     # ---- audio objects
     def audio(self, sha: str, sr: int) -> np.ndarray:
@@ -365,8 +371,9 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         wins = spk_mod.windows(regions)
         embs, own = ctx.engines.window_embeddings([wav[int(s * SR16) : int(e * SR16)] for s, e in wins])
         if not wins:
-            return {"backend": "embedding-clusters", "speech": speech, "turns": [], "overlap": [], "labels": {},
-                    "target_label": None, "speakers": [], "centroids": {}}
+            return {"backend": "embedding-clusters", "speech": speech, "turns": [], "changes": changes,
+                    "segmentation": p.segmentation_model or None, "overlap": [list(o) for o in overlap],
+                    "labels": {}, "target_label": None, "speakers": [], "centroids": {}}
         sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid)
         keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
