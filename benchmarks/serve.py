@@ -337,11 +337,18 @@ def numerics(tts, e16, frames: int = 4) -> dict:
     return {"frames": rows}
 
 
-def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int = 5, label: str = "") -> list[dict]:
+def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: dict[int, int],
+               variants: list[tuple[str, dict]]) -> list[dict]:
     """`voicepipe serve`'s app (the same routers and encoders), in-process with uvicorn on loopback, over an engine
     already captured; time to first byte of a streamed /v1/audio/speech response, and its whole duration, as seen
     by clients in another process (`HTTP_CLIENT`: asyncio + httpx; in-process client threads would share the
-    server's and the engine's GIL and be measured with them)."""
+    server's and the engine's GIL and be measured with them).
+
+    `variants` are (label, EngineConfig overrides) measured against one another in the same server: each round
+    runs one burst of every (variant, format, concurrency) level, and the order of the variants and of the formats
+    is reversed every other round (A B, B A, A B, ...), so neither one always runs first. A level with `c` streams
+    gets `repeats[c]` rounds (5 at one stream, 1 otherwise, when not given); every burst's own p50 is kept in the
+    row (`burst_p50_ms`, in the order run), so the spread between bursts is visible beside the pooled p50."""
     import socket
 
     import uvicorn
@@ -376,24 +383,61 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], runs: int
         r = json.loads(res.stdout.strip().splitlines()[-1])
         return r["ttfb"], r["wall"], r["elapsed"]
 
-    out = []
+    def configure(overrides: dict) -> None:
+        for k, v in overrides.items():
+            setattr(eng.cfg, k, v)
+
+    rounds = {c: max(repeats.get(c, 1), 5 if c == 1 else 1) for c in concs}
+    acc: dict[tuple[str, str, int], dict] = {}
+    failed: set[tuple[str, str]] = set()
+    audio = frames / 12.5
     try:
-        for fmt in formats:
-            for c in concs:
-                try:
-                    clients(fmt, 1, 1)  # warm-up (encoder start-up)
-                    counts, rounds = (eng.prefills, eng.decode_calls), runs if c == 1 else 1
-                    ttfb, walls, elapsed = clients(fmt, c, rounds)
-                    audio = frames / 12.5
-                    row = summarize(f"voicepipe HTTP {fmt}{label}", c, ttfb, [w / audio for w in walls],
-                                    audio * len(walls), elapsed) | engine_counts(eng, counts, rounds)
-                    out.append(row)
-                    print(row, flush=True)
-                except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
-                    print(f"HTTP {fmt} x{c} failed: {type(e).__name__}: {e}", flush=True)
+        for r in range(max(rounds.values())):
+            order = variants if r % 2 == 0 else variants[::-1]
+            fmts = formats if r % 2 == 0 else formats[::-1]
+            for label, overrides in order:
+                configure(overrides)
+                for fmt in fmts:
+                    if (label, fmt) in failed:
+                        continue
+                    try:
+                        if r == 0:
+                            clients(fmt, 1, 1)  # warm-up (encoder start-up, this variant's first prompt)
+                        for c in concs:
+                            if r >= rounds[c]:
+                                continue
+                            before = (eng.prefills, eng.decode_calls)
+                            ttfb, walls, elapsed = clients(fmt, c, 1)
+                            a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
+                                                                     prefills=0, decodes=0))
+                            a["ttfb"] += ttfb
+                            a["walls"] += walls
+                            a["elapsed"] += elapsed
+                            a["bursts"].append(round(1000 * statistics.median(ttfb), 1))
+                            a["prefills"] += eng.prefills - before[0]
+                            a["decodes"] += eng.decode_calls - before[1]
+                            print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms", flush=True)
+                    except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
+                        print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
+                        failed.add((label, fmt))
     finally:
+        configure(variants[-1][1])
         server.should_exit = True
         th.join(timeout=10)
+    out = []
+    for label, _ in variants:
+        for fmt in formats:
+            for c in concs:
+                a = acc.get((label, fmt, c))
+                if a is None:
+                    continue
+                n = len(a["bursts"])
+                row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
+                                audio * len(a["walls"]), a["elapsed"])
+                row |= dict(bursts=n, burst_p50_ms=a["bursts"], prefills_per_round=a["prefills"] / n,
+                            decode_calls_per_round=a["decodes"] / n)
+                out.append(row)
+                print(row, flush=True)
     return out
 
 
@@ -509,7 +553,9 @@ def main() -> None:
     ap.add_argument("--systems", default="numerics,baseline,voicepipe,http,faster")
     ap.add_argument("--chunk", default="2,8", help="faster-qwen3-tts chunk_size values (frames)")
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
-    ap.add_argument("--repeats", default="1:5,4:2,16:1", help="runs per concurrency level (TTFA samples)")
+    ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
+    ap.add_argument("--repeats", default="1:5,4:2,16:1",
+                    help="runs per concurrency level (TTFA samples); for http, bursts per level, order alternating")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tiny-dir", type=Path, default=None, help="prebuilt voicepipe.models.tiny custom-voice dir")
     a = ap.parse_args()
@@ -559,14 +605,14 @@ def main() -> None:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:
         eng.start()
-        # the side stream for prompts (EngineConfig.prepare_stream) off, then on: what it buys, same run
-        sides = ((False, " (prepare on the engine's stream)"), (True, "")) if device == "cuda" else ((True, ""),)
-        for side, label in sides:
-            eng.cfg.prepare_stream = side
-            try:
-                rows += bench_http(eng, a.frames, a.http_formats.split(","), [1, 16], label=label)
-            except Exception as e:  # noqa: BLE001 - e.g. the server's packages missing on this machine
-                print(f"HTTP bench failed: {type(e).__name__}: {e}", flush=True)
+        # the side stream for prompts (EngineConfig.prepare_stream) off and on, alternating, same server and run
+        # (a CPU engine ignores the setting: there the two variants are the same engine, which smoke-tests the order)
+        variants = [(" (prepare on the engine's stream)", {"prepare_stream": False}), ("", {"prepare_stream": True})]
+        try:
+            rows += bench_http(eng, a.frames, a.http_formats.split(","),
+                               [int(x) for x in a.http_concurrency.split(",")], repeats, variants)
+        except Exception as e:  # noqa: BLE001 - e.g. the server's packages missing on this machine
+            print(f"HTTP bench failed: {type(e).__name__}: {e}", flush=True)
         eng.stop()
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] http done", flush=True)
