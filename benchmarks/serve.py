@@ -348,7 +348,9 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     runs one burst of every (variant, format, concurrency) level, and the order of the variants and of the formats
     is reversed every other round (A B, B A, A B, ...), so neither one always runs first. A level with `c` streams
     gets `repeats[c]` rounds (5 at one stream, 1 otherwise, when not given); every burst's own p50 is kept in the
-    row (`burst_p50_ms`, in the order run), so the spread between bursts is visible beside the pooled p50."""
+    row (`burst_p50_ms`, in the order run), so the spread between bursts is visible beside the pooled p50, with the
+    batch size and host time of each prefill that admitted it (`burst_prefills`). Round 0 first runs one unmeasured
+    burst of every concurrency level per variant and format (warm-up)."""
     import socket
 
     import uvicorn
@@ -389,6 +391,18 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
 
     rounds = {c: max(repeats.get(c, 1), 5 if c == 1 else 1) for c in concs}
     acc: dict[tuple[str, str, int], dict] = {}
+    # every prefill's batch size and host time (ms), so a slow burst can be matched to how it was admitted
+    prefill_log: list[tuple[int, float]] = []
+    real_prefill = eng._prefill
+
+    def logged_prefill(slots, prompts):
+        t0 = time.perf_counter()
+        try:
+            return real_prefill(slots, prompts)
+        finally:
+            prefill_log.append((len(slots), round(1000 * (time.perf_counter() - t0), 1)))
+
+    eng._prefill = logged_prefill
     failed: set[tuple[str, str]] = set()
     audio = frames / 12.5
     try:
@@ -401,27 +415,32 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                     if (label, fmt) in failed:
                         continue
                     try:
-                        if r == 0:
-                            clients(fmt, 1, 1)  # warm-up (encoder start-up, this variant's first prompt)
+                        if r == 0:  # warm-up (encoder start-up, this variant's first prompt, a burst's shapes)
+                            for c in concs:
+                                clients(fmt, c, 1)
                         for c in concs:
                             if r >= rounds[c]:
                                 continue
                             before = (eng.prefills, eng.decode_calls)
+                            prefill_log.clear()
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
-                                                                     prefills=0, decodes=0))
+                                                                     prefills=0, decodes=0, admitted=[]))
+                            a["admitted"].append(list(prefill_log))
                             a["ttfb"] += ttfb
                             a["walls"] += walls
                             a["elapsed"] += elapsed
                             a["bursts"].append(round(1000 * statistics.median(ttfb), 1))
                             a["prefills"] += eng.prefills - before[0]
                             a["decodes"] += eng.decode_calls - before[1]
-                            print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms", flush=True)
+                            print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, prefills (n, ms) "
+                                  f"{a['admitted'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
                         print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
                         failed.add((label, fmt))
     finally:
         configure(variants[-1][1])
+        del eng._prefill  # the engine's own method again
         server.should_exit = True
         th.join(timeout=10)
     out = []
@@ -434,8 +453,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 n = len(a["bursts"])
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
-                row |= dict(bursts=n, burst_p50_ms=a["bursts"], prefills_per_round=a["prefills"] / n,
-                            decode_calls_per_round=a["decodes"] / n)
+                row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_prefills=a["admitted"],
+                            prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n)
                 out.append(row)
                 print(row, flush=True)
     return out
