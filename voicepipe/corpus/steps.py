@@ -73,6 +73,14 @@ class EpisodeState(BaseModel):
         sep = self.results.get("separate") or self.results.get("standardize")
         return sep["sha"] if sep else None
 
+    @property
+    def speaker_audio_sha(self) -> str | None:
+        """The audio the speaker decisions hear: the unenhanced episode when DeepFilterNet3 separated it (speaker
+        and segmentation models are trained on real, noisy speech; an enhancer's artifacts move their embeddings),
+        else the same audio as `audio_sha`."""
+        sep = self.results.get("separate") or {}
+        return sep.get("speaker_sha") or self.audio_sha
+
 
 @dataclass
 class StepContext:
@@ -279,21 +287,27 @@ def standardize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 # ------------------------------------------------------------------------------------------------ 3. separate
 @guarded("separate")
 def separate(ctx: StepContext, state: EpisodeState) -> EpisodeState:
-    """Demucs vocals stem (or the standardized audio itself with `separate=False`)."""
+    """The speech of the episode: Demucs' vocals stem or DeepFilterNet3's enhanced speech (`separator`), or the
+    standardized audio itself with `separate=False`."""
     std = state.results["standardize"]
     if not ctx.params.separate:
         state.results["separate"] = {"sha": std["sha"], "separated": False}
         state.cache["separate"] = "skip"
         return state
-    params: dict = {"model": ctx.params.demucs_model}
-    if ctx.engines.separation_batch > 1:  # batched pieces differ slightly at their joins; batch 1 keeps old keys
-        params["batch"] = ctx.engines.separation_batch
+    enhancer = ctx.engines.separator_name == "deepfilternet"
+    if enhancer:
+        params: dict = {"model": "deepfilternet3", "atten_lim_db": 100.0}
+    else:
+        params = {"model": ctx.params.demucs_model}
+        if ctx.engines.separation_batch > 1:  # batched pieces differ slightly at their joins; batch 1 keeps old keys
+            params["batch"] = ctx.engines.separation_batch
 
     def compute() -> dict:
         wav = ctx.audio(std["sha"], SR)
         vocals = ctx.engines.separator.vocals(wav, SR, progress=ctx.progress)
         sha = ctx.put_audio(vocals, step="corpus.separate", inputs=[std["sha"]], params=params)
-        return {"sha": sha, "separated": True}
+        # an enhancer's speech is what the corpus is cut from; the speaker decisions hear the mix (see diarize)
+        return {"sha": sha, "separated": True, **({"speaker_sha": std["sha"]} if enhancer else {})}
 
     run_step(ctx, state, "separate", [std["sha"]], params, compute)
     return state
@@ -328,7 +342,7 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     from voicepipe.corpus import speakers as spk_mod
 
     p = ctx.params
-    audio_sha = state.audio_sha
+    audio_sha, speaker_sha = state.audio_sha, state.speaker_audio_sha
     params = {"model": p.diarization_model or "embedding-clusters", "rule": "relative",
               "enroll": ctx.enroll_key, "min_silence_s": p.min_silence_s, "margin": p.speaker_margin,
               "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S, "guard": p.change_guard_s}
@@ -338,8 +352,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         params.update(fuse="resemblyzer")
 
     def compute() -> dict:
-        wav = ctx.audio(audio_sha, SR16)
-        speech = ctx.engines.vad.speech(wav, min_silence_s=p.min_silence_s)
+        speech = ctx.engines.vad.speech(ctx.audio(audio_sha, SR16), min_silence_s=p.min_silence_s)
+        wav = ctx.audio(speaker_sha, SR16)  # speaker turns, overlap, changes and embeddings: see speaker_audio_sha
         centroid = ctx.centroid
         spk = ctx.engines.speaker
 
@@ -399,7 +413,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 "speakers": speakers,
                 "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(cents)}}
 
-    run_step(ctx, state, "diarize", [audio_sha], params, compute)
+    run_step(ctx, state, "diarize", [audio_sha] + ([speaker_sha] if speaker_sha != audio_sha else []), params,
+             compute)
     return state
 
 
@@ -560,16 +575,22 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         noise_iv = _non_speech(dia["speech"], state.seconds)
         spk, centroid = ctx.engines.speaker, ctx.centroid
         segs = state.results["segment"]["segments"]
-        embs = spk.embed_many([wav16[int(seg["start"] * SR16) : int(seg["end"] * SR16)] for seg in segs])
+        spans = [(int(seg["start"] * SR16), int(seg["end"] * SR16)) for seg in segs]
+        embs = spk.embed_many([wav16[a:b] for a, b in spans])  # the kept audio's: the corpus centroid
+        if state.speaker_audio_sha != state.audio_sha:  # the margin is judged where diarize judged (the mix)
+            heard = ctx.audio(state.speaker_audio_sha, SR16)
+            margin_embs = spk.embed_many([heard[a:b] for a, b in spans])
+        else:
+            margin_embs = embs
         mos_ok = f.dnsmos and _mos_available()
         rows = []
         kept_sum = np.zeros(embs.shape[1] if len(segs) else 0, dtype=np.float64)
-        for seg, tr, emb in zip(segs, state.results["transcribe"]["texts"], embs, strict=True):
+        for seg, tr, emb, m_emb in zip(segs, state.results["transcribe"]["texts"], embs, margin_embs, strict=True):
             s, e = seg["start"], seg["end"]
             clip = wav[int(s * SR) : int(e * SR)]
             dur = e - s
             text = tr["text"]
-            margin = _speaker_margin(emb, dia)
+            margin = _speaker_margin(m_emb, dia)
             noise = _local_noise(wav, SR, noise_iv, s, e, f.snr_context_s)
             m = {
                 "start": s, "end": e, "duration": round(dur, 3), "text": text, "asr_conf": tr["asr_conf"],

