@@ -102,3 +102,21 @@ def test_unsupported_format_and_opus_rate_rejected():
 def test_pcm_is_s16le_and_clipped():
     data = encode(np.array([0.0, 1.0, -1.0, 2.0], np.float32), SR, "pcm")
     assert np.frombuffer(data, "<i2").tolist() == [0, 32767, -32767, 32767]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "aac"])
+def test_first_streamed_chunk_can_leave_before_the_next_arrives(fmt):
+    """ffmpeg encodes a few ms after `feed` returns: `wait_output` hands over the first chunk's own frames (the
+    server then sends them at once instead of with the next chunk). MP3 starts with a frame, not an ID3 tag."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg missing")
+    enc = StreamEncoder(fmt, SR)
+    first = enc.feed(tone(0.16))  # the engine's first chunk: 2 frames, 160 ms
+    first += enc.wait_output(2.0)
+    assert first, f"{fmt}: nothing encoded from the first chunk"
+    assert first[0] == 0xFF and first[1] & 0xE0 == 0xE0, first[:4]  # MPEG / ADTS frame sync, no tag before it
+    rest = enc.close()
+    wav, _ = decode_ffmpeg(first + rest)
+    # all of it, plus the codec's priming/padding (no gapless header in a stream): measured 1,344 (MP3), 1,280 (AAC)
+    assert int(0.16 * SR) <= len(wav) < int(0.16 * SR) + 2048, len(wav)
+    assert StreamEncoder("pcm", SR).wait_output(0.5) == b""

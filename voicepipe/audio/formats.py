@@ -39,7 +39,8 @@ _SF = {"flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "opus": ("O
 # start of the file on close, which a stream has already sent; ffmpeg writes a plain CBR stream without one).
 _FFMPEG = {
     "aac": ["-c:a", "aac", "-b:a", "96k", "-f", "adts"],
-    "mp3": ["-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-f", "mp3"],
+    # no ID3v2 tag: a stream's first bytes are MP3 frames, playable at once
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "128k", "-write_xing", "0", "-id3v2_version", "0", "-f", "mp3"],
 }
 _SF_STREAM = ("opus",)
 STREAMABLE = ("pcm", "wav", "mp3", "opus", "aac")  # bytes leave as audio is made; FLAC is sent whole (see above)
@@ -150,13 +151,18 @@ class StreamEncoder:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         self._out = bytearray()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._eof = False
 
         def pump() -> None:
             assert self._proc is not None and self._proc.stdout is not None
             while chunk := self._proc.stdout.read1(65536):  # type: ignore[attr-defined]
                 with self._lock:
                     self._out.extend(chunk)
+                    self._lock.notify_all()
+            with self._lock:
+                self._eof = True
+                self._lock.notify_all()
 
         self._reader = threading.Thread(target=pump, daemon=True)
         self._reader.start()
@@ -166,6 +172,16 @@ class StreamEncoder:
             out = bytes(self._out)
             self._out.clear()
         return out
+
+    def wait_output(self, timeout_s: float) -> bytes:
+        """ffmpeg formats: the bytes ffmpeg has made, waiting up to `timeout_s` for the first (it encodes a chunk a
+        few ms after `feed` returned, so the first chunk's bytes would otherwise leave only with the next chunk);
+        other formats: b"" (their `feed` returns what it makes)."""
+        if self._proc is None:
+            return b""
+        with self._lock:
+            self._lock.wait_for(lambda: bool(self._out) or self._eof, timeout=timeout_s)
+        return self._take_ffmpeg()
 
     def feed(self, wav: np.ndarray) -> bytes:
         """Encode one chunk; returns the bytes ready to send (may be empty for buffering codecs)."""

@@ -88,6 +88,8 @@ async def _stream(job: SpeechJob, fmt: str, mode: str, body: SpeechRequest) -> A
         enc = StreamEncoder(fmt, job.voice.engine.sample_rate)
         async for chunk in job.chunks():
             data = enc.feed(chunk)
+            if not data and first:  # MP3/AAC: ffmpeg's first frames come a few ms after the first chunk went in
+                data = await asyncio.to_thread(enc.wait_output, 0.1)
             if data:
                 if first:
                     job.st.metrics.ttfa.observe(time.perf_counter() - job.t0)
