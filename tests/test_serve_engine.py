@@ -143,3 +143,33 @@ def test_prepare_rejects_unknown_speaker_and_language(engine):
         engine.prepare("x", speaker="bob")
     with pytest.raises(EngineError, match="language 'klingon'"):
         engine.prepare("x", speaker="alice", language="klingon")
+
+
+def test_a_burst_that_arrives_over_a_few_ms_is_admitted_in_one_prefill(engine):
+    """`admit_gap_ms`: an idle engine waits while requests keep arriving (HTTP clients of one burst reach it a
+    few ms apart), so they share one prefill; without it the first is prefilled alone. Same codes either way."""
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, **GREEDY)
+    prompts = [engine.prepare(t, speaker="alice") for t in ("One.", "Two words.", "Three more words.")]
+    solo = [engine.generate_codes(p, gen) for p in prompts]
+
+    def burst() -> tuple[int, list]:
+        before = engine.prefills
+        handles = []
+        for p in prompts:
+            handles.append(engine.submit(p, gen, lambda ev: None))
+            time.sleep(0.01)  # 10 ms apart
+        for h in handles:
+            assert h.finished.wait(60)
+        return engine.prefills - before, handles
+
+    try:
+        engine.cfg.admit_gap_ms, engine.cfg.admit_max_ms = 50.0, 500.0
+        n, handles = burst()
+        assert n == 1, n
+        for h, s in zip(handles, solo, strict=True):
+            assert torch.equal(torch.stack(h.frames), s)
+        engine.cfg.admit_gap_ms = 0.0
+        n, _ = burst()
+        assert n >= 2, n  # the first one alone, the others at the next step(s)
+    finally:
+        engine.cfg.admit_gap_ms, engine.cfg.admit_max_ms = EngineConfig().admit_gap_ms, EngineConfig().admit_max_ms

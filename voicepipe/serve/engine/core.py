@@ -117,6 +117,10 @@ class EngineConfig:
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
     prepare_stream: bool = True  # CUDA: prompts embedded on a side stream, not queued behind running frame steps
+    # an idle engine that receives a request waits while more keep arriving (each within `admit_gap_ms` of the
+    # last, `admit_max_ms` in all), so a burst of clients is admitted in one prefill, not one per step; 0: off
+    admit_gap_ms: float = 0.0
+    admit_max_ms: float = 30.0
 
 
 @dataclass
@@ -431,6 +435,21 @@ class TTSEngine(FrameStep, CodecStreaming):
             self._slots[slot] = req
             req.admitted.set()
 
+    def _gather_burst(self) -> None:
+        """Idle engine, request(s) queued: wait while more keep arriving, until the free slots are taken, no
+        request came for `admit_gap_ms`, or `admit_max_ms` passed."""
+        gap, cap = self.cfg.admit_gap_ms / 1e3, self.cfg.admit_max_ms / 1e3
+        free = sum(r is None for r in self._slots)
+        start = last = time.perf_counter()
+        n = len(self._pending)
+        while n < free and not self._stop:
+            now = time.perf_counter()
+            if now - last >= gap or now - start >= cap:
+                return
+            time.sleep(0.0005)
+            if len(self._pending) != n:
+                n, last = len(self._pending), time.perf_counter()
+
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (2, 2, 4, 8, ... frames) so playback
         never waits for a big chunk; once a request has `chunk_frames` out, its chunks end on the engine's global
@@ -450,6 +469,8 @@ class TTSEngine(FrameStep, CodecStreaming):
                             self._cv.wait(timeout=0.5)
                         if self._stop:
                             break
+                    if self.cfg.admit_gap_ms > 0 and not any(self._slots):
+                        self._gather_burst()
                     with self._step_lock:  # an explicit capture() never interleaves with a step
                         self._admit()
                     for r in list(self._slots):
