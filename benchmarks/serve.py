@@ -627,9 +627,9 @@ def main() -> None:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:
         eng.start()
-        # the admission gap (EngineConfig.admit_gap_ms: a burst admitted in one prefill) off and on, alternating,
-        # same server and run (the prompt side stream, measured the same way on 2026-12-03, stays at its default)
-        variants = [(" (admit gap 0)", {"admit_gap_ms": 0.0}), (" (admit gap 4 ms)", {"admit_gap_ms": 4.0})]
+        # waiting for announced requests (EngineConfig.admit_wait_ms: a burst admitted in one prefill) off and on
+        # (the default), alternating, same server and run (the prompt side stream stays at its default)
+        variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}), ("", {"admit_wait_ms": 50.0})]
         try:
             rows += bench_http(eng, a.frames, a.http_formats.split(","),
                                [int(x) for x in a.http_concurrency.split(",")], repeats, variants)

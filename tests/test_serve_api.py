@@ -92,7 +92,7 @@ def test_streaming_wav_arrives_incrementally_and_is_valid(server, voices, monkey
     handed: list[tuple[str, bool]] = []  # (event kind, whether the client had audio when the engine handed it over)
     submit = engine.submit
 
-    def held_back_after_first_audio(prompt, gen, on_event):
+    def held_back_after_first_audio(prompt, gen, on_event, **kw):
         def on_engine_event(ev):
             first_audio = ev.kind == "audio" and not any(kind == "audio" for kind, _ in handed)
             handed.append((ev.kind, client_has_audio.is_set()))
@@ -100,7 +100,7 @@ def test_streaming_wav_arrives_incrementally_and_is_valid(server, voices, monkey
             if first_audio:  # the engine's event thread waits here (the frame steps go on)
                 client_has_audio.wait(timeout=60)
 
-        return submit(prompt, gen, on_engine_event)
+        return submit(prompt, gen, on_engine_event, **kw)
 
     monkeypatch.setattr(engine, "submit", held_back_after_first_audio)
     chunks = []

@@ -145,31 +145,40 @@ def test_prepare_rejects_unknown_speaker_and_language(engine):
         engine.prepare("x", speaker="alice", language="klingon")
 
 
-def test_a_burst_that_arrives_over_a_few_ms_is_admitted_in_one_prefill(engine):
-    """`admit_gap_ms`: an idle engine waits while requests keep arriving (HTTP clients of one burst reach it a
-    few ms apart), so they share one prefill; without it the first is prefilled alone. Same codes either way."""
+def test_a_burst_announced_with_expect_is_admitted_in_one_prefill(engine):
+    """HTTP clients of one burst reach the engine some ms apart (each prompt is prepared in its own thread). Each
+    is announced (`expect`) before it is prepared; an idle engine given the first waits for the announced rest,
+    so they share one prefill (without announcements the first is prefilled alone). Same codes either way; an
+    announced request that never comes delays the others by `admit_wait_ms` at most."""
     gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, **GREEDY)
     prompts = [engine.prepare(t, speaker="alice") for t in ("One.", "Two words.", "Three more words.")]
     solo = [engine.generate_codes(p, gen) for p in prompts]
 
-    def burst() -> tuple[int, list]:
+    def burst(announce: bool) -> tuple[int, list]:
         before = engine.prefills
+        if announce:
+            engine.expect(len(prompts))
         handles = []
         for p in prompts:
-            handles.append(engine.submit(p, gen, lambda ev: None))
+            handles.append(engine.submit(p, gen, lambda ev: None, expected=announce))
             time.sleep(0.01)  # 10 ms apart
         for h in handles:
             assert h.finished.wait(60)
         return engine.prefills - before, handles
 
+    n, handles = burst(announce=True)
+    assert n == 1, n
+    for h, s in zip(handles, solo, strict=True):
+        assert torch.equal(torch.stack(h.frames), s)
+    n, _ = burst(announce=False)
+    assert n >= 2, n  # the first one alone, the others at the next step(s)
+
+    engine.expect(1)  # announced, never submitted (e.g. its client went away during prepare)
     try:
-        engine.cfg.admit_gap_ms, engine.cfg.admit_max_ms = 50.0, 500.0
-        n, handles = burst()
-        assert n == 1, n
-        for h, s in zip(handles, solo, strict=True):
-            assert torch.equal(torch.stack(h.frames), s)
-        engine.cfg.admit_gap_ms = 0.0
-        n, _ = burst()
-        assert n >= 2, n  # the first one alone, the others at the next step(s)
+        t0 = time.perf_counter()
+        h = engine.submit(prompts[0], gen, lambda ev: None)
+        assert h.finished.wait(60)
+        waited = h.admitted_at - t0
+        assert 0.8 * engine.cfg.admit_wait_ms / 1e3 <= waited < engine.cfg.admit_wait_ms / 1e3 + 1.0, waited
     finally:
-        engine.cfg.admit_gap_ms, engine.cfg.admit_max_ms = EngineConfig().admit_gap_ms, EngineConfig().admit_max_ms
+        engine.expect(-1)

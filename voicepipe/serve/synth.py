@@ -147,12 +147,12 @@ class SpeechJob:
             field = "instructions" if self.instructions and "does not fit" in str(e) else "input"
             raise ApiError(400, f"{field}: {e}", param=field, code="prompt_too_long") from e
 
-    def _submit(self, i: int) -> RequestHandle:
+    def _submit(self, i: int, expected: bool = False) -> RequestHandle:
         text = self.segments[i]
         cap = int(12.5 * max(MIN_SEGMENT_SECONDS, SECONDS_PER_CHAR * len(text)))
         gen = dataclasses.replace(self.gen, max_new_tokens=min(self.gen.max_new_tokens, cap))
         try:
-            return self.voice.engine.submit(self.prompts[i], gen, self._on_event)
+            return self.voice.engine.submit(self.prompts[i], gen, self._on_event, expected=expected)
         except EngineError as e:  # engine stopped (shutting down)
             raise busy(f"voice {self.voice.name!r}: {e}", self.st.config.retry_after_s, "engine_stopped") from e
 
@@ -164,9 +164,12 @@ class SpeechJob:
         if waiting.get(name, 0) >= cfg.max_queue:  # check and take the place with no await in between
             raise busy(f"server busy: {waiting[name]} requests waiting for voice {name!r}", cfg.retry_after_s)
         waiting[name] = waiting.get(name, 0) + 1
+        engine, announced = self.voice.engine, True
+        engine.expect()  # an idle engine waits for this prompt, so the clients of one burst share one prefill
         try:
             self.prompts.append(await asyncio.to_thread(self._prepare, self.segments[0]))
-            self.current = self._submit(0)
+            announced = False  # submit() withdraws the announcement as it queues the request
+            self.current = self._submit(0, expected=True)
             try:  # the rest are prepared while the first waits for its slot / generates
                 for seg in self.segments[1:]:
                     self.prompts.append(await asyncio.to_thread(self._prepare, seg))
@@ -176,6 +179,8 @@ class SpeechJob:
                 raise
         finally:
             waiting[name] -= 1
+            if announced:  # prepare failed: nothing will come
+                engine.expect(-1)
 
     async def _wait_admitted(self, timeout_s: float) -> None:
         assert self.current is not None

@@ -117,10 +117,9 @@ class EngineConfig:
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
     prepare_stream: bool = True  # CUDA: prompts embedded on a side stream, not queued behind running frame steps
-    # an idle engine that receives a request waits while more keep arriving (each within `admit_gap_ms` of the
-    # last, `admit_max_ms` in all), so a burst of clients is admitted in one prefill, not one per step; 0: off
-    admit_gap_ms: float = 0.0
-    admit_max_ms: float = 30.0
+    # an idle engine given a request waits (up to this long) for the requests announced with `expect()` that are
+    # still being prepared, so a burst of clients is admitted in one prefill, not one per step; 0: never waits
+    admit_wait_ms: float = 50.0
 
 
 @dataclass
@@ -211,6 +210,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._pending: collections.deque[RequestHandle] = collections.deque()
+        self._expected = 0  # announced requests still being prepared (`expect`)
         self._slots: list[RequestHandle | None] = [None] * self.cfg.max_batch
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -375,10 +375,22 @@ class TTSEngine(FrameStep, CodecStreaming):
     def active_count(self) -> int:
         return sum(r is not None for r in self._slots)
 
-    def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None]) -> RequestHandle:
-        """Queue a prepared prompt; events arrive on the engine thread through `on_event`."""
+    def expect(self, n: int = 1) -> None:
+        """Announce `n` requests whose prompts are being prepared (negative: withdraw them); `submit(...,
+        expected=True)` withdraws one as it queues it. An idle engine waits for announced requests before its
+        prefill (`admit_wait_ms`), so clients of one burst share it."""
+        with self._cv:
+            self._expected = max(0, self._expected + n)
+            self._cv.notify_all()
+
+    def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None], *,
+               expected: bool = False) -> RequestHandle:  # fmt: skip
+        """Queue a prepared prompt; events arrive on the engine thread through `on_event`. `expected`: it was
+        announced with `expect()`."""
         req = RequestHandle(prompt, gen or self.generation, on_event)  # None: the checkpoint's sampling
         with self._cv:
+            if expected:
+                self._expected = max(0, self._expected - 1)
             if self._stop or self._thread is None:
                 raise EngineError("engine is not running")
             self._pending.append(req)
@@ -436,19 +448,14 @@ class TTSEngine(FrameStep, CodecStreaming):
             req.admitted.set()
 
     def _gather_burst(self) -> None:
-        """Idle engine, request(s) queued: wait while more keep arriving, until the free slots are taken, no
-        request came for `admit_gap_ms`, or `admit_max_ms` passed."""
-        gap, cap = self.cfg.admit_gap_ms / 1e3, self.cfg.admit_max_ms / 1e3
+        """Idle engine, request(s) queued: wait while announced requests are still being prepared, until they are
+        queued, the free slots are taken, or `admit_wait_ms` passed. Nothing announced: no wait at all."""
         free = sum(r is None for r in self._slots)
-        start = last = time.perf_counter()
-        n = len(self._pending)
-        while n < free and not self._stop:
-            now = time.perf_counter()
-            if now - last >= gap or now - start >= cap:
-                return
-            time.sleep(0.0005)
-            if len(self._pending) != n:
-                n, last = len(self._pending), time.perf_counter()
+        deadline = time.perf_counter() + self.cfg.admit_wait_ms / 1e3
+        with self._cv:
+            while (self._expected > 0 and len(self._pending) < free and not self._stop
+                   and (left := deadline - time.perf_counter()) > 0):
+                self._cv.wait(timeout=left)
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (2, 2, 4, 8, ... frames) so playback
@@ -469,7 +476,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                             self._cv.wait(timeout=0.5)
                         if self._stop:
                             break
-                    if self.cfg.admit_gap_ms > 0 and not any(self._slots):
+                    if self.cfg.admit_wait_ms > 0 and not any(self._slots):
                         self._gather_burst()
                     with self._step_lock:  # an explicit capture() never interleaves with a step
                         self._admit()
