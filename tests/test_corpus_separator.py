@@ -36,8 +36,12 @@ def mixed():
 
 def test_deepfilternet_removes_a_music_intro_and_bed_and_keeps_the_speech(mixed) -> None:
     clean, music, intro = mixed
-    out = Enhancer().vocals(clean + music, SR)
+    enhancer = Enhancer()
+    out = enhancer.vocals(clean + music, SR)
     assert out.shape == clean.shape and out.dtype == np.float32
+    # streamed in blocks (bounded memory on long episodes): the same samples as in one block
+    blocks = enhancer.vocals(clean + music, SR, block_s=1.3)
+    assert np.allclose(blocks, out, atol=1e-5), float(np.abs(blocks - out).max())
     # the intro (music alone) is gone
     assert _db(out[:intro]) < _db(music[:intro]) - 30, (_db(out[:intro]), _db(music[:intro]))
     # under the speech: the output is nearer the clean speech than the mix was (times aligned: the runtime's delay

@@ -213,37 +213,57 @@ class Enhancer:
         self.atten_lim_db = float(atten_lim_db)
         self.lock = threading.Lock()
 
-    def vocals(self, wav: np.ndarray, sr: int, progress: bool = False) -> np.ndarray:
-        """The speech of `wav` (mono, rate `sr`) with music and noise removed, float32 mono at rate `sr`."""
+    def vocals(self, wav: np.ndarray, sr: int, progress: bool = False, block_s: float = 10.0) -> np.ndarray:
+        """The speech of `wav` (mono, rate `sr`) with music and noise removed, float32 mono at rate `sr`.
+
+        Streamed in `block_s` blocks (soxr's stream resamplers to and from 48 kHz, exactly the one-shot result), so
+        a three-hour episode needs a few MB beside its input and output, not several 48 kHz copies of it."""
         import ctypes
 
+        import soxr
         from tqdm.auto import tqdm
 
-        x = resample(np.asarray(wav, np.float32), sr, self.RATE) if sr != self.RATE else np.asarray(wav, np.float32)
+        x = np.asarray(wav, np.float32).reshape(-1)
+        out = np.zeros(x.size, np.float32)
+        if x.size == 0:
+            return out
+        same = sr == self.RATE
+        up = None if same else soxr.ResampleStream(sr, self.RATE, 1, dtype="float32", quality="HQ")
+        down = None if same else soxr.ResampleStream(self.RATE, sr, 1, dtype="float32", quality="HQ")
+        step = max(1, int(block_s * sr))
         with self.lock:
             st = self.lib.df_create(str(self.model_path).encode(), self.atten_lim_db, None)
             if not st:
                 raise ModelError(f"deepfilternet separator: the runtime could not load {self.model_path}")
             try:
                 hop = int(self.lib.df_get_frame_length(st))
-                fft = 2 * hop  # DeepFilterNet3: 960-sample window, 480-sample hop, 2 frames of look-ahead
-                delay = fft - hop + 2 * hop
-                n = -(-(x.size + delay) // hop) * hop
-                src = np.zeros(n, np.float32)
-                src[: x.size] = x
-                out = np.empty(n, np.float32)
+                skip = hop + 2 * hop  # DeepFilterNet3's delay: a 960-sample window less a 480 hop, 2 frames ahead
                 fin, fout = np.zeros(hop, np.float32), np.zeros(hop, np.float32)
                 pin = fin.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
                 pout = fout.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-                for i in tqdm(range(0, n, hop), desc="deepfilternet", disable=not progress, unit="frame",
-                              mininterval=2.0):
-                    fin[:] = src[i : i + hop]
-                    self.lib.df_process_frame(st, pin, pout)
-                    out[i : i + hop] = fout
+                carry, filled = np.zeros(0, np.float32), 0
+                for i in tqdm(range(0, x.size, step), desc="deepfilternet", disable=not progress, unit="block"):
+                    last = i + step >= x.size
+                    y = x[i : i + step] if up is None else up.resample_chunk(x[i : i + step], last=last)
+                    buf = np.concatenate([carry, y.astype(np.float32, copy=False)])
+                    if last:  # zeros past the end push the delayed tail out
+                        buf = np.concatenate([buf, np.zeros(skip + hop, np.float32)])
+                    n = buf.size // hop * hop
+                    carry = buf[n:]
+                    enh = np.empty(n, np.float32)
+                    for k in range(0, n, hop):
+                        fin[:] = buf[k : k + hop]
+                        self.lib.df_process_frame(st, pin, pout)
+                        enh[k : k + hop] = fout
+                    drop = min(skip, n)
+                    enh, skip = enh[drop:], skip - drop
+                    z = enh if down is None else down.resample_chunk(enh, last=last)
+                    take = min(z.size, x.size - filled)
+                    out[filled : filled + take] = z[:take]
+                    filled += take
             finally:
                 self.lib.df_free(st)
-        y = out[delay : delay + x.size]
-        return resample(y, self.RATE, sr) if sr != self.RATE else y
+        return out
 
 
 def stitch(pieces: Any, spans: list[tuple[int, int]], windows: list[tuple[int, int]], fade: int) -> Any:
