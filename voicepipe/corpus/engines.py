@@ -205,8 +205,9 @@ class Enhancer:
     """
 
     RATE = 48000
+    ATTEN_LIM_DB = 100.0  # the runtime's attenuation limit: 100 dB is none (music and noise removed entirely)
 
-    def __init__(self, atten_lim_db: float = 100.0) -> None:
+    def __init__(self, atten_lim_db: float = ATTEN_LIM_DB) -> None:
         from voicepipe.models.others import load_deepfilternet
 
         self.lib, self.model_path = load_deepfilternet()

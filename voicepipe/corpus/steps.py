@@ -35,7 +35,7 @@ from voicepipe.audio import (
 )
 from voicepipe.corpus import intervals
 from voicepipe.corpus.config import CorpusParams
-from voicepipe.corpus.engines import Engines
+from voicepipe.corpus.engines import Engines, Enhancer
 from voicepipe.corpus.fetch import EpisodeSource, download
 from voicepipe.errors import InputError
 
@@ -296,7 +296,7 @@ def separate(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         return state
     enhancer = ctx.engines.separator_name == "deepfilternet"
     if enhancer:
-        params: dict = {"model": "deepfilternet3", "atten_lim_db": 100.0}
+        params: dict = {"model": "deepfilternet3", "atten_lim_db": Enhancer.ATTEN_LIM_DB}
     else:
         params = {"model": ctx.params.demucs_model}
         if ctx.engines.separation_batch > 1:  # batched pieces differ slightly at their joins; batch 1 keeps old keys
