@@ -633,7 +633,9 @@ def main() -> None:
         eng.start()
         # waiting for announced requests (EngineConfig.admit_wait_ms: a burst admitted in one prefill) off and on
         # (the default), alternating, same server and run (the prompt side stream stays at its default)
-        variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}), ("", {"admit_wait_ms": 50.0})]
+        from voicepipe.serve.engine import EngineConfig
+
+        variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}), ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
         try:
             rows += bench_http(eng, a.frames, a.http_formats.split(","),
                                [int(x) for x in a.http_concurrency.split(",")], repeats, variants)
