@@ -12,7 +12,9 @@ Systems (`--systems`): `numerics` (bf16 engine vs an fp32 copy, teacher-forced, 
 engine without the speed levers: eager frame-step units and eager codec decode, still CUDA graphs), `voicepipe`
 (every lever on: compiled units, graphed codec), `http` (`voicepipe serve`'s app in-process over loopback HTTP:
 time to first byte), `faster` (faster-qwen3-tts at every `--chunk`), `official`, `autotune` (the voicepipe engine
-with inductor's max-autotune and coordinate-descent tuning for its units: a lever under test, minutes of compile).
+with inductor's max-autotune and coordinate-descent tuning for its units: a lever under test, minutes of compile),
+`gemv-off` (the voicepipe engine with `EngineConfig.small_gemv` off: cuBLAS for every matmul of the step, measured
+right after `voicepipe`, whose small matmuls go through the Triton GEMV).
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -337,8 +339,14 @@ def numerics(tts, e16, frames: int = 4) -> dict:
     return {"frames": rows}
 
 
+def varied_text(k: int) -> str:
+    """TEXT lengthened by k words: burst k's prompt length is new to the process (as real clients' texts are).
+    Short words, so that ~60 bursts stay under the server's 300-character segment (`ServeConfig.segment_chars`)."""
+    return TEXT if k == 0 else f"{TEXT} And {' '.join(['so'] * k)}."
+
+
 def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: dict[int, int],
-               variants: list[tuple[str, dict]]) -> list[dict]:
+               variants: list[tuple[str, dict]], varied: bool = False) -> list[dict]:
     """`voicepipe serve`'s app (the same routers and encoders), in-process with uvicorn on loopback, over an engine
     already captured; time to first byte of a streamed /v1/audio/speech response, and its whole duration, as seen
     by clients in another process (`HTTP_CLIENT`: asyncio + httpx; in-process client threads would share the
@@ -350,7 +358,9 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     gets `repeats[c]` rounds (5 at one stream, 1 otherwise, when not given); every burst's own p50 is kept in the
     row (`burst_p50_ms`, in the order run), so the spread between bursts is visible beside the pooled p50, with the
     batch size and host time of each prefill that admitted it (`burst_prefills`). Round 0 first runs one unmeasured
-    burst of every concurrency level per variant and format (warm-up)."""
+    burst of every concurrency level per variant and format (warm-up). `varied`: every burst, warm-up included,
+    sends its own text (`varied_text`), one word longer than the one before, so each prefill meets a prompt length
+    the process has not seen; otherwise every request sends TEXT."""
     import socket
 
     import uvicorn
@@ -373,10 +383,13 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}/v1/audio/speech"
 
+    bursts = iter(range(1, 10**6))
+
     def clients(fmt: str, c: int, runs: int) -> tuple[list[float], list[float], float]:
         """`c` concurrent streamed requests, `runs` times, from a separate client process (as a voice assistant
         is): (time to first byte per request, whole duration per request, summed wall of the runs)."""
-        body = {"model": "voicepipe", "input": TEXT, "voice": "alice", "response_format": fmt,
+        text = varied_text(next(bursts)) if varied else TEXT
+        body = {"model": "voicepipe", "input": text, "voice": "alice", "response_format": fmt,
                 "stream_format": "audio", "language": "english"}
         cmd = [sys.executable, "-c", HTTP_CLIENT, url, json.dumps(body), str(c), str(runs)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -580,6 +593,10 @@ def main() -> None:
     ap.add_argument("--chunk", default="2,8", help="faster-qwen3-tts chunk_size values (frames)")
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
+    ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait"], default="prefill-cudnn",
+                    help="the two engine settings the HTTP system alternates")
+    ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
+                    help="fixed: every request sends the same text; varied: each burst its own length (varied_text)")
     ap.add_argument("--repeats", default="1:5,4:2,16:1",
                     help="runs per concurrency level (TTFA samples); for http, bursts per level, order alternating")
     ap.add_argument("--out", type=Path, default=None)
@@ -627,18 +644,33 @@ def main() -> None:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, eng=eng, profile=extra["profile"])
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] voicepipe done", flush=True)
+    if "gemv-off" in systems and device == "cuda":  # the same engine with cuBLAS for every matmul (lever off)
+        off = make_engine(tts, mb, small_gemv=False)
+        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-gemv-off", eng=off,
+                                profile=extra["profile"])
+        off.stop()
+        del off
+        torch.cuda.empty_cache()
+        save()
+        print(f"[{time.perf_counter() - t_start:.0f} s] gemv-off done", flush=True)
     if "inline" in systems:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:
         eng.start()
-        # waiting for announced requests (EngineConfig.admit_wait_ms: a burst admitted in one prefill) off and on
-        # (the default), alternating, same server and run (the prompt side stream stays at its default)
         from voicepipe.serve.engine import EngineConfig
 
-        variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}), ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
+        if a.http_variants == "admit-wait":
+            # waiting for announced requests (EngineConfig.admit_wait_ms: a burst admitted in one prefill) off and
+            # on (the default), alternating, same server and run (the prompt side stream stays at its default)
+            variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}),
+                        ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
+        else:  # the prefill's attention with cuDNN allowed (its plan per new shape) and excluded (the default)
+            variants = [(" (prefill cuDNN)", {"prefill_cudnn": True}),
+                        ("", {"prefill_cudnn": EngineConfig.prefill_cudnn})]
         try:
             rows += bench_http(eng, a.frames, a.http_formats.split(","),
-                               [int(x) for x in a.http_concurrency.split(",")], repeats, variants)
+                               [int(x) for x in a.http_concurrency.split(",")], repeats, variants,
+                               varied=a.http_texts == "varied")
         except Exception as e:  # noqa: BLE001 - e.g. the server's packages missing on this machine
             print(f"HTTP bench failed: {type(e).__name__}: {e}", flush=True)
         eng.stop()

@@ -113,6 +113,11 @@ class EngineConfig:
     cuda_graphs: bool | None = None  # None: on when the device is CUDA
     compile: bool | str | None = None  # torch.compile the step units (a str: the backend); None: with cuda_graphs
     compile_options: dict | None = None  # extra inductor options, e.g. {"max_autotune": True}
+    # the code predictor's small matmuls (<= 3 M weights) through a Triton GEMV at 1-2 rows (`engine.gemv`);
+    # None: with compiled units on CUDA
+    small_gemv: bool | None = None
+    # the prefill's attention may use cuDNN (False: flash/efficient only; cuDNN plans every new (batch, length))
+    prefill_cudnn: bool = False
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from voicepipe.serve.engine import gemv
+
 
 class FusedLayerError(RuntimeError):
     """A decoder layer the fused engine cannot run."""
@@ -71,6 +73,19 @@ def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
+# weights of at most this many elements go through `gemv.linear` when a unit asks for it (`Dims.gemv`): the
+# predictor's in-projection, attention output, MLP down projection and code heads (2-3 M elements each), where the
+# Triton GEMV beat cuBLAS at 1-2 rows by 1.2-2.2x; on the larger matrices the two were even (benchmarks/gemv.py)
+SMALL_GEMV_MAX_WEIGHT = 3 * 2**20
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, small: bool = False) -> torch.Tensor:
+    """F.linear, or the small-M Triton GEMV (`gemv.linear`) for a small weight when `small` (CUDA only)."""
+    if small and w.numel() <= SMALL_GEMV_MAX_WEIGHT:
+        return gemv.linear(x, w, b)
+    return F.linear(x, w, b)
+
+
 def signed_sin(sin: torch.Tensor) -> torch.Tensor:
     """sin with its first half negated: rotate_half(x) * sin == roll(x, hd/2) * signed_sin."""
     h = sin.shape[-1] // 2
@@ -82,20 +97,21 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
-def attn_qkv(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Pre-norm, fused q/k/v projection, per-head q/k norms, RoPE: q [b,nh,n,hd], k and v [b,kvh,n,hd]."""
+def attn_qkv(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor,
+             small: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Pre-norm, fused q/k/v projection, per-head q/k norms, RoPE: q [b,nh,n,hd], k and v [b,kvh,n,hd].
+    `small`: small weights through the GEMV kernel (`linear`)."""
     b, n, _ = x.shape
-    qkv = F.linear(_rms(x, w.ln1, w.eps), w.wqkv).view(b, n, nh + 2 * kvh, hd)
+    qkv = linear(_rms(x, w.ln1, w.eps), w.wqkv, small=small).view(b, n, nh + 2 * kvh, hd)
     qk = rope(_rms(qkv[:, :, : nh + kvh], w.qk_w, w.qk_eps), cos, sin)
     return qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), qkv[:, :, nh + kvh :].transpose(1, 2)
 
 
-def attn_out_mlp(w: _FusedLayer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+def attn_out_mlp(w: _FusedLayer, x: torch.Tensor, o: torch.Tensor, small: bool = False) -> torch.Tensor:
     """Output projection + residual, then the gated MLP + residual; o is the attention output [b,n,nh*hd]."""
-    x = x + F.linear(o, w.wo)
-    g, u = F.linear(_rms(x, w.ln2, w.eps), w.wgu).chunk(2, -1)
-    return x + F.linear(F.silu(g) * u, w.wd)
+    x = x + linear(o, w.wo, small=small)
+    g, u = linear(_rms(x, w.ln2, w.eps), w.wgu, small=small).chunk(2, -1)
+    return x + linear(F.silu(g) * u, w.wd, small=small)
 
 
 def decoder_layer(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, cos: torch.Tensor, sin: torch.Tensor,
@@ -116,11 +132,13 @@ def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: in
 
 
 class Dims(NamedTuple):
-    """Head counts and sizes of one decoder stack (compile-time constants)."""
+    """Head counts and sizes of one decoder stack (compile-time constants); `gemv`: its small weights go through
+    the Triton GEMV (`linear`)."""
 
     nh: int
     kvh: int
     hd: int
+    gemv: bool = False
 
 
 def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
@@ -129,13 +147,13 @@ def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Te
 
     Attends over the first L = mask.shape[-1] cache positions; batch b = x.shape[0] (slots [0, b))."""
     b, L = x.shape[0], mask.shape[-1]
-    q, k, v = attn_qkv(w, x, d.nh, d.kvh, d.hd, cos, sin)
+    q, k, v = attn_qkv(w, x, d.nh, d.kvh, d.hd, cos, sin, d.gemv)
     bidx = torch.arange(b, device=x.device)
     kc[bidx, :, p] = k[:, :, 0]
     vc[bidx, :, p] = v[:, :, 0]
     # GQA decode: fold each KV head's query heads into the query-length axis (no KV repeat)
     o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
-    return attn_out_mlp(w, x, o.reshape(b, 1, -1))
+    return attn_out_mlp(w, x, o.reshape(b, 1, -1), d.gemv)
 
 
 class Sampling(NamedTuple):
@@ -170,8 +188,9 @@ def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch
     return hidden, code0, F.embedding(code0, embed_w)
 
 
-def _project(x: torch.Tensor, proj_w: torch.Tensor | None, proj_b: torch.Tensor | None) -> torch.Tensor:
-    return x if proj_w is None else F.linear(x, proj_w, proj_b)
+def _project(x: torch.Tensor, proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, small: bool = False
+             ) -> torch.Tensor:  # fmt: skip
+    return x if proj_w is None else linear(x, proj_w, proj_b, small)
 
 
 def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.Tensor, pk: list[torch.Tensor],
@@ -182,15 +201,15 @@ def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.T
     """The code predictor's prefill over [talker hidden, code-0 embedding] at positions 0-1 (cache pk/pv [S,kvh,16,hd],
     cos/sin [2,1,hd]), then code 1. Returns (last hidden [b,Hp], code1 [b], its embedding [b,H])."""
     b = hidden.shape[0]
-    h = _project(torch.stack([hidden, e0], 1), proj_w, proj_b)
+    h = _project(torch.stack([hidden, e0], 1), proj_w, proj_b, d.gemv)
     for w, kc, vc in zip(layers, pk, pv, strict=True):
-        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin)
+        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin, d.gemv)
         kc[:b, :, :2] = k
         vc[:b, :, :2] = v
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        h = attn_out_mlp(w, h, o.transpose(1, 2).reshape(b, 2, -1))
+        h = attn_out_mlp(w, h, o.transpose(1, 2).reshape(b, 2, -1), d.gemv)
     h = _rms(h[:, -1], norm_w, eps)
-    c = sample(F.linear(h, head_w).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
     return h, c, F.embedding(c, embed_w)
 
 
@@ -203,13 +222,13 @@ def predictor_next(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Te
     cos/sin [1,1,hd]; mask [1,16], True up to pos), attends over the whole 16-slot cache under the mask, and the next
     code is sampled. Returns (code [b], its embedding [b,H])."""
     b = e.shape[0]
-    h = _project(e[:, None], proj_w, proj_b)
+    h = _project(e[:, None], proj_w, proj_b, d.gemv)
     for w, kc, vc in zip(layers, pk, pv, strict=True):
-        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin)
+        q, k, v = attn_qkv(w, h, d.nh, d.kvh, d.hd, cos, sin, d.gemv)
         kc[:b].index_copy_(2, pos, k)
         vc[:b].index_copy_(2, pos, v)
         o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b], vc[:b], attn_mask=mask)
-        h = attn_out_mlp(w, h, o.reshape(b, 1, -1))
+        h = attn_out_mlp(w, h, o.reshape(b, 1, -1), d.gemv)
     h = _rms(h[:, 0], norm_w, eps)
-    c = sample(F.linear(h, head_w).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
     return c, F.embedding(c, embed_w)

@@ -6,6 +6,7 @@ A mixin of `TTSEngine`: it reads the engine's static buffers (`_alloc` in `core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from voicepipe.serve.engine import gemv
 from voicepipe.serve.engine import kernels as K
 from voicepipe.serve.engine.kernels import decoder_layer
 
@@ -48,7 +51,8 @@ class FrameStep:
         """The four per-frame units bound to this engine's weights and buffers: plain functions, or compiled ones
         (`EngineConfig.compile`; one dynamic-batch compile per unit, fused elementwise work, eager RNG semantics)."""
         tc, pc = self.tc, self.cp.model.config
-        td, pd = K.Dims(self.nh, self.kvh, self.hd), K.Dims(self.p_nh, self.p_kvh, self.p_hd)
+        small = self.small_gemv
+        td, pd = K.Dims(self.nh, self.kvh, self.hd, small), K.Dims(self.p_nh, self.p_kvh, self.p_hd, small)
         samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
                           self.n_sampled, self.min_new)
         proj = self.cp.small_to_mtp_projection
@@ -105,6 +109,22 @@ class FrameStep:
     _compile_failed = False
 
     @property
+    def small_gemv(self) -> bool:
+        """Whether the frame step's small weights go through the Triton GEMV (`EngineConfig.small_gemv`; default:
+        with compiled units, on CUDA with Triton)."""
+        c = self.cfg.small_gemv
+        return (self.compiled if c is None else bool(c)) and gemv.available(self.device)
+
+    # attention backends of the (eager) prefill: cuDNN's SDPA builds a plan for every (batch, prompt length) it has
+    # not seen, 50-90 ms on an H200 (benchmarks/prefill_first.py), so a burst split or a prompt length seen for the
+    # first time paid it inside a request's time to first audio; flash attention needs no per-shape plan
+    _PREFILL_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+    def _prefill_attention(self) -> contextlib.AbstractContextManager:
+        """The SDPA backends the prefill may use (`EngineConfig.prefill_cudnn`: False excludes cuDNN's)."""
+        return contextlib.nullcontext() if self.cfg.prefill_cudnn else sdpa_kernel(self._PREFILL_SDPA)
+
+    @property
     def _units(self) -> SimpleNamespace:
         u = self.__dict__.get("_units_")
         if u is None:
@@ -158,16 +178,17 @@ class FrameStep:
                 x[j, : lens[j]] = p.embeds[: lens[j]]
             sl = torch.tensor(slots, device=self.device)
             cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
-            for i, w in enumerate(self.t_layers):
-                kc, vc = self.kc[i], self.vc[i]
 
-                def attend(q, k, v, kc=kc, vc=vc):
-                    kc[sl, :, :T] = k
-                    vc[sl, :, :T] = v
-                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                    return o.transpose(1, 2).reshape(n, T, -1)
+            def attend(q, k, v, kc, vc):
+                kc[sl, :, :T] = k
+                vc[sl, :, :T] = v
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                return o.transpose(1, 2).reshape(n, T, -1)
 
-                x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin, attend)
+            with self._prefill_attention():
+                for i, w in enumerate(self.t_layers):
+                    x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin,
+                                      functools.partial(attend, kc=self.kc[i], vc=self.vc[i]))
         for slot, p, t in zip(slots, prompts, lens, strict=True):
             self.pos[slot] = t
             self.next_emb[slot] = p.embeds[t]
@@ -248,6 +269,7 @@ class FrameStep:
             return 0.0
         t0 = time.perf_counter()
         with self._step_lock:
+            self._warm_prefill()
             self._pool = self._pool or torch.cuda.graph_pool_handle()
             for b in batch_sizes or self._batch_buckets():
                 for L in lengths or self._len_buckets():
@@ -274,6 +296,15 @@ class FrameStep:
                     self._graphs[(b, L)] = g
             torch.cuda.synchronize()
         return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def _warm_prefill(self) -> None:
+        """Run the prefill's attention once on throw-away tensors, so its kernels are loaded before the first request
+        (it writes no engine state: safe while requests run)."""
+        q = torch.randn(1, self.nh, 8, self.hd, device=self.device, dtype=self.dtype)
+        k = torch.randn(1, self.kvh, 8, self.hd, device=self.device, dtype=self.dtype)
+        with self._prefill_attention():
+            F.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
 
     def _run_step(self, b_needed: int, l_needed: int) -> None:
         b, L = self._pick(b_needed, l_needed)

@@ -1,0 +1,103 @@
+"""Two speed levers of the engine, pinned on the CPU (their speed is measured on the GPU: `benchmarks/gemv.py`,
+`benchmarks/prefill_first.py`, `benchmarks/serve.py`).
+
+- The prefill's attention runs without cuDNN (`EngineConfig.prefill_cudnn`): cuDNN builds a plan for every (batch,
+  prompt length) it has not met, 50-90 ms on an H200, which a burst split or a new prompt length paid at run time.
+- The code predictor's small matmuls can go through a Triton GEMV (`EngineConfig.small_gemv`): a custom op that
+  torch.compile traces as one opaque call for any batch, and that is F.linear wherever Triton cannot run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine, gemv
+from voicepipe.serve.engine import kernels as K
+
+GREEDY = dict(do_sample=False, subtalker_do_sample=False)
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_custom_voice_dir):
+    from voicepipe.models import load_tts
+
+    return load_tts(tiny_custom_voice_dir)
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["default-no-cudnn", "cudnn-allowed"])
+def test_prefill_attention_runs_without_cudnn_unless_allowed(tts, monkeypatch, allowed):
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, prefill_cudnn=allowed))
+    if not allowed:
+        assert EngineConfig().prefill_cudnn is False
+    seen: list[bool] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **kw):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(*a, **kw)
+
+    p = eng.prepare("A prompt of a few words.", speaker="alice")
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.inference_mode():
+        eng._prefill([0, 1], [p, p])
+    assert len(seen) == len(eng.t_layers)
+    assert seen == [allowed] * len(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the process-wide setting is left as it was
+
+
+def test_gemv_op_traces_once_for_any_batch_and_equals_linear():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    w, b = torch.randn(48, 64), torch.randn(48)
+    f = torch.compile(lambda x: gemv._linear_op(x, w, b) * 2, backend=cnt, dynamic=True, fullgraph=True)
+    for rows in (2, 3, 5):
+        x = torch.randn(rows, 1, 64)
+        assert torch.allclose(f(x), 2 * F.linear(x, w, b))
+    assert cnt.frame_count == 1
+    assert gemv.linear(x, w) is not None and not gemv.available(torch.device("cpu"))
+
+
+def test_small_gemv_is_off_where_triton_cannot_run(tts):
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, small_gemv=True))
+    assert eng.small_gemv is False  # CPU: no Triton kernels, the plain F.linear path
+
+
+def test_small_gemv_routes_the_predictors_small_matmuls_and_keeps_the_codes(tts, monkeypatch):
+    """With the GEMV on, exactly the frame step's weights of at most SMALL_GEMV_MAX_WEIGHT elements go through
+    `gemv.linear` (here faked by F.linear, as on the CPU), and the greedy codes are those of the plain path. (On the
+    1.7B model that is the predictor's in-projection, attention output, MLP down projection and heads.)"""
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, **GREEDY)
+    text = "Routing the small matmuls."
+    plain = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False)).start()
+    try:
+        ref = plain.generate_codes(plain.prepare(text, speaker="alice"), gen)
+    finally:
+        plain.stop()
+    routed: list[tuple[int, ...]] = []
+
+    def fake(x, w, b=None):
+        routed.append(tuple(w.shape))
+        return F.linear(x, w, b)
+
+    monkeypatch.setattr(gemv, "available", lambda device: True)
+    monkeypatch.setattr(gemv, "linear", fake)
+    monkeypatch.setattr(K, "SMALL_GEMV_MAX_WEIGHT", 70_000)  # the tiny model's sizes stand in for 3 M
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, small_gemv=True)).start()
+    try:
+        assert eng.small_gemv
+        out = eng.generate_codes(eng.prepare(text, speaker="alice"), gen)
+    finally:
+        eng.stop()
+    assert torch.equal(out, ref)
+    weights = [t for w in [*eng.t_layers, *eng.p_layers] for t in (w.wqkv, w.wo, w.wgu, w.wd)]
+    weights += [h.weight for h in eng.cp.lm_head]
+    proj = eng.cp.small_to_mtp_projection
+    if isinstance(proj, torch.nn.Linear):
+        weights.append(proj.weight)
+    small = {tuple(t.shape) for t in weights if t.numel() <= 70_000}
+    large = {tuple(t.shape) for t in weights if t.numel() > 70_000} | {tuple(eng.talker.codec_head.weight.shape)}
+    assert small and large and set(routed) == small and not large & set(routed)
