@@ -7,12 +7,13 @@ under a music intro and bed), since synthetic voices separate more easily than r
 
 For each speech engine (espeak-ng and flite, both offline, from Debian), `make_scenario_podcast` writes one feed
 with `--episodes` episodes per scenario (a co-host whose voice embeds close to the target's, a guest, backchannels
-over the target, crosstalk, a music intro/outro and bed, an ad break read by another voice, and all of them
-together), 64 kb/s mp3, served as RSS from 127.0.0.1. `voicepipe corpus build`'s CPU path runs on it
-(`--no-separate --asr-backend pocketsphinx`, a tiny random codec: plumbing only), one worker so step times do
-not overlap. Scores (`score_corpus`): purity = target-only seconds kept / all speech seconds kept (silence
-neutral), recall = target-only seconds kept / target-only seconds. Target: purity >= 0.99 and recall >= 0.8 in
-every scenario. Also prints each step's speed (seconds of audio per wall second, x real time).
+over the target, crosstalk, a music intro/outro and bed, an ad break read by another voice, all of them
+together, and an episode the target is absent from, where nothing should be kept), 64 kb/s mp3, served as RSS
+from 127.0.0.1. `voicepipe corpus build`'s CPU path runs on it (`--no-separate --asr-backend pocketsphinx`, a
+tiny random codec: plumbing only), one worker so step times do not overlap. Scores (`score_corpus`): purity =
+target-only seconds kept / all speech seconds kept (silence neutral), recall = target-only seconds kept /
+target-only seconds. Target: purity >= 0.99 and recall >= 0.8 in every scenario. Also prints each step's speed
+(seconds of audio per wall second, x real time).
 `--work DIR` keeps the podcasts (and the tiny codec) for the next run; the store is always fresh.
 """
 
@@ -36,6 +37,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
+        SCENARIOS,
         PodcastTruth,
         feed_items,
         make_recorded_podcast,
@@ -52,7 +54,10 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
         make = partial(make_scenario_podcast, pod, engine=engine, episodes_per_scenario=episodes,
                        episode_seconds=seconds, seed=seed)
-    truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else make()
+    truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None
+    if truth is None or (engine != "recorded" and not set(SCENARIOS) <= {ep.scenario for ep in truth.episodes}):
+        truth = make()  # one seeded generator, scenarios in order: a podcast cached before a scenario was added
+        # gets the same episodes again, and the new ones
     if use is not None:  # only the first `use` episodes of each scenario
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
     if scenarios:
@@ -132,7 +137,10 @@ def main() -> None:
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():
-            print(f"| {r['engine']} | {name} | {s['purity']:.3f} | {s['recall']:.3f} |")
+            if not s["target_total_s"]:  # the target is absent: nothing should be kept
+                print(f"| {r['engine']} | {name} | {s['speech_s']:.1f} s of other voices kept | – |")
+            else:
+                print(f"| {r['engine']} | {name} | {s['purity']:.3f} | {s['recall']:.3f} |")
         print(f"| {r['engine']} | **whole** | **{r['purity']:.3f}** | **{r['recall']:.3f}** |")
     for r in results:
         print(f"{r['engine']}: {r['audio_s']:.0f} s audio, build {r['wall_s']} s ({r['whole_build_x_realtime']}x), "

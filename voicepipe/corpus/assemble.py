@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from voicepipe.corpus.fetch import SourceReject
+from voicepipe.corpus.speakers import feed_outliers
 from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -48,12 +49,24 @@ class BuildResult(BaseModel):
 
 def _reason_kind(reason: str) -> str:
     """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
-    for kind in ("other speaker", "overlap/backchannel", "overlapped speech", "target not among", "no speaker turn",
-                 "duration", "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos",
-                 "asr_confidence", "speech_rate", "asr: no words", "duplicate"):
+    for kind in ("not the feed's voice", "other speaker", "overlap/backchannel", "overlapped speech",
+                 "target not among", "no speaker turn", "duration", "speaker_margin", "speaker_sim", "clipping",
+                 "loudness", "snr", "dnsmos", "asr_confidence", "speech_rate", "asr: no words", "duplicate"):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
+
+
+def _target_voice(st: EpisodeState) -> np.ndarray:
+    """The voice an episode kept: its target speaker's centroid (the speaker model's space, over all of that
+    speaker's windows or turns, not only the kept clips) times its talk seconds; empty when nothing was kept."""
+    dia = st.results["diarize"]
+    label = dia.get("target_label")
+    cent = (dia.get("centroids") or {}).get(label)
+    talk = next((x["talk_s"] for x in dia.get("speakers", []) if x["label"] == label), 0.0)
+    if cent is None or talk <= 0 or not any(s["keep"] for s in st.results["filter"]["segments"]):
+        return np.zeros(0)
+    return np.asarray(cent, dtype=np.float64) * talk
 
 
 def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
@@ -97,6 +110,13 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         val_eps = {min(good, key=lambda s: s.raw_sha).source.id}
     flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     sims, durs = [], []
+    # an episode without the target keeps its voice nearest the enrollment: compared across the feed, it stands out
+    kept_sums = {st.source.id: np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
+                 for st in good}
+    feed_sims, not_feed = (feed_outliers({st.source.id: _target_voice(st) for st in good})
+                           if p.feed_voice_check else ({}, {}))
+    if not_feed:
+        feed_floor = min(v for k, v in feed_sims.items() if k not in not_feed)
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
         secs = st.seconds
@@ -121,6 +141,10 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         flow_in["encode"][1] += sum(c["end"] - c["start"] for c in clips.values())
         for s in filt:
             sims.append(s["speaker_sim"])
+            if s["keep"] and st.source.id in not_feed:
+                s = {**s, "keep": False, "reasons": [
+                    f"not the feed's voice (this episode's kept speech: cosine {not_feed[st.source.id]:.3f} to the "
+                    f"rest of the feed's, whose episodes are at >= {feed_floor:.3f}; the target is likely absent)"]}
             if not s["keep"]:
                 rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
                                 "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
@@ -147,12 +171,13 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                 line["language"] = p.language
             lines.append((row, line))
         speech_s = sum(b - a for a, b in r["diarize"]["speech"])
-        ep_kept = sum(x["duration"] for x in filt if x["keep"])
+        ep_kept = 0.0 if st.source.id in not_feed else sum(x["duration"] for x in filt if x["keep"])
         flagged = bool(speech_s > 0 and ep_kept < p.flag_keep_fraction * speech_s)
         episodes.append({
             "episode": st.source.id, "speech_s": round(speech_s, 2), "target_s": round(r["segment"]["target_s"], 2),
             "kept_s": round(ep_kept, 2), "speakers": r["diarize"].get("speakers", []),
             "target_label": r["diarize"].get("target_label"), "flagged": flagged,
+            "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
         })
 
@@ -168,7 +193,9 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         (val if row["split"] == "val" else train).append(line)
     total = np.zeros(0, dtype=np.float64)
     for st in good:
-        v = np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
+        if st.source.id in not_feed:
+            continue
+        v = kept_sums[st.source.id]
         total = v if total.size == 0 else (total + v if v.size else total)
     centroid = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32) if total.size else None
     if centroid is not None:
@@ -357,9 +384,16 @@ def write_report(
           if _overlap_unseen(states) else []),
         *_segmentation_lines(states),
         "",
-        "| episode | speech (s) | target (s) | kept (s) | speakers: talk s (sim) | flag |",
-        "|---|---:|---:|---:|---|---|",
+        "*feed* is the cosine of the episode's kept speech to the rest of the feed's (the same voice across a show's "
+        "episodes sits close together); an episode far below the others is **not the feed's voice** (the target is "
+        "likely absent from it) and its clips are dropped.",
+        "",
+        "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
+        "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
+          + ("–" if e.get("feed_sim") is None else
+             f"**{e['feed_sim']:.3f} not the feed's voice**" if e.get("not_feed_voice") else f"{e['feed_sim']:.3f}")
+          + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
           + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else "")

@@ -92,6 +92,10 @@ class CorpusParams(BaseModel):
         "change of speaker without a pause (the 1.5 s windows place such a change only to within a few tenths of a "
         "second, and crosstalk sits right there)."
     )
+    feed_voice_check: bool = Field(
+        True, description="Drop the kept clips of an episode whose kept voice is not the rest of the feed's (the "
+        "target absent from it: the diarizer then keeps the voice nearest the enrollment); needs 3+ episodes."
+    )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
         "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."

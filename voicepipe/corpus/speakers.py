@@ -363,3 +363,34 @@ def units(speech: list[tuple[float, float]], overlap: list[tuple[float, float]],
         cuts = [a] + [t for t in changes if a + 1e-3 < t < b - 1e-3] + [b]
         out.extend(zip(cuts[:-1], cuts[1:], strict=False))
     return out
+
+
+def feed_outliers(sums: dict[str, np.ndarray], *, min_episodes: int = 3, mad_k: float = 5.0,
+                  min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
+    """Episodes whose kept voice is not the rest of the feed's (the target absent: a guest host, a trailer).
+
+    Per episode, the diarizer keeps the voice nearest the enrollment, so an episode without the target keeps its
+    nearest other voice. Across a feed the target is one voice heard on one show's channel, so each episode's
+    voice (`sums`: its target speaker's centroid times its talk seconds, or any such weighted sum of unit
+    embeddings) is compared with the rest of the feed's (leave-one-out: the normalised sum of the other
+    episodes'). The lowest is an outlier when it is below the median by more than `mad_k` scaled MADs and by at
+    least `min_gap` (one voice spreads ~0.01-0.03 across episodes with CAM++: benchmarks/RESULTS.md); outliers are
+    removed one at a time, worst first, while at least `min_episodes` remain. Returns (cosine to the rest of the
+    feed of every episode given, the outliers' cosines).
+    """
+    vecs = {k: np.asarray(v, dtype=np.float64) for k, v in sums.items() if np.asarray(v).size and np.any(v)}
+    out: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    while len(vecs) >= min_episodes:
+        total = sum(vecs.values())
+        cur = {k: float(unit(v) @ unit(total - v)) for k, v in vecs.items()}
+        scores.update({k: v for k, v in cur.items() if k not in out})
+        vals = np.array(list(cur.values()))
+        med = float(np.median(vals))
+        mad = float(np.median(np.abs(vals - med))) * 1.4826
+        worst = min(cur, key=cur.__getitem__)
+        if cur[worst] >= med - max(mad_k * mad, min_gap):
+            break
+        out[worst] = cur[worst]
+        del vecs[worst]
+    return {k: round(v, 4) for k, v in scores.items()}, {k: round(v, 4) for k, v in out.items()}

@@ -3,7 +3,8 @@
 `make_podcast`: two espeak-ng voices take turns (the *target* and a *co-host*) over a music bed and noise.
 `make_scenario_podcast`: the situations real shows have, one scenario per episode, from either of two offline
 speech engines (espeak-ng, flite): a co-host whose voice embeds close to the target's, a guest, backchannels
-over the target, crosstalk, a music intro/outro and bed, an ad break read by another voice, or all of them.
+over the target, crosstalk, a music intro/outro and bed, an ad break read by another voice, all of them, or an
+episode the target is absent from (the co-host hosts a guest: nothing of it belongs in the corpus).
 Episodes are written as 64 kb/s mp3 (ffmpeg), described by an RSS feed, and served from 127.0.0.1 by
 `serve_feed`. The truth (who speaks when, overlaps included) is saved in `truth.json`, so a corpus built from
 the feed can be scored (`score_corpus`): purity = target-only seconds kept / all speech seconds kept (silence
@@ -278,7 +279,7 @@ def make_podcast(
 
 
 # ------------------------------------------------------------------------------------------------ scenarios
-SCENARIOS = ("cohost_close", "guest", "backchannels", "crosstalk", "music", "ad_break", "all")
+SCENARIOS = ("cohost_close", "guest", "backchannels", "crosstalk", "music", "ad_break", "all", "absent")
 # role -> voice per engine. espeak: the co-host en-gb+f3 embeds at ~0.85-0.88 (resemblyzer, whole sentences) to the
 # target en-us+m3, above the old fixed 0.82 threshold (the "guest at 0.87"); flite: the co-host rms at ~0.7
 # to awb. The guest and the ad reader differ more. (en-us+m1, at 0.87-0.90, was tried as the espeak co-host: on
@@ -359,10 +360,11 @@ def _scenario_episode(
     every = scenario == "all"
     music = every or scenario == "music"
     other = "guest" if scenario == "guest" else "cohost"
+    absent = scenario == "absent"  # the target is away: the co-host hosts a guest (a real feed has such episodes)
     tl = _Timeline()
     intro = int(4.0 * SR) if music else int(1.0 * SR)
     pos = intro
-    speaker = "target"
+    speaker = "cohost" if absent else "target"
     ad_done = not (every or scenario == "ad_break")
     ad_span: tuple[int, int] | None = None
     while pos < seconds * SR:
@@ -375,19 +377,20 @@ def _scenario_episode(
             pos += int(0.6 * SR)
             ad_done = True
             continue
-        if speaker == "target":
+        if speaker == "target" or (absent and speaker == "cohost"):
             texts = list(rng.choice(_SENTENCES, size=int(rng.integers(1, 4)), replace=False))
-        elif other == "guest":
+        elif other == "guest" or absent:
             texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(2, 4)), replace=False))
         else:
             texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(1, 3)), replace=False))
-        voice = v[speaker if speaker == "target" else other]
+        who = speaker if speaker == "target" or absent else other
+        voice = v[who]
         for k, text in enumerate(texts):
             if k:
                 pos += int(rng.uniform(0.3, 0.5) * SR)
             wav = speak_with(engine, text, voice, speed=rng.uniform(0.95, 1.08), pitch=rng.uniform(-1.0, 1.0))
             start = pos
-            pos = tl.put(pos, wav, speaker if speaker == "target" else other, text)
+            pos = tl.put(pos, wav, who, text)
             if speaker == "target" and (every or scenario == "backchannels") and wav.size > 2.0 * SR:
                 # the co-host's "yeah" / "right" over the target's sentence
                 bc = str(rng.choice(_BACKCHANNELS))
@@ -401,7 +404,9 @@ def _scenario_episode(
             pos += int(rng.uniform(0.0, 0.05) * SR)
         else:
             pos += int(rng.uniform(0.5, 0.9) * SR)
-        if other == "cohost" and scenario == "backchannels":
+        if absent:
+            speaker = "guest" if speaker == "cohost" else "cohost"
+        elif other == "cohost" and scenario == "backchannels":
             speaker = "target" if speaker != "target" or rng.random() < 0.6 else "cohost"
         else:
             speaker = "cohost" if speaker == "target" else "target"
