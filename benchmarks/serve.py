@@ -161,11 +161,13 @@ def summarize(system: str, conc: int, ttfa: list[float], rtf: list[float], audio
                 ttfa_p95_ms=1000 * _pct(ttfa, 0.95), rtf_mean=statistics.mean(rtf), x_realtime=audio_s / wall)
 
 
-def engine_counts(eng, before: tuple[int, int], runs: int) -> dict:
+def engine_counts(eng, before: tuple[int, int, int], runs: int) -> dict:
     """Prefills and codec decode calls the engine ran per round of requests since `before` (how a burst was
-    admitted, and whether its chunks were decoded together)."""
+    admitted, and whether its chunks were decoded together), and the codec graphs captured meanwhile (a window
+    shape met for the first time, paid inside a request)."""
     return dict(prefills_per_round=(eng.prefills - before[0]) / runs,
-                decode_calls_per_round=(eng.decode_calls - before[1]) / runs)
+                decode_calls_per_round=(eng.decode_calls - before[1]) / runs,
+                codec_captures=eng.codec_captures - before[2])
 
 
 def _timed(fn, n: int) -> float:
@@ -243,7 +245,12 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     t0 = time.perf_counter()
     cap = eng.capture()
     print(f"{name}: graphs={eng.use_graphs} compiled={eng.compiled} codec_graphs={eng._codec_graphed} "
-          f"captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s)", flush=True)
+          f"small_gemv={eng.small_gemv} captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s), "
+          f"{eng.codec_captures} codec graphs", flush=True)
+    if getattr(eng, "codec_capture_ms", None):  # what a window shape met for the first time costs (step lock held)
+        cms = sorted(eng.codec_capture_ms)
+        print(f"  codec graph captures (ms): min {cms[0]:.0f}, median {cms[len(cms) // 2]:.0f}, max {cms[-1]:.0f}",
+              flush=True)
     prof = profile_engine(eng)
     if profile is not None:
         profile[name] = prof
@@ -258,7 +265,7 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
-        counts = (eng.prefills, eng.decode_calls)
+        counts = (eng.prefills, eng.decode_calls, eng.codec_captures)
         rounds = max(repeats.get(c, 1), 5 if c == 1 else 1)
         for _ in range(rounds):
             done = threading.Event()
@@ -434,7 +441,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                         for c in concs:
                             if r >= rounds[c]:
                                 continue
-                            before = (eng.prefills, eng.decode_calls)
+                            before = (eng.prefills, eng.decode_calls, eng.codec_captures)
                             prefill_log.clear()
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
@@ -446,6 +453,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             a["bursts"].append(round(1000 * statistics.median(ttfb), 1))
                             a["prefills"] += eng.prefills - before[0]
                             a["decodes"] += eng.decode_calls - before[1]
+                            a["codec_captures"] = a.get("codec_captures", 0) + eng.codec_captures - before[2]
                             print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, prefills (n, ms) "
                                   f"{a['admitted'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
@@ -467,7 +475,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
                 row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_prefills=a["admitted"],
-                            prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n)
+                            prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
+                            codec_captures=a.get("codec_captures", 0))
                 out.append(row)
                 print(row, flush=True)
     return out

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,3 +103,41 @@ def test_small_gemv_routes_the_predictors_small_matmuls_and_keeps_the_codes(tts,
     small = {tuple(t.shape) for t in weights if t.numel() <= 70_000}
     large = {tuple(t.shape) for t in weights if t.numel() > 70_000} | {tuple(eng.talker.codec_head.weight.shape)}
     assert small and large and set(routed) == small and not large & set(routed)
+
+
+def test_every_decode_window_has_a_codec_graph_captured_at_start_up(tts):
+    """`capture_codec` captures the codec graph of every (batch bucket, frame bucket) in `_codec_keys`; every window
+    the scheduler hands the codec, for requests admitted at different steps and ending at different frames (the
+    shapes a split burst makes), must fall on one of them, or a request pays a capture at run time."""
+    from voicepipe.serve.engine.codec import codec_frame_bucket
+    from voicepipe.serve.engine.step import _bucket_sizes
+
+    cfg = EngineConfig(max_batch=4, max_len=256, first_chunk_frames=2, chunk_frames=5, left_context_frames=3)
+    eng = TTSEngine(tts, cfg).start()
+    keys = set(eng._codec_keys())
+    shapes: list[tuple[int, int]] = []
+    real = eng._decode
+
+    def recording(codes):
+        shapes.append((next(s for s in _bucket_sizes(cfg.max_batch) if s >= codes.shape[0]),
+                       codec_frame_bucket(codes.shape[1])))
+        return real(codes)
+
+    eng._decode = recording
+    try:
+        prompt = eng.prepare("Windows of every shape.", speaker="alice")
+        handles = []
+        for lead, frames in ((0, 23), (1, 30), (4, 17), (2, 26)):  # staggered joins, different lengths
+            if handles:
+                deadline = time.time() + 60
+                while len(handles[-1].frames) < lead and time.time() < deadline:
+                    time.sleep(0.002)
+            handles.append(eng.submit(prompt, GenerationConfig(max_new_tokens=frames, min_new_tokens=frames),
+                                      lambda ev: None))
+        for h in handles:
+            assert h.finished.wait(120)
+    finally:
+        eng.stop()
+    assert shapes and set(shapes) <= keys, sorted(set(shapes) - keys)
+    assert max(f for _, f in keys) == codec_frame_bucket(cfg.chunk_frames + cfg.left_context_frames)
+    assert eng.capture_codec() == 0.0 and eng.codec_captures == 0  # CPU: no codec graphs, nothing captured

@@ -93,6 +93,41 @@ class CodecStreaming:
             g.replay()
         return out[:B, :, : n * SAMPLES_PER_FRAME]
 
+    def _codec_keys(self) -> list[tuple[int, int]]:
+        """Every (batch bucket, frame bucket) a decode call can take: up to `max_batch` windows of at most a chunk
+        plus its left context (the ramp's chunks are never longer than `chunk_frames`, nor are the cadence's)."""
+        from voicepipe.serve.engine.step import _bucket_sizes
+
+        n_max = max(self.cfg.chunk_frames, self.cfg.first_chunk_frames) + self.cfg.left_context_frames
+        frames = sorted({codec_frame_bucket(n) for n in range(1, n_max + 1)})
+        return [(b, f) for b in _bucket_sizes(self.cfg.max_batch) for f in frames]
+
+    def capture_codec(self) -> float:
+        """Capture the decode graph of every window shape (`_codec_keys`) now; returns seconds spent.
+
+        Otherwise a shape is captured the first time a decode needs it, inside that request's time and under the
+        step lock (frame steps wait): 1 + 15 requests admitted a step apart make windows an unsplit burst never
+        makes. No-op without codec graphs."""
+        if not self._codec_graphed:
+            return 0.0
+        t0 = time.perf_counter()
+        dec = self.model.speech_tokenizer.model.decoder
+        like = torch.zeros(1, self.n_groups, 1, dtype=torch.long, device=next(dec.parameters()).device)
+        graphs = self.__dict__.setdefault("_codec_graphs", {})
+        with torch.inference_mode(), self._step_lock:
+            for key in self._codec_keys():
+                if key not in graphs:
+                    try:
+                        graphs[key] = self._capture_codec(dec, key, like)
+                    except Exception:  # noqa: BLE001 - decode eagerly, keep serving
+                        log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
+                        self._codec_broken = True
+                        break
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    codec_captures = 0  # codec graphs captured so far (at start-up by `capture_codec`, or on a decode's first use)
+
     def _capture_codec(self, dec: torch.nn.Module, key: tuple[int, int], like: torch.Tensor
                        ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:  # fmt: skip
         t0 = time.perf_counter()
@@ -106,7 +141,10 @@ class CodecStreaming:
         with torch.cuda.graph(g, pool=pool, stream=stream, capture_error_mode="thread_local"):
             out = dec(inp)
         torch.cuda.current_stream().wait_stream(stream)
-        log.info("codec graph %s captured in %.0f ms", key, 1000 * (time.perf_counter() - t0))
+        self.codec_captures += 1
+        ms = 1000 * (time.perf_counter() - t0)
+        self.__dict__.setdefault("codec_capture_ms", []).append(ms)
+        log.info("codec graph %s captured in %.0f ms", key, ms)
         return g, inp, out
 
     def _emit_audio(self, due: list[RequestHandle]) -> None:

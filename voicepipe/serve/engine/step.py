@@ -261,13 +261,16 @@ class FrameStep:
 
     @torch.inference_mode()
     def capture(self, batch_sizes: list[int] | None = None, lengths: list[int] | None = None) -> float:
-        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent.
+        """Capture CUDA graphs for every (batch bucket, length bucket); returns seconds spent. Called with neither
+        argument (start-up), also the codec's decode graph of every window shape (`capture_codec`).
 
         Safe at any time, also while requests run (a missing bucket is captured on first use): live slots' state,
         KV caches and the RNG stream are left as they were."""
         if not self.use_graphs:
             return 0.0
         t0 = time.perf_counter()
+        if batch_sizes is None and lengths is None:
+            self.capture_codec()
         with self._step_lock:
             self._warm_prefill()
             self._pool = self._pool or torch.cuda.graph_pool_handle()
