@@ -348,7 +348,8 @@ def numerics(tts, e16, frames: int = 4) -> dict:
 
 def varied_text(k: int) -> str:
     """TEXT lengthened by k words: burst k's prompt length is new to the process (as real clients' texts are).
-    Short words, so that ~60 bursts stay under the server's 300-character segment (`ServeConfig.segment_chars`)."""
+    From k = 61 on it is longer than the server's default 300-character segment: `bench_http` raises
+    `ServeConfig.segment_chars` for these texts, so each request stays one segment (one engine request)."""
     return TEXT if k == 0 else f"{TEXT} And {' '.join(['so'] * k)}."
 
 
@@ -378,7 +379,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
 
     voice = Voice(name="alice", path=Path("."), source="bench", engine=eng, speaker="alice", languages=["english"])
     cfg = ServeConfig(voices=["alice"], max_concurrent=eng.cfg.max_batch, max_frames=frames, max_len=eng.cfg.max_len,
-                      generation={"max_new_tokens": frames, "min_new_tokens": frames})
+                      generation={"max_new_tokens": frames, "min_new_tokens": frames},
+                      **({"segment_chars": 2000} if varied else {}))
     app = create_app(cfg, voices={"alice": voice})
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
