@@ -5,6 +5,7 @@ Layout, by concern:
 - `step`: the frame step (talker, sampling, the code predictor's 15 steps), batched prefill, CUDA graph capture.
 - `kernels`: fused-layer weights and the pure per-frame math (RMSNorm, RoPE, decoder layer, sampling).
 - `codec`: streaming codec decode on its own thread and stream.
+- `gemv`: a Triton matmul for 1-2 rows (the code predictor's small weights; `EngineConfig.small_gemv`).
 
 On CUDA, by default, the step's four units are compiled (`torch.compile`, once per process: tens of seconds at the
 first `capture()`) and captured as one CUDA graph per (batch, length) bucket, and the codec decodes through CUDA graphs
