@@ -9,8 +9,10 @@ bandwidth on these shapes. Two Triton kernels, picked by the number of rows:
 - `_skinny` (M > 8): `tl.dot` over [BM, BK] x [BK, BN] tiles, one pass over the weights per BM rows.
 
 Both accumulate in fp32 and round once, as cuBLAS does; summation order differs, so results agree with F.linear
-to bf16 rounding, not bit for bit. Exposed as the custom op `voicepipe::linear` (opaque to torch.compile, capturable
-in CUDA graphs); `linear` falls back to F.linear off CUDA, without Triton, or for shapes the kernels do not cover.
+to bf16 rounding, not bit for bit. `launch` runs either (benchmarks/gemv.py times both against cuBLAS). The engine
+uses the custom op `voicepipe::linear` (opaque to torch.compile, capturable in CUDA graphs), which runs `_gemv` for at
+most `MAX_ROWS` rows, the only case where it beat cuBLAS on an H200 (1.2-2.2x on the predictor's <= 3 M-element
+matrices), and F.linear otherwise: above that, off CUDA, without Triton, or for shapes the kernel does not cover.
 Triton is imported on first use only (the CPU test machines have none).
 """
 
