@@ -22,7 +22,7 @@ def _near(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _episode(voice: np.ndarray, rng: np.random.Generator, n: int = 20, cos: float = 0.985) -> np.ndarray:
-    """The kept-embedding sum of an episode: `n` clips' unit embeddings, its own channel around the voice."""
+    """An episode's target centroid: the mean of `n` windows' unit embeddings, its own channel around the voice."""
     centre = _near(voice, cos, rng)
     return sum(_near(centre, 0.8, rng) for _ in range(n))
 
@@ -65,3 +65,20 @@ def test_two_absent_episodes_are_both_found() -> None:
     sums["away-2"] = _episode(_near(host, 0.6, rng), rng)
     _, out = feed_outliers(sums)
     assert set(out) == {"away-1", "away-2"}
+
+
+def test_episodes_whose_target_cluster_also_holds_the_stand_in_do_not_hide_it() -> None:
+    """Two of five episodes' target clusters hold much of the close co-host too (a merge, as espeak's 120 s "all" and
+    "backchannels" episodes did): a leave-one-out mean of the feed then moves toward the co-host for every episode
+    and hid the absent one (measured: 0.913 against a 0.898 bar; and here for every seed); the median of pairwise
+    cosines does not."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        host = _voice(rng)
+        cohost = _near(host, 0.87, rng)
+        sums = {f"ep{i}": _episode(host, rng) for i in range(2)}
+        sums["merged-1"] = _episode(unit(0.55 * host + 0.45 * cohost), rng)
+        sums["merged-2"] = _episode(unit(0.6 * host + 0.4 * cohost), rng)
+        sums["absent"] = _episode(cohost, rng)
+        _, out = feed_outliers(sums)
+        assert set(out) == {"absent"}, seed

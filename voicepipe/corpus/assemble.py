@@ -59,14 +59,13 @@ def _reason_kind(reason: str) -> str:
 
 def _target_voice(st: EpisodeState) -> np.ndarray:
     """The voice an episode kept: its target speaker's centroid (the speaker model's space, over all of that
-    speaker's windows or turns, not only the kept clips) times its talk seconds; empty when nothing was kept."""
+    speaker's windows or turns, not only the kept clips); empty when nothing was kept."""
     dia = st.results["diarize"]
     label = dia.get("target_label")
     cent = (dia.get("centroids") or {}).get(label)
-    talk = next((x["talk_s"] for x in dia.get("speakers", []) if x["label"] == label), 0.0)
-    if cent is None or talk <= 0 or not any(s["keep"] for s in st.results["filter"]["segments"]):
+    if cent is None or not any(s["keep"] for s in st.results["filter"]["segments"]):
         return np.zeros(0)
-    return np.asarray(cent, dtype=np.float64) * talk
+    return np.asarray(cent, dtype=np.float64)
 
 
 def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
@@ -143,8 +142,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             sims.append(s["speaker_sim"])
             if s["keep"] and st.source.id in not_feed:
                 s = {**s, "keep": False, "reasons": [
-                    f"not the feed's voice (this episode's kept speech: cosine {not_feed[st.source.id]:.3f} to the "
-                    f"rest of the feed's, whose episodes are at >= {feed_floor:.3f}; the target is likely absent)"]}
+                    f"not the feed's voice (this episode's target voice: median cosine {not_feed[st.source.id]:.3f} "
+                    f"to the other episodes', which are at >= {feed_floor:.3f}; the target is likely absent)"]}
             if not s["keep"]:
                 rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
                                 "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
@@ -384,7 +383,7 @@ def write_report(
           if _overlap_unseen(states) else []),
         *_segmentation_lines(states),
         "",
-        "*feed* is the cosine of the episode's kept speech to the rest of the feed's (the same voice across a show's "
+        "*feed* is the median cosine of the episode's target voice to the other episodes' (one voice across a show's "
         "episodes sits close together); an episode far below the others is **not the feed's voice** (the target is "
         "likely absent from it) and its clips are dropped.",
         "",

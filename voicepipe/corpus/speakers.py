@@ -365,25 +365,29 @@ def units(speech: list[tuple[float, float]], overlap: list[tuple[float, float]],
     return out
 
 
-def feed_outliers(sums: dict[str, np.ndarray], *, min_episodes: int = 3, mad_k: float = 5.0,
+def feed_outliers(voices: dict[str, np.ndarray], *, min_episodes: int = 3, mad_k: float = 5.0,
                   min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
     """Episodes whose kept voice is not the rest of the feed's (the target absent: a guest host, a trailer).
 
     Per episode, the diarizer keeps the voice nearest the enrollment, so an episode without the target keeps its
-    nearest other voice. Across a feed the target is one voice heard on one show's channel, so each episode's
-    voice (`sums`: its target speaker's centroid times its talk seconds, or any such weighted sum of unit
-    embeddings) is compared with the rest of the feed's (leave-one-out: the normalised sum of the other
-    episodes'). The lowest is an outlier when it is below the median by more than `mad_k` scaled MADs and by at
-    least `min_gap` (one voice spreads ~0.01-0.03 across episodes with CAM++: benchmarks/RESULTS.md); outliers are
-    removed one at a time, worst first, while at least `min_episodes` remain. Returns (cosine to the rest of the
-    feed of every episode given, the outliers' cosines).
+    nearest other voice. Across a feed the target is one voice heard on one show's channel, so each episode's voice
+    (`voices`: its target speaker's centroid, any positive scale; empty or zero: nothing kept, not judged) is
+    compared with every other episode's: its score is the median of those cosines (an episode whose own target
+    cluster also holds another voice moves only its own pairs, where a leave-one-out mean of the feed would move
+    every score). The lowest score is an outlier when it is below the median score by more than `mad_k` scaled
+    MADs and by at least `min_gap` (one voice's episodes sit at 0.92-0.99 to each other with CAM++, the absent
+    episodes' voices at 0.87-0.90 on espeak's close co-host: benchmarks/RESULTS.md); outliers are removed one at a
+    time, worst first, while at least `min_episodes` remain. Returns (every judged episode's score, the outliers').
     """
-    vecs = {k: np.asarray(v, dtype=np.float64) for k, v in sums.items() if np.asarray(v).size and np.any(v)}
+    vecs = {k: unit(np.asarray(v, dtype=np.float64)) for k, v in voices.items()
+            if np.asarray(v).size and np.any(np.asarray(v))}
     out: dict[str, float] = {}
     scores: dict[str, float] = {}
     while len(vecs) >= min_episodes:
-        total = sum(vecs.values())
-        cur = {k: float(unit(v) @ unit(total - v)) for k, v in vecs.items()}
+        keys = list(vecs)
+        m = np.stack([vecs[k] for k in keys])
+        sims = m @ m.T
+        cur = {k: float(np.median(np.delete(sims[i], i))) for i, k in enumerate(keys)}
         scores.update({k: v for k, v in cur.items() if k not in out})
         vals = np.array(list(cur.values()))
         med = float(np.median(vals))
