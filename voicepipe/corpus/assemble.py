@@ -110,8 +110,6 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     sims, durs = [], []
     # an episode without the target keeps its voice nearest the enrollment: compared across the feed, it stands out
-    kept_sums = {st.source.id: np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
-                 for st in good}
     feed_sims, not_feed = (feed_outliers({st.source.id: _target_voice(st) for st in good})
                            if p.feed_voice_check else ({}, {}))
     if not_feed:
@@ -194,7 +192,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     for st in good:
         if st.source.id in not_feed:
             continue
-        v = kept_sums[st.source.id]
+        v = np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
         total = v if total.size == 0 else (total + v if v.size else total)
     centroid = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32) if total.size else None
     if centroid is not None:

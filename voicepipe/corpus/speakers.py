@@ -375,8 +375,8 @@ def feed_outliers(voices: dict[str, np.ndarray], *, min_episodes: int = 3, mad_k
     compared with every other episode's: its score is the median of those cosines (an episode whose own target
     cluster also holds another voice moves only its own pairs, where a leave-one-out mean of the feed would move
     every score). The lowest score is an outlier when it is below the median score by more than `mad_k` scaled
-    MADs and by at least `min_gap` (one voice's episodes sit at 0.92-0.99 to each other with CAM++, the absent
-    episodes' voices at 0.87-0.90 on espeak's close co-host: benchmarks/RESULTS.md); outliers are removed one at a
+    MADs and by at least `min_gap` (with CAM++ one voice's episodes scored 0.93-0.98, the absent episodes' 0.86-0.90
+    on espeak's close co-host: benchmarks/RESULTS.md); outliers are removed one at a
     time, worst first, while at least `min_episodes` remain. Returns (every judged episode's score, the outliers').
     """
     vecs = {k: unit(np.asarray(v, dtype=np.float64)) for k, v in voices.items()
