@@ -84,6 +84,8 @@ def test_an_episode_without_the_target_keeps_nothing_and_says_why(scenario_build
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert any(r["episode"] == "absent-1" and r["reason"].startswith("not the feed's voice") for r in rejects)
     assert "not the feed's voice" in (out / "report.md").read_text()
+    given_in, kept = corpus["flow_minutes"]["feed check"]  # the minutes it gave up show as the step's in - out
+    assert given_in - kept > 0 and abs(kept * 60 - sum(e["kept_s"] for e in others)) < 0.1
 
 
 def test_a_music_intro_and_bed_do_not_empty_the_episode(scenario_build):

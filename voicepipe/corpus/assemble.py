@@ -135,7 +135,10 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         flow_in["filter"][1] += kept_s
         clips = {c["start"]: c for c in r["encode"]["clips"]}
         flow_in["encode"][0] += kept_s
-        flow_in["encode"][1] += sum(c["end"] - c["start"] for c in clips.values())
+        encoded_s = sum(c["end"] - c["start"] for c in clips.values())
+        flow_in["encode"][1] += encoded_s
+        flow_in["feed check"][0] += encoded_s  # an episode whose voice is not the feed's gives up its clips here
+        flow_in["feed check"][1] += 0.0 if st.source.id in not_feed else encoded_s
         for s in filt:
             sims.append(s["speaker_sim"])
             if s["keep"] and st.source.id in not_feed:
