@@ -79,14 +79,9 @@ class CodecStreaming:
         # capture"). So codec captures and replays never overlap frame-step captures and replays. The lock is held
         # only while work is queued (microseconds for a replay), not while it runs.
         with self._step_lock:
-            entry = graphs.get(key)
+            entry = graphs.get(key) or self._capture_or_break(graphs, dec, key, x)
             if entry is None:
-                try:
-                    entry = graphs[key] = self._capture_codec(dec, key, x)
-                except Exception:  # noqa: BLE001 - fall back to eager decoding, keep serving
-                    log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
-                    self._codec_broken = True
-                    return None
+                return None
             g, inp, out = entry
             inp.zero_()
             inp[:B, :, :n] = x
@@ -116,15 +111,22 @@ class CodecStreaming:
         graphs = self.__dict__.setdefault("_codec_graphs", {})
         with torch.inference_mode(), self._step_lock:
             for key in self._codec_keys():
-                if key not in graphs:
-                    try:
-                        graphs[key] = self._capture_codec(dec, key, like)
-                    except Exception:  # noqa: BLE001 - decode eagerly, keep serving
-                        log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
-                        self._codec_broken = True
-                        break
+                if key not in graphs and self._capture_or_break(graphs, dec, key, like) is None:
+                    break
         torch.cuda.synchronize()
         return time.perf_counter() - t0
+
+    def _capture_or_break(self, graphs: dict, dec: torch.nn.Module, key: tuple[int, int], like: torch.Tensor
+                          ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None:  # fmt: skip
+        """Capture the graph of `key` into `graphs` (the caller holds the step lock); a capture that fails turns
+        codec graphs off (eager decoding from then on, serving goes on) and gives None."""
+        try:
+            entry = graphs[key] = self._capture_codec(dec, key, like)
+        except Exception:  # noqa: BLE001 - fall back to eager decoding, keep serving
+            log.exception("codec graph capture failed for shape %s; decoding eagerly from now on", key)
+            self._codec_broken = True
+            return None
+        return entry
 
     codec_captures = 0  # codec graphs captured so far (at start-up by `capture_codec`, or on a decode's first use)
 
