@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
                use: int | None = None, seed: int = 12, change_guard_s: float | None = None,
-               separator: str = "none", scenarios: list[str] | None = None) -> dict:
+               separator: str = "none", scenarios: list[str] | None = None,
+               overrides: dict | None = None) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -72,7 +73,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
             separate=separator != "none", separator="auto" if separator == "none" else separator,
             asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
             store_url=str(build_dir / "store"), val_fraction=0.0,
-            **({} if change_guard_s is None else {"change_guard_s": change_guard_s}),
+            **({} if change_guard_s is None else {"change_guard_s": change_guard_s}), **(overrides or {}),
         )
         t0 = time.perf_counter()
         error = None
@@ -121,6 +122,9 @@ def main() -> None:
     ap.add_argument("--separator", default="none", choices=["none", "deepfilternet", "demucs", "auto"],
                     help="none: --no-separate (the issue's CPU path); else CorpusParams.separator")
     ap.add_argument("--scenarios", nargs="+", default=None, help="build only these scenarios")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another CorpusParams field for the build (VALUE read as JSON, else a string), e.g. "
+                    "--set overlap_count=1.5; repeatable")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -132,8 +136,15 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
-                          args.change_guard_s, args.separator, args.scenarios) for e in args.engines]
+                          args.change_guard_s, args.separator, args.scenarios, overrides) for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():

@@ -33,10 +33,11 @@ def test_an_episode_of_another_voice_is_the_only_one_flagged() -> None:
     stand_in = _near(host, 0.87, rng)  # a close voice: above any fixed threshold a single episode could use
     sums = {f"ep{i}": _episode(host, rng) for i in range(6)}
     sums["guest-hosted"] = _episode(stand_in, rng)
-    scores, out = feed_outliers(sums)
-    assert set(out) == {"guest-hosted"}
-    assert set(scores) == set(sums)
-    assert out["guest-hosted"] < min(v for k, v in scores.items() if k != "guest-hosted") - 0.05
+    for enroll in (None, _near(host, 0.9, rng)):  # the enrollment from another channel: same verdict
+        scores, out = feed_outliers(sums, enroll)
+        assert set(out) == {"guest-hosted"}
+        assert set(scores) == set(sums)
+        assert out["guest-hosted"] < min(v for k, v in scores.items() if k != "guest-hosted") - 0.05
 
 
 def test_one_voice_across_the_feed_flags_nothing_even_on_a_worse_channel() -> None:
@@ -80,5 +81,22 @@ def test_episodes_whose_target_cluster_also_holds_the_stand_in_do_not_hide_it() 
         sums["merged-1"] = _episode(unit(0.55 * host + 0.45 * cohost), rng)
         sums["merged-2"] = _episode(unit(0.6 * host + 0.4 * cohost), rng)
         sums["absent"] = _episode(cohost, rng)
+        for enroll in (None, _near(host, 0.9, rng)):
+            _, out = feed_outliers(sums, enroll)
+            assert set(out) == {"absent"}, seed
+
+
+def test_when_another_voice_hosts_most_episodes_the_enrollment_decides() -> None:
+    """A feed where the target hosts 4 of 10 episodes and a close co-host the other 6: the feed's majority voice is
+    the co-host's, so the feed alone would drop the target's episodes; the reference episodes (the half nearest the
+    enrollment, here recorded on another channel) make the co-host's the outliers."""
+    for seed in range(4):
+        rng = np.random.default_rng(10 + seed)
+        host = _voice(rng)
+        cohost = _near(host, 0.87, rng)
+        sums = {f"host-{i}": _episode(host, rng) for i in range(4)}
+        sums.update({f"cohost-{i}": _episode(cohost, rng) for i in range(6)})
         _, out = feed_outliers(sums)
-        assert set(out) == {"absent"}, seed
+        assert set(out) == {f"host-{i}" for i in range(4)}, seed  # the feed alone: the majority wins
+        scores, out = feed_outliers(sums, _near(host, 0.9, rng))
+        assert set(out) == {f"cohost-{i}" for i in range(6)}, (seed, scores)

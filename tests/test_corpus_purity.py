@@ -33,9 +33,10 @@ SCENARIO_EPISODES = [s for s in SCENARIOS if s != "all"]
 # issue 12's target (purity >= 0.99, recall >= 0.8) is NOT met yet in these scenarios on the CPU path (see
 # benchmarks/RESULTS.md, "corpus purity"): pyannote's segmentation model misses some of espeak's overlapped
 # backchannels (its voices are one synthesiser's), and on these short episodes the k-means count still cuts the
-# target into pieces under a music bed or around crosstalk (a music bed also fails the 10 dB SNR gate: with
-# separation, the default, it does not; see test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate)
-NOT_MET = {"backchannels", "music", "crosstalk"}
+# target into pieces under a music bed (a music bed also fails the 10 dB SNR gate: with separation, the default, it
+# does not; see test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate). Crosstalk met it once
+# overlapped speech was taken where a third of the segmentation windows hear two voices (`overlap_count` 1.3).
+NOT_MET = {"backchannels", "music"}
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     sims, durs = [], []
     # an episode without the target keeps its voice nearest the enrollment: compared across the feed, it stands out
-    feed_sims, not_feed = (feed_outliers({st.source.id: _target_voice(st) for st in good})
+    feed_sims, not_feed = (feed_outliers({st.source.id: _target_voice(st) for st in good}, ctx.centroid)
                            if p.feed_voice_check else ({}, {}))
     if not_feed:
         feed_floor = min(v for k, v in feed_sims.items() if k not in not_feed)

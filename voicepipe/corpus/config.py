@@ -79,6 +79,12 @@ class CorpusParams(BaseModel):
     overlap_pad_s: float = Field(
         0.1, ge=0.0, le=1.0, description="Seconds given up either side of each overlapped region."
     )
+    overlap_count: float = Field(
+        1.3, ge=1.0, le=3.0, description="CPU path: a frame is overlapped speech when its speaker count, averaged "
+        "over the segmentation windows that hear it, reaches this. pyannote's pipeline rounds the average (1.5: "
+        "half the windows must hear two voices); a corpus wants purity, so a third is enough (1.3): a short "
+        "'yeah' under the target is heard by only some of the windows (benchmarks/RESULTS.md, corpus purity)."
+    )
     target_threshold: float = Field(
         0.82, description="Studio takes only: min cosine of a take to the enrollment (a take has no second voice to "
         "be compared with; podcast episodes are decided relative to their own speakers)."

@@ -338,8 +338,9 @@ class SpeakerSegmentation:
 
     The model runs over 10 s windows every `step_s`, each giving up to 3 local speakers' activity per ~17 ms frame
     (its powerset output as multi-label, as pyannote's own pipeline reads it). Overlap: frames whose speaker count,
-    aggregated over the windows exactly as pyannote's diarization pipeline does (`SpeakerDiarizationMixin.
-    speaker_count`), is 2 or more. Changes of speaker: `voicepipe.corpus.speakers.change_points` over the windows.
+    averaged over the windows that hear them as pyannote's diarization pipeline does (`SpeakerDiarizationMixin.
+    speaker_count`, which then rounds: 1.5), reaches `min_count`. Changes of speaker:
+    `voicepipe.corpus.speakers.change_points` over the windows.
     """
 
     sr = 16000
@@ -354,14 +355,13 @@ class SpeakerSegmentation:
         self.batch = batch
         self.lock = threading.Lock()
 
-    def __call__(self, wav16k: np.ndarray, *, min_overlap_s: float = 0.05
+    def __call__(self, wav16k: np.ndarray, *, min_overlap_s: float = 0.05, min_count: float = 1.5
                  ) -> tuple[list[tuple[float, float]], list[float]]:
         """(overlapped-speech regions [(start, end)] in seconds, change-of-speaker times in seconds)."""
         import warnings
 
         import torch
         from pyannote.audio import Inference
-        from pyannote.audio.pipelines.utils import SpeakerDiarizationMixin
 
         from voicepipe.corpus.speakers import change_points
 
@@ -376,9 +376,11 @@ class SpeakerSegmentation:
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seg = inference({"waveform": wav, "sample_rate": self.sr})
-            count = SpeakerDiarizationMixin.speaker_count(seg, frames, warm_up=(0.0, 0.0))
+            # pyannote's speaker_count less its final rounding (`min_count` 1.5 gives exactly its overlap)
+            count = Inference.aggregate(np.sum(seg, axis=-1, keepdims=True), frames, hamming=False, missing=0.0,
+                                        skip_average=False)
         c, step, t0 = np.asarray(count.data[:, 0]), count.sliding_window.step, count.sliding_window[0].middle
-        on = np.flatnonzero(np.diff(np.r_[0, (c >= 2).astype(np.int8), 0]))
+        on = np.flatnonzero(np.diff(np.r_[0, (c >= min_count).astype(np.int8), 0]))
         overlap = []
         for a, b in zip(on[::2], on[1::2], strict=True):
             s, e = max(0.0, t0 + (a - 0.5) * step), min(end_s, t0 + (b - 0.5) * step)

@@ -365,31 +365,37 @@ def units(speech: list[tuple[float, float]], overlap: list[tuple[float, float]],
     return out
 
 
-def feed_outliers(voices: dict[str, np.ndarray], *, min_episodes: int = 3, mad_k: float = 5.0,
-                  min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
-    """Episodes whose kept voice is not the rest of the feed's (the target absent: a guest host, a trailer).
+def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = None, *, min_episodes: int = 3,
+                  mad_k: float = 5.0, min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
+    """Episodes whose kept voice is not the feed's target voice (the target absent: a guest host, a trailer).
 
     Per episode, the diarizer keeps the voice nearest the enrollment, so an episode without the target keeps its
     nearest other voice. Across a feed the target is one voice heard on one show's channel, so each episode's voice
     (`voices`: its target speaker's centroid, any positive scale; empty or zero: nothing kept, not judged) is
-    compared with every other episode's: its score is the median of those cosines (an episode whose own target
-    cluster also holds another voice moves only its own pairs, where a leave-one-out mean of the feed would move
-    every score). The lowest score is an outlier when it is below the median score by more than `mad_k` scaled
-    MADs and by at least `min_gap` (with CAM++ one voice's episodes scored 0.93-0.98, the absent episodes' 0.86-0.90
-    on espeak's close co-host: benchmarks/RESULTS.md); outliers are removed one at a
-    time, worst first, while at least `min_episodes` remain. Returns (every judged episode's score, the outliers').
+    compared with the reference episodes' voices: its score is the median of those cosines (an episode whose own
+    target cluster also holds another voice moves only its own pairs, where a leave-one-out mean of the feed would
+    move every score). The reference is the half of the episodes nearest the enrollment centroid `enroll` (all of
+    them without it): where the target hosts fewer episodes than another voice (a network feed, a co-host who
+    hosts most weeks), the feed's majority is that other voice, and the enrollment says which voice is wanted.
+    The lowest score is an outlier when it is below the reference episodes' median score by more than `mad_k`
+    scaled MADs and by at least `min_gap` (with CAM++ one voice's episodes scored 0.93-0.98, the absent episodes'
+    0.86-0.90 on espeak's close co-host: benchmarks/RESULTS.md); outliers are removed one at a time, worst first,
+    while at least `min_episodes` remain. Returns (every judged episode's score, the outliers').
     """
     vecs = {k: unit(np.asarray(v, dtype=np.float64)) for k, v in voices.items()
             if np.asarray(v).size and np.any(np.asarray(v))}
+    e = None if enroll is None else unit(np.asarray(enroll, dtype=np.float64))
     out: dict[str, float] = {}
     scores: dict[str, float] = {}
     while len(vecs) >= min_episodes:
         keys = list(vecs)
         m = np.stack([vecs[k] for k in keys])
         sims = m @ m.T
-        cur = {k: float(np.median(np.delete(sims[i], i))) for i, k in enumerate(keys)}
+        ref = (np.arange(len(keys)) if e is None
+               else np.argsort(-(m @ e), kind="stable")[: max(2, (len(keys) + 1) // 2)])
+        cur = {k: float(np.median(sims[i, [j for j in ref if j != i]])) for i, k in enumerate(keys)}
         scores.update({k: v for k, v in cur.items() if k not in out})
-        vals = np.array(list(cur.values()))
+        vals = np.array([cur[keys[j]] for j in ref])
         med = float(np.median(vals))
         mad = float(np.median(np.abs(vals - med))) * 1.4826
         worst = min(cur, key=cur.__getitem__)

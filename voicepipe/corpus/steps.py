@@ -348,6 +348,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
               "win": spk_mod.WIN_S, "hop": spk_mod.HOP_S, "guard": p.change_guard_s}
     if not p.diarization_model and p.segmentation_model:
         params.update(segmentation=p.segmentation_model, overlap_pad=p.overlap_pad_s)
+        if p.overlap_count != 1.5:  # (1.5: pyannote's rounding, the results stored before it was a setting)
+            params.update(overlap_count=p.overlap_count)
     if not p.diarization_model and p.fuse_resemblyzer:
         params.update(fuse="resemblyzer")
 
@@ -380,7 +382,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                     "labels": labels, "target_label": target, "speakers": speakers,
                     "centroids": {lab: [round(float(x), 6) for x in e] for lab, e in embs.items()}}
 
-        overlap, changes = ctx.engines.segmentation(wav) if p.segmentation_model else ([], [])
+        overlap, changes = (ctx.engines.segmentation(wav, min_count=p.overlap_count) if p.segmentation_model
+                            else ([], []))
         regions = spk_mod.units([tuple(x) for x in speech], overlap, changes)
         wins = spk_mod.windows(regions)
         embs, own = ctx.engines.window_embeddings([wav[int(s * SR16) : int(e * SR16)] for s, e in wins])
