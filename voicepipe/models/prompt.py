@@ -103,6 +103,18 @@ def assistant_ids(processor: Any, text: str) -> torch.Tensor:
     return ids[:-5]
 
 
+def assistant_ids_fast(processor: Any, text: str) -> torch.Tensor | None:
+    """`assistant_ids` through the tokenizer's own Rust backend (`tokenizers.Tokenizer.encode`), without the
+    processor's and transformers' Python layers around it (about 0.45 of 0.64 ms per call on a 2-core CPU, all of
+    it holding the GIL that a server's event loop needs); None when the tokenizer has no such backend. The serving
+    engine checks once that both give the same ids before it relies on this one (`TTSEngine._assistant_ids`)."""
+    backend = getattr(getattr(processor, "tokenizer", None), "backend_tokenizer", None)
+    if backend is None:
+        return None
+    ids = backend.encode(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n").ids
+    return torch.tensor(ids[:-5], dtype=torch.long)
+
+
 def instruct_ids(processor: Any, instruct: str) -> torch.Tensor:
     """The instruction's tokens (1-D), as `Qwen3TTSModel` frames them (a user turn)."""
     ids = processor(text=f"<|im_start|>user\n{instruct}<|im_end|>\n", return_tensors="pt")["input_ids"]

@@ -66,6 +66,7 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
         state.ready = True
         yield
         state.ready = False
+        state.close_prepare_pool()
         if state.wyoming is not None:
             await state.wyoming.stop()
             state.wyoming = None

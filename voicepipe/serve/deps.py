@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ class ServeConfig(BaseModel):
     max_frames: int = 1500  # per text segment (120 s of audio)
     generation: dict[str, Any] = Field(default_factory=dict)  # GenerationConfig overrides (temperature, ...)
     segment_chars: int = 300  # long input is spoken segment by segment, split at sentence ends
+    # prompts (tokenizer, prompt layout, text embedding) are prepared on this many threads, first come first served
+    # (0: the event loop's default pool, one thread per request in flight, which under the GIL share the CPU so
+    # that a burst's prompts all finish together, late, instead of one after the other)
+    prepare_threads: int = 1
     max_len: int = 2048  # KV-cache positions per slot
     language: str = "auto"
     capture_graphs: bool = True
@@ -72,6 +77,23 @@ class ServerState:
     load_error: str | None = None
     waiting: dict[str, int] = field(default_factory=dict)  # per voice: requests not yet holding a slot
     wyoming: Any = None  # the running WyomingServer, when config.wyoming_uri is set
+    _prepare_pool: ThreadPoolExecutor | None = None
+    _prepare_pool_size: int = 0
+
+    def prepare_pool(self) -> ThreadPoolExecutor | None:
+        """The threads prompts are prepared on (`ServeConfig.prepare_threads`); None: the loop's default pool."""
+        n = max(0, int(self.config.prepare_threads))
+        if n != self._prepare_pool_size:  # a changed setting (benchmarks switch it at run time)
+            self.close_prepare_pool()
+            if n:
+                self._prepare_pool = ThreadPoolExecutor(n, thread_name_prefix="vp-prepare")
+            self._prepare_pool_size = n
+        return self._prepare_pool
+
+    def close_prepare_pool(self) -> None:
+        if self._prepare_pool is not None:
+            self._prepare_pool.shutdown(wait=False)
+        self._prepare_pool, self._prepare_pool_size = None, 0
 
 
 def get_state(request: Request) -> ServerState:
@@ -89,7 +111,9 @@ def authorized(key: str | None, authorization: str | None) -> bool:
 AUTH_ERROR = "missing or invalid API key (send 'Authorization: Bearer <key>')"
 
 
-def require_auth(request: Request) -> None:
-    """Bearer-token check for routes (the app's gate has already checked it before the body was read)."""
+async def require_auth(request: Request) -> None:
+    """Bearer-token check for routes (the app's gate has already checked it before the body was read). Async, so
+    FastAPI runs it on the event loop: a plain `def` dependency is run in a worker thread, one thread hop (and
+    GIL hand-over) per request before the route starts."""
     if not authorized(get_state(request).config.api_key, request.headers.get("authorization")):
         raise ApiError(401, AUTH_ERROR, type="authentication_error", code="invalid_api_key")

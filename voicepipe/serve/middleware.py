@@ -53,6 +53,7 @@ class Gate:
         speech = path == SPEECH_PATH
         status: dict[str, Any] = {"code": None}
         info: dict[str, Any] = scope.setdefault("state", {})
+        info["vp_arrived"] = time.perf_counter()  # the request's head is parsed (diagnostics: SpeechJob.marks)
 
         async def reply(resp_status: int, message: str, **kw: Any) -> None:
             await error_response(resp_status, message, **kw)(scope, receive, send_)

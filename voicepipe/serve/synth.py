@@ -9,6 +9,7 @@ and yields float32 24 kHz chunks in order while the engine makes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -128,33 +129,56 @@ class SpeechJob:
                                          **st.config.generation})
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._admission = asyncio.Event()  # set from the engine thread: admitted (or failed before it)
         self.prompts: list[Prompt] = []
         self.current: RequestHandle | None = None
         self.audio_s = 0.0
         self.first_audio_at: float | None = None
+        self.marks: dict[str, float] = {}  # perf_counter timestamps of the request's milestones (diagnostics)
 
     def _on_event(self, ev: Event) -> None:  # engine thread
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
+            if not self._admission.is_set():  # an error before admission wakes the waiter too
+                self.loop.call_soon_threadsafe(self._admission.set)
         except RuntimeError:  # the loop is closed (server shut down): nobody is listening
+            pass
+
+    def _on_admitted(self) -> None:  # engine thread
+        try:
+            self.loop.call_soon_threadsafe(self._admission.set)
+        except RuntimeError:
             pass
 
     def _prepare(self, text: str) -> Prompt:
         eng = self.voice.engine
+        self.marks.setdefault("prepare_start", time.perf_counter())
         try:
-            return eng.prepare(text, self.voice.speaker, self.language, self.instructions)
+            prompt = eng.prepare(text, self.voice.speaker, self.language, self.instructions)
+            self.marks.setdefault("prepared", time.perf_counter())
+            return prompt
         except EngineError as e:
             field = "instructions" if self.instructions and "does not fit" in str(e) else "input"
             raise ApiError(400, f"{field}: {e}", param=field, code="prompt_too_long") from e
+
+    async def _prepare_off_loop(self, text: str) -> Prompt:
+        """`_prepare` on the server's prepare threads (`ServeConfig.prepare_threads`), queued first come first
+        served, or on the loop's default pool."""
+        pool = self.st.prepare_pool()
+        if pool is None:
+            return await asyncio.to_thread(self._prepare, text)
+        return await self.loop.run_in_executor(pool, self._prepare, text)
 
     def _submit(self, i: int, expected: bool = False) -> RequestHandle:
         text = self.segments[i]
         cap = int(12.5 * max(MIN_SEGMENT_SECONDS, SECONDS_PER_CHAR * len(text)))
         gen = dataclasses.replace(self.gen, max_new_tokens=min(self.gen.max_new_tokens, cap))
         try:
-            return self.voice.engine.submit(self.prompts[i], gen, self._on_event, expected=expected)
+            handle = self.voice.engine.submit(self.prompts[i], gen, self._on_event, expected=expected)
         except EngineError as e:  # engine stopped (shutting down)
             raise busy(f"voice {self.voice.name!r}: {e}", self.st.config.retry_after_s, "engine_stopped") from e
+        handle.on_admitted = self._on_admitted  # set after submit: `_wait_admitted` also checks the handle
+        return handle
 
     async def start(self) -> None:
         """Take a place in the queue (503 + Retry-After when it is full), prepare every segment (400 when one does
@@ -167,13 +191,15 @@ class SpeechJob:
         engine, announced = self.voice.engine, True
         engine.expect()  # an idle engine waits for this prompt, so the clients of one burst share one prefill
         try:
-            self.prompts.append(await asyncio.to_thread(self._prepare, self.segments[0]))
+            self.prompts.append(await self._prepare_off_loop(self.segments[0]))
             announced = False  # submit() withdraws the announcement as it queues the request
             self.current = self._submit(0, expected=True)
+            self.marks["submitted"] = time.perf_counter()
             try:  # the rest are prepared while the first waits for its slot / generates
                 for seg in self.segments[1:]:
-                    self.prompts.append(await asyncio.to_thread(self._prepare, seg))
+                    self.prompts.append(await self._prepare_off_loop(seg))
                 await self._wait_admitted(cfg.queue_timeout_s)
+                self.marks["admitted_seen"] = time.perf_counter()
             except BaseException:
                 self.cancel()
                 raise
@@ -183,15 +209,24 @@ class SpeechJob:
                 engine.expect(-1)
 
     async def _wait_admitted(self, timeout_s: float) -> None:
+        """Until the engine admits the first segment: woken by the engine (`RequestHandle.on_admitted`, or an error
+        event), not by polling, so a burst's requests leave for their streams as soon as the prefill is done and
+        sixteen waiters do not wake the event loop every few ms meanwhile. The handle's flags are read again every
+        50 ms in any case (a wake-up missed because the callback was set after the engine had admitted it)."""
         assert self.current is not None
         deadline = time.perf_counter() + timeout_s
         while not self.current.admitted.is_set():
-            if self.current.finished.is_set():
+            if self.current.finished.is_set() or not self.events.empty():
                 return  # failed before admission; the error event is in the queue
-            if time.perf_counter() > deadline:
+            left = deadline - time.perf_counter()
+            if left <= 0:
                 raise busy(f"no generation slot free within {timeout_s:g} s, try again", self.st.config.retry_after_s,
                            "queue_timeout")  # fmt: skip
-            await asyncio.sleep(0.005)
+            self._admission.clear()
+            if self.current.admitted.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._admission.wait(), min(left, 0.05))
 
     async def chunks(self) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32, 24 kHz, speed applied) in order, across all segments; SynthesisError on failure."""
@@ -202,7 +237,7 @@ class SpeechJob:
                 ev = await self.events.get()
                 if ev.kind == "audio":
                     if self.first_audio_at is None:
-                        self.first_audio_at = time.perf_counter()
+                        self.first_audio_at = self.marks["first_chunk"] = time.perf_counter()
                     yield stretch(ev.audio, self.speed)
                 elif ev.kind == "done":
                     self.audio_s += ev.stats.get("audio_s", 0.0) / self.speed

@@ -171,6 +171,7 @@ class RequestHandle:
         self.admitted = threading.Event()
         self.finished = threading.Event()
         self.marks: dict[str, float] = {}  # perf_counter timestamps of milestones (diagnostics)
+        self.on_admitted: Callable[[], None] | None = None  # called on the engine thread once it holds a slot
 
     def cancel(self) -> None:
         """Ask the engine to drop this request (client gone, timeout)."""
@@ -305,7 +306,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                 instruct: str | None = None, non_streaming_text: bool | None = None) -> Prompt:
         """Build the talker prompt with `voicepipe.models.prompt.build_prompt` (the layout training used and the
         package's `generate` uses). `language` None or "auto": the checkpoint's trained language."""
-        from voicepipe.models.prompt import AUTO, PromptError, assistant_ids, build_prompt, instruct_ids
+        from voicepipe.models.prompt import AUTO, PromptError, build_prompt, instruct_ids
 
         nst = self.cfg.non_streaming_text if non_streaming_text is None else non_streaming_text
         lang = (language or AUTO).lower()
@@ -313,7 +314,7 @@ class TTSEngine(FrameStep, CodecStreaming):
             lang = self.language
         proc = self.tts.processor
         try:
-            layout = build_prompt(self.prompt_ids, assistant_ids(proc, text), speaker=speaker, language=lang,
+            layout = build_prompt(self.prompt_ids, self._assistant_ids(text), speaker=speaker, language=lang,
                                   instruct=instruct_ids(proc, instruct) if instruct else None,
                                   non_streaming_text=nst)  # fmt: skip
         except PromptError as e:
@@ -337,6 +338,24 @@ class TTSEngine(FrameStep, CodecStreaming):
         if side is not None:
             side.synchronize()  # ready before submit(); the engine's stream reads it later
         return prompt
+
+    def _assistant_ids(self, text: str) -> torch.Tensor:
+        """The text's role + text tokens (`voicepipe.models.prompt.assistant_ids`), through the tokenizer's backend
+        (`assistant_ids_fast`) once a first text has given the same ids both ways; else the processor's path."""
+        from voicepipe.models.prompt import assistant_ids, assistant_ids_fast
+
+        proc = self.tts.processor
+        fast = self.__dict__.get("_fast_tokens")
+        if fast is None:  # first call (a race here only means two threads both check)
+            ids = assistant_ids(proc, text)
+            quick = assistant_ids_fast(proc, text)
+            fast = quick is not None and torch.equal(quick, ids)
+            if quick is not None and not fast:
+                log.warning("the tokenizer's backend gives other ids than its processor: prompts use the processor")
+            self._fast_tokens = fast
+            return ids
+        quick = assistant_ids_fast(proc, text) if fast else None
+        return quick if quick is not None else assistant_ids(proc, text)
 
     def _prepare_stream(self) -> torch.cuda.Stream:
         """One side stream per request thread (prepare may run in several threads at once)."""
@@ -451,6 +470,11 @@ class TTSEngine(FrameStep, CodecStreaming):
             req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
             self._slots[slot] = req
             req.admitted.set()
+            if req.on_admitted is not None:
+                try:
+                    req.on_admitted()
+                except Exception:  # noqa: BLE001 - a broken waiter must not take the engine down
+                    log.exception("admission callback of request %s failed", req.id)
 
     def _gather_burst(self) -> None:
         """Idle engine, request(s) queued: wait while announced requests are still being prepared, until they are

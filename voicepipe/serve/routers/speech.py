@@ -85,14 +85,17 @@ async def _stream(job: SpeechJob, fmt: str, mode: str, body: SpeechRequest) -> A
     status, first, failure = "cancelled", True, None
     enc: StreamEncoder | None = None
     try:
+        job.marks["stream_start"] = time.perf_counter()
         enc = StreamEncoder(fmt, job.voice.engine.sample_rate)
+        job.marks["encoder_ready"] = time.perf_counter()
         async for chunk in job.chunks():
             data = enc.feed(chunk)
             if not data and first:  # MP3/AAC: ffmpeg's first frames come a few ms after the first chunk went in
                 data = await asyncio.to_thread(enc.wait_output, 0.1)
             if data:
                 if first:
-                    job.st.metrics.ttfa.observe(time.perf_counter() - job.t0)
+                    job.marks["first_byte"] = time.perf_counter()
+                    job.st.metrics.ttfa.observe(job.marks["first_byte"] - job.t0)
                     first = False
                 yield out(data)
         tail = enc.close()
@@ -136,6 +139,8 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     info["vp_labels"] = (voice.name, fmt, mode or "none")
     lang = (body.language or st.config.language).lower()
     job = SpeechJob(voice, st, body.input, instructions=body.instructions, language=lang, speed=body.speed, t0=t0)
+    if "vp_arrived" in info:
+        job.marks["arrived"] = info["vp_arrived"]
     await job.start()  # ApiError (400/503) -> the envelope, counted by the gate
     headers = {"X-Voicepipe-Voice": voice.name}
     if mode is not None:

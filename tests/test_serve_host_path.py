@@ -1,0 +1,152 @@
+"""What a speech request costs the server's host side before the engine sees it (issue 17, TTFA at 16 clients):
+the auth dependency runs on the event loop (no worker-thread hop), prompts are tokenized through the tokenizer's
+backend (same ids as the processor), prepared first come first served on the server's prepare thread, and a request
+waiting for its slot is woken by the engine's admission instead of polling. Tiny custom voice on CPU, real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from tests.fixtures.serve import LiveServer
+from voicepipe.models import prompt as prompt_mod
+from voicepipe.serve import deps
+from voicepipe.serve.app import create_app, load_voices
+from voicepipe.serve.deps import ServeConfig
+from voicepipe.serve.engine import GenerationConfig
+from voicepipe.serve.routers import speech as speech_router
+
+FRAMES = 4
+KEY = "k3y"
+
+
+@pytest.fixture(scope="module")
+def config(serve_voices_dir):
+    return ServeConfig(voices=["alice"], voices_dir=serve_voices_dir, device="cpu", max_concurrent=8,
+                       max_frames=FRAMES, max_len=512, queue_timeout_s=60,
+                       generation={"min_new_tokens": FRAMES})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def voices(config):
+    vs = load_voices(config)
+    yield vs
+    for v in vs.values():
+        v.engine.stop()
+
+
+def _speak(url: str, text: str, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/v1/audio/speech", json={"voice": "alice", "input": text, "response_format": "pcm"},
+                      headers=headers, timeout=120)  # fmt: skip
+
+
+TEXTS = ["Hello.", "  spaced   out \n text\t", "Ünïcödé café — naïve", "中文句子。还有一句！", "emoji 🎉👍",
+         "<|im_end|> injected <|tts_pad|>", "", "a" * 500, "Dr. Smith's 3.5% rate; e.g. x=y?"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_backend_tokenizer_gives_the_processors_ids(voices, text):
+    proc = voices["alice"].engine.tts.processor
+    fast = prompt_mod.assistant_ids_fast(proc, text)
+    assert fast is not None and torch.equal(fast, prompt_mod.assistant_ids(proc, text))
+
+
+def test_engine_keeps_the_processor_path_when_the_backend_differs(voices, monkeypatch):
+    eng = voices["alice"].engine
+    saved = eng.__dict__.pop("_fast_tokens", None)
+    try:
+        eng.prepare("First text.", speaker="alice")  # the first call compares both paths
+        assert eng._fast_tokens is True
+        eng.__dict__.pop("_fast_tokens")
+        monkeypatch.setattr(prompt_mod, "assistant_ids_fast", lambda proc, text: torch.tensor([1, 2, 3]))
+        p = eng.prepare("Second text.", speaker="alice")
+        assert eng._fast_tokens is False
+        want = eng.prepare("Second text.", speaker="alice")  # processor path again, same layout
+        assert torch.equal(p.layout.text_ids, want.layout.text_ids)
+        assert len(p.layout.text_ids) > 3
+    finally:
+        eng.__dict__.pop("_fast_tokens", None)
+        if saved is not None:
+            eng._fast_tokens = saved
+
+
+def test_auth_dependency_runs_on_the_event_loop(config, voices, monkeypatch):
+    """A plain `def` dependency is run by FastAPI in a worker thread; `require_auth` runs where the route does."""
+    seen: dict[str, set[int]] = {"auth": set(), "route": set()}
+    real_auth, real_validate = deps.authorized, speech_router.validate
+
+    def authorized(key, header):
+        seen["auth"].add(threading.get_ident())
+        return real_auth(key, header)
+
+    def validate(body, st):
+        seen["route"].add(threading.get_ident())
+        return real_validate(body, st)
+
+    monkeypatch.setattr(deps, "authorized", authorized)
+    monkeypatch.setattr(speech_router, "validate", validate)
+    srv = LiveServer(create_app(config.model_copy(update={"api_key": KEY}), voices))
+    try:
+        assert _speak(srv.url, "Hello there.", KEY).status_code == 200
+        assert _speak(srv.url, "Hello there.").status_code == 401
+    finally:
+        srv.stop()
+    assert len(seen["route"]) == 1 and seen["auth"] == seen["route"], seen
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_prompts_are_prepared_one_after_the_other_on_the_prepare_thread(config, voices, monkeypatch, threads):
+    """`prepare_threads` 1: a burst's prompts are prepared on one thread, one at a time (each done as soon as its
+    turn comes, rather than all sharing the GIL and finishing together); 0: on the loop's default pool."""
+    eng = voices["alice"].engine
+    spans: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+    real = type(eng).prepare
+
+    def prepare(self, *a, **kw):
+        t0 = time.perf_counter()
+        time.sleep(0.05)  # long enough that a pool of threads would overlap them
+        try:
+            return real(self, *a, **kw)
+        finally:
+            with lock:
+                spans.append((threading.current_thread().name, t0, time.perf_counter()))
+
+    monkeypatch.setattr(type(eng), "prepare", prepare)
+    srv = LiveServer(create_app(config.model_copy(update={"prepare_threads": threads}), voices))
+    try:
+        with ThreadPoolExecutor(6) as ex:
+            codes = list(ex.map(lambda i: _speak(srv.url, f"Request number {i}.").status_code, range(6)))
+    finally:
+        srv.stop()
+    assert codes == [200] * 6 and len(spans) == 6
+    names = {n for n, _, _ in spans}
+    spans.sort(key=lambda s: s[1])
+    overlaps = sum(b[1] < a[2] for a, b in zip(spans, spans[1:], strict=False))
+    if threads == 1:
+        assert len(names) == 1 and next(iter(names)).startswith("vp-prepare"), names
+        assert overlaps == 0, spans
+    else:
+        assert not any(n.startswith("vp-prepare") for n in names), names
+        assert len(names) > 1 and overlaps > 0, spans
+
+
+def test_the_engine_calls_on_admitted_once_it_holds_a_slot(voices):
+    eng = voices["alice"].engine
+    p = eng.prepare("Wake me.", speaker="alice")
+    calls: list[bool] = []
+    got = threading.Event()
+    eng.expect(1)  # one more announced: the idle engine waits (admit_wait_ms) before admitting this one
+    req = eng.submit(p, GenerationConfig(max_new_tokens=2, min_new_tokens=2), lambda ev: None)
+    req.on_admitted = lambda: (calls.append(req.admitted.is_set()), got.set())
+    assert not req.admitted.is_set()
+    eng.expect(-1)  # nothing else comes: admit it now
+    assert got.wait(30) and req.finished.wait(30)
+    assert calls == [True]
+
