@@ -150,3 +150,47 @@ def test_the_engine_calls_on_admitted_once_it_holds_a_slot(voices):
     assert got.wait(30) and req.finished.wait(30)
     assert calls == [True]
 
+
+def test_prompts_embedded_at_admission_equal_those_embedded_at_prepare(voices):
+    """`prepare(embed=False)` checks and lays the prompt out; the engine embeds a prefill's prompts in one batch
+    when it admits them (`EngineConfig.embed_at_admit`): the same embeddings, the same greedy codes."""
+    eng = voices["alice"].engine
+    texts = ["One.", "Two words here.", "And three, with more words than the others."]
+    eager = [eng.prepare(t, speaker="alice", instruct="Calm." if i == 1 else None) for i, t in enumerate(texts)]
+    lazy = [eng.prepare(t, speaker="alice", instruct="Calm." if i == 1 else None, embed=False)
+            for i, t in enumerate(texts)]  # fmt: skip
+    assert all(p.embeds is None and p.trailing is None for p in lazy)
+    with torch.inference_mode():
+        eng._embed_prompts(list(lazy))
+    for a, b in zip(eager, lazy, strict=True):
+        torch.testing.assert_close(b.embeds, a.embeds)
+        torch.testing.assert_close(b.trailing, a.trailing)
+    greedy = GenerationConfig(max_new_tokens=4, min_new_tokens=4, do_sample=False, subtalker_do_sample=False)
+    fresh = [eng.prepare(t, speaker="alice", embed=False) for t in texts]
+    eng.expect(len(fresh))  # one prefill for the three, embedded together at admission
+    hs = [eng.submit(p, greedy, lambda ev: None, expected=True) for p in fresh]
+    for h in hs:
+        assert h.finished.wait(60)
+    for h, t in zip(hs, texts, strict=True):
+        assert torch.equal(torch.stack(h.frames), eng.generate_codes(eng.prepare(t, speaker="alice"), greedy))
+
+
+@pytest.mark.parametrize("at_admit", [True, False])
+def test_the_server_leaves_embedding_to_the_engine(config, voices, monkeypatch, at_admit):
+    eng = voices["alice"].engine
+    submitted: list[bool] = []
+    real = type(eng).submit
+
+    def submit(self, prompt, *a, **kw):
+        submitted.append(prompt.embeds is None)
+        return real(self, prompt, *a, **kw)
+
+    monkeypatch.setattr(type(eng), "submit", submit)
+    monkeypatch.setattr(eng.cfg, "embed_at_admit", at_admit)
+    srv = LiveServer(create_app(config, voices))
+    try:
+        r = _speak(srv.url, "Embedded where?")
+    finally:
+        srv.stop()
+    assert r.status_code == 200 and len(r.content) == FRAMES * 1920 * 2
+    assert submitted == [at_admit]

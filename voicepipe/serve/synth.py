@@ -154,7 +154,8 @@ class SpeechJob:
         eng = self.voice.engine
         self.marks.setdefault("prepare_start", time.perf_counter())
         try:
-            prompt = eng.prepare(text, self.voice.speaker, self.language, self.instructions)
+            prompt = eng.prepare(text, self.voice.speaker, self.language, self.instructions,
+                                 embed=not getattr(getattr(eng, "cfg", None), "embed_at_admit", False))
             self.marks.setdefault("prepared", time.perf_counter())
             return prompt
         except EngineError as e:

@@ -125,15 +125,22 @@ class EngineConfig:
     # an idle engine given a request waits (up to this long) for the requests announced with `expect()` that are
     # still being prepared, so a burst of clients is admitted in one prefill, not one per step; 0: never waits
     admit_wait_ms: float = 50.0
+    # True: a server's prompts (`prepare(embed=False)`) are embedded by the engine thread when admitted, all of a
+    # prefill's in one batched call, instead of ~25 small device ops on each request's thread (each releases and
+    # re-takes the GIL the event loop holds). Off by default: on an H200 a burst's prompts were ready ~18 ms sooner,
+    # but the first requests then reached the engine before the rest had arrived and bursts split into two prefills
+    # (TTFA p50 equal, p95 worse; benchmarks/RESULTS.md, 2026-12-03 19:31 UTC)
+    embed_at_admit: bool = False
 
 
 @dataclass
 class Prompt:
     """A prepared request: talker prefill embeddings [T, H] and trailing text embeddings [N, H]; `layout` is the
-    ids/masks they were built from (`voicepipe.models.prompt`)."""
+    ids/masks they were built from (`voicepipe.models.prompt`). `embeds`/`trailing` None: not embedded yet
+    (`prepare(embed=False)`); the engine embeds it when it admits it."""
 
-    embeds: torch.Tensor
-    trailing: torch.Tensor
+    embeds: torch.Tensor | None
+    trailing: torch.Tensor | None
     layout: Any = None
 
 
@@ -303,9 +310,10 @@ class TTSEngine(FrameStep, CodecStreaming):
 
     @torch.inference_mode()
     def prepare(self, text: str, speaker: str | None = None, language: str | None = None,
-                instruct: str | None = None, non_streaming_text: bool | None = None) -> Prompt:
+                instruct: str | None = None, non_streaming_text: bool | None = None, embed: bool = True) -> Prompt:
         """Build the talker prompt with `voicepipe.models.prompt.build_prompt` (the layout training used and the
-        package's `generate` uses). `language` None or "auto": the checkpoint's trained language."""
+        package's `generate` uses). `language` None or "auto": the checkpoint's trained language. `embed` False:
+        the layout only (every check done), embedded on the engine thread at admission (`_embed_prompts`)."""
         from voicepipe.models.prompt import AUTO, PromptError, build_prompt, instruct_ids
 
         nst = self.cfg.non_streaming_text if non_streaming_text is None else non_streaming_text
@@ -324,6 +332,8 @@ class TTSEngine(FrameStep, CodecStreaming):
             raise EngineError(f"text is too long for streaming-text mode ({n} > {self.cfg.max_text} tokens)")
         if layout.length + 16 > self.cfg.max_len:
             raise EngineError(f"prompt of {layout.length} tokens does not fit the cache ({self.cfg.max_len})")
+        if not embed:
+            return Prompt(embeds=None, trailing=None, layout=layout)
         dev = self.device
         # a request thread: on the engine's stream its copies and kernels would wait for the frame steps queued
         # there (one ~7 ms step per admitted request while a burst arrives); a side stream runs beside them
@@ -356,6 +366,26 @@ class TTSEngine(FrameStep, CodecStreaming):
             return ids
         quick = assistant_ids_fast(proc, text) if fast else None
         return quick if quick is not None else assistant_ids(proc, text)
+
+    def _embed_prompts(self, prompts: list[Prompt]) -> None:
+        """Embed the prompts prepared with `embed=False`, all in one batch (the rows are independent: the same
+        operations as `prepare`, on the concatenated ids), on the engine thread's stream."""
+        todo = [p for p in prompts if p.embeds is None]
+        if not todo:
+            return
+        dev, lay = self.device, [p.layout for p in todo]
+        n_text = [int(x.text_ids.shape[0]) for x in lay]
+        n_trail = [int(x.trailing_ids.shape[0]) for x in lay]
+        ids = torch.cat([*(x.text_ids for x in lay), *(x.trailing_ids for x in lay)]).to(dev)
+        emb = self._text_embed(ids)
+        codec = self._codec_embed(torch.cat([x.codec_ids for x in lay]).to(dev))
+        masks = torch.stack([torch.cat([x.text_mask for x in lay]), torch.cat([x.codec_mask for x in lay])]).to(dev)
+        n = sum(n_text)
+        embeds = torch.where(masks[0][:, None], emb[:n], 0)
+        embeds = torch.where(masks[1][:, None], embeds + codec, embeds).to(self.dtype)
+        trailing = emb[n:].to(self.dtype)
+        for p, e, t in zip(todo, embeds.split(n_text), trailing.split(n_trail), strict=True):
+            p.embeds, p.trailing = e, t
 
     def _prepare_stream(self) -> torch.cuda.Stream:
         """One side stream per request thread (prepare may run in several threads at once)."""
@@ -453,6 +483,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         if not batch:
             return
         try:
+            self._embed_prompts([r.prompt for _, r in batch])
             self._prefill([s for s, _ in batch], [r.prompt for _, r in batch])
         except Exception as e:  # noqa: BLE001 - report to the requests, keep serving others
             log.exception("prefill failed")
