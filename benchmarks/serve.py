@@ -27,6 +27,7 @@ How each system serves N concurrent requests:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import importlib.machinery
 import json
@@ -353,6 +354,12 @@ def varied_text(k: int) -> str:
     return TEXT if k == 0 else f"{TEXT} And {' '.join(['so'] * k)}."
 
 
+def short_text(k: int) -> str:
+    """A new text for burst k at about TEXT's length (92-95 prompt tokens with the tiny tokenizer, against 92 + ~2
+    per burst for `varied_text`, whose 16-prompt prefill grows with the run): what the in-process rows prefill."""
+    return f"{TEXT} Take {k}."
+
+
 def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: dict[int, int],
                variants: list[tuple[str, dict]], varied: bool = False) -> list[dict]:
     """`voicepipe serve`'s app (the same routers and encoders), in-process with uvicorn on loopback, over an engine
@@ -381,7 +388,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     cfg = ServeConfig(voices=["alice"], max_concurrent=eng.cfg.max_batch, max_frames=frames, max_len=eng.cfg.max_len,
                       generation={"max_new_tokens": frames, "min_new_tokens": frames},
                       **({"segment_chars": 2000} if varied else {}))
-    app = create_app(cfg, voices={"alice": voice})
+    app = create_app(cfg.model_copy(), voices={"alice": voice})
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
@@ -393,11 +400,13 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     url = f"http://127.0.0.1:{port}/v1/audio/speech"
 
     bursts = iter(range(1, 10**6))
+    text_mode = {"short": False}  # a variant's "short_texts": new texts of about TEXT's length (short_text)
 
     def clients(fmt: str, c: int, runs: int) -> tuple[list[float], list[float], float]:
         """`c` concurrent streamed requests, `runs` times, from a separate client process (as a voice assistant
         is): (time to first byte per request, whole duration per request, summed wall of the runs)."""
-        text = varied_text(next(bursts)) if varied else TEXT
+        k = next(bursts)
+        text = (short_text(k) if text_mode["short"] else varied_text(k)) if varied else TEXT
         body = {"model": "voicepipe", "input": text, "voice": "alice", "response_format": fmt,
                 "stream_format": "audio", "language": "english"}
         cmd = [sys.executable, "-c", HTTP_CLIENT, url, json.dumps(body), str(c), str(runs)]
@@ -407,9 +416,52 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         r = json.loads(res.stdout.strip().splitlines()[-1])
         return r["ttfb"], r["wall"], r["elapsed"]
 
+    from fastapi import Request
+
+    from voicepipe.serve import deps, synth
+
+    real_wait = synth.SpeechJob._wait_admitted
+    switch_ms = 1e3 * sys.getswitchinterval()  # as the started engine set it (0.5 ms)
+
+    async def polled_wait(self, timeout_s: float) -> None:  # the admission wait as it was: polled every 5 ms
+        deadline = time.perf_counter() + timeout_s
+        while not self.current.admitted.is_set():
+            if self.current.finished.is_set():
+                return
+            if time.perf_counter() > deadline:
+                raise synth.busy("no generation slot", 1.0, "queue_timeout")
+            await asyncio.sleep(0.005)
+
+    def sync_auth(request: Request) -> None:  # the auth dependency as it was: a plain def, run in a worker thread
+        if not deps.authorized(deps.get_state(request).config.api_key, request.headers.get("authorization")):
+            raise deps.ApiError(401, deps.AUTH_ERROR, type="authentication_error", code="invalid_api_key")
+
+    sync_auth.__annotations__["request"] = Request  # this module's annotations are strings FastAPI cannot resolve
+
+    def legacy_host(on: bool) -> None:
+        """The request path before the 2026-12-03 19:xx changes (issue 17): auth dependency in a worker thread, the
+        processor's tokenizer path, admission polled every 5 ms; off: the current code."""
+        if on:
+            app.dependency_overrides[deps.require_auth] = sync_auth
+            eng._fast_tokens = False
+            synth.SpeechJob._wait_admitted = polled_wait
+        else:
+            app.dependency_overrides.pop(deps.require_auth, None)
+            eng.__dict__.pop("_fast_tokens", None)
+            synth.SpeechJob._wait_admitted = real_wait
+
     def configure(overrides: dict) -> None:
+        """Engine settings (EngineConfig fields), server settings (ServeConfig fields, e.g. prepare_threads) and
+        `legacy_host`; server settings not named go back to the bench's config."""
+        legacy_host(bool(overrides.get("legacy_host")))
+        text_mode["short"] = bool(overrides.get("short_texts"))
+        sys.setswitchinterval(overrides.get("switch_ms", switch_ms) / 1e3)  # the GIL's hand-over interval
+        server_cfg = app.state.vp.config
+        for k in ServeConfig.model_fields:
+            setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
         for k, v in overrides.items():
-            setattr(eng.cfg, k, v)
+            if k not in ("legacy_host", "short_texts", "switch_ms") and k not in ServeConfig.model_fields:
+                setattr(eng.cfg, k, v)
 
     rounds = {c: max(repeats.get(c, 1), 5 if c == 1 else 1) for c in concs}
     acc: dict[tuple[str, str, int], dict] = {}
@@ -425,6 +477,15 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
             prefill_log.append((len(slots), round(1000 * (time.perf_counter() - t0), 1)))
 
     eng._prefill = logged_prefill
+    # every request's milestones (SpeechJob.marks and its engine handle's marks), for a per-burst timeline
+    jobs: list = []
+    real_init = synth.SpeechJob.__init__
+
+    def logged_init(self, *args, **kw):
+        real_init(self, *args, **kw)
+        jobs.append(self)
+
+    synth.SpeechJob.__init__ = logged_init
     failed: set[tuple[str, str]] = set()
     audio = frames / 12.5
     try:
@@ -445,6 +506,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                                 continue
                             before = (eng.prefills, eng.decode_calls, eng.codec_captures)
                             prefill_log.clear()
+                            jobs.clear()
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
                                                                      prefills=0, decodes=0, admitted=[]))
@@ -456,14 +518,16 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             a["prefills"] += eng.prefills - before[0]
                             a["decodes"] += eng.decode_calls - before[1]
                             a["codec_captures"] = a.get("codec_captures", 0) + eng.codec_captures - before[2]
+                            a.setdefault("timeline", []).append(timeline(jobs))
                             print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, prefills (n, ms) "
-                                  f"{a['admitted'][-1]}", flush=True)
+                                  f"{a['admitted'][-1]}, timeline {a['timeline'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
                         print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
                         failed.add((label, fmt))
     finally:
         configure(variants[-1][1])
         del eng._prefill  # the engine's own method again
+        synth.SpeechJob.__init__ = real_init
         server.should_exit = True
         th.join(timeout=10)
     out = []
@@ -476,11 +540,35 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 n = len(a["bursts"])
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
-                row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_prefills=a["admitted"],
+                row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_prefills=a["admitted"], timeline=a["timeline"],
                             prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
                             codec_captures=a.get("codec_captures", 0))
                 out.append(row)
                 print(row, flush=True)
+    return out
+
+
+TIMELINE = ("arrived", "t0", "prepare_start", "prepared", "submitted", "admitted", "admitted_seen", "stream_start",
+            "encoder_ready", "first_enqueue", "first_decode_end", "first_chunk", "first_byte")
+
+
+def timeline(jobs: list) -> dict:
+    """A burst's server-side milestones (ms after its first request reached the app), median and max over its
+    requests: the request's head parsed (the app's gate, `arrived`), route entry (t0), prompt prepared, submitted,
+    admitted by the engine (and seen by the request), the response stream and its encoder started, the first
+    window queued for and out of the codec, the first chunk received by the request and its first bytes yielded."""
+    if not jobs:
+        return {}
+    start = min(j.marks.get("arrived", j.t0) for j in jobs)
+    out = {}
+    for k in TIMELINE:
+        xs = []
+        for j in jobs:
+            m = {"t0": j.t0, **j.marks, **(j.current.marks if j.current is not None else {})}
+            if k in m:
+                xs.append(1000 * (m[k] - start))
+        if xs:
+            out[k] = (round(statistics.median(xs), 1), round(max(xs), 1))
     return out
 
 
@@ -604,7 +692,8 @@ def main() -> None:
     ap.add_argument("--chunk", default="2,8", help="faster-qwen3-tts chunk_size values (frames)")
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
-    ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait"], default="prefill-cudnn",
+    ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed"],
+                    default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
                     help="fixed: every request sends the same text; varied: each burst its own length (varied_text)")
@@ -675,6 +764,22 @@ def main() -> None:
             # on (the default), alternating, same server and run (the prompt side stream stays at its default)
             variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}),
                         ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
+        elif a.http_variants == "embed":
+            # prompts embedded on each request's thread or by the engine at admission, batched
+            # (EngineConfig.embed_at_admit); and the GIL handed over every 0.1 ms instead of 0.5 (sys.setswitchinterval)
+            variants = [(" (embed at prepare)", {"embed_at_admit": False}), (" (switch 0.1 ms)", {"switch_ms": 0.1}),
+                        (" (embed at admit)", {"embed_at_admit": True})]
+            variants = [(lb, {"embed_at_admit": ov.get("embed_at_admit", True), **ov}) for lb, ov in variants]
+        elif a.http_variants in ("host", "host-admit"):
+            # the request path before and after the 19:xx changes (legacy_host in bench_http, and prompts prepared
+            # one thread per request); host adds the current path with texts of TEXT's length (short_text);
+            # host-admit, the current path with the admission wait off (every queued request admitted at once)
+            variants = [(" (host before)", {"legacy_host": True, "prepare_threads": 0}), ("", {})]
+            if a.http_variants == "host-admit":
+                variants.insert(1, (" (admit wait off)", {"admit_wait_ms": 0.0}))
+            else:  # the current path, clients sending new texts of TEXT's length (not growing burst by burst)
+                variants.append((" (short texts)", {"short_texts": True}))
+            variants = [(lb, {"admit_wait_ms": EngineConfig.admit_wait_ms, **ov}) for lb, ov in variants]
         else:  # the prefill's attention with cuDNN allowed (its plan per new shape) and excluded (the default)
             variants = [(" (prefill cuDNN)", {"prefill_cudnn": True}),
                         ("", {"prefill_cudnn": EngineConfig.prefill_cudnn})]
