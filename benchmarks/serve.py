@@ -14,7 +14,10 @@ engine without the speed levers: eager frame-step units and eager codec decode, 
 time to first byte), `faster` (faster-qwen3-tts at every `--chunk`), `official`, `autotune` (the voicepipe engine
 with inductor's max-autotune and coordinate-descent tuning for its units: a lever under test, minutes of compile),
 `gemv-off` (the voicepipe engine with `EngineConfig.small_gemv` off: cuBLAS for every matmul of the step, measured
-right after `voicepipe`, whose small matmuls go through the Triton GEMV).
+right after `voicepipe`, whose small matmuls go through the Triton GEMV), `chunk12` (the voicepipe engine with
+`chunk_frames` 12, the default before 2026-12-03, instead of 24 once a stream is under way: each codec window then
+decodes 12 new frames with the same 25 frames of left context, 3.1 instead of 2.0 frames decoded per frame of
+audio; measured right after `voicepipe`).
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -234,8 +237,8 @@ def profile_engine(eng) -> dict:
 def make_engine(tts, max_batch: int, **overrides):
     from voicepipe.serve.engine import EngineConfig, TTSEngine
 
-    return TTSEngine(tts, EngineConfig(max_batch=max_batch, max_len=512, first_chunk_frames=2, chunk_frames=12,
-                                       **overrides))
+    return TTSEngine(tts, EngineConfig(**{"max_batch": max_batch, "max_len": 512, "first_chunk_frames": 2,
+                                          **overrides}))
 
 
 def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
@@ -753,6 +756,15 @@ def main() -> None:
         torch.cuda.empty_cache()
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] gemv-off done", flush=True)
+    if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
+        c12 = make_engine(tts, mb, chunk_frames=12)
+        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-chunk12", eng=c12,
+                                profile=extra["profile"])
+        c12.stop()
+        del c12
+        torch.cuda.empty_cache()
+        save()
+        print(f"[{time.perf_counter() - t_start:.0f} s] chunk12 done", flush=True)
     if "inline" in systems:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:

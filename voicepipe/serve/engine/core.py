@@ -108,7 +108,10 @@ class EngineConfig:
     top_k: int | None = None  # None: the checkpoint's generation_config.json (else 50)
     subtalker_top_k: int | None = None
     first_chunk_frames: int = 2
-    chunk_frames: int = 12
+    # a stream's chunks once under way: each codec window decodes this many new frames with `left_context_frames`
+    # before them (24: 2.0 frames decoded per frame of audio, 12: 3.1; H200, 16 / 32 streams: 120 / 179x against
+    # 111 / 157x real time, benchmarks/RESULTS.md)
+    chunk_frames: int = 24
     left_context_frames: int = 25
     cuda_graphs: bool | None = None  # None: on when the device is CUDA
     compile: bool | str | None = None  # torch.compile the step units (a str: the backend); None: with cuda_graphs
