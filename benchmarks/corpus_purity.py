@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
                use: int | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
-               overrides: dict | None = None) -> dict:
+               overrides: dict | None = None, voices: list[str] | None = None) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -48,11 +48,17 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         write_feed,
     )
 
+    tag = ""
+    if voices and engine != "recorded":  # other voices than the tuned ones (the podcast is cached under their names)
+        from voicepipe.corpus import synthetic
+
+        synthetic.ENGINE_VOICES[engine] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
+        tag = "-" + "_".join(v.replace("+", "") for v in voices)
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
         pod = work / "podcast-recorded"
         make = partial(make_recorded_podcast, pod, seed=seed)
     else:
-        pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}"
+        pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}{tag}"
         make = partial(make_scenario_podcast, pod, engine=engine, episodes_per_scenario=episodes,
                        episode_seconds=seconds, seed=seed)
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None
@@ -122,6 +128,9 @@ def main() -> None:
     ap.add_argument("--separator", default="none", choices=["none", "deepfilternet", "demucs", "auto"],
                     help="none: --no-separate (the issue's CPU path); else CorpusParams.separator")
     ap.add_argument("--scenarios", nargs="+", default=None, help="build only these scenarios")
+    ap.add_argument("--voices", default=None, metavar="TARGET,COHOST,GUEST,AD",
+                    help="the engine's voices for the four roles instead of the tuned ones (e.g. espeak "
+                    "en-gb+m2,en-us+m4,en-us+f4,en-gb-x-rp+m1): a show nobody tuned for")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another CorpusParams field for the build (VALUE read as JSON, else a string), e.g. "
                     "--set overlap_count=1.5; repeatable")
@@ -144,7 +153,8 @@ def main() -> None:
         except json.JSONDecodeError:
             overrides[key] = value
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
-                          args.change_guard_s, args.separator, args.scenarios, overrides) for e in args.engines]
+                          args.change_guard_s, args.separator, args.scenarios, overrides,
+                          args.voices.split(",") if args.voices else None) for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():
