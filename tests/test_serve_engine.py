@@ -119,8 +119,10 @@ def test_staggered_requests_decode_together_once_their_chunks_are_on_the_cadence
     assert got == {0: 150 * 1920, 1: 150 * 1920, 2: 150 * 1920}  # every frame decoded once, in order of arrival
     starts = [h.admitted_at for h in handles]
     assert starts[0] < starts[1] < starts[2]
-    # on the shared cadence one call decodes all three (at their own phases: one call each, ~3x the calls)
-    assert sum(n == 3 for n in calls) >= 6, calls
+    # on the shared cadence one call decodes all three (at their own phases: one call each, ~3x the calls): every
+    # cadence tick from the last one's ramp (~40 frames in) to the first one's end (measured: 4 at 24 frames, 6+ at 12)
+    ticks = (150 - 40) // engine.cfg.chunk_frames
+    assert sum(n == 3 for n in calls) >= ticks - 1, (calls, ticks)
 
 
 def test_cancel_frees_the_slot(engine):
