@@ -747,24 +747,21 @@ def main() -> None:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, eng=eng, profile=extra["profile"])
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] voicepipe done", flush=True)
+    def lever_off(system: str, **cfg) -> None:
+        """A second engine with one setting changed, measured right after the default one (same call)."""
+        other = make_engine(tts, mb, **cfg)
+        rows.extend(bench_voicepipe(tts, a.frames, concs, repeats, mb, name=f"voicepipe-{system}", eng=other,
+                                    profile=extra["profile"]))
+        other.stop()
+        del other
+        torch.cuda.empty_cache()
+        save()
+        print(f"[{time.perf_counter() - t_start:.0f} s] {system} done", flush=True)
+
     if "gemv-off" in systems and device == "cuda":  # the same engine with cuBLAS for every matmul (lever off)
-        off = make_engine(tts, mb, small_gemv=False)
-        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-gemv-off", eng=off,
-                                profile=extra["profile"])
-        off.stop()
-        del off
-        torch.cuda.empty_cache()
-        save()
-        print(f"[{time.perf_counter() - t_start:.0f} s] gemv-off done", flush=True)
+        lever_off("gemv-off", small_gemv=False)
     if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
-        c12 = make_engine(tts, mb, chunk_frames=12)
-        rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-chunk12", eng=c12,
-                                profile=extra["profile"])
-        c12.stop()
-        del c12
-        torch.cuda.empty_cache()
-        save()
-        print(f"[{time.perf_counter() - t_start:.0f} s] chunk12 done", flush=True)
+        lever_off("chunk12", chunk_frames=12)
     if "inline" in systems:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:
