@@ -41,14 +41,6 @@ def config(voices_dir):
 
 
 @pytest.fixture(scope="module")
-def voices(config):
-    vs = load_voices(config)
-    yield vs
-    for v in vs.values():
-        v.engine.stop()
-
-
-@pytest.fixture(scope="module")
 def server(config, voices):
     srv = LiveServer(create_app(config, voices))
     yield srv

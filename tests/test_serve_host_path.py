@@ -16,7 +16,7 @@ import torch
 from tests.fixtures.serve import LiveServer
 from voicepipe.models import prompt as prompt_mod
 from voicepipe.serve import deps
-from voicepipe.serve.app import create_app, load_voices
+from voicepipe.serve.app import create_app
 from voicepipe.serve.deps import ServeConfig
 from voicepipe.serve.engine import GenerationConfig
 from voicepipe.serve.routers import speech as speech_router
@@ -30,14 +30,6 @@ def config(serve_voices_dir):
     return ServeConfig(voices=["alice"], voices_dir=serve_voices_dir, device="cpu", max_concurrent=8,
                        max_frames=FRAMES, max_len=512, queue_timeout_s=60,
                        generation={"min_new_tokens": FRAMES})  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def voices(config):
-    vs = load_voices(config)
-    yield vs
-    for v in vs.values():
-        v.engine.stop()
 
 
 def _speak(url: str, text: str, key: str | None = None) -> httpx.Response:

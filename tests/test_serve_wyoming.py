@@ -15,7 +15,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
 from tests.fixtures.serve import LiveServer
-from voicepipe.serve.app import create_app, load_voices
+from voicepipe.serve.app import create_app
 from voicepipe.serve.deps import ServeConfig
 
 FRAMES = 6  # per sentence
@@ -28,14 +28,6 @@ def config(serve_voices_dir):
     return ServeConfig(voices=["alice"], voices_dir=serve_voices_dir, device="cpu", max_concurrent=2,
                        max_frames=FRAMES, max_len=512, queue_timeout_s=20, generation=GEN,
                        wyoming_uri="tcp://127.0.0.1:0")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def voices(config):
-    vs = load_voices(config)
-    yield vs
-    for v in vs.values():
-        v.engine.stop()
 
 
 @pytest.fixture(scope="module")
