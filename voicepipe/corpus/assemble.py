@@ -144,7 +144,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             if s["keep"] and st.source.id in not_feed:
                 s = {**s, "keep": False, "reasons": [
                     f"not the feed's voice (this episode's target voice: median cosine {not_feed[st.source.id]:.3f} "
-                    f"to the other episodes', which are at >= {feed_floor:.3f}; the target is likely absent)"]}
+                    f"to the episodes nearest the enrollment, where the others are at >= {feed_floor:.3f}; the target "
+                    f"is likely absent, or its cluster here also took another voice's turns)"]}
             if not s["keep"]:
                 rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
                                 "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
@@ -384,9 +385,10 @@ def write_report(
           if _overlap_unseen(states) else []),
         *_segmentation_lines(states),
         "",
-        "*feed* is the median cosine of the episode's target voice to the other episodes' (one voice across a show's "
-        "episodes sits close together); an episode far below the others is **not the feed's voice** (the target is "
-        "likely absent from it) and its clips are dropped.",
+        "*feed* is the median cosine of the episode's target voice to those of the half of the episodes nearest the "
+        "enrollment (one voice across a show's episodes sits close together); an episode far below the others is "
+        "**not the feed's voice** and its clips are dropped: the target is likely absent from it, or its target "
+        "cluster also took another voice's turns (listen to it before adding it back).",
         "",
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
