@@ -137,6 +137,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
+    from voicepipe.corpus.config import CorpusParams
+
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in CorpusParams.model_fields:  # CorpusParams ignores unknown keys: a typo would build the default
+            ap.error(f"--set {kv}: {key!r} is not a CorpusParams field")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    if args.voices and len(args.voices.split(",")) != 4:
+        ap.error(f"--voices {args.voices}: give four voices (target, co-host, guest, ad reader), comma-separated")
 
     from voicepipe.models.tiny import build_tiny_codec
 
@@ -145,13 +158,6 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
-    overrides = {}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
                           args.voices.split(",") if args.voices else None) for e in args.engines]
