@@ -17,7 +17,10 @@ with inductor's max-autotune and coordinate-descent tuning for its units: a leve
 right after `voicepipe`, whose small matmuls go through the Triton GEMV), `chunk12` (the voicepipe engine with
 `chunk_frames` 12, the default before 2026-12-03, instead of 24 once a stream is under way: each codec window then
 decodes 12 new frames with the same 25 frames of left context, 3.1 instead of 2.0 frames decoded per frame of
-audio; measured right after `voicepipe`).
+audio; measured right after `voicepipe`), `fused-off` (the voicepipe engine with `EngineConfig.fused_predictor`
+off: a 1-2 row step runs the code predictor's layers as the compiled unfused unit instead of five Triton kernels
+each; with `numerics`, its bf16-vs-fp32 check is run too), `sample-off` (the engine with
+`EngineConfig.fused_sample` off: the 16 codes of a step sampled by the unfused top-k / softmax / race ops).
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -249,7 +252,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     t0 = time.perf_counter()
     cap = eng.capture()
     print(f"{name}: graphs={eng.use_graphs} compiled={eng.compiled} codec_graphs={eng._codec_graphed} "
-          f"small_gemv={eng.small_gemv} captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s), "
+          f"small_gemv={eng.small_gemv} fused={eng.fused_predictor} "
+          f"captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s), "
           f"{eng.codec_captures} codec graphs", flush=True)
     if getattr(eng, "codec_capture_ms", None):  # what a window shape met for the first time costs (step lock held)
         cms = sorted(eng.codec_capture_ms)
@@ -750,6 +754,11 @@ def main() -> None:
     def lever_off(system: str, **cfg) -> None:
         """A second engine with one setting changed, measured right after the default one (same call)."""
         other = make_engine(tts, mb, **cfg)
+        if "numerics" in systems and device == "cuda":
+            try:
+                extra[f"numerics-{system}"] = numerics(tts, other)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                print(f"numerics ({system}) failed: {type(e).__name__}: {e}", flush=True)
         rows.extend(bench_voicepipe(tts, a.frames, concs, repeats, mb, name=f"voicepipe-{system}", eng=other,
                                     profile=extra["profile"]))
         other.stop()
@@ -760,6 +769,10 @@ def main() -> None:
 
     if "gemv-off" in systems and device == "cuda":  # the same engine with cuBLAS for every matmul (lever off)
         lever_off("gemv-off", small_gemv=False)
+    if "fused-off" in systems and device == "cuda":  # the predictor's layers unfused at 1-2 rows (lever off)
+        lever_off("fused-off", fused_predictor=False)
+    if "sample-off" in systems and device == "cuda":  # the step's codes sampled unfused (lever off)
+        lever_off("sample-off", fused_sample=False)
     if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
         lever_off("chunk12", chunk_frames=12)
     if "inline" in systems:

@@ -6,6 +6,7 @@ Layout, by concern:
 - `kernels`: fused-layer weights and the pure per-frame math (RMSNorm, RoPE, decoder layer, sampling).
 - `codec`: streaming codec decode on its own thread and stream.
 - `gemv`: a Triton matmul for 1-2 rows (the code predictor's small weights; `EngineConfig.small_gemv`).
+- `fused`: the code predictor's decoder layer as five Triton kernels for 1-2 rows (`EngineConfig.fused_predictor`).
 
 On CUDA, by default, the step's four units are compiled (`torch.compile`, once per process: tens of seconds at the
 first `capture()`) and captured as one CUDA graph per (batch, length) bucket, and the codec decodes through CUDA graphs

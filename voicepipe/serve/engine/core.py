@@ -119,6 +119,12 @@ class EngineConfig:
     # the code predictor's small matmuls (<= 3 M weights) through a Triton GEMV at 1-2 rows (`engine.gemv`);
     # None: with compiled units on CUDA
     small_gemv: bool | None = None
+    # a step of 1-2 rows runs the code predictor's layers as five fused Triton kernels each (`engine.fused`) instead
+    # of ~11 compiled ones; None: with compiled units on CUDA
+    fused_predictor: bool | None = None
+    # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
+    # same codes for a seed); None: with compiled units on CUDA
+    fused_sample: bool | None = None
     # the prefill's attention may use cuDNN (False: flash/efficient only; cuDNN plans every new (batch, length))
     prefill_cudnn: bool = False
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs

@@ -7,7 +7,8 @@ graph per batch bucket:
 - `talker_layer`: one talker decoder layer for one new token per slot (writes its K/V into the static cache);
 - `talker_head`: final norm, codec head, the talker's logits processors, code-0 sampling, its embedding;
 - `predictor_first`: the code predictor's 2-token prefill [talker hidden, code-0 embedding] -> code 1;
-- `predictor_next`: one code-predictor step (position 2..15) -> the next code, run 14 times per frame.
+- `predictor_next`: one code-predictor step (position 2..15) -> the next code, run 14 times per frame
+  (`predictor_next_fused`: the same for 1-2 rows, each layer as five fused kernels of `fused.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from voicepipe.serve.engine import gemv
+from voicepipe.serve.engine import fused, gemv
 
 
 class FusedLayerError(RuntimeError):
@@ -121,24 +122,32 @@ def decoder_layer(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, c
     return attn_out_mlp(w, x, attend(q, k, v))
 
 
-def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k sampling at per-row temperature (greedy rows: argmax), with no host sync."""
+def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int, fused_op: bool = False
+           ) -> torch.Tensor:  # fmt: skip
+    """Top-k sampling at per-row temperature (greedy rows: argmax), with no host sync.
+
+    Exponential-race sampling (== multinomial: the top-k softmax divided by exponential draws, argmax) keeps the
+    whole step free of host syncs, so it can be graphed. `fused_op`: the same draws ([b, k] fp32, drawn the same
+    way), the rest in one kernel (`fused.sample_topk`; its unfused math where it cannot run)."""
+    if fused_op:
+        expo = torch.empty(logits.shape[0], min(k, logits.shape[-1]), device=logits.device).exponential_()
+        return fused.sample_topk(logits, temp, greedy, expo)
     best = logits.argmax(-1)
     vals, idx = (logits / temp.clamp_min(1e-5)).topk(min(k, logits.shape[-1]), dim=-1)
     probs = vals.softmax(-1)
-    # Exponential-race sampling (== multinomial) keeps the whole step free of host syncs, so it can be graphed.
     pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
     return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
 
 
 class Dims(NamedTuple):
     """Head counts and sizes of one decoder stack (compile-time constants); `gemv`: its small weights go through
-    the Triton GEMV (`linear`)."""
+    the Triton GEMV (`linear`); `sample`: its codes are sampled by the one-kernel `fused.sample_topk`."""
 
     nh: int
     kvh: int
     hd: int
     gemv: bool = False
+    sample: bool = False
 
 
 def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
@@ -170,7 +179,7 @@ class Sampling(NamedTuple):
 
 
 def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch.Tensor, embed_w: torch.Tensor,
-                suppress: torch.Tensor, eos: int, s: Sampling, top_k: int
+                suppress: torch.Tensor, eos: int, s: Sampling, top_k: int, fused_sample: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Final norm, codec head and the package's talker logits processors (repetition penalty, suppressed control
     codes, min length), then code 0. Returns (talker hidden [b,H], code0 [b], its embedding [b,H])."""
@@ -182,7 +191,7 @@ def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch
     logits = logits.masked_fill(suppress, float("-inf"))
     block_eos = s.n_sampled[:b] < s.min_new[:b]
     logits[:, eos] = torch.where(block_eos, float("-inf"), logits[:, eos])
-    code0 = sample(logits, s.temp[:b], s.greedy[:b], top_k)
+    code0 = sample(logits, s.temp[:b], s.greedy[:b], top_k, fused_sample)
     s.seen[:b].scatter_(1, code0[:, None], True)
     s.n_sampled[:b] += 1
     return hidden, code0, F.embedding(code0, embed_w)
@@ -209,7 +218,7 @@ def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.T
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         h = attn_out_mlp(w, h, o.transpose(1, 2).reshape(b, 2, -1), d.gemv)
     h = _rms(h[:, -1], norm_w, eps)
-    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
     return h, c, F.embedding(c, embed_w)
 
 
@@ -230,5 +239,25 @@ def predictor_next(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Te
         o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b], vc[:b], attn_mask=mask)
         h = attn_out_mlp(w, h, o.reshape(b, 1, -1), d.gemv)
     h = _rms(h[:, 0], norm_w, eps)
-    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
+    return c, F.embedding(c, embed_w)
+
+
+def predictor_next_fused(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Tensor], pv: list[torch.Tensor],
+                         pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                         proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
+                         head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`predictor_next` with each layer as five fused kernels (`fused.py`: norm + q/k/v, attention with the cache
+    write, output projection + residual, norm + gate/up + SiLU, down projection + residual): the same math, for
+    the 1-2 rows of a one-stream step (`mask` is implied by `pos`)."""
+    b = e.shape[0]
+    h = _project(e, proj_w, proj_b, d.gemv)
+    for w, kc, vc in zip(layers, pk, pv, strict=True):
+        qkv = fused.rms_linear(h, w.ln1, w.wqkv, w.eps)
+        h = fused.linear_residual(fused.attn_decode(qkv, w.qk_w, cos, sin, pos, kc, vc, w.qk_eps, d.nh, d.kvh),
+                                  w.wo, h)
+        h = fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h)
+    h = _rms(h, norm_w, eps)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
     return c, F.embedding(c, embed_w)

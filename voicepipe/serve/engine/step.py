@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from voicepipe.serve.engine import gemv
+from voicepipe.serve.engine import fused, gemv
 from voicepipe.serve.engine import kernels as K
 from voicepipe.serve.engine.kernels import decoder_layer
 
@@ -52,7 +52,8 @@ class FrameStep:
         (`EngineConfig.compile`; one dynamic-batch compile per unit, fused elementwise work, eager RNG semantics)."""
         tc, pc = self.tc, self.cp.model.config
         small = self.small_gemv
-        td, pd = K.Dims(self.nh, self.kvh, self.hd, small), K.Dims(self.p_nh, self.p_kvh, self.p_hd, small)
+        fs = self.fused_sample
+        td, pd = K.Dims(self.nh, self.kvh, self.hd, small, fs), K.Dims(self.p_nh, self.p_kvh, self.p_hd, small, fs)
         samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
                           self.n_sampled, self.min_new)
         proj = self.cp.small_to_mtp_projection
@@ -66,7 +67,7 @@ class FrameStep:
             return K.talker_layer(w, x, kc, vc, p, cos, sin, mask, td)
 
         def talker_head(x, norm_w, head_w, embed_w, suppress, samp):
-            return K.talker_head(x, norm_w, t_eps, head_w, embed_w, suppress, eos, samp, top_k)
+            return K.talker_head(x, norm_w, t_eps, head_w, embed_w, suppress, eos, samp, top_k, fs)
 
         def predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, head_w, embed_w, samp):
             return K.predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, p_eps, head_w,
@@ -76,8 +77,15 @@ class FrameStep:
             return K.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps, head_w,
                                     embed_w, samp, sub_k, pd)
 
+        def predictor_next_small(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w,
+                                 samp):
+            return K.predictor_next_fused(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps,
+                                          head_w, embed_w, samp, sub_k, pd)
+
         fns = dict(talker_layer=talker_layer, talker_head=talker_head, predictor_first=predictor_first,
                    predictor_next=predictor_next)
+        if self.fused_predictor:
+            fns["predictor_next_small"] = predictor_next_small
         # per predictor position 2..15: the position, its RoPE rows and its attention mask over the 16-slot cache
         ar = torch.arange(self.n_groups, device=self.device)
         ptab = [(torch.tensor([i], device=self.device), self.pcos[i : i + 1, None].clone(),
@@ -115,6 +123,21 @@ class FrameStep:
         c = self.cfg.small_gemv
         return (self.compiled if c is None else bool(c)) and gemv.available(self.device)
 
+    @property
+    def fused_predictor(self) -> bool:
+        """Whether a step of at most `fused.MAX_ROWS` rows runs the code predictor's layers as fused kernels
+        (`EngineConfig.fused_predictor`; default: with compiled units, on CUDA with Triton)."""
+        c = self.cfg.fused_predictor
+        return (self.compiled if c is None else bool(c)) and fused.available(self.device)
+
+    @property
+    def fused_sample(self) -> bool:
+        """Whether the step's 16 codes are sampled by one kernel each (`fused.sample_topk`, the same draws) instead
+        of ~10 (top-k, softmax, race) (`EngineConfig.fused_sample`; default: with compiled units, on CUDA with
+        Triton)."""
+        c = self.cfg.fused_sample
+        return (self.compiled if c is None else bool(c)) and fused.available(self.device)
+
     # attention backends of the (eager) prefill: cuDNN's SDPA builds a plan for every (batch, prompt length) it has
     # not seen, 50-90 ms on an H200 (benchmarks/prefill_first.py), so a burst split or a prompt length seen for the
     # first time paid it inside a request's time to first audio; flash attention needs no per-shape plan
@@ -149,8 +172,9 @@ class FrameStep:
         _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
                                     self.cp.model.norm.weight, heads[0].weight, embeds[0].weight, u.samp)
         codes, embs = [code0, c], [e0, e]
+        nxt = u.predictor_next_small if b <= fused.MAX_ROWS and self.fused_predictor else u.predictor_next
         for j in range(1, self.n_groups - 1):
-            c, e = u.predictor_next(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
+            c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
                                     self.cp.model.norm.weight, heads[j].weight, embeds[j].weight, u.samp)
             codes.append(c)
             embs.append(e)

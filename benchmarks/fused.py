@@ -1,0 +1,287 @@
+"""The code predictor's fused layer kernels (voicepipe/serve/engine/fused.py) on a GPU: errors and time.
+
+At the 1.7B model's predictor shapes (hidden 1024, 16 / 8 heads of 128, MLP 3072, 16-slot cache), random bf16
+weights, 1 and 2 rows:
+
+0. `fused.sample_topk` (one-kernel top-k sampling) against the unfused sampler with the same draws, and time;
+1. each fused op against the unfused math it replaces (relative error; cache writes compared too), and against
+   fp32 math, so the two bf16 paths' distances from exact can be compared;
+2. one code-predictor step (`kernels.predictor_next`, 5 layers + head + sampling) both ways, each compiled as the
+   engine compiles it and replayed as a CUDA graph of 14 steps (one frame's predictor_next calls): microseconds per
+   step, and the kernel count of one step from the profiler.
+
+    python benchmarks/fused.py --out $OUT/fused
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from voicepipe.serve.engine import fused
+from voicepipe.serve.engine import kernels as K
+
+H, NH, KVH, HD, FF, L, S, V, LAYERS = 1024, 16, 8, 128, 3072, 16, 64, 2048, 5
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def layers(dev: torch.device) -> list[K._FusedLayer]:
+    def w(*s, scale=0.02):
+        return (torch.randn(*s, device=dev) * scale).to(torch.bfloat16)
+
+    return [K._FusedLayer(ln1=w(H, scale=0.1) + 1, ln2=w(H, scale=0.1) + 1, qk_w=w(NH + KVH, HD, scale=0.1) + 1,
+                          wqkv=w((NH + 2 * KVH) * HD, H), wo=w(H, NH * HD), wgu=w(2 * FF, H), wd=w(H, FF),
+                          eps=1e-6, qk_eps=1e-6) for _ in range(LAYERS)]
+
+
+def op_errors(dev: torch.device) -> list[dict]:
+    lw = layers(dev)[0]
+    rows = []
+    rot = torch.randn(L, HD, device=dev)
+    cos_t, sin_t = rot.cos().to(torch.bfloat16), K.signed_sin(rot.sin()).to(torch.bfloat16)
+    for m in (1, 2):
+        x = torch.randn(m, H, device=dev).to(torch.bfloat16)
+        x32 = x.float()
+
+        def rms32(t, g):
+            return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * g.float()
+
+        y, r = fused.rms_linear(x, lw.ln1, lw.wqkv, 1e-6), F.linear(fused._ref_rms(x, lw.ln1, 1e-6), lw.wqkv)
+        e = F.linear(rms32(x32, lw.ln1), lw.wqkv.float())
+        rows.append(dict(op="rms_linear", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
+                         unfused_vs_fp32=rel(r, e)))
+        y = fused.rms_glu(x, lw.ln2, lw.wgu, 1e-6)
+        g, u = F.linear(fused._ref_rms(x, lw.ln2, 1e-6), lw.wgu).chunk(2, -1)
+        r = F.silu(g) * u
+        g32, u32 = F.linear(rms32(x32, lw.ln2), lw.wgu.float()).chunk(2, -1)
+        e = F.silu(g32) * u32
+        rows.append(dict(op="rms_glu", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
+                         unfused_vs_fp32=rel(r, e)))
+        a = torch.randn(m, FF, device=dev).to(torch.bfloat16)
+        y, r = fused.linear_residual(a, lw.wd, x), x + F.linear(a, lw.wd)
+        e = x32 + F.linear(a.float(), lw.wd.float())
+        rows.append(dict(op="linear_residual", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
+                         unfused_vs_fp32=rel(r, e)))
+        for pos in (2, 9, 15):
+            qkv = torch.randn(m, (NH + 2 * KVH) * HD, device=dev).to(torch.bfloat16)
+            kc = torch.randn(S, KVH, L, HD, device=dev).to(torch.bfloat16)
+            vc = torch.randn_like(kc)
+            kc2, vc2 = kc.clone(), vc.clone()
+            p = torch.tensor([pos], device=dev)
+            cs = (cos_t[pos : pos + 1, None], sin_t[pos : pos + 1, None])
+            y = fused.attn_decode(qkv, lw.qk_w, *cs, p, kc, vc, 1e-6, NH, KVH)
+            r = fused._ref_attn(qkv, lw.qk_w, *cs, p, kc2, vc2, 1e-6, NH, KVH)
+            same = bool(torch.equal(vc, vc2)) and rel(kc, kc2) < 0.01
+            rows.append(dict(op="attn_decode", rows=m, pos=pos, vs_unfused=rel(y, r),
+                             cache_k_vs_unfused=rel(kc, kc2), caches_match=same))
+    return rows
+
+
+def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50) -> dict:
+    lw = layers(dev)
+    pk = [torch.zeros(S, KVH, L, HD, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
+    pv = [torch.zeros_like(t) for t in pk]
+    rot = torch.randn(L, HD, device=dev)
+    cos_t, sin_t = rot.cos().to(torch.bfloat16), K.signed_sin(rot.sin()).to(torch.bfloat16)
+    ar = torch.arange(L, device=dev)
+    ptab = [(torch.tensor([i], device=dev), cos_t[i : i + 1, None].clone(), sin_t[i : i + 1, None].clone(),
+             (ar <= i)[None]) for i in range(L)]
+    norm_w = torch.ones(H, device=dev, dtype=torch.bfloat16)
+    heads = [(torch.randn(V, H, device=dev) * 0.02).to(torch.bfloat16) for _ in range(15)]
+    embeds = [(torch.randn(V, 2048, device=dev) * 0.02).to(torch.bfloat16) for _ in range(15)]
+    proj_w = (torch.randn(H, 2048, device=dev) * 0.02).to(torch.bfloat16)
+    proj_b = torch.zeros(H, device=dev, dtype=torch.bfloat16)
+    ones, no = torch.ones(S, 1, device=dev), torch.zeros(S, dtype=torch.bool, device=dev)  # as the engine's buffers
+    zero = torch.zeros(S, dtype=torch.long, device=dev)
+    samp = K.Sampling(temp=ones, greedy=no, sub_temp=ones.clone(), sub_greedy=no.clone(), rep_pen=ones.clone(),
+                      seen=torch.zeros(S, V, dtype=torch.bool, device=dev), n_sampled=zero, min_new=zero.clone())
+    d = K.Dims(NH, KVH, HD, True)
+    fn = K.predictor_next_fused if use_fused else K.predictor_next
+
+    def unit(layers_, e, pk_, pv_, pos, cos, sin, mask, head_w, embed_w):
+        return fn(layers_, e, pk_, pv_, pos, cos, sin, mask, proj_w, proj_b, norm_w, 1e-6, head_w, embed_w, samp, 50,
+                  d)
+
+    for t in [*pk, *pv, *samp, norm_w, proj_w, proj_b, *heads, *embeds, *(t for row in ptab for t in row),
+              *(t for w in lw for t in w if isinstance(t, torch.Tensor))]:
+        torch._dynamo.mark_static(t)
+    cu = torch.compile(unit, dynamic=True, fullgraph=True, options={"fallback_random": True})
+    e0 = torch.zeros(m, 2048, device=dev, dtype=torch.bfloat16)
+
+    def frame():
+        e = e0
+        for j in range(1, 15):
+            _, e = cu(lw, e, pk, pv, *ptab[j + 1], heads[j], embeds[j])
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            frame()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        frame()
+    for _ in range(5):
+        g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        g.replay()
+    torch.cuda.synchronize()
+    us = 1e6 * (time.perf_counter() - t0) / reps / 14
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        frame()
+        torch.cuda.synchronize()
+    ks = [e for e in p.events() if e.device_type.name == "CUDA"]
+    top = collections.Counter()
+    for e in ks:
+        top[e.name[:50]] += e.device_time / 14
+    return dict(rows=m, fused=use_fused, us_per_step=round(us, 1), kernels_per_step=round(len(ks) / 14, 1),
+                kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1),
+                top=[(k, round(v, 1)) for k, v in top.most_common(8)])
+
+
+SWEEP = {
+    "rms_linear": [("gemv", 8, 1024, 8, 1), ("gemv", 4, 1024, 4, 1), ("dot", 32, 256, 4, 3), ("dot", 32, 256, 4, 4),
+                   ("dot", 32, 512, 4, 2), ("dot", 64, 256, 4, 3), ("dot", 32, 256, 8, 3), ("dot", 16, 512, 4, 2),
+                   ("dot", 64, 512, 8, 2)],
+    "rms_glu": [("gemv", 8, 512, 8, 1), ("gemv", 4, 512, 4, 1), ("dot", 32, 256, 4, 3), ("dot", 32, 256, 4, 4),
+                ("dot", 32, 512, 4, 2), ("dot", 64, 256, 4, 3), ("dot", 32, 256, 8, 3), ("dot", 16, 512, 4, 2),
+                ("dot", 64, 256, 8, 3)],
+    "linear_residual": [("gemv", 8, 1024, 8, 1), ("gemv", 4, 1024, 4, 1), ("gemv", 2, 1024, 4, 1),
+                        ("gemv", 4, 1024, 8, 1), ("gemv", 2, 1024, 2, 1)],
+}
+
+
+def sweep(dev: torch.device, min_bytes: float = 6e8) -> list[dict]:
+    """Each op's configurations (`SWEEP`) at the predictor's shapes, 1 and 2 rows: a CUDA graph of one call per
+    weight copy over >= `min_bytes` of copies (weights come from HBM, as in a step), microseconds per call;
+    beside it cuBLAS (`F.linear`) on the same matrix and the eager unfused chain's kernels for reference."""
+    shapes = {"rms_linear": ((NH + 2 * KVH) * HD, H), "rms_glu": (2 * FF, H), "linear_residual": (H, FF),
+              "linear_residual/o": (H, NH * HD)}
+    out = []
+    for name, (n, k) in shapes.items():
+        op = name.split("/")[0]
+        copies = max(2, int(min_bytes // (n * k * 2)))
+        ws = [(torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16) for _ in range(copies)]
+        ln = torch.ones(k, device=dev, dtype=torch.bfloat16)
+        for m in (1, 2):
+            x = torch.randn(m, k, device=dev).to(torch.bfloat16)
+            r = torch.randn(m, n, device=dev).to(torch.bfloat16)
+
+            def call(w, x=x, r=r, op=op, ln=ln):
+                if op == "rms_linear":
+                    return fused.rms_linear(x, ln, w, 1e-6)
+                if op == "rms_glu":
+                    return fused.rms_glu(x, ln, w, 1e-6)
+                return fused.linear_residual(x, w, r)
+
+            for cfg in [*SWEEP[op], "cublas"]:
+                if cfg != "cublas":
+                    fused.CONFIG[op] = cfg
+                fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else call
+                for w in ws[:2]:
+                    fn(w)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    for w in ws:
+                        fn(w)
+                g.replay()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    g.replay()
+                torch.cuda.synchronize()
+                us = 1e6 * (time.perf_counter() - t0) / 5 / copies
+                out.append(dict(op=name, rows=m, config=cfg, us=round(us, 2), gbps=round(n * k * 2 / us / 1e3)))
+                print(out[-1], flush=True)
+                del g
+    return out
+
+
+def graph_us(fn, n: int = 20) -> float:
+    """Microseconds per call of fn, as a CUDA graph of n calls."""
+    fn()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        g.replay()
+    torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - t0) / 10 / n
+
+
+def sample_check(dev: torch.device) -> list[dict]:
+    """`fused.sample_topk` against the unfused sampler with the same draws: codes equal, and time per call (both as
+    CUDA graphs; the unfused one compiled as the engine compiles it)."""
+    out = []
+    ref_c = torch.compile(fused._ref_sample, dynamic=False, options={"fallback_random": True})
+    for b in (2, 16, 64):
+        for V in (2048, 3072):
+            logits = torch.randn(b, V, device=dev) * 3
+            temp = torch.full((b, 1), 0.9, device=dev)
+            greedy = torch.zeros(b, dtype=torch.bool, device=dev)
+            same = 0
+            for _ in range(20):
+                expo = torch.empty(b, 50, device=dev).exponential_()
+                same += int((fused.sample_topk(logits, temp, greedy, expo) ==
+                             fused._ref_sample(logits, temp, greedy, expo)).sum())
+            args = (logits, temp, greedy, torch.empty(b, 50, device=dev).exponential_())
+            row = dict(rows=b, vocab=V, codes_equal=f"{same}/{20 * b}",
+                       fused_us=round(graph_us(lambda a=args: fused.sample_topk(*a)), 2),
+                       unfused_compiled_us=round(graph_us(lambda a=args: ref_c(*a)), 2))
+            out.append(row)
+            print(row, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--sweep", action="store_true", help="time each op's configurations (SWEEP) first")
+    ap.add_argument("--config", type=json.loads, default=None,
+                    help='fused.CONFIG overrides for the step rows, e.g. \'{"rms_linear": ["dot", 32, 128, 4, 4]}\'')
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), gpu=torch.cuda.get_device_name(),
+                torch=torch.__version__)
+    print(info, flush=True)
+    default = dict(fused.CONFIG)
+    swept = sweep(dev) if a.sweep else []
+    fused.CONFIG.update(default)
+    fused.CONFIG.update({k: tuple(v) for k, v in (a.config or {}).items()})
+    print("config:", fused.CONFIG, flush=True)
+    samples = sample_check(dev)
+    errs = op_errors(dev)
+    for r in errs:
+        print(r, flush=True)
+    times = []
+    for m in (1, 2):
+        for use in (False, True):
+            times.append(step_time(dev, m, use))
+            print(times[-1], flush=True)
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        res = dict(info=info, config=fused.CONFIG, sweep=swept, sample=samples, errors=errs, steps=times)
+        (a.out / "fused.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The fused predictor-layer kernels (voicepipe/serve/engine/fused.py) against the unfused math they replace.
+
+The kernels are Triton; they run here in Triton's interpreter (CPU, TRITON_INTERPRET=1) where Triton is installed,
+which checks their indexing, masking, RoPE and cache writes exactly as the GPU would run them (the GPU check of the
+same comparison is `benchmarks/serve.py --systems numerics`). Without Triton these tests skip. The fallback path
+(what the ops run on a CPU without the interpreter) is checked to be the reference math itself."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from voicepipe.serve.engine import fused
+from voicepipe.serve.engine.kernels import signed_sin
+
+NH, KVH, HD, L, H, FF = 4, 2, 128, 16, 1024, 1024
+
+
+def _interpret():
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed (the kernels' interpreter run needs it)")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    return old
+
+
+@pytest.fixture
+def interpret():
+    old = _interpret()
+    yield
+    if old is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+
+
+def _bf(*shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape) * scale).to(torch.bfloat16)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 0.02) -> None:
+    # 2%: Triton's interpreter truncates fp32 -> bf16 where the GPU rounds to nearest (~1% after a few roundings);
+    # a wrong index, mask or rotation is off by tens of percent
+    err = (a.float() - b.float()).norm() / b.float().norm()
+    assert err < rel, f"relative error {err:.4f}"
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_rms_linear_glu_and_residual_match_the_unfused_math(interpret, rows, monkeypatch):
+    # the GEMV kernels (no tensor cores); the interpreter's tl.dot does not take bf16, so the "dot" kernels are
+    # checked on the GPU only (benchmarks/fused.py)
+    monkeypatch.setattr(fused, "CONFIG", dict.fromkeys(fused.CONFIG, ("gemv", 8, 512, 4, 1)))
+    torch.manual_seed(0)
+    x, ln = _bf(rows, H), _bf(H, scale=0.1) + 1
+    w, wgu, wd = _bf(3 * 128, H, scale=0.03), _bf(2 * FF, H, scale=0.03), _bf(H, 2 * FF, scale=0.03)
+    assert fused._use(x, H)
+    y = fused.rms_linear(x, ln, w, 1e-6)
+    ref = torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), w)
+    assert y.shape == ref.shape and y.dtype == torch.bfloat16
+    _close(y, ref)
+    a = fused.rms_glu(x, ln, wgu, 1e-6)
+    g, u = torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), wgu).chunk(2, -1)
+    _close(a, torch.nn.functional.silu(g) * u)
+    h = _bf(rows, 2 * FF)
+    _close(fused.linear_residual(h, wd, x), x + torch.nn.functional.linear(h, wd))
+    # the residual is really added: without it the result is far off
+    err = (fused.linear_residual(h, wd, x).float() - torch.nn.functional.linear(h, wd).float()).norm()
+    assert err > 0.5 * x.float().norm()
+
+
+@pytest.mark.parametrize("rows,pos", [(1, 2), (2, 9), (3, 15)])
+def test_attn_decode_writes_the_cache_at_pos_and_attends_over_0_to_pos(interpret, rows, pos):
+    torch.manual_seed(1)
+    S = 4
+    qkv = _bf(rows, (NH + 2 * KVH) * HD)
+    qk_w = _bf(NH + KVH, HD, scale=0.1) + 1
+    rot = torch.randn(L, HD)
+    cos_t, sin_t = rot.cos().to(torch.bfloat16), signed_sin(rot.sin()).to(torch.bfloat16)
+    p = torch.tensor([pos])
+    kc, vc = _bf(S, KVH, L, HD), _bf(S, KVH, L, HD)
+    kc[:, :, pos + 1 :] = 1e4  # positions after pos hold garbage that must be masked out
+    kc2, vc2 = kc.clone(), vc.clone()
+    cos, sin = cos_t[pos : pos + 1, None], sin_t[pos : pos + 1, None]
+    o = fused.attn_decode(qkv, qk_w, cos, sin, p, kc, vc, 1e-6, NH, KVH)
+    ref = fused._ref_attn(qkv, qk_w, cos, sin, p, kc2, vc2, 1e-6, NH, KVH)
+    assert o.shape == (rows, NH * HD)
+    _close(o, ref)
+    _close(kc[:rows, :, pos], kc2[:rows, :, pos])
+    assert torch.equal(vc[:rows, :, pos], vc2[:rows, :, pos])
+    # nothing else in the caches moved: other positions, and the slots beyond the batch
+    keep = torch.ones(S, KVH, L, dtype=torch.bool)
+    keep[:rows, :, pos] = False
+    assert torch.equal(kc[keep], kc2[keep]) and torch.equal(vc[keep], vc2[keep])
+
+
+def test_without_triton_or_above_two_rows_the_ops_are_the_reference_math():
+    torch.manual_seed(2)
+    x, ln, w = _bf(4, H), _bf(H) + 1, _bf(256, H)
+    assert not fused._use(x, H)  # 4 rows: the unfused math
+    assert torch.equal(fused.rms_linear(x, ln, w, 1e-6), torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), w))
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert not fused.available(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_custom_voice_dir):
+    from voicepipe.models import load_tts
+
+    return load_tts(str(tiny_custom_voice_dir), device="cpu", dtype=torch.float32)
+
+
+def test_the_fused_predictor_unit_keeps_the_greedy_codes(tts, monkeypatch):
+    """A one-stream step with `fused_predictor` on runs `kernels.predictor_next_fused` (the ops' unfused math here:
+    fp32 on the CPU) and must give the plain engine's greedy codes: the layer order, residuals and cache positions of
+    the fused unit are the unfused one's. Rows above `MAX_ROWS` keep the plain unit."""
+    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+    from voicepipe.serve.engine import kernels as K
+
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
+    text = "Fusing the predictor's layers."
+    plain = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False)).start()
+    try:
+        assert not plain.fused_predictor  # CPU: no Triton kernels
+        ref = plain.generate_codes(plain.prepare(text, speaker="alice"), gen)
+    finally:
+        plain.stop()
+    calls = []
+    real = K.predictor_next_fused
+    from voicepipe.serve.engine.step import FrameStep
+
+    # the unit is chosen (as on a GPU with Triton); its ops run their unfused math (no Triton here)
+    monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
+    monkeypatch.setattr(K, "predictor_next_fused", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, fused_predictor=True)).start()
+    try:
+        assert eng.fused_predictor
+        out = eng.generate_codes(eng.prepare(text, speaker="alice"), gen)
+    finally:
+        eng.stop()
+    assert calls and set(calls) <= {1, 2} and len(calls) % (eng.n_groups - 2) == 0  # 14 per frame step
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("V,k", [(2048, 50), (3072, 50), (300, 7)])
+def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V, k):
+    """The one-kernel top-k (threshold search, no sort) pairs each of the k best with its place in topk's order,
+    so with the same exponential draws it picks exactly the code the unfused math picks; greedy rows take argmax."""
+    torch.manual_seed(3)
+    b = 24
+    logits = torch.randn(b, V) * 3
+    logits[:, : V // 3] = float("-inf")  # suppressed codes (the talker's control codes)
+    temp = torch.rand(b, 1) * 1.5 + 0.05
+    greedy = torch.arange(b) % 5 == 0
+    expo = torch.empty(b, k).exponential_()
+    out = fused.sample_topk(logits, temp, greedy, expo)
+    ref = fused._ref_sample(logits, temp, greedy, expo)
+    assert out.dtype == torch.long and torch.equal(out, ref)
+    assert torch.equal(out[greedy], logits.argmax(-1)[greedy])
+    # the draws decide: other draws pick other codes in most sampled rows
+    other = fused.sample_topk(logits, temp, greedy, torch.empty(b, k).exponential_())
+    assert (other != out)[~greedy].float().mean() > 0.3
+
+
+def test_fused_sampling_draws_what_the_unfused_sampler_draws(tts, monkeypatch):
+    """With `fused_sample` on, the step draws its exponential race numbers as before ([b, k] fp32, in the same order)
+    and `fused.sample_topk` decides (here its unfused math: no Triton on the CPU): a sampled request with one seed gets
+    the plain engine's codes. Drawing them differently (another shape or order) would change the codes."""
+    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+    from voicepipe.serve.engine.step import FrameStep
+
+    gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
+    text = "Sampling in one kernel."
+
+    def run(seed: int = 7, **cfg) -> torch.Tensor:
+        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, decode_thread=False, **cfg)).start()
+        try:
+            prompt = eng.prepare(text, speaker="alice")
+            torch.manual_seed(seed)
+            return eng.generate_codes(prompt, gen)
+        finally:
+            eng.stop()
+
+    ref = run()
+    calls = []
+    real = fused.sample_topk
+    monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
+    monkeypatch.setattr(fused, "sample_topk", lambda *a: calls.append(a[3].shape) or real(*a))
+    out = run()
+    assert len(calls) == 16 * 8  # every code of every frame
+    assert torch.equal(out, ref)
+    assert not torch.equal(run(seed=8), ref)  # the seed matters: the test can fail

@@ -1,0 +1,398 @@
+"""The code predictor's decoder layer as five Triton kernels, for the 1-2 rows of a one-stream frame step.
+
+A frame step runs the code predictor's 5 layers 15 times: 75 small layer passes, each ~11 kernels under inductor
+(norm, q/k/v matmul, q/k norm + RoPE, two cache writes, SDPA, output matmul, residual + norm, gate/up matmul,
+SiLU·mul, down matmul), every one a few microseconds of launch and tail on a 1024-wide vector. Here a layer is five:
+
+- `rms_linear`: RMSNorm in the prologue of the fused q/k/v GEMV (each program re-reads the 1024-wide row: it is
+  in L1/L2, the weights are the traffic);
+- `attn_decode`: per (row, KV head): the q/k head norms, RoPE, the K/V cache write at the step's position, and
+  attention of the KV head's query heads over the 16-slot cache (at most 16 keys fit in registers);
+- `linear_residual`: GEMV + residual add (attention output projection, MLP down projection);
+- `rms_glu`: RMSNorm prologue, gate and up rows of the fused gate/up weight in one program, SiLU(gate)·up epilogue.
+
+Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). Numerics follow the unfused path's bf16
+rounding points (every place the eager math stores a bf16 tensor, the kernel rounds), summation order differs, so
+results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
+interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
+or above `MAX_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
+Hand-written because no library fuses a whole decoder layer for 1-2 rows; the GEMV core is `gemv.py`'s kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+# rows up to which the fused kernels run (their GEMV core, like gemv.py's, beats cuBLAS only for 1-2 rows)
+MAX_ROWS = 2
+_BK = 1024  # K must be a multiple of this (the predictor's 1024 / 2048 / 3072)
+# per op: (kernel, BN, BK, warps, stages); "gemv": no tensor cores, "dot": tl.dot tiles with rows padded to 16
+# (`benchmarks/fused.py --sweep` times the alternatives; H200, 2026-12-03 22:3x UTC, 1-2 rows: q/k/v 6.1 us against
+# 7.8-8.2 for the GEMV form, gate/up + SiLU 7.1-7.3 against 12.6, down / output projection 5.1-5.3 / 4.0-4.2 against
+# 5.8-6.0 / 4.7-4.8)
+CONFIG: dict[str, tuple[str, int, int, int, int]] = {
+    "rms_linear": ("dot", 32, 256, 4, 3),
+    "rms_glu": ("dot", 32, 256, 4, 3),
+    "linear_residual": ("gemv", 4, 1024, 4, 1),
+}
+
+
+def available(device: torch.device) -> bool:
+    """Whether the fused kernels can run on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1 (tests)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    # `.to(tl.bfloat16).to(tl.float32)`: rounded where the unfused path stores a bf16 tensor
+    @triton.jit
+    def _rms_gemv(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+        # y = rms(x)*ln @ w.T; GLU: w holds [gate; up] (2N rows) and y = silu(gate) * up ([M, N])
+        pid = tl.program_id(0)
+        offs_n = pid * BN + tl.arange(0, BN)
+        offs_m = tl.arange(0, BM)
+        offs_k = tl.arange(0, BK)
+        n_ok = offs_n < N
+        m_ok = offs_m < M
+        ss = tl.zeros((BM, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            x = x.to(tl.float32)
+            ss += x * x
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)
+        acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
+        acc_u = tl.zeros((BM, BN, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
+            xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16).to(tl.float32)
+            w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
+            acc += xn[:, None, :] * w[None, :, :]
+            if GLU:
+                u = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k0 + offs_k[None, :], mask=n_ok[:, None],
+                            other=0.0, eviction_policy="evict_first").to(tl.float32)
+                acc_u += xn[:, None, :] * u[None, :, :]
+        out = (tl.sum(acc, axis=2)).to(tl.bfloat16).to(tl.float32)
+        if GLU:
+            up = (tl.sum(acc_u, axis=2)).to(tl.bfloat16).to(tl.float32)
+            out = (out / (1.0 + tl.exp(-out))).to(tl.bfloat16).to(tl.float32) * up
+        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+        # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K
+        pid = tl.program_id(0)
+        offs_n = pid * BN + tl.arange(0, BN)
+        offs_m = tl.arange(0, BM)
+        offs_k = tl.arange(0, BK)
+        n_ok = offs_n < N
+        m_ok = offs_m < M
+        ss = tl.zeros((BM, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            x = x.to(tl.float32)
+            ss += x * x
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
+            xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
+            w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                        eviction_policy="evict_first")
+            acc = tl.dot(xn, tl.trans(w), acc)
+            if GLU:
+                u = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k0 + offs_k[None, :], mask=n_ok[:, None],
+                            other=0.0, eviction_policy="evict_first")
+                acc_u = tl.dot(xn, tl.trans(u), acc_u)
+        out = acc.to(tl.bfloat16).to(tl.float32)
+        if GLU:
+            up = acc_u.to(tl.bfloat16).to(tl.float32)
+            out = (out / (1.0 + tl.exp(-out))).to(tl.bfloat16).to(tl.float32) * up
+        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _gemv_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+        # y = r + x @ w.T
+        pid = tl.program_id(0)
+        offs_n = pid * BN + tl.arange(0, BN)
+        offs_m = tl.arange(0, BM)
+        offs_k = tl.arange(0, BK)
+        n_ok = offs_n < N
+        m_ok = offs_m < M
+        acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                        eviction_policy="evict_first").to(tl.float32)
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            acc += x.to(tl.float32)[:, None, :] * w[None, :, :]
+        ok = m_ok[:, None] & n_ok[None, :]
+        r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
+        out = (tl.sum(acc, axis=2)).to(tl.bfloat16).to(tl.float32) + r
+        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_kb, s_kh, s_kl, s_o,
+              eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr):  # fmt: skip
+        # one (row, KV head): q/k head norms, RoPE, cache write at pos, attention of its NH // KVH query heads
+        bi = tl.program_id(0)
+        h = tl.program_id(1)
+        d = tl.arange(0, HD)
+        dr = (d + HD // 2) % HD  # rotate_half as a roll: x.roll(HD/2) at d is x[(d + HD/2) % HD]
+        pos = tl.load(pos_ptr)
+        cos = tl.load(cos_ptr + d).to(tl.float32)
+        sin = tl.load(sin_ptr + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
+        row = qkv_ptr + bi * s_qkv
+        kh = NH + h
+        k = tl.load(row + kh * HD + d).to(tl.float32)
+        kr = tl.load(row + kh * HD + dr).to(tl.float32)
+        krs = 1.0 / tl.sqrt(tl.sum(k * k, axis=0) / HD + eps)
+        kw = tl.load(qkw_ptr + kh * HD + d).to(tl.float32)
+        kwr = tl.load(qkw_ptr + kh * HD + dr).to(tl.float32)
+        kn = ((k * krs).to(tl.bfloat16).to(tl.float32) * kw).to(tl.bfloat16).to(tl.float32)
+        knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
+        k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
+        v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
+        cache = bi * s_kb + h * s_kh
+        tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
+        tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
+        j = tl.arange(0, L)
+        before = (j < pos)[:, None]
+        kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+        vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+        here = (j == pos)[:, None]
+        kk = tl.where(here, k_new[None, :], kk)
+        vv = tl.where(here, v_new[None, :], vv)
+        for g in tl.static_range(NH // KVH):
+            qh = h * (NH // KVH) + g
+            q = tl.load(row + qh * HD + d).to(tl.float32)
+            qr = tl.load(row + qh * HD + dr).to(tl.float32)
+            qrs = 1.0 / tl.sqrt(tl.sum(q * q, axis=0) / HD + eps)
+            qw = tl.load(qkw_ptr + qh * HD + d).to(tl.float32)
+            qwr = tl.load(qkw_ptr + qh * HD + dr).to(tl.float32)
+            qn = ((q * qrs).to(tl.bfloat16).to(tl.float32) * qw).to(tl.bfloat16).to(tl.float32)
+            qnr = ((qr * qrs).to(tl.bfloat16).to(tl.float32) * qwr).to(tl.bfloat16).to(tl.float32)
+            qq = ((qn * cos).to(tl.bfloat16).to(tl.float32) + qnr * sin).to(tl.bfloat16).to(tl.float32)
+            s = tl.sum(qq[None, :] * kk, axis=1) * scale
+            s = tl.where(j <= pos, s, float("-inf"))
+            p = tl.exp(s - tl.max(s, axis=0))
+            p = p / tl.sum(p, axis=0)
+            o = tl.sum(p[:, None] * vv, axis=0)
+            tl.store(o_ptr + bi * s_o + qh * HD + d, o.to(o_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex,
+                VP: tl.constexpr, KP: tl.constexpr):  # fmt: skip
+        # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them
+        row = tl.program_id(0)
+        offs = tl.arange(0, VP)
+        ok = offs < V
+        lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf"))
+        best = tl.argmax(lg, axis=0)
+        t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
+        sc = lg / t
+        bits = sc.to(tl.int32, bitcast=True)
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
+        key = tl.where(ok, key, -(2**31) - 1)
+        lo = tl.min(key, axis=0)
+        hi = tl.max(key, axis=0)
+        for _ in range(33):  # the largest thr with at least k keys >= thr
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        above = key > lo
+        tie = key == lo
+        sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
+        slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
+        tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
+        tl.debug_barrier()
+        j = tl.arange(0, KP)
+        jok = j < k
+        idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
+        v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")) / t
+        # each one's place in topk's order (descending; equal values by index), which pairs it with its draw
+        ahead = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))
+        rank = tl.sum((ahead & jok[None, :]).to(tl.int32), axis=1)
+        p = tl.exp(v - tl.max(v, axis=0))
+        p = p / tl.sum(p, axis=0)
+        e = tl.load(ex_ptr + row * s_ex + rank, mask=jok, other=1.0)
+        pick = tl.argmax(tl.where(jok, p / e, -1.0), axis=0)
+        code = tl.sum(tl.where(j == pick, idx, 0), axis=0)
+        g = tl.load(greedy_ptr + row).to(tl.int32)
+        tl.store(out_ptr + row, tl.where(g != 0, best, code).to(tl.int64))
+
+    return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.shape[0]
+
+
+def _use(x: torch.Tensor, K: int) -> bool:
+    return (_rows(x) <= MAX_ROWS and K % _BK == 0 and x.dtype == torch.bfloat16 and available(x.device))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------- reference math (the unfused path, kernels.py's)
+def _ref_rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    from voicepipe.serve.engine.kernels import _rms
+
+    return _rms(x, w, eps)
+
+
+# ---------------------------------------------------------------- ops
+@torch.library.custom_op("voicepipe::rms_linear", mutates_args=())
+def rms_linear(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """F.linear(rms_norm(x) * ln, w) for x [b, K] (fused for 1-2 rows)."""
+    M, K = x.shape
+    if not _use(x, K):
+        return F.linear(_ref_rms(x, ln, eps), w)
+    return _launch_rms(x, ln, w, w.shape[0], eps, False)
+
+
+def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps: float, glu: bool) -> torch.Tensor:
+    M, K = x.shape
+    kind, bn, bk, warps, stages = CONFIG["rms_glu" if glu else "rms_linear"]
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    x = x.contiguous()
+    _kernels()[0][kind][(_cdiv(N, bn),)](x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu,
+                                         BM=2 if kind == "gemv" else 16, BN=bn, BK=bk, num_warps=warps,
+                                         num_stages=stages)
+    return y
+
+
+@rms_linear.register_fake
+def _(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+@torch.library.custom_op("voicepipe::rms_glu", mutates_args=())
+def rms_glu(x: torch.Tensor, ln: torch.Tensor, wgu: torch.Tensor, eps: float) -> torch.Tensor:
+    """silu(gate) * up of F.linear(rms_norm(x) * ln, wgu), wgu = [gate; up] (fused for 1-2 rows)."""
+    M, K = x.shape
+    N = wgu.shape[0] // 2
+    if not _use(x, K):
+        g, u = F.linear(_ref_rms(x, ln, eps), wgu).chunk(2, -1)
+        return F.silu(g) * u
+    return _launch_rms(x, ln, wgu, N, eps, True)
+
+
+@rms_glu.register_fake
+def _(x: torch.Tensor, ln: torch.Tensor, wgu: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.new_empty(x.shape[0], wgu.shape[0] // 2)
+
+
+@torch.library.custom_op("voicepipe::linear_residual", mutates_args=())
+def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """r + F.linear(x, w) for x [b, K], r [b, N] (fused for 1-2 rows)."""
+    M, K = x.shape
+    if not _use(x, K):
+        return r + F.linear(x, w)
+    _, bn, bk, warps, stages = CONFIG["linear_residual"]
+    y = torch.empty_like(r)
+    x, r = x.contiguous(), r.contiguous()
+    _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
+                                             y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+    return y
+
+
+@linear_residual.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(r)
+
+
+def _ref_attn(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+              kc: torch.Tensor, vc: torch.Tensor, eps: float, nh: int, kvh: int) -> torch.Tensor:  # fmt: skip
+    """kernels.predictor_next's attention, unfused: qkv [b, (nh+2kvh)*hd] -> o [b, nh*hd]; writes kc/vc at pos."""
+    from voicepipe.serve.engine.kernels import rope
+
+    b, hd = qkv.shape[0], kc.shape[-1]
+    x = qkv.view(b, 1, nh + 2 * kvh, hd)
+    qk = rope(_ref_rms(x[:, :, : nh + kvh], qk_w, eps), cos, sin)
+    q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), x[:, :, nh + kvh :].transpose(1, 2)
+    kc[:b].index_copy_(2, pos, k)
+    vc[:b].index_copy_(2, pos, v)
+    mask = (torch.arange(kc.shape[2], device=kc.device) <= pos)[None]
+    o = F.scaled_dot_product_attention(q.reshape(b, kvh, -1, hd), kc[:b], vc[:b], attn_mask=mask)
+    return o.reshape(b, -1)
+
+
+@torch.library.custom_op("voicepipe::attn_decode", mutates_args=("kc", "vc"))
+def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                kc: torch.Tensor, vc: torch.Tensor, eps: float, nh: int, kvh: int) -> torch.Tensor:  # fmt: skip
+    """The predictor's attention for one new token per row: q/k head norms (qk_w [nh+kvh, hd]), RoPE (cos and
+    pre-signed sin of position `pos`, a 1-element tensor), K/V written into kc/vc [S, kvh, L, hd] at `pos`, and
+    attention over positions 0..pos. qkv [b, (nh + 2 kvh) hd] -> [b, nh hd]. Fused on CUDA (any b)."""
+    b, hd, L = qkv.shape[0], kc.shape[-1], kc.shape[2]
+    if not (qkv.dtype == torch.bfloat16 and available(qkv.device) and L & (L - 1) == 0 and hd & (hd - 1) == 0
+            and kc.stride(-1) == 1):
+        return _ref_attn(qkv, qk_w, cos, sin, pos, kc, vc, eps, nh, kvh)
+    o = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
+    qkv = qkv.contiguous()
+    _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
+                            kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=4, num_stages=1)
+    return o
+
+
+@attn_decode.register_fake
+def _(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+      kc: torch.Tensor, vc: torch.Tensor, eps: float, nh: int, kvh: int) -> torch.Tensor:  # fmt: skip
+    return qkv.new_empty(qkv.shape[0], nh * kc.shape[-1])
+
+
+def _ref_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor) -> torch.Tensor:
+    """kernels.sample's math with its exponential draws given: top-k of logits / temp, k = expo.shape[-1]."""
+    best = logits.argmax(-1)
+    vals, idx = (logits / temp.clamp_min(1e-5)).topk(expo.shape[-1], dim=-1)
+    pick = (vals.softmax(-1) / expo).argmax(-1, keepdim=True)
+    return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
+
+
+@torch.library.custom_op("voicepipe::sample_topk", mutates_args=())
+def sample_topk(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor
+                ) -> torch.Tensor:  # fmt: skip
+    """Top-k sampling (k = expo.shape[-1]) at per-row temperature temp [b, 1], greedy rows: argmax; `expo` [b, k]
+    holds the exponential draws of the race (`kernels.sample` draws them exactly as before, so the codes for a seed
+    are the same). One kernel per call on CUDA: the top k are found by a threshold search, not a sort."""
+    b, V = logits.shape
+    k = expo.shape[-1]
+    if not (available(logits.device) and logits.dtype == torch.float32 and V <= 4096 and k <= 128):
+        return _ref_sample(logits, temp, greedy, expo)
+    kp = 1 << max(0, (k - 1).bit_length())
+    out = torch.empty(b, dtype=torch.long, device=logits.device)
+    scr = torch.empty(b, kp, dtype=torch.int32, device=logits.device)
+    logits, expo = logits.contiguous(), expo.contiguous()
+    _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
+                        VP=1 << (V - 1).bit_length(), KP=kp, num_warps=4, num_stages=1)
+    return out
+
+
+@sample_topk.register_fake
+def _(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor) -> torch.Tensor:
+    return logits.new_empty(logits.shape[0], dtype=torch.long)
