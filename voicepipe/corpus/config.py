@@ -85,6 +85,12 @@ class CorpusParams(BaseModel):
         "half the windows must hear two voices); a corpus wants purity, so a third is enough (1.3): a short "
         "'yeah' under the target is heard by only some of the windows (benchmarks/RESULTS.md, corpus purity)."
     )
+    unit_evidence: bool = Field(
+        True, description="CPU path: the number of an episode's speakers is chosen again on its units (stretches "
+        "of one voice between pauses, overlap and changes of speaker, of at least 1 s) embedded whole, which a "
+        "speaker model embeds more reliably than its 1.5 s windows; only units whose windows agree on one cluster "
+        "judge (`voicepipe.corpus.speakers.recount`; benchmarks/RESULTS.md, corpus purity)."
+    )
     target_threshold: float = Field(
         0.82, description="Studio takes only: min cosine of a take to the enrollment (a take has no second voice to "
         "be compared with; podcast episodes are decided relative to their own speakers)."

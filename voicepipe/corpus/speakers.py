@@ -9,7 +9,11 @@ the pair (and on the speaker model). So, per episode:
    L2-normalised fp32 embedding; cosine = dot product).
 2. `cluster`: k-means of those windows on the unit sphere, seeded with the enrollment, into the episode's
    speakers; the number of speakers is the one with the best silhouette; `split_target` then splits the cluster
-   nearest the enrollment while it clearly holds two voices.
+   nearest the enrollment while it clearly holds two voices. `recount` (when the units are embedded whole:
+   `Units`, each unit of at least 1 s as one embedding) chooses among the same k-means partitions again by their
+   silhouette on the units, which embed a voice more steadily than 1.5 s windows; only units whose windows that
+   first clustering puts in one cluster judge (the segmentation model misses changes between similar voices),
+   and a split of the target's cluster must also part its units.
 3. `EpisodeSpeakers.target`: the cluster whose centroid is nearest the enrollment centroid.
 4. `decide`: each window is the target's only when it is nearer the target centroid than every other speaker's by a
    margin that is a fraction of the distance between those two speakers, and when it is not an outlier among the
@@ -90,18 +94,31 @@ def cluster(embs: np.ndarray, enroll: np.ndarray | None = None, *, max_speakers:
     gather around it even when another voice embeds close to it (average-linkage clustering merged such voices
     on the synthetic podcasts, though the windows were separable by their true centroids).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
     embs = unit(embs)
     n = len(embs)
     if n < 4:
         labels = np.zeros(n, dtype=np.int64)
         return labels, (_centroids(embs, labels, 1) if n else embs)
-    step = max(1, int(np.ceil(n / max_points)))
+    best_score, best_cents = -1.0, None
+    for score, cents in _candidates(embs, enroll, max_speakers, max_points):
+        if score > best_score:
+            best_score, best_cents = score, cents
+    if best_cents is None or best_score < min_silhouette:
+        best_cents = unit(embs[:: max(1, int(np.ceil(n / max_points)))].mean(axis=0, keepdims=True))
+    labels, k = _relabel(np.argmax(embs @ best_cents.T, axis=1))
+    return labels, _centroids(embs, labels, k)
+
+
+def _candidates(embs: np.ndarray, enroll: np.ndarray | None, max_speakers: int,
+                max_points: int) -> list[tuple[float, np.ndarray]]:
+    """`cluster`'s k-means for 2..`max_speakers` clusters: (cosine silhouette of the windows, centroids) each."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    step = max(1, int(np.ceil(len(embs) / max_points)))
     sample = embs[::step]
     first = unit(enroll) if enroll is not None else sample[int(np.argmax(sample @ sample.mean(axis=0)))]
-    best_score, best_cents = -1.0, None
+    out = []
     for k in range(2, min(max_speakers, len(sample) - 1) + 1):
         init = [first]
         for _ in range(k - 1):  # farthest-first: the window least like every seed so far
@@ -109,21 +126,20 @@ def cluster(embs: np.ndarray, enroll: np.ndarray | None = None, *, max_speakers:
         km = KMeans(n_clusters=k, init=np.stack(init), n_init=1, max_iter=100).fit(sample)
         if len(set(km.labels_.tolist())) < 2:
             continue
-        score = float(silhouette_score(sample, km.labels_, metric="cosine"))
-        if score > best_score:
-            best_score, best_cents = score, unit(km.cluster_centers_)
-    if best_cents is None or best_score < min_silhouette:
-        best_cents = unit(sample.mean(axis=0, keepdims=True))
-    labels, k = _relabel(np.argmax(embs @ best_cents.T, axis=1))
-    return labels, _centroids(embs, labels, k)
+        out.append((float(silhouette_score(sample, km.labels_, metric="cosine")), unit(km.cluster_centers_)))
+    return out
 
 
 def split_target(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, cents: np.ndarray, *,
-                 min_silhouette: float = 0.25, max_splits: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                 min_silhouette: float = 0.25, max_splits: int = 3,
+                 units: Units | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split the cluster nearest the enrollment while it holds two voices: 2-means of its windows seeded with the
     enrollment and its member least like it; kept when that split's cosine silhouette reaches `min_silhouette`
     (one voice split in two scores ~0.1-0.2 on the synthetic podcasts, a voice and an ad reader 0.3+). The
-    episode-wide silhouette favours the coarsest partition, which can leave a third voice inside the target's."""
+    episode-wide silhouette favours the coarsest partition, which can leave a third voice inside the target's.
+    With `units`, the split must also hold on the cluster's units embedded whole: at least three of them, in both
+    parts, with a silhouette of at least `min_silhouette` (`Units.split_silhouette`); a voice that 2-means cuts by
+    the windows' noise does not part its whole units."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -144,11 +160,125 @@ def split_target(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, cents
         # voice split by a music bed or a bad channel leaves the enrollment about as near both parts)
         if float(keep_c @ enroll - new_c @ enroll) < 0.5 * (1.0 - float(keep_c @ new_c)):
             break
+        if units is not None:
+            us = units.split_silhouette(members, km.labels_)
+            if us is None or us < min_silhouette:
+                break
         new = labels.copy()
         new[members[km.labels_ == 1]] = labels.max() + 1
         labels, k = _relabel(new)
         cents = _centroids(embs, labels, k)
     return labels, cents
+
+
+@dataclass
+class Units:
+    """The episode's `units` embedded whole: each stretch of one voice (as far as the segmentation model hears) of
+    at least `MIN_S` seconds, as one embedding in the windows' space. Speaker verification errs far less on 2-10 s
+    of speech than on a 1.5 s window, so these are the steadier evidence of how many voices an episode holds; the
+    windows still place the boundaries."""
+
+    embs: np.ndarray  # (m, d) unit embeddings
+    seconds: np.ndarray  # (m,) each unit's length
+    of_window: np.ndarray  # (n_windows,) the unit each window lies in; -1: a unit too short to be embedded
+
+    MIN_S = 1.0
+
+    @staticmethod
+    def spans(regions: list[tuple[float, float]], min_s: float = MIN_S) -> list[tuple[float, float]]:
+        """The regions (`units`) long enough to be embedded whole."""
+        return [(float(a), float(b)) for a, b in regions if b - a >= min_s]
+
+    @classmethod
+    def of(cls, regions: list[tuple[float, float]], wins: list[tuple[float, float]], embs: np.ndarray,
+           min_s: float = MIN_S) -> Units:
+        """`embs`: one embedding per `spans(regions, min_s)`, in order; `wins`: the `windows` over `regions`."""
+        spans = cls.spans(regions, min_s)
+        of_window = np.full(len(wins), -1, dtype=np.int64)
+        j = 0
+        for i, (a, b) in enumerate(wins):
+            while j < len(spans) and spans[j][1] < b - 1e-6:
+                j += 1
+            if j < len(spans) and spans[j][0] - 1e-6 <= a:
+                of_window[i] = j
+        return cls(unit(embs) if len(spans) else np.zeros((0, 1), np.float32),
+                   np.array([b - a for a, b in spans], dtype=np.float64), of_window)
+
+    def _majority(self, labels: np.ndarray,
+                  windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per unit: (the label most of its windows carry or -1, that label's share of the unit's windows, the
+        share of its windows that count). `windows`: only these windows count (indices; `labels` is theirs)."""
+        ow = self.of_window if windows is None else self.of_window[windows]
+        lab = np.full(len(self.seconds), -1, dtype=np.int64)
+        share, counted = np.zeros(len(self.seconds)), np.zeros(len(self.seconds))
+        for u in range(len(self.seconds)):
+            m = ow == u
+            if m.any():
+                counts, total = np.bincount(labels[m]), (self.of_window == u).sum()
+                lab[u], share[u], counted[u] = int(counts.argmax()), counts.max() / total, m.sum() / total
+        return lab, share, counted
+
+    def one_voice(self, labels: np.ndarray, agree: float = 0.8) -> np.ndarray:
+        """Units whose windows mostly (`agree`) fall in one cluster of `labels`: the segmentation model misses
+        changes between two similar voices, and a unit that holds both embeds as neither."""
+        return self._majority(labels)[1] >= agree
+
+    def silhouette(self, labels: np.ndarray, use: np.ndarray) -> float | None:
+        """The clustering `labels` (per window) judged on the units `use`, each labelled by most of its windows:
+        their cosine silhouette, weighted by seconds (None when they show fewer than two clusters)."""
+        lab = self._majority(labels)[0]
+        m = use & (lab >= 0)
+        return _silhouette(self.embs[m], lab[m], self.seconds[m])
+
+    def split_silhouette(self, members: np.ndarray, parts: np.ndarray) -> float | None:
+        """The split `parts` (0/1 per window of `members`) judged on the units most of whose windows are members
+        (None when fewer than three units, or one part has none)."""
+        lab, _, counted = self._majority(parts, members)
+        m = (lab >= 0) & (counted >= 0.5)
+        if m.sum() < 3:
+            return None
+        return _silhouette(self.embs[m], lab[m], self.seconds[m])
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray, weight: np.ndarray) -> float | None:
+    """Cosine silhouette with weighted points (each distance mean weighted, then the mean of the points' values;
+    a point alone in its cluster scores 0, as in scikit-learn). None with fewer than two clusters or no point
+    sharing a cluster."""
+    ks = np.unique(labels)
+    if len(ks) < 2 or len(labels) <= len(ks):
+        return None
+    d = 1.0 - x @ x.T
+    s = np.zeros(len(labels))
+    for i in range(len(labels)):
+        own = labels == labels[i]
+        own[i] = False
+        if not own.any():
+            continue
+        a = float(np.average(d[i, own], weights=weight[own]))
+        b = min(float(np.average(d[i, labels == c], weights=weight[labels == c])) for c in ks if c != labels[i])
+        s[i] = (b - a) / max(a, b, 1e-9)
+    return float(np.average(s, weights=weight))
+
+
+def recount(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, units: Units, *, max_speakers: int = 6,
+            max_points: int = 1500, min_silhouette: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The number of speakers chosen again on the units embedded whole: of `cluster`'s k-means partitions of the
+    windows, the one whose silhouette on the units is best (the windows' silhouette for a partition the units do
+    not tell apart: a voice without a unit of its own). Only units that the windows' clustering `labels` puts in
+    one cluster judge (`Units.one_voice`). Then `split_target`, gated by the units too. Returns (labels, centroids).
+    """
+    use = units.one_voice(labels)
+    best, best_labels = -np.inf, None
+    for wsil, cents in _candidates(embs, enroll, max_speakers, max_points):
+        lab = _relabel(np.argmax(embs @ cents.T, axis=1))[0]
+        us = units.silhouette(lab, use)
+        score = wsil if us is None else us
+        if score > best:
+            best, best_labels = score, lab
+    if best_labels is None or best < min_silhouette:
+        best_labels = np.zeros(len(embs), dtype=np.int64)
+    labels, k = _relabel(best_labels)
+    return split_target(embs, enroll, labels, _centroids(embs, labels, k), units=units)
 
 
 @dataclass
@@ -162,12 +292,16 @@ class EpisodeSpeakers:
     spread: list[float] = field(default_factory=list)  # lowest of each cluster's members' cosine to it
 
     @classmethod
-    def find(cls, embs: np.ndarray, enroll: np.ndarray, **kw: object) -> EpisodeSpeakers:
-        """Cluster `embs` and pick the target cluster by the enrollment centroid `enroll`."""
+    def find(cls, embs: np.ndarray, enroll: np.ndarray, units: Units | None = None,
+             **kw: object) -> EpisodeSpeakers:
+        """Cluster `embs` and pick the target cluster by the enrollment centroid `enroll`; with `units` (the
+        episode's units embedded whole), the count is chosen again on them (`recount`)."""
         embs = unit(embs)
         enroll = unit(enroll)
         labels, cents = cluster(embs, enroll, **kw)  # type: ignore[arg-type]
         labels, cents = split_target(embs, enroll, labels, cents)
+        if units is not None and len(units.seconds) and len(embs) >= 4:  # (fewer windows: one speaker, as `cluster`)
+            labels, cents = recount(embs, enroll, labels, units, **kw)  # type: ignore[arg-type]
         sims = [float(c @ enroll) for c in cents]
         spread = [float(np.quantile(embs[labels == i] @ cents[i], 0.0)) for i in range(len(cents))]
         # the nearest cluster is the target's. (Requiring the enrollment to look like a member of it - its cosine

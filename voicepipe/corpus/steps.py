@@ -333,7 +333,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     finds overlapped speech, cut out of the target's speech, and changes of speaker without a pause, where the
     speech is cut; 1.5 s windows every 0.25 s over those one-voice stretches are embedded (the speaker model's and,
     with `fuse_resemblyzer`, resemblyzer's cosines averaged) and clustered into the episode's speakers (k-means
-    seeded with the enrollment, count by silhouette); the cluster nearest the enrollment is the target, and each
+    seeded with the enrollment, count by silhouette; with `unit_evidence`, the count is chosen again on the units
+    of at least 1 s embedded whole); the cluster nearest the enrollment is the target, and each
     window is the target's only when it is nearer the target than every other speaker by `speaker_margin` (a
     fraction of the distance between the two) and is not an outlier among the target's windows. The target gives
     up `change_guard_s` on its side of each change of speaker without a pause. The speakers' centroids are kept in
@@ -352,6 +353,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             params.update(overlap_count=p.overlap_count)
     if not p.diarization_model and p.fuse_resemblyzer:
         params.update(fuse="resemblyzer")
+    if not p.diarization_model and p.unit_evidence:
+        params.update(units=spk_mod.Units.MIN_S)
 
     def compute() -> dict:
         speech = ctx.engines.vad.speech(ctx.audio(audio_sha, SR16), min_silence_s=p.min_silence_s)
@@ -391,7 +394,11 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             return {"backend": "embedding-clusters", "speech": speech, "turns": [], "changes": changes,
                     "segmentation": p.segmentation_model or None, "overlap": [list(o) for o in overlap],
                     "labels": {}, "target_label": None, "speakers": [], "centroids": {}}
-        sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid)
+        units = None
+        if p.unit_evidence and (spans := spk_mod.Units.spans(regions)):  # each unit of >= 1 s embedded whole
+            uembs, _ = ctx.engines.window_embeddings([wav[int(a * SR16) : int(b * SR16)] for a, b in spans])
+            units = spk_mod.Units.of(regions, wins, uembs)
+        sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid, units=units)
         keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
         turns = []
