@@ -20,7 +20,9 @@ decodes 12 new frames with the same 25 frames of left context, 3.1 instead of 2.
 audio; measured right after `voicepipe`), `fused-off` (the voicepipe engine with `EngineConfig.fused_predictor`
 off: a 1-2 row step runs the code predictor's layers as the compiled unfused unit instead of five Triton kernels
 each; with `numerics`, its bf16-vs-fp32 check is run too), `sample-off` (the engine with
-`EngineConfig.fused_sample` off: the 16 codes of a step sampled by the unfused top-k / softmax / race ops).
+`EngineConfig.fused_sample` off: the 16 codes of a step sampled by the unfused top-k / softmax / race ops),
+`host-sync` (the engine with `EngineConfig.overlap_host` off: each step's codes are read before the next step is
+launched, so the GPU waits while the host polls, emits audio and retires requests).
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -773,6 +775,8 @@ def main() -> None:
         lever_off("fused-off", fused_predictor=False)
     if "sample-off" in systems and device == "cuda":  # the step's codes sampled unfused (lever off)
         lever_off("sample-off", fused_sample=False)
+    if "host-sync" in systems and eng is not None:  # the next step launched only after the host read this one's
+        lever_off("host-sync", overlap_host=False)
     if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
         lever_off("chunk12", chunk_frames=12)
     if "inline" in systems:

@@ -189,6 +189,7 @@ def test_fused_sampling_draws_what_the_unfused_sampler_draws(tts, monkeypatch):
     monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
     monkeypatch.setattr(fused, "sample_topk", lambda *a: calls.append(a[3].shape) or real(*a))
     out = run()
-    assert len(calls) == 16 * 8  # every code of every frame
+    # every code of every frame (and of the one step launched before the last frame's codes were read)
+    assert len(calls) in (16 * 8, 16 * 9)
     assert torch.equal(out, ref)
     assert not torch.equal(run(seed=8), ref)  # the seed matters: the test can fail

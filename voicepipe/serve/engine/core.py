@@ -130,6 +130,9 @@ class EngineConfig:
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
+    # launch frame step n+1 before reading step n's codes (the host's per-step work then overlaps the GPU's);
+    # False: read each step's codes before the next is launched
+    overlap_host: bool = True
     prepare_stream: bool = True  # CUDA: prompts embedded on a side stream, not queued behind running frame steps
     # an idle engine given a request waits (up to this long) for the requests announced with `expect()` that are
     # still being prepared, so a burst of clients is admitted in one prefill, not one per step; 0: never waits
@@ -239,7 +242,8 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._stop = False
         self._dq: queue.Queue = queue.Queue()
         self._decoder: threading.Thread | None = None
-        self.steps = 0
+        self.steps = 0  # frame steps whose codes were read
+        self.launched = 0  # frame steps launched
         self.prefills = 0  # batched prefills run (a burst admitted over several steps takes several)
 
     # ------------------------------------------------------------------ state
@@ -281,7 +285,8 @@ class TTSEngine(FrameStep, CodecStreaming):
         self.sub_greedy = torch.zeros(S, dtype=torch.bool, device=dev)
         self.rep_pen = torch.ones(S, 1, device=dev)
         self.out_codes = torch.zeros(S, self.n_groups, dtype=torch.long, device=dev)
-        self._host_codes = torch.zeros(S, self.n_groups, dtype=torch.long, pin_memory=dev.type == "cuda")
+        self._host_codes_pair = [torch.zeros(S, self.n_groups, dtype=torch.long, pin_memory=dev.type == "cuda")
+                                 for _ in range(2)]
         self.ar = torch.arange(L, device=dev)
         self.slot_idx = torch.arange(S, device=dev)
         sup = torch.zeros(V, dtype=torch.bool, device=dev)
@@ -537,15 +542,19 @@ class TTSEngine(FrameStep, CodecStreaming):
         return self.steps % chunk == 0  # one step adds one frame: at most `chunk` new frames wait for a tick
 
     def _loop(self) -> None:
+        # `overlap_host`: the step launched last, whose codes are read only after the next step is launched, so the
+        # GPU runs step n+1 while the host reads step n's codes, emits audio and retires requests
+        inflight: tuple | None = None
         try:
             with torch.inference_mode():
                 while True:
                     with self._cv:
-                        while not self._stop and not self._pending and not any(self._slots):
+                        while (not self._stop and not self._pending and not any(self._slots)
+                               and inflight is None):
                             self._cv.wait(timeout=0.5)
                         if self._stop:
                             break
-                    if self.cfg.admit_wait_ms > 0 and not any(self._slots):
+                    if self.cfg.admit_wait_ms > 0 and not any(self._slots) and inflight is None:
                         self._gather_burst()
                     with self._step_lock:  # an explicit capture() never interleaves with a step
                         self._admit()
@@ -553,32 +562,21 @@ class TTSEngine(FrameStep, CodecStreaming):
                         if r is not None and r.cancelled:
                             self._finish(r, "cancelled")
                     live = [(i, r) for i, r in enumerate(self._slots) if r is not None]
-                    if not live:
-                        continue
-                    b_needed = max(i for i, _ in live) + 1
-                    l_needed = max(int(r.prompt.embeds.shape[0]) + len(r.frames) for _, r in live)
-                    with self._step_lock:
-                        self._run_step(b_needed, l_needed)
-                    codes = self._to_host(self.out_codes[:b_needed], self._host_codes[:b_needed]).clone()
-                    self.steps += 1
-                    due: list[RequestHandle] = []
-                    ended: list[tuple[RequestHandle, str]] = []
-                    for i, r in live:
-                        c = codes[i]
-                        if int(c[0]) == self.eos:
-                            ended.append((r, "eos"))
-                        else:
-                            r.frames.append(c)
-                            if len(r.frames) >= r.frame_budget:
-                                ended.append((r, "length"))
-                        n_new = len(r.frames) - r.emitted
-                        final = any(e is r for e, _ in ended)
-                        if n_new > 0 and (final or self._chunk_due(r, n_new)):
-                            due.append(r)
-                    if due:
-                        self._emit_audio(due)
-                    for r, why in ended:
-                        self._finish(r, why)
+                    launched = None
+                    if live:
+                        b_needed = max(i for i, _ in live) + 1
+                        # + 1 for a step still in flight: its frame is on the device, not yet in r.frames
+                        l_needed = min(self.cfg.max_len,
+                                       max(int(r.prompt.embeds.shape[0]) + len(r.frames) for _, r in live) + 1)
+                        with self._step_lock:
+                            self._run_step(b_needed, l_needed)
+                            launched = self._read_later(b_needed, live)
+                    if not self.cfg.overlap_host and launched is not None:
+                        self._retire(*launched)
+                        launched = None
+                    if inflight is not None:
+                        self._retire(*inflight)
+                    inflight = launched
         except Exception as e:  # noqa: BLE001 - fail every request loudly rather than hang them
             log.exception("engine loop crashed")
             msg = f"engine failure: {e}"
@@ -593,6 +591,48 @@ class TTSEngine(FrameStep, CodecStreaming):
             r.finished.set()
         self._slots = [None] * self.cfg.max_batch
         self.active.zero_()
+
+    def _read_later(self, b: int, live: list[tuple[int, RequestHandle]]) -> tuple:
+        """Queue the copy of the step's codes into one of two pinned host buffers (behind the step, on its stream);
+        `_retire` waits for it."""
+        buf = self._host_codes_pair[self.launched % 2]
+        self.launched += 1
+        if self.device.type != "cuda":
+            return buf[:b].copy_(self.out_codes[:b]), None, live
+        buf[:b].copy_(self.out_codes[:b], non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        return buf[:b], ev, live
+
+    def _retire(self, codes: torch.Tensor, ev: torch.cuda.Event | None, live: list[tuple[int, RequestHandle]]
+                ) -> None:  # fmt: skip
+        """A finished step's codes: append each live request's frame, hand due chunks to the codec, end requests at
+        EOS or their frame budget. A request that ended (or was cancelled) after this step was launched is skipped:
+        the step computed one more frame for its slot, which nobody reads."""
+        while ev is not None and not ev.query():  # poll with short sleeps: the GIL stays free for the codec thread
+            time.sleep(0.0002)
+        codes = codes.clone()
+        self.steps += 1
+        due: list[RequestHandle] = []
+        ended: list[tuple[RequestHandle, str]] = []
+        for i, r in live:
+            if self._slots[i] is not r:
+                continue
+            c = codes[i]
+            if int(c[0]) == self.eos:
+                ended.append((r, "eos"))
+            else:
+                r.frames.append(c)
+                if len(r.frames) >= r.frame_budget:
+                    ended.append((r, "length"))
+            n_new = len(r.frames) - r.emitted
+            final = any(e is r for e, _ in ended)
+            if n_new > 0 and (final or self._chunk_due(r, n_new)):
+                due.append(r)
+        if due:
+            self._emit_audio(due)
+        for r, why in ended:
+            self._finish(r, why)
 
     # ------------------------------------------------------------------ sync helpers
     def stream(self, prompt: Prompt, gen: GenerationConfig | None = None) -> Iterator[np.ndarray]:
