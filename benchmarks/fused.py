@@ -165,14 +165,18 @@ SWEEP = {
 }
 
 
-def sweep(dev: torch.device, min_bytes: float = 6e8) -> list[dict]:
+def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8) -> list[dict]:
     """Each op's configurations (`SWEEP`) at the predictor's shapes, 1 and 2 rows: a CUDA graph of one call per
     weight copy over >= `min_bytes` of copies (weights come from HBM, as in a step), microseconds per call;
     beside it cuBLAS (`F.linear`) on the same matrix and the eager unfused chain's kernels for reference."""
     shapes = {"rms_linear": ((NH + 2 * KVH) * HD, H), "rms_glu": (2 * FF, H), "linear_residual": (H, FF),
-              "linear_residual/o": (H, NH * HD)}
+              "linear_residual/o": (H, NH * HD),  # the code predictor's; then the talker's (hidden 2048, MLP 6144)
+              "rms_linear/talker": (4096, 2048), "rms_glu/talker": (2 * 6144, 2048),
+              "linear_residual/talker-down": (2048, 6144), "linear_residual/talker-o": (2048, 2048)}
     out = []
     for name, (n, k) in shapes.items():
+        if only not in name:
+            continue
         op = name.split("/")[0]
         copies = max(2, int(min_bytes // (n * k * 2)))
         ws = [(torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16) for _ in range(copies)]
@@ -190,7 +194,7 @@ def sweep(dev: torch.device, min_bytes: float = 6e8) -> list[dict]:
 
             for cfg in [*SWEEP[op], "cublas"]:
                 if cfg != "cublas":
-                    fused.CONFIG[op] = cfg
+                    fused.SHAPE_CONFIG[(op, n // 2 if op == "rms_glu" else n, k)] = cfg
                 fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else call
                 for w in ws[:2]:
                     fn(w)
@@ -255,6 +259,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sweep", action="store_true", help="time each op's configurations (SWEEP) first")
+    ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--config", type=json.loads, default=None,
                     help='fused.CONFIG overrides for the step rows, e.g. \'{"rms_linear": ["dot", 32, 128, 4, 4]}\'')
     a = ap.parse_args()
@@ -263,9 +268,8 @@ def main() -> None:
     info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), gpu=torch.cuda.get_device_name(),
                 torch=torch.__version__)
     print(info, flush=True)
-    default = dict(fused.CONFIG)
-    swept = sweep(dev) if a.sweep else []
-    fused.CONFIG.update(default)
+    swept = sweep(dev, a.sweep_only) if a.sweep else []
+    fused.SHAPE_CONFIG.clear()
     fused.CONFIG.update({k: tuple(v) for k, v in (a.config or {}).items()})
     print("config:", fused.CONFIG, flush=True)
     samples = sample_check(dev)

@@ -40,6 +40,9 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
     "rms_glu": ("dot", 32, 256, 4, 3),
     "linear_residual": ("gemv", 4, 1024, 4, 1),
 }
+# per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
+# sets it to time each configuration on a shape
+SHAPE_CONFIG: dict[tuple[str, int, int], tuple[str, int, int, int, int]] = {}
 
 
 def available(device: torch.device) -> bool:
@@ -277,7 +280,8 @@ def rms_linear(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -
 
 def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps: float, glu: bool) -> torch.Tensor:
     M, K = x.shape
-    kind, bn, bk, warps, stages = CONFIG["rms_glu" if glu else "rms_linear"]
+    op = "rms_glu" if glu else "rms_linear"
+    kind, bn, bk, warps, stages = SHAPE_CONFIG.get((op, N, K), CONFIG[op])
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
     _kernels()[0][kind][(_cdiv(N, bn),)](x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu,
@@ -313,7 +317,7 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.
     M, K = x.shape
     if not _use(x, K):
         return r + F.linear(x, w)
-    _, bn, bk, warps, stages = CONFIG["linear_residual"]
+    _, bn, bk, warps, stages = SHAPE_CONFIG.get(("linear_residual", w.shape[0], K), CONFIG["linear_residual"])
     y = torch.empty_like(r)
     x, r = x.contiguous(), r.contiguous()
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
