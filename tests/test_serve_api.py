@@ -443,7 +443,10 @@ def test_disconnect_mid_stream_frees_slot(server, voices):
 
 def test_queue_timeout_gets_503(voices_dir, config):
     cfg = config.model_copy(
-        update={"max_concurrent": 1, "queue_timeout_s": 0.3, "max_frames": 200, "generation": {"min_new_tokens": 200}}
+        # the first request must outlast the queue timeout: 400 frames (the tiny voice's own max_new_tokens is 64,
+        # ~0.2 s on this CPU engine, which the waiting request would outlast and then be served)
+        update={"max_concurrent": 1, "queue_timeout_s": 0.3, "max_frames": 400,
+                "generation": {"min_new_tokens": 400, "max_new_tokens": 400}}
     )
     vs = load_voices(cfg)
     srv = LiveServer(create_app(cfg, vs))

@@ -176,7 +176,9 @@ def _burst_past_the_cap(srv: LiveServer, cap: int = 3, burst: int = 16) -> None:
             return r.status_code
 
     try:
-        live.max_frames, live.generation = 600, {"min_new_tokens": 600}
+        # holders that outlast the burst's queue timeout: 600 frames (the voice's own max_new_tokens caps a request
+        # unless the server's `generation` raises it)
+        live.max_frames, live.generation = 600, {"min_new_tokens": 600, "max_new_tokens": 600}
         with ThreadPoolExecutor(SLOTS + burst) as ex:
             holders = [ex.submit(hold, i) for i in range(SLOTS)]
             admitted.wait(timeout=60)
@@ -194,7 +196,8 @@ def _burst_past_the_cap(srv: LiveServer, cap: int = 3, burst: int = 16) -> None:
 
 
 def test_fault_and_load(live):
-    statuses = _round(live)  # warm-up: allocations that stay (caches, thread pools) happen here
+    statuses = _round(live)  # warm-up: allocations that stay (caches, thread pools, long requests' buffers)
+    _burst_past_the_cap(live)
     _settled(live)
     rss0 = _rss_mb()
     for _ in range(2):
