@@ -8,15 +8,19 @@ SiLU·mul, down matmul), every one a few microseconds of launch and tail on a 10
   in L1/L2, the weights are the traffic);
 - `attn_decode`: per (row, KV head): the q/k head norms, RoPE, the K/V cache write at the step's position, and
   attention of the KV head's query heads over the 16-slot cache (at most 16 keys fit in registers);
-- `linear_residual`: GEMV + residual add (attention output projection, MLP down projection);
+- `linear_residual` (twice): GEMV + residual add (attention output projection, MLP down projection);
 - `rms_glu`: RMSNorm prologue, gate and up rows of the fused gate/up weight in one program, SiLU(gate)·up epilogue.
+
+The matmul core is a GEMV without tensor cores (`gemv.py`'s form) or `tl.dot` tiles with the rows padded to 16,
+per op (`CONFIG`, from `benchmarks/fused.py --sweep`). Also here: `sample_topk`, the step's top-k sampling as one
+kernel per call at any batch size (a threshold search instead of a sort; the same exponential draws).
 
 Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). Numerics follow the unfused path's bf16
 rounding points (every place the eager math stores a bf16 tensor, the kernel rounds), summation order differs, so
 results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
 interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
 or above `MAX_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
-Hand-written because no library fuses a whole decoder layer for 1-2 rows; the GEMV core is `gemv.py`'s kernel.
+Hand-written because no library fuses a whole decoder layer for 1-2 rows, nor top-k sampling without a sort.
 """
 
 from __future__ import annotations
