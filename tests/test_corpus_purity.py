@@ -35,8 +35,11 @@ SCENARIO_EPISODES = [s for s in SCENARIOS if s != "all"]
 # backchannels (its voices are one synthesiser's), and on these short episodes the k-means count still cuts the
 # target into pieces under a music bed (a music bed also fails the 10 dB SNR gate: with separation, the default, it
 # does not; see test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate). Crosstalk met it once
-# overlapped speech was taken where a third of the segmentation windows hear two voices (`overlap_count` 1.3).
-NOT_MET = {"backchannels", "music"}
+# overlapped speech was taken where a third of the segmentation windows hear two voices (`overlap_count` 1.3), and
+# misses it again since the speaker count is judged on units of >= 2 s (`Units.MIN_S`): this episode's co-host
+# turns are all shorter, a partition that cuts the target wins, and recall falls to 0.65 at purity 1.000 (the
+# trade chosen for purity on other feeds: benchmarks/RESULTS.md, corpus purity, seventh session).
+NOT_MET = {"backchannels", "crosstalk", "music"}
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ class CorpusParams(BaseModel):
     )
     unit_evidence: bool = Field(
         True, description="CPU path: the number of an episode's speakers is chosen again on its units (stretches "
-        "of one voice between pauses, overlap and changes of speaker, of at least 1 s) embedded whole, which a "
+        "of one voice between pauses, overlap and changes of speaker, of at least 2 s) embedded whole, which a "
         "speaker model embeds more reliably than its 1.5 s windows; only units whose windows agree on one cluster "
         "judge (`voicepipe.corpus.speakers.recount`; benchmarks/RESULTS.md, corpus purity)."
     )

@@ -10,7 +10,7 @@ the pair (and on the speaker model). So, per episode:
 2. `cluster`: k-means of those windows on the unit sphere, seeded with the enrollment, into the episode's
    speakers; the number of speakers is the one with the best silhouette; `split_target` then splits the cluster
    nearest the enrollment while it clearly holds two voices. `recount` (when the units are embedded whole:
-   `Units`, each unit of at least 1 s as one embedding) chooses among the same k-means partitions again by their
+   `Units`, each unit of at least 2 s as one embedding) chooses among the same k-means partitions again by their
    silhouette on the units, which embed a voice more steadily than 1.5 s windows; only units whose windows that
    first clustering puts in one cluster judge (the segmentation model misses changes between similar voices),
    and a split of the target's cluster must also part its units.
@@ -182,7 +182,12 @@ class Units:
     seconds: np.ndarray  # (m,) each unit's length
     of_window: np.ndarray  # (n_windows,) the unit each window lies in; -1: a unit too short to be embedded
 
-    MIN_S = 1.0
+    # 2 s, not 1 s: units of 1-2 s (backchannel episodes are made of them) judged a merge of the co-host into the
+    # target as readily as the windows do, and on two feeds the 1 s rule lowered purity (espeak 45 s backchannels
+    # 1.000 -> 0.691, a held-out feed 0.996 -> 0.787). With 2 s no feed's purity fell below the rule switched off;
+    # the cost is recall where the co-host's turns are all shorter (the CI feed's crosstalk, 0.972 -> 0.649):
+    # purity first (benchmarks/RESULTS.md, corpus purity, seventh session)
+    MIN_S = 2.0
 
     @staticmethod
     def spans(regions: list[tuple[float, float]], min_s: float = MIN_S) -> list[tuple[float, float]]:
