@@ -48,11 +48,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 0.02) -> None:
     assert err < rel, f"relative error {err:.4f}"
 
 
+@pytest.mark.parametrize("kind", ["dot", "gemv"])
 @pytest.mark.parametrize("rows", [1, 2])
-def test_rms_linear_glu_and_residual_match_the_unfused_math(interpret, rows, monkeypatch):
-    # the GEMV kernels (no tensor cores); the interpreter's tl.dot does not take bf16, so the "dot" kernels are
-    # checked on the GPU only (benchmarks/fused.py)
-    monkeypatch.setattr(fused, "CONFIG", dict.fromkeys(fused.CONFIG, ("gemv", 8, 512, 4, 1)))
+def test_rms_linear_glu_and_residual_match_the_unfused_math(interpret, rows, kind, monkeypatch):
+    # both matmul forms of the norm ops (the tl.dot one is the default; here with fp32 operands, see `_rms_dot`)
+    cfg = ("dot", 32, 256, 4, 3) if kind == "dot" else ("gemv", 8, 512, 4, 1)
+    residual = ("gemv", 4, 1024, 4, 1)
+    monkeypatch.setattr(fused, "CONFIG", {"rms_linear": cfg, "rms_glu": cfg, "linear_residual": residual})
     torch.manual_seed(0)
     x, ln = _bf(rows, H), _bf(H, scale=0.1) + 1
     w, wgu, wd = _bf(3 * 128, H, scale=0.03), _bf(2 * FF, H, scale=0.03), _bf(H, 2 * FF, scale=0.03)

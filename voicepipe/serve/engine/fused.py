@@ -32,6 +32,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from voicepipe.serve.engine import gemv
+
 # rows up to which the fused kernels run (their GEMV core, like gemv.py's, beats cuBLAS only for 1-2 rows)
 MAX_ROWS = 2
 _BK = 1024  # K must be a multiple of this (the predictor's 1024 / 2048 / 3072)
@@ -51,13 +53,9 @@ SHAPE_CONFIG: dict[tuple[str, int, int], tuple[str, int, int, int, int]] = {}
 
 def available(device: torch.device) -> bool:
     """Whether the fused kernels can run on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1 (tests)."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if device.type == "cuda":
+        return gemv.available(device)
+    return os.environ.get("TRITON_INTERPRET") == "1" and gemv.available(torch.device("cuda"))
 
 
 @functools.cache
@@ -104,8 +102,9 @@ def _kernels():
 
     @triton.jit
     def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-        # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
+        # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K.
+        # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly
         pid = tl.program_id(0)
         offs_n = pid * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
@@ -126,11 +125,17 @@ def _kernels():
             xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
             w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                         eviction_policy="evict_first")
-            acc = tl.dot(xn, tl.trans(w), acc)
+            if DOT_F32:
+                acc = tl.dot(xn.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
+            else:
+                acc = tl.dot(xn, tl.trans(w), acc)
             if GLU:
                 u = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k0 + offs_k[None, :], mask=n_ok[:, None],
                             other=0.0, eviction_policy="evict_first")
-                acc_u = tl.dot(xn, tl.trans(u), acc_u)
+                if DOT_F32:
+                    acc_u = tl.dot(xn.to(tl.float32), tl.trans(u.to(tl.float32)), acc_u)
+                else:
+                    acc_u = tl.dot(xn, tl.trans(u), acc_u)
         out = acc.to(tl.bfloat16).to(tl.float32)
         if GLU:
             up = acc_u.to(tl.bfloat16).to(tl.float32)
@@ -288,9 +293,10 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     kind, bn, bk, warps, stages = SHAPE_CONFIG.get((op, N, K), CONFIG[op])
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
+    extra = {} if kind == "gemv" else {"DOT_F32": os.environ.get("TRITON_INTERPRET") == "1"}
     _kernels()[0][kind][(_cdiv(N, bn),)](x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu,
                                          BM=2 if kind == "gemv" else 16, BN=bn, BK=bk, num_warps=warps,
-                                         num_stages=stages)
+                                         num_stages=stages, **extra)
     return y
 
 
