@@ -27,23 +27,28 @@ def codec_frame_bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length()) if n <= 8 else -(-n // 8) * 8
 
 
+def wait_event(ev: torch.cuda.Event) -> None:
+    """Wait for a recorded CUDA event by polling it with short sleeps: the GIL stays free for the engine's other
+    thread (a blocking wait would hold it for the whole wait)."""
+    while not ev.query():
+        time.sleep(0.0002)
+
+
 class CodecStreaming:
     """Device->host copies that keep the GIL free, and the decode thread's jobs."""
 
     decode_calls = 0  # codec decode calls so far (one per batch of windows of one shape)
 
-    def _to_host(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _to_host(self, x: torch.Tensor) -> torch.Tensor:
         """Device -> host copy that waits by polling an event with short sleeps, so the GIL stays free for the
         other engine thread (a blocking copy would stall it for the whole wait)."""
         if x.device.type != "cuda":
-            return x.clone() if out is None else out.copy_(x)
-        if out is None:
-            out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            return x.clone()
+        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
         out.copy_(x, non_blocking=True)
         ev = torch.cuda.Event()
         ev.record()
-        while not ev.query():
-            time.sleep(0.0002)
+        wait_event(ev)
         return out
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:

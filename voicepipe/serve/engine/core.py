@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from voicepipe.serve.engine.codec import SAMPLE_RATE, SAMPLES_PER_FRAME, CodecStreaming
+from voicepipe.serve.engine.codec import SAMPLE_RATE, SAMPLES_PER_FRAME, CodecStreaming, wait_event
 from voicepipe.serve.engine.kernels import FusedLayerError, _fuse_layer, signed_sin
 from voicepipe.serve.engine.step import FrameStep
 
@@ -609,8 +609,8 @@ class TTSEngine(FrameStep, CodecStreaming):
         """A finished step's codes: append each live request's frame, hand due chunks to the codec, end requests at
         EOS or their frame budget. A request that ended (or was cancelled) after this step was launched is skipped:
         the step computed one more frame for its slot, which nobody reads."""
-        while ev is not None and not ev.query():  # poll with short sleeps: the GIL stays free for the codec thread
-            time.sleep(0.0002)
+        if ev is not None:
+            wait_event(ev)
         codes = codes.clone()
         self.steps += 1
         due: list[RequestHandle] = []
