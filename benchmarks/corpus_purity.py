@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
                use: int | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
-               overrides: dict | None = None, voices: list[str] | None = None) -> dict:
+               overrides: dict | None = None, voices: list[str] | None = None, music: str = "sine",
+               intro_s: float = 15.0) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
+        EXTRA_SCENARIOS,
         SCENARIOS,
         PodcastTruth,
         feed_items,
@@ -54,15 +56,19 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
 
         synthetic.ENGINE_VOICES[engine] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
         tag = "-" + "_".join(v.replace("+", "") for v in voices)
+    if music != "sine":  # a real show's theme on every episode (the podcast is cached under its own name)
+        tag += f"-{music}{intro_s:g}s"
+    # the default scenarios first, in their order (the same seeded episodes as before), then any extra ones asked for
+    wanted = list(SCENARIOS) + [s for s in EXTRA_SCENARIOS if scenarios and s in scenarios]
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
         pod = work / "podcast-recorded"
         make = partial(make_recorded_podcast, pod, seed=seed)
     else:
         pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}{tag}"
-        make = partial(make_scenario_podcast, pod, engine=engine, episodes_per_scenario=episodes,
-                       episode_seconds=seconds, seed=seed)
+        make = partial(make_scenario_podcast, pod, wanted, engine=engine, episodes_per_scenario=episodes,
+                       episode_seconds=seconds, seed=seed, music=music, intro_s=intro_s)
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None
-    if truth is None or (engine != "recorded" and not set(SCENARIOS) <= {ep.scenario for ep in truth.episodes}):
+    if truth is None or (engine != "recorded" and not set(wanted) <= {ep.scenario for ep in truth.episodes}):
         truth = make()  # one seeded generator, scenarios in order: a podcast cached before a scenario was added
         # gets the same episodes again, and the new ones
     if use is not None:  # only the first `use` episodes of each scenario
@@ -127,7 +133,13 @@ def main() -> None:
                     "default); 0 builds without the guard at changes of speaker")
     ap.add_argument("--separator", default="none", choices=["none", "deepfilternet", "demucs", "auto"],
                     help="none: --no-separate (the issue's CPU path); else CorpusParams.separator")
-    ap.add_argument("--scenarios", nargs="+", default=None, help="build only these scenarios")
+    ap.add_argument("--scenarios", nargs="+", default=None, help="build only these scenarios (the extra ones, "
+                    "interview and phone_guest, are generated only when named here)")
+    ap.add_argument("--music", default="sine", choices=["sine", "rich"],
+                    help="sine: the generator's sine-chord music in the music scenarios (every earlier result); "
+                    "rich: a real show's theme on every episode (drums, bass, sawtooth chords; intro, stings, "
+                    "outro; the bed under the speech in the music scenarios)")
+    ap.add_argument("--intro-s", type=float, default=15.0, help="with --music rich: the intro's length")
     ap.add_argument("--voices", default=None, metavar="TARGET,COHOST,GUEST,AD",
                     help="the engine's voices for the four roles instead of the tuned ones (e.g. espeak "
                     "en-gb+m2,en-us+m4,en-us+f4,en-gb-x-rp+m1): a show nobody tuned for")
@@ -160,7 +172,8 @@ def main() -> None:
         build_tiny_codec(codec)
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
-                          args.voices.split(",") if args.voices else None) for e in args.engines]
+                          args.voices.split(",") if args.voices else None, args.music, args.intro_s)
+               for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():

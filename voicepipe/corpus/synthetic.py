@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from voicepipe.audio import load_audio, normalize_loudness, save_wav
+from voicepipe.audio import load_audio, normalize_loudness, resample, save_wav
 from voicepipe.corpus import intervals
 from voicepipe.errors import InputError
 
@@ -202,6 +202,117 @@ def _show_music(n: int, rng: np.random.Generator, start: int, end: int,
     return bed * loud
 
 
+def _env(n: int, tau_s: float) -> np.ndarray:
+    return np.exp(-np.arange(n) / (tau_s * SR))
+
+
+def _saw(freq: float, n: int, harmonics: int = 12) -> np.ndarray:
+    """A band-limited sawtooth (harmonics 1/k up to `harmonics` or Nyquist), unit peak-ish."""
+    t = np.arange(n) / SR
+    out = np.zeros(n)
+    for k in range(1, harmonics + 1):
+        if k * freq >= SR / 2 - 500:
+            break
+        out += np.sin(2 * np.pi * k * freq * t) / k
+    return out
+
+
+def _rich_music(n: int, rng: np.random.Generator, level_db: float) -> np.ndarray:
+    """Show music as real shows have it (not the sine chords of `_music_bed`): a drum kit (kick = a decaying sine
+    swept 150 -> 45 Hz, snare = a noise burst over a 190 Hz body, hi-hat = high-passed noise on every eighth), a
+    sawtooth bass line on the bar's root and sawtooth chords (slightly detuned pairs), 92-124 bpm, broadband,
+    soft-limited as mastered music is, at `level_db` dBFS RMS."""
+    from scipy.signal import butter, sosfilt
+
+    bpm = float(rng.uniform(92, 124))
+    beat = int(60.0 / bpm * SR)
+    bar = 4 * beat
+    out = np.zeros(n + bar, dtype=np.float64)
+    hp = butter(4, 7000, "highpass", fs=SR, output="sos")
+    bp = butter(2, [1200, 8000], "bandpass", fs=SR, output="sos")
+    # kick
+    kn = int(0.35 * SR)
+    tk = np.arange(kn) / SR
+    sweep = 45 + 105 * np.exp(-tk / 0.03)
+    kick = np.sin(2 * np.pi * np.cumsum(sweep) / SR) * _env(kn, 0.09)
+    sn = int(0.2 * SR)
+    hn = int(0.06 * SR)
+    roots = [55.0, 43.65, 49.0, 65.41]  # A1 F1 G1 C2: a common progression
+    first = int(rng.integers(len(roots)))
+    chord = (1.0, 1.26, 1.5)
+    for b, at in enumerate(range(0, n, bar)):
+        root = roots[(first + b) % len(roots)]
+        for q in range(4):  # beats
+            pos = at + q * beat
+            if q in (0, 2) or (q == 3 and rng.random() < 0.3):
+                out[pos : pos + kn] += 0.9 * kick[: out.size - pos]
+            if q in (1, 3):
+                noise = sosfilt(bp, rng.standard_normal(sn)) * _env(sn, 0.05)
+                body = np.sin(2 * np.pi * 190 * np.arange(sn) / SR) * _env(sn, 0.04)
+                out[pos : pos + sn] += (0.7 * noise / (np.max(np.abs(noise)) + 1e-9) + 0.3 * body)[: out.size - pos]
+        for e in range(8):  # hi-hat on every eighth
+            pos = at + e * beat // 2
+            hh = sosfilt(hp, rng.standard_normal(hn)) * _env(hn, 0.012 if e % 2 == 0 else 0.025)
+            out[pos : pos + hn] += 0.25 * hh[: out.size - pos] / (np.max(np.abs(hh)) + 1e-9)
+        for e in range(8):  # bass: eighths on the root, octave jump on the off-beat of 4
+            pos = at + e * beat // 2
+            f = root * (2.0 if e == 7 else 1.0)
+            bn = beat // 2
+            out[pos : pos + bn] += 0.35 * (_saw(f, bn, 8) * _env(bn, 0.15))[: out.size - pos]
+        # chords: sawtooth triad two octaves up, detuned pairs, a soft attack, held for the bar
+        env = np.minimum(1.0, np.arange(bar) / (0.02 * SR)) * _env(bar, 1.2)
+        pad = np.zeros(bar)
+        for r in chord:
+            for det in (0.997, 1.003):
+                pad += _saw(root * 4 * r * det, bar, 10)
+        out[at : at + bar] += 0.2 * pad * env
+    out = out[:n]
+    out /= np.sqrt(np.mean(out**2)) + 1e-9
+    out = 3.0 * np.tanh(out / 3.0)  # mastered: a soft limiter brings the drums' crest factor from ~18 to ~11 dB
+    out /= np.sqrt(np.mean(out**2)) + 1e-9
+    return (out * 10 ** (level_db / 20)).astype(np.float32)
+
+
+def _rich_show_music(n: int, rng: np.random.Generator, intro: int, start: int, end: int, *, bed: bool,
+                     stings: Sequence[tuple[int, int]] = (), boost: tuple[int, int] | None = None) -> np.ndarray:
+    """A real show's theme (`_rich_music`): the intro over [0, intro) at -12 dBFS fading out over its last second
+    into the bed (-28 dBFS under the speech in [start, end), when `bed`) or silence, a -12 dBFS sting over each of
+    `stings` (between segments), the bed 6 dB louder over `boost` (an ad break), and a -12 dBFS outro after `end`."""
+    track = _rich_music(n, rng, 0.0)
+    loud, quiet = 10 ** (-12.0 / 20), (10 ** (-28.0 / 20) if bed else 0.0)
+    gain = np.full(n, quiet, dtype=np.float64)
+    fade = min(intro, SR)
+    gain[: intro - fade] = loud
+    gain[intro - fade : intro] = np.linspace(loud, quiet, fade)
+    for a, b in stings:
+        ramp = min(int(0.05 * SR), (b - a) // 4)
+        g = np.full(b - a, loud)
+        g[:ramp] = np.linspace(quiet, loud, ramp)
+        g[-ramp:] = np.linspace(loud, quiet, ramp)
+        gain[a:b] = g
+    if boost is not None and bed:
+        gain[boost[0] : boost[1]] = quiet * 10 ** (6 / 20)
+    gain[end : end + int(0.3 * SR)] = np.linspace(quiet, loud, min(int(0.3 * SR), max(0, n - end)))
+    gain[end + int(0.3 * SR) :] = loud
+    return (track * gain).astype(np.float32)
+
+
+def telephone(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`wav` as a caller on the phone sounds: 8 kHz, 300-3400 Hz, mu-law companding, a little line noise."""
+    from scipy.signal import butter, sosfilt
+
+    x = resample(wav.astype(np.float32), SR, 8000).astype(np.float64)
+    x = sosfilt(butter(4, [300, 3400], "bandpass", fs=8000, output="sos"), x)
+    peak = np.max(np.abs(x)) + 1e-9
+    mu = 255.0
+    y = np.sign(x / peak) * np.log1p(mu * np.abs(x / peak)) / np.log1p(mu)
+    y = np.round(y * 127) / 127  # 8-bit mu-law
+    x = np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu * peak
+    x += 10 ** (-45 / 20) * rng.standard_normal(x.size)
+    out = resample(x.astype(np.float32), 8000, SR)
+    return (out / (np.max(np.abs(out)) + 1e-9) * 0.5).astype(np.float32)
+
+
 def _episode_audio(
     rng: np.random.Generator, seconds: float, target_voice: str, cohost_voice: str
 ) -> tuple[np.ndarray, list[Turn]]:
@@ -289,6 +400,20 @@ ENGINE_VOICES = {
     "espeak": {"target": "en-us+m3", "cohost": "en-gb+f3", "guest": "en-us+f2", "ad": "en-us+m7"},
     "flite": {"target": "awb", "cohost": "rms", "guest": "slt", "ad": "kal"},
 }
+# not in SCENARIOS (the default feed, which tests and results depend on): built when asked for by name.
+# interview: the target introduces a guest, then asks short questions that the guest answers at length; phone_guest:
+# the same with the guest on the phone (`telephone`: 8 kHz, 300-3400 Hz, mu-law)
+EXTRA_SCENARIOS = ("interview", "phone_guest")
+_QUESTIONS = [
+    "So how did you get started?",
+    "What went wrong the first time?",
+    "Why did you pick that battery?",
+    "How much did all of that cost you?",
+    "And what would you do differently now?",
+    "Was it worth it in the end?",
+    "How did your family react?",
+    "What surprised you the most?",
+]
 _BACKCHANNELS = ["yeah", "right", "mm hm", "exactly", "sure", "okay", "oh wow"]
 _AD = [
     "This episode is brought to you by Volt Supply, batteries and cables shipped the same day.",
@@ -351,23 +476,41 @@ class _Timeline:
 
 
 def _scenario_episode(
-    rng: np.random.Generator, scenario: str, seconds: float, engine: str
+    rng: np.random.Generator, scenario: str, seconds: float, engine: str, *, music: str = "sine",
+    intro_s: float = 15.0,
 ) -> tuple[np.ndarray, list[Turn]]:
-    """One episode of `scenario` (see SCENARIOS): its mix and the truth turns (one per sentence / backchannel)."""
-    if scenario not in SCENARIOS:
-        raise InputError(f"scenario {scenario!r}: unknown (expected one of {', '.join(SCENARIOS)})")
+    """One episode of `scenario` (see SCENARIOS, EXTRA_SCENARIOS): its mix and the truth turns (one per sentence /
+    backchannel). `music="sine"` (the default, what every earlier result used): the music scenarios get
+    `_show_music`'s sine chords (4 s intro). `music="rich"`: every episode gets a real show's theme
+    (`_rich_show_music`: drums, bass, sawtooth chords; an `intro_s` intro at -12 dBFS, a -12 dBFS sting between
+    segments at about a third and two thirds of the episode, an outro), and the music scenarios the bed under the
+    speech too."""
+    if scenario not in SCENARIOS + EXTRA_SCENARIOS:
+        raise InputError(f"scenario {scenario!r}: unknown (expected one of {', '.join(SCENARIOS + EXTRA_SCENARIOS)})")
+    if music not in ("sine", "rich"):
+        raise InputError(f"music {music!r}: unknown (expected sine or rich)")
+    rich = music == "rich"
     v = ENGINE_VOICES[engine]
     every = scenario == "all"
-    music = every or scenario == "music"
-    other = "guest" if scenario == "guest" else "cohost"
+    music_bed = every or scenario == "music"
+    interview = scenario in ("interview", "phone_guest")  # the guest talks most; the target asks short questions
+    other = "guest" if scenario == "guest" or interview else "cohost"
     absent = scenario == "absent"  # the target is away: the co-host hosts a guest (a real feed has such episodes)
     tl = _Timeline()
-    intro = int(4.0 * SR) if music else int(1.0 * SR)
+    intro = int(intro_s * SR) if rich else int(4.0 * SR) if music_bed else int(1.0 * SR)
     pos = intro
+    stings: list[tuple[int, int]] = []
+    sting_at = [intro + int(f * (seconds * SR - intro)) for f in (1 / 3, 2 / 3)] if rich else []
     speaker = "cohost" if absent else "target"
     ad_done = not (every or scenario == "ad_break")
     ad_span: tuple[int, int] | None = None
+    first = True
     while pos < seconds * SR:
+        if sting_at and pos > sting_at[0] and ad_done:  # a sting between segments (not inside the ad break)
+            sting_at.pop(0)
+            pos += int(0.4 * SR)
+            stings.append((pos, pos + int(rng.uniform(1.5, 2.5) * SR)))
+            pos = stings[-1][1] + int(0.4 * SR)
         if not ad_done and pos > 0.45 * seconds * SR:  # the ad break, read by another voice, mid-episode
             pos += int(0.6 * SR)
             start = pos
@@ -377,18 +520,26 @@ def _scenario_episode(
             pos += int(0.6 * SR)
             ad_done = True
             continue
-        if speaker == "target" or (absent and speaker == "cohost"):
+        if interview and speaker == "target":  # an introduction first, then short questions
+            texts = (list(rng.choice(_SENTENCES, size=int(rng.integers(1, 3)), replace=False)) if first
+                     else [str(rng.choice(_QUESTIONS))])
+        elif interview:
+            texts = list(rng.choice(_SENTENCES, size=int(rng.integers(2, 5)), replace=False))
+        elif speaker == "target" or (absent and speaker == "cohost"):
             texts = list(rng.choice(_SENTENCES, size=int(rng.integers(1, 4)), replace=False))
         elif other == "guest" or absent:
             texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(2, 4)), replace=False))
         else:
             texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(1, 3)), replace=False))
+        first = False
         who = speaker if speaker == "target" or absent else other
         voice = v[who]
         for k, text in enumerate(texts):
             if k:
                 pos += int(rng.uniform(0.3, 0.5) * SR)
             wav = speak_with(engine, text, voice, speed=rng.uniform(0.95, 1.08), pitch=rng.uniform(-1.0, 1.0))
+            if scenario == "phone_guest" and who == "guest":
+                wav = telephone(wav, rng)
             start = pos
             pos = tl.put(pos, wav, who, text)
             if speaker == "target" and (every or scenario == "backchannels") and wav.size > 2.0 * SR:
@@ -400,7 +551,7 @@ def _scenario_episode(
         crosstalk = (every or scenario == "crosstalk") and rng.random() < 0.6
         if crosstalk:
             pos -= int(rng.uniform(0.4, 1.0) * SR)
-        elif scenario in ("cohost_close", "guest") and rng.random() < 0.5:
+        elif (scenario in ("cohost_close", "guest") or interview) and rng.random() < 0.5:
             pos += int(rng.uniform(0.0, 0.05) * SR)
         else:
             pos += int(rng.uniform(0.5, 0.9) * SR)
@@ -410,12 +561,19 @@ def _scenario_episode(
             speaker = "target" if speaker != "target" or rng.random() < 0.6 else "cohost"
         else:
             speaker = "cohost" if speaker == "target" else "target"
-    n = tl.end + (int(4.0 * SR) if music else SR)
-    mix = tl.render(n) + _pink(n, rng, -50.0)
-    if music:
-        mix += _show_music(n, rng, intro, tl.end, ad_span)
-    elif ad_span is not None:
-        mix[ad_span[0] : ad_span[1]] += _music_bed(ad_span[1] - ad_span[0], rng, -26.0)
+    if rich:
+        n = tl.end + int(6.0 * SR)
+        mix = tl.render(n) + _pink(n, rng, -50.0)
+        mix += _rich_show_music(n, rng, intro, intro, tl.end, bed=music_bed, stings=stings, boost=ad_span)
+        if ad_span is not None and not music_bed:
+            mix[ad_span[0] : ad_span[1]] += _rich_music(ad_span[1] - ad_span[0], rng, -26.0)
+    else:
+        n = tl.end + (int(4.0 * SR) if music_bed else SR)
+        mix = tl.render(n) + _pink(n, rng, -50.0)
+        if music_bed:
+            mix += _show_music(n, rng, intro, tl.end, ad_span)
+        elif ad_span is not None:
+            mix[ad_span[0] : ad_span[1]] += _music_bed(ad_span[1] - ad_span[0], rng, -26.0)
     peak = float(np.max(np.abs(mix)))
     if peak > 0.98:
         mix *= 0.98 / peak
@@ -430,9 +588,12 @@ def make_scenario_podcast(
     episodes_per_scenario: int = 1,
     episode_seconds: float = 40.0,
     seed: int = 0,
+    music: str = "sine",
+    intro_s: float = 15.0,
 ) -> PodcastTruth:
     """One episode per scenario (x `episodes_per_scenario`) spoken by `engine`'s voices, as 64 kb/s mp3, plus 3
-    clean enrollment clips of the target and `truth.json`. Episode ids: `<scenario>-<n>`."""
+    clean enrollment clips of the target and `truth.json`. Episode ids: `<scenario>-<n>`. `music`, `intro_s`: see
+    `_scenario_episode` ("rich": every episode under a real show's theme, an `intro_s` intro)."""
     if engine not in ENGINE_VOICES:
         raise InputError(f"speech engine {engine!r}: unknown (expected one of {', '.join(ENGINE_VOICES)})")
     out = Path(out_dir)
@@ -442,7 +603,7 @@ def make_scenario_podcast(
     day0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     for si, scenario in enumerate(scenarios):
         for k in range(episodes_per_scenario):
-            wav, turns = _scenario_episode(rng, scenario, episode_seconds, engine)
+            wav, turns = _scenario_episode(rng, scenario, episode_seconds, engine, music=music, intro_s=intro_s)
             eid = f"{scenario}-{k + 1}"
             _to_mp3(wav, out / f"{eid}.mp3")
             published = format_datetime(day0 + timedelta(days=si * episodes_per_scenario + k))
