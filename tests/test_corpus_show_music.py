@@ -50,3 +50,22 @@ def test_music_the_vad_hears_as_speech_does_not_merge_the_co_host_into_the_targe
     speech = truth.episodes[0].any_speech()
     assert intervals.seconds(intervals.intersect(intervals.union(removed), speech)) < 0.05, removed
     assert "not speech" in (out / "report.md").read_text()
+
+
+def test_the_rich_show_music_is_broadband_with_a_loud_intro_and_the_caller_is_band_limited():
+    import numpy as np
+    from scipy.signal import welch
+
+    from voicepipe.corpus.synthetic import SR, _scenario_episode
+
+    wav, turns = _scenario_episode(np.random.default_rng(0), "phone_guest", 20.0, "espeak", music="rich",
+                                   intro_s=8.0)
+    assert turns[0].speaker == "target" and abs(turns[0].start - 8.0) < 1e-6
+    intro = wav[: 7 * SR]
+    assert -14.0 < 10 * np.log10(np.mean(intro.astype(np.float64) ** 2)) < -10.0
+    f, p = welch(intro, SR, nperseg=4096)
+    # drums and sawtooth chords: energy across the band, not a few sine partials under 1 kHz
+    assert p[(f > 2000) & (f < 8000)].sum() > 0.01 * p.sum()
+    guest = np.concatenate([wav[int(t.start * SR) : int(t.end * SR)] for t in turns if t.speaker == "guest"])
+    f, p = welch(guest, SR, nperseg=2048)
+    assert p[f > 4500].sum() < 0.01 * p[(f > 300) & (f < 3400)].sum()  # the telephone band, 300-3400 Hz
