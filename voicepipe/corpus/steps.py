@@ -342,7 +342,9 @@ def _split_even(start: float, end: float, max_len: float) -> list[tuple[float, f
 @guarded("diarize")
 def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """Speaker turns, overlapped speech, and which turns are the target's — decided against the episode's own
-    speakers, not a fixed cosine threshold (how far two voices embed apart depends on the pair).
+    speakers, not a fixed cosine threshold (how far two voices embed apart depends on the pair). The speech is the
+    VAD's on the separated audio, less (with separation) the regions the separator took more than
+    `separated_floor_db` off: music it removed, whose residue the VAD still heard (`separated_speech`).
 
     With a pyannote pipeline: its turns and overlap; each pyannote speaker is embedded as a whole (its turns'
     audio, up to 60 s) and the one nearest the enrollment centroid is the target (`speakers.target_label`: no fixed
