@@ -22,7 +22,10 @@ off: a 1-2 row step runs the code predictor's layers as the compiled unfused uni
 each; with `numerics`, its bf16-vs-fp32 check is run too), `sample-off` (the engine with
 `EngineConfig.fused_sample` off: the 16 codes of a step sampled by the unfused top-k / softmax / race ops),
 `host-sync` (the engine with `EngineConfig.overlap_host` off: each step's codes are read before the next step is
-launched, so the GPU waits while the host polls, emits audio and retires requests).
+launched, so the GPU waits while the host polls, emits audio and retires requests), `codec-unfused` (the engine
+with `EngineConfig.codec_fused` off: the codec decoder's SnakeBeta activations and causal padding as the package's
+modules). A setting whose effect is process-wide (cuDNN's algorithm cache: `codec_cudnn_benchmark`) is compared
+across two processes instead, with `--engine-set key=value,...` on every engine of the second.
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -239,11 +242,14 @@ def profile_engine(eng) -> dict:
     return prof
 
 
+ENGINE_SET: dict = {}  # --engine-set: settings every engine of this process gets
+
+
 def make_engine(tts, max_batch: int, **overrides):
     from voicepipe.serve.engine import EngineConfig, TTSEngine
 
     return TTSEngine(tts, EngineConfig(**{"max_batch": max_batch, "max_len": 512, "first_chunk_frames": 2,
-                                          **overrides}))
+                                          **ENGINE_SET, **overrides}))
 
 
 def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
@@ -710,17 +716,22 @@ def main() -> None:
                     help="runs per concurrency level (TTFA samples); for http, bursts per level, order alternating")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tiny-dir", type=Path, default=None, help="prebuilt voicepipe.models.tiny custom-voice dir")
+    ap.add_argument("--engine-set", default="", help="EngineConfig settings for every engine, e.g. "
+                    "codec_cudnn_benchmark=false (values parsed as JSON)")
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     concs = [int(x) for x in a.concurrency.split(",")]
     repeats = {int(k): int(v) for k, v in (x.split(":") for x in a.repeats.split(","))}
     systems = a.systems.split(",")
+    for kv in filter(None, a.engine_set.split(",")):
+        k, v = kv.split("=", 1)
+        ENGINE_SET[k] = json.loads(v)
     with tempfile.TemporaryDirectory() as tmp:
         tts = build_model(device, dtype, a.tiny, Path(tmp), a.tiny_dir)
     info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
                 gpu=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-                frames=a.frames, text=TEXT)
+                frames=a.frames, text=TEXT, engine_set=ENGINE_SET)
     print(info, flush=True)
     rows: list[dict] = []
     extra: dict = {"profile": {}}
@@ -765,6 +776,8 @@ def main() -> None:
                                     profile=extra["profile"]))
         other.stop()
         del other
+        if eng is not None:  # the codec decoder is the shared model's: give it back the measured engine's setting
+            eng._fuse_codec()
         torch.cuda.empty_cache()
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] {system} done", flush=True)
@@ -777,6 +790,8 @@ def main() -> None:
         lever_off("sample-off", fused_sample=False)
     if "host-sync" in systems and eng is not None:  # the next step launched only after the host read this one's
         lever_off("host-sync", overlap_host=False)
+    if "codec-unfused" in systems and device == "cuda":  # the codec's activations as the package's modules
+        lever_off("codec-unfused", codec_fused=False)
     if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
         lever_off("chunk12", chunk_frames=12)
     if "inline" in systems:

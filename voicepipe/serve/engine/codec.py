@@ -60,6 +60,19 @@ class CodecStreaming:
             wav = dec(x)
         return self._to_host(wav[:, 0].float())
 
+    def _fuse_codec(self) -> bool:
+        """Rewrite the codec decoder's activations as `engine.snake`'s kernel when `EngineConfig.codec_fused` says so
+        (None: on CUDA with Triton); returns whether it did."""
+        from voicepipe.serve.engine import snake
+
+        dec = self.model.speech_tokenizer.model.decoder
+        dev = next(dec.parameters()).device
+        on = self.cfg.codec_fused
+        if on is None:
+            on = dev.type == "cuda" and snake.available(dev)
+        snake.fuse_codec(dec, bool(on))  # off: the package's forwards (an earlier engine may have fused them)
+        return bool(on)
+
     @property
     def _codec_graphed(self) -> bool:
         """Whether codec decodes replay CUDA graphs (`EngineConfig.codec_graphs`; default: with CUDA graphs)."""
@@ -139,15 +152,21 @@ class CodecStreaming:
                        ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:  # fmt: skip
         t0 = time.perf_counter()
         inp = torch.zeros(key[0], like.shape[1], key[1], dtype=like.dtype, device=like.device)
-        dec(inp)  # warm-up: lazy initialisation and algorithm choice happen outside the capture
-        stream = self.__dict__.setdefault("_codec_stream", torch.cuda.Stream(like.device))
-        pool = self.__dict__.setdefault("_codec_pool", torch.cuda.graph_pool_handle())
-        stream.wait_stream(torch.cuda.current_stream())
-        g = torch.cuda.CUDAGraph()
-        # own pool and stream: the frame-step graphs may be captured on the engine thread at the same time
-        with torch.cuda.graph(g, pool=pool, stream=stream, capture_error_mode="thread_local"):
-            out = dec(inp)
-        torch.cuda.current_stream().wait_stream(stream)
+        bench = self.cfg.codec_cudnn_benchmark
+        # cuDNN's flag is process-wide; only the codec runs convolutions, and it is set back right after
+        prev, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, bench is None or bool(bench)
+        try:
+            dec(inp)  # warm-up: lazy initialisation and algorithm choice (timed with the flag) outside the capture
+            stream = self.__dict__.setdefault("_codec_stream", torch.cuda.Stream(like.device))
+            pool = self.__dict__.setdefault("_codec_pool", torch.cuda.graph_pool_handle())
+            stream.wait_stream(torch.cuda.current_stream())
+            g = torch.cuda.CUDAGraph()
+            # own pool and stream: the frame-step graphs may be captured on the engine thread at the same time
+            with torch.cuda.graph(g, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                out = dec(inp)
+            torch.cuda.current_stream().wait_stream(stream)
+        finally:
+            torch.backends.cudnn.benchmark = prev
         self.codec_captures += 1
         ms = 1000 * (time.perf_counter() - t0)
         self.__dict__.setdefault("codec_capture_ms", []).append(ms)

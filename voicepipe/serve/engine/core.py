@@ -128,6 +128,13 @@ class EngineConfig:
     # the prefill's attention may use cuDNN (False: flash/efficient only; cuDNN plans every new (batch, length))
     prefill_cudnn: bool = False
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
+    # the codec decoder's SnakeBeta activations as one Triton kernel each, with the causal convolutions' left
+    # padding written by it (`engine.snake`); None: on CUDA with Triton
+    codec_fused: bool | None = None
+    # cuDNN times its convolution algorithms for each codec graph's shapes before the capture (what the graph then
+    # replays; the heuristic choice runs some of the decoder's convolutions on a legacy non-tensor-core kernel);
+    # costs start-up seconds, not serving time. None: on CUDA (only captures are affected)
+    codec_cudnn_benchmark: bool | None = None
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
     # launch frame step n+1 before reading step n's codes (the host's per-step work then overlaps the GPU's);
@@ -232,6 +239,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         self.use_graphs = self.device.type == "cuda" if self.cfg.cuda_graphs is None else self.cfg.cuda_graphs
         self.sample_rate = SAMPLE_RATE
         self._alloc()
+        self.codec_fused = self._fuse_codec()
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._pending: collections.deque[RequestHandle] = collections.deque()
