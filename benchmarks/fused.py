@@ -43,12 +43,12 @@ def layers(dev: torch.device) -> list[K._FusedLayer]:
                           eps=1e-6, qk_eps=1e-6) for _ in range(LAYERS)]
 
 
-def op_errors(dev: torch.device) -> list[dict]:
+def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
     lw = layers(dev)[0]
     rows = []
     rot = torch.randn(L, HD, device=dev)
     cos_t, sin_t = rot.cos().to(torch.bfloat16), K.signed_sin(rot.sin()).to(torch.bfloat16)
-    for m in (1, 2):
+    for m in ms:
         x = torch.randn(m, H, device=dev).to(torch.bfloat16)
         x32 = x.float()
 
@@ -258,6 +258,8 @@ def sample_check(dev: torch.device) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--rows", default="1,2", help="step rows for the error check and the step times (the fused "
+                    "layer's tl.dot forms hold up to 16: EngineConfig.fused_rows)")
     ap.add_argument("--sweep", action="store_true", help="time each op's configurations (SWEEP) first")
     ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--config", type=json.loads, default=None,
@@ -273,11 +275,12 @@ def main() -> None:
     fused.CONFIG.update({k: tuple(v) for k, v in (a.config or {}).items()})
     print("config:", fused.CONFIG, flush=True)
     samples = sample_check(dev)
-    errs = op_errors(dev)
+    ms = tuple(int(x) for x in a.rows.split(","))
+    errs = op_errors(dev, ms)
     for r in errs:
         print(r, flush=True)
     times = []
-    for m in (1, 2):
+    for m in ms:
         for use in (False, True):
             times.append(step_time(dev, m, use))
             print(times[-1], flush=True)

@@ -22,10 +22,12 @@ off: a 1-2 row step runs the code predictor's layers as the compiled unfused uni
 each; with `numerics`, its bf16-vs-fp32 check is run too), `sample-off` (the engine with
 `EngineConfig.fused_sample` off: the 16 codes of a step sampled by the unfused top-k / softmax / race ops),
 `host-sync` (the engine with `EngineConfig.overlap_host` off: each step's codes are read before the next step is
-launched, so the GPU waits while the host polls, emits audio and retires requests), `codec-unfused` (the engine
-with `EngineConfig.codec_fused` off: the codec decoder's SnakeBeta activations and causal padding as the package's
-modules). A setting whose effect is process-wide (cuDNN's algorithm cache: `codec_cudnn_benchmark`) is compared
-across two processes instead, with `--engine-set key=value,...` on every engine of the second.
+launched, so the GPU waits while the host polls, emits audio and retires requests), `fused2` (the engine with
+`EngineConfig.fused_rows` 2: only steps of 1-2 rows run the fused predictor layer; the default, 16, runs it in its
+tl.dot form above 2 rows), `codec-unfused` (the engine with `EngineConfig.codec_fused` off: the codec decoder's
+SnakeBeta activations and causal padding as the package's modules). A setting whose effect is process-wide
+(cuDNN's algorithm cache: `codec_cudnn_benchmark`) is compared across two processes instead, with `--engine-set
+key=value,...` on every engine of the second.
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -786,6 +788,8 @@ def main() -> None:
         lever_off("gemv-off", small_gemv=False)
     if "fused-off" in systems and device == "cuda":  # the predictor's layers unfused at 1-2 rows (lever off)
         lever_off("fused-off", fused_predictor=False)
+    if "fused2" in systems and device == "cuda":  # the fused layer at 1-2 rows only (lever off above 2 rows)
+        lever_off("fused2", fused_rows=2)
     if "sample-off" in systems and device == "cuda":  # the step's codes sampled unfused (lever off)
         lever_off("sample-off", fused_sample=False)
     if "host-sync" in systems and eng is not None:  # the next step launched only after the host read this one's

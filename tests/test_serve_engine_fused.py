@@ -48,8 +48,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 0.02) -> None:
     assert err < rel, f"relative error {err:.4f}"
 
 
-@pytest.mark.parametrize("kind", ["dot", "gemv"])
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("kind,rows", [("dot", 1), ("dot", 2), ("gemv", 1), ("gemv", 2),
+                                       ("gemv", 5), ("gemv", 16)])  # 5, 16 rows: the tl.dot forms (`fused_rows`)
 def test_rms_linear_glu_and_residual_match_the_unfused_math(interpret, rows, kind, monkeypatch):
     # both matmul forms of the norm ops (the tl.dot one is the default; here with fp32 operands, see `_rms_dot`)
     cfg = ("dot", 32, 256, 4, 3) if kind == "dot" else ("gemv", 8, 512, 4, 1)
@@ -98,10 +98,10 @@ def test_attn_decode_writes_the_cache_at_pos_and_attends_over_0_to_pos(interpret
     assert torch.equal(kc[keep], kc2[keep]) and torch.equal(vc[keep], vc2[keep])
 
 
-def test_without_triton_or_above_two_rows_the_ops_are_the_reference_math():
+def test_without_triton_or_above_sixteen_rows_the_ops_are_the_reference_math():
     torch.manual_seed(2)
-    x, ln, w = _bf(4, H), _bf(H) + 1, _bf(256, H)
-    assert not fused._use(x, H)  # 4 rows: the unfused math
+    x, ln, w = _bf(17, H), _bf(H) + 1, _bf(256, H)
+    assert not fused._use(x, H)  # 17 rows: the unfused math
     assert torch.equal(fused.rms_linear(x, ln, w, 1e-6), torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), w))
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert not fused.available(torch.device("cpu"))
@@ -117,7 +117,7 @@ def tts(tiny_custom_voice_dir):
 def test_the_fused_predictor_unit_keeps_the_greedy_codes(tts, monkeypatch):
     """A one-stream step with `fused_predictor` on runs `kernels.predictor_next_fused` (the ops' unfused math here:
     fp32 on the CPU) and must give the plain engine's greedy codes: the layer order, residuals and cache positions of
-    the fused unit are the unfused one's. Rows above `MAX_ROWS` keep the plain unit."""
+    the fused unit are the unfused one's. Steps above `EngineConfig.fused_rows` keep the plain unit."""
     from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
     from voicepipe.serve.engine import kernels as K
 

@@ -122,6 +122,9 @@ class EngineConfig:
     # a step of 1-2 rows runs the code predictor's layers as five fused Triton kernels each (`engine.fused`) instead
     # of ~11 compiled ones; None: with compiled units on CUDA
     fused_predictor: bool | None = None
+    # the largest step (rows) that takes the fused layer; above 2 rows its ops use their tl.dot form (at most 16;
+    # H200: a 16-row predictor step 336 -> 232 us, 16 streams 156 -> 191x real time: benchmarks/RESULTS.md)
+    fused_rows: int = 16
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

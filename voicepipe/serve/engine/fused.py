@@ -1,4 +1,4 @@
-"""The code predictor's decoder layer as five Triton kernels, for the 1-2 rows of a one-stream frame step.
+"""The code predictor's decoder layer as five Triton kernels, for frame steps of 1-16 rows.
 
 A frame step runs the code predictor's 5 layers 15 times: 75 small layer passes, each ~11 kernels under inductor
 (norm, q/k/v matmul, q/k norm + RoPE, two cache writes, SDPA, output matmul, residual + norm, gate/up matmul,
@@ -11,16 +11,17 @@ SiLU·mul, down matmul), every one a few microseconds of launch and tail on a 10
 - `linear_residual` (twice): GEMV + residual add (attention output projection, MLP down projection);
 - `rms_glu`: RMSNorm prologue, gate and up rows of the fused gate/up weight in one program, SiLU(gate)·up epilogue.
 
-The matmul core is a GEMV without tensor cores (`gemv.py`'s form) or `tl.dot` tiles with the rows padded to 16,
-per op (`CONFIG`, from `benchmarks/fused.py --sweep`). Also here: `sample_topk`, the step's top-k sampling as one
-kernel per call at any batch size (a threshold search instead of a sort; the same exponential draws).
+The matmul core is a GEMV without tensor cores (`gemv.py`'s form, 1-2 rows) or `tl.dot` tiles with the rows padded
+to 16, per op (`CONFIG`, from `benchmarks/fused.py --sweep`; above `GEMV_ROWS` rows always `tl.dot`). Also here:
+`sample_topk`, the step's top-k sampling as one kernel per call at any batch size (a threshold search instead of a
+sort; the same exponential draws).
 
 Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). Numerics follow the unfused path's bf16
 rounding points (every place the eager math stores a bf16 tensor, the kernel rounds), summation order differs, so
 results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
 interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
-or above `MAX_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
-Hand-written because no library fuses a whole decoder layer for 1-2 rows, nor top-k sampling without a sort.
+or above `DOT_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
+Hand-written because no library fuses a whole decoder layer for a few rows, nor top-k sampling without a sort.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import torch.nn.functional as F
 
 from voicepipe.serve.engine import gemv
 
-# rows up to which the fused kernels run (their GEMV core, like gemv.py's, beats cuBLAS only for 1-2 rows)
-MAX_ROWS = 2
+GEMV_ROWS = 2  # rows the GEMV form holds; above it the ops take their tl.dot form (one 16-row tile)
+DOT_ROWS = 16  # rows up to which the ops run fused at all
 _BK = 1024  # K must be a multiple of this (the predictor's 1024 / 2048 / 3072)
 # per op: (kernel, BN, BK, warps, stages); "gemv": no tensor cores, "dot": tl.dot tiles with rows padded to 16
 # (`benchmarks/fused.py --sweep` times the alternatives; H200, 2026-12-03 22:3x UTC, 1-2 rows: q/k/v 6.1 us against
@@ -165,6 +166,30 @@ def _kernels():
         tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
+    def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym, BM: tl.constexpr, BN: tl.constexpr,
+                 BK: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
+        # _gemv_res on tensor cores (3-16 rows): [BM, BK] x [BK, BN] tiles, rows padded to BM = 16
+        pid = tl.program_id(0)
+        offs_n = pid * BN + tl.arange(0, BN)
+        offs_m = tl.arange(0, BM)
+        offs_k = tl.arange(0, BK)
+        n_ok = offs_n < N
+        m_ok = offs_m < M
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                        eviction_policy="evict_first")
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
+            else:
+                acc = tl.dot(x, tl.trans(w), acc)
+        ok = m_ok[:, None] & n_ok[None, :]
+        r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
+        out = acc.to(tl.bfloat16).to(tl.float32) + r
+        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
     def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_kb, s_kh, s_kl, s_o,
               eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr):  # fmt: skip
         # one (row, KV head): q/k head norms, RoPE, cache write at pos, attention of its NH // KVH query heads
@@ -255,7 +280,7 @@ def _kernels():
         g = tl.load(greedy_ptr + row).to(tl.int32)
         tl.store(out_ptr + row, tl.where(g != 0, best, code).to(tl.int64))
 
-    return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample
+    return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample, _dot_res
 
 
 def _rows(x: torch.Tensor) -> int:
@@ -263,7 +288,10 @@ def _rows(x: torch.Tensor) -> int:
 
 
 def _use(x: torch.Tensor, K: int) -> bool:
-    return (_rows(x) <= MAX_ROWS and K % _BK == 0 and x.dtype == torch.bfloat16 and available(x.device))
+    return (_rows(x) <= DOT_ROWS and K % _BK == 0 and x.dtype == torch.bfloat16 and available(x.device))
+
+
+_DOT = ("dot", 32, 256, 4, 3)  # the tl.dot form's configuration above GEMV_ROWS rows
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -291,6 +319,8 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     M, K = x.shape
     op = "rms_glu" if glu else "rms_linear"
     kind, bn, bk, warps, stages = SHAPE_CONFIG.get((op, N, K), CONFIG[op])
+    if M > GEMV_ROWS and kind == "gemv":  # the GEMV form holds at most GEMV_ROWS rows
+        kind, bn, bk, warps, stages = _DOT
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
     extra = {} if kind == "gemv" else {"DOT_F32": os.environ.get("TRITON_INTERPRET") == "1"}
@@ -327,9 +357,16 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.
     M, K = x.shape
     if not _use(x, K):
         return r + F.linear(x, w)
-    _, bn, bk, warps, stages = SHAPE_CONFIG.get(("linear_residual", w.shape[0], K), CONFIG["linear_residual"])
+    kind, bn, bk, warps, stages = SHAPE_CONFIG.get(("linear_residual", w.shape[0], K), CONFIG["linear_residual"])
     y = torch.empty_like(r)
     x, r = x.contiguous(), r.contiguous()
+    if M > GEMV_ROWS or kind == "dot":
+        if M > GEMV_ROWS and kind == "gemv":
+            _, bn, bk, warps, stages = _DOT
+        _kernels()[4][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
+                                                 y.stride(0), BM=16, BN=bn, BK=bk, num_warps=warps,
+                                                 num_stages=stages, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1")
+        return y
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
                                              y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
     return y

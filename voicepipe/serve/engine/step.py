@@ -125,10 +125,14 @@ class FrameStep:
 
     @property
     def fused_predictor(self) -> bool:
-        """Whether a step of at most `fused.MAX_ROWS` rows runs the code predictor's layers as fused kernels
+        """Whether a step of at most `EngineConfig.fused_rows` rows runs the code predictor's layers as fused kernels
         (`EngineConfig.fused_predictor`; default: with compiled units, on CUDA with Triton)."""
         c = self.cfg.fused_predictor
         return (self.compiled if c is None else bool(c)) and fused.available(self.device)
+
+    @property
+    def _fused_rows(self) -> int:
+        return max(0, min(int(self.cfg.fused_rows), fused.DOT_ROWS))
 
     @property
     def fused_sample(self) -> bool:
@@ -172,7 +176,7 @@ class FrameStep:
         _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
                                     self.cp.model.norm.weight, heads[0].weight, embeds[0].weight, u.samp)
         codes, embs = [code0, c], [e0, e]
-        nxt = u.predictor_next_small if b <= fused.MAX_ROWS and self.fused_predictor else u.predictor_next
+        nxt = u.predictor_next_small if b <= self._fused_rows and self.fused_predictor else u.predictor_next
         for j in range(1, self.n_groups - 1):
             c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
                                     self.cp.model.norm.weight, heads[j].weight, embeds[j].weight, u.samp)
