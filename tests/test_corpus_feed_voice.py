@@ -1,13 +1,16 @@
 """The feed-level check: an episode the target is absent from keeps its voice nearest the enrollment; across the
-feed that voice stands out, and its clips are dropped (`voicepipe.corpus.speakers.feed_outliers`)."""
+feed that voice stands out, and its clips are dropped (`voicepipe.corpus.speakers.feed_outliers`). Then the feed's
+other voices judge too (`speakers.judge_feed`, `FeedVoices`), with vectors whose geometry is set by hand: a target,
+a close co-host (cosine 0.85 to the target, closer than any fixed threshold would allow), a far guest."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from voicepipe.corpus.speakers import feed_outliers, unit
+from voicepipe.corpus.speakers import FeedVoices, feed_outliers, judge_feed, unit
 
 D = 192
+DIM = 32
 
 
 def _voice(rng: np.random.Generator) -> np.ndarray:
@@ -100,3 +103,90 @@ def test_when_another_voice_hosts_most_episodes_the_enrollment_decides() -> None
         assert set(out) == {f"host-{i}" for i in range(4)}, seed  # the feed alone: the majority wins
         scores, out = feed_outliers(sums, _near(host, 0.9, rng))
         assert set(out) == {f"cohost-{i}" for i in range(6)}, (seed, scores)
+
+
+def _voices(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = unit(rng.normal(size=DIM))
+    r = rng.normal(size=DIM)
+    r = unit(r - (r @ t) * t)
+    cohost = unit(0.85 * t + np.sqrt(1 - 0.85**2) * r)
+    g = rng.normal(size=DIM)
+    guest = unit(g - (g @ t) * t)  # orthogonal to the target
+    return t, cohost, guest
+
+
+def _jitter(v: np.ndarray, rng: np.random.Generator, spread: float = 0.12) -> np.ndarray:
+    return unit(v + spread * rng.normal(size=DIM) / np.sqrt(DIM))
+
+
+def _feed(rng: np.random.Generator) -> dict[str, dict]:
+    t, c, g = _voices()
+    eps = {}
+    for i in range(5):  # the target with its co-host (heard as a speaker of its own) or a guest
+        other = c if i % 2 == 0 else g
+        eps[f"ep{i}"] = {"voice": _jitter(t, rng), "others": {"S1": (_jitter(other, rng), 8.0)},
+                         "segments": [(float(s), _jitter(t, rng, 0.3)) for s in range(6)]}
+    return eps
+
+
+def test_a_close_cohost_turn_merged_into_the_target_is_dropped_and_the_target_kept() -> None:
+    rng = np.random.default_rng(1)
+    t, c, _ = _voices()
+    eps = _feed(rng)
+    # ep1's clustering merged a co-host turn into its target: two kept segments are the co-host's
+    eps["ep1"]["segments"] += [(100.0, _jitter(c, rng, 0.3)), (101.0, _jitter(c, rng, 0.3))]
+    j = judge_feed(eps, t)
+    assert not j.episodes
+    assert set(j.segments) == {("ep1", 100.0), ("ep1", 101.0)}
+    assert "ep0" in j.segments[("ep1", 100.0)] or "ep2" in j.segments[("ep1", 100.0)] \
+        or "ep4" in j.segments[("ep1", 100.0)]
+    # the co-host is closer to the target than an absolute 0.82 cosine floor would have allowed
+    assert all(float(unit(emb) @ t) > 0.75 for k, emb in eps["ep1"]["segments"] if k >= 100)
+    off = judge_feed(eps, t, other_voices=False)
+    assert not off.segments
+
+
+def test_an_episode_without_the_target_keeps_the_cohost_and_is_dropped() -> None:
+    rng = np.random.default_rng(2)
+    t, c, _ = _voices()
+    eps = _feed(rng)
+    # the target absent: the diarizer kept the co-host, its nearest voice; its score alone is not an outlier
+    eps["absent"] = {"voice": _jitter(c, rng), "others": {}, "segments": [(0.0, _jitter(c, rng, 0.3))]}
+    j_mad = judge_feed(eps, t, other_voices=False)
+    j = judge_feed(eps, t)
+    assert "absent" in j.episodes
+    assert "nearer a voice" in j.episodes["absent"] or "absent" in j_mad.episodes
+    assert not any(k.startswith("ep") for k in j.episodes)
+
+
+def test_the_target_split_by_one_episode_is_not_another_voice() -> None:
+    rng = np.random.default_rng(3)
+    t, _, _ = _voices()
+    eps = _feed(rng)
+    eps["ep3"]["others"]["S2"] = (t, 5.0)  # a piece of the target that ep3's clustering split off
+    feed = FeedVoices.of({k: e["voice"] for k, e in eps.items()},
+                         {k: e["others"] for k, e in eps.items()})
+    assert feed is not None
+    assert ("ep3", "S2") not in {(ep, lab) for ep, lab, _ in feed.others}
+    j = judge_feed(eps, t)
+    assert not j.segments and not j.episodes
+
+
+def test_short_talk_is_not_a_voice_of_the_feed() -> None:
+    rng = np.random.default_rng(4)
+    t, c, _ = _voices()
+    feed = FeedVoices.of({"a": _jitter(t, rng), "b": _jitter(t, rng)}, {"a": {"S1": (c, 1.0)}, "b": {}})
+    assert feed is not None and feed.others == []
+    assert feed.margin(c, "b") == (None, None)
+
+
+def test_only_voices_heard_in_two_episodes_judge() -> None:
+    rng = np.random.default_rng(5)
+    t, c, g = _voices()
+    once = unit(0.6 * t + 0.8 * g)  # a cluster one episode made of the target and a guest together
+    feed = FeedVoices.of({"a": _jitter(t, rng), "b": _jitter(t, rng), "c": _jitter(t, rng)},
+                         {"a": {"S1": (_jitter(c, rng), 6.0)}, "b": {"S1": (_jitter(c, rng), 9.0), "S2": (once, 4.0)},
+                          "c": {}})
+    assert feed is not None
+    assert {(ep, lab) for ep, lab, _ in feed.others} == {("a", "S1"), ("b", "S1")}

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.speakers import feed_outliers
+from voicepipe.corpus.speakers import FeedJudgement, judge_feed
 from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -49,8 +49,9 @@ class BuildResult(BaseModel):
 
 def _reason_kind(reason: str) -> str:
     """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
-    for kind in ("not the feed's voice", "other speaker", "overlap/backchannel", "overlapped speech",
-                 "target not among", "no speaker turn", "not speech", "duration", "speaker_margin", "speaker_sim",
+    for kind in ("not the feed's voice", "nearer another voice of the feed", "other speaker", "overlap/backchannel",
+                 "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
+                 "speaker_margin", "speaker_sim",
                  "clipping", "loudness", "snr", "dnsmos", "asr_confidence", "speech_rate", "asr: no words",
                  "duplicate"):
         if reason.startswith(kind):
@@ -67,6 +68,18 @@ def _target_voice(st: EpisodeState) -> np.ndarray:
     if cent is None or not any(s["keep"] for s in st.results["filter"]["segments"]):
         return np.zeros(0)
     return np.asarray(cent, dtype=np.float64)
+
+
+def _feed_entry(st: EpisodeState) -> dict:
+    """What the feed check knows of an episode (`speakers.judge_feed`): its kept voice, its other speakers, and its
+    kept segments' embeddings as diarize heard them (filter results stored before they carried them: none)."""
+    dia = st.results["diarize"]
+    cents, target = dia.get("centroids") or {}, dia.get("target_label")
+    talk = {s["label"]: s["talk_s"] for s in dia.get("speakers", [])}
+    return {"voice": _target_voice(st),
+            "others": {lab: (np.asarray(c), talk.get(lab, 0.0)) for lab, c in cents.items() if lab != target},
+            "segments": [(s["start"], s.get("emb_heard") or s["emb"]) for s in st.results["filter"]["segments"]
+                         if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
 
 
 def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
@@ -109,12 +122,14 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     if p.val_fraction > 0 and not val_eps and len(good) >= 2:
         val_eps = {min(good, key=lambda s: s.raw_sha).source.id}
     flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    dropped_embs: dict[str, list[np.ndarray]] = defaultdict(list)
     sims, durs = [], []
-    # an episode without the target keeps its voice nearest the enrollment: compared across the feed, it stands out
-    feed_sims, not_feed = (feed_outliers({st.source.id: _target_voice(st) for st in good}, ctx.centroid)
-                           if p.feed_voice_check else ({}, {}))
-    if not_feed:
-        feed_floor = min(v for k, v in feed_sims.items() if k not in not_feed)
+    # an episode without the target keeps its voice nearest the enrollment, and a co-host merged into an episode's
+    # target cluster is kept with it: compared across the feed, both stand out
+    judged = (judge_feed({st.source.id: _feed_entry(st) for st in good}, ctx.centroid,
+                         other_voices=p.feed_other_voices, margin=-p.feed_other_margin)
+              if p.feed_voice_check else FeedJudgement())
+    feed_sims, not_feed = judged.scores, judged.episodes
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
         secs = st.seconds
@@ -139,14 +154,14 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         encoded_s = sum(c["end"] - c["start"] for c in clips.values())
         flow_in["encode"][1] += encoded_s
         flow_in["feed check"][0] += encoded_s  # an episode whose voice is not the feed's gives up its clips here
-        flow_in["feed check"][1] += 0.0 if st.source.id in not_feed else encoded_s
+        ep_kept = 0.0
         for s in filt:
             sims.append(s["speaker_sim"])
-            if s["keep"] and st.source.id in not_feed:
-                s = {**s, "keep": False, "reasons": [
-                    f"not the feed's voice (this episode's target voice: median cosine {not_feed[st.source.id]:.3f} "
-                    f"to the episodes nearest the enrollment, where the others are at >= {feed_floor:.3f}; the target "
-                    f"is likely absent, or its cluster here also took another voice's turns)"]}
+            why = not_feed.get(st.source.id) or judged.segments.get((st.source.id, s["start"]))
+            if s["keep"] and why:
+                s = {**s, "keep": False, "reasons": [why]}
+                if st.source.id not in not_feed:  # one segment: the centroid's sum gives back its embedding
+                    dropped_embs[st.source.id].append(np.asarray(s.get("emb") or [], dtype=np.float64))
             if not s["keep"]:
                 rejects.append({"episode": st.source.id, "start": s["start"], "end": s["end"], "step": "filter",
                                 "reason": "; ".join(s["reasons"]), "seconds": s["duration"], "text": s["text"]})
@@ -154,6 +169,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                     ep_reasons[_reason_kind(why)] += s["duration"] / len(s["reasons"])
                 continue
             c = clips[s["start"]]
+            ep_kept += s["duration"]
+            flow_in["feed check"][1] += c["end"] - c["start"]
             durs.append(s["duration"])
             clip_path = out / "clips" / f"{c['id']}.wav"
             if not clip_path.exists():
@@ -173,7 +190,6 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                 line["language"] = p.language
             lines.append((row, line))
         speech_s = sum(b - a for a, b in r["diarize"]["speech"])
-        ep_kept = 0.0 if st.source.id in not_feed else sum(x["duration"] for x in filt if x["keep"])
         flagged = bool(speech_s > 0 and ep_kept < p.flag_keep_fraction * speech_s)
         episodes.append({
             "episode": st.source.id, "speech_s": round(speech_s, 2), "target_s": round(r["segment"]["target_s"], 2),
@@ -198,6 +214,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         if st.source.id in not_feed:
             continue
         v = np.asarray(st.results["filter"].get("kept_emb_sum") or [], dtype=np.float64)
+        for d in dropped_embs.get(st.source.id, []):
+            v = v - d if d.shape == v.shape else v
         total = v if total.size == 0 else (total + v if v.size else total)
     centroid = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32) if total.size else None
     if centroid is not None:
@@ -389,7 +407,11 @@ def write_report(
         "*feed* is the median cosine of the episode's target voice to those of the half of the episodes nearest the "
         "enrollment (one voice across a show's episodes sits close together); an episode far below the others is "
         "**not the feed's voice** and its clips are dropped: the target is likely absent from it, or its target "
-        "cluster also took another voice's turns (listen to it before adding it back).",
+        "cluster also took another voice's turns (listen to it before adding it back). The voices the episodes "
+        "heard that are not the target, where two episodes heard the same one (a co-host, a regular guest), judge "
+        "too: an episode whose voice is nearer one of them than the feed's target voice is not the feed's voice, "
+        "and a kept utterance nearer one of them is dropped as *nearer another voice of the feed* "
+        "(`feed_other_voices`, `feed_other_margin`).",
         "",
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",

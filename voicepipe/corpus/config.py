@@ -115,6 +115,16 @@ class CorpusParams(BaseModel):
         True, description="Drop the kept clips of an episode whose kept voice is not the rest of the feed's (the "
         "target absent from it: the diarizer then keeps the voice nearest the enrollment); needs 3+ episodes."
     )
+    feed_other_voices: bool = Field(
+        True, description="With `feed_voice_check`: the feed's other voices (each episode's non-target speakers) "
+        "judge too: an episode whose kept voice is nearer one of them than the feed's target voice is dropped, and "
+        "a kept segment nearer one of them than the target voice by more than `feed_other_margin` is dropped."
+    )
+    feed_other_margin: float = Field(
+        0.2, ge=0.0, le=1.0, description="How much nearer another voice of the feed than the target voice a kept "
+        "segment must be to be dropped, as a fraction of the distance between the two voices (0: merely nearer; "
+        "0.2 keeps the target's short segments that a close co-host's voice sits almost as near: RESULTS.md)."
+    )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
         "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."

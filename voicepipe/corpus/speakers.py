@@ -32,6 +32,7 @@ are the point of this module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -543,3 +544,127 @@ def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = Non
         out[worst] = cur[worst]
         del vecs[worst]
     return {k: round(v, 4) for k, v in scores.items()}, {k: round(v, 4) for k, v in out.items()}
+
+
+@dataclass
+class FeedVoices:
+    """The feed's voices: its target voice, and the voices its episodes heard that are not the target.
+
+    Per episode the decisions are relative to that episode's speakers; a voice the episode could not tell from the
+    target (a close co-host merged into the target's cluster, a short episode's noisy centroid) goes unseen there.
+    A real feed repeats its people (co-hosts, regular guests, the ad reader), and another episode may have heard the
+    same voice as a speaker of its own. `others` are those speakers (each episode's non-target clusters with at
+    least `min_talk_s`) that recur (another episode has a speaker nearer to it than either is to the target), in
+    the speaker model's own space, less any as near the feed's target voice as the least
+    target-like of the episodes judged to have the target (`judged`; a piece of the target that one episode's
+    clustering split off is still the target). `target` is the mean of the reference episodes' target voices (the
+    episodes nearest the enrollment). Both are unit vectors.
+    """
+
+    target: np.ndarray
+    others: list[tuple[str, str, np.ndarray]]  # (episode, speaker label, unit vector)
+
+    @classmethod
+    def of(cls, targets: dict[str, np.ndarray], speakers: dict[str, dict[str, tuple[np.ndarray, float]]], *,
+           judged: dict[str, np.ndarray] | None = None, min_talk_s: float = 2.0) -> FeedVoices | None:
+        """`targets`: episode -> its target voice (the reference episodes); `judged`: the same for every episode
+        judged to have the target (default: `targets`); `speakers`: episode -> {label: (centroid, talk seconds)}
+        of its other speakers. None without two target voices."""
+        vs = [unit(np.asarray(v, dtype=np.float64)) for v in targets.values() if np.asarray(v).size]
+        if len(vs) < 2:
+            return None
+        t = unit(np.mean(np.stack(vs), axis=0))
+        js = [unit(np.asarray(v, dtype=np.float64)) for v in (judged or targets).values() if np.asarray(v).size]
+        floor = min(float(v @ t) for v in js + vs)  # the least target-like target episode's voice
+        cand = []
+        for ep, labs in speakers.items():
+            for lab, (c, talk) in labs.items():
+                c = unit(np.asarray(c, dtype=np.float64))
+                if talk >= min_talk_s and float(c @ t) < floor:
+                    cand.append((ep, lab, c))
+        # a voice of the feed recurs: another episode heard it too, nearer to it than either is to the target (a
+        # cluster that mixes the target with another voice, say in crosstalk, is heard once and judges nothing)
+        others = [(ep, lab, c) for ep, lab, c in cand
+                  if any(ep2 != ep and float(c @ c2) > max(float(c @ t), float(c2 @ t)) for ep2, _, c2 in cand)]
+        return cls(t, others)
+
+    def nearest_other(self, emb: np.ndarray, episode: str) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
+        """The cosine of `emb` to the nearest voice that another episode heard, with its (episode, label)."""
+        best, who, vec = -np.inf, None, None
+        e = unit(np.asarray(emb, dtype=np.float64))
+        for ep, lab, c in self.others:
+            if ep != episode and (v := float(e @ c)) > best:
+                best, who, vec = v, (ep, lab), c
+        return best, who, vec
+
+    def margin(self, emb: np.ndarray, episode: str) -> tuple[float | None, tuple[str, str] | None]:
+        """(cos to the target voice - cos to the nearest other voice) / the distance between those two voices, as
+        the filter's `min_speaker_margin` measures a segment against its own episode's speakers; None: no voice."""
+        best, who, c = self.nearest_other(emb, episode)
+        if c is None:
+            return None, None
+        e = unit(np.asarray(emb, dtype=np.float64))
+        return float((float(e @ self.target) - best) / max(1.0 - float(c @ self.target), 1e-3)), who
+
+
+@dataclass
+class FeedJudgement:
+    """What `judge_feed` decided: every judged episode's score, the episodes whose kept voice is not the feed's
+    target (id -> reason) and, in the others, the kept segments nearer another voice of the feed ((id, key) ->
+    reason)."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    episodes: dict[str, str] = field(default_factory=dict)
+    segments: dict[tuple[str, Any], str] = field(default_factory=dict)
+
+
+def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_voices: bool = True,
+               margin: float = 0.0, min_talk_s: float = 2.0) -> FeedJudgement:
+    """The feed-level check of what each episode kept (the target absent; another voice merged into the target's).
+
+    `episodes`: id -> {"voice": the target speaker's centroid (empty: nothing kept), "others": {label: (centroid,
+    talk seconds)} of its other speakers, "segments": [(key, embedding)] of its kept segments}, all in the speaker
+    model's own space. First `feed_outliers` (an episode whose voice scores far below the reference episodes').
+    With `other_voices`, then `FeedVoices` (the target's voice over the reference episodes, and the voices the
+    episodes heard that are not it, the outliers' kept voices among them): an episode whose kept voice is nearer
+    another episode's voice than its own score to the reference is not the target's (the target absent, its
+    nearest voice kept: a co-host heard as a speaker of its own elsewhere); a kept segment whose margin to the
+    target voice over the nearest such voice is below `margin` is dropped (a turn of a co-host the episode could
+    not tell from the target).
+    """
+    voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
+    scores, out = feed_outliers(voices, enroll)
+    floor = min((s for x, s in scores.items() if x not in out), default=0.0)
+    j = FeedJudgement(scores=scores, episodes={
+        k: f"not the feed's voice (this episode's target voice: median cosine {v:.3f} to the episodes nearest the "
+           f"enrollment, where the others are at >= {floor:.3f}; the target is likely absent, or its cluster here "
+           "also took another voice's turns)" for k, v in out.items()})
+    if not other_voices:
+        return j
+    judged = [k for k in scores if k not in out]
+    e = None if enroll is None else unit(np.asarray(enroll, dtype=np.float64))
+    ref = judged if e is None else sorted(judged, key=lambda k: -float(unit(voices[k]) @ e))
+    ref = ref[: max(2, (len(ref) + 1) // 2)]
+    others = {k: dict(ep.get("others") or {}) for k, ep in episodes.items()}
+    for k in out:  # an outlier's kept voice is a voice of the feed that is not the target
+        others[k]["kept"] = (voices[k], float("inf"))
+    feed = FeedVoices.of({k: voices[k] for k in ref}, others, judged={k: voices[k] for k in judged},
+                         min_talk_s=min_talk_s)
+    if feed is None:
+        return j
+    for k in judged:
+        best, who, _ = feed.nearest_other(voices[k], k)
+        if who is not None and best > scores[k]:
+            j.episodes[k] = (f"not the feed's voice (this episode's target voice is nearer a voice episode {who[0]} "
+                             f"heard as {'its kept voice' if who[1] == 'kept' else 'speaker ' + who[1]} (cosine "
+                             f"{best:.3f}) than the feed's target voice (median cosine {scores[k]:.3f}))")
+    for k, ep in episodes.items():
+        if k in j.episodes or k not in scores:
+            continue
+        for key, emb in ep.get("segments") or []:
+            m, who = feed.margin(np.asarray(emb, dtype=np.float64), k)
+            if who is not None and m is not None and m < margin:
+                j.segments[(k, key)] = (f"nearer another voice of the feed (episode {who[0]}'s "
+                                        f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the "
+                                        f"feed's target voice (margin {m:.2f} < {margin:g})")
+    return j

@@ -610,7 +610,8 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """
     f = ctx.params.filters
     inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
-    params = {"filters": f.model_dump(), "enroll": ctx.enroll_key}
+    # seg_embs: kept segments carry their embeddings (the feed-level check in assemble judges them)
+    params = {"filters": f.model_dump(), "enroll": ctx.enroll_key, "seg_embs": 1}
 
     def compute() -> dict:
         wav = ctx.audio(state.audio_sha, SR)
@@ -676,6 +677,11 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             m["reasons"] = reasons
             if m["keep"]:
                 kept_sum += emb
+                # the kept audio's embedding (the corpus centroid) and, when they differ, the one heard where
+                # diarize judged (the mix: the episodes' speakers live there); fp32 values, 5 decimals
+                m["emb"] = [round(float(x), 5) for x in emb]
+                if state.speaker_audio_sha != state.audio_sha:
+                    m["emb_heard"] = [round(float(x), 5) for x in m_emb]
             rows.append(m)
         # the sum of the kept segments' unit embeddings (fp32 values): the corpus centroid is their normalized total
         return {"segments": rows, "kept_emb_sum": [float(x) for x in kept_sum.astype(np.float32)]}
