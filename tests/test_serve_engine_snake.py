@@ -95,3 +95,17 @@ def test_fuse_codec_off_gives_the_package_forwards_back(tiny_tts_dir):
     assert not any("forward" in x.__dict__ for x in dec.modules())
     unit = next(x for x in dec.modules() if isinstance(x, m.Qwen3TTSTokenizerV2DecoderDecoderResidualUnit))
     assert unit.forward.__func__ is m.Qwen3TTSTokenizerV2DecoderDecoderResidualUnit.forward
+
+
+def test_an_engine_over_a_model_without_a_codec_builds_and_fuses_nothing(tiny_custom_voice_dir):
+    """Codes-only engines (the serve benchmark's fp32 reference for its numerics check) have no speech tokenizer."""
+    import types
+
+    from voicepipe.models import load_tts
+    from voicepipe.serve.engine import EngineConfig, TTSEngine
+
+    tts = load_tts(str(tiny_custom_voice_dir), device="cpu", dtype=torch.float32)
+    m = types.SimpleNamespace(talker=tts.model.talker, config=tts.model.config, speech_tokenizer=None)
+    eng = TTSEngine(types.SimpleNamespace(model=m, processor=tts.processor),
+                    EngineConfig(max_batch=2, max_len=64, compile=False, codec_fused=True))
+    assert eng.codec_fused is False

@@ -65,7 +65,10 @@ class CodecStreaming:
         (None: on CUDA with Triton); returns whether it did."""
         from voicepipe.serve.engine import snake
 
-        dec = self.model.speech_tokenizer.model.decoder
+        st = getattr(self.model, "speech_tokenizer", None)
+        if st is None:  # codes only (no codec: e.g. the benchmarks' fp32 reference engine)
+            return False
+        dec = st.model.decoder
         dev = next(dec.parameters()).device
         on = self.cfg.codec_fused
         if on is None:
