@@ -163,9 +163,13 @@ SWEEP = {
     "linear_residual": [("gemv", 8, 1024, 8, 1), ("gemv", 4, 1024, 4, 1), ("gemv", 2, 1024, 4, 1),
                         ("gemv", 4, 1024, 8, 1), ("gemv", 2, 1024, 2, 1)],
 }
+# the tl.dot forms above 2 rows (`fused.DOT_CONFIG`): swept with --sweep-rows above 2
+SWEEP_DOT = [("dot", 32, 256, 4, 3), ("dot", 16, 256, 4, 3), ("dot", 16, 512, 4, 2), ("dot", 16, 128, 4, 4),
+             ("dot", 32, 128, 4, 4), ("dot", 16, 256, 2, 3), ("dot", 64, 256, 4, 3), ("dot", 32, 512, 4, 2)]
 
 
-def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8) -> list[dict]:
+def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8, ms: tuple[int, ...] = (1, 2),
+          skip: str = "") -> list[dict]:
     """Each op's configurations (`SWEEP`) at the predictor's shapes, 1 and 2 rows: a CUDA graph of one call per
     weight copy over >= `min_bytes` of copies (weights come from HBM, as in a step), microseconds per call;
     beside it cuBLAS (`F.linear`) on the same matrix and the eager unfused chain's kernels for reference."""
@@ -175,13 +179,13 @@ def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8) -> list[dic
               "linear_residual/talker-down": (2048, 6144), "linear_residual/talker-o": (2048, 2048)}
     out = []
     for name, (n, k) in shapes.items():
-        if only not in name:
+        if only not in name or (skip and skip in name):
             continue
         op = name.split("/")[0]
         copies = max(2, int(min_bytes // (n * k * 2)))
         ws = [(torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16) for _ in range(copies)]
         ln = torch.ones(k, device=dev, dtype=torch.bfloat16)
-        for m in (1, 2):
+        for m in ms:
             x = torch.randn(m, k, device=dev).to(torch.bfloat16)
             r = torch.randn(m, n, device=dev).to(torch.bfloat16)
 
@@ -192,7 +196,7 @@ def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8) -> list[dic
                     return fused.rms_glu(x, ln, w, 1e-6)
                 return fused.linear_residual(x, w, r)
 
-            for cfg in [*SWEEP[op], "cublas"]:
+            for cfg in [*(SWEEP[op] if m <= fused.GEMV_ROWS else SWEEP_DOT), "cublas"]:
                 if cfg != "cublas":
                     fused.SHAPE_CONFIG[(op, n // 2 if op == "rms_glu" else n, k)] = cfg
                 fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else call
@@ -262,6 +266,10 @@ def main() -> None:
                     "layer's tl.dot forms hold up to 16: EngineConfig.fused_rows)")
     ap.add_argument("--sweep", action="store_true", help="time each op's configurations (SWEEP) first")
     ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
+    ap.add_argument("--sweep-skip", default="", help="skip the shapes whose name holds this (e.g. talker)")
+    ap.add_argument("--sweep-rows", default="1,2", help="rows of the sweep; above 2 the tl.dot forms (SWEEP_DOT)")
+    ap.add_argument("--pick-dot", action="store_true", help="after a sweep above 2 rows: set fused.DOT_CONFIG to "
+                    "each op's fastest there (its predictor shape, the most rows swept) and time the steps again")
     ap.add_argument("--config", type=json.loads, default=None,
                     help='fused.CONFIG overrides for the step rows, e.g. \'{"rms_linear": ["dot", 32, 128, 4, 4]}\'')
     a = ap.parse_args()
@@ -270,7 +278,8 @@ def main() -> None:
     info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), gpu=torch.cuda.get_device_name(),
                 torch=torch.__version__)
     print(info, flush=True)
-    swept = sweep(dev, a.sweep_only) if a.sweep else []
+    srows = tuple(int(x) for x in a.sweep_rows.split(","))
+    swept = sweep(dev, a.sweep_only, ms=srows, skip=a.sweep_skip) if a.sweep else []
     fused.SHAPE_CONFIG.clear()
     fused.CONFIG.update({k: tuple(v) for k, v in (a.config or {}).items()})
     print("config:", fused.CONFIG, flush=True)
@@ -284,9 +293,21 @@ def main() -> None:
         for use in (False, True):
             times.append(step_time(dev, m, use))
             print(times[-1], flush=True)
+    if a.pick_dot and swept and max(srows) > fused.GEMV_ROWS:
+        top = max(srows)
+        for op in fused.DOT_CONFIG:
+            cands = [r for r in swept if r["op"] == op and r["rows"] == top and r["config"] != "cublas"]
+            if cands:
+                fused.DOT_CONFIG[op] = tuple(min(cands, key=lambda r: r["us"])["config"])
+        print("picked DOT_CONFIG:", fused.DOT_CONFIG, flush=True)
+        for m in ms:
+            if m > fused.GEMV_ROWS:
+                times.append({**step_time(dev, m, True), "dot_config": dict(fused.DOT_CONFIG)})
+                print(times[-1], flush=True)
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        res = dict(info=info, config=fused.CONFIG, sweep=swept, sample=samples, errors=errs, steps=times)
+        res = dict(info=info, config=fused.CONFIG, dot_config=fused.DOT_CONFIG, sweep=swept, sample=samples,
+                   errors=errs, steps=times)
         (a.out / "fused.json").write_text(json.dumps(res, indent=2))
 
 

@@ -291,7 +291,14 @@ def _use(x: torch.Tensor, K: int) -> bool:
     return (_rows(x) <= DOT_ROWS and K % _BK == 0 and x.dtype == torch.bfloat16 and available(x.device))
 
 
-_DOT = ("dot", 32, 256, 4, 3)  # the tl.dot form's configuration above GEMV_ROWS rows
+_DOT = ("dot", 32, 256, 4, 3)
+# per op: the configuration above GEMV_ROWS rows (always a tl.dot form; a SHAPE_CONFIG entry of the dot kind wins)
+DOT_CONFIG: dict[str, tuple[str, int, int, int, int]] = {"rms_linear": _DOT, "rms_glu": _DOT, "linear_residual": _DOT}
+
+
+def _config(op: str, N: int, K: int, M: int) -> tuple[str, int, int, int, int]:
+    cfg = SHAPE_CONFIG.get((op, N, K), CONFIG[op])
+    return DOT_CONFIG[op] if M > GEMV_ROWS and cfg[0] != "dot" else cfg  # GEMV holds at most GEMV_ROWS rows
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -318,9 +325,7 @@ def rms_linear(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -
 def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps: float, glu: bool) -> torch.Tensor:
     M, K = x.shape
     op = "rms_glu" if glu else "rms_linear"
-    kind, bn, bk, warps, stages = SHAPE_CONFIG.get((op, N, K), CONFIG[op])
-    if M > GEMV_ROWS and kind == "gemv":  # the GEMV form holds at most GEMV_ROWS rows
-        kind, bn, bk, warps, stages = _DOT
+    kind, bn, bk, warps, stages = _config(op, N, K, M)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
     extra = {} if kind == "gemv" else {"DOT_F32": os.environ.get("TRITON_INTERPRET") == "1"}
@@ -357,12 +362,10 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.
     M, K = x.shape
     if not _use(x, K):
         return r + F.linear(x, w)
-    kind, bn, bk, warps, stages = SHAPE_CONFIG.get(("linear_residual", w.shape[0], K), CONFIG["linear_residual"])
+    kind, bn, bk, warps, stages = _config("linear_residual", w.shape[0], K, M)
     y = torch.empty_like(r)
     x, r = x.contiguous(), r.contiguous()
-    if M > GEMV_ROWS or kind == "dot":
-        if M > GEMV_ROWS and kind == "gemv":
-            _, bn, bk, warps, stages = _DOT
+    if kind == "dot":
         _kernels()[4][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
                                                  y.stride(0), BM=16, BN=bn, BK=bk, num_warps=warps,
                                                  num_stages=stages, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1")
