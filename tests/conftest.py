@@ -9,6 +9,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 2-core CI: one intra-op thread per process beats oversubscription when servers/workers run beside the tests
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def _triton_language_for_the_interpreter() -> None:
+    """Where Triton is installed but no GPU is (its kernels can only run in the interpreter here), import
+    triton.language under TRITON_INTERPRET=1 once, before anything else imports it: its helpers (`tl.zeros`, ...)
+    are made interpreter functions at import, so a kernel test run after another test that imported Triton
+    (torch's inductor does) would fail with "Cannot call @triton.jit'd outside of the scope of a kernel". The
+    variable is set back; the kernel tests set it themselves while they run."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+_triton_language_for_the_interpreter()
+
 pytest_plugins = [
     "tests.fixtures.store",
     "tests.fixtures.models",
