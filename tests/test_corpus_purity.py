@@ -313,3 +313,16 @@ def test_the_recorded_conversation_feed_is_real_speech_with_its_own_truth(tmp_pa
                                     [(t.start, t.end) for t in plain.turns if t.speaker == "cohost"]) if b - a > 1.0]
         by[spk] = enc.embed(np.concatenate([wav[int(a * 16000) : int(b * 16000)] for a, b in only]))
     assert enc.similarity(by["target"], enroll) > enc.similarity(by["cohost"], enroll)
+
+
+def test_the_report_names_the_feeds_other_voices_that_judged(scenario_build):
+    """The co-host speaks in several episodes of this feed: it is one of the feed's other voices (heard by two
+    episodes), listed in corpus.json and the report with its cosine to the target voice (below the target's own)."""
+    corpus = json.loads((scenario_build["out"] / "corpus.json").read_text())
+    voices = corpus["feed_other_voices"]
+    assert voices, corpus["episode_speakers"]
+    assert len({v["episode"] for v in voices}) >= 2
+    assert all(-1.0 <= v["cos_to_target"] < 0.99 for v in voices)
+    assert set(corpus["feed_other_voice_drops"]) == {"segments", "seconds"}
+    report = (scenario_build["out"] / "report.md").read_text()
+    assert "The feed's other voices that judged: " + voices[0]["episode"] in report

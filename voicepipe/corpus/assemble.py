@@ -255,6 +255,9 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "other_speaker_seconds": round(reasons.get("other speaker", 0.0), 2),
         "target_labels": {st.source.id: st.results["diarize"].get("target_label") for st in good},
         "episode_speakers": episodes,
+        "feed_other_voices": [{"episode": ep, "speaker": lab, "cos_to_target": c} for ep, lab, c in judged.voices],
+        "feed_other_voice_drops": {"segments": len(judged.segments),
+                                   "seconds": round(reasons.get("nearer another voice of the feed", 0.0), 2)},
         "flagged_episodes": [e["episode"] for e in episodes if e["flagged"]],
         "speaker_centroid": None if centroid is None else [float(x) for x in centroid],
         "ref_clips": [r["id"] for r in ref_rows],
@@ -412,6 +415,13 @@ def write_report(
         "too: an episode whose voice is nearer one of them than the feed's target voice is not the feed's voice, "
         "and a kept utterance nearer one of them is dropped as *nearer another voice of the feed* "
         "(`feed_other_voices`, `feed_other_margin`).",
+        "",
+        "The feed's other voices that judged: " + (", ".join(
+            f"{v['episode']}'s {'kept voice' if v['speaker'] == 'kept' else v['speaker']} (cosine "
+            f"{v['cos_to_target']:.2f} to the target voice)" for v in summary.get("feed_other_voices", []))
+            or "none (no voice other than the target was heard in two episodes)") + "; utterances dropped as "
+        f"nearer one of them: {summary.get('feed_other_voice_drops', {}).get('segments', 0)} "
+        f"({summary.get('feed_other_voice_drops', {}).get('seconds', 0.0):.1f} s).",
         "",
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",

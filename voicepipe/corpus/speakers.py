@@ -616,6 +616,8 @@ class FeedJudgement:
     scores: dict[str, float] = field(default_factory=dict)
     episodes: dict[str, str] = field(default_factory=dict)
     segments: dict[tuple[str, Any], str] = field(default_factory=dict)
+    # the feed's other voices that judged: (episode, speaker label or "kept", cosine to the feed's target voice)
+    voices: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_voices: bool = True,
@@ -652,6 +654,7 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
                          min_talk_s=min_talk_s)
     if feed is None:
         return j
+    j.voices = [(ep, lab, round(float(c @ feed.target), 4)) for ep, lab, c in feed.others]
     for k in judged:
         best, who, _ = feed.nearest_other(voices[k], k)
         if who is not None and best > scores[k]:
