@@ -20,22 +20,14 @@ per window shape (60 shapes at start-up) or run with dynamic shapes through the 
 from __future__ import annotations
 
 import functools
-import os
 import types
 
 import torch
 import torch.nn.functional as F
 
-from voicepipe.serve.engine import gemv
+from voicepipe.serve.engine.fused import available  # Triton kernels on this device (or its interpreter)
 
 _BT = 1024  # samples per program
-
-
-def available(device: torch.device) -> bool:
-    """Whether the kernel runs on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1 (tests)."""
-    if device.type == "cuda":
-        return gemv.available(device)
-    return os.environ.get("TRITON_INTERPRET") == "1" and gemv.available(torch.device("cuda"))
 
 
 @functools.cache
