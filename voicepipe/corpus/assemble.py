@@ -51,9 +51,8 @@ def _reason_kind(reason: str) -> str:
     """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
     for kind in ("not the feed's voice", "nearer another voice of the feed", "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
-                 "speaker_margin", "speaker_sim",
-                 "clipping", "loudness", "snr", "dnsmos", "asr_confidence", "speech_rate", "asr: no words",
-                 "duplicate"):
+                 "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
+                 "speech_rate", "asr: no words", "duplicate"):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
