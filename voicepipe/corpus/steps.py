@@ -623,7 +623,8 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         segs = state.results["segment"]["segments"]
         spans = [(int(seg["start"] * SR16), int(seg["end"] * SR16)) for seg in segs]
         embs = spk.embed_many([wav16[a:b] for a, b in spans])  # the kept audio's: the corpus centroid
-        if state.speaker_audio_sha != state.audio_sha:  # the margin is judged where diarize judged (the mix)
+        heard_apart = state.speaker_audio_sha != state.audio_sha
+        if heard_apart:  # the margin is judged where diarize judged (the mix)
             heard = ctx.audio(state.speaker_audio_sha, SR16)
             margin_embs = spk.embed_many([heard[a:b] for a, b in spans])
         else:
@@ -680,7 +681,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 # the kept audio's embedding (the corpus centroid) and, when they differ, the one heard where
                 # diarize judged (the mix: the episodes' speakers live there); fp32 values, 5 decimals
                 m["emb"] = [round(float(x), 5) for x in emb]
-                if state.speaker_audio_sha != state.audio_sha:
+                if heard_apart:
                     m["emb_heard"] = [round(float(x), 5) for x in m_emb]
             rows.append(m)
         # the sum of the kept segments' unit embeddings (fp32 values): the corpus centroid is their normalized total

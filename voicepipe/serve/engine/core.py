@@ -119,8 +119,8 @@ class EngineConfig:
     # the code predictor's small matmuls (<= 3 M weights) through a Triton GEMV at 1-2 rows (`engine.gemv`);
     # None: with compiled units on CUDA
     small_gemv: bool | None = None
-    # a step of 1-2 rows runs the code predictor's layers as five fused Triton kernels each (`engine.fused`) instead
-    # of ~11 compiled ones; None: with compiled units on CUDA
+    # a step of up to `fused_rows` rows runs the code predictor's layers as five fused Triton kernels each
+    # (`engine.fused`) instead of ~11 compiled ones; None: with compiled units on CUDA
     fused_predictor: bool | None = None
     # the largest step (rows) that takes the fused layer; above 2 rows its ops use their tl.dot form (at most 16;
     # H200: a 16-row predictor step 336 -> 232 us, 16 streams 156 -> 191x real time: benchmarks/RESULTS.md)
