@@ -190,3 +190,38 @@ def test_only_voices_heard_in_two_episodes_judge() -> None:
                           "c": {}})
     assert feed is not None
     assert {(ep, lab) for ep, lab, _ in feed.others} == {("a", "S1"), ("b", "S1")}
+
+
+def _at(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
+    r = rng.normal(size=DIM)
+    r = unit(r - (r @ v) * v)
+    return unit(cos * v + np.sqrt(1 - cos**2) * r)
+
+
+def test_a_pure_target_episode_below_the_feed_is_kept_only_without_overlap_and_near_the_target() -> None:
+    """A phone guest's episode (the target's short turns, another channel) scores below the feed like an episode
+    with backchannels in it: it is kept only where nothing overlapped and its voice is the target's nearest."""
+    rng = np.random.default_rng(6)
+    t, c, g = _voices()
+    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
+    for e in eps.values():
+        e["overlap"] = 0.0
+    phone = _at(t, 0.92, rng)  # the target over a phone line: an outlier by the MAD rule, far from the co-host
+    eps["phone"] = {"voice": phone, "others": {"S1": (_jitter(g, rng), 20.0)}, "overlap": 0.0,
+                    "segments": [(0.0, _jitter(phone, rng, 0.3)), (1.0, _jitter(c, rng, 0.1))]}
+    assert "phone" in judge_feed(eps, t).episodes  # off by default: the feed check drops it
+    j = judge_feed(eps, t, rescue_max_overlap=0.01)
+    assert "phone" not in j.episodes and "phone" in j.rescued and "0.0 % of its speech" in j.rescued["phone"]
+    assert ("phone", 1.0) in j.segments and ("phone", 0.0) not in j.segments  # its segments are judged
+    for overlap in (0.05, None):  # overlapped speech heard in it (or nobody looked): it stays out
+        eps["phone"]["overlap"] = overlap
+        j = judge_feed(eps, t, rescue_max_overlap=0.01)
+        assert "phone" in j.episodes and not j.rescued
+    eps["phone"]["overlap"] = 0.0
+    # a voice heard nowhere else (a guest host, a trailer's narrator), far below the feed: stays out
+    stranger = _at(t, 0.5, rng)
+    eps["stranger"] = {"voice": stranger, "others": {}, "overlap": 0.0, "segments": [(0.0, stranger)]}
+    # the co-host hosting without the target: nearer the co-host the other episodes heard than the target
+    eps["absent"] = {"voice": _jitter(c, rng), "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(c, rng))]}
+    j = judge_feed(eps, t, rescue_max_overlap=0.01)
+    assert {"stranger", "absent"} <= set(j.episodes) and set(j.rescued) == {"phone"}

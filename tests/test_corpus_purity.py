@@ -291,6 +291,40 @@ def test_the_target_gives_up_a_guard_at_a_change_without_a_pause():
     assert speakers.guard_changes([(1.0, 1.2, "target")], 0.25) == [(1.0, 1.2, "target")]  # no change: untouched
 
 
+def test_a_short_stretch_after_overlapped_speech_is_judged_by_the_margin_and_guarded():
+    """The rest of a sentence after a "yeah" (a unit shorter than one window, touching overlap) is not held to the
+    floor of the target's full-length windows; it gives up the change guard on its overlap side only."""
+    from voicepipe.corpus import speakers
+
+    overlap = [(3.0, 3.5), (8.0, 8.4)]
+    regions = speakers.units([(0.0, 4.6), (5.0, 9.0)], overlap, [])
+    assert regions == [(0.0, 3.0), (3.5, 4.6), (5.0, 8.0), (8.4, 9.0)]
+    tails = speakers.overlap_tails(regions, overlap)
+    assert tails == [(3.5, 4.6, "start"), (8.4, 9.0, "start")]  # 0-3 and 5-8 are longer than a window
+    assert speakers.overlap_tails([(2.0, 3.0), (3.5, 4.0)], [(3.0, 3.5)]) == [(2.0, 3.0, "end"), (3.5, 4.0, "start")]
+    assert speakers.overlap_tails([(3.5, 4.0)], [(3.0, 3.5), (4.0, 4.2)]) == [(3.5, 4.0, "both")]
+
+    runs = [(0.0, 3.0, "target"), (3.5, 4.6, "target"), (8.4, 9.0, "other speaker")]
+    out = speakers.guard_tails(runs, tails, 0.25)
+    assert [(a, b) for a, b, v in out if v == "target"] == [(0.0, 3.0), (3.75, 4.6)]
+    assert [(a, b) for a, b, v in out if v.startswith("within 0.25 s of overlapped speech")] == [(3.5, 3.75)]
+    assert speakers.guard_tails(runs, tails, 0.0) == runs
+
+    # decide: a window below the floor is the target's only where the floor does not apply
+    rng = np.random.default_rng(0)
+    t, o = speakers.unit(rng.normal(size=16)), speakers.unit(rng.normal(size=16))
+    embs = np.stack([speakers.unit(t + 0.05 * rng.normal(size=16)) for _ in range(20)]
+                    + [speakers.unit(t + 0.45 * rng.normal(size=16)) for _ in range(20)] + [o] * 10)
+    sp = speakers.EpisodeSpeakers(labels=np.array([0] * 40 + [1] * 10), centroids=np.stack([t, o]),
+                                  enroll_sims=[1.0, float(o @ t)], target=0)
+    keep, _, reasons = speakers.decide(embs, sp)
+    low = [i for i in range(40) if not keep[i] and reasons[i].startswith("overlap/backchannel")]
+    assert low, "some noisy windows fall below the floor"
+    exempt = np.zeros(len(embs), dtype=bool)
+    exempt[low] = True
+    keep2, _, _ = speakers.decide(embs, sp, no_floor=exempt)
+    assert keep2[low].all() and not keep2[40:].any()  # the margin still rejects the other voice
+
 def test_the_recorded_conversation_feed_is_real_speech_with_its_own_truth(tmp_path):
     """The benchmark's real-voice feed (pyannote's bundled recording): the enrollment is the target's own later turn,
     never audio of the episodes, and the truth's "target" is the voice the enrollment embeds nearest."""

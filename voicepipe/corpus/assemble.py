@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from voicepipe.corpus import intervals
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.speakers import FeedJudgement, judge_feed
 from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
@@ -75,10 +76,20 @@ def _feed_entry(st: EpisodeState) -> dict:
     dia = st.results["diarize"]
     cents, target = dia.get("centroids") or {}, dia.get("target_label")
     talk = {s["label"]: s["talk_s"] for s in dia.get("speakers", [])}
-    return {"voice": _target_voice(st),
+    return {"voice": _target_voice(st), "overlap": _overlap_fraction(dia),
             "others": {lab: (np.asarray(c), talk.get(lab, 0.0)) for lab, c in cents.items() if lab != target},
             "segments": [(s["start"], s.get("emb_heard") or s["emb"]) for s in st.results["filter"]["segments"]
                          if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
+
+
+def _overlap_fraction(dia: dict) -> float | None:
+    """The fraction of an episode's speech heard as overlapped; None where nothing looked (no segmentation model)."""
+    if dia.get("backend") != "pyannote" and not dia.get("segmentation"):
+        return None
+    speech = intervals.union([tuple(x) for x in dia.get("speech", [])])
+    total = sum(b - a for a, b in speech)
+    heard = intervals.intersect(speech, intervals.union([tuple(x) for x in dia.get("overlap", [])]))
+    return sum(b - a for a, b in heard) / total if total > 0 else None
 
 
 def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
@@ -126,7 +137,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     # an episode without the target keeps its voice nearest the enrollment, and a co-host merged into an episode's
     # target cluster is kept with it: compared across the feed, both stand out
     judged = (judge_feed({st.source.id: _feed_entry(st) for st in good}, ctx.centroid,
-                         other_voices=p.feed_other_voices, margin=-p.feed_other_margin)
+                         other_voices=p.feed_other_voices, margin=-p.feed_other_margin,
+                         rescue_max_overlap=p.feed_rescue_max_overlap)
               if p.feed_voice_check else FeedJudgement())
     feed_sims, not_feed = judged.scores, judged.episodes
     for st in sorted(good, key=lambda s: s.source.id):
@@ -195,6 +207,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             "kept_s": round(ep_kept, 2), "speakers": r["diarize"].get("speakers", []),
             "target_label": r["diarize"].get("target_label"), "flagged": flagged,
             "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
+            "feed_rescued": judged.rescued.get(st.source.id),
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
         })
 
@@ -413,7 +426,9 @@ def write_report(
         "heard that are not the target, where two episodes heard the same one (a co-host, a regular guest), judge "
         "too: an episode whose voice is nearer one of them than the feed's target voice is not the feed's voice, "
         "and a kept utterance nearer one of them is dropped as *nearer another voice of the feed* "
-        "(`feed_other_voices`, `feed_other_margin`).",
+        "(`feed_other_voices`, `feed_other_margin`). An episode below the others whose voice is still nearer the "
+        "target's than any other voice of the feed, with no overlapped speech heard, is kept (*kept: short turns "
+        "or its channel*; `feed_rescue_max_overlap`).",
         "",
         "The feed's other voices that judged: " + (", ".join(
             f"{v['episode']}'s {'kept voice' if v['speaker'] == 'kept' else v['speaker']} (cosine "
@@ -426,7 +441,9 @@ def write_report(
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
           + ("–" if e.get("feed_sim") is None else
-             f"**{e['feed_sim']:.3f} not the feed's voice**" if e.get("not_feed_voice") else f"{e['feed_sim']:.3f}")
+             f"**{e['feed_sim']:.3f} not the feed's voice**" if e.get("not_feed_voice") else
+             f"{e['feed_sim']:.3f} (kept: short turns or its channel)" if e.get("feed_rescued") else
+             f"{e['feed_sim']:.3f}")
           + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])

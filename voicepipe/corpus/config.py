@@ -92,6 +92,17 @@ class CorpusParams(BaseModel):
         "half the windows must hear two voices); a corpus wants purity, so a third is enough (1.3): a short "
         "'yeah' under the target is heard by only some of the windows (benchmarks/RESULTS.md, corpus purity)."
     )
+    overlap_enhanced: bool = Field(
+        True, description="CPU path, separated audio: overlapped speech is looked for in the enhanced audio too (a "
+        "music bed hides a short 'yeah' from the segmentation model on the mix) and the two are joined "
+        "(benchmarks/RESULTS.md, corpus purity, tenth session)."
+    )
+    overlap_tails: bool = Field(
+        True, description="CPU path: a stretch of speech shorter than one speaker window between overlapped speech "
+        "and a pause (the rest of the target's sentence after a 'yeah') is judged by the margin to the episode's "
+        "speakers alone, not by the outlier floor of the target's full-length windows (a short window's cosine is "
+        "lower for every voice); one the floor would have dropped gives up `change_guard_s` on its overlap side."
+    )
     unit_evidence: bool = Field(
         True, description="CPU path: the number of an episode's speakers is chosen again on its units (stretches "
         "of one voice between pauses, overlap and changes of speaker, of at least 2 s) embedded whole, which a "
@@ -119,6 +130,13 @@ class CorpusParams(BaseModel):
         True, description="With `feed_voice_check`: the feed's other voices (each episode's non-target speakers) "
         "judge too: an episode whose kept voice is nearer one of them than the feed's target voice is dropped, and "
         "a kept segment nearer one of them than the target voice by more than `feed_other_margin` is dropped."
+    )
+    feed_rescue_max_overlap: float | None = Field(
+        0.01, ge=0.0, le=1.0, description="With `feed_other_voices`: an episode the feed check finds below the "
+        "feed is kept after all when its voice is nearer the feed's target voice than every other voice of the "
+        "feed, its score is within twice the outlier gap, and at most this fraction of its speech was heard as "
+        "overlapped (a pure target episode with short turns or a phone line; one with overlapped speech stays out: "
+        "a co-host's backchannels inside it lower its score the same way). None: off."
     )
     feed_other_margin: float = Field(
         0.2, ge=0.0, le=1.0, description="How much nearer another voice of the feed than the target voice a kept "

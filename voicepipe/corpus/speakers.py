@@ -328,14 +328,15 @@ def target_label(label_embs: dict[str, np.ndarray], enroll: np.ndarray) -> tuple
     return (max(sims, key=sims.__getitem__) if sims else None), sims
 
 
-def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
-           outlier_mad: float = 3.5) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3, outlier_mad: float = 3.5,
+           no_floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per window: (is_target (n,) bool, score (n,) fp32, reason per window ('' for target windows)).
 
     score = cos(w, target) - max over other speakers cos(w, other), divided by the distance between the target and
     that nearest other speaker (1 - cos of their centroids); a window is the target's when score >= `margin` and
     its cosine to the target centroid is not a low outlier (median - `outlier_mad` x 1.4826 MAD) among the windows
-    nearest the target (overlap, backchannels over the target).
+    nearest the target (overlap, backchannels over the target). Windows marked in `no_floor` (bool (n,)) are
+    judged by the margin alone (`overlap_tails`).
     """
     embs = unit(embs)
     n = len(embs)
@@ -366,7 +367,7 @@ def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
         if not keep[i]:
             reasons[i] = (f"other speaker (cluster {others[j[i]]}, margin {score[i]:.2f} < {margin:g})"
                           if others else "other speaker")
-        elif st[i] < floor:
+        elif st[i] < floor and (no_floor is None or not no_floor[i]):
             keep[i] = False
             reasons[i] = f"overlap/backchannel (cosine to target {st[i]:.2f} < its windows' floor {floor:.2f})"
     return keep, score, reasons
@@ -434,6 +435,48 @@ def cut_overlap(runs: list[tuple[float, float, str]], overlap: list[tuple[float,
         return list(runs)
     why = "overlapped speech (two voices at once)"
     cut = intervals.union([(a - pad_s, b + pad_s) for a, b in overlap])
+    out: list[tuple[float, float, str]] = []
+    for a, b, v in runs:
+        if v != "target":
+            out.append((a, b, v))
+            continue
+        pieces = [(x, y, "target") for x, y in intervals.subtract([(a, b)], cut)]
+        pieces += [(x, y, why) for x, y in intervals.intersect([(a, b)], cut)]
+        out.extend(sorted(pieces))
+    return out
+
+
+def overlap_tails(regions: list[tuple[float, float]], overlap: list[tuple[float, float]], *,
+                  max_s: float = WIN_S, tol_s: float = 1e-3) -> list[tuple[float, float, str]]:
+    """The `units` shorter than `max_s` that touch overlapped speech, as (start, end, side): side "start" when the
+    overlap ends where the unit starts, "end" when it starts where the unit ends ("both": on each side). Such a
+    stretch (the rest of the target's sentence after a co-host's "yeah") is one window, shorter than the ones the
+    target's outlier floor is measured on, and its overlap edge is only as sure as the segmentation model's."""
+    out = []
+    for a, b in regions:
+        if b - a >= max_s:
+            continue
+        after = any(abs(a - y) < tol_s for _, y in overlap)
+        before = any(abs(b - x) < tol_s for x, _ in overlap)
+        if after or before:
+            out.append((a, b, "both" if after and before else "start" if after else "end"))
+    return out
+
+
+def guard_tails(runs: list[tuple[float, float, str]], tails: list[tuple[float, float, str]],
+                guard_s: float) -> list[tuple[float, float, str]]:
+    """Give up `guard_s` of each "target" run on the overlap side of the `overlap_tails` unit it lies in (the same
+    guard as at a change of speaker without a pause); that time becomes its own run, with the reason."""
+    if guard_s <= 0 or not tails:
+        return list(runs)
+    why = f"within {guard_s:g} s of overlapped speech, in a stretch shorter than one speaker window"
+    cut = []
+    for a, b, side in tails:
+        if side in ("start", "both"):
+            cut.append((a, min(b, a + guard_s)))
+        if side in ("end", "both"):
+            cut.append((max(a, b - guard_s), b))
+    cut = intervals.union(cut)
     out: list[tuple[float, float, str]] = []
     for a, b, v in runs:
         if v != "target":
@@ -618,10 +661,13 @@ class FeedJudgement:
     segments: dict[tuple[str, Any], str] = field(default_factory=dict)
     # the feed's other voices that judged: (episode, speaker label or "kept", cosine to the feed's target voice)
     voices: list[tuple[str, str, float]] = field(default_factory=list)
+    # outliers kept after all (id -> why): their voice is the target's nearest, and no second voice was heard
+    rescued: dict[str, str] = field(default_factory=dict)
 
 
 def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_voices: bool = True,
-               margin: float = 0.0, min_talk_s: float = 2.0) -> FeedJudgement:
+               margin: float = 0.0, min_talk_s: float = 2.0, rescue_max_overlap: float | None = None,
+               mad_k: float = 5.0, min_gap: float = 0.05) -> FeedJudgement:
     """The feed-level check of what each episode kept (the target absent; another voice merged into the target's).
 
     `episodes`: id -> {"voice": the target speaker's centroid (empty: nothing kept), "others": {label: (centroid,
@@ -633,9 +679,16 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     nearest voice kept: a co-host heard as a speaker of its own elsewhere); a kept segment whose margin to the
     target voice over the nearest such voice is below `margin` is dropped (a turn of a co-host the episode could
     not tell from the target).
+
+    With `rescue_max_overlap`, an outlier is kept after all (its segments judged like the others') when nothing
+    but its channel or its short turns explains its low score: its voice is nearer the feed's target voice than
+    every other voice of the feed, its score is within twice the outlier gap of the reference episodes' median,
+    and at most that fraction of its speech was heard as overlapped ("overlap" in its entry; unknown: not kept).
+    An outlier with overlapped speech stays out: the same low score is what a co-host's backchannels inside its
+    kept speech give, and the embeddings cannot tell those apart (benchmarks/RESULTS.md, corpus purity).
     """
     voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
-    scores, out = feed_outliers(voices, enroll)
+    scores, out = feed_outliers(voices, enroll, mad_k=mad_k, min_gap=min_gap)
     floor = min((s for x, s in scores.items() if x not in out), default=0.0)
     j = FeedJudgement(scores=scores, episodes={
         k: f"not the feed's voice (this episode's target voice: median cosine {v:.3f} to the episodes nearest the "
@@ -655,6 +708,20 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     if feed is None:
         return j
     j.voices = [(ep, lab, round(float(c @ feed.target), 4)) for ep, lab, c in feed.others]
+    if rescue_max_overlap is not None and out:
+        vals = np.array([scores[k] for k in ref])
+        med = float(np.median(vals))
+        band = med - 2 * max(mad_k * float(np.median(np.abs(vals - med))) * 1.4826, min_gap)
+        for k in out:
+            best, who, _ = feed.nearest_other(voices[k], k)
+            t = float(unit(voices[k]) @ feed.target)
+            ov = episodes[k].get("overlap")
+            if ov is not None and ov <= rescue_max_overlap and scores[k] >= band and t > best:
+                del j.episodes[k]
+                j.rescued[k] = (f"kept although its score {scores[k]:.3f} is low: its voice is nearer the feed's "
+                                f"target voice (cosine {t:.3f}) than any other voice of the feed "
+                                f"({best:.3f}), within twice the outlier gap (>= {band:.3f}), and "
+                                f"{100 * ov:.1f} % of its speech overlapped")
     for k in judged:
         best, who, _ = feed.nearest_other(voices[k], k)
         if who is not None and best > scores[k]:
@@ -664,7 +731,7 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     for k, ep in episodes.items():
         if k in j.episodes or k not in scores:
             continue
-        for key, emb in ep.get("segments") or []:
+        for key, emb in ep.get("segments") or []:  # judged episodes' and rescued ones' kept segments
             m, who = feed.margin(np.asarray(emb, dtype=np.float64), k)
             if who is not None and m is not None and m < margin:
                 j.segments[(k, key)] = (f"nearer another voice of the feed (episode {who[0]}'s "

@@ -357,8 +357,10 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     seeded with the enrollment, count by silhouette; with `unit_evidence`, the count is chosen again on the units
     of at least 1 s embedded whole); the cluster nearest the enrollment is the target, and each
     window is the target's only when it is nearer the target than every other speaker by `speaker_margin` (a
-    fraction of the distance between the two) and is not an outlier among the target's windows. The target gives
-    up `change_guard_s` on its side of each change of speaker without a pause. The speakers' centroids are kept in
+    fraction of the distance between the two) and is not an outlier among the target's windows (`overlap_tails`: a
+    stretch shorter than one window next to overlapped speech is judged by the margin alone, and guarded). The
+    target gives up `change_guard_s` on its side of each change of speaker without a pause. With separation
+    (`overlap_enhanced`), overlapped speech is looked for on the enhanced audio too. The speakers' centroids are kept in
     the speaker model's own space, where the filter judges whole utterances.
     """
     from voicepipe.corpus import speakers as spk_mod
@@ -372,6 +374,11 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         params.update(segmentation=p.segmentation_model, overlap_pad=p.overlap_pad_s)
         if p.overlap_count != 1.5:  # (1.5: pyannote's rounding, the results stored before it was a setting)
             params.update(overlap_count=p.overlap_count)
+    heard_apart = speaker_sha != audio_sha  # separated: the mix judges speakers, the enhanced audio is cut
+    if not p.diarization_model and p.segmentation_model and p.overlap_enhanced and heard_apart:
+        params.update(overlap_enhanced=True)
+    if not p.diarization_model and p.segmentation_model and p.overlap_tails:
+        params.update(overlap_tails=True)
     if not p.diarization_model and p.fuse_resemblyzer:
         params.update(fuse="resemblyzer")
     if not p.diarization_model and p.unit_evidence:
@@ -417,8 +424,12 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
 
         overlap, changes = (ctx.engines.segmentation(wav, min_count=p.overlap_count) if p.segmentation_model
                             else ([], []))
+        if params.get("overlap_enhanced"):  # a music bed on the mix can hide a "yeah" the enhanced audio shows
+            more, _ = ctx.engines.segmentation(ctx.audio(audio_sha, SR16), min_count=p.overlap_count)
+            overlap = intervals.union([tuple(o) for o in overlap] + [tuple(o) for o in more])
         regions = spk_mod.units([tuple(x) for x in speech], overlap, changes)
         wins = spk_mod.windows(regions)
+        tails = spk_mod.overlap_tails(regions, overlap) if params.get("overlap_tails") else []
         embs, own = ctx.engines.window_embeddings([wav[int(s * SR16) : int(e * SR16)] for s, e in wins])
         if not wins:
             return {"backend": "embedding-clusters", "speech": speech, "removed": removed, "turns": [],
@@ -430,11 +441,19 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             uembs, _ = ctx.engines.window_embeddings([wav[int(a * SR16) : int(b * SR16)] for a, b in spans])
             units = spk_mod.Units.of(regions, wins, uembs)
         sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid, units=units)
-        keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
+        tail_wins = {(round(a, 6), round(b, 6)) for a, b, _ in tails}
+        no_floor = np.array([(round(a, 6), round(b, 6)) in tail_wins for a, b in wins], dtype=bool)
+        keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin, no_floor=no_floor)
+        if tails:  # only a tail the floor would have dropped is guarded: the others are kept as they were
+            floored, _, _ = spk_mod.decide(embs, sp, margin=p.speaker_margin)
+            saved = {(round(a, 6), round(b, 6))
+                     for (a, b), k, f in zip(wins, keep, floored, strict=True) if k and not f}
+            tails = [t for t in tails if (round(t[0], 6), round(t[1], 6)) in saved]
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
         turns = []
         runs = spk_mod.timeline(wins, verdicts, regions)
         runs = spk_mod.cut_overlap(spk_mod.guard_changes(runs, p.change_guard_s), overlap, p.overlap_pad_s)
+        runs = spk_mod.guard_tails(runs, tails, p.change_guard_s)
         for a, b, v in runs:
             is_t = v == "target"
             turns.append({"start": round(a, 3), "end": round(b, 3), "speaker": "target" if is_t else "other",
