@@ -31,9 +31,10 @@ from voicepipe.errors import InputError
 
 SCENARIO_EPISODES = [s for s in SCENARIOS if s != "all"]
 # issue 12's target (purity >= 0.99, recall >= 0.8) is NOT met yet in these scenarios on the CPU path (see
-# benchmarks/RESULTS.md, "corpus purity"); this build, 2026-12-04: backchannels 0.998 / 0.685 (the co-host's 2.1 s
-# turn joined to the target's speech is dropped as nearer another voice of the feed, the target's 1.4 s with it;
-# pyannote's segmentation model misses espeak's overlapped "yeah"s), crosstalk 1.000 / 0.649 (the co-host's turns
+# benchmarks/RESULTS.md, "corpus purity"); this build, 2026-12-04 (tenth session): backchannels 0.998 / 0.712 (the
+# co-host's 2.1 s turn, which the episode's clusters merged with the target, joined to 1.4 s of the target's speech
+# after a "yeah" is dropped as nearer another voice of the feed, the target's part with it; the overlap and its
+# guard take 1.9 s more), crosstalk 1.000 / 0.649 (the co-host's turns
 # are all under 2 s, so the unit-level count lets a partition that cuts the target win: the trade chosen for purity
 # on other feeds), music 1.000 / 0.125 (without separation the bed fails the 10 dB SNR gate; with it, the default,
 # it does not: test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate).
