@@ -225,3 +225,14 @@ def test_a_pure_target_episode_below_the_feed_is_kept_only_without_overlap_and_n
     eps["absent"] = {"voice": _jitter(c, rng), "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(c, rng))]}
     j = judge_feed(eps, t, rescue_max_overlap=0.01)
     assert {"stranger", "absent"} <= set(j.episodes) and set(j.rescued) == {"phone"}
+
+
+def test_the_overlapped_share_the_rescue_reads_is_unknown_where_nothing_looked() -> None:
+    from voicepipe.corpus.assemble import _overlap_fraction
+
+    dia = {"backend": "embedding-clusters", "segmentation": "pyannote/segmentation-3.0",
+           "speech": [[0.0, 10.0], [12.0, 22.0]], "overlap": [[9.5, 12.5], [15.0, 16.0]]}
+    assert abs(_overlap_fraction(dia) - 2.0 / 20.0) < 1e-9  # only overlap inside speech counts: 0.5 + 0.5 + 1.0
+    assert _overlap_fraction({**dia, "segmentation": None}) is None  # no overlap detector: not "no overlap"
+    assert _overlap_fraction({**dia, "backend": "pyannote", "segmentation": None}) == 0.1
+    assert _overlap_fraction({**dia, "speech": []}) is None
