@@ -311,20 +311,22 @@ def test_a_short_stretch_after_overlapped_speech_is_judged_by_the_margin_and_gua
     assert [(a, b) for a, b, v in out if v.startswith("within 0.25 s of overlapped speech")] == [(3.5, 3.75)]
     assert speakers.guard_tails(runs, tails, 0.0) == runs
 
-    # decide: a window below the floor is the target's only where the floor does not apply
+    # decide, then spare_tails: a tail's window below the floor is the target's when its margin passed
     rng = np.random.default_rng(0)
     t, o = speakers.unit(rng.normal(size=16)), speakers.unit(rng.normal(size=16))
     embs = np.stack([speakers.unit(t + 0.05 * rng.normal(size=16)) for _ in range(20)]
                     + [speakers.unit(t + 0.45 * rng.normal(size=16)) for _ in range(20)] + [o] * 10)
     sp = speakers.EpisodeSpeakers(labels=np.array([0] * 40 + [1] * 10), centroids=np.stack([t, o]),
                                   enroll_sims=[1.0, float(o @ t)], target=0)
-    keep, _, reasons = speakers.decide(embs, sp)
+    keep, score, reasons = speakers.decide(embs, sp)
     low = [i for i in range(40) if not keep[i] and reasons[i].startswith("overlap/backchannel")]
     assert low, "some noisy windows fall below the floor"
-    exempt = np.zeros(len(embs), dtype=bool)
-    exempt[low] = True
-    keep2, _, _ = speakers.decide(embs, sp, no_floor=exempt)
-    assert keep2[low].all() and not keep2[40:].any()  # the margin still rejects the other voice
+    wins = [(float(i), float(i) + 0.8) for i in range(len(embs))]
+    tails = [(wins[i][0], wins[i][1], "start") for i in [low[0], 45]] + [(100.0, 100.5, "end")]
+    keep2, reasons2, spared = speakers.spare_tails(wins, keep, score, reasons, tails, 0.3)
+    assert keep2[low[0]] and reasons2[low[0]] == "" and not keep2[45]  # the margin still rejects the other voice
+    assert [i for i in range(len(embs)) if keep2[i] != keep[i]] == [low[0]]  # nothing else changes
+    assert spared == [tails[0]]  # only the spared tail is guarded
 
 def test_the_recorded_conversation_feed_is_real_speech_with_its_own_truth(tmp_path):
     """The benchmark's real-voice feed (pyannote's bundled recording): the enrollment is the target's own later turn,

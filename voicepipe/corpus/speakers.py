@@ -18,12 +18,14 @@ the pair (and on the speaker model). So, per episode:
 4. `decide`: each window is the target's only when it is nearer the target centroid than every other speaker's by a
    margin that is a fraction of the distance between those two speakers, and when it is not an outlier among the
    target's own windows (overlapped speech and backchannels pull a window's embedding off the speaker it is on).
+   `spare_tails`: a unit shorter than one window next to overlapped speech (`overlap_tails`: the rest of a
+   sentence after a "yeah") is judged by the margin alone, since a short window's cosine is low for every voice.
 5. `timeline`: the per-window decisions mapped onto hop-sized slots of time, so a change of speaker inside a
    speech region (no pause) becomes a cut; `guard_changes` then gives up a little of the target's time on its
    side of each such cut (where the change really is, and any crosstalk, is only known to a few tenths of a second).
 6. `cut_overlap`: the target's time where an overlapped-speech detector hears two voices at once (a backchannel
    under the target, crosstalk) is given up: a short "yeah" barely moves a 1.5 s window's embedding, so the
-   windows cannot see it (benchmarks/RESULTS.md, corpus purity).
+   windows cannot see it (benchmarks/RESULTS.md, corpus purity); `guard_tails` guards the spared tails' edge.
 
 Hand-written glue around scikit-learn (k-means, silhouette) and pyannote's segmentation output: the decision rules
 are the point of this module.
@@ -328,15 +330,14 @@ def target_label(label_embs: dict[str, np.ndarray], enroll: np.ndarray) -> tuple
     return (max(sims, key=sims.__getitem__) if sims else None), sims
 
 
-def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3, outlier_mad: float = 3.5,
-           no_floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
+           outlier_mad: float = 3.5) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per window: (is_target (n,) bool, score (n,) fp32, reason per window ('' for target windows)).
 
     score = cos(w, target) - max over other speakers cos(w, other), divided by the distance between the target and
     that nearest other speaker (1 - cos of their centroids); a window is the target's when score >= `margin` and
     its cosine to the target centroid is not a low outlier (median - `outlier_mad` x 1.4826 MAD) among the windows
-    nearest the target (overlap, backchannels over the target). Windows marked in `no_floor` (bool (n,)) are
-    judged by the margin alone (`overlap_tails`).
+    nearest the target (overlap, backchannels over the target).
     """
     embs = unit(embs)
     n = len(embs)
@@ -367,7 +368,7 @@ def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3, outlie
         if not keep[i]:
             reasons[i] = (f"other speaker (cluster {others[j[i]]}, margin {score[i]:.2f} < {margin:g})"
                           if others else "other speaker")
-        elif st[i] < floor and (no_floor is None or not no_floor[i]):
+        elif st[i] < floor:
             keep[i] = False
             reasons[i] = f"overlap/backchannel (cosine to target {st[i]:.2f} < its windows' floor {floor:.2f})"
     return keep, score, reasons
@@ -433,8 +434,13 @@ def cut_overlap(runs: list[tuple[float, float, str]], overlap: list[tuple[float,
     its own run with the reason. Other runs are unchanged."""
     if not overlap:
         return list(runs)
-    why = "overlapped speech (two voices at once)"
-    cut = intervals.union([(a - pad_s, b + pad_s) for a, b in overlap])
+    return _give_up(runs, intervals.union([(a - pad_s, b + pad_s) for a, b in overlap]),
+                    "overlapped speech (two voices at once)")
+
+
+def _give_up(runs: list[tuple[float, float, str]], cut: list[tuple[float, float]],
+             why: str) -> list[tuple[float, float, str]]:
+    """The "target" runs' time inside `cut` (sorted, disjoint) becomes its own runs with the reason `why`."""
     out: list[tuple[float, float, str]] = []
     for a, b, v in runs:
         if v != "target":
@@ -463,29 +469,29 @@ def overlap_tails(regions: list[tuple[float, float]], overlap: list[tuple[float,
     return out
 
 
+def spare_tails(wins: list[tuple[float, float]], keep: np.ndarray, score: np.ndarray, reasons: list[str],
+                tails: list[tuple[float, float, str]], margin: float
+                ) -> tuple[np.ndarray, list[str], list[tuple[float, float, str]]]:
+    """`decide`'s verdicts with the `overlap_tails` units judged by the margin alone: a tail's window that `decide`
+    dropped though its margin passed (the outlier floor of the full-length windows alone dropped it) is the
+    target's. Returns (keep, reasons, the tails spared so: `guard_tails` guards them)."""
+    at = {(round(a, 6), round(b, 6)) for a, b, _ in tails}
+    saved = np.array([(round(a, 6), round(b, 6)) in at for a, b in wins], dtype=bool) & ~keep & (score >= margin)
+    spared = {(round(a, 6), round(b, 6)) for (a, b), s in zip(wins, saved, strict=True) if s}
+    return (keep | saved, ["" if s else r for s, r in zip(saved, reasons, strict=True)],
+            [t for t in tails if (round(t[0], 6), round(t[1], 6)) in spared])
+
+
 def guard_tails(runs: list[tuple[float, float, str]], tails: list[tuple[float, float, str]],
                 guard_s: float) -> list[tuple[float, float, str]]:
     """Give up `guard_s` of each "target" run on the overlap side of the `overlap_tails` unit it lies in (the same
     guard as at a change of speaker without a pause); that time becomes its own run, with the reason."""
     if guard_s <= 0 or not tails:
         return list(runs)
-    why = f"within {guard_s:g} s of overlapped speech, in a stretch shorter than one speaker window"
-    cut = []
-    for a, b, side in tails:
-        if side in ("start", "both"):
-            cut.append((a, min(b, a + guard_s)))
-        if side in ("end", "both"):
-            cut.append((max(a, b - guard_s), b))
-    cut = intervals.union(cut)
-    out: list[tuple[float, float, str]] = []
-    for a, b, v in runs:
-        if v != "target":
-            out.append((a, b, v))
-            continue
-        pieces = [(x, y, "target") for x, y in intervals.subtract([(a, b)], cut)]
-        pieces += [(x, y, why) for x, y in intervals.intersect([(a, b)], cut)]
-        out.extend(sorted(pieces))
-    return out
+    cut = [(a, min(b, a + guard_s)) for a, b, side in tails if side in ("start", "both")]
+    cut += [(max(a, b - guard_s), b) for a, b, side in tails if side in ("end", "both")]
+    return _give_up(runs, intervals.union(cut),
+                    f"within {guard_s:g} s of overlapped speech, in a stretch shorter than one speaker window")
 
 
 def change_points(active: np.ndarray, chunk_starts: np.ndarray, frame_centres: np.ndarray, chunk_s: float, *,

@@ -441,14 +441,9 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             uembs, _ = ctx.engines.window_embeddings([wav[int(a * SR16) : int(b * SR16)] for a, b in spans])
             units = spk_mod.Units.of(regions, wins, uembs)
         sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid, units=units)
-        tail_wins = {(round(a, 6), round(b, 6)) for a, b, _ in tails}
-        no_floor = np.array([(round(a, 6), round(b, 6)) in tail_wins for a, b in wins], dtype=bool)
-        keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin, no_floor=no_floor)
-        if tails:  # only a tail the floor would have dropped is guarded: the others are kept as they were
-            floored, _, _ = spk_mod.decide(embs, sp, margin=p.speaker_margin)
-            saved = {(round(a, 6), round(b, 6))
-                     for (a, b), k, f in zip(wins, keep, floored, strict=True) if k and not f}
-            tails = [t for t in tails if (round(t[0], 6), round(t[1], 6)) in saved]
+        keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
+        if sp.target is not None:
+            keep, reasons, tails = spk_mod.spare_tails(wins, keep, score, reasons, tails, p.speaker_margin)
         verdicts = ["target" if k else r for k, r in zip(keep, reasons, strict=True)]
         turns = []
         runs = spk_mod.timeline(wins, verdicts, regions)
