@@ -11,6 +11,11 @@ weights, 1 and 2 rows:
    step, and the kernel count of one step from the profiler.
 
     python benchmarks/fused.py --out $OUT/fused
+    python benchmarks/fused.py --rows 2,16 --levers --warps --split-sweep --variants \
+        '[{"sample": true, "attn_warps": 4}, {"sample": true, "head": true, "split": 4, "attn_warps": 2}]'
+
+`--levers`: `sample_embed` against `sample_topk`; `--warps`: attention and sampling at 1-8 warps; `--split-sweep`: the
+matmul + residual op split-K at 16 rows; `--variants`: step times of the fused step with the given levers.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
         e = x32 + F.linear(a.float(), lw.wd.float())
         rows.append(dict(op="linear_residual", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
                          unfused_vs_fp32=rel(r, e)))
+        if m > fused.GEMV_ROWS:  # split-K (EngineConfig.fused_split_k)
+            y = fused.linear_residual(a, lw.wd, x, 4)
+            rows.append(dict(op="linear_residual split 4", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
+                             unfused_vs_fp32=rel(r, e)))
         for pos in (2, 9, 15):
             qkv = torch.randn(m, (NH + 2 * KVH) * HD, device=dev).to(torch.bfloat16)
             kc = torch.randn(S, KVH, L, HD, device=dev).to(torch.bfloat16)
@@ -86,7 +95,113 @@ def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
     return rows
 
 
-def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50) -> dict:
+def head_check(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
+    """`fused.sample_embed` (`EngineConfig.fused_head`) against `sample_topk` + `F.embedding`, bf16 logits against
+    their fp32 copy: the same codes and rows."""
+    out = []
+    for m in ms:
+        emb_w = (torch.randn(V, 2048, device=dev) * 0.02).to(torch.bfloat16)
+        logits = (torch.randn(m, V, device=dev) * 3).to(torch.bfloat16)
+        temp = torch.full((m, 1), 0.9, device=dev)
+        greedy = torch.arange(m, device=dev) % 3 == 0
+        same = 0
+        for _ in range(20):
+            expo = torch.empty(m, 50, device=dev).exponential_()
+            c, e = fused.sample_embed(logits, temp, greedy, expo, emb_w)
+            c0 = fused.sample_topk(logits.float(), temp, greedy, expo)
+            same += int((c == c0).sum()) if torch.equal(e, F.embedding(c0, emb_w)) else 0
+        out.append(dict(check="sample_embed", rows=m, codes_and_rows_equal=f"{same}/{20 * m}"))
+        print(out[-1], flush=True)
+    return out
+
+
+def warps_sweep(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
+    """`attn_decode` and `sample_topk` at each of 1, 2, 4, 8 warps per program (`fused.ATTN_WARPS`,
+    `fused.SAMPLE_WARPS`): microseconds per call as CUDA graphs, and the outputs against 4 warps' (equal)."""
+    out = []
+    lw = layers(dev)[0]
+    rot = torch.randn(L, HD, device=dev)
+    cos_t, sin_t = rot.cos().to(torch.bfloat16), K.signed_sin(rot.sin()).to(torch.bfloat16)
+    for m in ms:
+        qkv = torch.randn(m, (NH + 2 * KVH) * HD, device=dev).to(torch.bfloat16)
+        kc = torch.randn(S, KVH, L, HD, device=dev).to(torch.bfloat16)
+        vc = torch.randn_like(kc)
+        p, cs = torch.tensor([9], device=dev), (cos_t[9:10, None], sin_t[9:10, None])
+        logits = torch.randn(m, 2048, device=dev) * 3
+        temp, greedy = torch.full((m, 1), 0.9, device=dev), torch.zeros(m, dtype=torch.bool, device=dev)
+        expo = torch.empty(m, 50, device=dev).exponential_()
+        ref = None
+        for wn in (4, 1, 2, 8):
+            fused.ATTN_WARPS = fused.SAMPLE_WARPS = wn
+            o = fused.attn_decode(qkv, lw.qk_w, *cs, p, kc, vc, 1e-6, NH, KVH)
+            c = fused.sample_topk(logits, temp, greedy, expo)
+            ref = ref or (o, c)
+            out.append(dict(check="warps", rows=m, warps=wn, attn_equal=bool(torch.equal(o, ref[0])),
+                            sample_equal=bool(torch.equal(c, ref[1])),
+                            attn_us=round(graph_us(lambda a=(qkv, lw.qk_w, *cs, p, kc, vc): fused.attn_decode(
+                                *a, 1e-6, NH, KVH)), 2),
+                            sample_us=round(graph_us(lambda a=(logits, temp, greedy, expo): fused.sample_topk(*a)), 2)))
+            print(out[-1], flush=True)
+    fused.ATTN_WARPS = fused.SAMPLE_WARPS = 4
+    return out
+
+
+def split_sweep(dev: torch.device, m: int = 16, min_bytes: float = 6e8) -> list[dict]:
+    """The two matmul + residual ops at `m` rows (the predictor's down and output projections), split-K over 1-8
+    programs per tile at BN 16 / 32 / 64: microseconds per call (a CUDA graph over >= `min_bytes` of weight copies,
+    weights from HBM) and the result against no split."""
+    out = []
+    for n, k in ((H, FF), (H, NH * HD)):
+        copies = max(2, int(min_bytes // (n * k * 2)))
+        ws = [(torch.randn(n, k, device=dev) * 0.02).to(torch.bfloat16) for _ in range(copies)]
+        x = torch.randn(m, k, device=dev).to(torch.bfloat16)
+        r = torch.randn(m, n, device=dev).to(torch.bfloat16)
+        base = None
+        for bn, bk, warps, stages in ((32, 256, 4, 3), (16, 256, 4, 3), (64, 256, 4, 3), (32, 128, 4, 4),
+                                      (16, 128, 4, 4)):
+            fused.SHAPE_CONFIG[("linear_residual", n, k)] = ("dot", bn, bk, warps, stages)
+            for split in (1, 2, 3, 4, 6, 8):
+                if k % (split * bk):
+                    continue
+                y = fused.linear_residual(x, ws[0], r, split)
+                base = base if base is not None else y
+                us = graph_us_list(lambda w, sp=split, x=x, r=r: fused.linear_residual(x, w, r, sp), ws)
+                out.append(dict(check="split", op=f"linear_residual {n}x{k}", rows=m, bn=bn, bk=bk, split=split,
+                                us=round(us, 2), gbps=round(n * k * 2 / us / 1e3), rel_vs_first=rel(y, base)))
+                print(out[-1], flush=True)
+        fused.SHAPE_CONFIG.pop(("linear_residual", n, k), None)
+    return out
+
+
+def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
+    """Microseconds per call of fn(w), one call per weight copy in one CUDA graph (each weight read from HBM)."""
+    for w in ws[:2]:
+        fn(w)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for w in ws:
+            fn(w)
+    g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        g.replay()
+    torch.cuda.synchronize()
+    return 1e6 * (time.perf_counter() - t0) / 5 / len(ws)
+
+
+def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
+              split: int = 1, attn_warps: int | None = None) -> dict:
+    """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays."""
+    old = fused.ATTN_WARPS
+    fused.ATTN_WARPS = attn_warps or old
+    try:
+        return {**_step_time(dev, m, use_fused, reps, head, sample, split), "attn_warps": fused.ATTN_WARPS}
+    finally:
+        fused.ATTN_WARPS = old
+
+
+def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool, sample: bool, split: int) -> dict:
     lw = layers(dev)
     pk = [torch.zeros(S, KVH, L, HD, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
     pv = [torch.zeros_like(t) for t in pk]
@@ -104,7 +219,7 @@ def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50) -> dic
     zero = torch.zeros(S, dtype=torch.long, device=dev)
     samp = K.Sampling(temp=ones, greedy=no, sub_temp=ones.clone(), sub_greedy=no.clone(), rep_pen=ones.clone(),
                       seen=torch.zeros(S, V, dtype=torch.bool, device=dev), n_sampled=zero, min_new=zero.clone())
-    d = K.Dims(NH, KVH, HD, True)
+    d = K.Dims(NH, KVH, HD, True, sample, head=head, split=split)
     fn = K.predictor_next_fused if use_fused else K.predictor_next
 
     def unit(layers_, e, pk_, pv_, pos, cos, sin, mask, head_w, embed_w):
@@ -148,7 +263,8 @@ def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50) -> dic
     top = collections.Counter()
     for e in ks:
         top[e.name[:50]] += e.device_time / 14
-    return dict(rows=m, fused=use_fused, us_per_step=round(us, 1), kernels_per_step=round(len(ks) / 14, 1),
+    return dict(rows=m, fused=use_fused, sample=sample, head=head, split=split, us_per_step=round(us, 1),
+                kernels_per_step=round(len(ks) / 14, 1),
                 kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1),
                 top=[(k, round(v, 1)) for k, v in top.most_common(8)])
 
@@ -265,6 +381,12 @@ def main() -> None:
     ap.add_argument("--rows", default="1,2", help="step rows for the error check and the step times (the fused "
                     "layer's tl.dot forms hold up to 16: EngineConfig.fused_rows)")
     ap.add_argument("--sweep", action="store_true", help="time each op's configurations (SWEEP) first")
+    ap.add_argument("--skip-steps", action="store_true", help="no step times (checks only)")
+    ap.add_argument("--variants", type=json.loads, default=None, help='fused step variants to time instead of '
+                    'unfused/fused, e.g. \'[{"sample": true}, {"sample": true, "split": 4}]\' (step_time arguments)')
+    ap.add_argument("--warps", action="store_true", help="time attn_decode and sample_topk at 1-8 warps")
+    ap.add_argument("--split-sweep", action="store_true", help="time the matmul + residual op split-K at 16 rows")
+    ap.add_argument("--levers", action="store_true", help="also check sample_embed against sample_topk")
     ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--sweep-skip", default="", help="skip the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--sweep-rows", default="1,2", help="rows of the sweep; above 2 the tl.dot forms (SWEEP_DOT)")
@@ -288,10 +410,16 @@ def main() -> None:
     errs = op_errors(dev, ms)
     for r in errs:
         print(r, flush=True)
+    checks = head_check(dev, ms) if a.levers else []
+    checks += warps_sweep(dev, ms) if a.warps else []
+    checks += split_sweep(dev) if a.split_sweep else []
     times = []
-    for m in ms:
-        for use in (False, True):
+    for m in ms if not a.skip_steps else ():
+        for use in (False, True) if not a.variants else ():
             times.append(step_time(dev, m, use))
+            print(times[-1], flush=True)
+        for v in a.variants or []:  # e.g. {"sample": true, "head": true}: the fused step with these levers
+            times.append(step_time(dev, m, True, **v))
             print(times[-1], flush=True)
     if a.pick_dot and swept and max(srows) > fused.GEMV_ROWS:
         top = max(srows)
@@ -307,7 +435,7 @@ def main() -> None:
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
         res = dict(info=info, config=fused.CONFIG, dot_config=fused.DOT_CONFIG, sweep=swept, sample=samples,
-                   errors=errs, steps=times)
+                   errors=errs, lever_checks=checks, steps=times)
         (a.out / "fused.json").write_text(json.dumps(res, indent=2))
 
 

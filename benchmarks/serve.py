@@ -27,7 +27,11 @@ launched, so the GPU waits while the host polls, emits audio and retires request
 tl.dot form above 2 rows), `codec-unfused` (the engine with `EngineConfig.codec_fused` off: the codec decoder's
 SnakeBeta activations and causal padding as the package's modules). A setting whose effect is process-wide
 (cuDNN's algorithm cache: `codec_cudnn_benchmark`) is compared across two processes instead, with `--engine-set
-key=value,...` on every engine of the second.
+key=value,...` on every engine of the second. `--lever NAME:key=value;key=value` (repeatable): another engine with
+those EngineConfig settings, measured after the named systems (`voicepipe-NAME`). The first engine of a process is
+measured first and was seen to split a 16-stream burst into two prefills once in four rounds where later engines did
+not (2026-12-04): compare levers with a second engine of the default settings (a `--lever` that sets a default), not
+with the first.
 
 How each system serves N concurrent requests:
 - voicepipe: N requests submitted at once to one engine (continuous batching, CUDA graphs, streaming decode).
@@ -211,26 +215,34 @@ def profile_engine(eng) -> dict:
                 prof[f"step_graph_b{b}_ms"] = _timed(g.replay, 20)
         eng.pos.zero_()
         prof[f"step_eager_b{b0}_ms"] = _timed(lambda: eng._step(b0, 256), 3)
-        try:  # what one frame step launches (its graph replays exactly these kernels)
-            from torch.profiler import ProfilerActivity, profile
+        # what one frame step launches (its graph replays exactly these kernels), at one stream's bucket and at 16
+        for b, sfx in ((b0, ""), (16, "_b16")):
+            if b > eng.cfg.max_batch:
+                continue
+            try:
+                from torch.profiler import ProfilerActivity, profile
 
-            if not torch.cuda.is_available():
-                raise RuntimeError("no CUDA")
-            eng.pos.zero_()
-            with profile(activities=[ProfilerActivity.CUDA]) as p:
-                eng._step(b0, 256)
-                _sync()
-            kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
-            prof["step_kernels"] = len(kernels)
-            prof["step_kernel_time_ms"] = sum(e.device_time for e in kernels) / 1000
-            top = collections.Counter()
-            for e in kernels:
-                top[e.name[:60]] += e.device_time
-            print("top kernels (us):", [(k, round(v)) for k, v in top.most_common(12)], flush=True)
-            gemm = sum(v for k, v in top.items() if any(x in k.lower() for x in ("gemm", "gemv", "sm90", "cutlass")))
-            prof["step_matmul_time_ms"] = gemm / 1000
-        except Exception as e:  # noqa: BLE001 - diagnostics only
-            print("kernel profile skipped:", type(e).__name__, e, flush=True)
+                if not torch.cuda.is_available():
+                    raise RuntimeError("no CUDA")
+                eng.pos.zero_()
+                with profile(activities=[ProfilerActivity.CUDA]) as p:
+                    eng._step(b, 256)
+                    _sync()
+                kernels = [e for e in p.events() if e.device_type.name == "CUDA"]
+                prof[f"step_kernels{sfx}"] = len(kernels)
+                prof[f"step_kernel_time_ms{sfx}"] = sum(e.device_time for e in kernels) / 1000
+                top = collections.Counter()
+                count = collections.Counter()
+                for e in kernels:
+                    top[e.name[:60]] += e.device_time
+                    count[e.name[:60]] += 1
+                print(f"top kernels at {b} rows (us, calls):",
+                      [(k, round(v), count[k]) for k, v in top.most_common(16)], flush=True)
+                gemm = sum(v for k, v in top.items()
+                           if any(x in k.lower() for x in ("gemm", "gemv", "sm90", "cutlass")))
+                prof[f"step_matmul_time_ms{sfx}"] = gemm / 1000
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                print("kernel profile skipped:", type(e).__name__, e, flush=True)
         dec = eng.model.speech_tokenizer.model.decoder
         dev = next(dec.parameters()).device
         for shape in ((1, 2), (1, 10), (1, 37), (4, 37), (16, 37)):
@@ -262,7 +274,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     t0 = time.perf_counter()
     cap = eng.capture()
     print(f"{name}: graphs={eng.use_graphs} compiled={eng.compiled} codec_graphs={eng._codec_graphed} "
-          f"small_gemv={eng.small_gemv} fused={eng.fused_predictor} "
+          f"small_gemv={eng.small_gemv} fused={eng.fused_predictor} head={eng.fused_head} "
+          f"split_k={eng.cfg.fused_split_k} chunk={eng.cfg.chunk_frames} compile_failed={eng._compile_failed} "
           f"captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s), "
           f"{eng.codec_captures} codec graphs", flush=True)
     if getattr(eng, "codec_capture_ms", None):  # what a window shape met for the first time costs (step lock held)
@@ -720,6 +733,9 @@ def main() -> None:
     ap.add_argument("--tiny-dir", type=Path, default=None, help="prebuilt voicepipe.models.tiny custom-voice dir")
     ap.add_argument("--engine-set", default="", help="EngineConfig settings for every engine, e.g. "
                     "codec_cudnn_benchmark=false (values parsed as JSON)")
+    ap.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+                    help="another engine with these EngineConfig settings (values as JSON), measured after the "
+                    "named systems' in the same process (system voicepipe-NAME); repeatable")
     a = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -798,6 +814,9 @@ def main() -> None:
         lever_off("codec-unfused", codec_fused=False)
     if "chunk12" in systems and eng is not None:  # steady-state codec windows of 12 frames (the lever off)
         lever_off("chunk12", chunk_frames=12)
+    for spec in a.lever:  # --lever NAME:key=value;key=value
+        name, _, kvs = spec.partition(":")
+        lever_off(name, **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in filter(None, kvs.split(";")))})
     if "inline" in systems:
         rows += bench_voicepipe(tts, a.frames, concs, repeats, mb, name="voicepipe-inline-decode", decode_thread=False)
     if "http" in systems and eng is not None:

@@ -195,3 +195,71 @@ def test_fused_sampling_draws_what_the_unfused_sampler_draws(tts, monkeypatch):
     assert len(calls) in (16 * 8, 16 * 9)
     assert torch.equal(out, ref)
     assert not torch.equal(run(seed=8), ref)  # the seed matters: the test can fail
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_sampling_kernel_with_the_embedding_row_picks_the_same_codes(interpret, dtype):
+    """`fused.sample_embed` (`EngineConfig.fused_head`): the same codes as `sample_topk` with the same draws, bf16
+    logits read as their fp32 values, and each code's row of the embedding table written beside it."""
+    torch.manual_seed(4)
+    b, V, k, E = 16, 2048, 50, 256
+    logits = (torch.randn(b, V) * 3).to(dtype)
+    temp = torch.rand(b, 1) + 0.5
+    greedy = torch.arange(b) % 4 == 0
+    expo = torch.empty(b, k).exponential_()
+    emb_w = _bf(V, E)
+    code, emb = fused.sample_embed(logits, temp, greedy, expo, emb_w)
+    ref = fused._ref_sample(logits.float(), temp, greedy, expo)
+    assert torch.equal(code, ref)
+    assert emb.dtype == torch.bfloat16 and torch.equal(emb, torch.nn.functional.embedding(ref, emb_w))
+
+
+def _engine_codes(tts, text: str, gen, seed: int | None = None, **cfg) -> torch.Tensor:
+    from voicepipe.serve.engine import EngineConfig, TTSEngine
+
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, decode_thread=False, **cfg)).start()
+    try:
+        prompt = eng.prepare(text, speaker="alice")
+        if seed is not None:
+            torch.manual_seed(seed)
+        return eng.generate_codes(prompt, gen)
+    finally:
+        eng.stop()
+
+
+def test_the_fused_head_draws_what_the_unfused_step_draws(tts, monkeypatch):
+    """With `fused_head` the fused predictor step's norm + head is one `rms_linear` and its sampling + embedding one
+    `sample_embed`, the race's draws made as before: a sampled request with one seed gets the plain engine's codes."""
+    from voicepipe.serve.engine import GenerationConfig
+    from voicepipe.serve.engine.step import FrameStep
+
+    gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
+    text = "The head and the sampler fused."
+    ref = _engine_codes(tts, text, gen, seed=7)
+    calls = []
+    real = fused.sample_embed
+    monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
+    monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
+    monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+    monkeypatch.setattr(fused, "sample_embed", lambda *a: calls.append(a[0].shape) or real(*a))
+    out = _engine_codes(tts, text, gen, seed=7)
+    assert len(calls) in (14 * 8, 14 * 9)  # 14 predictor steps per frame (+ the one launched before the end)
+    assert torch.equal(out, ref)
+    assert not torch.equal(_engine_codes(tts, text, gen, seed=8), ref)
+
+
+@pytest.mark.parametrize("rows,split", [(5, 2), (16, 4)])
+def test_split_k_matmul_residual_adds_every_split_once_and_leaves_its_counters_at_zero(interpret, rows, split):
+    """`linear_residual(..., split=s)` above 2 rows (`EngineConfig.fused_split_k`): K split over s programs per
+    output tile, the last to arrive adds the partials in split order and the residual; the counters it used are zero
+    again afterwards (the next call, or the next graph replay, starts from them)."""
+    torch.manual_seed(5)
+    K, N = 4 * 1024, 96  # 96 columns: 3 tiles of 32
+    x, w, r = _bf(rows, K), _bf(N, K, scale=0.03), _bf(rows, N)
+    ref = r.float() + torch.nn.functional.linear(x.float(), w.float())
+    one = fused.linear_residual(x, w, r, 1)
+    out = fused.linear_residual(x, w, r, split)
+    _close(out, ref)
+    _close(out, one, rel=0.01)
+    assert not fused._COUNTERS[x.device].any()
+    assert torch.equal(fused.linear_residual(x, w, r, split), out)  # deterministic

@@ -110,8 +110,10 @@ class EngineConfig:
     first_chunk_frames: int = 2
     # a stream's chunks once under way: each codec window decodes this many new frames with `left_context_frames`
     # before them (24: 2.0 frames decoded per frame of audio, 12: 3.1; H200, 16 / 32 streams: 120 / 179x against
-    # 111 / 157x real time, benchmarks/RESULTS.md)
-    chunk_frames: int = 24
+    # 111 / 157x real time). 31: 31 + 25 = 56 frames, exactly the codec graph's frame bucket (`codec_frame_bucket`),
+    # which 24 + 25 = 49 was padded to: 1.8 instead of 2.3 frames decoded per frame of audio, the same graphs
+    # (benchmarks/RESULTS.md, 2026-12-04)
+    chunk_frames: int = 31
     left_context_frames: int = 25
     cuda_graphs: bool | None = None  # None: on when the device is CUDA
     compile: bool | str | None = None  # torch.compile the step units (a str: the backend); None: with cuda_graphs
@@ -125,6 +127,15 @@ class EngineConfig:
     # the largest step (rows) that takes the fused layer; above 2 rows its ops use their tl.dot form (at most 16;
     # H200: a 16-row predictor step 336 -> 232 us, 16 streams 156 -> 191x real time: benchmarks/RESULTS.md)
     fused_rows: int = 16
+    # the fused predictor step's final norm + code head as one kernel, its sampling + the code's embedding as
+    # another (`fused.sample_embed`; the same draws, the same codes); None: with `fused_predictor` and `fused_sample`
+    # (H200: 42 fewer kernels a frame step, the step 0.6-0.8 % shorter: benchmarks/RESULTS.md)
+    fused_head: bool | None = None
+    # above 2 rows, the fused layer's two matmul + residual ops (1024 output columns: 32 programs at BN 32) split K
+    # over this many programs per output tile, the partials added in a fixed order (deterministic); 1: no split
+    # (H200, 16 rows: the down projection 8.8 -> 6.0 us, the output projection 6.6 -> 5.1 us, the predictor step
+    # 216 -> 195 us: benchmarks/RESULTS.md)
+    fused_split_k: int = 4
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

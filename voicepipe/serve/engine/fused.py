@@ -12,16 +12,19 @@ SiLU·mul, down matmul), every one a few microseconds of launch and tail on a 10
 - `rms_glu`: RMSNorm prologue, gate and up rows of the fused gate/up weight in one program, SiLU(gate)·up epilogue.
 
 The matmul core is a GEMV without tensor cores (`gemv.py`'s form, 1-2 rows) or `tl.dot` tiles with the rows padded
-to 16, per op (`CONFIG`, from `benchmarks/fused.py --sweep`; above `GEMV_ROWS` rows always `tl.dot`). Also here:
+to 16, per op (`CONFIG`, from `benchmarks/fused.py --sweep`; above `GEMV_ROWS` rows always `tl.dot`; there the
+matmul + residual op may split K over several programs per output tile, `split`, deterministic). Also here:
 `sample_topk`, the step's top-k sampling as one kernel per call at any batch size (a threshold search instead of a
-sort; the same exponential draws).
+sort; the same exponential draws), and `sample_embed`, the same with the picked code's embedding row written by it.
 
 Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). Numerics follow the unfused path's bf16
 rounding points (every place the eager math stores a bf16 tensor, the kernel rounds), summation order differs, so
 results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
 interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
 or above `DOT_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
-Hand-written because no library fuses a whole decoder layer for a few rows, nor top-k sampling without a sort.
+Hand-written because no library fuses a whole decoder layer for a few rows, nor top-k sampling without a sort (nor
+with the embedding lookup behind it); cuBLAS's own split-K for these shapes is a matmul kernel plus a reduce kernel
+and cannot add the residual and round where the unfused path does.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
     "rms_glu": ("dot", 32, 256, 4, 3),
     "linear_residual": ("gemv", 4, 1024, 4, 1),
 }
+# warps of one program of `attn_decode` (one row and KV head) and of `sample_topk` (one row): latency-bound
+# (`benchmarks/fused.py --warps`, H200 2026-12-04: attention 5.0 / 4.2 / 4.2 / 6.4 us at 4 / 2 / 1 / 8 warps, 2 rows;
+# sampling 12.4 us at 4 warps, 16-24 at 1-2)
+ATTN_WARPS = 2
+SAMPLE_WARPS = 4
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
 # sets it to time each configuration on a shape
 SHAPE_CONFIG: dict[tuple[str, int, int], tuple[str, int, int, int, int]] = {}
@@ -166,17 +174,22 @@ def _kernels():
         tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym, BM: tl.constexpr, BN: tl.constexpr,
-                 BK: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
-        # _gemv_res on tensor cores (3-16 rows): [BM, BK] x [BK, BN] tiles, rows padded to BM = 16
+    def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, sxm, swn, srm, sym, BM: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr, SPLIT: tl.constexpr = 1):  # fmt: skip
+        # _gemv_res on tensor cores (3-16 rows): [BM, BK] x [BK, BN] tiles, rows padded to BM = 16.
+        # SPLIT > 1: split-K over program_id(1) (more programs on the few output columns: N = 1024 at BN 32 is 32
+        # programs); each split stores its fp32 partial in ws [SPLIT, BM, N], and the tile's last split to arrive
+        # (counter cnt[tile], left at zero again) adds them in split order, so the result is deterministic
         pid = tl.program_id(0)
+        ks = tl.program_id(1)
         offs_n = pid * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        kper = K // SPLIT
+        for k0 in range(ks * kper, ks * kper + kper, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
             w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                         eviction_policy="evict_first")
@@ -185,9 +198,22 @@ def _kernels():
             else:
                 acc = tl.dot(x, tl.trans(w), acc)
         ok = m_ok[:, None] & n_ok[None, :]
-        r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
-        out = acc.to(tl.bfloat16).to(tl.float32) + r
-        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
+        if SPLIT > 1:
+            part = offs_m[:, None] * N + offs_n[None, :]
+            tl.store(ws_ptr + ks * BM * N + part, acc, mask=n_ok[None, :])
+            tl.debug_barrier()  # every thread's partial stored before the counter moves
+            if tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT - 1:
+                acc = tl.zeros((BM, BN), dtype=tl.float32)
+                for j in tl.static_range(SPLIT):
+                    acc += tl.load(ws_ptr + j * BM * N + part, mask=n_ok[None, :], other=0.0, cache_modifier=".cg")
+                r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
+                out = acc.to(tl.bfloat16).to(tl.float32) + r
+                tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
+                tl.store(cnt_ptr + pid, 0)
+        else:
+            r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
+            out = acc.to(tl.bfloat16).to(tl.float32) + r
+            tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_kb, s_kh, s_kl, s_o,
@@ -239,13 +265,15 @@ def _kernels():
             tl.store(o_ptr + bi * s_o + qh * HD + d, o.to(o_ptr.dtype.element_ty))
 
     @triton.jit
-    def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex,
-                VP: tl.constexpr, KP: tl.constexpr):  # fmt: skip
-        # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them
+    def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex, emb_w_ptr, emb_ptr,
+                E, s_ew, s_e, VP: tl.constexpr, KP: tl.constexpr, EMB: tl.constexpr = False,
+                EP: tl.constexpr = 1):  # fmt: skip
+        # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them;
+        # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32)
         row = tl.program_id(0)
         offs = tl.arange(0, VP)
         ok = offs < V
-        lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf"))
+        lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf")).to(tl.float32)
         best = tl.argmax(lg, axis=0)
         t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
         sc = lg / t
@@ -268,7 +296,7 @@ def _kernels():
         j = tl.arange(0, KP)
         jok = j < k
         idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
-        v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")) / t
+        v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")).to(tl.float32) / t
         # each one's place in topk's order (descending; equal values by index), which pairs it with its draw
         ahead = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))
         rank = tl.sum((ahead & jok[None, :]).to(tl.int32), axis=1)
@@ -278,7 +306,12 @@ def _kernels():
         pick = tl.argmax(tl.where(jok, p / e, -1.0), axis=0)
         code = tl.sum(tl.where(j == pick, idx, 0), axis=0)
         g = tl.load(greedy_ptr + row).to(tl.int32)
-        tl.store(out_ptr + row, tl.where(g != 0, best, code).to(tl.int64))
+        code = tl.where(g != 0, best, code).to(tl.int64)
+        tl.store(out_ptr + row, code)
+        if EMB:
+            eo = tl.arange(0, EP)
+            e_ok = eo < E
+            tl.store(emb_ptr + row * s_e + eo, tl.load(emb_w_ptr + code * s_ew + eo, mask=e_ok), mask=e_ok)
 
     return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample, _dot_res
 
@@ -315,7 +348,7 @@ def _ref_rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 # ---------------------------------------------------------------- ops
 @torch.library.custom_op("voicepipe::rms_linear", mutates_args=())
 def rms_linear(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """F.linear(rms_norm(x) * ln, w) for x [b, K] (fused for 1-2 rows)."""
+    """F.linear(rms_norm(x) * ln, w) for x [b, K] (fused for up to `DOT_ROWS` rows)."""
     M, K = x.shape
     if not _use(x, K):
         return F.linear(_ref_rms(x, ln, eps), w)
@@ -342,7 +375,7 @@ def _(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, eps: float) -> torch.T
 
 @torch.library.custom_op("voicepipe::rms_glu", mutates_args=())
 def rms_glu(x: torch.Tensor, ln: torch.Tensor, wgu: torch.Tensor, eps: float) -> torch.Tensor:
-    """silu(gate) * up of F.linear(rms_norm(x) * ln, wgu), wgu = [gate; up] (fused for 1-2 rows)."""
+    """silu(gate) * up of F.linear(rms_norm(x) * ln, wgu), wgu = [gate; up] (fused for up to `DOT_ROWS` rows)."""
     M, K = x.shape
     N = wgu.shape[0] // 2
     if not _use(x, K):
@@ -356,9 +389,23 @@ def _(x: torch.Tensor, ln: torch.Tensor, wgu: torch.Tensor, eps: float) -> torch
     return x.new_empty(x.shape[0], wgu.shape[0] // 2)
 
 
+_COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: the split-K tiles' arrival counters, kept at zero
+
+
+def _counters(device: torch.device) -> torch.Tensor | None:
+    """The split-K counters of `device` (allocated on first use outside a CUDA-graph capture; None inside one, where
+    an allocation would belong to the graph's pool). Ops on one device share them: their kernels run one at a time
+    (one stream); each kernel leaves them at zero."""
+    c = _COUNTERS.get(device)
+    if c is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        c = _COUNTERS[device] = torch.zeros(4096, dtype=torch.int32, device=device)
+    return c
+
+
 @torch.library.custom_op("voicepipe::linear_residual", mutates_args=())
-def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """r + F.linear(x, w) for x [b, K], r [b, N] (fused for 1-2 rows)."""
+def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: int = 1) -> torch.Tensor:
+    """r + F.linear(x, w) for x [b, K], r [b, N] (fused for up to `DOT_ROWS` rows). `split`: above `GEMV_ROWS` rows,
+    K split over this many programs per output tile (deterministic: partials added in split order)."""
     M, K = x.shape
     if not _use(x, K):
         return r + F.linear(x, w)
@@ -366,9 +413,14 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.
     y = torch.empty_like(r)
     x, r = x.contiguous(), r.contiguous()
     if kind == "dot":
-        _kernels()[4][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
-                                                 y.stride(0), BM=16, BN=bn, BK=bk, num_warps=warps,
-                                                 num_stages=stages, DOT_F32=os.environ.get("TRITON_INTERPRET") == "1")
+        N = w.shape[0]
+        cnt = _counters(x.device) if split > 1 and K % (split * bk) == 0 and _cdiv(N, bn) <= 4096 else None
+        split = split if cnt is not None else 1
+        ws = torch.empty(split, 16, N, device=x.device, dtype=torch.float32) if split > 1 else y
+        _kernels()[4][(_cdiv(N, bn), split)](x, w, r, y, ws, y if cnt is None else cnt, M, N, K, x.stride(0),
+                                             w.stride(0), r.stride(0), y.stride(0), BM=16, BN=bn, BK=bk,
+                                             num_warps=warps, num_stages=stages,
+                                             DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", SPLIT=split)
         return y
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
                                              y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
@@ -376,7 +428,7 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.
 
 
 @linear_residual.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: int = 1) -> torch.Tensor:
     return torch.empty_like(r)
 
 
@@ -410,7 +462,7 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
     qkv = qkv.contiguous()
     _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
                             kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=4, num_stages=1)
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1)
     return o
 
 
@@ -434,19 +486,54 @@ def sample_topk(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, 
     """Top-k sampling (k = expo.shape[-1]) at per-row temperature temp [b, 1], greedy rows: argmax; `expo` [b, k]
     holds the exponential draws of the race (`kernels.sample` draws them exactly as before, so the codes for a seed
     are the same). One kernel per call on CUDA: the top k are found by a threshold search, not a sort."""
+    if not _sample_fused(logits, expo):
+        return _ref_sample(logits, temp, greedy, expo)
+    return _launch_sample(logits, temp, greedy, expo)
+
+
+def _sample_fused(logits: torch.Tensor, expo: torch.Tensor) -> bool:
+    return (available(logits.device) and logits.dtype in (torch.float32, torch.bfloat16) and logits.shape[-1] <= 4096
+            and expo.shape[-1] <= 128)
+
+
+def _launch_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor,
+                   embed_w: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     b, V = logits.shape
     k = expo.shape[-1]
-    if not (available(logits.device) and logits.dtype == torch.float32 and V <= 4096 and k <= 128):
-        return _ref_sample(logits, temp, greedy, expo)
     kp = 1 << max(0, (k - 1).bit_length())
     out = torch.empty(b, dtype=torch.long, device=logits.device)
     scr = torch.empty(b, kp, dtype=torch.int32, device=logits.device)
     logits, expo = logits.contiguous(), expo.contiguous()
+    if embed_w is None:
+        emb_args, emb = (logits, logits, 0, 0, 0), None
+        meta = {}
+    else:
+        E = embed_w.shape[1]
+        emb = torch.empty(b, E, device=logits.device, dtype=embed_w.dtype)
+        emb_args = (embed_w, emb, E, embed_w.stride(0), emb.stride(0))
+        meta = {"EMB": True, "EP": 1 << (E - 1).bit_length()}
     _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
-                        VP=1 << (V - 1).bit_length(), KP=kp, num_warps=4, num_stages=1)
-    return out
+                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta)
+    return out if emb is None else (out, emb)
 
 
 @sample_topk.register_fake
 def _(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor) -> torch.Tensor:
     return logits.new_empty(logits.shape[0], dtype=torch.long)
+
+
+@torch.library.custom_op("voicepipe::sample_embed", mutates_args=())
+def sample_embed(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor,
+                 embed_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`sample_topk` and the picked codes' rows of `embed_w` [V', E] in the same kernel: (codes [b], embeddings
+    [b, E]). `logits` may be bf16 (read as fp32: the values `.float()` would give)."""
+    if not (_sample_fused(logits, expo) and embed_w.stride(1) == 1):
+        code = _ref_sample(logits.float(), temp, greedy, expo)
+        return code, F.embedding(code, embed_w)
+    return _launch_sample(logits, temp, greedy, expo, embed_w)
+
+
+@sample_embed.register_fake
+def _(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor, embed_w: torch.Tensor
+      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return logits.new_empty(logits.shape[0], dtype=torch.long), embed_w.new_empty(logits.shape[0], embed_w.shape[1])

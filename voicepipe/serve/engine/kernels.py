@@ -141,13 +141,18 @@ def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: in
 
 class Dims(NamedTuple):
     """Head counts and sizes of one decoder stack (compile-time constants); `gemv`: its small weights go through
-    the Triton GEMV (`linear`); `sample`: its codes are sampled by the one-kernel `fused.sample_topk`."""
+    the Triton GEMV (`linear`); `sample`: its codes are sampled by the one-kernel `fused.sample_topk`; `head`: the
+    fused predictor step's final norm + code head as one `fused.rms_linear` and its sampling + code embedding as one
+    `fused.sample_embed` (with `sample`); `split`: the fused matmul + residual ops above 2 rows split K over this
+    many programs per output tile (`fused.linear_residual`)."""
 
     nh: int
     kvh: int
     hd: int
     gemv: bool = False
     sample: bool = False
+    head: bool = False
+    split: int = 1
 
 
 def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
@@ -256,8 +261,12 @@ def predictor_next_fused(layers: list[_FusedLayer], e: torch.Tensor, pk: list[to
     for w, kc, vc in zip(layers, pk, pv, strict=True):
         qkv = fused.rms_linear(h, w.ln1, w.wqkv, w.eps)
         h = fused.linear_residual(fused.attn_decode(qkv, w.qk_w, cos, sin, pos, kc, vc, w.qk_eps, d.nh, d.kvh),
-                                  w.wo, h)
-        h = fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h)
+                                  w.wo, h, d.split)
+        h = fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h, d.split)
+    if d.head and d.sample:  # norm + head in one kernel (bf16 logits, as linear(...) gives), sampling + embedding
+        logits = fused.rms_linear(h, norm_w, head_w, eps)
+        expo = torch.empty(b, min(top_k, logits.shape[-1]), device=logits.device).exponential_()  # as `sample`
+        return fused.sample_embed(logits, s.sub_temp[:b], s.sub_greedy[:b], expo, embed_w)
     h = _rms(h, norm_w, eps)
     c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
     return c, F.embedding(c, embed_w)

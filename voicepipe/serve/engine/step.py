@@ -53,7 +53,9 @@ class FrameStep:
         tc, pc = self.tc, self.cp.model.config
         small = self.small_gemv
         fs = self.fused_sample
-        td, pd = K.Dims(self.nh, self.kvh, self.hd, small, fs), K.Dims(self.p_nh, self.p_kvh, self.p_hd, small, fs)
+        td = K.Dims(self.nh, self.kvh, self.hd, small, fs)
+        pd = K.Dims(self.p_nh, self.p_kvh, self.p_hd, small, fs, head=self.fused_head,
+                    split=max(1, int(self.cfg.fused_split_k)))
         samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
                           self.n_sampled, self.min_new)
         proj = self.cp.small_to_mtp_projection
@@ -133,6 +135,13 @@ class FrameStep:
     @property
     def _fused_rows(self) -> int:
         return max(0, min(int(self.cfg.fused_rows), fused.DOT_ROWS))
+
+    @property
+    def fused_head(self) -> bool:
+        """Whether the fused predictor step's final norm + code head is one kernel and its sampling + the code's
+        embedding another (`EngineConfig.fused_head`; default: with the fused predictor layer and fused sampling)."""
+        c = self.cfg.fused_head
+        return (self.fused_predictor and self.fused_sample) if c is None else bool(c) and fused.available(self.device)
 
     @property
     def fused_sample(self) -> bool:
