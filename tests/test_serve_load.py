@@ -9,6 +9,7 @@ flat across rounds, and the server still answers. Speed is not asserted here (be
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import threading
@@ -44,6 +45,12 @@ HOSTILE = [
 
 
 def _rss_mb() -> float:
+    """Resident memory, after glibc hands freed heap pages back (its arenas keep them otherwise, and how many it
+    keeps varies run to run by tens of MB: freed memory is not a leak; memory still held is)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: measure as it stands
+        pass
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
