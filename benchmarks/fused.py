@@ -316,22 +316,9 @@ def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8, ms: tuple[i
                 if cfg != "cublas":
                     fused.SHAPE_CONFIG[(op, n // 2 if op == "rms_glu" else n, k)] = cfg
                 fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else call
-                for w in ws[:2]:
-                    fn(w)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    for w in ws:
-                        fn(w)
-                g.replay()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    g.replay()
-                torch.cuda.synchronize()
-                us = 1e6 * (time.perf_counter() - t0) / 5 / copies
+                us = graph_us_list(fn, ws)
                 out.append(dict(op=name, rows=m, config=cfg, us=round(us, 2), gbps=round(n * k * 2 / us / 1e3)))
                 print(out[-1], flush=True)
-                del g
     return out
 
 
