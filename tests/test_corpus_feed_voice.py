@@ -236,3 +236,24 @@ def test_the_overlapped_share_the_rescue_reads_is_unknown_where_nothing_looked()
     assert _overlap_fraction({**dia, "segmentation": None}) is None  # no overlap detector: not "no overlap"
     assert _overlap_fraction({**dia, "backend": "pyannote", "segmentation": None}) == 0.1
     assert _overlap_fraction({**dia, "speech": []}) is None
+
+
+def test_an_outlier_with_overlap_does_not_vouch_as_another_voice_but_a_quiet_one_does() -> None:
+    """Two low-scoring episodes whose kept voices are each other's nearest: the target under a music bed and the
+    target with a co-host's backchannels over it (overlap heard). The second's kept voice is the target's, not
+    another person's, so it does not block the first's rescue; two episodes hosted by one unknown voice without
+    overlap do block each other."""
+    rng = np.random.default_rng(7)
+    t, c, g = _voices()
+    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
+    for e in eps.values():
+        e["overlap"] = 0.0
+    bed = _at(t, 0.93, rng)
+    eps["bed"] = {"voice": bed, "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(bed, rng, 0.3))]}
+    eps["busy"] = {"voice": _at(bed, 0.985, rng), "others": {}, "overlap": 0.06, "segments": []}
+    assert float(unit(eps["busy"]["voice"]) @ bed) > float(bed @ t)  # the bed episode's nearest voice
+    j = judge_feed(eps, t, rescue_max_overlap=0.01)
+    assert "bed" in j.rescued and "busy" in j.episodes
+    eps["busy"]["overlap"] = 0.0  # the same two voices without overlap: as two episodes of one unknown host
+    j = judge_feed(eps, t, rescue_max_overlap=0.01)
+    assert not j.rescued and {"bed", "busy"} <= set(j.episodes)

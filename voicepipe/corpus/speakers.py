@@ -637,12 +637,14 @@ class FeedVoices:
                   if any(ep2 != ep and float(c @ c2) > max(float(c @ t), float(c2 @ t)) for ep2, _, c2 in cand)]
         return cls(t, others)
 
-    def nearest_other(self, emb: np.ndarray, episode: str) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
-        """The cosine of `emb` to the nearest voice that another episode heard, with its (episode, label)."""
+    def nearest_other(self, emb: np.ndarray, episode: str, skip: frozenset[tuple[str, str]] = frozenset()
+                      ) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
+        """The cosine of `emb` to the nearest voice that another episode heard (less the (episode, label) pairs in
+        `skip`), with its (episode, label)."""
         best, who, vec = -np.inf, None, None
         e = unit(np.asarray(emb, dtype=np.float64))
         for ep, lab, c in self.others:
-            if ep != episode and (v := float(e @ c)) > best:
+            if ep != episode and (ep, lab) not in skip and (v := float(e @ c)) > best:
                 best, who, vec = v, (ep, lab), c
         return best, who, vec
 
@@ -691,7 +693,9 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     every other voice of the feed, its score is within twice the outlier gap of the reference episodes' median,
     and at most that fraction of its speech was heard as overlapped ("overlap" in its entry; unknown: not kept).
     An outlier with overlapped speech stays out: the same low score is what a co-host's backchannels inside its
-    kept speech give, and the embeddings cannot tell those apart (benchmarks/RESULTS.md, corpus purity).
+    kept speech give, and the embeddings cannot tell those apart (benchmarks/RESULTS.md, corpus purity); and its
+    kept voice (the target with a voice over it) is not among the other voices the rescue compares with, where an
+    outlier's without overlap (a guest host's) is.
     """
     voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
     scores, out = feed_outliers(voices, enroll, mad_k=mad_k, min_gap=min_gap)
@@ -718,8 +722,10 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
         vals = np.array([scores[k] for k in ref])
         med = float(np.median(vals))
         band = med - 2 * max(mad_k * float(np.median(np.abs(vals - med))) * 1.4826, min_gap)
+        # an outlier with overlapped speech kept the target with someone over it, not another person's voice
+        loud = frozenset((k, "kept") for k in out if (episodes[k].get("overlap") or 0.0) > rescue_max_overlap)
         for k in out:
-            best, who, _ = feed.nearest_other(voices[k], k)
+            best, who, _ = feed.nearest_other(voices[k], k, skip=loud)
             t = float(unit(voices[k]) @ feed.target)
             ov = episodes[k].get("overlap")
             if ov is not None and ov <= rescue_max_overlap and scores[k] >= band and t > best:
