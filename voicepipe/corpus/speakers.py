@@ -554,6 +554,14 @@ def units(speech: list[tuple[float, float]], overlap: list[tuple[float, float]],
     return out
 
 
+def _outlier_gap(ref_scores: list[float], mad_k: float, min_gap: float) -> tuple[float, float]:
+    """(median of the reference episodes' scores, how far below it an episode is an outlier: `mad_k` scaled MADs,
+    at least `min_gap`)."""
+    vals = np.asarray(ref_scores, dtype=np.float64)
+    med = float(np.median(vals))
+    return med, max(mad_k * float(np.median(np.abs(vals - med))) * 1.4826, min_gap)
+
+
 def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = None, *, min_episodes: int = 3,
                   mad_k: float = 5.0, min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
     """Episodes whose kept voice is not the feed's target voice (the target absent: a guest host, a trailer).
@@ -584,11 +592,9 @@ def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = Non
                else np.argsort(-(m @ e), kind="stable")[: max(2, (len(keys) + 1) // 2)])
         cur = {k: float(np.median(sims[i, [j for j in ref if j != i]])) for i, k in enumerate(keys)}
         scores.update({k: v for k, v in cur.items() if k not in out})
-        vals = np.array([cur[keys[j]] for j in ref])
-        med = float(np.median(vals))
-        mad = float(np.median(np.abs(vals - med))) * 1.4826
+        med, gap = _outlier_gap([cur[keys[j]] for j in ref], mad_k, min_gap)
         worst = min(cur, key=cur.__getitem__)
-        if cur[worst] >= med - max(mad_k * mad, min_gap):
+        if cur[worst] >= med - gap:
             break
         out[worst] = cur[worst]
         del vecs[worst]
@@ -719,9 +725,8 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
         return j
     j.voices = [(ep, lab, round(float(c @ feed.target), 4)) for ep, lab, c in feed.others]
     if rescue_max_overlap is not None and out:
-        vals = np.array([scores[k] for k in ref])
-        med = float(np.median(vals))
-        band = med - 2 * max(mad_k * float(np.median(np.abs(vals - med))) * 1.4826, min_gap)
+        med, gap = _outlier_gap([scores[k] for k in ref], mad_k, min_gap)
+        band = med - 2 * gap
         # an outlier with overlapped speech kept the target with someone over it, not another person's voice
         loud = frozenset((k, "kept") for k in out if (episodes[k].get("overlap") or 0.0) > rescue_max_overlap)
         for k in out:
