@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from voicepipe.serve.engine import fused
+from voicepipe.serve.engine import fused, persistent
 from voicepipe.serve.engine import kernels as K
 
 H, NH, KVH, HD, FF, L, S, V, LAYERS = 1024, 16, 8, 128, 3072, 16, 64, 2048, 5
@@ -191,17 +191,36 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
-              split: int = 1, attn_warps: int | None = None) -> dict:
-    """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays."""
+              split: int = 1, attn_warps: int | None = None, persist: dict | None = None) -> dict:
+    """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
+    `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
+    tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides)."""
     old = fused.ATTN_WARPS
     fused.ATTN_WARPS = attn_warps or old
+    saved = _persist_set(persist or {})
     try:
-        return {**_step_time(dev, m, use_fused, reps, head, sample, split), "attn_warps": fused.ATTN_WARPS}
+        r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
+        return {**r, "attn_warps": fused.ATTN_WARPS, **({"persistent": persist} if persist is not None else {})}
     finally:
         fused.ATTN_WARPS = old
+        _persist_set(saved)
 
 
-def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool, sample: bool, split: int) -> dict:
+def _persist_set(p: dict) -> dict:
+    """Set persistent.GRID / NUM_WARPS / TILES / SYNC / WORK from p (keys grid, warps, tiles, sync, work; sync /
+    work False: timing only); returns the old ones."""
+    old = dict(grid=persistent.GRID, warps=persistent.NUM_WARPS, tiles=dict(persistent.TILES), sync=persistent.SYNC,
+               work=persistent.WORK)
+    persistent.SYNC = p.get("sync", persistent.SYNC)
+    persistent.WORK = p.get("work", persistent.WORK)
+    persistent.GRID = p.get("grid", persistent.GRID)
+    persistent.NUM_WARPS = p.get("warps", persistent.NUM_WARPS)
+    persistent.TILES = {**persistent.TILES, **p.get("tiles", {})}
+    return old
+
+
+def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool, sample: bool, split: int,
+               persist: bool = False) -> dict:
     lw = layers(dev)
     pk = [torch.zeros(S, KVH, L, HD, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
     pv = [torch.zeros_like(t) for t in pk]
@@ -220,7 +239,7 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
     samp = K.Sampling(temp=ones, greedy=no, sub_temp=ones.clone(), sub_greedy=no.clone(), rep_pen=ones.clone(),
                       seen=torch.zeros(S, V, dtype=torch.bool, device=dev), n_sampled=zero, min_new=zero.clone())
     d = K.Dims(NH, KVH, HD, True, sample, head=head, split=split)
-    fn = K.predictor_next_fused if use_fused else K.predictor_next
+    fn = persistent.predictor_next if persist else K.predictor_next_fused if use_fused else K.predictor_next
 
     def unit(layers_, e, pk_, pv_, pos, cos, sin, mask, head_w, embed_w):
         return fn(layers_, e, pk_, pv_, pos, cos, sin, mask, proj_w, proj_b, norm_w, 1e-6, head_w, embed_w, samp, 50,
@@ -267,6 +286,74 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
                 kernels_per_step=round(len(ks) / 14, 1),
                 kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1),
                 top=[(k, round(v, 1)) for k, v in top.most_common(8)])
+
+
+def persistent_check(dev: torch.device, ms: tuple[int, ...], repeats: int = 200) -> list[dict]:
+    """The one-kernel predictor step (`persistent.launch`, grid barriers) against the fused ops' step (the engine's
+    default at 1-2 rows: head and sampler fused) on the same inputs and draws: the last layer's output and the
+    logits (relative error, and bitwise equality), the codes and embedding rows, the caches written at pos; against
+    its own phase-by-phase launch (`staged`, no barrier: bitwise equal unless the barrier lets a phase read
+    unfinished data), and `repeats` launches of the one-kernel step bitwise equal to the first (a race would move)."""
+    out = []
+    lw = layers(dev)
+    rot = torch.randn(L, HD, device=dev)
+    cos_t, sin_t = rot.cos().to(torch.bfloat16), K.signed_sin(rot.sin()).to(torch.bfloat16)
+    norm_w = (torch.randn(H, device=dev) * 0.1 + 1).to(torch.bfloat16)
+    head_w = (torch.randn(V, H, device=dev) * 0.02).to(torch.bfloat16)
+    embed_w = (torch.randn(V, 2048, device=dev) * 0.02).to(torch.bfloat16)
+    proj_w = (torch.randn(H, 2048, device=dev) * 0.02).to(torch.bfloat16)
+    proj_b = (torch.randn(H, device=dev) * 0.02).to(torch.bfloat16)
+    weights = [t for w in lw for t in (w.ln1, w.ln2, w.qk_w, w.wqkv, w.wo, w.wgu, w.wd)]
+    for m in ms:
+        for pos in (2, 9, 15):
+            pk0 = [torch.randn(S, KVH, L, HD, device=dev).to(torch.bfloat16) for _ in range(LAYERS)]
+            pv0 = [torch.randn_like(t) for t in pk0]
+            e = (torch.randn(m, 2048, device=dev) * 0.5).to(torch.bfloat16)
+            p = torch.tensor([pos], device=dev)
+            cos, sin = cos_t[pos : pos + 1, None], sin_t[pos : pos + 1, None]
+            temp = torch.full((m, 1), 0.9, device=dev)
+            greedy = torch.zeros(m, dtype=torch.bool, device=dev)
+            expo = torch.empty(m, 50, device=dev).exponential_()
+            # the fused ops' step (kernels.predictor_next_fused with head + sampler, split-K as the engine runs it)
+            pk, pv = [t.clone() for t in pk0], [t.clone() for t in pv0]
+            h = gemv_linear(e, proj_w, proj_b)
+            for w, kc, vc in zip(lw, pk, pv, strict=True):
+                qkv = fused.rms_linear(h, w.ln1, w.wqkv, w.eps)
+                h = fused.linear_residual(fused.attn_decode(qkv, w.qk_w, cos, sin, p, kc, vc, w.qk_eps, NH, KVH),
+                                          w.wo, h, 4)
+                h = fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h, 4)
+            lg = fused.rms_linear(h, norm_w, head_w, 1e-6)
+            code, emb = fused.sample_embed(lg, temp, greedy, expo, embed_w)
+
+            def run(staged: bool, pk0=pk0, pv0=pv0, a=(e, p, cos, sin), s=(temp, greedy, expo)):
+                pk2, pv2 = [t.clone() for t in pk0], [t.clone() for t in pv0]
+                caches = [t for x, y in zip(pk2, pv2, strict=True) for t in (x, y)]
+                r = persistent.launch(a[0], weights, caches, *a[1:], proj_w, proj_b, norm_w, head_w, embed_w, *s,
+                                      1e-6, 1e-6, 1e-6, NH, KVH, staged=staged)
+                return {k: v.clone() for k, v in r.items()}, pk2, pv2
+
+            one, pk1, pv1 = run(False)
+            st, _, _ = run(True)
+            same = 0
+            for _ in range(repeats):
+                r, _, _ = run(False)
+                same += all(torch.equal(r[k], one[k]) for k in ("h", "logits", "code", "emb"))
+            row = dict(check="persistent", rows=m, pos=pos, h_vs_fused=rel(one["h"], h),
+                       h_equal=bool(torch.equal(one["h"], h)), logits_vs_fused=rel(one["logits"], lg),
+                       logits_equal=bool(torch.equal(one["logits"], lg)),
+                       codes_equal=f"{int((one['code'] == code).sum())}/{m}",
+                       emb_rows_equal=bool(torch.equal(one["emb"], F.embedding(one["code"], embed_w))),
+                       k_cache_vs_fused=max(rel(a[:m, :, pos], b[:m, :, pos]) for a, b in zip(pk1, pk, strict=True)),
+                       v_cache_equal=all(torch.equal(a, b) for a, b in zip(pv1, pv, strict=True)),
+                       staged_equal=all(torch.equal(st[k], one[k]) for k in ("h", "logits", "code", "emb")),
+                       repeats_equal=f"{same}/{repeats}")
+            out.append(row)
+            print(row, flush=True)
+    return out
+
+
+def gemv_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return K.linear(x, w, b, small=True)
 
 
 SWEEP = {
@@ -374,6 +461,8 @@ def main() -> None:
     ap.add_argument("--warps", action="store_true", help="time attn_decode and sample_topk at 1-8 warps")
     ap.add_argument("--split-sweep", action="store_true", help="time the matmul + residual op split-K at 16 rows")
     ap.add_argument("--levers", action="store_true", help="also check sample_embed against sample_topk")
+    ap.add_argument("--persistent", action="store_true", help="check the one-kernel predictor step against the "
+                    "fused ops' step (`persistent_check`) before the step times")
     ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--sweep-skip", default="", help="skip the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--sweep-rows", default="1,2", help="rows of the sweep; above 2 the tl.dot forms (SWEEP_DOT)")
@@ -398,6 +487,7 @@ def main() -> None:
     for r in errs:
         print(r, flush=True)
     checks = head_check(dev, ms) if a.levers else []
+    checks += persistent_check(dev, (1, 2)) if a.persistent else []
     checks += warps_sweep(dev, ms) if a.warps else []
     checks += split_sweep(dev) if a.split_sweep else []
     times = []

@@ -136,6 +136,10 @@ class EngineConfig:
     # (H200, 16 rows: the down projection 8.8 -> 6.0 us, the output projection 6.6 -> 5.1 us, the predictor step
     # 216 -> 195 us: benchmarks/RESULTS.md)
     fused_split_k: int = 4
+    # a step of 1-2 rows (one stream) runs each code-predictor step as one persistent Triton kernel
+    # (`engine.persistent`: its 5 layers, head and sampler, grid-wide barriers between phases) instead of ~30 fused
+    # ones; needs the fused predictor and fused sampling (the same draws; results agree to summation order)
+    persistent_predictor: bool = False
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from voicepipe.serve.engine import fused, gemv
+from voicepipe.serve.engine import fused, gemv, persistent
 from voicepipe.serve.engine import kernels as K
 from voicepipe.serve.engine.kernels import decoder_layer
 
@@ -84,10 +84,17 @@ class FrameStep:
             return K.predictor_next_fused(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps,
                                           head_w, embed_w, samp, sub_k, pd)
 
+        def predictor_next_one(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w,
+                               samp):
+            return persistent.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps,
+                                             head_w, embed_w, samp, sub_k, pd)
+
         fns = dict(talker_layer=talker_layer, talker_head=talker_head, predictor_first=predictor_first,
                    predictor_next=predictor_next)
         if self.fused_predictor:
             fns["predictor_next_small"] = predictor_next_small
+        if self.persistent_predictor:
+            fns["predictor_next_one"] = predictor_next_one
         # per predictor position 2..15: the position, its RoPE rows and its attention mask over the 16-slot cache
         ar = torch.arange(self.n_groups, device=self.device)
         ptab = [(torch.tensor([i], device=self.device), self.pcos[i : i + 1, None].clone(),
@@ -131,6 +138,13 @@ class FrameStep:
         (`EngineConfig.fused_predictor`; default: with compiled units, on CUDA with Triton)."""
         c = self.cfg.fused_predictor
         return (self.compiled if c is None else bool(c)) and fused.available(self.device)
+
+    @property
+    def persistent_predictor(self) -> bool:
+        """Whether a step of 1-2 rows runs each code-predictor step as one persistent kernel (`persistent.py`;
+        `EngineConfig.persistent_predictor`, with the fused predictor and fused sampling)."""
+        return (bool(self.cfg.persistent_predictor) and self.fused_predictor and self.fused_sample
+                and persistent.available(self.device))
 
     @property
     def _fused_rows(self) -> int:
@@ -186,6 +200,8 @@ class FrameStep:
                                     self.cp.model.norm.weight, heads[0].weight, embeds[0].weight, u.samp)
         codes, embs = [code0, c], [e0, e]
         nxt = u.predictor_next_small if b <= self._fused_rows and self.fused_predictor else u.predictor_next
+        if b <= persistent.MAX_ROWS and self.persistent_predictor:
+            nxt = u.predictor_next_one
         for j in range(1, self.n_groups - 1):
             c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
                                     self.cp.model.norm.weight, heads[j].weight, embeds[j].weight, u.samp)
