@@ -282,16 +282,11 @@ def _kernels():
         key = tl.where(ok, key, -(2**31) - 1)
         lo = tl.min(key, axis=0)
         hi = tl.max(key, axis=0)
-        # the largest thr with at least k keys >= thr: a 16-way search, 15 thresholds counted in one reduction
-        # per pass (9 passes for the 33-bit range, not 33 halvings: the same thr, so the same codes)
-        js = tl.arange(0, 16).to(tl.int64)
-        for _ in range(9):
-            step = (hi - lo + 16) // 16
-            thr = lo + js * step
-            cnt = tl.sum((key[None, :] >= thr[:, None]).to(tl.int32), axis=1)
-            jb = tl.max(tl.where((cnt >= k) & (thr <= hi), js, 0), axis=0)
-            hi = tl.where(jb < 15, tl.minimum(hi, lo + (jb + 1) * step - 1), hi)
-            lo = lo + jb * step
+        for _ in range(33):  # the largest thr with at least k keys >= thr
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
         above = key > lo
         tie = key == lo
         sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
