@@ -14,8 +14,12 @@ weights, 1 and 2 rows:
     python benchmarks/fused.py --rows 2,16 --levers --warps --split-sweep --variants \
         '[{"sample": true, "attn_warps": 4}, {"sample": true, "head": true, "split": 4, "attn_warps": 2}]'
 
-`--levers`: `sample_embed` against `sample_topk`; `--warps`: attention and sampling at 1-8 warps; `--split-sweep`: the
-matmul + residual op split-K at 16 rows; `--variants`: step times of the fused step with the given levers.
+`--persistent`: the one-kernel predictor step (`engine/persistent.py`) against the fused ops' step, its own
+phase-by-phase launch and 200 repeats of itself (`persistent_check`); a variant `{"persist": {...}}` times it, with
+`persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides (`SYNC` / `WORK`: timing-only switches that
+leave out the barriers or phases). `--levers`: `sample_embed` against `sample_topk`; `--warps`: attention and
+sampling at 1-8 warps; `--split-sweep`: the matmul + residual op split-K at 16 rows; `--variants`: step times of the
+fused step with the given levers.
 """
 
 from __future__ import annotations

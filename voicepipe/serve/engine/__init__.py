@@ -7,6 +7,8 @@ Layout, by concern:
 - `codec`: streaming codec decode on its own thread and stream.
 - `gemv`: a Triton matmul for 1-2 rows (the code predictor's small weights; `EngineConfig.small_gemv`).
 - `fused`: the code predictor's decoder layer as five Triton kernels for 1-2 rows (`EngineConfig.fused_predictor`).
+- `persistent`: the code predictor's whole step as one persistent Triton kernel for 1-2 rows
+  (`EngineConfig.persistent_predictor`, off by default; its Triton source in `_persistent_kernels`).
 
 On CUDA, by default, the step's four units are compiled (`torch.compile`, once per process: tens of seconds at the
 first `capture()`) and captured as one CUDA graph per (batch, length) bucket, and the codec decodes through CUDA graphs
