@@ -137,8 +137,10 @@ class EngineConfig:
     # 216 -> 195 us: benchmarks/RESULTS.md)
     fused_split_k: int = 4
     # a step of 1-2 rows (one stream) runs each code-predictor step as one persistent Triton kernel
-    # (`engine.persistent`: its 5 layers, head and sampler, grid-wide barriers between phases) instead of ~30 fused
-    # ones; needs the fused predictor and fused sampling (the same draws; results agree to summation order)
+    # (`engine.persistent`: its 5 layers, head and sampler, grid-wide barriers between phases) instead of 30 fused
+    # ones; needs the fused predictor and fused sampling (the same draws; results agree to summation order). Off:
+    # H200, the predictor step 170 -> 162 us as a graph of 14, but the engine's 2-row frame step 4.70 ms either way
+    # and one stream's RTF 0.062-0.063 both ways (benchmarks/RESULTS.md, 2026-12-04 14:45 UTC)
     persistent_predictor: bool = False
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
