@@ -2,8 +2,9 @@
 
     check_models                                   preflight: every model the build loads, before any work
     list_episodes                                  feeds, folders, s3 prefixes (bad feeds -> rejects)
-      -> per episode (thread pool, chained futures):
-           fetch -> standardize -> separate -> diarize -> segment -> transcribe -> filter -> encode
+      -> per episode (thread pool, chained futures):  fetch -> standardize -> separate -> diarize
+      -> feed_check                                   every episode's units against the feed's voices (a barrier)
+      -> per episode:                                 segment -> transcribe -> filter -> encode
       -> assemble_corpus                           manifest, train/val jsonl, rejects, report
       -> per-step tables, report, store link       artifacts of the flow run
       -> notify_corpus_version                     corpus/<speaker>/latest; event voicepipe.corpus.changed
@@ -21,11 +22,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks.common import failed, settle, task_runner
-from tasks.corpus import STEP_TASKS, assemble_corpus, list_episodes, local_params, publish_corpus_artifacts
+from tasks.corpus import STEP_TASKS, assemble_corpus, feed_check, list_episodes, local_params, publish_corpus_artifacts
 from tasks.events import notify_corpus_version
 from tasks.preflight import check_models, corpus_needs
 from voicepipe.corpus.config import CorpusParams
-from voicepipe.corpus.steps import STEPS, EpisodeState
+from voicepipe.corpus.steps import AFTER_FEED, BEFORE_FEED, STEPS, EpisodeState
 from voicepipe.errors import VoicepipeError
 
 
@@ -53,13 +54,13 @@ def build_corpus(params: CorpusParams) -> dict[str, Any]:
     except VoicepipeError as e:
         return failed(e)
     sources, source_rejects = list_episodes(params)
-    chains, every = [], []
+    diarized, takes, every = [], [], []
     for src in sources:
         fut: Any = EpisodeState(source=src)
-        for step in STEPS:
+        for step in BEFORE_FEED:
             fut = STEP_TASKS[step].submit(params, fut)
             every.append(fut)
-        chains.append(fut)
+        diarized.append(fut)
     if params.studio:  # kept takes of studio sessions: the same steps, known transcripts
         from tasks.studio import TAKE_STEP_TASKS, list_studio_takes
 
@@ -68,10 +69,21 @@ def build_corpus(params: CorpusParams) -> dict[str, Any]:
             for step in STEPS:
                 fut = TAKE_STEP_TASKS[step].submit(params, fut)
                 every.append(fut)
-            chains.append(fut)
+            takes.append(fut)
     err = settle(every)
     if err is not None:
         return failed(err)
+    chains = []
+    for state in feed_check(params, [f.result() for f in diarized]):  # waits for every episode's diarize
+        fut = state
+        for step in AFTER_FEED:
+            fut = STEP_TASKS[step].submit(params, fut)
+            every.append(fut)
+        chains.append(fut)
+    err = settle(every)
+    if err is not None:
+        return failed(err)
+    chains += takes
     states = [f.result() for f in chains]
     result = assemble_corpus(params, states, source_rejects)
     publish_corpus_artifacts(params, states, result)

@@ -25,7 +25,8 @@ from voicepipe.corpus.build import context_for as _context_for
 from voicepipe.corpus.build import list_sources
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import EpisodeSource, SourceReject
-from voicepipe.corpus.steps import STEP_FUNCS, STEPS, EpisodeState
+from voicepipe.corpus.steps import BUILD_STEPS, STEP_FUNCS, STEPS, EpisodeState
+from voicepipe.corpus.steps import feed_check as _feed_check
 
 _LOCAL: dict[str, CorpusParams] = {}
 
@@ -78,6 +79,12 @@ def _step_task(step: str) -> Any:
 STEP_TASKS: dict[str, Any] = {step: _step_task(step) for step in STEPS}
 
 
+@task(name="corpus-feed-check", cache_policy=NO_CACHE, **IO_RETRIES)
+def feed_check(params: CorpusParams, states: list[EpisodeState]) -> list[EpisodeState]:
+    """The barrier between diarize and segment: every episode's units judged against the feed's voices."""
+    return _feed_check(context_for(params), [st.model_copy(deep=True) for st in states])
+
+
 @task(name="corpus-assemble", cache_policy=NO_CACHE, **IO_RETRIES)
 def assemble_corpus(
     params: CorpusParams, states: list[EpisodeState], source_rejects: list[SourceReject]
@@ -92,7 +99,7 @@ def publish_corpus_artifacts(params: CorpusParams, states: list[EpisodeState], r
     from voicepipe.store.links import tree_link
 
     spk = params.speaker
-    for step in STEPS:
+    for step in BUILD_STEPS:
         rows = []
         for st in states:
             res = st.results.get(step) or {}
@@ -101,7 +108,7 @@ def publish_corpus_artifacts(params: CorpusParams, states: list[EpisodeState], r
                 "cache": st.cache.get(step, "-"),
                 "seconds_of_work": round(st.timings.get(step, 0.0), 2),
                 "status": "rejected: " + (st.rejected or "") if st.reject_step == step else ("ok" if st.ok or (
-                    st.reject_step and STEPS.index(st.reject_step) > STEPS.index(step)) else "-"),
+                    st.reject_step and BUILD_STEPS.index(st.reject_step) > BUILD_STEPS.index(step)) else "-"),
                 "output": (res.get("sha") or st.result_shas.get(step) or "")[:16],
             })
         publish_table(f"corpus-{spk}-{step}", rows, description=f"corpus step {step}, per episode")

@@ -105,6 +105,8 @@ def test_adding_an_episode_processes_only_that_episode(builds):
     assert added["version"] != first["version"]
     for step in ("fetch", "standardize", "diarize", "segment", "transcribe", "filter", "encode"):
         assert added["cache"][step] == {"hit": 3, "miss": 1, "skip": 0}, (step, added["cache"][step])
+    # the feed check judges every episode against the grown feed (cheap); the steps after it stay cached
+    assert added["cache"]["feed"] == {"hit": 0, "miss": 4, "skip": 0}, added["cache"]["feed"]
     assert added["utterances"] > first["utterances"]
     assert added["changed"]
 
@@ -116,7 +118,7 @@ def test_every_step_left_a_prefect_artifact(builds):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="corpus-target-")), limit=200)}
-    steps = ("fetch", "standardize", "separate", "diarize", "segment", "transcribe", "filter", "encode")
+    steps = ("fetch", "standardize", "separate", "diarize", "feed", "segment", "transcribe", "filter", "encode")
     assert {f"corpus-target-{s}" for s in steps} | {"corpus-target-report", "corpus-target-report-file"} <= keys, keys
 
 

@@ -228,7 +228,7 @@ def test_a_pure_target_episode_below_the_feed_is_kept_only_without_overlap_and_n
 
 
 def test_the_overlapped_share_the_rescue_reads_is_unknown_where_nothing_looked() -> None:
-    from voicepipe.corpus.assemble import _overlap_fraction
+    from voicepipe.corpus.steps import overlap_fraction as _overlap_fraction
 
     dia = {"backend": "embedding-clusters", "segmentation": "pyannote/segmentation-3.0",
            "speech": [[0.0, 10.0], [12.0, 22.0]], "overlap": [[9.5, 12.5], [15.0, 16.0]]}
@@ -257,3 +257,31 @@ def test_an_outlier_with_overlap_does_not_vouch_as_another_voice_but_a_quiet_one
     eps["busy"]["overlap"] = 0.0  # the same two voices without overlap: as two episodes of one unknown host
     j = judge_feed(eps, t, rescue_max_overlap=0.01)
     assert not j.rescued and {"bed", "busy"} <= set(j.episodes)
+
+
+def test_a_cohost_unit_is_cut_before_segmenting_and_the_targets_close_units_are_not() -> None:
+    """`feed_units` (the feed check between diarize and segment): a unit of one voice, embedded whole, is cut when it
+    is nearer a recurring voice of the feed than the target's by more than the margin; a target unit that lies a
+    little nearer the co-host (a unit's embedding is noisier than a whole segment's) and a one-off guest's are not."""
+    from voicepipe.corpus.speakers import feed_units, feed_voices
+
+    rng = np.random.default_rng(7)
+    t, c, g = _voices()
+    eps = _feed(rng)
+    _, out, _, feed = feed_voices(eps, t)
+    assert not out and feed is not None and {lab for _, lab, _ in feed.others} == {"S1"}
+    # the co-host's turn, a target unit at margin ~ -0.2 (seen on real builds: -0.30 at worst), an unknown voice
+    gap = 1.0 - float(c @ feed.target)
+    toward = unit(feed.target + 0.6 * (c - feed.target))  # between the target and the co-host, nearer the target
+    units = [(1.0, 3.5), (4.0, 6.0), (7.0, 9.5), (10.0, 12.0)]
+    one_off = rng.normal(size=DIM)
+    one_off = unit(one_off - (one_off @ t) * t - (one_off @ g) * g)  # a voice no other episode heard
+    embs = np.stack([_jitter(c, rng, 0.05), toward, _jitter(t, rng, 0.05), unit(0.3 * t + one_off)])
+    m_toward, _ = feed.margin(toward, "ep1")
+    assert -0.4 < m_toward < 0.0, m_toward  # nearer the co-host, within the margin: kept
+    cut = feed_units(units, embs, feed, "ep1", margin=0.4)
+    assert [(a, b) for a, b, _ in cut] == [(1.0, 3.5)]
+    assert "nearer another voice of the feed" in cut[0][2] and "2.5 s" in cut[0][2]
+    at_zero = [(a, b) for a, b, _ in feed_units(units, embs, feed, "ep1", margin=0.0)]
+    assert (1.0, 3.5) in at_zero and (4.0, 6.0) in at_zero and (7.0, 9.5) not in at_zero  # merely nearer: cut
+    assert gap > 0.1

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from voicepipe.corpus import intervals
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.speakers import FeedJudgement, judge_feed
-from voicepipe.corpus.steps import STEPS, EpisodeState, StepContext
+from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, overlap_fraction
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
 
@@ -65,7 +64,8 @@ def _target_voice(st: EpisodeState) -> np.ndarray:
     dia = st.results["diarize"]
     label = dia.get("target_label")
     cent = (dia.get("centroids") or {}).get(label)
-    if cent is None or not any(s["keep"] for s in st.results["filter"]["segments"]):
+    cut = bool((st.results.get(FEED_STEP) or {}).get("cut"))  # the feed check cut (some of) its turns: still a voice
+    if cent is None or not (cut or any(s["keep"] for s in st.results["filter"]["segments"])):
         return np.zeros(0)
     return np.asarray(cent, dtype=np.float64)
 
@@ -76,20 +76,17 @@ def _feed_entry(st: EpisodeState) -> dict:
     dia = st.results["diarize"]
     cents, target = dia.get("centroids") or {}, dia.get("target_label")
     talk = {s["label"]: s["talk_s"] for s in dia.get("speakers", [])}
-    return {"voice": _target_voice(st), "overlap": _overlap_fraction(dia),
+    return {"voice": _target_voice(st), "overlap": overlap_fraction(dia),
             "others": {lab: (np.asarray(c), talk.get(lab, 0.0)) for lab, c in cents.items() if lab != target},
             "segments": [(s["start"], s.get("emb_heard") or s["emb"]) for s in st.results["filter"]["segments"]
                          if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
 
 
-def _overlap_fraction(dia: dict) -> float | None:
-    """The fraction of an episode's speech heard as overlapped; None where nothing looked (no segmentation model)."""
-    if dia.get("backend") != "pyannote" and not dia.get("segmentation"):
-        return None
-    speech = intervals.union([tuple(x) for x in dia.get("speech", [])])
-    total = sum(b - a for a, b in speech)
-    heard = intervals.intersect(speech, intervals.union([tuple(x) for x in dia.get("overlap", [])]))
-    return sum(b - a for a, b in heard) / total if total > 0 else None
+def _feed_reason(reject: dict, feed: dict) -> str:
+    """The reason the feed check gave for the unit a segment reject was cut for (with the change guard around it)."""
+    mid = (reject["start"] + reject["end"]) / 2
+    near = [why for a, b, why in feed.get("cut", []) if a - 1.0 <= mid <= b + 1.0]
+    return near[0] if near else reject["reason"]
 
 
 def is_val_episode(raw_sha: str, val_fraction: float) -> bool:
@@ -134,6 +131,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     flow_in: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     dropped_embs: dict[str, list[np.ndarray]] = defaultdict(list)
     sims, durs = [], []
+    unit_cuts = [0, 0.0]  # the feed check's cuts of the target's speech before segment: pieces, seconds
     # an episode without the target keeps its voice nearest the enrollment, and a co-host merged into an episode's
     # target cluster is kept with it: compared across the feed, both stand out
     judged = (judge_feed({st.source.id: _feed_entry(st) for st in good}, ctx.centroid,
@@ -154,6 +152,10 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         flow_in["segment"][1] += seg_s
         ep_reasons: Counter = Counter()
         for rj in r["segment"]["rejects"]:
+            if rj["step"] == FEED_STEP:  # the feed check's own words for the unit (the segment memo keeps only the cut)
+                rj = {**rj, "reason": _feed_reason(rj, r.get(FEED_STEP) or {})}
+                unit_cuts[0] += 1
+                unit_cuts[1] += rj["end"] - rj["start"]
             rejects.append({"episode": st.source.id, **rj, "seconds": round(rj["end"] - rj["start"], 3)})
             ep_reasons[_reason_kind(rj["reason"])] += rj["end"] - rj["start"]
         filt = r["filter"]["segments"]
@@ -250,7 +252,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     write_jsonl("val_with_codes.jsonl", val)
     write_jsonl("rejects.jsonl", rejects)
 
-    cache: dict[str, dict[str, int]] = {s: {"hit": 0, "miss": 0, "skip": 0} for s in STEPS}
+    cache: dict[str, dict[str, int]] = {s: {"hit": 0, "miss": 0, "skip": 0} for s in BUILD_STEPS}
     for st in states:
         for step, how in st.cache.items():
             cache[step][how] += 1
@@ -269,7 +271,9 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         "episode_speakers": episodes,
         "feed_other_voices": [{"episode": ep, "speaker": lab, "cos_to_target": c} for ep, lab, c in judged.voices],
         "feed_other_voice_drops": {"segments": len(judged.segments),
-                                   "seconds": round(reasons.get("nearer another voice of the feed", 0.0), 2)},
+                                   "seconds": round(reasons.get("nearer another voice of the feed", 0.0)
+                                                    - unit_cuts[1], 2)},
+        "feed_unit_cuts": {"pieces": unit_cuts[0], "seconds": round(unit_cuts[1], 2)},
         "flagged_episodes": [e["episode"] for e in episodes if e["flagged"]],
         "speaker_centroid": None if centroid is None else [float(x) for x in centroid],
         "ref_clips": [r["id"] for r in ref_rows],
@@ -295,7 +299,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         utterances=len(manifest), hours=summary["hours"], train=len(train), val=len(val),
         episodes_ok=len(good), episodes_rejected=summary["episodes"]["rejected"], cache=cache,
         models_loaded=sorted(ctx.engines.loaded), report_md=md,
-        step_seconds={s: round(sum(st.timings.get(s, 0.0) for st in states), 3) for s in STEPS},
+        step_seconds={s: round(sum(st.timings.get(s, 0.0) for st in states), 3) for s in BUILD_STEPS},
         audio_seconds=round(sum(st.seconds for st in good), 3),
     )
 
@@ -435,7 +439,10 @@ def write_report(
             f"{v['cos_to_target']:.2f} to the target voice)" for v in summary.get("feed_other_voices", []))
             or "none (no voice other than the target was heard in two episodes)") + "; utterances dropped as "
         f"nearer one of them: {summary.get('feed_other_voice_drops', {}).get('segments', 0)} "
-        f"({summary.get('feed_other_voice_drops', {}).get('seconds', 0.0):.1f} s).",
+        f"({summary.get('feed_other_voice_drops', {}).get('seconds', 0.0):.1f} s). Before the target's speech was "
+        "cut into utterances, once every episode was diarized, the feed check cut its units of one voice nearer one "
+        f"of them (`feed_unit_margin`): {summary.get('feed_unit_cuts', {}).get('seconds', 0.0):.1f} s of the "
+        "target's turns.",
         "",
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
@@ -457,9 +464,10 @@ def write_report(
     lines += [f"- `{r.get('episode') or r.get('source')}` ({r['step']}): {r['reason']}" for r in ep_rejects] or [
         "- none"
     ]
-    lines += ["", "## Cache", "", "| episode | " + " | ".join(STEPS) + " |", "|---" * (len(STEPS) + 1) + "|"]
+    lines += ["", "## Cache", "", "| episode | " + " | ".join(BUILD_STEPS) + " |",
+              "|---" * (len(BUILD_STEPS) + 1) + "|"]
     for st in states:
-        lines.append(f"| {st.source.id} | " + " | ".join(st.cache.get(s, "-") for s in STEPS) + " |")
+        lines.append(f"| {st.source.id} | " + " | ".join(st.cache.get(s, "-") for s in BUILD_STEPS) + " |")
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md)
     return md

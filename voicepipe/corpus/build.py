@@ -17,7 +17,7 @@ from voicepipe.corpus.assemble import BuildResult, assemble
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.engines import Engines
 from voicepipe.corpus.fetch import EpisodeSource, SourceReject, list_feed, list_folder, list_s3, select
-from voicepipe.corpus.steps import StepContext, process_episode
+from voicepipe.corpus.steps import AFTER_FEED, BEFORE_FEED, EpisodeState, StepContext, feed_check, run_steps
 from voicepipe.errors import InputError
 
 
@@ -88,7 +88,8 @@ def context_for(params: CorpusParams, progress: bool = True) -> StepContext:
 
 def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None, progress: bool = True,
                 ctx: StepContext | None = None) -> BuildResult:
-    """The whole build without Prefect: list, process episodes in a thread pool, assemble."""
+    """The whole build without Prefect: list, every episode up to diarize in a thread pool, the feed check,
+    the rest of the steps, assemble."""
     from tqdm.auto import tqdm
 
     ctx = ctx or prepare(params, settings, store, progress=progress)
@@ -101,7 +102,14 @@ def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None
     if not sources and not source_rejects and not takes:
         raise InputError("corpus build: the feeds/sources list no episodes")
     with ThreadPoolExecutor(max_workers=params.workers) as pool:
-        futures = [pool.submit(process_episode, ctx, s) for s in sources]
+        # every episode up to diarize, then the feed check across them all, then the rest (as the flow does)
+        futures = [pool.submit(run_steps, ctx, EpisodeState(source=s), BEFORE_FEED) for s in sources]
         futures += [pool.submit(process_take, ctx, t) for t in takes]
-        states = [f.result() for f in tqdm(futures, desc="episodes", disable=not progress)]
+        states = [f.result() for f in tqdm(futures, desc="episodes up to diarize", disable=not progress)]
+        states = feed_check(ctx, states)
+        futures = [pool.submit(run_steps, ctx, st, AFTER_FEED) if isinstance(st.source, EpisodeSource)
+                   else None for st in states]
+        states = [f.result() if f is not None else st
+                  for st, f in zip(states, tqdm(futures, desc="episodes after the feed check", disable=not progress),
+                                   strict=True)]
     return assemble(ctx, states, source_rejects)

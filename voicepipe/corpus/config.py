@@ -143,6 +143,16 @@ class CorpusParams(BaseModel):
         "segment must be to be dropped, as a fraction of the distance between the two voices (0: merely nearer; "
         "0.2 keeps the target's short segments that a close co-host's voice sits almost as near: RESULTS.md)."
     )
+    feed_unit_margin: float | None = Field(
+        0.6, ge=0.0, le=1.0, description="CPU path, with `feed_voice_check`: between diarize and segment, once every "
+        "episode is diarized, each unit (a stretch of one voice of at least 2 s between pauses, overlap and changes "
+        "of speaker, embedded whole) nearer another voice of the feed than the feed's target voice by more than this "
+        "fraction of the distance between the two is cut out of the target's speech, before it is cut into "
+        "utterances (a co-host's turn an episode merged into the target's cluster; the segment-level check after "
+        "the filter gives up the whole segment around it). 0.6: on nine feeds the co-host's own units sat at -0.65 "
+        "to -1.5, units holding the target and a co-host at -0.36 and -0.52, the target's own at -0.30 at worst "
+        "(benchmarks/RESULTS.md, corpus purity). None: off."
+    )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
         "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."

@@ -664,6 +664,23 @@ class FeedVoices:
         return float((float(e @ self.target) - best) / max(1.0 - float(c @ self.target), 1e-3)), who
 
 
+def feed_units(units: list[tuple[float, float]], embs: np.ndarray, feed: FeedVoices, episode: str, *,
+               margin: float) -> list[tuple[float, float, str]]:
+    """The units of `episode` (stretches of one voice, each embedded whole: `embs`, the speaker model's space)
+    nearer another voice of the feed than the feed's target voice by more than `margin` of the distance between
+    the two (`FeedVoices.margin` below -`margin`), as (start, end, reason). A unit embeds a voice more steadily
+    than a 1.5 s window, and cutting it before the target's speech is cut into utterances loses only it, where the
+    same judgement on a whole kept segment gives up the target's speech around it too."""
+    out = []
+    for (a, b), e in zip(units, embs, strict=True):
+        m, who = feed.margin(np.asarray(e, dtype=np.float64), episode)
+        if who is not None and m is not None and m < -margin:
+            out.append((float(a), float(b), f"nearer another voice of the feed (episode {who[0]}'s "
+                        f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the feed's target "
+                        f"voice, heard as one unit of {b - a:.1f} s (margin {m:.2f} < -{margin:g})"))
+    return out
+
+
 @dataclass
 class FeedJudgement:
     """What `judge_feed` decided: every judged episode's score, the episodes whose kept voice is not the feed's
@@ -677,6 +694,25 @@ class FeedJudgement:
     voices: list[tuple[str, str, float]] = field(default_factory=list)
     # outliers kept after all (id -> why): their voice is the target's nearest, and no second voice was heard
     rescued: dict[str, str] = field(default_factory=dict)
+
+
+def feed_voices(episodes: dict[str, dict], enroll: np.ndarray | None, *, mad_k: float = 5.0, min_gap: float = 0.05,
+                min_talk_s: float = 2.0) -> tuple[dict[str, float], dict[str, float], list[str], FeedVoices | None]:
+    """The feed's voices from its episodes (`judge_feed`'s `episodes`: "voice", "others"): (every judged
+    episode's score, the `feed_outliers`, the reference episodes (the judged half nearest the enrollment), the
+    `FeedVoices` with the outliers' kept voices among the other voices; None without two target voices)."""
+    voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
+    scores, out = feed_outliers(voices, enroll, mad_k=mad_k, min_gap=min_gap)
+    judged = [k for k in scores if k not in out]
+    e = None if enroll is None else unit(np.asarray(enroll, dtype=np.float64))
+    ref = judged if e is None else sorted(judged, key=lambda k: -float(unit(voices[k]) @ e))
+    ref = ref[: max(2, (len(ref) + 1) // 2)]
+    others = {k: dict(ep.get("others") or {}) for k, ep in episodes.items()}
+    for k in out:  # an outlier's kept voice is a voice of the feed that is not the target
+        others[k]["kept"] = (voices[k], float("inf"))
+    feed = FeedVoices.of({k: voices[k] for k in ref}, others, judged={k: voices[k] for k in judged},
+                         min_talk_s=min_talk_s)
+    return scores, out, ref, feed
 
 
 def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_voices: bool = True,
@@ -703,26 +739,16 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     kept voice (the target with a voice over it) is not among the other voices the rescue compares with, where an
     outlier's without overlap (a guest host's) is.
     """
+    scores, out, ref, feed = feed_voices(episodes, enroll, mad_k=mad_k, min_gap=min_gap, min_talk_s=min_talk_s)
     voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
-    scores, out = feed_outliers(voices, enroll, mad_k=mad_k, min_gap=min_gap)
     floor = min((s for x, s in scores.items() if x not in out), default=0.0)
     j = FeedJudgement(scores=scores, episodes={
         k: f"not the feed's voice (this episode's target voice: median cosine {v:.3f} to the episodes nearest the "
            f"enrollment, where the others are at >= {floor:.3f}; the target is likely absent, or its cluster here "
            "also took another voice's turns)" for k, v in out.items()})
-    if not other_voices:
+    if not other_voices or feed is None:
         return j
     judged = [k for k in scores if k not in out]
-    e = None if enroll is None else unit(np.asarray(enroll, dtype=np.float64))
-    ref = judged if e is None else sorted(judged, key=lambda k: -float(unit(voices[k]) @ e))
-    ref = ref[: max(2, (len(ref) + 1) // 2)]
-    others = {k: dict(ep.get("others") or {}) for k, ep in episodes.items()}
-    for k in out:  # an outlier's kept voice is a voice of the feed that is not the target
-        others[k]["kept"] = (voices[k], float("inf"))
-    feed = FeedVoices.of({k: voices[k] for k in ref}, others, judged={k: voices[k] for k in judged},
-                         min_talk_s=min_talk_s)
-    if feed is None:
-        return j
     j.voices = [(ep, lab, round(float(c @ feed.target), 4)) for ep, lab, c in feed.others]
     if rescue_max_overlap is not None and out:
         med, gap = _outlier_gap([scores[k] for k in ref], mad_k, min_gap)

@@ -1,4 +1,5 @@
-"""Steps 1-8 of the corpus build, one plain function per step, each cached through the store's step memo.
+"""Steps 1-8 of the corpus build, one plain function per step, each cached through the store's step memo, and
+the feed check between diarize and segment (`feed_check`: the one place the build waits for every episode).
 
 Every step takes the episode's `EpisodeState`, looks its input key up in `store.memo_get`, and on a miss
 computes, stores its outputs (audio as FLAC objects, results as JSON objects whose sidecars list their
@@ -46,7 +47,13 @@ STEP_VERSIONS = {
     "fetch": 1, "standardize": 1, "separate": 1, "diarize": 3, "segment": 2, "transcribe": 1, "filter": 2,
     "encode": 1,
 }
-STEPS = list(STEP_VERSIONS)
+STEPS = list(STEP_VERSIONS)  # each episode's own steps, in order
+# between diarize and segment, the build waits for every episode: `feed_check` judges each episode's units against
+# the voices of the whole feed (a barrier, not an episode's own step)
+FEED_STEP, FEED_VERSION = "feed", 1
+BEFORE_FEED, AFTER_FEED = STEPS[: STEPS.index("segment")], STEPS[STEPS.index("segment") :]
+BUILD_STEPS = [*BEFORE_FEED, FEED_STEP, *AFTER_FEED]  # what a build runs, as its report and tables list it
+FEED_CUT_REASON = "nearer another voice of the feed than the feed's target voice (a unit of one voice)"
 
 
 class EpisodeState(BaseModel):
@@ -187,7 +194,7 @@ def run_step(
     ctx: StepContext, state: EpisodeState, step: str, inputs: list[str], params: dict, compute: Callable[[], dict]
 ) -> dict:
     """Memoized step: return the stored result for (step, inputs, params) or compute, store and record it."""
-    params = {**params, "_v": STEP_VERSIONS[step]}
+    params = {**params, "_v": FEED_VERSION if step == FEED_STEP else STEP_VERSIONS[step]}
     key = _hash({"inputs": inputs, "params": params})
     memo = f"corpus.{step}"
     sha = ctx.store.memo_get(memo, key)
@@ -361,7 +368,8 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     stretch shorter than one window next to overlapped speech is judged by the margin alone, and guarded). The
     target gives up `change_guard_s` on its side of each change of speaker without a pause. With separation
     (`overlap_enhanced`), overlapped speech is looked for on the enhanced audio too. The speakers' centroids are kept in
-    the speaker model's own space, where the filter judges whole utterances.
+    the speaker model's own space, where the filter judges whole utterances; so are the units' embeddings
+    (`unit_embs`, with `feed_unit_margin`), which `feed_check` judges against the whole feed's voices.
     """
     from voicepipe.corpus import speakers as spk_mod
 
@@ -383,6 +391,9 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         params.update(fuse="resemblyzer")
     if not p.diarization_model and p.unit_evidence:
         params.update(units=spk_mod.Units.MIN_S)
+    feed_units = not p.diarization_model and p.feed_voice_check and p.feed_unit_margin is not None
+    if feed_units:  # the units' embeddings, for the feed check between diarize and segment (`feed_check`)
+        params.update(unit_embs=True)
     mix_sha = state.results["standardize"]["sha"]
     floor_db = p.separated_floor_db if audio_sha != mix_sha else None
     if floor_db is not None:
@@ -436,10 +447,11 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                     "changes": changes,
                     "segmentation": p.segmentation_model or None, "overlap": [list(o) for o in overlap],
                     "labels": {}, "target_label": None, "speakers": [], "centroids": {}}
-        units = None
-        if p.unit_evidence and (spans := spk_mod.Units.spans(regions)):  # each unit of >= 1 s embedded whole
-            uembs, _ = ctx.engines.window_embeddings([wav[int(a * SR16) : int(b * SR16)] for a, b in spans])
-            units = spk_mod.Units.of(regions, wins, uembs)
+        units, spans, uown = None, [], np.zeros((0, 1), dtype=np.float32)
+        if (p.unit_evidence or feed_units) and (spans := spk_mod.Units.spans(regions)):  # units embedded whole
+            uembs, uown = ctx.engines.window_embeddings([wav[int(a * SR16) : int(b * SR16)] for a, b in spans])
+            if p.unit_evidence:
+                units = spk_mod.Units.of(regions, wins, uembs)
         sp = spk_mod.EpisodeSpeakers.find(embs, ctx.window_centroid, units=units)
         keep, score, reasons = spk_mod.decide(embs, sp, margin=p.speaker_margin)
         if sp.target is not None:
@@ -467,11 +479,72 @@ def diarize(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 "overlap": [list(o) for o in overlap], "labels": {x["label"]: x["enroll_sim"] for x in speakers},
                 "target_label": target,
                 "speakers": speakers,
-                "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(cents)}}
+                "centroids": {f"S{i}": [round(float(x), 6) for x in c] for i, c in enumerate(cents)},
+                **({"units": [[round(a, 3), round(b, 3)] for a, b in spans],
+                    "unit_embs": [[round(float(x), 5) for x in e] for e in spk_mod.unit(uown)] if spans else []}
+                   if feed_units else {})}
 
     run_step(ctx, state, "diarize", [audio_sha] + ([speaker_sha] if speaker_sha != audio_sha else []), params,
              compute)
     return state
+
+
+# ------------------------------------------------------------------------------------------------ 4b. feed check
+def overlap_fraction(dia: dict) -> float | None:
+    """The fraction of an episode's speech heard as overlapped; None where nothing looked (no segmentation model)."""
+    if dia.get("backend") != "pyannote" and not dia.get("segmentation"):
+        return None
+    speech = intervals.union([tuple(x) for x in dia.get("speech", [])])
+    total = sum(b - a for a, b in speech)
+    heard = intervals.intersect(speech, intervals.union([tuple(x) for x in dia.get("overlap", [])]))
+    return sum(b - a for a, b in heard) / total if total > 0 else None
+
+
+def feed_entry(dia: dict) -> dict:
+    """What the feed check knows of an episode from its diarize result (`speakers.judge_feed`'s entry): its target
+    speaker's centroid, its other speakers (centroid, talk seconds) and its overlapped share."""
+    cents, target = dia.get("centroids") or {}, dia.get("target_label")
+    talk = {s["label"]: s["talk_s"] for s in dia.get("speakers", [])}
+    return {"voice": np.asarray(cents.get(target) or [], dtype=np.float64), "overlap": overlap_fraction(dia),
+            "others": {lab: (np.asarray(c), talk.get(lab, 0.0)) for lab, c in cents.items() if lab != target}}
+
+
+def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeState]:
+    """The barrier between diarize and segment: once every episode is diarized, each episode's units (stretches
+    of one voice, embedded whole) are judged against the voices of the whole feed (`speakers.feed_voices`: the
+    target's voice over the episodes nearest the enrollment, and the other voices that recur across episodes),
+    and those nearer another voice than the target's by `feed_unit_margin` are cut before segment cuts the
+    target's speech into utterances (`speakers.feed_units`). Per episode a memoized step whose inputs are every
+    episode's diarize result. Episodes without units (the pyannote path, studio takes, rejected episodes) pass.
+    """
+    from voicepipe.corpus import speakers as spk_mod
+
+    p = ctx.params
+    if not p.feed_voice_check or p.feed_unit_margin is None:
+        return states
+    judged = [st for st in states if st.ok and isinstance(st.source, EpisodeSource)
+              and "unit_embs" in (st.results.get("diarize") or {})]
+    if len(judged) < 3:  # (the feed check needs three episodes: `feed_outliers`)
+        return states
+    _, _, _, feed = spk_mod.feed_voices({st.source.id: feed_entry(st.results["diarize"]) for st in judged},
+                                        ctx.centroid)
+    every = sorted(st.result_shas["diarize"] for st in judged)
+    params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key}
+    for st in judged:
+        dia = st.results["diarize"]
+
+        def compute(dia: dict = dia, episode: str = st.source.id) -> dict:
+            # only the units that hold some of the target's turns (the others are cut already)
+            turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
+            mine = [i for i, u in enumerate(dia["units"]) if intervals.seconds(intervals.intersect(turns, [tuple(u)]))]
+            units = [tuple(dia["units"][i]) for i in mine]
+            embs = np.asarray([dia["unit_embs"][i] for i in mine], dtype=np.float64)
+            cut = spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin) if feed and units else []
+            return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
+                    "episodes": len(every)}
+
+        run_step(ctx, st, FEED_STEP, [st.result_shas["diarize"]] + every, params, compute)
+    return states
 
 
 # ------------------------------------------------------------------------------------------------ 5. segment
@@ -487,6 +560,10 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     p = ctx.params
     dia_sha = state.result_shas["diarize"]
     params = {"max_s": p.filters.max_duration_s, "pad_s": p.pad_s}
+    feed = state.results.get(FEED_STEP)  # the feed check's units to cut (`feed_check`), when it ran
+    feed_cut = [[a, b] for a, b, _ in feed["cut"]] if feed else []
+    if feed_cut:  # only the cut itself is a key: a feed that grows by an episode leaves the others' segments cached
+        params.update(feed_cut=feed_cut, feed_guard=p.change_guard_s)
 
     def compute() -> dict:
         dia = state.results["diarize"]
@@ -496,6 +573,10 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         other_turns = [t for t in dia["turns"] if not t["target"]]
         target = intervals.subtract(intervals.intersect(speech, tgt_turns), overlap)
         rejects = []
+        for a, b in feed_cut:  # the unit, and the change guard on each side (its edges: a change or a pause)
+            cut = intervals.intersect(target, [(a - p.change_guard_s, b + p.change_guard_s)])
+            target = intervals.subtract(target, cut)
+            rejects += [{"start": s, "end": e, "step": FEED_STEP, "reason": FEED_CUT_REASON} for s, e in cut]
         for t in other_turns:
             for s, e in intervals.subtract(intervals.intersect(speech, [(t["start"], t["end"])]), overlap + tgt_turns):
                 why = t.get("reason") or f"other speaker (sim {t['sim']:.2f})"
@@ -773,12 +854,17 @@ STEP_FUNCS: dict[str, Callable[[StepContext, EpisodeState], EpisodeState]] = {
 }
 
 
-def process_episode(ctx: StepContext, source: EpisodeSource) -> EpisodeState:
-    """All steps for one episode, in order (what the flow does task by task)."""
-    state = EpisodeState(source=source)
-    for step in STEPS:
+def run_steps(ctx: StepContext, state: EpisodeState, steps: list[str]) -> EpisodeState:
+    """`steps` of one episode, in order."""
+    for step in steps:
         state = STEP_FUNCS[step](ctx, state)
     return state
+
+
+def process_episode(ctx: StepContext, source: EpisodeSource) -> EpisodeState:
+    """All steps for one episode on its own, in order (no feed check: `build_local` runs that between the two
+    halves of every episode's steps, as the flow does)."""
+    return run_steps(ctx, EpisodeState(source=source), STEPS)
 
 
 def episode_audio_16k(ctx: StepContext, state: EpisodeState) -> np.ndarray:

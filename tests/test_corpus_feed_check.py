@@ -1,0 +1,92 @@
+"""The feed check between diarize and segment (`steps.feed_check`): once every episode is diarized, a unit of one
+voice that an episode gave the target but that sits near a voice other episodes heard is cut before the target's
+speech is cut into utterances; the segment memo keys on the cut alone, so a feed that grows by an episode leaves the
+other episodes' segments cached. Real store, real steps; the diarize results are written by hand (vectors with a
+set geometry), so no model runs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voicepipe.corpus import intervals
+from voicepipe.corpus.config import CorpusParams
+from voicepipe.corpus.fetch import EpisodeSource
+from voicepipe.corpus.speakers import unit
+from voicepipe.corpus.steps import FEED_STEP, EpisodeState, StepContext, feed_check, segment
+from voicepipe.store import open_store
+
+DIM = 32
+
+
+def _voices() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = unit(rng.normal(size=DIM))
+    r = rng.normal(size=DIM)
+    r = unit(r - (r @ t) * t)
+    return t, unit(0.85 * t + np.sqrt(1 - 0.85**2) * r)  # the target, a close co-host
+
+
+def _jit(v: np.ndarray, rng: np.random.Generator, s: float = 0.05) -> list[float]:
+    return [float(x) for x in unit(v + s * rng.normal(size=DIM) / np.sqrt(DIM))]
+
+
+def _episode(i: int, t: np.ndarray, c: np.ndarray, rng: np.random.Generator, merged: bool) -> EpisodeState:
+    """30 s: the target 1-9 s and 20-29 s, the co-host 10-18 s (its own speaker, S1), pauses between. `merged`:
+    the episode's clusters gave the co-host's turn to the target."""
+    turns = [{"start": 1.0, "end": 9.0, "target": True}, {"start": 10.0, "end": 18.0, "target": merged},
+             {"start": 20.0, "end": 29.0, "target": True}]
+    dia = {"backend": "embedding-clusters", "segmentation": "segmentation-3.0", "speech": [[1.0, 9.0], [10.0, 18.0],
+           [20.0, 29.0]], "overlap": [], "changes": [], "turns": [{**x, "reason": "" if x["target"] else "other"}
+                                                               for x in turns],
+           "target_label": "S0", "speakers": [{"label": "S0", "talk_s": 17.0 if not merged else 25.0},
+                                              {"label": "S1", "talk_s": 8.0 if not merged else 0.0}],
+           "centroids": {"S0": _jit(t, rng), **({} if merged else {"S1": _jit(c, rng)})},
+           "units": [[1.0, 9.0], [10.0, 18.0], [20.0, 29.0]],
+           "unit_embs": [_jit(t, rng), _jit(c, rng), _jit(t, rng)]}
+    st = EpisodeState(source=EpisodeSource(id=f"ep{i}", url=f"http://x/ep{i}.mp3"), seconds=30.0)
+    st.results["diarize"], st.result_shas["diarize"] = dia, f"{i:064x}"
+    return st
+
+
+def _ctx(tmp_path, t: np.ndarray) -> StepContext:
+    params = CorpusParams(speaker="t", enroll=[str(tmp_path / "enroll.wav")], feeds=["http://x/feed.xml"])
+    ctx = StepContext(params=params, store=open_store(str(tmp_path / "store")), engines=None, work=tmp_path)  # type: ignore[arg-type]
+    ctx._centroid, ctx._enroll_key = t.astype(np.float32), "k"  # the enrollment, without a speaker model
+    return ctx
+
+
+def test_a_cohost_turn_merged_into_the_target_is_cut_before_segmenting(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    t, c = _voices()
+    ctx = _ctx(tmp_path, t)
+    states = [_episode(i, t, c, rng, merged=i == 3) for i in range(4)]
+    states = feed_check(ctx, states)
+    assert [len(st.results[FEED_STEP]["cut"]) for st in states] == [0, 0, 0, 1]
+    a, b, why = states[3].results[FEED_STEP]["cut"][0]
+    assert (a, b) == (10.0, 18.0) and "nearer another voice of the feed" in why and "speaker S1" in why
+    segs = [segment(ctx, st).results["segment"] for st in states]
+    assert segs[0]["target_s"] == segs[3]["target_s"] == 17.0  # the merged turn is gone; the target's stays
+    assert all(s["end"] <= 10.0 or s["start"] >= 18.0 for s in segs[3]["segments"])
+    cut = [r for r in segs[3]["rejects"] if r["step"] == FEED_STEP]
+    assert intervals.seconds([(r["start"], r["end"]) for r in cut]) == 8.0
+    # without the feed check the merged turn would be cut into utterances with the target's
+    off = _ctx(tmp_path / "off", t)
+    off.params = off.params.model_copy(update={"feed_unit_margin": None})
+    plain = feed_check(off, [_episode(i, t, c, np.random.default_rng(1), merged=i == 3) for i in range(4)])
+    assert FEED_STEP not in plain[3].results
+    assert segment(off, plain[3]).results["segment"]["target_s"] == 25.0
+
+
+def test_a_new_episode_leaves_the_others_segments_cached(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    t, c = _voices()
+    ctx = _ctx(tmp_path, t)
+    first = feed_check(ctx, [_episode(i, t, c, rng, merged=i == 3) for i in range(4)])
+    for st in first:
+        segment(ctx, st)
+    again = feed_check(ctx, [EpisodeState(source=st.source, seconds=30.0,
+                                          results={"diarize": st.results["diarize"]},
+                                          result_shas={"diarize": st.result_shas["diarize"]}) for st in first]
+                       + [_episode(4, t, c, rng, merged=False)])
+    assert [st.cache[FEED_STEP] for st in again] == ["miss"] * 5  # every episode is judged against the new feed
+    assert [segment(ctx, st).cache["segment"] for st in again] == ["hit"] * 4 + ["miss"]
