@@ -104,12 +104,9 @@ def build_local(params: CorpusParams, *, settings: Any = None, store: Any = None
     with ThreadPoolExecutor(max_workers=params.workers) as pool:
         # every episode up to diarize, then the feed check across them all, then the rest (as the flow does)
         futures = [pool.submit(run_steps, ctx, EpisodeState(source=s), BEFORE_FEED) for s in sources]
-        futures += [pool.submit(process_take, ctx, t) for t in takes]
+        take_futures = [pool.submit(process_take, ctx, t) for t in takes]  # every step; no feed check
         states = [f.result() for f in tqdm(futures, desc="episodes up to diarize", disable=not progress)]
-        states = feed_check(ctx, states)
-        futures = [pool.submit(run_steps, ctx, st, AFTER_FEED) if isinstance(st.source, EpisodeSource)
-                   else None for st in states]
-        states = [f.result() if f is not None else st
-                  for st, f in zip(states, tqdm(futures, desc="episodes after the feed check", disable=not progress),
-                                   strict=True)]
+        futures = [pool.submit(run_steps, ctx, st, AFTER_FEED) for st in feed_check(ctx, states)]
+        states = [f.result() for f in tqdm(futures, desc="episodes after the feed check", disable=not progress)]
+        states += [f.result() for f in take_futures]
     return assemble(ctx, states, source_rejects)

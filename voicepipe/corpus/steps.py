@@ -514,7 +514,7 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     of one voice, embedded whole) are judged against the voices of the whole feed (`speakers.feed_voices`: the
     target's voice over the episodes nearest the enrollment, and the other voices that recur across episodes),
     and those nearer another voice than the target's by `feed_unit_margin` are cut before segment cuts the
-    target's speech into utterances (`speakers.feed_units`). Per episode a memoized step whose inputs are every
+    target's speech into utterances (`speakers.feed_units`). Per episode a memoized step keyed by every
     episode's diarize result. Episodes without units (the pyannote path, studio takes, rejected episodes) pass.
     """
     from voicepipe.corpus import speakers as spk_mod
@@ -522,14 +522,16 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     p = ctx.params
     if not p.feed_voice_check or p.feed_unit_margin is None:
         return states
-    judged = [st for st in states if st.ok and isinstance(st.source, EpisodeSource)
-              and "unit_embs" in (st.results.get("diarize") or {})]
+    # (a studio take's diarize has no units: one voice per take, checked against the enrollment)
+    judged = [st for st in states if st.ok and "unit_embs" in (st.results.get("diarize") or {})]
     if len(judged) < 3:  # (the feed check needs three episodes: `feed_outliers`)
         return states
     _, _, _, feed = spk_mod.feed_voices({st.source.id: feed_entry(st.results["diarize"]) for st in judged},
                                         ctx.centroid)
     every = sorted(st.result_shas["diarize"] for st in judged)
-    params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key}
+    # every episode's diarize result is an input; as one hash in the key (a feed of hundreds of episodes would
+    # otherwise list every sha in every episode's sidecar), the episode's own as its lineage
+    params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key, "feed": _hash(every)}
     for st in judged:
         dia = st.results["diarize"]
 
@@ -539,11 +541,12 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
             mine = [i for i, u in enumerate(dia["units"]) if intervals.seconds(intervals.intersect(turns, [tuple(u)]))]
             units = [tuple(dia["units"][i]) for i in mine]
             embs = np.asarray([dia["unit_embs"][i] for i in mine], dtype=np.float64)
-            cut = spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin) if feed and units else []
+            cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
+                   if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
                     "episodes": len(every)}
 
-        run_step(ctx, st, FEED_STEP, [st.result_shas["diarize"]] + every, params, compute)
+        run_step(ctx, st, FEED_STEP, [st.result_shas["diarize"]], params, compute)
     return states
 
 
