@@ -285,3 +285,22 @@ def test_a_cohost_unit_is_cut_before_segmenting_and_the_targets_close_units_are_
     at_zero = [(a, b) for a, b, _ in feed_units(units, embs, feed, "ep1", margin=0.0)]
     assert (1.0, 3.5) in at_zero and (4.0, 6.0) in at_zero and (7.0, 9.5) not in at_zero  # merely nearer: cut
     assert gap > 0.1
+
+
+def test_margins_at_once_equal_one_at_a_time_and_skip_the_episodes_own_voices() -> None:
+    """`FeedVoices.margins` (all of an episode's units in one product: a feed of hundreds of episodes has
+    thousands of voices) gives `margin`'s numbers and voices, and never compares an episode with itself."""
+    rng = np.random.default_rng(8)
+    t, c, g = _voices()
+    eps = _feed(rng)
+    feed = FeedVoices.of({k: e["voice"] for k, e in eps.items()}, {k: e["others"] for k, e in eps.items()})
+    assert feed is not None and len(feed.others) == 5
+    embs = np.stack([_jitter(v, rng, 0.3) for v in (t, c, g, t, c)])
+    for ep in ("ep0", "ep1", "elsewhere"):
+        ms, whos = feed.margins(embs, ep)
+        one = [feed.margin(e, ep) for e in embs]
+        assert np.allclose(ms, [m for m, _ in one]) and whos == [w for _, w in one]
+        assert all(w is not None and w[0] != ep for w in whos)
+    lone = FeedVoices(t, [("ep0", "S1", c)])
+    ms, whos = lone.margins(embs, "ep0")  # its only other voice is its own: nothing judges
+    assert np.isnan(ms).all() and whos == [None] * 5 and lone.margin(embs[1], "ep0") == (None, None)

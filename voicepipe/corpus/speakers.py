@@ -639,20 +639,47 @@ class FeedVoices:
                     cand.append((ep, lab, c))
         # a voice of the feed recurs: another episode heard it too, nearer to it than either is to the target (a
         # cluster that mixes the target with another voice, say in crosstalk, is heard once and judges nothing)
-        others = [(ep, lab, c) for ep, lab, c in cand
-                  if any(ep2 != ep and float(c @ c2) > max(float(c @ t), float(c2 @ t)) for ep2, _, c2 in cand)]
-        return cls(t, others)
+        if not cand:
+            return cls(t, [])
+        m = np.stack([c for _, _, c in cand])  # (all at once: a feed of hundreds of episodes has thousands)
+        to_t = m @ t
+        eps = np.asarray([ep for ep, _, _ in cand], dtype=object)
+        recurs = ((m @ m.T) > np.maximum(to_t[:, None], to_t[None, :])) & (eps[:, None] != eps[None, :])
+        return cls(t, [x for x, r in zip(cand, recurs.any(axis=1), strict=True) if r])
 
     def nearest_other(self, emb: np.ndarray, episode: str, skip: frozenset[tuple[str, str]] = frozenset()
                       ) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
         """The cosine of `emb` to the nearest voice that another episode heard (less the (episode, label) pairs in
         `skip`), with its (episode, label)."""
-        best, who, vec = -np.inf, None, None
-        e = unit(np.asarray(emb, dtype=np.float64))
-        for ep, lab, c in self.others:
-            if ep != episode and (ep, lab) not in skip and (v := float(e @ c)) > best:
-                best, who, vec = v, (ep, lab), c
-        return best, who, vec
+        best, i = self._nearest(unit(np.asarray(emb, dtype=np.float64))[None, :], episode, skip)
+        if i[0] < 0:
+            return -np.inf, None, None
+        ep, lab, c = self.others[i[0]]
+        return float(best[0]), (ep, lab), c
+
+    def _nearest(self, embs: np.ndarray, episode: str, skip: frozenset[tuple[str, str]] = frozenset()
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """For unit rows `embs`: (cosine to the nearest voice another episode heard, its index in `others`; -1 none)."""
+        n = len(embs)
+        usable = [k for k, (ep, lab, _) in enumerate(self.others) if ep != episode and (ep, lab) not in skip]
+        if not usable:
+            return np.full(n, -np.inf), np.full(n, -1)
+        sims = embs @ np.stack([self.others[k][2] for k in usable]).T
+        j = np.argmax(sims, axis=1)  # (the first of equal maxima, as a loop keeping the strictly greater would)
+        return sims[np.arange(n), j], np.asarray(usable)[j]
+
+    def margins(self, embs: np.ndarray, episode: str) -> tuple[np.ndarray, list[tuple[str, str] | None]]:
+        """`margin` for many embeddings of one episode at once (NaN and None where no voice judges)."""
+        e = unit(np.asarray(embs, dtype=np.float64).reshape(len(embs), -1))
+        best, idx = self._nearest(e, episode)
+        out = np.full(len(e), np.nan)
+        who: list[tuple[str, str] | None] = [None] * len(e)
+        for r, k in enumerate(idx):
+            if k >= 0:
+                ep, lab, c = self.others[k]
+                out[r] = (float(e[r] @ self.target) - best[r]) / max(1.0 - float(c @ self.target), 1e-3)
+                who[r] = (ep, lab)
+        return out, who
 
     def margin(self, emb: np.ndarray, episode: str) -> tuple[float | None, tuple[str, str] | None]:
         """(cos to the target voice - cos to the nearest other voice) / the distance between those two voices, as
@@ -672,9 +699,9 @@ def feed_units(units: list[tuple[float, float]], embs: np.ndarray, feed: FeedVoi
     than a 1.5 s window, and cutting it before the target's speech is cut into utterances loses only it, where the
     same judgement on a whole kept segment gives up the target's speech around it too."""
     out = []
-    for (a, b), e in zip(units, embs, strict=True):
-        m, who = feed.margin(np.asarray(e, dtype=np.float64), episode)
-        if who is not None and m is not None and m < -margin:
+    ms, whos = feed.margins(np.asarray(embs, dtype=np.float64), episode) if len(units) else (np.zeros(0), [])
+    for (a, b), m, who in zip(units, ms, whos, strict=True):
+        if who is not None and m < -margin:
             out.append((float(a), float(b), f"nearer another voice of the feed (episode {who[0]}'s "
                         f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the feed's target "
                         f"voice, heard as one unit of {b - a:.1f} s (margin {m:.2f} < -{margin:g})"))
@@ -774,9 +801,10 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     for k, ep in episodes.items():
         if k in j.episodes or k not in scores:
             continue
-        for key, emb in ep.get("segments") or []:  # judged episodes' and rescued ones' kept segments
-            m, who = feed.margin(np.asarray(emb, dtype=np.float64), k)
-            if who is not None and m is not None and m < margin:
+        segs = ep.get("segments") or []  # judged episodes' and rescued ones' kept segments
+        ms, whos = feed.margins(np.stack([np.asarray(e, dtype=np.float64) for _, e in segs]), k) if segs else ([], [])
+        for (key, _), m, who in zip(segs, ms, whos, strict=True):
+            if who is not None and m < margin:
                 j.segments[(k, key)] = (f"nearer another voice of the feed (episode {who[0]}'s "
                                         f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the "
                                         f"feed's target voice (margin {m:.2f} < {margin:g})")
