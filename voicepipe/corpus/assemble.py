@@ -151,11 +151,13 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         flow_in["segment"][0] += r["segment"]["target_s"]
         flow_in["segment"][1] += seg_s
         ep_reasons: Counter = Counter()
+        ep_feed_cut = 0.0
         for rj in r["segment"]["rejects"]:
             if rj["step"] == FEED_STEP:  # the feed check's own words for the unit (the segment memo keeps only the cut)
                 rj = {**rj, "reason": _feed_reason(rj, r.get(FEED_STEP) or {})}
                 unit_cuts[0] += 1
                 unit_cuts[1] += rj["end"] - rj["start"]
+                ep_feed_cut += rj["end"] - rj["start"]
             rejects.append({"episode": st.source.id, **rj, "seconds": round(rj["end"] - rj["start"], 3)})
             ep_reasons[_reason_kind(rj["reason"])] += rj["end"] - rj["start"]
         filt = r["filter"]["segments"]
@@ -209,7 +211,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             "kept_s": round(ep_kept, 2), "speakers": r["diarize"].get("speakers", []),
             "target_label": r["diarize"].get("target_label"), "flagged": flagged,
             "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
-            "feed_rescued": judged.rescued.get(st.source.id),
+            "feed_rescued": judged.rescued.get(st.source.id), "feed_cut_s": round(ep_feed_cut, 2),
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
         })
 
@@ -442,7 +444,7 @@ def write_report(
         f"({summary.get('feed_other_voice_drops', {}).get('seconds', 0.0):.1f} s). Before the target's speech was "
         "cut into utterances, once every episode was diarized, the feed check cut its units of one voice nearer one "
         f"of them (`feed_unit_margin`): {summary.get('feed_unit_cuts', {}).get('seconds', 0.0):.1f} s of the "
-        "target's turns.",
+        "target's turns (per episode: the *feed* column).",
         "",
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
@@ -451,6 +453,7 @@ def write_report(
              f"**{e['feed_sim']:.3f} not the feed's voice**" if e.get("not_feed_voice") else
              f"{e['feed_sim']:.3f} (kept: short turns or its channel)" if e.get("feed_rescued") else
              f"{e['feed_sim']:.3f}")
+          + (f"; {e['feed_cut_s']:.1f} s cut as another voice of the feed" if e.get("feed_cut_s") else "")
           + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
