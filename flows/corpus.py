@@ -2,9 +2,10 @@
 
     check_models                                   preflight: every model the build loads, before any work
     list_episodes                                  feeds, folders, s3 prefixes (bad feeds -> rejects)
-      -> per episode (thread pool, chained futures):  fetch -> standardize -> separate -> diarize
-      -> feed_check                                   every episode's units against the feed's voices (a barrier)
-      -> per episode:                                 segment -> transcribe -> filter -> encode
+      -> per episode (chained futures)             fetch -> standardize -> separate -> diarize
+      -> feed_check                                waits for every diarize: each episode's units judged against
+                                                   the feed's voices (a co-host turn merged into the target: cut)
+      -> per episode (chained futures)             segment -> transcribe -> filter -> encode
       -> assemble_corpus                           manifest, train/val jsonl, rejects, report
       -> per-step tables, report, store link       artifacts of the flow run
       -> notify_corpus_version                     corpus/<speaker>/latest; event voicepipe.corpus.changed
