@@ -7,7 +7,6 @@ same comparison is `benchmarks/serve.py --systems numerics`). Without Triton the
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -17,24 +16,6 @@ from voicepipe.serve.engine import fused
 from voicepipe.serve.engine.kernels import signed_sin
 
 NH, KVH, HD, L, H, FF = 4, 2, 128, 16, 1024, 1024
-
-
-def _interpret():
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not installed (the kernels' interpreter run needs it)")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    return old
-
-
-@pytest.fixture
-def interpret():
-    old = _interpret()
-    yield
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
 
 
 def _bf(*shape: int, scale: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,6 @@ barriers between them) is compared with the fused ops by `benchmarks/fused.py --
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -19,19 +18,6 @@ from voicepipe.serve.engine import kernels as K
 
 # small, but what the kernel's tiles need: hidden a multiple of 256, attention/MLP/projection widths of 1024
 H, NH, KVH, HD, FF, L, V, E, S, LAYERS = 256, 8, 4, 128, 1024, 16, 300, 1024, 3, 2
-
-
-@pytest.fixture
-def interpret():
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not installed (the kernel's interpreter run needs it)")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
 
 
 def _bf(*shape: int, scale: float = 1.0) -> torch.Tensor:

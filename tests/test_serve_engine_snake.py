@@ -8,26 +8,11 @@ the package's own math: a tiny codec decodes to the same samples with and withou
 from __future__ import annotations
 
 import copy
-import importlib
-import os
 
 import pytest
 import torch
 
 from voicepipe.serve.engine import snake
-
-
-@pytest.fixture
-def interpret():
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not installed (the kernel's interpreter run needs it)")
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = old
 
 
 def _decoder(tiny_tts_dir):
