@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.speakers import FeedJudgement, judge_feed
-from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, overlap_fraction
+from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
 
@@ -73,11 +73,7 @@ def _target_voice(st: EpisodeState) -> np.ndarray:
 def _feed_entry(st: EpisodeState) -> dict:
     """What the feed check knows of an episode (`speakers.judge_feed`): its kept voice, its other speakers, and its
     kept segments' embeddings as diarize heard them (filter results stored before they carried them: none)."""
-    dia = st.results["diarize"]
-    cents, target = dia.get("centroids") or {}, dia.get("target_label")
-    talk = {s["label"]: s["talk_s"] for s in dia.get("speakers", [])}
-    return {"voice": _target_voice(st), "overlap": overlap_fraction(dia),
-            "others": {lab: (np.asarray(c), talk.get(lab, 0.0)) for lab, c in cents.items() if lab != target},
+    return {**feed_entry(st.results["diarize"]), "voice": _target_voice(st),
             "segments": [(s["start"], s.get("emb_heard") or s["emb"]) for s in st.results["filter"]["segments"]
                          if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
 

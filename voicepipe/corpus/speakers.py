@@ -684,11 +684,8 @@ class FeedVoices:
     def margin(self, emb: np.ndarray, episode: str) -> tuple[float | None, tuple[str, str] | None]:
         """(cos to the target voice - cos to the nearest other voice) / the distance between those two voices, as
         the filter's `min_speaker_margin` measures a segment against its own episode's speakers; None: no voice."""
-        best, who, c = self.nearest_other(emb, episode)
-        if c is None:
-            return None, None
-        e = unit(np.asarray(emb, dtype=np.float64))
-        return float((float(e @ self.target) - best) / max(1.0 - float(c @ self.target), 1e-3)), who
+        m, who = self.margins(np.asarray(emb, dtype=np.float64)[None, :], episode)
+        return (None, None) if who[0] is None else (float(m[0]), who[0])
 
 
 def feed_units(units: list[tuple[float, float]], embs: np.ndarray, feed: FeedVoices, episode: str, *,
