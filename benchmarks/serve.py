@@ -245,7 +245,7 @@ def profile_engine(eng) -> dict:
                 print("kernel profile skipped:", type(e).__name__, e, flush=True)
         dec = eng.model.speech_tokenizer.model.decoder
         dev = next(dec.parameters()).device
-        for shape in ((1, 2), (1, 10), (1, 37), (4, 37), (16, 37)):
+        for shape in ((1, 2), (1, 10), (1, 37), (4, 37), (16, 37), (16, 1), (16, 2)):
             codes = torch.randint(0, 2048, (*shape, 16))
             prof[f"decode_{shape[0]}x{shape[1]}f_ms"] = _timed(lambda c=codes: eng._decode(c), 3)
             x = codes.to(dev).transpose(1, 2)
@@ -578,15 +578,20 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     return out
 
 
-TIMELINE = ("arrived", "t0", "prepare_start", "prepared", "submitted", "admitted", "admitted_seen", "stream_start",
-            "encoder_ready", "first_enqueue", "first_decode_end", "first_chunk", "first_byte")
+TIMELINE = ("arrived", "t0", "prepare_start", "prepared", "submitted", "prefill_start", "admitted", "gpu_prefill_end",
+            "admitted_seen", "step1_launched", "gpu_step1_end", "frame1", "step2_launched", "gpu_step2_end", "frame2",
+            "stream_start", "encoder_ready", "first_enqueue", "first_decode_start", "first_decode_end", "first_chunk",
+            "first_byte")
 
 
 def timeline(jobs: list) -> dict:
     """A burst's server-side milestones (ms after its first request reached the app), median and max over its
     requests: the request's head parsed (the app's gate, `arrived`), route entry (t0), prompt prepared, submitted,
     admitted by the engine (and seen by the request), the response stream and its encoder started, the first
-    window queued for and out of the codec, the first chunk received by the request and its first bytes yielded."""
+    window queued for and out of the codec, the first chunk received by the request and its first bytes yielded.
+    Between admission and the first window: each of the request's first two frame steps launched (host), done on
+    the GPU (`gpu_*`: CUDA timing events, counted from the prefill's start event, taken to run when it was recorded)
+    and its frame read by the host (`frame1`, `frame2`)."""
     if not jobs:
         return {}
     start = min(j.marks.get("arrived", j.t0) for j in jobs)
@@ -722,7 +727,8 @@ def main() -> None:
     ap.add_argument("--chunk", default="2,8", help="faster-qwen3-tts chunk_size values (frames)")
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
-    ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed"],
+    ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
+                                                    "first-audio"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -828,6 +834,23 @@ def main() -> None:
             # on (the default), alternating, same server and run (the prompt side stream stays at its default)
             variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}),
                         ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
+        elif a.http_variants == "first-audio":
+            # issue 17, TTFA at 16 clients: the first chunk after one frame step instead of two; the first windows
+            # decoded on a high-priority stream; prompts embedded at admission with a quiet gap since the last
+            # announced request (admit_gap_ms) keeping a burst in one prefill. Every variant names every setting
+            # (engine settings not named would stay as the variant before left them); clients send new texts of
+            # TEXT's length (short_text), so prompts do not grow over the run's many bursts
+            base = {"first_chunk_frames": 2, "first_decode_priority": False, "embed_at_admit": False,
+                    "admit_gap_ms": 0.0, "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            fc1 = {"first_chunk_frames": 1}
+            embed = {"embed_at_admit": True}
+            variants = [("", {}), (" (first chunk 1)", fc1),
+                        (" (first chunk 1, decode priority)", {**fc1, "first_decode_priority": True}),
+                        (" (first chunk 1, embed at admit, gap 2.5 ms)", {**fc1, **embed, "admit_gap_ms": 2.5}),
+                        (" (first chunk 1, embed at admit, gap 5 ms)", {**fc1, **embed, "admit_gap_ms": 5.0}),
+                        (" (all: first chunk 1, priority, embed, gap 5 ms)",
+                         {**fc1, **embed, "admit_gap_ms": 5.0, "first_decode_priority": True})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched
             # (EngineConfig.embed_at_admit); and the GIL handed over every 0.1 ms instead of 0.5 (sys.setswitchinterval)

@@ -184,3 +184,39 @@ def test_a_burst_announced_with_expect_is_admitted_in_one_prefill(engine):
         assert 0.8 * engine.cfg.admit_wait_ms / 1e3 <= waited < engine.cfg.admit_wait_ms / 1e3 + 1.0, waited
     finally:
         engine.expect(-1)
+
+
+def test_a_quiet_gap_keeps_a_burst_whose_first_prompts_are_ready_in_one_prefill(engine, monkeypatch):
+    """With `admit_gap_ms`, an idle engine holding a queued request also waits until no request has been announced
+    for that long: a burst whose first requests are already queued while the rest are still arriving (prompts that
+    are quick to prepare, `embed_at_admit`) shares one prefill. A lone announced request waits the gap, not
+    `admit_wait_ms`; requests never announced (in-process) do not wait."""
+    gen = GenerationConfig(max_new_tokens=4, min_new_tokens=4, **GREEDY)
+    prompts = [engine.prepare(t, speaker="alice") for t in ("One.", "Two words.")]
+    monkeypatch.setattr(engine.cfg, "admit_wait_ms", 5000.0)
+
+    def burst(gap_ms: float) -> int:
+        monkeypatch.setattr(engine.cfg, "admit_gap_ms", gap_ms)
+        before = engine.prefills
+        handles = []
+        for p in prompts:  # each announced, then queued at once; the second 30 ms after the first
+            engine.expect()
+            handles.append(engine.submit(p, gen, lambda ev: None, expected=True))
+            time.sleep(0.03)
+        for h in handles:
+            assert h.finished.wait(60)
+        return engine.prefills - before
+
+    assert burst(0.0) == 2  # no gap: the first is admitted alone as soon as it is queued
+    assert burst(400.0) == 1
+
+    engine.expect()  # a lone announced request: admitted once the gap has passed, long before admit_wait_ms
+    t0 = time.perf_counter()
+    h = engine.submit(prompts[0], gen, lambda ev: None, expected=True)
+    assert h.finished.wait(60)
+    assert 0.3 <= h.admitted_at - t0 < 2.0, h.admitted_at - t0
+    time.sleep(0.45)  # the gap since the last announcement has passed
+    t0 = time.perf_counter()
+    h = engine.submit(prompts[0], gen, lambda ev: None)  # never announced: no wait
+    assert h.finished.wait(60)
+    assert h.admitted_at - t0 < 0.3, h.admitted_at - t0

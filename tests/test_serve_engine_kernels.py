@@ -105,14 +105,16 @@ def test_small_gemv_routes_the_predictors_small_matmuls_and_keeps_the_codes(tts,
     assert small and large and set(routed) == small and not large & set(routed)
 
 
-def test_every_decode_window_has_a_codec_graph_captured_at_start_up(tts):
+@pytest.mark.parametrize("first", [1, 2])
+def test_every_decode_window_has_a_codec_graph_captured_at_start_up(tts, first):
     """`capture_codec` captures the codec graph of every (batch bucket, frame bucket) in `_codec_keys`; every window
     the scheduler hands the codec, for requests admitted at different steps and ending at different frames (the
-    shapes a split burst makes), must fall on one of them, or a request pays a capture at run time."""
+    shapes a split burst makes), must fall on one of them, or a request pays a capture at run time. A first chunk
+    of one frame (a 1-frame window, no left context) included."""
     from voicepipe.serve.engine.codec import codec_frame_bucket
     from voicepipe.serve.engine.step import _bucket_sizes
 
-    cfg = EngineConfig(max_batch=4, max_len=256, first_chunk_frames=2, chunk_frames=5, left_context_frames=3)
+    cfg = EngineConfig(max_batch=4, max_len=256, first_chunk_frames=first, chunk_frames=5, left_context_frames=3)
     eng = TTSEngine(tts, cfg).start()
     keys = set(eng._codec_keys())
     shapes: list[tuple[int, int]] = []
@@ -139,5 +141,6 @@ def test_every_decode_window_has_a_codec_graph_captured_at_start_up(tts):
     finally:
         eng.stop()
     assert shapes and set(shapes) <= keys, sorted(set(shapes) - keys)
+    assert min(f for _, f in shapes) == codec_frame_bucket(first)  # the first windows were of `first` frames
     assert max(f for _, f in keys) == codec_frame_bucket(cfg.chunk_frames + cfg.left_context_frames)
     assert eng.capture_codec() == 0.0 and eng.codec_captures == 0  # CPU: no codec graphs, nothing captured

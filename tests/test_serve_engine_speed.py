@@ -8,6 +8,7 @@ is causal, so a window padded on the right to its graph's shape decodes to the s
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,35 @@ def test_codec_right_padding_keeps_the_samples(tiny_custom_voice_dir):
             ref, out = dec(codes), dec(padded)[..., : n * SAMPLES_PER_FRAME]
             assert ref.shape[-1] == n * SAMPLES_PER_FRAME
             assert torch.allclose(out, ref, atol=1e-5), f"padding changed the samples of a {n}-frame window"
+
+
+@pytest.mark.parametrize("first", [1, 2])
+def test_streamed_audio_is_the_whole_decode_whatever_the_first_chunk(tiny_custom_voice_dir, first):
+    """A stream's chunks (the first of `first_chunk_frames` frames, then 1-2, 2, 4, 8, 16, ... with left context)
+    put together are the samples of one decode of all its codes: the codec is causal, and every window of a 30-frame
+    request starts at frame 0 (left context 25). So a first chunk of one frame changes when audio leaves, not what."""
+    from voicepipe.models import load_tts
+
+    tts = load_tts(tiny_custom_voice_dir)
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=256, first_chunk_frames=first)).start()
+    chunks: list = []
+    try:
+        prompt = eng.prepare("Audio in chunks.", speaker="alice")
+        torch.manual_seed(0)
+        req = eng.submit(prompt, GenerationConfig(max_new_tokens=30, min_new_tokens=30),
+                         lambda ev: chunks.append(ev.audio) if ev.kind == "audio" else None)
+        assert req.finished.wait(120)
+    finally:
+        eng.stop()
+    codes = torch.stack(req.frames)
+    assert len(codes) == 30
+    with torch.inference_mode():
+        whole = eng._decode(codes[None])[0].numpy()
+    sizes = [len(c) // SAMPLES_PER_FRAME for c in chunks]
+    assert sizes[0] == first and sum(sizes) == 30, sizes
+    assert sizes == ([1, 1, 2, 4, 8, 14] if first == 1 else [2, 2, 4, 8, 14]), sizes
+    streamed, whole = torch.from_numpy(np.concatenate(chunks)), torch.from_numpy(whole)
+    assert torch.allclose(streamed, whole, atol=1e-5), (streamed - whole).abs().max()
 
 
 @pytest.mark.slow

@@ -186,21 +186,43 @@ class CodecStreaming:
         now = time.perf_counter()
         for (_, n_ctx), reqs in groups.items():
             batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
+            first = any(r.emitted == 0 for r in reqs)
             for r in reqs:
                 if r.emitted == 0:
                     r.marks["first_enqueue"] = now
                 r.emitted = len(r.frames)
-            self._queue_job(("audio", reqs, batch, n_ctx))
+            self._queue_job(("audio", reqs, batch, n_ctx, first))
+
+    @staticmethod
+    def _gpu_marks_to_host(req: RequestHandle) -> None:
+        """The request's GPU timing events as `marks` (perf_counter seconds): the prefill's start event is taken to
+        have run when it was recorded (`prefill_start`: the engine admits bursts when idle), the others by the
+        GPU's elapsed time from it. Called once its events have all run (at its end)."""
+        if not req.gpu_marks or "prefill_start" not in req.marks:
+            return
+        t0, (_, ev0) = req.marks["prefill_start"], req.gpu_marks[0]
+        try:
+            for name, ev in req.gpu_marks:
+                req.marks[name] = t0 + ev0.elapsed_time(ev) / 1e3
+        except RuntimeError:  # an event not recorded or not run: no GPU marks, nothing else depends on them
+            log.debug("GPU marks of request %s unavailable", req.id)
+        req.gpu_marks = []
 
     def _decode_loop(self) -> None:
-        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps. With
+        `EngineConfig.first_decode_priority`, windows holding a request's first chunk go to a high-priority stream."""
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        urgent = torch.cuda.Stream(self.device, priority=-1) if cuda else None
+        with torch.inference_mode():
             while True:
                 job = self._dq.get()
                 if job is None:
                     return
-                self._handle(job)
+                first = job[0] == "audio" and job[4] and self.cfg.first_decode_priority
+                s = urgent if first else stream
+                with torch.cuda.stream(s) if s is not None else contextlib.nullcontext():
+                    self._handle(job)
 
     def _queue_job(self, job: tuple) -> None:
         if self.cfg.decode_thread:
@@ -209,20 +231,21 @@ class CodecStreaming:
             self._handle(job)
 
     def _handle(self, job: tuple) -> None:
-        """Run one decode-side job: ('audio', reqs, codes, n_ctx) or ('done', req, event)."""
+        """Run one decode-side job: ('audio', reqs, codes, n_ctx, holds a first chunk) or ('done', req, event)."""
         from voicepipe.serve.engine.core import Event
 
         if job[0] == "done":
             _, req, ev = job
             if req.first_audio_at is not None:
                 ev.stats["ttfa_s"] = req.first_audio_at - req.submitted
+            self._gpu_marks_to_host(req)
             ev.stats["marks_ms"] = {k: round(1000 * (v - req.submitted), 2) for k, v in req.marks.items()}
             ev.stats["wall_s"] = time.perf_counter() - req.submitted
             if not req.cancelled or ev.kind == "error":
                 self._send(req, ev)
             req.finished.set()
             return
-        _, reqs, batch, n_ctx = job
+        _, reqs, batch, n_ctx, _ = job
         t_start = time.perf_counter()
         live = [i for i, r in enumerate(reqs) if not r.cancelled]
         if not live:

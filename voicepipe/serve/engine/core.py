@@ -170,6 +170,13 @@ class EngineConfig:
     # but the first requests then reached the engine before the rest had arrived and bursts split into two prefills
     # (TTFA p50 equal, p95 worse; benchmarks/RESULTS.md, 2026-12-03 19:31 UTC)
     embed_at_admit: bool = False
+    # an idle engine given a request also waits until no request has been announced (`expect`) for this long, so a
+    # burst still arriving (whose earlier prompts are already prepared, e.g. with `embed_at_admit`) is admitted in
+    # one prefill; bounded by `admit_wait_ms`. Requests never announced (in-process `submit`) do not wait. 0: off
+    admit_gap_ms: float = 0.0
+    # CUDA: the codec windows of requests' first chunks are decoded on a high-priority stream, ahead of the frame
+    # steps running beside them (later windows stay on the decode thread's normal-priority stream)
+    first_decode_priority: bool = False
 
 
 @dataclass
@@ -217,6 +224,9 @@ class RequestHandle:
         self.admitted = threading.Event()
         self.finished = threading.Event()
         self.marks: dict[str, float] = {}  # perf_counter timestamps of milestones (diagnostics)
+        # CUDA: timing events of its prefill and first frame steps (diagnostics), turned into `marks` when it ends
+        self.gpu_marks: list[tuple[str, torch.cuda.Event]] = []
+        self.launched = 0  # frame steps launched for it
         self.on_admitted: Callable[[], None] | None = None  # called on the engine thread once it holds a slot
 
     def cancel(self) -> None:
@@ -264,6 +274,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._pool = None
         self._pending: collections.deque[RequestHandle] = collections.deque()
         self._expected = 0  # announced requests still being prepared (`expect`)
+        self._last_expect = float("-inf")  # when a request was last announced (`admit_gap_ms`)
         self._slots: list[RequestHandle | None] = [None] * self.cfg.max_batch
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -477,6 +488,8 @@ class TTSEngine(FrameStep, CodecStreaming):
         prefill (`admit_wait_ms`), so clients of one burst share it."""
         with self._cv:
             self._expected = max(0, self._expected + n)
+            if n > 0:
+                self._last_expect = time.perf_counter()
             self._cv.notify_all()
 
     def submit(self, prompt: Prompt, gen: GenerationConfig | None, on_event: Callable[[Event], None], *,
@@ -524,6 +537,7 @@ class TTSEngine(FrameStep, CodecStreaming):
             batch.append((free[len(batch)], req))
         if not batch:
             return
+        t_start, gpu_start = time.perf_counter(), self._gpu_mark()
         try:
             self._embed_prompts([r.prompt for _, r in batch])
             self._prefill([s for s, _ in batch], [r.prompt for _, r in batch])
@@ -535,11 +549,14 @@ class TTSEngine(FrameStep, CodecStreaming):
             return
         self.prefills += 1
         now = time.perf_counter()
+        gpu_end = self._gpu_mark()
         for slot, req in batch:
             self._arm(slot, req.gen)
             req.slot = slot
             req.admitted_at = now
-            req.marks["admitted"] = now
+            req.marks.update(prefill_start=t_start, admitted=now)
+            if gpu_start is not None:
+                req.gpu_marks = [("gpu_prefill_start", gpu_start), ("gpu_prefill_end", gpu_end)]
             req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
             self._slots[slot] = req
             req.admitted.set()
@@ -550,14 +567,21 @@ class TTSEngine(FrameStep, CodecStreaming):
                     log.exception("admission callback of request %s failed", req.id)
 
     def _gather_burst(self) -> None:
-        """Idle engine, request(s) queued: wait while announced requests are still being prepared, until they are
-        queued, the free slots are taken, or `admit_wait_ms` passed. Nothing announced: no wait at all."""
+        """Idle engine, request(s) queued: wait while announced requests are still being prepared, and (with
+        `admit_gap_ms`) until none has been announced for that long, until the free slots are taken or
+        `admit_wait_ms` passed. Nothing announced: no wait at all."""
         free = sum(r is None for r in self._slots)
         deadline = time.perf_counter() + self.cfg.admit_wait_ms / 1e3
+        gap = self.cfg.admit_gap_ms / 1e3
         with self._cv:
-            while (self._expected > 0 and len(self._pending) < free and not self._stop
-                   and (left := deadline - time.perf_counter()) > 0):
-                self._cv.wait(timeout=left)
+            while len(self._pending) < free and not self._stop and (left := deadline - time.perf_counter()) > 0:
+                if self._expected > 0:
+                    self._cv.wait(timeout=left)
+                    continue
+                quiet = time.perf_counter() - self._last_expect
+                if quiet >= gap:
+                    break
+                self._cv.wait(timeout=min(left, gap - quiet))
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (2, 2, 4, 8, ... frames) so playback
@@ -620,11 +644,28 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._slots = [None] * self.cfg.max_batch
         self.active.zero_()
 
+    def _gpu_mark(self) -> torch.cuda.Event | None:
+        """A timing event recorded on the current stream (CUDA; None elsewhere): where the GPU is, for `marks`."""
+        if self.device.type != "cuda":
+            return None
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
     def _read_later(self, b: int, live: list[tuple[int, RequestHandle]]) -> tuple:
         """Queue the copy of the step's codes into one of two pinned host buffers (behind the step, on its stream);
         `_retire` waits for it."""
         buf = self._host_codes_pair[self.launched % 2]
         self.launched += 1
+        now = time.perf_counter()
+        ev_step = None
+        for _, r in live:
+            r.launched += 1
+            if r.launched <= 2:
+                r.marks[f"step{r.launched}_launched"] = now
+                if r.gpu_marks:
+                    ev_step = self._gpu_mark() if ev_step is None else ev_step
+                    r.gpu_marks.append((f"gpu_step{r.launched}_end", ev_step))
         if self.device.type != "cuda":
             return buf[:b].copy_(self.out_codes[:b]), None, live
         buf[:b].copy_(self.out_codes[:b], non_blocking=True)
@@ -639,6 +680,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         the step computed one more frame for its slot, which nobody reads."""
         if ev is not None:
             wait_event(ev)
+        now = time.perf_counter()
         codes = codes.clone()
         self.steps += 1
         due: list[RequestHandle] = []
@@ -651,6 +693,8 @@ class TTSEngine(FrameStep, CodecStreaming):
                 ended.append((r, "eos"))
             else:
                 r.frames.append(c)
+                if len(r.frames) <= 2:
+                    r.marks[f"frame{len(r.frames)}"] = now
                 if len(r.frames) >= r.frame_budget:
                     ended.append((r, "length"))
             n_new = len(r.frames) - r.emitted
