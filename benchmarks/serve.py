@@ -206,9 +206,16 @@ def profile_engine(eng) -> dict:
     prof["prepare_ms"] = _timed(lambda: eng.prepare(TEXT, speaker="alice", language="english"), 5)
     b0 = eng._batch_buckets()[0]
     with torch.inference_mode():
-        prof["prefill_ms"] = _timed(lambda: eng._prefill([0], [prompt]), 3)
-        prof["prefill_x16_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
-            if eng.cfg.max_batch >= 16 else float("nan")
+        graphed = eng.prefill_graphed and bool(eng.__dict__.get("_prefill_graphs"))
+        setting = eng.cfg.prefill_graphs
+        for sfx, on in (("", setting), ("_eager", False)) if graphed else (("", setting),):
+            eng.cfg.prefill_graphs = on  # _eager: the same engine's prefill without its graphs
+            prof[f"prefill{sfx}_ms"] = _timed(lambda: eng._prefill([0], [prompt]), 3)
+            prof[f"prefill_x16{sfx}_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
+                if eng.cfg.max_batch >= 16 else float("nan")
+        eng.cfg.prefill_graphs = setting
+        if graphed:
+            prof |= prefill_parity(eng)
         for (b, L), g in sorted(eng._graphs.items()):
             if L == min(k[1] for k in eng._graphs):
                 eng.pos.zero_()
@@ -256,14 +263,54 @@ def profile_engine(eng) -> dict:
     return prof
 
 
+def prefill_parity(eng) -> dict:
+    """The graphed prefill (padded to its bucket) against the eager one on three prompts of different lengths in
+    slots 0-2 (the engine idle, not started): K/V of every real position bitwise equal, and the largest difference."""
+    texts = [TEXT, "Hello there.", f"{TEXT} {TEXT}"]
+    prompts = [eng.prepare(t, speaker="alice", language="english") for t in texts]
+    lens = [p.embeds.shape[0] - 1 for p in prompts]
+    snaps = []
+    before = eng.cfg.prefill_graphs
+    for on in (False, True):
+        eng.cfg.prefill_graphs = on
+        eng._prefill([0, 1, 2], prompts)
+        _sync()
+        snaps.append([c[s, :, :n].clone() for c in eng.kc + eng.vc for s, n in zip((0, 1, 2), lens, strict=True)])
+    eng.cfg.prefill_graphs = before
+    eq = all(torch.equal(a, b) for a, b in zip(*snaps, strict=True))
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(*snaps, strict=True))
+    print(f"prefill graph vs eager: key {eng._prefill_key(3, max(lens))}, K/V bitwise equal {eq}, max diff {diff}",
+          flush=True)
+    return {"prefill_graph_kv_equal": float(eq), "prefill_graph_kv_max_diff": diff}
+
+
+def prefill_codes_parity(eng) -> bool:
+    """A started engine's greedy codes for three prompts admitted together, prefilled eagerly and as a graph."""
+    from voicepipe.serve.engine import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=16, min_new_tokens=16, do_sample=False, subtalker_do_sample=False)
+    prompts = [eng.prepare(t, speaker="alice", language="english") for t in (TEXT, "Hello there.", f"{TEXT} {TEXT}")]
+    out, before = [], eng.cfg.prefill_graphs
+    for on in (False, True):
+        eng.cfg.prefill_graphs = on
+        with eng._step_lock:  # queued together: one prefill
+            hs = [eng.submit(p, gen, lambda ev: None) for p in prompts]
+        for h in hs:
+            h.finished.wait()
+        out.append([torch.stack(h.frames) for h in hs])
+    eng.cfg.prefill_graphs = before
+    same = all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+    print(f"prefill graph vs eager: greedy codes of 3 prompts x 16 frames equal: {same}", flush=True)
+    return same
+
+
 ENGINE_SET: dict = {}  # --engine-set: settings every engine of this process gets
 
 
 def make_engine(tts, max_batch: int, **overrides):
     from voicepipe.serve.engine import EngineConfig, TTSEngine
 
-    return TTSEngine(tts, EngineConfig(**{"max_batch": max_batch, "max_len": 512, "first_chunk_frames": 2,
-                                          **ENGINE_SET, **overrides}))
+    return TTSEngine(tts, EngineConfig(**{"max_batch": max_batch, "max_len": 512, **ENGINE_SET, **overrides}))
 
 
 def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
@@ -275,7 +322,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     cap = eng.capture()
     print(f"{name}: graphs={eng.use_graphs} compiled={eng.compiled} codec_graphs={eng._codec_graphed} "
           f"small_gemv={eng.small_gemv} fused={eng.fused_predictor} head={eng.fused_head} "
-          f"split_k={eng.cfg.fused_split_k} chunk={eng.cfg.chunk_frames} compile_failed={eng._compile_failed} "
+          f"split_k={eng.cfg.fused_split_k} chunk={eng.cfg.chunk_frames} first_chunk={eng.cfg.first_chunk_frames} "
+          f"prefill_graphs={len(eng.__dict__.get('_prefill_graphs', {}))} compile_failed={eng._compile_failed} "
           f"captured in {cap:.1f} s ({time.perf_counter() - t0:.1f} s), "
           f"{eng.codec_captures} codec graphs", flush=True)
     if getattr(eng, "codec_capture_ms", None):  # what a window shape met for the first time costs (step lock held)
@@ -293,6 +341,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
         hs = [eng.submit(prompt, warm, lambda ev: None) for _ in range(c)]
         for h in hs:
             h.finished.wait()
+    if profile is not None and eng.prefill_graphed and eng.__dict__.get("_prefill_graphs"):
+        profile[name]["prefill_graph_codes_equal"] = float(prefill_codes_parity(eng))
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
@@ -728,7 +778,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "first-audio"],
+                                                    "prefill-graphs"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -834,22 +884,19 @@ def main() -> None:
             # on (the default), alternating, same server and run (the prompt side stream stays at its default)
             variants = [(" (admit wait off)", {"admit_wait_ms": 0.0}),
                         ("", {"admit_wait_ms": EngineConfig.admit_wait_ms})]
-        elif a.http_variants == "first-audio":
-            # issue 17, TTFA at 16 clients: the first chunk after one frame step instead of two; the first windows
-            # decoded on a high-priority stream; prompts embedded at admission with a quiet gap since the last
-            # announced request (admit_gap_ms) keeping a burst in one prefill. Every variant names every setting
-            # (engine settings not named would stay as the variant before left them); clients send new texts of
-            # TEXT's length (short_text), so prompts do not grow over the run's many bursts
-            base = {"first_chunk_frames": 2, "first_decode_priority": False, "embed_at_admit": False,
-                    "admit_gap_ms": 0.0, "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
-            fc1 = {"first_chunk_frames": 1}
-            embed = {"embed_at_admit": True}
-            variants = [("", {}), (" (first chunk 1)", fc1),
-                        (" (first chunk 1, decode priority)", {**fc1, "first_decode_priority": True}),
-                        (" (first chunk 1, embed at admit, gap 2.5 ms)", {**fc1, **embed, "admit_gap_ms": 2.5}),
-                        (" (first chunk 1, embed at admit, gap 5 ms)", {**fc1, **embed, "admit_gap_ms": 5.0}),
-                        (" (all: first chunk 1, priority, embed, gap 5 ms)",
-                         {**fc1, **embed, "admit_gap_ms": 5.0, "first_decode_priority": True})]
+        elif a.http_variants == "prefill-graphs":
+            # issue 17, TTFA at 16 clients: the prefill as a CUDA graph of its (batch, length) bucket or eager, with
+            # prompts embedded at prepare or at admission after a quiet gap since the last announced request
+            # (admit_gap_ms), and the first chunk of 2 frames (the default until 2026-12-04 17:xx) for reference.
+            # Every variant names every setting (engine settings not named would stay as the variant before left
+            # them); clients send new texts of TEXT's length (short_text), so prompts do not grow over the run
+            base = {"first_chunk_frames": 1, "embed_at_admit": False, "admit_gap_ms": 0.0, "prefill_graphs": False,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            gap = {"embed_at_admit": True, "admit_gap_ms": 2.5}
+            variants = [(" (first chunk 2, eager prefill)", {"first_chunk_frames": 2}),
+                        (" (eager prefill, embed at admit, gap 2.5 ms)", gap),
+                        (" (prefill graphs)", {"prefill_graphs": True}),
+                        (" (prefill graphs, embed at admit, gap 2.5 ms)", {"prefill_graphs": True, **gap})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

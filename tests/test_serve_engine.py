@@ -79,7 +79,7 @@ def test_stream_delivers_chunks_before_the_end(engine):
         assert ev.kind == "audio"
         sizes.append(len(ev.audio))
     assert len(sizes) >= 3
-    assert sizes[0] == 2 * 1920  # the first chunk is small, for a short time to first audio
+    assert sizes[0] == engine.cfg.first_chunk_frames * 1920 == 1920  # one frame, for a short time to first audio
     assert sum(sizes) == 30 * 1920
     assert ev.stats["ttfa_s"] < ev.stats["wall_s"]
     assert arrivals[0] < arrivals[-2]

@@ -66,6 +66,45 @@ def test_streamed_audio_is_the_whole_decode_whatever_the_first_chunk(tiny_custom
     assert torch.allclose(streamed, whole, atol=1e-5), (streamed - whole).abs().max()
 
 
+def test_a_prefill_padded_to_its_graph_bucket_gives_the_same_cache_and_codes(tiny_custom_voice_dir):
+    """Prefill graphs pad a batch to its (batch, length) bucket: 3 prompts become 4 rows (the last prompt twice, to
+    its own slot) of a multiple of 32 tokens. On the CPU the same padding runs eagerly (`prefill_graphs` forced on):
+    the K/V of every real position, the slots' state and the greedy codes are those of the unpadded prefill."""
+    from voicepipe.models import load_tts
+
+    tts = load_tts(tiny_custom_voice_dir)
+    plain = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256))
+    padded = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256, prefill_graphs=True))
+    assert not plain.prefill_graphed and padded.prefill_graphed
+    texts = ["Hi.", "A longer sentence, with more words in it.", "Thank you!"]
+    lens = []
+    for eng in (plain, padded):
+        prompts = [eng.prepare(t, speaker="alice") for t in texts]
+        lens = [p.embeds.shape[0] - 1 for p in prompts]
+        b, t = padded._prefill_key(3, max(lens))
+        assert b == 4 and t % 32 == 0 and t > max(lens)
+        with torch.inference_mode():
+            eng._prefill([2, 0, 3], prompts)
+    for kp, kq in zip(plain.kc + plain.vc, padded.kc + padded.vc, strict=True):
+        for slot, n in zip([2, 0, 3], lens, strict=True):
+            assert torch.allclose(kp[slot, :, :n], kq[slot, :, :n], atol=1e-5)
+        assert not kq[1].any()  # the free slot is untouched
+    for name in ("pos", "next_emb", "text_buf", "text_len", "gen_step"):
+        assert torch.equal(getattr(plain, name), getattr(padded, name)), name
+    gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, **GREEDY)
+    for eng in (plain, padded):
+        eng.start()
+    try:
+        hp = [plain.submit(plain.prepare(t, speaker="alice"), gen, lambda ev: None) for t in texts]
+        hq = [padded.submit(padded.prepare(t, speaker="alice"), gen, lambda ev: None) for t in texts]
+        for a, b in zip(hp, hq, strict=True):
+            assert a.finished.wait(60) and b.finished.wait(60)
+            assert torch.equal(torch.stack(a.frames), torch.stack(b.frames))
+    finally:
+        plain.stop()
+        padded.stop()
+
+
 @pytest.mark.slow
 def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir):
     """aot_eager runs the same traced graphs (functionalised cache writes included) as inductor, without codegen."""

@@ -111,7 +111,10 @@ def test_first_streamed_chunk_can_leave_before_the_next_arrives(fmt):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg missing")
     enc = StreamEncoder(fmt, SR)
-    first = enc.feed(tone(0.16))  # the engine's first chunk: 2 frames, 160 ms
+    first = enc.feed(tone(0.08))  # the engine's first chunk: 1 frame, 80 ms: too little for a first frame
+    assert not enc.first_output_due
+    first += enc.feed(tone(0.08))  # its second chunk
+    assert enc.first_output_due and StreamEncoder.FFMPEG_FIRST_S == 0.16
     first += enc.wait_output(2.0)
     assert first, f"{fmt}: nothing encoded from the first chunk"
     assert first[0] == 0xFF and first[1] & 0xE0 == 0xE0, first[:4]  # MPEG / ADTS frame sync, no tag before it
@@ -119,4 +122,5 @@ def test_first_streamed_chunk_can_leave_before_the_next_arrives(fmt):
     wav, _ = decode_ffmpeg(first + rest)
     # all of it, plus the codec's priming/padding (no gapless header in a stream): measured 1,344 (MP3), 1,280 (AAC)
     assert int(0.16 * SR) <= len(wav) < int(0.16 * SR) + 2048, len(wav)
-    assert StreamEncoder("pcm", SR).wait_output(0.5) == b""
+    pcm = StreamEncoder("pcm", SR)
+    assert pcm.first_output_due and pcm.wait_output(0.5) == b""

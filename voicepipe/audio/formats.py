@@ -126,9 +126,16 @@ class _Drain(io.RawIOBase):
 class StreamEncoder:
     """Incremental encoder: `feed(float32 chunk) -> bytes`, then `close() -> bytes` (the tail)."""
 
+    # audio an ffmpeg encoder must be fed before its first frame can come out: ffmpeg's MP3 and AAC encoders make
+    # nothing of 80 ms (a 1-frame first chunk of the engine) and their first frame from 90 / 130 ms on (measured,
+    # 2026-12-04); 160 ms (two engine frames) always gave it. A server waits for that first frame (`wait_output`)
+    # only once this much was fed, so a smaller first chunk does not wait for bytes that cannot come yet.
+    FFMPEG_FIRST_S = 0.16
+
     def __init__(self, fmt: str, sr: int):
         self.fmt = _check(fmt, sr)
         self.sr = sr
+        self.fed_s = 0.0  # audio fed so far (seconds)
         self._sf: sf.SoundFile | None = None
         self._proc: subprocess.Popen | None = None
         self._started = False
@@ -173,6 +180,11 @@ class StreamEncoder:
             self._out.clear()
         return out
 
+    @property
+    def first_output_due(self) -> bool:
+        """Whether enough audio was fed for the encoder's first bytes (ffmpeg: `FFMPEG_FIRST_S`; others: always)."""
+        return self._proc is None or self.fed_s >= self.FFMPEG_FIRST_S - 1e-9
+
     def wait_output(self, timeout_s: float) -> bytes:
         """ffmpeg formats: the bytes ffmpeg has made, waiting up to `timeout_s` for the first (it encodes a chunk a
         few ms after `feed` returned, so the first chunk's bytes would otherwise leave only with the next chunk);
@@ -186,6 +198,7 @@ class StreamEncoder:
     def feed(self, wav: np.ndarray) -> bytes:
         """Encode one chunk; returns the bytes ready to send (may be empty for buffering codecs)."""
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        self.fed_s += len(wav) / self.sr
         if self.fmt == "pcm":
             return to_pcm16(wav)
         if self.fmt == "wav":

@@ -186,12 +186,11 @@ class CodecStreaming:
         now = time.perf_counter()
         for (_, n_ctx), reqs in groups.items():
             batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
-            first = any(r.emitted == 0 for r in reqs)
             for r in reqs:
                 if r.emitted == 0:
                     r.marks["first_enqueue"] = now
                 r.emitted = len(r.frames)
-            self._queue_job(("audio", reqs, batch, n_ctx, first))
+            self._queue_job(("audio", reqs, batch, n_ctx))
 
     @staticmethod
     def _gpu_marks_to_host(req: RequestHandle) -> None:
@@ -209,20 +208,14 @@ class CodecStreaming:
         req.gpu_marks = []
 
     def _decode_loop(self) -> None:
-        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps. With
-        `EngineConfig.first_decode_priority`, windows holding a request's first chunk go to a high-priority stream."""
-        cuda = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if cuda else None
-        urgent = torch.cuda.Stream(self.device, priority=-1) if cuda else None
-        with torch.inference_mode():
+        """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
             while True:
                 job = self._dq.get()
                 if job is None:
                     return
-                first = job[0] == "audio" and job[4] and self.cfg.first_decode_priority
-                s = urgent if first else stream
-                with torch.cuda.stream(s) if s is not None else contextlib.nullcontext():
-                    self._handle(job)
+                self._handle(job)
 
     def _queue_job(self, job: tuple) -> None:
         if self.cfg.decode_thread:
@@ -231,7 +224,7 @@ class CodecStreaming:
             self._handle(job)
 
     def _handle(self, job: tuple) -> None:
-        """Run one decode-side job: ('audio', reqs, codes, n_ctx, holds a first chunk) or ('done', req, event)."""
+        """Run one decode-side job: ('audio', reqs, codes, n_ctx) or ('done', req, event)."""
         from voicepipe.serve.engine.core import Event
 
         if job[0] == "done":
@@ -245,7 +238,7 @@ class CodecStreaming:
                 self._send(req, ev)
             req.finished.set()
             return
-        _, reqs, batch, n_ctx, _ = job
+        _, reqs, batch, n_ctx = job
         t_start = time.perf_counter()
         live = [i for i, r in enumerate(reqs) if not r.cancelled]
         if not live:

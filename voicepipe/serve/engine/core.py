@@ -107,7 +107,10 @@ class EngineConfig:
     len_bucket: int = 256
     top_k: int | None = None  # None: the checkpoint's generation_config.json (else 50)
     subtalker_top_k: int | None = None
-    first_chunk_frames: int = 2
+    # a stream's first chunk: 1 frame, decoded after one frame step instead of two (the same samples: the codec is
+    # causal and the next window decodes it again as left context; H200: in-process TTFA 33 -> 28 ms at 1 stream,
+    # 41 -> 34 ms at 16, the same throughput: benchmarks/RESULTS.md, 2026-12-04 17:10 UTC)
+    first_chunk_frames: int = 1
     # a stream's chunks once under way: each codec window decodes this many new frames with `left_context_frames`
     # before them (24: 2.0 frames decoded per frame of audio, 12: 3.1; H200, 16 / 32 streams: 120 / 179x against
     # 111 / 157x real time). 31: 31 + 25 = 56 frames, exactly the codec graph's frame bucket (`codec_frame_bucket`),
@@ -147,6 +150,13 @@ class EngineConfig:
     fused_sample: bool | None = None
     # the prefill's attention may use cuDNN (False: flash/efficient only; cuDNN plans every new (batch, length))
     prefill_cudnn: bool = False
+    # a prefill of at most `prefill_graph_tokens` (padded) tokens is padded to its (batch, length) bucket and replays
+    # a CUDA graph captured at start-up, instead of launching ~550 kernels (eager, one prompt's prefill is bound by
+    # launching them). None: with cuda_graphs; read at each prefill. H200, prompts of 93 tokens: 1 prompt 12.6 ->
+    # 3.2 ms, 16 prompts 14.2 -> 13.3 ms (GPU-bound); in-process TTFA 28 -> 13 ms at 1 stream, 32 -> 28 ms at 16; the
+    # same K/V bitwise and the same greedy codes (benchmarks/RESULTS.md, 2026-12-04 17:24 UTC)
+    prefill_graphs: bool | None = None
+    prefill_graph_tokens: int = 8192
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     # the codec decoder's SnakeBeta activations as one Triton kernel each, with the causal convolutions' left
     # padding written by it (`engine.snake`); None: on CUDA with Triton
@@ -174,9 +184,6 @@ class EngineConfig:
     # burst still arriving (whose earlier prompts are already prepared, e.g. with `embed_at_admit`) is admitted in
     # one prefill; bounded by `admit_wait_ms`. Requests never announced (in-process `submit`) do not wait. 0: off
     admit_gap_ms: float = 0.0
-    # CUDA: the codec windows of requests' first chunks are decoded on a high-priority stream, ahead of the frame
-    # steps running beside them (later windows stay on the decode thread's normal-priority stream)
-    first_decode_priority: bool = False
 
 
 @dataclass
@@ -273,6 +280,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._pending: collections.deque[RequestHandle] = collections.deque()
+        self._to_wake: list[RequestHandle] = []  # admitted, `on_admitted` not called yet (`_wake_admitted`)
         self._expected = 0  # announced requests still being prepared (`expect`)
         self._last_expect = float("-inf")  # when a request was last announced (`admit_gap_ms`)
         self._slots: list[RequestHandle | None] = [None] * self.cfg.max_batch
@@ -560,6 +568,15 @@ class TTSEngine(FrameStep, CodecStreaming):
             req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
             self._slots[slot] = req
             req.admitted.set()
+            self._to_wake.append(req)
+
+    def _wake_admitted(self) -> None:
+        """Call the admitted requests' `on_admitted` (after their first frame step is launched: each wakes a server's
+        event loop, whose work on the woken requests would otherwise hold the GIL while the engine launches it;
+        H200, 16 HTTP clients: 5.9-14.5 ms from admission to that launch before, 2.5-5.2 ms after (two calls);
+        ~1 ms in-process)."""
+        wake, self._to_wake = self._to_wake, []
+        for req in wake:
             if req.on_admitted is not None:
                 try:
                     req.on_admitted()
@@ -623,6 +640,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                         with self._step_lock:
                             self._run_step(b_needed, l_needed)
                             launched = self._read_later(b_needed, live)
+                    self._wake_admitted()
                     if not self.cfg.overlap_host and launched is not None:
                         self._retire(*launched)
                         launched = None

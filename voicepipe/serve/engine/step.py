@@ -218,30 +218,39 @@ class FrameStep:
         self.out_codes[:b] = torch.stack(codes, 1)
 
     def _prefill(self, slots: list[int], prompts: list[Prompt]) -> None:
-        """Batched eager prefill of every prompt token but the last (which the next frame step consumes).
+        """Batched prefill of every prompt token but the last (which the next frame step consumes).
 
         Prompts are right-padded to one length: causal attention keeps each prompt to itself, and the padded K/V
-        positions lie beyond the slot's position, masked out and overwritten as generation proceeds."""
+        positions lie beyond the slot's position, masked out and overwritten as generation proceeds. With prefill
+        graphs (`prefill_graphed`) the batch is padded further, to its (batch, length) bucket: the extra rows are
+        copies of the last prompt written to its own slot (the same values twice), and the layers are one graph
+        replay instead of ~550 kernel launches (eager, the prefill is bound by launching them)."""
         lens = [p.embeds.shape[0] - 1 for p in prompts]
         T = max(lens)
         n = len(slots)
         if T > 0:
-            x = torch.zeros(n, T, self.tc.hidden_size, device=self.device, dtype=self.dtype)
+            key = self._prefill_key(n, T) if self.prefill_graphed else None
+            graph = self.__dict__.get("_prefill_graphs", {}).get(key)
+            if key is not None and (graph is not None or self.device.type != "cuda"):
+                n, T = key  # the graph's shapes (on the CPU: the same padding, run eagerly)
+                slots = [*slots, *[slots[-1]] * (n - len(slots))]
+                x, sl = self._prefill_buffers(n, T, graph is not None)
+            else:
+                x = torch.zeros(n, T, self.tc.hidden_size, device=self.device, dtype=self.dtype)
+                sl = None
             for j, p in enumerate(prompts):
                 x[j, : lens[j]] = p.embeds[: lens[j]]
-            sl = torch.tensor(slots, device=self.device)
-            cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
-
-            def attend(q, k, v, kc, vc):
-                kc[sl, :, :T] = k
-                vc[sl, :, :T] = v
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-                return o.transpose(1, 2).reshape(n, T, -1)
-
-            with self._prefill_attention():
-                for i, w in enumerate(self.t_layers):
-                    x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin,
-                                      functools.partial(attend, kc=self.kc[i], vc=self.vc[i]))
+            if len(prompts) < n:
+                x[len(prompts) :] = x[len(prompts) - 1]
+            if sl is None:
+                sl = torch.tensor(slots, device=self.device)
+            else:  # a static buffer: filled without a sync (pageable memory is staged before the call returns)
+                sl.copy_(torch.tensor(slots), non_blocking=True)
+            if graph is not None:
+                graph.replay()
+            else:
+                self._prefill_layers(x, sl)
+            slots, n = slots[: len(prompts)], len(prompts)
         for slot, p, t in zip(slots, prompts, lens, strict=True):
             self.pos[slot] = t
             self.next_emb[slot] = p.embeds[t]
@@ -249,6 +258,97 @@ class FrameStep:
             self.text_buf[slot, :m] = p.trailing
             self.text_len[slot] = m
             self.gen_step[slot] = 0
+
+    def _prefill_layers(self, x: torch.Tensor, sl: torch.Tensor) -> None:
+        """The talker's layers over right-padded prompts x [n, T, H], writing their K/V into the slots `sl` [n]."""
+        n, T = x.shape[:2]
+        cos, sin = self.cos[:T][:, None], self.sin[:T][:, None]
+
+        def attend(q, k, v, kc, vc):
+            kc[sl, :, :T] = k
+            vc[sl, :, :T] = v
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return o.transpose(1, 2).reshape(n, T, -1)
+
+        with self._prefill_attention():
+            for i, w in enumerate(self.t_layers):
+                x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin,
+                                  functools.partial(attend, kc=self.kc[i], vc=self.vc[i]))
+
+    # ------------------------------------------------------------------ prefill graphs
+    @property
+    def prefill_graphed(self) -> bool:
+        """Whether prefills of the graphed sizes are padded to their bucket and (CUDA) replayed as graphs
+        (`EngineConfig.prefill_graphs`; default: with CUDA graphs)."""
+        c = self.cfg.prefill_graphs
+        return self.use_graphs if c is None else bool(c)
+
+    def _prefill_len_buckets(self) -> list[int]:
+        """Prompt lengths a prefill graph takes: multiples of 32 up to 256, of 64 up to 512, then of 128."""
+        out, t = [], 32
+        while t < self.cfg.max_len:
+            out.append(t)
+            t += 32 if t < 256 else 64 if t < 512 else 128
+        return [*out, self.cfg.max_len]
+
+    def _prefill_keys(self) -> list[tuple[int, int]]:
+        """Every (batch bucket, length bucket) of at most `prefill_graph_tokens` tokens: the graphed prefills."""
+        budget = self.cfg.prefill_graph_tokens
+        return [(b, t) for b in _bucket_sizes(self.cfg.max_batch) for t in self._prefill_len_buckets()
+                if b * t <= budget]
+
+    def _prefill_key(self, n: int, T: int) -> tuple[int, int] | None:
+        """The bucket a prefill of n prompts of at most T tokens pads to; None: larger than the graphed sizes."""
+        b = next(s for s in _bucket_sizes(self.cfg.max_batch) if s >= n)
+        t = next((t for t in self._prefill_len_buckets() if t >= T), None)
+        return None if t is None or b * t > self.cfg.prefill_graph_tokens else (b, t)
+
+    def _prefill_buffers(self, n: int, T: int, static: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed input [n, T, H] and slot indices [n]: views of the graphs' static buffers, or new tensors."""
+        H = self.tc.hidden_size
+        if not static:
+            return (torch.zeros(n, T, H, device=self.device, dtype=self.dtype),
+                    torch.zeros(n, dtype=torch.long, device=self.device))
+        x = self._prefill_x[: n * T].view(n, T, H)
+        x.zero_()
+        return x, self._prefill_sl[:n]
+
+    @torch.inference_mode()
+    def capture_prefill(self) -> float:
+        """Capture the prefill graph of every (batch, length) bucket (`_prefill_keys`); returns seconds spent.
+
+        Each is warmed up once eagerly first, which writes K/V into slot 0's cache: only done while no request holds
+        a slot (start-up); otherwise skipped (prefills stay eager until a later call). No-op without graphs."""
+        if not (self.use_graphs and self.prefill_graphed and self.device.type == "cuda"):
+            return 0.0
+        t0 = time.perf_counter()
+        graphs = self.__dict__.setdefault("_prefill_graphs", {})
+        keys = [k for k in self._prefill_keys() if k not in graphs]
+        with self._step_lock:
+            if not keys:
+                return 0.0
+            if any(r is not None for r in getattr(self, "_slots", [])):
+                log.warning("prefill graphs not captured: requests are running")
+                return 0.0
+            if "_prefill_x" not in self.__dict__:
+                tokens = max(b * t for b, t in self._prefill_keys())
+                self._prefill_x = torch.zeros(tokens, self.tc.hidden_size, device=self.device, dtype=self.dtype)
+                self._prefill_sl = torch.zeros(self.cfg.max_batch, dtype=torch.long, device=self.device)
+            self._pool = self._pool or torch.cuda.graph_pool_handle()
+            for b, t in keys:
+                x, sl = self._prefill_buffers(b, t, True)
+                sl.zero_()
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    self._prefill_layers(x, sl)  # lazy initialisation outside the capture
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
+                    self._prefill_layers(x, sl)
+                graphs[(b, t)] = g
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     def _arm(self, slot: int, gen: GenerationConfig) -> None:
         self.seen[slot] = False
@@ -324,6 +424,7 @@ class FrameStep:
         t0 = time.perf_counter()
         if batch_sizes is None and lengths is None:
             self.capture_codec()
+            self.capture_prefill()
         with self._step_lock:
             self._warm_prefill()
             self._pool = self._pool or torch.cuda.graph_pool_handle()

@@ -90,7 +90,9 @@ async def _stream(job: SpeechJob, fmt: str, mode: str, body: SpeechRequest) -> A
         job.marks["encoder_ready"] = time.perf_counter()
         async for chunk in job.chunks():
             data = enc.feed(chunk)
-            if not data and first:  # MP3/AAC: ffmpeg's first frames come a few ms after the first chunk went in
+            # MP3/AAC: ffmpeg's first frames come a few ms after the audio they need went in (not from a 1-frame
+            # first chunk: then the next chunk, one frame step later, is awaited instead of 100 ms of nothing)
+            if not data and first and enc.first_output_due:
                 data = await asyncio.to_thread(enc.wait_output, 0.1)
             if data:
                 if first:
