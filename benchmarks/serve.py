@@ -216,6 +216,8 @@ def profile_engine(eng) -> dict:
         eng.cfg.prefill_graphs = setting
         if graphed:
             prof |= prefill_parity(eng)
+        if torch.cuda.is_available():
+            prof |= sync_probe(eng, prompt)
         for (b, L), g in sorted(eng._graphs.items()):
             if L == min(k[1] for k in eng._graphs):
                 eng.pos.zero_()
@@ -282,6 +284,35 @@ def prefill_parity(eng) -> dict:
     print(f"prefill graph vs eager: key {eng._prefill_key(3, max(lens))}, K/V bitwise equal {eq}, max diff {diff}",
           flush=True)
     return {"prefill_graph_kv_equal": float(eq), "prefill_graph_kv_max_diff": diff}
+
+
+def sync_probe(eng, prompt) -> dict:
+    """Host syncs (torch.cuda.set_sync_debug_mode warnings) of one slot's state written with a Python scalar (as the
+    per-slot admission did), of the batched admission writes for 16 slots, and of a 16-prompt prefill."""
+    import warnings
+
+    from voicepipe.serve.engine import GenerationConfig
+
+    n = min(16, eng.cfg.max_batch)
+    cases = {"sync_scalar_setitem": lambda: eng.pos.__setitem__(0, 5),
+             f"sync_arm_many_x{n}": lambda: eng._arm_many(list(range(n)), [GenerationConfig()] * n),
+             f"sync_prefill_x{n}": lambda: eng._prefill(list(range(n)), [prompt] * n)}
+    out = {}
+    for name, fn in cases.items():
+        _sync()
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            with warnings.catch_warnings(record=True) as got:
+                warnings.simplefilter("always")
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        out[name] = len(got)
+        if got:
+            print(f"{name}: {len(got)} sync(s), first: {str(got[0].message)[:160]}", flush=True)
+    eng.active.zero_()
+    eng.pos.zero_()
+    return out
 
 
 def prefill_codes_parity(eng) -> bool:
@@ -530,17 +561,34 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
             eng.__dict__.pop("_fast_tokens", None)
             synth.SpeechJob._wait_admitted = real_wait
 
+    def per_slot_arm(slots, gens):  # the admitted slots' sampling state as it was: 9 writes per slot
+        for slot, gen in zip(slots, gens, strict=True):
+            eng.seen[slot] = False
+            eng.n_sampled[slot] = 0
+            eng.min_new[slot] = gen.min_new_tokens
+            eng.temp[slot] = max(gen.temperature, 1e-5)
+            eng.greedy[slot] = not gen.do_sample
+            eng.sub_temp[slot] = max(gen.subtalker_temperature, 1e-5)
+            eng.sub_greedy[slot] = not gen.subtalker_do_sample
+            eng.rep_pen[slot] = gen.repetition_penalty
+            eng.active[slot] = 1
+
     def configure(overrides: dict) -> None:
-        """Engine settings (EngineConfig fields), server settings (ServeConfig fields, e.g. prepare_threads) and
-        `legacy_host`; server settings not named go back to the bench's config."""
+        """Engine settings (EngineConfig fields), server settings (ServeConfig fields, e.g. prepare_threads),
+        `legacy_host` and `per_slot_arm`; server settings not named go back to the bench's config."""
         legacy_host(bool(overrides.get("legacy_host")))
+        if overrides.get("per_slot_arm"):
+            eng._arm_many = per_slot_arm
+        else:
+            eng.__dict__.pop("_arm_many", None)
         text_mode["short"] = bool(overrides.get("short_texts"))
         sys.setswitchinterval(overrides.get("switch_ms", switch_ms) / 1e3)  # the GIL's hand-over interval
         server_cfg = app.state.vp.config
         for k in ServeConfig.model_fields:
             setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
+        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm")
         for k, v in overrides.items():
-            if k not in ("legacy_host", "short_texts", "switch_ms") and k not in ServeConfig.model_fields:
+            if k not in bench_keys and k not in ServeConfig.model_fields:
                 setattr(eng.cfg, k, v)
 
     rounds = {c: max(repeats.get(c, 1), 5 if c == 1 else 1) for c in concs}
@@ -595,6 +643,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             a["walls"] += walls
                             a["elapsed"] += elapsed
                             a["bursts"].append(round(1000 * statistics.median(ttfb), 1))
+                            a.setdefault("burst_wall_s", []).append(round(elapsed, 3))
                             a["prefills"] += eng.prefills - before[0]
                             a["decodes"] += eng.decode_calls - before[1]
                             a["codec_captures"] = a.get("codec_captures", 0) + eng.codec_captures - before[2]
@@ -620,7 +669,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 n = len(a["bursts"])
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
-                row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_prefills=a["admitted"], timeline=a["timeline"],
+                row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_wall_s=a["burst_wall_s"],
+                            burst_prefills=a["admitted"], timeline=a["timeline"],
                             prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
                             codec_captures=a.get("codec_captures", 0))
                 out.append(row)
@@ -778,7 +828,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs"],
+                                                    "prefill-graphs", "arm"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -897,6 +947,15 @@ def main() -> None:
                         (" (eager prefill, embed at admit, gap 2.5 ms)", gap),
                         (" (prefill graphs)", {"prefill_graphs": True}),
                         (" (prefill graphs, embed at admit, gap 2.5 ms)", {"prefill_graphs": True, **gap})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+        elif a.http_variants == "arm":
+            # the defaults (first chunk 1, prefill graphs, embedding at admission after a 2.5 ms quiet gap, the
+            # admitted slots' state in batched writes), the same with the slots' state written one slot at a time
+            # (as before 2026-12-04 17:4x), and with prompts embedded at prepare (no gap)
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "per_slot_arm": False}
+            variants = [("", {}), (" (per-slot arm)", {"per_slot_arm": True}),
+                        (" (embed at prepare, no gap)", {"embed_at_admit": False, "admit_gap_ms": 0.0})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

@@ -220,3 +220,25 @@ def test_a_quiet_gap_keeps_a_burst_whose_first_prompts_are_ready_in_one_prefill(
     h = engine.submit(prompts[0], gen, lambda ev: None)  # never announced: no wait
     assert h.finished.wait(60)
     assert h.admitted_at - t0 < 0.3, h.admitted_at - t0
+
+
+def test_admission_writes_every_slots_sampling_state_in_one_batch(tiny_custom_voice_dir):
+    """`_arm_many` (the batched writes at admission) leaves each slot's sampling state as one write per field and
+    slot would: the slot's own settings, the others untouched."""
+    from voicepipe.models import load_tts
+
+    eng = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=128))
+    gens = [GenerationConfig(temperature=0.7, subtalker_temperature=0.0, repetition_penalty=1.3, min_new_tokens=5),
+            GenerationConfig(do_sample=False, subtalker_do_sample=False, repetition_penalty=1.0, min_new_tokens=0)]
+    eng.seen[3, :7] = True
+    eng.n_sampled[3] = 9
+    eng._arm_many([3, 1], gens)
+    for slot, g in zip([3, 1], gens, strict=True):
+        assert not eng.seen[slot].any() and eng.n_sampled[slot] == 0 and eng.active[slot] == 1
+        assert eng.min_new[slot] == g.min_new_tokens
+        assert eng.temp[slot, 0] == torch.tensor(max(g.temperature, 1e-5), dtype=torch.float32)
+        assert eng.sub_temp[slot, 0] == torch.tensor(max(g.subtalker_temperature, 1e-5), dtype=torch.float32)
+        assert eng.rep_pen[slot, 0] == torch.tensor(g.repetition_penalty, dtype=torch.float32)
+        assert bool(eng.greedy[slot]) == (not g.do_sample) and bool(eng.sub_greedy[slot]) == (not g.subtalker_do_sample)
+    for slot in (0, 2):  # not admitted: as allocated
+        assert eng.active[slot] == 0 and eng.temp[slot, 0] == 1 and eng.min_new[slot] == 0

@@ -176,14 +176,16 @@ class EngineConfig:
     admit_wait_ms: float = 50.0
     # True: a server's prompts (`prepare(embed=False)`) are embedded by the engine thread when admitted, all of a
     # prefill's in one batched call, instead of ~25 small device ops on each request's thread (each releases and
-    # re-takes the GIL the event loop holds). Off by default: on an H200 a burst's prompts were ready ~18 ms sooner,
-    # but the first requests then reached the engine before the rest had arrived and bursts split into two prefills
-    # (TTFA p50 equal, p95 worse; benchmarks/RESULTS.md, 2026-12-03 19:31 UTC)
-    embed_at_admit: bool = False
+    # re-takes the GIL the event loop holds). Alone it split bursts into two prefills (the first requests reached
+    # the idle engine before the rest had arrived; 2026-12-03 19:31 UTC); with `admit_gap_ms` 2.5 every burst of
+    # 16 clients was one prefill, started 2.4-4.7 ms after the last arrival instead of 14-28 ms (H200, TTFA p50 at
+    # 16 clients 80 -> 66 ms and 66 -> 59 ms in two calls, +1-5 ms at one client: benchmarks/RESULTS.md, 2026-12-04)
+    embed_at_admit: bool = True
     # an idle engine given a request also waits until no request has been announced (`expect`) for this long, so a
     # burst still arriving (whose earlier prompts are already prepared, e.g. with `embed_at_admit`) is admitted in
-    # one prefill; bounded by `admit_wait_ms`. Requests never announced (in-process `submit`) do not wait. 0: off
-    admit_gap_ms: float = 0.0
+    # one prefill; bounded by `admit_wait_ms`. A request queued when none was announced within the gap (in-process
+    # `submit`) does not wait. 0: off
+    admit_gap_ms: float = 2.5
 
 
 @dataclass
@@ -558,8 +560,8 @@ class TTSEngine(FrameStep, CodecStreaming):
         self.prefills += 1
         now = time.perf_counter()
         gpu_end = self._gpu_mark()
+        self._arm_many([s for s, _ in batch], [r.gen for _, r in batch])
         for slot, req in batch:
-            self._arm(slot, req.gen)
             req.slot = slot
             req.admitted_at = now
             req.marks.update(prefill_start=t_start, admitted=now)

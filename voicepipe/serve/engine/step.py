@@ -250,14 +250,16 @@ class FrameStep:
                 graph.replay()
             else:
                 self._prefill_layers(x, sl)
-            slots, n = slots[: len(prompts)], len(prompts)
-        for slot, p, t in zip(slots, prompts, lens, strict=True):
-            self.pos[slot] = t
-            self.next_emb[slot] = p.embeds[t]
-            m = p.trailing.shape[0]
-            self.text_buf[slot, :m] = p.trailing
-            self.text_len[slot] = m
-            self.gen_step[slot] = 0
+            slots = slots[: len(prompts)]
+        # each slot's state in a few batched writes (a burst's 16 slots took ~80 small launches one by one)
+        idx = self._to_device(torch.tensor(slots))
+        lengths = self._to_device(torch.tensor([[t, p.trailing.shape[0]] for p, t in zip(prompts, lens, strict=True)]))
+        self.pos.index_copy_(0, idx, lengths[:, 0])
+        self.text_len.index_copy_(0, idx, lengths[:, 1])
+        self.gen_step.index_fill_(0, idx, 0)
+        self.next_emb.index_copy_(0, idx, torch.stack([p.embeds[t] for p, t in zip(prompts, lens, strict=True)]))
+        for slot, p in zip(slots, prompts, strict=True):
+            self.text_buf[slot, : p.trailing.shape[0]] = p.trailing
 
     def _prefill_layers(self, x: torch.Tensor, sl: torch.Tensor) -> None:
         """The talker's layers over right-padded prompts x [n, T, H], writing their K/V into the slots `sl` [n]."""
@@ -350,16 +352,32 @@ class FrameStep:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the engine's device without a host sync (CUDA: through pinned memory, copied
+        behind the work already queued on the stream)."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _arm(self, slot: int, gen: GenerationConfig) -> None:
-        self.seen[slot] = False
-        self.n_sampled[slot] = 0
-        self.min_new[slot] = gen.min_new_tokens
-        self.temp[slot] = max(gen.temperature, 1e-5)
-        self.greedy[slot] = not gen.do_sample
-        self.sub_temp[slot] = max(gen.subtalker_temperature, 1e-5)
-        self.sub_greedy[slot] = not gen.subtalker_do_sample
-        self.rep_pen[slot] = gen.repetition_penalty
-        self.active[slot] = 1
+        self._arm_many([slot], [gen])
+
+    def _arm_many(self, slots: list[int], gens: list[GenerationConfig]) -> None:
+        """Sampling state of newly admitted slots, in ~10 batched writes for all of them (was 9 per slot)."""
+        idx = self._to_device(torch.tensor(slots))
+        f = self._to_device(torch.tensor([[max(g.temperature, 1e-5), max(g.subtalker_temperature, 1e-5),
+                                           g.repetition_penalty] for g in gens], dtype=self.temp.dtype))
+        i = self._to_device(torch.tensor([[g.min_new_tokens, not g.do_sample, not g.subtalker_do_sample]
+                                          for g in gens]))
+        self.seen.index_fill_(0, idx, False)
+        self.n_sampled.index_fill_(0, idx, 0)
+        self.min_new.index_copy_(0, idx, i[:, 0])
+        self.temp.index_copy_(0, idx, f[:, :1])
+        self.greedy.index_copy_(0, idx, i[:, 1].bool())
+        self.sub_temp.index_copy_(0, idx, f[:, 1:2])
+        self.sub_greedy.index_copy_(0, idx, i[:, 2].bool())
+        self.rep_pen.index_copy_(0, idx, f[:, 2:].to(self.rep_pen.dtype))
+        self.active.index_fill_(0, idx, 1)
 
     # ------------------------------------------------------------------ graphs
     def _len_buckets(self) -> list[int]:
