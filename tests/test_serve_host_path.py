@@ -186,3 +186,19 @@ def test_the_server_leaves_embedding_to_the_engine(config, voices, monkeypatch, 
         srv.stop()
     assert r.status_code == 200 and len(r.content) == FRAMES * 1920 * 2
     assert submitted == [at_admit]
+
+
+def test_the_server_freezes_what_start_up_made_for_the_collector(config, voices):
+    """A full garbage collection of the loaded process stops every thread for as long as it scans the models' and
+    engines' objects; start-up ends with them frozen (`gc.freeze`), so collections while serving skip them, and
+    shutdown gives them back to the collector."""
+    import gc
+
+    gc.unfreeze()
+    srv = LiveServer(create_app(config, voices))
+    try:
+        assert gc.get_freeze_count() > 10_000  # the voice's model, engine and the server's modules
+        assert _speak(srv.url, "Frozen.").status_code == 200
+    finally:
+        srv.stop()
+    assert gc.get_freeze_count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,9 +64,15 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
 
             state.wyoming = WyomingServer(state, config.wyoming_uri, zeroconf_name=config.wyoming_zeroconf)
             await state.wyoming.start()
+        # What start-up made (models, engines, their graphs and compiled code) lives as long as the server, and a full
+        # collection of it stops every thread of the process: 0.56 s for the tiny CPU voice's server (500k tracked
+        # objects; benchmarks/RESULTS.md, 2026-12-04 17:10-17:40 UTC). Frozen, the collector no longer scans it.
+        gc.collect()
+        gc.freeze()
         state.ready = True
         yield
         state.ready = False
+        gc.unfreeze()  # what start-up made is the collector's again (the process may load other things next)
         state.close_prepare_pool()
         if state.wyoming is not None:
             await state.wyoming.stop()

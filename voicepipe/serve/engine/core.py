@@ -178,8 +178,9 @@ class EngineConfig:
     # prefill's in one batched call, instead of ~25 small device ops on each request's thread (each releases and
     # re-takes the GIL the event loop holds). Alone it split bursts into two prefills (the first requests reached
     # the idle engine before the rest had arrived; 2026-12-03 19:31 UTC); with `admit_gap_ms` 2.5 every burst of
-    # 16 clients was one prefill, started 2.4-4.7 ms after the last arrival instead of 14-28 ms (H200, TTFA p50 at
-    # 16 clients 80 -> 66 ms and 66 -> 59 ms in two calls, +1-5 ms at one client: benchmarks/RESULTS.md, 2026-12-04)
+    # 16 clients was one prefill, started 0.9-6.3 ms after the last arrival instead of 14-28 ms (H200, TTFA p50 at
+    # 16 clients 80 -> 66, 66 -> 59 and 66 -> 53 ms in three calls, +1-5 ms at one client: benchmarks/RESULTS.md,
+    # 2026-12-04 17:10-17:40 UTC)
     embed_at_admit: bool = True
     # an idle engine given a request also waits until no request has been announced (`expect`) for this long, so a
     # burst still arriving (whose earlier prompts are already prepared, e.g. with `embed_at_admit`) is admitted in
@@ -603,7 +604,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                 self._cv.wait(timeout=min(left, gap - quiet))
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
-        """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (2, 2, 4, 8, ... frames) so playback
+        """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (1, 1, 2, 4, 8, ... frames) so playback
         never waits for a big chunk; once a request has `chunk_frames` out, its chunks end on the engine's global
         cadence (every `chunk_frames` steps), so requests admitted at different steps decode their windows
         together, one batched call per cadence, instead of one call each at its own phase."""

@@ -363,7 +363,9 @@ class FrameStep:
         self._arm_many([slot], [gen])
 
     def _arm_many(self, slots: list[int], gens: list[GenerationConfig]) -> None:
-        """Sampling state of newly admitted slots, in ~10 batched writes for all of them (was 9 per slot)."""
+        """Sampling state of newly admitted slots, in ~10 batched writes for all of them. Was 9 writes per slot of a
+        Python scalar (`self.temp[slot] = 0.9`), each a host sync (`torch.cuda.set_sync_debug_mode`), the first one
+        waiting for the whole prefill on the GPU (benchmarks/RESULTS.md, 2026-12-04 17:37 UTC)."""
         idx = self._to_device(torch.tensor(slots))
         f = self._to_device(torch.tensor([[max(g.temperature, 1e-5), max(g.subtalker_temperature, 1e-5),
                                            g.repetition_penalty] for g in gens], dtype=self.temp.dtype))
