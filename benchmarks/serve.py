@@ -198,6 +198,26 @@ def _timed(fn, n: int) -> float:
     return 1000 * (time.perf_counter() - t0) / n
 
 
+def _after_idle(eng, fn, warm_ms: float, n: int = 3, idle_s: float = 0.6) -> float:
+    """Median GPU time (ms, CUDA events) of `fn` run after `idle_s` of an idle GPU, as a server's burst meets it;
+    `warm_ms` > 0: after the idle time, the engine's warm-up spin kernels (`warm_gpu`) for that long first."""
+    out = []
+    for _ in range(n):
+        _sync()
+        time.sleep(idle_s)
+        end = time.perf_counter() + warm_ms / 1e3
+        while time.perf_counter() < end:
+            eng._spin_gpu()
+            time.sleep(eng.WARM_POLL_S)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+
 def profile_engine(eng) -> dict:
     """Component timings (ms): one graphed frame step per batch size, eager step, prefill, codec decode."""
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
@@ -214,6 +234,14 @@ def profile_engine(eng) -> dict:
             prof[f"prefill_x16{sfx}_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
                 if eng.cfg.max_batch >= 16 else float("nan")
         eng.cfg.prefill_graphs = setting
+        if torch.cuda.is_available() and eng.cfg.max_batch >= 16:
+            # the same prefills after 0.6 s of an idle GPU (clocks down, as between a server's bursts), without and
+            # with 15 ms of warm-up spin first (`warm_gpu`; ~ a 16-client burst's arrival)
+            for warm in (0, 15):
+                sfx = f"_warm{warm}" if warm else ""
+                prof[f"prefill_idle{sfx}_ms"] = _after_idle(eng, lambda: eng._prefill([0], [prompt]), warm)
+                prof[f"prefill_x16_idle{sfx}_ms"] = _after_idle(
+                    eng, lambda: eng._prefill(list(range(16)), [prompt] * 16), warm)
         if graphed:
             prof |= prefill_parity(eng)
         if torch.cuda.is_available():
@@ -614,6 +642,22 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         jobs.append(self)
 
     synth.SpeechJob.__init__ = logged_init
+    # every garbage collection in this process (the server's): generation, pause (ms), objects collected; whether a
+    # stalled burst met one (`gc.freeze()` at the app's start-up leaves start-up's objects out of every scan)
+    import gc
+
+    gc_log: list[tuple[int, float, int]] = []
+    gc_t0 = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_log.append((info["generation"], round(1000 * (time.perf_counter() - gc_t0[0]), 2), info["collected"]))
+
+    gc.callbacks.append(on_gc)
+    print(f"HTTP server up: gc frozen objects {gc.get_freeze_count()}, tracked {len(gc.get_objects())}, "
+          f"thresholds {gc.get_threshold()}", flush=True)
     failed: set[tuple[str, str]] = set()
     audio = frames / 12.5
     try:
@@ -635,6 +679,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             before = (eng.prefills, eng.decode_calls, eng.codec_captures)
                             prefill_log.clear()
                             jobs.clear()
+                            gc_log.clear()
+                            spins = eng.warm_spins
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
                                                                      prefills=0, decodes=0, admitted=[]))
@@ -648,12 +694,18 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             a["decodes"] += eng.decode_calls - before[1]
                             a["codec_captures"] = a.get("codec_captures", 0) + eng.codec_captures - before[2]
                             a.setdefault("timeline", []).append(timeline(jobs))
-                            print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, prefills (n, ms) "
+                            gcs = {g: [sum(x[0] == g for x in gc_log), max((x[1] for x in gc_log if x[0] == g),
+                                                                           default=0.0)] for g in (0, 1, 2)}
+                            a.setdefault("burst_gc", []).append(gcs)  # generation: [collections, longest ms]
+                            a.setdefault("burst_warm_spins", []).append(eng.warm_spins - spins)
+                            print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, wall {elapsed:.3f} s, "
+                                  f"gc (gen: n, max ms) {gcs}, spins {eng.warm_spins - spins}, prefills (n, ms) "
                                   f"{a['admitted'][-1]}, timeline {a['timeline'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
                         print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
                         failed.add((label, fmt))
     finally:
+        gc.callbacks.remove(on_gc)
         configure(variants[-1][1])
         del eng._prefill  # the engine's own method again
         synth.SpeechJob.__init__ = real_init
@@ -670,6 +722,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
                 row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_wall_s=a["burst_wall_s"],
+                            burst_gc=a["burst_gc"], burst_warm_spins=a["burst_warm_spins"],
                             burst_prefills=a["admitted"], timeline=a["timeline"],
                             prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
                             codec_captures=a.get("codec_captures", 0))
@@ -828,7 +881,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm"],
+                                                    "prefill-graphs", "arm", "warm"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -956,6 +1009,15 @@ def main() -> None:
                     "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "per_slot_arm": False}
             variants = [("", {}), (" (per-slot arm)", {"per_slot_arm": True}),
                         (" (embed at prepare, no gap)", {"embed_at_admit": False, "admit_gap_ms": 0.0})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+        elif a.http_variants == "warm":
+            # the defaults, and the same with the GPU kept busy by a spin kernel while a burst is announced and
+            # gathered (EngineConfig.warm_gpu: the clocks up when the prefill starts), and that with a quiet gap of
+            # 1.5 ms instead of 2.5 before the burst is admitted
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "warm_gpu": False}
+            variants = [("", {}), (" (warm GPU)", {"warm_gpu": True}),
+                        (" (warm GPU, gap 1.5 ms)", {"warm_gpu": True, "admit_gap_ms": 1.5})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

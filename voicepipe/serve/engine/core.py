@@ -187,6 +187,12 @@ class EngineConfig:
     # one prefill; bounded by `admit_wait_ms`. A request queued when none was announced within the gap (in-process
     # `submit`) does not wait. 0: off
     admit_gap_ms: float = 2.5
+    # CUDA: while announced requests are prepared and an idle engine gathers a burst, keep one one-thread spin kernel
+    # (`torch.cuda._sleep`) running on a side stream, so the GPU's clocks are up when the prefill starts (an idle
+    # H200 drops its SM clock to ~345 MHz; the HTTP bursts' 16-prompt prefill took ~16.6 ms on the GPU against
+    # 12-13 ms back to back in-process: benchmarks/RESULTS.md, 2026-12-04 17:10-17:40 UTC). The spin touches no
+    # data and ends within ~0.5 ms of the burst's admission. False: off
+    warm_gpu: bool = False
 
 
 @dataclass
@@ -595,13 +601,44 @@ class TTSEngine(FrameStep, CodecStreaming):
         gap = self.cfg.admit_gap_ms / 1e3
         with self._cv:
             while len(self._pending) < free and not self._stop and (left := deadline - time.perf_counter()) > 0:
+                poll = self._keep_warm(True) or left
                 if self._expected > 0:
-                    self._cv.wait(timeout=left)
+                    self._cv.wait(timeout=min(left, poll))
                     continue
                 quiet = time.perf_counter() - self._last_expect
                 if quiet >= gap:
                     break
-                self._cv.wait(timeout=min(left, gap - quiet))
+                self._cv.wait(timeout=min(left, gap - quiet, poll))
+
+    # `warm_gpu`'s spin: ~0.5 ms at the H200's 1980 MHz boost clock (~2.9 ms at its 345 MHz idle clock), topped up
+    # every 0.25 ms, so one is always queued or running while the engine waits for a burst
+    WARM_CYCLES: ClassVar[int] = 1_000_000
+    WARM_POLL_S: ClassVar[float] = 0.00025
+    warm_spins = 0  # spin kernels launched (`warm_gpu`)
+
+    def _keep_warm(self, waiting: bool) -> float | None:
+        """With `warm_gpu` on CUDA and `waiting` (requests announced or a burst being gathered): a spin kernel on a
+        side stream unless the last one is still running; returns how long to wait before the next check (None: not
+        warming)."""
+        if not (waiting and self.cfg.warm_gpu and self.device.type == "cuda"):
+            return None
+        self._spin_gpu()
+        return self.WARM_POLL_S
+
+    def _spin_gpu(self) -> None:
+        """One `WARM_CYCLES` spin kernel on the warm-up side stream, unless the one before is still running."""
+        ev = self.__dict__.get("_warm_ev")
+        if ev is not None and not ev.query():
+            return
+        stream = self.__dict__.get("_warm_stream")
+        if stream is None:
+            stream = self._warm_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(self.WARM_CYCLES)
+            ev = torch.cuda.Event()
+            ev.record()
+        self._warm_ev = ev
+        self.warm_spins += 1
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (1, 1, 2, 4, 8, ... frames) so playback
@@ -623,7 +660,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                     with self._cv:
                         while (not self._stop and not self._pending and not any(self._slots)
                                and inflight is None):
-                            self._cv.wait(timeout=0.5)
+                            self._cv.wait(timeout=self._keep_warm(self._expected > 0) or 0.5)
                         if self._stop:
                             break
                     if self.cfg.admit_wait_ms > 0 and not any(self._slots) and inflight is None:
