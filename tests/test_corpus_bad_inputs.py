@@ -79,6 +79,9 @@ def test_good_episode_finishes_and_nothing_is_lost_on_rerun(bad_run):
     assert s1["episodes_ok"] == 1 and s1["episodes_rejected"] == 6
     assert s2["version"] == s1["version"]  # the good episode came back from the cache, unchanged
     assert (out2 / "manifest.jsonl").read_bytes() == (out / "manifest.jsonl").read_bytes()
+    # one episode left: the feed check had nothing to compare it with, and the report says so
+    assert json.loads((out / "corpus.json").read_text())["feed_check_episodes"] == 0
+    assert "**The feed check judged no episode**" in (out / "report.md").read_text()
 
 
 def test_cli_names_a_missing_enrollment_clip(tmp_path):

@@ -79,6 +79,8 @@ def test_outputs_follow_the_recipe_format(builds):
     report = (out / "report.md").read_text()
     assert "speaker model: CAM++ speaker verification" in report
     assert "Overlapped speech and changes of speaker without a pause: `pyannote/segmentation-3.0` found" in report
+    # three episodes with a target voice: the feed check compared them all, and the report does not warn
+    assert summary["feed_check_episodes"] == 3 and "The feed check judged no episode" not in report
 
 
 def test_clip_lineage_reaches_the_episode(builds):

@@ -59,3 +59,20 @@ def test_a_unit_whose_windows_fall_in_two_clusters_does_not_judge() -> None:
     labels = np.zeros(len(wins), dtype=np.int64)
     labels[first[: len(first) // 2]] = 1  # the first unit's windows split: the segmentation model missed a change
     assert u.one_voice(labels).tolist() == [False, True]
+
+
+def test_split_target_keeps_the_part_nearer_the_enrollment_whichever_part_kmeans_gave_its_seed() -> None:
+    """2-means seeded with the enrollment may end with that seed's label on the other voice; the split is judged by
+    which part the enrollment is nearer (until 2026-12-04 it was judged by the seed's label and rejected here)."""
+    from voicepipe.corpus.speakers import _centroids, split_target
+
+    rng = np.random.default_rng(1438)  # a draw where k-means carries the enrollment's seed to the other voice
+    a, b = rng.normal(size=8), rng.normal(size=8)
+    x = unit(np.concatenate([a + 0.35 * rng.normal(size=(40, 8)), b + 0.35 * rng.normal(size=(40, 8))]))
+    enroll = unit(a + rng.uniform(0.3, 2.0) * rng.normal(size=8))
+    assert unit(x[:40].mean(axis=0)) @ enroll > unit(x[40:].mean(axis=0)) @ enroll  # voice a is the target
+    labels = np.zeros(80, dtype=np.int64)
+    labels, cents = split_target(x, enroll, labels, _centroids(x, labels, 1))
+    assert len(cents) == 2
+    t = int(np.argmax(cents @ enroll))
+    assert (labels[:40] == t).mean() >= 0.95 and not (labels[40:] == t).any()

@@ -272,6 +272,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                                    "seconds": round(reasons.get("nearer another voice of the feed", 0.0)
                                                     - unit_cuts[1], 2)},
         "feed_unit_cuts": {"pieces": unit_cuts[0], "seconds": round(unit_cuts[1], 2)},
+        # how many episodes the feed check compared (none below `speakers.FEED_MIN_EPISODES` with a target voice)
+        "feed_check_episodes": len(feed_sims) if p.feed_voice_check else None,
         "flagged_episodes": [e["episode"] for e in episodes if e["flagged"]],
         "speaker_centroid": None if centroid is None else [float(x) for x in centroid],
         "ref_clips": [r["id"] for r in ref_rows],
@@ -327,6 +329,19 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
         f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}. "
         f"See {out / 'report.md'} and rejects.jsonl; check the enrollment clips and the filters."
     )
+
+
+def _feed_unjudged_lines(summary: dict, n_episodes: int) -> list[str]:
+    """The report's warning when the feed check compared no episode (too few episodes with a target voice)."""
+    if summary.get("feed_check_episodes") != 0 or not n_episodes:
+        return []
+    from voicepipe.corpus.speakers import FEED_MIN_EPISODES
+
+    return [f"**The feed check judged no episode**: it compares each episode's target voice with the others' and "
+            f"needs at least {FEED_MIN_EPISODES} episodes with a target voice; this build has {n_episodes} "
+            "episode(s). Each episode keeps the voice nearest the enrollment, so an episode without the target "
+            "keeps another voice unchecked. Build with more of the feed's episodes, listen to each episode's target "
+            "speaker below, or set `min_speaker_sim`.", ""]
 
 
 def write_report(
@@ -442,6 +457,7 @@ def write_report(
         f"of them (`feed_unit_margin`): {summary.get('feed_unit_cuts', {}).get('seconds', 0.0):.1f} s of the "
         "target's turns (per episode: the *feed* column).",
         "",
+        *_feed_unjudged_lines(summary, len(summary.get("episode_speakers", []))),
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "

@@ -158,9 +158,11 @@ def split_target(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, cents
             break
         if float(silhouette_score(x, km.labels_, metric="cosine")) < min_silhouette:
             break
-        keep_c, new_c = unit(x[km.labels_ == 0].mean(axis=0)), unit(x[km.labels_ == 1].mean(axis=0))
-        # another voice: the enrollment sits nearer the part it seeded by at least half the parts' distance (one
-        # voice split by a music bed or a bad channel leaves the enrollment about as near both parts)
+        parts = [unit(x[km.labels_ == i].mean(axis=0)) for i in (0, 1)]
+        near = int(parts[1] @ enroll > parts[0] @ enroll)  # (k-means may carry the enrollment's seed to either part)
+        keep_c, new_c = parts[near], parts[1 - near]
+        # another voice: the enrollment sits nearer one part by at least half the parts' distance (one voice split
+        # by a music bed or a bad channel leaves the enrollment about as near both parts)
         if float(keep_c @ enroll - new_c @ enroll) < 0.5 * (1.0 - float(keep_c @ new_c)):
             break
         if units is not None:
@@ -168,7 +170,7 @@ def split_target(embs: np.ndarray, enroll: np.ndarray, labels: np.ndarray, cents
             if us is None or us < min_silhouette:
                 break
         new = labels.copy()
-        new[members[km.labels_ == 1]] = labels.max() + 1
+        new[members[km.labels_ != near]] = labels.max() + 1
         labels, k = _relabel(new)
         cents = _centroids(embs, labels, k)
     return labels, cents
@@ -562,7 +564,11 @@ def _outlier_gap(ref_scores: list[float], mad_k: float, min_gap: float) -> tuple
     return med, max(mad_k * float(np.median(np.abs(vals - med))) * 1.4826, min_gap)
 
 
-def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = None, *, min_episodes: int = 3,
+FEED_MIN_EPISODES = 3  # fewer episodes with a target voice: the feed check judges none (`feed_outliers`)
+
+
+def feed_outliers(voices: dict[str, np.ndarray], enroll: np.ndarray | None = None, *,
+                  min_episodes: int = FEED_MIN_EPISODES,
                   mad_k: float = 5.0, min_gap: float = 0.05) -> tuple[dict[str, float], dict[str, float]]:
     """Episodes whose kept voice is not the feed's target voice (the target absent: a guest host, a trailer).
 
