@@ -198,26 +198,6 @@ def _timed(fn, n: int) -> float:
     return 1000 * (time.perf_counter() - t0) / n
 
 
-def _after_idle(eng, fn, warm_ms: float, n: int = 3, idle_s: float = 0.6) -> float:
-    """Median GPU time (ms, CUDA events) of `fn` run after `idle_s` of an idle GPU, as a server's burst meets it;
-    `warm_ms` > 0: after the idle time, the engine's warm-up spin kernels (`warm_gpu`) for that long first."""
-    out = []
-    for _ in range(n):
-        _sync()
-        time.sleep(idle_s)
-        end = time.perf_counter() + warm_ms / 1e3
-        while time.perf_counter() < end:
-            eng._spin_gpu()
-            time.sleep(eng.WARM_POLL_S)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
-
-
 def profile_engine(eng) -> dict:
     """Component timings (ms): one graphed frame step per batch size, eager step, prefill, codec decode."""
     prompt = eng.prepare(TEXT, speaker="alice", language="english")
@@ -234,14 +214,6 @@ def profile_engine(eng) -> dict:
             prof[f"prefill_x16{sfx}_ms"] = _timed(lambda: eng._prefill(list(range(16)), [prompt] * 16), 3) \
                 if eng.cfg.max_batch >= 16 else float("nan")
         eng.cfg.prefill_graphs = setting
-        if torch.cuda.is_available() and eng.cfg.max_batch >= 16:
-            # the same prefills after 0.6 s of an idle GPU (clocks down, as between a server's bursts), without and
-            # with 15 ms of warm-up spin first (`warm_gpu`; ~ a 16-client burst's arrival)
-            for warm in (0, 15):
-                sfx = f"_warm{warm}" if warm else ""
-                prof[f"prefill_idle{sfx}_ms"] = _after_idle(eng, lambda: eng._prefill([0], [prompt]), warm)
-                prof[f"prefill_x16_idle{sfx}_ms"] = _after_idle(
-                    eng, lambda: eng._prefill(list(range(16)), [prompt] * 16), warm)
         if graphed:
             prof |= prefill_parity(eng)
         if torch.cuda.is_available():
@@ -561,6 +533,9 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
 
     real_wait = synth.SpeechJob._wait_admitted
     switch_ms = 1e3 * sys.getswitchinterval()  # as the started engine set it (0.5 ms)
+    import gc
+
+    gc_threshold = gc.get_threshold()  # the process's (Python's default (700, 10, 10) unless the app set others)
 
     async def polled_wait(self, timeout_s: float) -> None:  # the admission wait as it was: polled every 5 ms
         deadline = time.perf_counter() + timeout_s
@@ -610,11 +585,12 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         else:
             eng.__dict__.pop("_arm_many", None)
         text_mode["short"] = bool(overrides.get("short_texts"))
+        gc.set_threshold(overrides.get("gc_gen0", gc_threshold[0]), *gc_threshold[1:])
         sys.setswitchinterval(overrides.get("switch_ms", switch_ms) / 1e3)  # the GIL's hand-over interval
         server_cfg = app.state.vp.config
         for k in ServeConfig.model_fields:
             setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
-        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm")
+        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0")
         for k, v in overrides.items():
             if k not in bench_keys and k not in ServeConfig.model_fields:
                 setattr(eng.cfg, k, v)
@@ -644,16 +620,15 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     synth.SpeechJob.__init__ = logged_init
     # every garbage collection in this process (the server's): generation, pause (ms), objects collected; whether a
     # stalled burst met one (`gc.freeze()` at the app's start-up leaves start-up's objects out of every scan)
-    import gc
-
-    gc_log: list[tuple[int, float, int]] = []
+    gc_log: list[tuple[int, float, int, float]] = []
     gc_t0 = [0.0]
 
     def on_gc(phase: str, info: dict) -> None:
         if phase == "start":
             gc_t0[0] = time.perf_counter()
         else:
-            gc_log.append((info["generation"], round(1000 * (time.perf_counter() - gc_t0[0]), 2), info["collected"]))
+            gc_log.append((info["generation"], round(1000 * (time.perf_counter() - gc_t0[0]), 2), info["collected"],
+                           gc_t0[0]))
 
     gc.callbacks.append(on_gc)
     print(f"HTTP server up: gc frozen objects {gc.get_freeze_count()}, tracked {len(gc.get_objects())}, "
@@ -680,7 +655,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             prefill_log.clear()
                             jobs.clear()
                             gc_log.clear()
-                            spins = eng.warm_spins
+                            gap_embeds = eng.gap_embeds
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
                                                                      prefills=0, decodes=0, admitted=[]))
@@ -697,15 +672,24 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             gcs = {g: [sum(x[0] == g for x in gc_log), max((x[1] for x in gc_log if x[0] == g),
                                                                            default=0.0)] for g in (0, 1, 2)}
                             a.setdefault("burst_gc", []).append(gcs)  # generation: [collections, longest ms]
-                            a.setdefault("burst_warm_spins", []).append(eng.warm_spins - spins)
+                            # the collections in the burst's first 60 ms (from its first request's arrival):
+                            # (ms after it, generation, pause ms), and their summed pause
+                            t_first = min((j.marks.get("arrived", j.t0) for j in jobs), default=0.0)
+                            early = [(round(1000 * (t - t_first), 1), g, ms) for g, ms, _, t in gc_log
+                                     if 0 <= t - t_first < 0.06]
+                            a.setdefault("burst_gc_first_60ms", []).append(early)
+                            a.setdefault("burst_gap_embeds", []).append(eng.gap_embeds - gap_embeds)
                             print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, wall {elapsed:.3f} s, "
-                                  f"gc (gen: n, max ms) {gcs}, spins {eng.warm_spins - spins}, prefills (n, ms) "
+                                  f"gc (gen: n, max ms) {gcs}, in the first 60 ms {early} "
+                                  f"({sum(x[2] for x in early):.2f} ms), embedded in the gap "
+                                  f"{eng.gap_embeds - gap_embeds}, prefills (n, ms) "
                                   f"{a['admitted'][-1]}, timeline {a['timeline'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
                         print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
                         failed.add((label, fmt))
     finally:
         gc.callbacks.remove(on_gc)
+        gc.set_threshold(*gc_threshold)
         configure(variants[-1][1])
         del eng._prefill  # the engine's own method again
         synth.SpeechJob.__init__ = real_init
@@ -722,7 +706,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                 row = summarize(f"voicepipe HTTP {fmt}{label}", c, a["ttfb"], [w / audio for w in a["walls"]],
                                 audio * len(a["walls"]), a["elapsed"])
                 row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_wall_s=a["burst_wall_s"],
-                            burst_gc=a["burst_gc"], burst_warm_spins=a["burst_warm_spins"],
+                            burst_gc=a["burst_gc"], burst_gc_first_60ms=a["burst_gc_first_60ms"],
+                            burst_gap_embeds=a["burst_gap_embeds"],
                             burst_prefills=a["admitted"], timeline=a["timeline"],
                             prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
                             codec_captures=a.get("codec_captures", 0))
@@ -731,7 +716,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     return out
 
 
-TIMELINE = ("arrived", "t0", "prepare_start", "prepared", "submitted", "prefill_start", "admitted", "gpu_prefill_end",
+TIMELINE = ("arrived", "t0", "prepare_start", "prepared", "submitted", "prefill_start", "embedded", "gpu_embedded",
+            "admitted", "gpu_prefill_end",
             "admitted_seen", "step1_launched", "gpu_step1_end", "frame1", "step2_launched", "gpu_step2_end", "frame2",
             "stream_start", "encoder_ready", "first_enqueue", "first_decode_start", "first_decode_end", "first_chunk",
             "first_byte")
@@ -881,7 +867,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm", "warm"],
+                                                    "prefill-graphs", "arm", "gap-embed"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1010,14 +996,15 @@ def main() -> None:
             variants = [("", {}), (" (per-slot arm)", {"per_slot_arm": True}),
                         (" (embed at prepare, no gap)", {"embed_at_admit": False, "admit_gap_ms": 0.0})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
-        elif a.http_variants == "warm":
-            # the defaults, and the same with the GPU kept busy by a spin kernel while a burst is announced and
-            # gathered (EngineConfig.warm_gpu: the clocks up when the prefill starts), and that with a quiet gap of
-            # 1.5 ms instead of 2.5 before the burst is admitted
+        elif a.http_variants == "gap-embed":
+            # the defaults; the garbage collector's youngest generation collected after 50,000 net allocations
+            # instead of 700 (gc.set_threshold; ~10 collections of it in every burst of 16 before); the queued
+            # prompts embedded during the quiet gap instead of at admission (EngineConfig.embed_in_gap); both
             base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
-                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "warm_gpu": False}
-            variants = [("", {}), (" (warm GPU)", {"warm_gpu": True}),
-                        (" (warm GPU, gap 1.5 ms)", {"warm_gpu": True, "admit_gap_ms": 1.5})]
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "embed_in_gap": False}
+            variants = [("", {}), (" (gc gen0 50k)", {"gc_gen0": 50_000}),
+                        (" (embed in gap)", {"embed_in_gap": True}),
+                        (" (embed in gap, gc gen0 50k)", {"embed_in_gap": True, "gc_gen0": 50_000})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

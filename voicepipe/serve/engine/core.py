@@ -187,12 +187,10 @@ class EngineConfig:
     # one prefill; bounded by `admit_wait_ms`. A request queued when none was announced within the gap (in-process
     # `submit`) does not wait. 0: off
     admit_gap_ms: float = 2.5
-    # CUDA: while announced requests are prepared and an idle engine gathers a burst, keep one one-thread spin kernel
-    # (`torch.cuda._sleep`) running on a side stream, so the GPU's clocks are up when the prefill starts (an idle
-    # H200 drops its SM clock to ~345 MHz; the HTTP bursts' 16-prompt prefill took ~16.6 ms on the GPU against
-    # 12-13 ms back to back in-process: benchmarks/RESULTS.md, 2026-12-04 17:10-17:40 UTC). The spin touches no
-    # data and ends within ~0.5 ms of the burst's admission. False: off
-    warm_gpu: bool = False
+    # an idle engine gathering a burst embeds the prompts already queued (`embed_at_admit`) while it waits out the
+    # quiet gap (`admit_gap_ms`: no request is being prepared then, so the event loop does not compete for the GIL),
+    # instead of at admission, where that host work came before the prefill's launch while the GPU waited
+    embed_in_gap: bool = False
 
 
 @dataclass
@@ -557,6 +555,7 @@ class TTSEngine(FrameStep, CodecStreaming):
         t_start, gpu_start = time.perf_counter(), self._gpu_mark()
         try:
             self._embed_prompts([r.prompt for _, r in batch])
+            t_embedded, gpu_embedded = time.perf_counter(), self._gpu_mark()
             self._prefill([s for s, _ in batch], [r.prompt for _, r in batch])
         except Exception as e:  # noqa: BLE001 - report to the requests, keep serving others
             log.exception("prefill failed")
@@ -571,9 +570,10 @@ class TTSEngine(FrameStep, CodecStreaming):
         for slot, req in batch:
             req.slot = slot
             req.admitted_at = now
-            req.marks.update(prefill_start=t_start, admitted=now)
+            req.marks.update(prefill_start=t_start, embedded=t_embedded, admitted=now)
             if gpu_start is not None:
-                req.gpu_marks = [("gpu_prefill_start", gpu_start), ("gpu_prefill_end", gpu_end)]
+                req.gpu_marks = [("gpu_prefill_start", gpu_start), ("gpu_embedded", gpu_embedded),
+                                 ("gpu_prefill_end", gpu_end)]
             req.frame_budget = min(req.gen.max_new_tokens, self.cfg.max_len - req.prompt.embeds.shape[0])
             self._slots[slot] = req
             req.admitted.set()
@@ -595,50 +595,33 @@ class TTSEngine(FrameStep, CodecStreaming):
     def _gather_burst(self) -> None:
         """Idle engine, request(s) queued: wait while announced requests are still being prepared, and (with
         `admit_gap_ms`) until none has been announced for that long, until the free slots are taken or
-        `admit_wait_ms` passed. Nothing announced: no wait at all."""
+        `admit_wait_ms` passed. Nothing announced: no wait at all. With `embed_in_gap`, the queued prompts not yet
+        embedded are embedded during the quiet gap (outside the lock)."""
         free = sum(r is None for r in self._slots)
         deadline = time.perf_counter() + self.cfg.admit_wait_ms / 1e3
         gap = self.cfg.admit_gap_ms / 1e3
-        with self._cv:
-            while len(self._pending) < free and not self._stop and (left := deadline - time.perf_counter()) > 0:
-                poll = self._keep_warm(True) or left
+        while True:
+            with self._cv:
+                if len(self._pending) >= free or self._stop or (left := deadline - time.perf_counter()) <= 0:
+                    return
                 if self._expected > 0:
-                    self._cv.wait(timeout=min(left, poll))
+                    self._cv.wait(timeout=left)
                     continue
                 quiet = time.perf_counter() - self._last_expect
                 if quiet >= gap:
-                    break
-                self._cv.wait(timeout=min(left, gap - quiet, poll))
+                    return
+                todo = [r.prompt for r in self._pending if r.prompt.embeds is None] if self.cfg.embed_in_gap else []
+                if not todo:
+                    self._cv.wait(timeout=min(left, gap - quiet))
+                    continue
+            try:
+                self._embed_prompts(todo)
+            except Exception:  # noqa: BLE001 - left to the admission, which reports a failure to its requests
+                log.exception("embedding queued prompts failed")
+                return
+            self.gap_embeds += len(todo)
 
-    # `warm_gpu`'s spin: ~0.5 ms at the H200's 1980 MHz boost clock (~2.9 ms at its 345 MHz idle clock), topped up
-    # every 0.25 ms, so one is always queued or running while the engine waits for a burst
-    WARM_CYCLES: ClassVar[int] = 1_000_000
-    WARM_POLL_S: ClassVar[float] = 0.00025
-    warm_spins = 0  # spin kernels launched (`warm_gpu`)
-
-    def _keep_warm(self, waiting: bool) -> float | None:
-        """With `warm_gpu` on CUDA and `waiting` (requests announced or a burst being gathered): a spin kernel on a
-        side stream unless the last one is still running; returns how long to wait before the next check (None: not
-        warming)."""
-        if not (waiting and self.cfg.warm_gpu and self.device.type == "cuda"):
-            return None
-        self._spin_gpu()
-        return self.WARM_POLL_S
-
-    def _spin_gpu(self) -> None:
-        """One `WARM_CYCLES` spin kernel on the warm-up side stream, unless the one before is still running."""
-        ev = self.__dict__.get("_warm_ev")
-        if ev is not None and not ev.query():
-            return
-        stream = self.__dict__.get("_warm_stream")
-        if stream is None:
-            stream = self._warm_stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            torch.cuda._sleep(self.WARM_CYCLES)
-            ev = torch.cuda.Event()
-            ev.record()
-        self._warm_ev = ev
-        self.warm_spins += 1
+    gap_embeds = 0  # prompts embedded during a quiet gap (`embed_in_gap`)
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (1, 1, 2, 4, 8, ... frames) so playback
@@ -660,7 +643,7 @@ class TTSEngine(FrameStep, CodecStreaming):
                     with self._cv:
                         while (not self._stop and not self._pending and not any(self._slots)
                                and inflight is None):
-                            self._cv.wait(timeout=self._keep_warm(self._expected > 0) or 0.5)
+                            self._cv.wait(timeout=0.5)
                         if self._stop:
                             break
                     if self.cfg.admit_wait_ms > 0 and not any(self._slots) and inflight is None:
