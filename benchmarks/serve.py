@@ -655,7 +655,6 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             prefill_log.clear()
                             jobs.clear()
                             gc_log.clear()
-                            gap_embeds = eng.gap_embeds
                             ttfb, walls, elapsed = clients(fmt, c, 1)
                             a = acc.setdefault((label, fmt, c), dict(ttfb=[], walls=[], elapsed=0.0, bursts=[],
                                                                      prefills=0, decodes=0, admitted=[]))
@@ -678,11 +677,9 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                             early = [(round(1000 * (t - t_first), 1), g, ms) for g, ms, _, t in gc_log
                                      if 0 <= t - t_first < 0.06]
                             a.setdefault("burst_gc_first_60ms", []).append(early)
-                            a.setdefault("burst_gap_embeds", []).append(eng.gap_embeds - gap_embeds)
                             print(f"  round {r} {fmt}{label} x{c}: p50 {a['bursts'][-1]} ms, wall {elapsed:.3f} s, "
                                   f"gc (gen: n, max ms) {gcs}, in the first 60 ms {early} "
-                                  f"({sum(x[2] for x in early):.2f} ms), embedded in the gap "
-                                  f"{eng.gap_embeds - gap_embeds}, prefills (n, ms) "
+                                  f"({sum(x[2] for x in early):.2f} ms), prefills (n, ms) "
                                   f"{a['admitted'][-1]}, timeline {a['timeline'][-1]}", flush=True)
                     except Exception as e:  # noqa: BLE001 - e.g. a format whose encoder is missing on this machine
                         print(f"HTTP {fmt}{label} failed: {type(e).__name__}: {e}", flush=True)
@@ -707,7 +704,6 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                                 audio * len(a["walls"]), a["elapsed"])
                 row |= dict(bursts=n, burst_p50_ms=a["bursts"], burst_wall_s=a["burst_wall_s"],
                             burst_gc=a["burst_gc"], burst_gc_first_60ms=a["burst_gc_first_60ms"],
-                            burst_gap_embeds=a["burst_gap_embeds"],
                             burst_prefills=a["admitted"], timeline=a["timeline"],
                             prefills_per_round=a["prefills"] / n, decode_calls_per_round=a["decodes"] / n,
                             codec_captures=a.get("codec_captures", 0))
@@ -867,7 +863,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm", "gap-embed"],
+                                                    "prefill-graphs", "arm", "gc"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -996,15 +992,13 @@ def main() -> None:
             variants = [("", {}), (" (per-slot arm)", {"per_slot_arm": True}),
                         (" (embed at prepare, no gap)", {"embed_at_admit": False, "admit_gap_ms": 0.0})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
-        elif a.http_variants == "gap-embed":
-            # the defaults; the garbage collector's youngest generation collected after 50,000 net allocations
-            # instead of 700 (gc.set_threshold; ~10 collections of it in every burst of 16 before); the queued
-            # prompts embedded during the quiet gap instead of at admission (EngineConfig.embed_in_gap); both
+        elif a.http_variants == "gc":
+            # the defaults (the app's garbage-collector threshold, GC_GEN0_THRESHOLD), and Python's own 700 for the
+            # youngest generation (as before 2026-12-04 18:4x); `--http-variants gap-embed` at commit 469ab7d also
+            # had the prompts embedded during the quiet gap (not kept)
             base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
-                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "embed_in_gap": False}
-            variants = [("", {}), (" (gc gen0 50k)", {"gc_gen0": 50_000}),
-                        (" (embed in gap)", {"embed_in_gap": True}),
-                        (" (embed in gap, gc gen0 50k)", {"embed_in_gap": True, "gc_gen0": 50_000})]
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            variants = [("", {}), (" (gc gen0 700)", {"gc_gen0": 700})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

@@ -222,32 +222,6 @@ def test_a_quiet_gap_keeps_a_burst_whose_first_prompts_are_ready_in_one_prefill(
     assert h.admitted_at - t0 < 0.3, h.admitted_at - t0
 
 
-def test_prompts_embedded_during_the_quiet_gap_give_the_same_codes(engine, monkeypatch):
-    """With `embed_in_gap`, an idle engine gathering a burst embeds the queued prompts (prepared with `embed=False`)
-    while it waits out the quiet gap instead of at admission: every one of them is embedded there, the burst is
-    still one prefill, and each request's codes are those of its prompt embedded at prepare."""
-    gen = GenerationConfig(max_new_tokens=4, min_new_tokens=4, **GREEDY)
-    texts = ("One.", "Two words.", "Three more words.")
-    solo = [engine.generate_codes(engine.prepare(t, speaker="alice"), gen) for t in texts]
-    monkeypatch.setattr(engine.cfg, "admit_wait_ms", 5000.0)
-    monkeypatch.setattr(engine.cfg, "admit_gap_ms", 300.0)
-    for in_gap in (False, True):
-        monkeypatch.setattr(engine.cfg, "embed_in_gap", in_gap)
-        before, embedded = engine.prefills, engine.gap_embeds
-        handles = []
-        for t in texts:  # announced, prepared without embedding, queued: 20 ms apart
-            engine.expect()
-            p = engine.prepare(t, speaker="alice", embed=False)
-            handles.append(engine.submit(p, gen, lambda ev: None, expected=True))
-            time.sleep(0.02)
-        for h in handles:
-            assert h.finished.wait(60)
-        assert engine.prefills - before == 1
-        assert engine.gap_embeds - embedded == (len(texts) if in_gap else 0)
-        for h, s in zip(handles, solo, strict=True):
-            assert torch.equal(torch.stack(h.frames), s)
-
-
 def test_admission_writes_every_slots_sampling_state_in_one_batch(tiny_custom_voice_dir):
     """`_arm_many` (the batched writes at admission) leaves each slot's sampling state as one write per field and
     slot would: the slot's own settings, the others untouched."""

@@ -187,10 +187,6 @@ class EngineConfig:
     # one prefill; bounded by `admit_wait_ms`. A request queued when none was announced within the gap (in-process
     # `submit`) does not wait. 0: off
     admit_gap_ms: float = 2.5
-    # an idle engine gathering a burst embeds the prompts already queued (`embed_at_admit`) while it waits out the
-    # quiet gap (`admit_gap_ms`: no request is being prepared then, so the event loop does not compete for the GIL),
-    # instead of at admission, where that host work came before the prefill's launch while the GPU waited
-    embed_in_gap: bool = False
 
 
 @dataclass
@@ -595,33 +591,19 @@ class TTSEngine(FrameStep, CodecStreaming):
     def _gather_burst(self) -> None:
         """Idle engine, request(s) queued: wait while announced requests are still being prepared, and (with
         `admit_gap_ms`) until none has been announced for that long, until the free slots are taken or
-        `admit_wait_ms` passed. Nothing announced: no wait at all. With `embed_in_gap`, the queued prompts not yet
-        embedded are embedded during the quiet gap (outside the lock)."""
+        `admit_wait_ms` passed. Nothing announced: no wait at all."""
         free = sum(r is None for r in self._slots)
         deadline = time.perf_counter() + self.cfg.admit_wait_ms / 1e3
         gap = self.cfg.admit_gap_ms / 1e3
-        while True:
-            with self._cv:
-                if len(self._pending) >= free or self._stop or (left := deadline - time.perf_counter()) <= 0:
-                    return
+        with self._cv:
+            while len(self._pending) < free and not self._stop and (left := deadline - time.perf_counter()) > 0:
                 if self._expected > 0:
                     self._cv.wait(timeout=left)
                     continue
                 quiet = time.perf_counter() - self._last_expect
                 if quiet >= gap:
-                    return
-                todo = [r.prompt for r in self._pending if r.prompt.embeds is None] if self.cfg.embed_in_gap else []
-                if not todo:
-                    self._cv.wait(timeout=min(left, gap - quiet))
-                    continue
-            try:
-                self._embed_prompts(todo)
-            except Exception:  # noqa: BLE001 - left to the admission, which reports a failure to its requests
-                log.exception("embedding queued prompts failed")
-                return
-            self.gap_embeds += len(todo)
-
-    gap_embeds = 0  # prompts embedded during a quiet gap (`embed_in_gap`)
+                    break
+                self._cv.wait(timeout=min(left, gap - quiet))
 
     def _chunk_due(self, r: RequestHandle, n_new: int) -> bool:
         """Whether `r`'s new frames go to the codec now. Chunk sizes ramp up (1, 1, 2, 4, 8, ... frames) so playback
