@@ -304,3 +304,34 @@ def test_margins_at_once_equal_one_at_a_time_and_skip_the_episodes_own_voices() 
     lone = FeedVoices(t, [("ep0", "S1", c)])
     ms, whos = lone.margins(embs, "ep0")  # its only other voice is its own: nothing judges
     assert np.isnan(ms).all() and whos == [None] * 5 and lone.margin(embs[1], "ep0") == (None, None)
+
+
+def test_an_outlier_with_overlap_does_not_veto_the_targets_own_episode_under_the_same_bed() -> None:
+    """A 30-minute feed (benchmarks/RESULTS.md, corpus purity, twelfth session): the "all" episode's kept voice is
+    the target under a music bed with a co-host over it (overlap heard), an outlier; the music episode's voice (the
+    target under the same bed) is nearer that mixture than the feed's target voice, and was dropped as "not the
+    feed's voice", its units cut too. Now a loud outlier lends no voice (`feed_voices`' `quiet_overlap`); a quiet
+    one (a guest host's episode) still does."""
+    from voicepipe.corpus.speakers import feed_units, feed_voices
+
+    rng = np.random.default_rng(1)
+    t, c, g = _voices()
+    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
+    for e in eps.values():
+        e["overlap"] = 0.0
+    bed = _at(t, 0.96, rng)
+    eps["music"] = {"voice": bed, "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(bed, rng, 0.3))]}
+    towards_c = unit(c - (c @ bed) * bed)
+    mix = unit(bed + np.sqrt(1 / 0.965**2 - 1) * towards_c)  # cosine 0.965 to the music episode's voice
+    eps["all"] = {"voice": mix, "others": {}, "overlap": 0.06, "segments": []}
+    eps["absent"] = {"voice": _jitter(c, rng), "others": {}, "overlap": 0.0, "segments": []}  # kept the co-host
+    scores, out, _, _ = feed_voices(eps, t)
+    assert {"all", "absent"} <= set(out) and "music" not in out and float(mix @ bed) > scores["music"]
+    assert "music" in judge_feed(eps, t).episodes  # without `rescue_max_overlap`: every outlier lends its voice
+    j = judge_feed(eps, t, rescue_max_overlap=0.01)
+    assert "music" not in j.episodes and {"all", "absent"} <= set(j.episodes)
+    _, _, _, feed = feed_voices(eps, t, quiet_overlap=0.01)
+    assert feed is not None and ("all", "kept") not in {(ep, lab) for ep, lab, _ in feed.others}
+    assert not feed_units([(0.0, 3.0)], bed[None, :], feed, "music", margin=0.0)
+    eps["all"]["overlap"] = 0.0  # nothing overlapped: another host's voice, which judges as before
+    assert "music" in judge_feed(eps, t, rescue_max_overlap=0.01).episodes

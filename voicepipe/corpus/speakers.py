@@ -653,21 +653,18 @@ class FeedVoices:
         recurs = ((m @ m.T) > np.maximum(to_t[:, None], to_t[None, :])) & (eps[:, None] != eps[None, :])
         return cls(t, [x for x, r in zip(cand, recurs.any(axis=1), strict=True) if r])
 
-    def nearest_other(self, emb: np.ndarray, episode: str, skip: frozenset[tuple[str, str]] = frozenset()
-                      ) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
-        """The cosine of `emb` to the nearest voice that another episode heard (less the (episode, label) pairs in
-        `skip`), with its (episode, label)."""
-        best, i = self._nearest(unit(np.asarray(emb, dtype=np.float64))[None, :], episode, skip)
+    def nearest_other(self, emb: np.ndarray, episode: str) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
+        """The cosine of `emb` to the nearest voice that another episode heard, with its (episode, label)."""
+        best, i = self._nearest(unit(np.asarray(emb, dtype=np.float64))[None, :], episode)
         if i[0] < 0:
             return -np.inf, None, None
         ep, lab, c = self.others[i[0]]
         return float(best[0]), (ep, lab), c
 
-    def _nearest(self, embs: np.ndarray, episode: str, skip: frozenset[tuple[str, str]] = frozenset()
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _nearest(self, embs: np.ndarray, episode: str) -> tuple[np.ndarray, np.ndarray]:
         """For unit rows `embs`: (cosine to the nearest voice another episode heard, its index in `others`; -1 none)."""
         n = len(embs)
-        usable = [k for k, (ep, lab, _) in enumerate(self.others) if ep != episode and (ep, lab) not in skip]
+        usable = [k for k, (ep, _, _) in enumerate(self.others) if ep != episode]
         if not usable:
             return np.full(n, -np.inf), np.full(n, -1)
         sims = embs @ np.stack([self.others[k][2] for k in usable]).T
@@ -727,10 +724,16 @@ class FeedJudgement:
 
 
 def feed_voices(episodes: dict[str, dict], enroll: np.ndarray | None, *, mad_k: float = 5.0, min_gap: float = 0.05,
-                min_talk_s: float = 2.0) -> tuple[dict[str, float], dict[str, float], list[str], FeedVoices | None]:
-    """The feed's voices from its episodes (`judge_feed`'s `episodes`: "voice", "others"): (every judged
+                min_talk_s: float = 2.0, quiet_overlap: float | None = None,
+                ) -> tuple[dict[str, float], dict[str, float], list[str], FeedVoices | None]:
+    """The feed's voices from its episodes (`judge_feed`'s `episodes`: "voice", "others", "overlap"): (every judged
     episode's score, the `feed_outliers`, the reference episodes (the judged half nearest the enrollment), the
-    `FeedVoices` with the outliers' kept voices among the other voices; None without two target voices)."""
+    `FeedVoices` with the outliers' kept voices among the other voices; None without two target voices).
+
+    With `quiet_overlap`, an outlier in which more than that fraction of the speech was heard as overlapped does
+    not lend its kept voice: it is the target with another voice over it, a mixture that sits near the target's
+    voice (a 30-minute episode's: cosine 0.918) and out-voted the target's own episodes under the same music bed
+    (benchmarks/RESULTS.md, corpus purity, twelfth session). A quiet outlier's (a guest host's) still counts."""
     voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
     scores, out = feed_outliers(voices, enroll, mad_k=mad_k, min_gap=min_gap)
     judged = [k for k in scores if k not in out]
@@ -739,7 +742,9 @@ def feed_voices(episodes: dict[str, dict], enroll: np.ndarray | None, *, mad_k: 
     ref = ref[: max(2, (len(ref) + 1) // 2)]
     others = {k: dict(ep.get("others") or {}) for k, ep in episodes.items()}
     for k in out:  # an outlier's kept voice is a voice of the feed that is not the target
-        others[k]["kept"] = (voices[k], float("inf"))
+        ov = episodes[k].get("overlap")
+        if quiet_overlap is None or ov is None or ov <= quiet_overlap:
+            others[k]["kept"] = (voices[k], float("inf"))
     feed = FeedVoices.of({k: voices[k] for k in ref}, others, judged={k: voices[k] for k in judged},
                          min_talk_s=min_talk_s)
     return scores, out, ref, feed
@@ -769,7 +774,8 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     kept voice (the target with a voice over it) is not among the other voices the rescue compares with, where an
     outlier's without overlap (a guest host's) is.
     """
-    scores, out, ref, feed = feed_voices(episodes, enroll, mad_k=mad_k, min_gap=min_gap, min_talk_s=min_talk_s)
+    scores, out, ref, feed = feed_voices(episodes, enroll, mad_k=mad_k, min_gap=min_gap, min_talk_s=min_talk_s,
+                                         quiet_overlap=rescue_max_overlap)
     voices = {k: np.asarray(e.get("voice", []), dtype=np.float64) for k, e in episodes.items()}
     floor = min((s for x, s in scores.items() if x not in out), default=0.0)
     j = FeedJudgement(scores=scores, episodes={
@@ -783,10 +789,8 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     if rescue_max_overlap is not None and out:
         med, gap = _outlier_gap([scores[k] for k in ref], mad_k, min_gap)
         band = med - 2 * gap
-        # an outlier with overlapped speech kept the target with someone over it, not another person's voice
-        loud = frozenset((k, "kept") for k in out if (episodes[k].get("overlap") or 0.0) > rescue_max_overlap)
-        for k in out:
-            best, who, _ = feed.nearest_other(voices[k], k, skip=loud)
+        for k in out:  # (an outlier with overlapped speech lent no kept voice: `feed_voices`' `quiet_overlap`)
+            best, who, _ = feed.nearest_other(voices[k], k)
             t = float(unit(voices[k]) @ feed.target)
             ov = episodes[k].get("overlap")
             if ov is not None and ov <= rescue_max_overlap and scores[k] >= band and t > best:

@@ -527,11 +527,12 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     if len(judged) < 3:  # (the feed check needs three episodes: `feed_outliers`)
         return states
     _, _, _, feed = spk_mod.feed_voices({st.source.id: feed_entry(st.results["diarize"]) for st in judged},
-                                        ctx.centroid)
+                                        ctx.centroid, quiet_overlap=p.feed_rescue_max_overlap)
     every = sorted(st.result_shas["diarize"] for st in judged)
     # every episode's diarize result is an input; as one hash in the key (a feed of hundreds of episodes would
     # otherwise list every sha in every episode's sidecar), the episode's own as its lineage
-    params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key, "feed": _hash(every)}
+    params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key, "feed": _hash(every),
+              "quiet_overlap": p.feed_rescue_max_overlap}
     for st in judged:
         dia = st.results["diarize"]
 
