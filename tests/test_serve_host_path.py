@@ -209,3 +209,34 @@ def test_the_server_freezes_what_start_up_made_for_the_collector(config, voices)
         srv.stop()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
+
+
+def test_the_server_collects_cyclic_garbage_once_no_request_is_in_flight(config, voices):
+    """With the youngest generation's threshold raised while serving, cyclic garbage (a failed request's traceback
+    holding its audio, say) would wait for 50,000 net allocations; once the last HTTP request in flight is answered
+    the server runs the collection Python's own threshold would have run by then."""
+    import gc
+    import weakref
+
+    from voicepipe.serve.middleware import IDLE_COLLECT_COUNT
+
+    class Cycle:
+        pass
+
+    srv = LiveServer(create_app(config, voices))
+    try:
+        gc.collect()
+        c = Cycle()
+        c.me = c
+        ref = weakref.ref(c)
+        del c
+        junk = [[] for _ in range(IDLE_COLLECT_COUNT)]  # allocations pending: the collection is due
+        assert ref() is not None and gc.get_count()[0] >= IDLE_COLLECT_COUNT
+        assert _speak(srv.url, "Collected.").status_code == 200
+        deadline = time.monotonic() + 5
+        while ref() is not None and time.monotonic() < deadline:  # the server's Gate ends after the response
+            time.sleep(0.01)
+        assert ref() is None
+        del junk
+    finally:
+        srv.stop()

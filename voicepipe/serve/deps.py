@@ -76,6 +76,7 @@ class ServerState:
     owns_engines: bool = True
     load_error: str | None = None
     waiting: dict[str, int] = field(default_factory=dict)  # per voice: requests not yet holding a slot
+    in_flight: int = 0  # HTTP requests being answered (counted by the Gate middleware; idle collections)
     wyoming: Any = None  # the running WyomingServer, when config.wyoming_uri is set
     _prepare_pool: ThreadPoolExecutor | None = None
     _prepare_pool_size: int = 0

@@ -9,6 +9,7 @@ an app never sees a request whose head has not arrived.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -38,6 +39,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# Python's own threshold for the youngest generation: the server raises it while running (app.GC_GEN0_THRESHOLD), so
+# no collection interrupts a burst of requests, and runs the collection that Python would have run by now once no
+# HTTP request is in flight (cyclic garbage, e.g. a failed request's traceback holding its audio, is freed then)
+IDLE_COLLECT_COUNT = 700
+
+
+def collect_when_idle() -> None:
+    """No HTTP request in flight: a collection if at least `IDLE_COLLECT_COUNT` net allocations are pending (a full
+    one: with start-up's objects frozen it scans only what serving made)."""
+    if gc.isenabled() and gc.get_count()[0] >= IDLE_COLLECT_COUNT:
+        gc.collect()
+
+
 class Gate:
     """Auth before the body, body limits, and metrics for every speech response status."""
 
@@ -63,6 +77,7 @@ class Gate:
                 status["code"] = message["status"]
             await send(message)
 
+        self.state.in_flight += 1
         try:
             if cfg.api_key and needs_key(path, cfg.protect_ops) and not authorized(
                 cfg.api_key, _header(scope, b"authorization")
@@ -85,6 +100,9 @@ class Gate:
                 voice, fmt, stream = info.get("vp_labels") or ("-", "-", "-")
                 code = status["code"]
                 m.requests.labels(voice, fmt, stream, "ok" if code == 200 else str(code)).inc()
+            self.state.in_flight -= 1
+            if self.state.in_flight == 0:
+                collect_when_idle()
 
     @staticmethod
     def _limited(receive: Receive, max_bytes: int, timeout_s: float) -> Receive:
