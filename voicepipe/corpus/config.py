@@ -136,7 +136,9 @@ class CorpusParams(BaseModel):
         "feed is kept after all when its voice is nearer the feed's target voice than every other voice of the "
         "feed, its score is within twice the outlier gap, and at most this fraction of its speech was heard as "
         "overlapped (a pure target episode with short turns or a phone line; one with overlapped speech stays out: "
-        "a co-host's backchannels inside it lower its score the same way). None: off."
+        "a co-host's backchannels inside it lower its score the same way). Such an outlier, with more than this "
+        "fraction overlapped, also lends no kept voice to the feed's other voices (it is the target with someone "
+        "over it). None: off, and every outlier lends its kept voice."
     )
     feed_other_margin: float = Field(
         0.2, ge=0.0, le=1.0, description="How much nearer another voice of the feed than the target voice a kept "

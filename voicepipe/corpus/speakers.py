@@ -771,8 +771,8 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     and at most that fraction of its speech was heard as overlapped ("overlap" in its entry; unknown: not kept).
     An outlier with overlapped speech stays out: the same low score is what a co-host's backchannels inside its
     kept speech give, and the embeddings cannot tell those apart (benchmarks/RESULTS.md, corpus purity); and its
-    kept voice (the target with a voice over it) is not among the other voices the rescue compares with, where an
-    outlier's without overlap (a guest host's) is.
+    kept voice (the target with a voice over it) is not among the feed's other voices (`feed_voices`'
+    `quiet_overlap`), where an outlier's without overlap (a guest host's) is.
     """
     scores, out, ref, feed = feed_voices(episodes, enroll, mad_k=mad_k, min_gap=min_gap, min_talk_s=min_talk_s,
                                          quiet_overlap=rescue_max_overlap)
