@@ -198,14 +198,20 @@ def _at(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
     return unit(cos * v + np.sqrt(1 - cos**2) * r)
 
 
+def _quiet_feed(rng: np.random.Generator) -> dict[str, dict]:
+    """Six episodes of the target (`_feed`'s five and one more), none with overlapped speech heard."""
+    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
+    for e in eps.values():
+        e["overlap"] = 0.0
+    return eps
+
+
 def test_a_pure_target_episode_below_the_feed_is_kept_only_without_overlap_and_near_the_target() -> None:
     """A phone guest's episode (the target's short turns, another channel) scores below the feed like an episode
     with backchannels in it: it is kept only where nothing overlapped and its voice is the target's nearest."""
     rng = np.random.default_rng(6)
     t, c, g = _voices()
-    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
-    for e in eps.values():
-        e["overlap"] = 0.0
+    eps = _quiet_feed(rng)
     phone = _at(t, 0.92, rng)  # the target over a phone line: an outlier by the MAD rule, far from the co-host
     eps["phone"] = {"voice": phone, "others": {"S1": (_jitter(g, rng), 20.0)}, "overlap": 0.0,
                     "segments": [(0.0, _jitter(phone, rng, 0.3)), (1.0, _jitter(c, rng, 0.1))]}
@@ -245,9 +251,7 @@ def test_an_outlier_with_overlap_does_not_vouch_as_another_voice_but_a_quiet_one
     overlap do block each other."""
     rng = np.random.default_rng(7)
     t, c, g = _voices()
-    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
-    for e in eps.values():
-        e["overlap"] = 0.0
+    eps = _quiet_feed(rng)
     bed = _at(t, 0.93, rng)
     eps["bed"] = {"voice": bed, "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(bed, rng, 0.3))]}
     eps["busy"] = {"voice": _at(bed, 0.985, rng), "others": {}, "overlap": 0.06, "segments": []}
@@ -316,9 +320,7 @@ def test_an_outlier_with_overlap_does_not_veto_the_targets_own_episode_under_the
 
     rng = np.random.default_rng(1)
     t, c, g = _voices()
-    eps = {**_feed(rng), "ep5": _feed(rng)["ep0"]}
-    for e in eps.values():
-        e["overlap"] = 0.0
+    eps = _quiet_feed(rng)
     bed = _at(t, 0.96, rng)
     eps["music"] = {"voice": bed, "others": {}, "overlap": 0.0, "segments": [(0.0, _jitter(bed, rng, 0.3))]}
     towards_c = unit(c - (c @ bed) * bed)
