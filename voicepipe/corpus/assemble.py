@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.speakers import FeedJudgement, judge_feed
+from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed
 from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -335,8 +335,6 @@ def _feed_unjudged_lines(summary: dict, n_episodes: int) -> list[str]:
     """The report's warning when the feed check compared no episode (too few episodes with a target voice)."""
     if summary.get("feed_check_episodes") != 0 or not n_episodes:
         return []
-    from voicepipe.corpus.speakers import FEED_MIN_EPISODES
-
     return [f"**The feed check judged no episode**: it compares each episode's target voice with the others' and "
             f"needs at least {FEED_MIN_EPISODES} episodes with a target voice; this build has {n_episodes} "
             "episode(s). Each episode keeps the voice nearest the enrollment, so an episode without the target "

@@ -524,7 +524,7 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
         return states
     # (a studio take's diarize has no units: one voice per take, checked against the enrollment)
     judged = [st for st in states if st.ok and "unit_embs" in (st.results.get("diarize") or {})]
-    if len(judged) < 3:  # (the feed check needs three episodes: `feed_outliers`)
+    if len(judged) < spk_mod.FEED_MIN_EPISODES:  # (fewer: `feed_outliers` judges none)
         return states
     _, _, _, feed = spk_mod.feed_voices({st.source.id: feed_entry(st.results["diarize"]) for st in judged},
                                         ctx.centroid, quiet_overlap=p.feed_rescue_max_overlap)
