@@ -998,12 +998,12 @@ def main() -> None:
                         (" (embed at prepare, no gap)", {"embed_at_admit": False, "admit_gap_ms": 0.0})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "gc":
-            # the defaults (the app's garbage-collector threshold, GC_GEN0_THRESHOLD), and Python's own 700 for the
-            # youngest generation (as before 2026-12-04 18:4x); `--http-variants gap-embed` at commit 469ab7d also
-            # had the prompts embedded during the quiet gap (not kept)
+            # the defaults (Python's own 700 for the youngest generation; the server raised it to 50,000 from
+            # 18:26 to 19:30 on 2026-12-04, now `ServeConfig.gc_gen0_threshold`, off), and 50,000;
+            # `--http-variants gap-embed` at commit 469ab7d also had the prompts embedded during the quiet gap
             base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
                     "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
-            variants = [("", {}), (" (gc gen0 700)", {"gc_gen0": 700})]
+            variants = [("", {}), (" (gc gen0 50000)", {"gc_gen0": 50_000})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

@@ -195,15 +195,13 @@ def test_the_server_freezes_what_start_up_made_for_the_collector(config, voices)
     of requests made ~10 collections at Python's 700) and restored at shutdown."""
     import gc
 
-    from voicepipe.serve.app import GC_GEN0_THRESHOLD
-
     gc.unfreeze()
     before = gc.get_threshold()
-    srv = LiveServer(create_app(config, voices))
+    srv = LiveServer(create_app(config.model_copy(update={"gc_gen0_threshold": 50_000}), voices))
     try:
         assert gc.get_freeze_count() > 10_000  # the voice's model, engine and the server's modules
-        # while serving, the youngest generation is collected after GC_GEN0_THRESHOLD net allocations, not 700
-        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+        # while serving, the youngest generation is collected after `gc_gen0_threshold` net allocations, not 700
+        assert gc.get_threshold() == (50_000, *before[1:])
         assert _speak(srv.url, "Frozen.").status_code == 200
     finally:
         srv.stop()
@@ -223,7 +221,7 @@ def test_the_server_collects_cyclic_garbage_once_no_request_is_in_flight(config,
     class Cycle:
         pass
 
-    srv = LiveServer(create_app(config, voices))
+    srv = LiveServer(create_app(config.model_copy(update={"gc_gen0_threshold": 50_000}), voices))
     try:
         gc.collect()
         c = Cycle()

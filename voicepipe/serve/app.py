@@ -42,10 +42,6 @@ def load_voices(config: ServeConfig) -> dict[str, Voice]:
     return voices
 
 
-# the garbage collector's youngest-generation threshold while the server runs (Python's default: 700); see lifespan
-GC_GEN0_THRESHOLD = 50_000
-
-
 def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> FastAPI:
     """Build the app. With `voices` given (already loaded), the app uses them and leaves their engines running
     at shutdown; otherwise it loads `config.voices` at startup and stops their engines at shutdown."""
@@ -76,12 +72,12 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
         # Serving allocates ~7,000 net container objects in a burst of 16 requests, nearly all freed by reference
         # counting when the requests end; at Python's threshold of 700 that made ~9 collections of the youngest
         # generation and one of the middle in every such burst (0.2-0.9 and 1-5 ms, every thread stopped), 0.9-5.1 ms
-        # of them in its first 60 ms. With 50,000 none ran in 16 bursts (H200, TTFA p50 at 16 HTTP clients 53.0 ->
-        # 51.4 ms, p95 58.0 -> 54.2: benchmarks/RESULTS.md, 2026-12-04 18:05-18:45 UTC). Cyclic garbage is collected
-        # once no HTTP request is in flight (`middleware.collect_when_idle`), and at the latest every 50,000 net
-        # allocations (without the idle collection the CPU load test's RSS grew 70 MB, over its 60 MB bound).
+        # of them in its first 60 ms. With `gc_gen0_threshold` 50,000 none ran in 16 bursts (H200, TTFA p50 at 16
+        # HTTP clients 53.0 -> 51.4 ms, p95 58.0 -> 54.2: benchmarks/RESULTS.md, 2026-12-04 18:05-18:45 UTC); cyclic
+        # garbage is then collected once no HTTP request is in flight (`middleware.collect_when_idle`).
         threshold = gc.get_threshold()
-        gc.set_threshold(GC_GEN0_THRESHOLD, *threshold[1:])
+        if config.gc_gen0_threshold:
+            gc.set_threshold(config.gc_gen0_threshold, *threshold[1:])
         state.ready = True
         yield
         state.ready = False

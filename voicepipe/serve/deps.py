@@ -47,6 +47,11 @@ class ServeConfig(BaseModel):
     capture_graphs: bool = True
     wyoming_uri: str | None = None  # e.g. tcp://0.0.0.0:10200: also speak the Wyoming protocol (Home Assistant)
     wyoming_zeroconf: str | None = None  # a name: announce the Wyoming server over mDNS (needs `zeroconf`)
+    # the garbage collector's youngest-generation threshold while serving; None: Python's own (700). 50,000 ran no
+    # collection in a 16-client burst and took TTFA p50 at 16 HTTP clients 53.0 -> 51.4 ms on an H200, but young
+    # garbage then waits for an idle moment: the CPU load test's RSS grew 66 MB, over its 60 MB bound, in a full run
+    # (benchmarks/RESULTS.md, serve, 2026-12-04 18:05-18:45 UTC). Off until that growth is understood.
+    gc_gen0_threshold: int | None = None
 
 
 class ApiError(Exception):
