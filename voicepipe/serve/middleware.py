@@ -39,8 +39,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-# Python's own threshold for the youngest generation: the server raises it while running (app.GC_GEN0_THRESHOLD), so
-# no collection interrupts a burst of requests, and runs the collection that Python would have run by now once no
+# Python's own threshold for the youngest generation: where the server raises it (`ServeConfig.gc_gen0_threshold`), so
+# no collection interrupts a burst of requests, it runs the collection that Python would have run by now once no
 # HTTP request is in flight (cyclic garbage, e.g. a failed request's traceback holding its audio, is freed then)
 IDLE_COLLECT_COUNT = 700
 
@@ -101,7 +101,7 @@ class Gate:
                 code = status["code"]
                 m.requests.labels(voice, fmt, stream, "ok" if code == 200 else str(code)).inc()
             self.state.in_flight -= 1
-            if self.state.in_flight == 0:
+            if self.state.in_flight == 0 and cfg.gc_gen0_threshold:  # (at Python's own threshold it collects)
                 collect_when_idle()
 
     @staticmethod
