@@ -61,3 +61,60 @@ def test_overlapped_steps_give_every_request_the_codes_it_gets_alone(tts, max_ba
             assert torch.equal(a, g), f"overlap_host={overlap}: codes changed when requests share the engine"
         # with the overlap, the host read every launched step's codes, or all but the last: one step ahead at most
         assert launched - read in ((0,) if not overlap else (0, 1))
+
+
+def _audio(eng: TTSEngine, jobs: list[tuple[str, int]]) -> list[list]:
+    """Submit every job at once (greedy) and return each one's audio chunks."""
+    import queue
+
+    qs = []
+    with eng._step_lock:  # queued together: one prefill, one first step for all
+        for text, n in jobs:
+            q: queue.Queue = queue.Queue()
+            eng.submit(eng.prepare(text, speaker="alice"), GenerationConfig(max_new_tokens=n, min_new_tokens=n,
+                                                                            **GREEDY), q.put)
+            qs.append(q)
+    out = []
+    for q in qs:
+        chunks = []
+        while (ev := q.get(timeout=120)).kind != "done":
+            assert ev.kind == "audio", ev
+            chunks.append(ev.audio)
+        out.append(chunks)
+    return out
+
+
+def test_first_windows_decoded_by_the_engine_thread_give_the_same_audio(tts, monkeypatch):
+    """`first_decode_alone`: a burst's first windows are decoded from the engine thread (on CUDA: on its stream,
+    ahead of the second frame step), the rest on the decode thread; every chunk is what the decode thread alone
+    makes, and the step holding the first frames is read before the next one is launched."""
+    import threading
+
+    import numpy as np
+
+    jobs = JOBS[:2]
+    where: list[tuple[str, int]] = []
+    in_flight: list[int] = []  # frame steps launched and not yet read, when the engine thread decodes
+    real = TTSEngine._decode_launch
+
+    def spy(self, codes):
+        where.append((threading.current_thread().name, codes.shape[1]))
+        if threading.current_thread().name == "tts-engine":
+            in_flight.append(self.launched - self.steps)
+        return real(self, codes)
+
+    monkeypatch.setattr(TTSEngine, "_decode_launch", spy)
+    got = {}
+    for alone in (False, True):
+        where.clear()
+        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, first_decode_alone=alone)).start()
+        try:
+            got[alone] = _audio(eng, jobs)
+        finally:
+            eng.stop()
+        first = [w for w in where if w[1] == 1]  # the first windows: one frame each, both requests in one call
+        assert first == [("tts-engine" if alone else "tts-codec", 1)], where
+        assert all(name == "tts-codec" for name, n in where if n > 1), where
+    assert in_flight == [0]  # the second step is launched after the first windows' decode
+    for a, b in zip(got[False], got[True], strict=True):
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -53,12 +54,30 @@ class CodecStreaming:
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
+        wav, ev = self._decode_launch(codes)
+        if ev is not None:
+            wait_event(ev)
+        return wav
+
+    def _decode_launch(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Queue the decode of codes [B, n, 16] on the current stream, and its copy into pinned host memory:
+        (waveform [B, n*1920] float32 on the host, the event after which it holds the audio; None: it already
+        does, off CUDA)."""
         dec = self.model.speech_tokenizer.model.decoder
-        x = codes.to(next(dec.parameters()).device).clamp(min=0).transpose(1, 2)
+        dev = next(dec.parameters()).device
+        x = (codes.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else codes.to(dev))
+        x = x.clamp(min=0).transpose(1, 2)
         wav = self._decode_graphed(dec, x) if self._codec_graphed else None
         if wav is None:
             wav = dec(x)
-        return self._to_host(wav[:, 0].float())
+        wav = wav[:, 0].float()
+        if wav.device.type != "cuda":
+            return wav.clone(), None
+        out = torch.empty(wav.shape, dtype=wav.dtype, pin_memory=True)
+        out.copy_(wav, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        return out, ev
 
     def _fuse_codec(self) -> bool:
         """Rewrite the codec decoder's activations as `engine.snake`'s kernel when `EngineConfig.codec_fused` says so
@@ -186,11 +205,48 @@ class CodecStreaming:
         now = time.perf_counter()
         for (_, n_ctx), reqs in groups.items():
             batch = torch.stack([torch.stack(r.frames[max(0, r.emitted - ctx) :]) for r in reqs])
+            first = all(r.emitted == 0 for r in reqs)
             for r in reqs:
                 if r.emitted == 0:
                     r.marks["first_enqueue"] = now
                 r.emitted = len(r.frames)
-            self._queue_job(("audio", reqs, batch, n_ctx))
+            if first and self._first_decode_here:
+                self._decode_first(reqs, batch)
+            else:
+                self._queue_job(("audio", reqs, batch, n_ctx))
+
+    @property
+    def _first_decode_here(self) -> bool:
+        """Whether first windows are decoded from the engine thread (CUDA: on its stream, ahead of the next frame
+        step; `EngineConfig.first_decode_alone`): only while the decode thread has every job it was given done (a
+        burst reaching an idle engine), since a request joining running streams would make them wait."""
+        st = self.__dict__.get("_decode_stream")
+        return (bool(self.cfg.first_decode_alone) and self._decoder is not None and self._dq.unfinished_tasks == 0
+                and (st is None or st.query()))
+
+    def _decode_first(self, reqs: list[RequestHandle], batch: torch.Tensor) -> None:
+        """First windows: their decode queued on the engine's stream ahead of the next frame step, so that it has the
+        GPU to itself (H200: 16 one-frame windows beside a 16-row frame step took ~6 ms, alone ~4); the decode
+        thread waits for its copy to the host and hands the audio out (off CUDA: decoded here, handed out there).
+        The codec graphs share one memory pool, so no two may run at once: the engine's stream waits for the decode
+        stream's work, and the decode stream for this decode."""
+        live = [i for i, r in enumerate(reqs) if not r.cancelled]
+        if not live:
+            return
+        t_start = time.perf_counter()
+        self.decode_calls += 1
+        dstream = self.__dict__.get("_decode_stream")
+        try:
+            with self._step_lock:  # the decode thread launches its replays under it too
+                if dstream is not None:
+                    torch.cuda.current_stream().wait_stream(dstream)
+                wav, ev = self._decode_launch(batch[live])
+                if dstream is not None and ev is not None:
+                    dstream.wait_event(ev)
+        except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
+            self._decode_failed([reqs[i] for i in live], e)
+            return
+        self._queue_job(("ready", [reqs[i] for i in live], wav, ev, t_start))
 
     @staticmethod
     def _gpu_marks_to_host(req: RequestHandle) -> None:
@@ -210,12 +266,16 @@ class CodecStreaming:
     def _decode_loop(self) -> None:
         """Codec decoding on its own thread (and CUDA stream), overlapping the next frame steps."""
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._decode_stream = stream
         with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
             while True:
                 job = self._dq.get()
-                if job is None:
-                    return
-                self._handle(job)
+                try:
+                    if job is None:
+                        return
+                    self._handle(job)
+                finally:  # counted down only once handled (`_first_decode_here` reads the count)
+                    self._dq.task_done()
 
     def _queue_job(self, job: tuple) -> None:
         if self.cfg.decode_thread:
@@ -224,9 +284,8 @@ class CodecStreaming:
             self._handle(job)
 
     def _handle(self, job: tuple) -> None:
-        """Run one decode-side job: ('audio', reqs, codes, n_ctx) or ('done', req, event)."""
-        from voicepipe.serve.engine.core import Event
-
+        """Run one decode-side job: ('audio', reqs, codes, n_ctx), ('ready', reqs, host wav, event, t_start) (a
+        decode already queued, `_decode_first`) or ('done', req, event)."""
         if job[0] == "done":
             _, req, ev = job
             if req.first_audio_at is not None:
@@ -238,6 +297,12 @@ class CodecStreaming:
                 self._send(req, ev)
             req.finished.set()
             return
+        if job[0] == "ready":  # a decode already queued on the engine's stream (`_decode_first`)
+            _, out, wav_host, ev, t_start = job
+            if ev is not None:
+                wait_event(ev)
+            self._deliver(out, wav_host.numpy(), t_start)
+            return
         _, reqs, batch, n_ctx = job
         t_start = time.perf_counter()
         live = [i for i, r in enumerate(reqs) if not r.cancelled]
@@ -247,18 +312,28 @@ class CodecStreaming:
         try:
             wav = self._decode(batch[live])[:, n_ctx * SAMPLES_PER_FRAME :].numpy()
         except Exception as e:  # noqa: BLE001 - fail these requests, keep the engine up
-            log.exception("codec decode failed")
-            for i in live:
-                self._send(reqs[i], Event("error", message=f"codec decode failed: {e}"))
-                reqs[i].cancel()
+            self._decode_failed([reqs[i] for i in live], e)
             return
+        self._deliver([reqs[i] for i in live], wav, t_start)
+
+    def _deliver(self, reqs: list[RequestHandle], wav: np.ndarray, t_start: float) -> None:
+        """Each request's decoded window (wav [len(reqs), samples]) as its next audio event."""
+        from voicepipe.serve.engine.core import Event
+
         now = time.perf_counter()
-        for i, w in zip(live, wav, strict=True):
-            r = reqs[i]
+        for r, w in zip(reqs, wav, strict=True):
             if r.first_audio_at is None:
                 r.first_audio_at = now
                 r.marks.update(first_decode_start=t_start, first_decode_end=now)
             self._send(r, Event("audio", audio=w.copy()))
+
+    def _decode_failed(self, reqs: list[RequestHandle], e: Exception) -> None:
+        from voicepipe.serve.engine.core import Event
+
+        log.exception("codec decode failed")
+        for r in reqs:
+            self._send(r, Event("error", message=f"codec decode failed: {e}"))
+            r.cancel()
 
     def _send(self, req: RequestHandle, ev: Event) -> None:
         try:

@@ -167,6 +167,9 @@ class EngineConfig:
     codec_cudnn_benchmark: bool | None = None
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
+    # a burst's first windows (CUDA, decode thread idle) decoded on the engine's stream before its second frame step
+    # is launched, so that the decode has the GPU to itself instead of sharing it with that step
+    first_decode_alone: bool = True
     # launch frame step n+1 before reading step n's codes (the host's per-step work then overlaps the GPU's);
     # False: read each step's codes before the next is launched
     overlap_host: bool = True
@@ -646,7 +649,13 @@ class TTSEngine(FrameStep, CodecStreaming):
                             self._run_step(b_needed, l_needed)
                             launched = self._read_later(b_needed, live)
                     self._wake_admitted()
-                    if not self.cfg.overlap_host and launched is not None:
+                    # a step holding a request's first frame is read before the next is launched, so that its first
+                    # windows' decode goes ahead of that step on the GPU (`first_decode_alone`)
+                    first = launched is not None and self._first_decode_here and any(r.launched == 1 for _, r in live)
+                    if launched is not None and (not self.cfg.overlap_host or first):
+                        if inflight is not None:
+                            self._retire(*inflight)
+                            inflight = None
                         self._retire(*launched)
                         launched = None
                     if inflight is not None:
