@@ -105,6 +105,29 @@ def test_a_prefill_padded_to_its_graph_bucket_gives_the_same_cache_and_codes(tin
         padded.stop()
 
 
+def test_compiled_prefill_layers_give_the_eager_prefill(tiny_custom_voice_dir):
+    """`prefill_compile`: the prefill layer's two halves around its attention as compiled units (here the "eager"
+    backend: dynamo's trace with no graph break, run as traced) write the same K/V and slot state as the plain
+    layers, over two batch sizes and lengths (one trace, then one with the batch and length dynamic)."""
+    from voicepipe.models import load_tts
+
+    tts = load_tts(tiny_custom_voice_dir)
+    plain = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256))
+    comp = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256, compile="eager",
+                                                                   prefill_compile=True))
+    assert comp.prefill_compiled and not plain.prefill_compiled
+    for texts in (["Hi.", "A longer sentence, with more words in it."], ["One.", "Two, then.", "And three!"]):
+        slots = list(range(len(texts)))
+        for eng in (plain, comp):
+            with torch.inference_mode():
+                eng._prefill(slots, [eng.prepare(t, speaker="alice") for t in texts])
+        for a, b in zip(plain.kc + plain.vc, comp.kc + comp.vc, strict=True):
+            assert torch.equal(a, b)
+        for name in ("pos", "next_emb", "text_buf", "text_len"):
+            assert torch.equal(getattr(plain, name), getattr(comp, name)), name
+    assert "_prefill_units_" in comp.__dict__ and "_prefill_units_" not in plain.__dict__
+
+
 @pytest.mark.slow
 def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir):
     """aot_eager runs the same traced graphs (functionalised cache writes included) as inductor, without codegen."""

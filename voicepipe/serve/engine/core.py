@@ -157,6 +157,9 @@ class EngineConfig:
     # same K/V bitwise and the same greedy codes (benchmarks/RESULTS.md, 2026-12-04 17:24 UTC)
     prefill_graphs: bool | None = None
     prefill_graph_tokens: int = 8192
+    # the prefill layer's elementwise work (norms, RoPE, SiLU, residual adds) fused by torch.compile around its
+    # matmuls (compiled units, graphed like the eager ones; numerics as compiled code rounds); None: off
+    prefill_compile: bool | None = None
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     # the codec decoder's SnakeBeta activations as one Triton kernel each, with the causal convolutions' left
     # padding written by it (`engine.snake`); None: on CUDA with Triton

@@ -230,7 +230,7 @@ class FrameStep:
         n = len(slots)
         if T > 0:
             key = self._prefill_key(n, T) if self.prefill_graphed else None
-            graph = self.__dict__.get("_prefill_graphs", {}).get(key)
+            graph = self.__dict__.get("_prefill_graphs", {}).get((*key, self.prefill_compiled) if key else None)
             if key is not None and (graph is not None or self.device.type != "cuda"):
                 n, T = key  # the graph's shapes (on the CPU: the same padding, run eagerly)
                 slots = [*slots, *[slots[-1]] * (n - len(slots))]
@@ -272,10 +272,44 @@ class FrameStep:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             return o.transpose(1, 2).reshape(n, T, -1)
 
+        units = self._prefill_units() if self.prefill_compiled else None
         with self._prefill_attention():
             for i, w in enumerate(self.t_layers):
-                x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin,
-                                  functools.partial(attend, kc=self.kc[i], vc=self.vc[i]))
+                if units is None:
+                    x = decoder_layer(w, x, self.nh, self.kvh, self.hd, cos, sin,
+                                      functools.partial(attend, kc=self.kc[i], vc=self.vc[i]))
+                else:  # the same layer, its norm/RoPE/SiLU/residual work fused by the compiler around the matmuls
+                    q, k, v = units.qkv(w, x, cos, sin)
+                    x = units.out_mlp(w, x, attend(q, k, v, self.kc[i], self.vc[i]))
+
+    @property
+    def prefill_compiled(self) -> bool:
+        """Whether the prefill's layers run as compiled units (`EngineConfig.prefill_compile`; None: off)."""
+        return bool(self.cfg.prefill_compile) and not self._compile_failed
+
+    def _prefill_units(self) -> SimpleNamespace:
+        """The prefill layer's two halves around its attention (`kernels.attn_qkv`, `kernels.attn_out_mlp`), each
+        compiled once (`EngineConfig.compile`'s backend; every weight static, the batch and length dynamic after the
+        first shape: one compile serves every (batch, length) bucket)."""
+        u = self.__dict__.get("_prefill_units_")
+        if u is None:
+            nh, kvh, hd = self.nh, self.kvh, self.hd
+            backend = self.cfg.compile if isinstance(self.cfg.compile, str) else "inductor"
+            for w in self.t_layers:
+                for t in w:
+                    if isinstance(t, torch.Tensor):
+                        torch._dynamo.mark_static(t)
+
+            def qkv(w, x, cos, sin):
+                return K.attn_qkv(w, x, nh, kvh, hd, cos, sin)
+
+            def out_mlp(w, x, o):
+                return K.attn_out_mlp(w, x, o)
+
+            u = self.__dict__.setdefault("_prefill_units_", SimpleNamespace(
+                qkv=torch.compile(qkv, backend=backend, fullgraph=True),
+                out_mlp=torch.compile(out_mlp, backend=backend, fullgraph=True)))
+        return u
 
     # ------------------------------------------------------------------ prefill graphs
     @property
@@ -316,8 +350,9 @@ class FrameStep:
         return x, self._prefill_sl[:n]
 
     @torch.inference_mode()
-    def capture_prefill(self) -> float:
-        """Capture the prefill graph of every (batch, length) bucket (`_prefill_keys`); returns seconds spent.
+    def capture_prefill(self, keys: list[tuple[int, int]] | None = None) -> float:
+        """Capture the prefill graph of every (batch, length) bucket (`_prefill_keys`; `keys`: only these) for the
+        current `prefill_compile` setting; returns seconds spent.
 
         Each is warmed up once eagerly first, which writes K/V into slot 0's cache: only done while no request holds
         a slot (start-up); otherwise skipped (prefills stay eager until a later call). No-op without graphs."""
@@ -325,7 +360,8 @@ class FrameStep:
             return 0.0
         t0 = time.perf_counter()
         graphs = self.__dict__.setdefault("_prefill_graphs", {})
-        keys = [k for k in self._prefill_keys() if k not in graphs]
+        mode = self.prefill_compiled
+        keys = [k for k in (keys or self._prefill_keys()) if (*k, mode) not in graphs]
         with self._step_lock:
             if not keys:
                 return 0.0
@@ -348,7 +384,7 @@ class FrameStep:
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                     self._prefill_layers(x, sl)
-                graphs[(b, t)] = g
+                graphs[(b, t, mode)] = g
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
