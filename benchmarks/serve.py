@@ -219,6 +219,11 @@ def profile_engine(eng) -> dict:
             distinct = [eng.prepare(short_text(k), speaker="alice", language="english") for k in range(16)]
             prof["prefill_x16_distinct_ms"] = _timed(lambda: eng._prefill(list(range(16)), distinct), 3)
         eng.cfg.prefill_graphs = setting
+        if graphed and eng.cfg.max_batch >= 16 and torch.cuda.is_available():
+            try:
+                prof |= prefill_ab(eng, prompt, distinct)
+            except Exception as e:  # noqa: BLE001 - diagnostics only
+                print(f"prefill A/B failed: {type(e).__name__}: {e}", flush=True)
         if graphed:
             prof |= prefill_parity(eng)
         if torch.cuda.is_available():
@@ -268,6 +273,96 @@ def profile_engine(eng) -> dict:
         eng.active.zero_()
     print("profile:", {k: round(v, 2) for k, v in prof.items()}, flush=True)
     return prof
+
+
+def _gpu_ms(fn, n: int) -> float:
+    """Median GPU time (ms, CUDA events around each call) of n calls, after one unmeasured."""
+    fn()
+    times = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def _kernels(fn, label: str) -> dict:
+    """The CUDA kernels one call of fn runs (torch.profiler): count, summed time (ms), matmul time, the top 12."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        _sync()
+    ks = [e for e in p.events() if e.device_type.name == "CUDA"]
+    top, count = collections.Counter(), collections.Counter()
+    for e in ks:
+        top[e.name[:70]] += e.device_time
+        count[e.name[:70]] += 1
+    gemm = sum(v for k, v in top.items() if any(x in k.lower() for x in ("gemm", "gemv", "sm90", "cutlass", "nvjet")))
+    print(f"{label}: {len(ks)} kernels, {sum(e.device_time for e in ks) / 1000:.2f} ms, matmuls {gemm / 1000:.2f} ms;"
+          f" top (us, calls): {[(k, round(v), count[k]) for k, v in top.most_common(12)]}", flush=True)
+    return {f"{label}_kernels": len(ks), f"{label}_kernel_ms": sum(e.device_time for e in ks) / 1000,
+            f"{label}_matmul_ms": gemm / 1000}
+
+
+def prefill_ab(eng, prompt, distinct: list) -> dict:
+    """The 16-prompt prefill on the GPU (CUDA events): one prompt 16 times against 16 different texts (an HTTP
+    burst's), the graph replay alone, the real prompt lengths against the bucket's; and the prefill's layers as
+    compiled units (`EngineConfig.prefill_compile`) against the eager ones, each as its graph, alternating, with
+    their kernels and the largest K/V difference between the two."""
+    out: dict = {}
+    lens = [int(p.embeds.shape[0]) - 1 for p in distinct]
+    key = eng._prefill_key(16, max(lens))
+    out["prefill_x16_real_tokens"] = sum(lens)
+    out["prefill_x16_bucket_tokens"] = key[0] * key[1]
+    print(f"prefill of 16 distinct prompts: lengths {sorted(lens)} -> bucket {key}, real tokens {sum(lens)} of "
+          f"{key[0] * key[1]} ({100 * (1 - sum(lens) / (key[0] * key[1])):.1f} % padding)", flush=True)
+    setting = eng.cfg.prefill_compile
+    slots = list(range(16))
+    snaps = {}
+    try:
+        for mode in (False, True):
+            eng.cfg.prefill_compile = mode
+            t0 = time.perf_counter()
+            eng.capture_prefill(keys=[key, (1, key[1]), eng._prefill_key(1, int(prompt.embeds.shape[0]) - 1)])
+            out[f"prefill_capture_s{'_compiled' if mode else ''}"] = time.perf_counter() - t0
+        for r in range(3):  # alternating, so neither always runs first
+            for mode in ((False, True) if r % 2 == 0 else (True, False)):
+                eng.cfg.prefill_compile = mode
+                sfx = "_compiled" if mode else ""
+                g = eng._prefill_graphs[(*key, mode)]
+                for name, fn in ((f"prefill_x16_same_gpu_ms{sfx}", lambda: eng._prefill(slots, [prompt] * 16)),
+                                 (f"prefill_x16_distinct_gpu_ms{sfx}", lambda: eng._prefill(slots, distinct)),
+                                 (f"prefill_x16_replay_gpu_ms{sfx}", g.replay),
+                                 (f"prefill_x1_gpu_ms{sfx}", lambda: eng._prefill([0], [prompt]))):
+                    out.setdefault(name, []).append(_gpu_ms(fn, 5))
+        out = {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in out.items()}
+        for mode in (False, True):
+            eng.cfg.prefill_compile = mode
+            eng._prefill(slots, distinct)
+            _sync()
+            snaps[mode] = [c[s, :, :n].float() for c in eng.kc + eng.vc for s, n in zip(slots, lens, strict=True)]
+            sfx = "_compiled" if mode else ""
+            cfg_graphs = eng.cfg.prefill_graphs
+            eng.cfg.prefill_graphs = False  # the layers' own kernels (eager launches of the same ops)
+            try:
+                out |= _kernels(lambda: eng._prefill(slots, distinct), f"prefill_x16{sfx}")
+            finally:
+                eng.cfg.prefill_graphs = cfg_graphs
+        diff = max(float((a - b).abs().max()) for a, b in zip(snaps[False], snaps[True], strict=True))
+        scale = max(float(a.abs().max()) for a in snaps[False])
+        out["prefill_compiled_kv_max_diff"], out["prefill_kv_max_abs"] = diff, scale
+        print(f"prefill compiled vs eager units: K/V max diff {diff:.4g} (max |K/V| {scale:.3g})", flush=True)
+    finally:
+        eng.cfg.prefill_compile = setting
+        eng.pos.zero_()
+        eng.active.zero_()
+    print("prefill A/B:", {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, flush=True)
+    return out
 
 
 def prefill_parity(eng) -> dict:
@@ -595,7 +690,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         server_cfg = app.state.vp.config
         for k in ServeConfig.model_fields:
             setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
-        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0")
+        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0", "formats")
         for k, v in overrides.items():
             if k not in bench_keys and k not in ServeConfig.model_fields:
                 setattr(eng.cfg, k, v)
@@ -647,7 +742,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
             for label, overrides in order:
                 configure(overrides)
                 for fmt in fmts:
-                    if (label, fmt) in failed:
+                    if (label, fmt) in failed or fmt not in overrides.get("formats", [fmt]):
                         continue
                     try:
                         if r == 0:  # warm-up (encoder start-up, this variant's first prompt, a burst's shapes)
@@ -868,7 +963,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm", "gc"],
+                                                    "prefill-graphs", "arm", "gc", "first-audio-2"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1005,6 +1100,23 @@ def main() -> None:
                     "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
             variants = [("", {}), (" (gc gen0 50000)", {"gc_gen0": 50_000})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
+        elif a.http_variants == "first-audio-2":
+            # issue 17, 2026-12-04 20:xx: the defaults (MP3 from LAME in-process, a burst's first windows decoded on
+            # the engine's stream before its second step), the first windows decoded beside the second step, the
+            # prefill's layers compiled (its graphs for that setting captured here), and MP3 through ffmpeg (mp3 only)
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "first_decode_alone": True,
+                    "prefill_compile": False}
+            variants = [("", {}), (" (first decode beside step 2)", {"first_decode_alone": False}),
+                        (" (prefill compiled)", {"prefill_compile": True}),
+                        (" (mp3 via ffmpeg)", {"mp3_encoder": "ffmpeg", "formats": ["mp3"]})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+            eng.cfg.prefill_compile = True
+            try:
+                print(f"prefill graphs with compiled layers captured in {eng.capture_prefill():.1f} s", flush=True)
+            except Exception as e:  # noqa: BLE001 - that variant then runs its prefills eagerly
+                print(f"compiled prefill capture failed: {type(e).__name__}: {e}", flush=True)
+            eng.cfg.prefill_compile = False
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched
             # (EngineConfig.embed_at_admit); and the GIL handed over every 0.1 ms instead of 0.5 (sys.setswitchinterval)
