@@ -164,6 +164,27 @@ def test_each_format_decodes(server, fmt, whole):
     assert abs(len(wav) - FRAMES * 1920) <= (0 if fmt in ("wav", "pcm", "flac") else 2400)
 
 
+@pytest.mark.parametrize("encoder", ["lame", "ffmpeg"])
+def test_streamed_mp3_through_either_encoder(server, encoder, monkeypatch):
+    """`ServeConfig.mp3_encoder`: "lame" (the default) encodes in the server's process (`voicepipe.serve.mp3`),
+    "ffmpeg" through an ffmpeg process; either stream starts with an MPEG frame and decodes to the clip."""
+    from tests.test_serve_formats import decode
+    from voicepipe.serve import mp3
+
+    if encoder == "lame" and not mp3.available():
+        pytest.skip("lameenc is not installed")
+    used = []
+    real_feed = mp3.LameStream.feed
+    monkeypatch.setattr(mp3.LameStream, "feed", lambda self, wav: used.append(len(wav)) or real_feed(self, wav))
+    monkeypatch.setattr(server.server.config.app.state.vp.config, "mp3_encoder", encoder)
+    r = speech(server.url, input="Which encoder?", response_format="mp3")
+    assert r.status_code == 200, r.text
+    assert r.content[0] == 0xFF and r.content[1] & 0xE0 == 0xE0, r.content[:4]
+    wav, sr = decode(r.content, "mp3", streamed=True)
+    assert sr == 24000 and abs(len(wav) - FRAMES * 1920) <= 2400
+    assert (sum(used) == FRAMES * 1920) if encoder == "lame" else not used
+
+
 def test_speed_changes_duration(server):
     r = speech(server.url, input="Faster.", response_format="wav", speed=2.0, stream=False)
     assert r.status_code == 200

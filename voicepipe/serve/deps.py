@@ -6,7 +6,7 @@ import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -52,6 +52,10 @@ class ServeConfig(BaseModel):
     # garbage then waits for an idle moment: the CPU load test's RSS grew 66 MB, over its 60 MB bound, in a full run
     # (benchmarks/RESULTS.md, serve, 2026-12-04 18:05-18:45 UTC). Off until that growth is understood.
     gc_gen0_threshold: int | None = None
+    # streamed MP3: "lame" encodes in the server's process (`voicepipe.serve.mp3`, when `lameenc` is installed;
+    # its first bytes come from the first 80 ms chunk), "ffmpeg" through one ffmpeg process per request (its first
+    # bytes need 160 ms of audio: the second frame step)
+    mp3_encoder: Literal["lame", "ffmpeg"] = "lame"
 
 
 class ApiError(Exception):

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from voicepipe.audio.formats import FORMATS, MEDIA_TYPES, STREAMABLE, StreamEncoder, encode
+from voicepipe.serve import mp3
 from voicepipe.serve.deps import ApiError, ServerState, get_state, require_auth
 from voicepipe.serve.registry import Voice
 from voicepipe.serve.schemas import AudioVoicesResponse, ErrorResponse, SpeechRequest
@@ -83,13 +84,21 @@ async def _stream(job: SpeechJob, fmt: str, mode: str, body: SpeechRequest) -> A
         return _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) if sse else data
 
     status, first, failure = "cancelled", True, None
-    enc: StreamEncoder | None = None
+    enc: StreamEncoder | mp3.LameStream | None = None
     try:
         job.marks["stream_start"] = time.perf_counter()
-        enc = StreamEncoder(fmt, job.voice.engine.sample_rate)
+        sr = job.voice.engine.sample_rate
+        if fmt == "mp3" and job.st.config.mp3_encoder == "lame" and mp3.available():
+            enc = mp3.LameStream(sr)
+            await asyncio.to_thread(enc.prime)  # its set-up while the engine makes the first chunk
+        else:
+            enc = StreamEncoder(fmt, sr)
         job.marks["encoder_ready"] = time.perf_counter()
         async for chunk in job.chunks():
-            data = enc.feed(chunk)
+            if isinstance(enc, mp3.LameStream) and not enc.inline(chunk):
+                data = await asyncio.to_thread(enc.feed, chunk)  # a long chunk: ms of LAME, off the event loop
+            else:
+                data = enc.feed(chunk)
             # MP3/AAC: ffmpeg's first frames come a few ms after the audio they need went in (not from a 1-frame
             # first chunk: then the next chunk, one frame step later, is awaited instead of 100 ms of nothing)
             if not data and first and enc.first_output_due:
