@@ -68,13 +68,15 @@ def test_streamed_audio_is_the_whole_decode_whatever_the_first_chunk(tiny_custom
 
 def test_a_prefill_padded_to_its_graph_bucket_gives_the_same_cache_and_codes(tiny_custom_voice_dir):
     """Prefill graphs pad a batch to its (batch, length) bucket: 3 prompts become 4 rows (the last prompt twice, to
-    its own slot) of a multiple of 32 tokens. On the CPU the same padding runs eagerly (`prefill_graphs` forced on):
-    the K/V of every real position, the slots' state and the greedy codes are those of the unpadded prefill."""
+    its own slot) of a multiple of 32 tokens (`prefill_len_step` 32, for more padding than the default's 8). On the
+    CPU the same padding runs eagerly (`prefill_graphs` forced on): the K/V of every real position, the slots' state
+    and the greedy codes are those of the unpadded prefill."""
     from voicepipe.models import load_tts
 
     tts = load_tts(tiny_custom_voice_dir)
     plain = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256))
-    padded = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256, prefill_graphs=True))
+    padded = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256, prefill_graphs=True,
+                                                                     prefill_len_step=32))
     assert not plain.prefill_graphed and padded.prefill_graphed
     texts = ["Hi.", "A longer sentence, with more words in it.", "Thank you!"]
     lens = []
@@ -130,7 +132,8 @@ def test_compiled_prefill_layers_give_the_eager_prefill(tiny_custom_voice_dir):
 
 @pytest.mark.slow
 def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir):
-    """aot_eager runs the same traced graphs (functionalised cache writes included) as inductor, without codegen."""
+    """aot_eager runs the same traced graphs (functionalised cache writes included) as inductor, without codegen; the
+    compiled prefill layers too (greedy codes equal to the eager engine's)."""
     from torch._dynamo.utils import counters
 
     from voicepipe.models import load_tts
@@ -152,8 +155,9 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
         for h, t in zip(hs, texts, strict=True):
             assert h.finished.wait(300)
             assert torch.equal(torch.stack(h.frames), eager.generate_codes(eager.prepare(t, speaker="alice"), gen))
-        # four units, each traced once for batch buckets 2 and 4 and every cache length
-        assert counters["stats"]["unique_graphs"] - before == 4
+        # four units, each traced once for batch buckets 2 and 4 and every cache length; and the prefill's two
+        # halves (`prefill_compile`, on with compiled units), traced for one prompt, then with batch and length dynamic
+        assert counters["stats"]["unique_graphs"] - before == 4 + 2 * 2
         # a second engine of the same shape (another voice) reuses them: its closures hold plain numbers only
         other = TTSEngine(load_tts(tiny_custom_voice_dir),
                           EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()
@@ -162,8 +166,23 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
                                comp.generate_codes(p, gen))
         finally:
             other.stop()
-        assert counters["stats"]["unique_graphs"] - before == 4
+        assert counters["stats"]["unique_graphs"] - before == 4 + 2 * 2
     finally:
         comp.stop()
         eager.stop()
         torch._dynamo.reset()
+
+
+def test_prefill_length_buckets_follow_the_step(tiny_custom_voice_dir):
+    """`prefill_len_step`: the graphed prompt lengths are its multiples up to 256, then of 64 up to 512, then of 128,
+    ending at max_len; a prompt pads to the first bucket that holds it."""
+    from voicepipe.models import load_tts
+
+    tts = load_tts(tiny_custom_voice_dir)
+    for step in (8, 32):
+        eng = TTSEngine(tts, EngineConfig(max_batch=16, max_len=1024, prefill_graphs=True, prefill_len_step=step))
+        lengths = eng._prefill_len_buckets()
+        assert lengths == [*range(step, 257, step), 320, 384, 448, 512, 640, 768, 896, 1024]
+        assert eng._prefill_key(16, 101) == (16, 104 if step == 8 else 128)
+        assert eng._prefill_key(3, 256) == (4, 256) and eng._prefill_key(1, 257) == (1, 320)
+        assert all(b * t <= eng.cfg.prefill_graph_tokens for b, t in eng._prefill_keys())

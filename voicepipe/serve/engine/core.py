@@ -157,8 +157,17 @@ class EngineConfig:
     # same K/V bitwise and the same greedy codes (benchmarks/RESULTS.md, 2026-12-04 17:24 UTC)
     prefill_graphs: bool | None = None
     prefill_graph_tokens: int = 8192
+    # the prefill graphs' prompt lengths: multiples of this up to 256 tokens (then of 64 and 128). With 32, a burst of
+    # 100-101-token prompts was padded to 128 (22 % of its prefill's work); with 8 to 104 (3.5 %). H200, 16 such
+    # prompts, compiled layers: 10.8 -> 9.6 ms on the GPU (benchmarks/RESULTS.md, 2026-12-04 20:21-20:43 UTC). 3x
+    # the graphs (180 at max_batch 16, max_len 512), captured at start-up in a few ms each, in one memory pool
+    prefill_len_step: int = 8
     # the prefill layer's elementwise work (norms, RoPE, SiLU, residual adds) fused by torch.compile around its
-    # matmuls (compiled units, graphed like the eager ones; numerics as compiled code rounds); None: off
+    # matmuls, graphed like the eager layers. None: with compiled frame-step units. H200, 16 prompts of 100-101
+    # tokens: 13.4 -> 9.6 ms on the GPU (601 -> 405 kernels); TTFA p50 at 16 HTTP clients 57.0 -> 52.0 and 52.7 ->
+    # 48.1 ms (pcm, two calls). Compiled code rounds otherwise than the eager ops: their K/V differ by 1.9 % (relative,
+    # bf16; the bf16 engine's talker output is 1.5 % off fp32 on these random weights) (benchmarks/RESULTS.md,
+    # 2026-12-04 20:21-20:43 UTC)
     prefill_compile: bool | None = None
     codec_graphs: bool | None = None  # codec decode as CUDA graphs of padded shapes; None: with cuda_graphs
     # the codec decoder's SnakeBeta activations as one Triton kernel each, with the causal convolutions' left

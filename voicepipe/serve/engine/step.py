@@ -284,8 +284,12 @@ class FrameStep:
 
     @property
     def prefill_compiled(self) -> bool:
-        """Whether the prefill's layers run as compiled units (`EngineConfig.prefill_compile`; None: off)."""
-        return bool(self.cfg.prefill_compile) and not self._compile_failed
+        """Whether the prefill's layers run as compiled units (`EngineConfig.prefill_compile`; None: with compiled
+        frame-step units)."""
+        c = self.cfg.prefill_compile
+        return (self.compiled if c is None else bool(c)) and not self._prefill_compile_failed
+
+    _prefill_compile_failed = False
 
     def _prefill_units(self) -> SimpleNamespace:
         """The prefill layer's two halves around its attention (`kernels.attn_qkv`, `kernels.attn_out_mlp`), each
@@ -320,11 +324,13 @@ class FrameStep:
         return self.use_graphs if c is None else bool(c)
 
     def _prefill_len_buckets(self) -> list[int]:
-        """Prompt lengths a prefill graph takes: multiples of 32 up to 256, of 64 up to 512, then of 128."""
-        out, t = [], 32
+        """Prompt lengths a prefill graph takes: multiples of `EngineConfig.prefill_len_step` up to 256, of 64 up to
+        512, then of 128."""
+        step = max(1, int(self.cfg.prefill_len_step))
+        out, t = [], step
         while t < self.cfg.max_len:
             out.append(t)
-            t += 32 if t < 256 else 64 if t < 512 else 128
+            t += step if t < 256 else 64 if t < 512 else 128
         return [*out, self.cfg.max_len]
 
     def _prefill_keys(self) -> list[tuple[int, int]]:
@@ -379,7 +385,15 @@ class FrameStep:
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(s):
-                    self._prefill_layers(x, sl)  # lazy initialisation outside the capture
+                    try:
+                        self._prefill_layers(x, sl)  # lazy initialisation (and compilation) outside the capture
+                    except Exception:
+                        if not mode:
+                            raise
+                        log.exception("compiled prefill failed; prefills use the eager layers")
+                        self._prefill_compile_failed = True
+                        torch.cuda.current_stream().wait_stream(s)
+                        return self.capture_prefill(keys) + (time.perf_counter() - t0)
                 torch.cuda.current_stream().wait_stream(s)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
