@@ -271,7 +271,7 @@ def profile_engine(eng) -> dict:
             prof[f"decode_eager_{shape[0]}x{shape[1]}f_ms"] = _timed(lambda x=x: dec(x), 3)
         eng.pos.zero_()
         eng.active.zero_()
-    print("profile:", {k: round(v, 2) for k, v in prof.items()}, flush=True)
+    print("profile:", {k: round(v, 2) if isinstance(v, float) else v for k, v in prof.items()}, flush=True)
     return prof
 
 
@@ -310,55 +310,61 @@ def _kernels(fn, label: str) -> dict:
 
 
 def prefill_ab(eng, prompt, distinct: list) -> dict:
-    """The 16-prompt prefill on the GPU (CUDA events): one prompt 16 times against 16 different texts (an HTTP
-    burst's), the graph replay alone, the real prompt lengths against the bucket's; and the prefill's layers as
-    compiled units (`EngineConfig.prefill_compile`) against the eager ones, each as its graph, alternating, with
-    their kernels and the largest K/V difference between the two."""
+    """The 16-prompt prefill on the GPU (CUDA events) of 16 different texts (an HTTP burst's), for the prefill's
+    layers compiled or eager (`EngineConfig.prefill_compile`) and length buckets of 8 or 32 tokens
+    (`prefill_len_step`), each as its graph, alternating; one prompt 16 times and the graph replay alone; the real
+    against the bucket's tokens; the kernels of each layer kind, and the K/V difference between them."""
     out: dict = {}
     lens = [int(p.embeds.shape[0]) - 1 for p in distinct]
-    key = eng._prefill_key(16, max(lens))
-    out["prefill_x16_real_tokens"] = sum(lens)
-    out["prefill_x16_bucket_tokens"] = key[0] * key[1]
-    print(f"prefill of 16 distinct prompts: lengths {sorted(lens)} -> bucket {key}, real tokens {sum(lens)} of "
-          f"{key[0] * key[1]} ({100 * (1 - sum(lens) / (key[0] * key[1])):.1f} % padding)", flush=True)
-    setting = eng.cfg.prefill_compile
+    setting, step0 = eng.cfg.prefill_compile, eng.cfg.prefill_len_step
     slots = list(range(16))
     snaps = {}
+    confs = [(c, st) for c in (False, True) for st in (8, 32)]
+
+    def sfx(c: bool, st: int) -> str:
+        return f"{'_compiled' if c else '_eager'}_len{st}"
+
     try:
-        for mode in (False, True):
-            eng.cfg.prefill_compile = mode
+        for c, st in confs:
+            eng.cfg.prefill_compile, eng.cfg.prefill_len_step = c, st
+            key = eng._prefill_key(16, max(lens))
+            out[f"prefill_x16_bucket{sfx(c, st)}"] = f"{key[0]}x{key[1]}"
+            out[f"prefill_x16_padding{sfx(c, st)}"] = 1 - sum(lens) / (key[0] * key[1])
             t0 = time.perf_counter()
-            eng.capture_prefill(keys=[key, (1, key[1]), eng._prefill_key(1, int(prompt.embeds.shape[0]) - 1)])
-            out[f"prefill_capture_s{'_compiled' if mode else ''}"] = time.perf_counter() - t0
-        for r in range(3):  # alternating, so neither always runs first
-            for mode in ((False, True) if r % 2 == 0 else (True, False)):
-                eng.cfg.prefill_compile = mode
-                sfx = "_compiled" if mode else ""
-                g = eng._prefill_graphs[(*key, mode)]
-                for name, fn in ((f"prefill_x16_same_gpu_ms{sfx}", lambda: eng._prefill(slots, [prompt] * 16)),
-                                 (f"prefill_x16_distinct_gpu_ms{sfx}", lambda: eng._prefill(slots, distinct)),
-                                 (f"prefill_x16_replay_gpu_ms{sfx}", g.replay),
-                                 (f"prefill_x1_gpu_ms{sfx}", lambda: eng._prefill([0], [prompt]))):
+            eng.capture_prefill(keys=[key, eng._prefill_key(16, int(prompt.embeds.shape[0]) - 1),
+                                      eng._prefill_key(1, int(prompt.embeds.shape[0]) - 1)])
+            out[f"prefill_capture_s{sfx(c, st)}"] = time.perf_counter() - t0
+        print(f"prefill of 16 distinct prompts: lengths {sorted(lens)}, real tokens {sum(lens)}", flush=True)
+        for r in range(3):  # alternating, so that no setting always runs first
+            for c, st in (confs if r % 2 == 0 else confs[::-1]):
+                eng.cfg.prefill_compile, eng.cfg.prefill_len_step = c, st
+                g = eng._prefill_graphs[(*eng._prefill_key(16, max(lens)), c)]
+                for name, fn in ((f"prefill_x16_distinct_gpu_ms{sfx(c, st)}", lambda: eng._prefill(slots, distinct)),
+                                 (f"prefill_x16_replay_gpu_ms{sfx(c, st)}", g.replay),
+                                 (f"prefill_x16_same_gpu_ms{sfx(c, st)}", lambda: eng._prefill(slots, [prompt] * 16)),
+                                 (f"prefill_x1_gpu_ms{sfx(c, st)}", lambda: eng._prefill([0], [prompt]))):
                     out.setdefault(name, []).append(_gpu_ms(fn, 5))
         out = {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in out.items()}
-        for mode in (False, True):
-            eng.cfg.prefill_compile = mode
+        eng.cfg.prefill_len_step = 8
+        for c in (False, True):
+            eng.cfg.prefill_compile = c
             eng._prefill(slots, distinct)
             _sync()
-            snaps[mode] = [c[s, :, :n].float() for c in eng.kc + eng.vc for s, n in zip(slots, lens, strict=True)]
-            sfx = "_compiled" if mode else ""
+            snaps[c] = [kv[s, :, :n].float() for kv in eng.kc + eng.vc for s, n in zip(slots, lens, strict=True)]
             cfg_graphs = eng.cfg.prefill_graphs
             eng.cfg.prefill_graphs = False  # the layers' own kernels (eager launches of the same ops)
             try:
-                out |= _kernels(lambda: eng._prefill(slots, distinct), f"prefill_x16{sfx}")
+                out |= _kernels(lambda: eng._prefill(slots, distinct), f"prefill_x16{'_compiled' if c else '_eager'}")
             finally:
                 eng.cfg.prefill_graphs = cfg_graphs
         diff = max(float((a - b).abs().max()) for a, b in zip(snaps[False], snaps[True], strict=True))
-        scale = max(float(a.abs().max()) for a in snaps[False])
-        out["prefill_compiled_kv_max_diff"], out["prefill_kv_max_abs"] = diff, scale
-        print(f"prefill compiled vs eager units: K/V max diff {diff:.4g} (max |K/V| {scale:.3g})", flush=True)
+        num = sum(float((a - b).pow(2).sum()) for a, b in zip(snaps[False], snaps[True], strict=True))
+        den = sum(float(a.pow(2).sum()) for a in snaps[False])
+        out["prefill_compiled_kv_max_diff"], out["prefill_compiled_kv_rel_err"] = diff, (num / den) ** 0.5
+        print(f"prefill compiled vs eager layers: K/V max diff {diff:.4g}, relative error "
+              f"{out['prefill_compiled_kv_rel_err']:.3g}", flush=True)
     finally:
-        eng.cfg.prefill_compile = setting
+        eng.cfg.prefill_compile, eng.cfg.prefill_len_step = setting, step0
         eng.pos.zero_()
         eng.active.zero_()
     print("prefill A/B:", {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}, flush=True)
@@ -566,8 +572,8 @@ def varied_text(k: int) -> str:
 
 
 def short_text(k: int) -> str:
-    """A new text for burst k at about TEXT's length (92-95 prompt tokens with the tiny tokenizer, against 92 + ~2
-    per burst for `varied_text`, whose 16-prompt prefill grows with the run): what the in-process rows prefill."""
+    """A new text for burst k at about TEXT's length (100-101 tokens prefilled, against TEXT's 92 and 92 + ~2 per
+    burst for `varied_text`, whose 16-prompt prefill grows with the run; 2026-12-04 20:21 UTC, `prefill_ab`)."""
     return f"{TEXT} Take {k}."
 
 
@@ -963,7 +969,7 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm", "gc", "first-audio-2"],
+                                                    "prefill-graphs", "arm", "gc", "first-audio-2", "first-audio-3"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1117,6 +1123,20 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - that variant then runs its prefills eagerly
                 print(f"compiled prefill capture failed: {type(e).__name__}: {e}", flush=True)
             eng.cfg.prefill_compile = False
+        elif a.http_variants == "first-audio-3":
+            # issue 17, 2026-12-04 21:xx: the defaults (prefill layers compiled, length buckets of 8 tokens, first
+            # windows decoded before the second step, MP3 from LAME), length buckets of 32 (as before), the prefill's
+            # eager layers (their graphs captured here), and MP3 through ffmpeg (mp3 only)
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True, "first_decode_alone": True,
+                    "prefill_compile": None, "prefill_len_step": 8}
+            variants = [("", {}), (" (length buckets of 32)", {"prefill_len_step": 32}),
+                        (" (prefill eager layers)", {"prefill_compile": False}),
+                        (" (mp3 via ffmpeg)", {"mp3_encoder": "ffmpeg", "formats": ["mp3"]})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+            eng.cfg.prefill_compile = False
+            print(f"prefill graphs with eager layers captured in {eng.capture_prefill():.1f} s", flush=True)
+            eng.cfg.prefill_compile = None
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched
             # (EngineConfig.embed_at_admit); and the GIL handed over every 0.1 ms instead of 0.5 (sys.setswitchinterval)
