@@ -969,7 +969,8 @@ def main() -> None:
     ap.add_argument("--http-formats", default="pcm,wav,mp3")
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
-                                                    "prefill-graphs", "arm", "gc", "first-audio-2", "first-audio-3"],
+                                                    "prefill-graphs", "arm", "gc", "first-audio-2", "first-audio-3",
+                                                    "first-audio-4"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1137,6 +1138,13 @@ def main() -> None:
             eng.cfg.prefill_compile = False
             print(f"prefill graphs with eager layers captured in {eng.capture_prefill():.1f} s", flush=True)
             eng.cfg.prefill_compile = None
+        elif a.http_variants == "first-audio-4":
+            # the defaults of 2026-12-04 20:50 UTC again (another machine), beside the collector's youngest generation
+            # collected after 50,000 net allocations (`ServeConfig.gc_gen0_threshold`, opt-in)
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            variants = [("", {}), (" (gc gen0 50000)", {"gc_gen0": 50_000})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched
             # (EngineConfig.embed_at_admit); and the GIL handed over every 0.1 ms instead of 0.5 (sys.setswitchinterval)
