@@ -128,6 +128,10 @@ def test_compiled_prefill_layers_give_the_eager_prefill(tiny_custom_voice_dir):
         for name in ("pos", "next_emb", "text_buf", "text_len"):
             assert torch.equal(getattr(plain, name), getattr(comp, name)), name
     assert "_prefill_units_" in comp.__dict__ and "_prefill_units_" not in plain.__dict__
+    # a failed frame-step compile (its units fall back to eager) leaves the prefill's setting, and its graphs, alone
+    comp.cfg.prefill_compile = None  # the default: with compiled units
+    comp._compile_failed = True
+    assert not comp.compiled and comp.prefill_compiled
 
 
 @pytest.mark.slow

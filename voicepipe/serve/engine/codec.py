@@ -40,20 +40,10 @@ class CodecStreaming:
 
     decode_calls = 0  # codec decode calls so far (one per batch of windows of one shape)
 
-    def _to_host(self, x: torch.Tensor) -> torch.Tensor:
-        """Device -> host copy that waits by polling an event with short sleeps, so the GIL stays free for the
-        other engine thread (a blocking copy would stall it for the whole wait)."""
-        if x.device.type != "cuda":
-            return x.clone()
-        out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        out.copy_(x, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        wait_event(ev)
-        return out
-
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU)."""
+        """codes [B, n, 16] -> waveform [B, n*1920] (float32, CPU). The copy to the host is waited for by polling an
+        event with short sleeps, so the GIL stays free for the engine's other thread (a blocking copy would hold it
+        for the whole wait)."""
         wav, ev = self._decode_launch(codes)
         if ev is not None:
             wait_event(ev)

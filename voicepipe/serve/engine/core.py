@@ -179,8 +179,10 @@ class EngineConfig:
     codec_cudnn_benchmark: bool | None = None
     non_streaming_text: bool = True  # the package's default prompt layout for custom voices
     decode_thread: bool = True  # codec decode on its own thread/stream (False: inline, between frame steps)
-    # a burst's first windows (CUDA, decode thread idle) decoded on the engine's stream before its second frame step
-    # is launched, so that the decode has the GPU to itself instead of sharing it with that step
+    # a burst's first windows (decode thread idle) decoded from the engine thread, on CUDA on its stream before the
+    # second frame step is launched, so that the decode has the GPU to itself instead of sharing it with that step.
+    # H200, 16 HTTP clients: first window decoded 6.4 -> 4.4 ms after it was queued, TTFA p50 58.7 -> 57.0 ms (pcm);
+    # the second frame ~3 ms later (benchmarks/RESULTS.md, 2026-12-04 20:21 UTC)
     first_decode_alone: bool = True
     # launch frame step n+1 before reading step n's codes (the host's per-step work then overlaps the GPU's);
     # False: read each step's codes before the next is launched

@@ -287,7 +287,9 @@ class FrameStep:
         """Whether the prefill's layers run as compiled units (`EngineConfig.prefill_compile`; None: with compiled
         frame-step units)."""
         c = self.cfg.prefill_compile
-        return (self.compiled if c is None else bool(c)) and not self._prefill_compile_failed
+        if c is None:  # the setting, not `compiled`: a failed step compile must not orphan the prefill's graphs
+            c = self.use_graphs if self.cfg.compile is None else bool(self.cfg.compile)
+        return bool(c) and not self._prefill_compile_failed
 
     _prefill_compile_failed = False
 
@@ -379,6 +381,7 @@ class FrameStep:
                 self._prefill_x = torch.zeros(tokens, self.tc.hidden_size, device=self.device, dtype=self.dtype)
                 self._prefill_sl = torch.zeros(self.cfg.max_batch, dtype=torch.long, device=self.device)
             self._pool = self._pool or torch.cuda.graph_pool_handle()
+            failed = False
             for b, t in keys:
                 x, sl = self._prefill_buffers(b, t, True)
                 sl.zero_()
@@ -391,15 +394,17 @@ class FrameStep:
                         if not mode:
                             raise
                         log.exception("compiled prefill failed; prefills use the eager layers")
-                        self._prefill_compile_failed = True
-                        torch.cuda.current_stream().wait_stream(s)
-                        return self.capture_prefill(keys) + (time.perf_counter() - t0)
+                        self._prefill_compile_failed = failed = True
                 torch.cuda.current_stream().wait_stream(s)
+                if failed:
+                    break
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                     self._prefill_layers(x, sl)
                 graphs[(b, t, mode)] = g
             torch.cuda.synchronize()
+            if failed:  # the same buckets with the eager layers
+                self.capture_prefill(keys)
         return time.perf_counter() - t0
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
