@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
-               use: int | None = None, seed: int = 12, change_guard_s: float | None = None,
+               use: int | dict[str, int] | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
                overrides: dict | None = None, voices: list[str] | None = None, music: str = "sine",
                intro_s: float = 15.0) -> dict:
@@ -71,8 +71,9 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     if truth is None or (engine != "recorded" and not set(wanted) <= {ep.scenario for ep in truth.episodes}):
         truth = make()  # one seeded generator, scenarios in order: a podcast cached before a scenario was added
         # gets the same episodes again, and the new ones
-    if use is not None:  # only the first `use` episodes of each scenario
-        truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= use]
+    if use is not None:  # only the first `use` episodes of each scenario (a dict: of the scenarios it names)
+        limit = use if isinstance(use, dict) else {ep.scenario: use for ep in truth.episodes}
+        truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= limit.get(ep.scenario, 10**6)]
     if scenarios:
         truth.episodes = [ep for ep in truth.episodes if ep.scenario in scenarios]
     base, stop = serve_dir(pod)
@@ -126,7 +127,9 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["espeak", "flite"])
     ap.add_argument("--seconds", type=float, default=45.0, help="length of each episode")
     ap.add_argument("--episodes", type=int, default=2, help="episodes per scenario")
-    ap.add_argument("--use", type=int, default=None, help="build only the first N episodes of each scenario")
+    ap.add_argument("--use", default=None, help="build only the first N episodes of each scenario, or of the "
+                    "scenarios named as SCENARIO=N[,SCENARIO=N] (e.g. absent=1: a show of --episodes \"all\" "
+                    "episodes and one without the target)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=12, help="seed of the synthetic podcast")
     ap.add_argument("--change-guard-s", type=float, default=None, help="CorpusParams.change_guard_s (default: its "
@@ -170,7 +173,9 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
-    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, args.use, args.seed,
+    use = (None if args.use is None else int(args.use) if args.use.isdigit()
+           else {k: int(v) for k, v in (x.split("=", 1) for x in args.use.split(","))})
+    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
                           args.voices.split(",") if args.voices else None, args.music, args.intro_s)
                for e in args.engines]

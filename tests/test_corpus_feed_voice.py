@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicepipe.corpus.speakers import FeedVoices, feed_outliers, judge_feed, unit
+from voicepipe.corpus.speakers import FeedVoices, feed_outliers, judge_feed, second_voice, unit
 
 D = 192
 DIM = 32
@@ -337,3 +337,97 @@ def test_an_outlier_with_overlap_does_not_veto_the_targets_own_episode_under_the
     assert not feed_units([(0.0, 3.0)], bed[None, :], feed, "music", margin=0.0)
     eps["all"]["overlap"] = 0.0  # nothing overlapped: another host's voice, which judges as before
     assert "music" in judge_feed(eps, t, rescue_max_overlap=0.01).episodes
+
+
+# ---- the kept corpus's second voice (`speakers.second_voice`, assemble's `voice_check`)
+def _kept(rng: np.random.Generator, channels: list[np.ndarray], cohost: np.ndarray | None,
+          per_episode: int = 4) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Kept utterances of len(channels) episodes: `per_episode` of the target heard on that episode's channel (a
+    unit vector near the target) and, with `cohost`, two of the co-host merged in. (embs, seconds, episode ids,
+    which are the co-host's)."""
+    embs, eps, is_co = [], [], []
+    for i, ch in enumerate(channels):
+        for who in [False] * per_episode + ([True] * 2 if cohost is not None else []):
+            embs.append(_near(cohost if who else ch, 0.93, rng))
+            eps.append(f"ep{i}")
+            is_co.append(who)
+    return np.stack(embs), rng.uniform(2.0, 8.0, len(embs)), eps, np.asarray(is_co)
+
+
+def test_a_close_voice_merged_in_every_episode_is_found_in_the_kept_corpus_and_only_it() -> None:
+    rng = np.random.default_rng(40)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)  # close: above any fixed threshold
+    embs, secs, eps, is_co = _kept(rng, [_near(target, 0.97, rng) for _ in range(6)], cohost)
+    sv = second_voice(embs, secs, eps, _near(target, 0.95, rng))
+    assert sv is not None
+    assert np.array_equal(sv.other, is_co)
+    assert sv.shared_episodes == 6
+    assert sv.silhouette >= 0.3 and sv.preference >= 0.5
+    assert sv.enroll_sims[0] > sv.enroll_sims[1]
+
+
+def test_one_voice_on_two_channels_is_not_a_second_voice() -> None:
+    rng = np.random.default_rng(41)
+    target = _voice(rng)
+    music = _near(target, 0.85, rng)  # a music bed moves every utterance of its episodes the same way
+    embs, secs, eps, _ = _kept(rng, [target] * 3 + [music] * 3, None)
+    assert second_voice(embs, secs, eps, target) is None  # the two parts never share an episode
+    assert second_voice(np.stack([_near(target, 0.93, rng) for _ in range(24)]), secs, eps, target) is None
+
+
+def test_the_enrollments_lead_is_measured_between_the_two_voices() -> None:
+    rng = np.random.default_rng(42)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost)
+    halfway = unit(target + cohost)  # an enrollment as near one voice as the other
+    sv = second_voice(embs, secs, eps, halfway)
+    assert sv is not None and set(np.flatnonzero(sv.other)) in ({*np.flatnonzero(is_co)}, {*np.flatnonzero(~is_co)})
+    assert abs(sv.preference) < 0.2
+
+
+def test_the_build_drops_the_second_voice_or_both_when_the_enrollment_cannot_choose() -> None:
+    from voicepipe.corpus.assemble import _reason_kind, _voice_check
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.fetch import EpisodeSource
+    from voicepipe.corpus.speakers import FeedJudgement
+    from voicepipe.corpus.steps import EpisodeState
+
+    rng = np.random.default_rng(43)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost)
+    states: dict[str, EpisodeState] = {}
+    for k, (e, s, ep) in enumerate(zip(embs, secs, eps, strict=True)):
+        st = states.setdefault(ep, EpisodeState(source=EpisodeSource(id=ep, url=f"http://x/{ep}.mp3"),
+                                                results={"filter": {"segments": []}}))
+        st.results["filter"]["segments"].append({"start": float(k), "duration": float(s), "keep": True,
+                                                 "emb": [float(x) for x in e]})
+    good = list(states.values())
+    judged = FeedJudgement(episodes={"ep5": "not the feed's voice"}, segments={("ep0", 0.0): "nearer another voice"})
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    drops, found = _voice_check(good, judged, _near(target, 0.95, rng), p)
+    assert found is not None and not found["both_dropped"]
+    # only segments the feed check left kept are judged, and exactly the co-host's of them are dropped
+    judged_keys = {(ep, float(k)) for k, ep in enumerate(eps) if ep != "ep5" and (ep, float(k)) != ("ep0", 0.0)}
+    assert set(drops) == {key for key in judged_keys if is_co[int(key[1])]}
+    assert all(_reason_kind(why) == "a second voice in the kept corpus" for why in drops.values())
+    drops, found = _voice_check(good, judged, unit(target + cohost), p)  # halfway: neither is kept
+    assert found is not None and found["both_dropped"] and set(drops) == judged_keys
+    assert "cannot tell" in next(iter(drops.values()))
+    p0 = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_min_preference=0.0)
+    drops, found = _voice_check(good, judged, unit(target + cohost), p0)
+    assert found is not None and not found["both_dropped"] and 0 < len(drops) < len(judged_keys)
+    one = [EpisodeState(source=st.source, results={"filter": {"segments": [
+        s for s in st.results["filter"]["segments"] if not is_co[int(s["start"])]]}}) for st in good]
+    assert _voice_check(one, FeedJudgement(), target, p) == ({}, None)
+
+
+def test_a_large_corpus_is_split_on_a_sample_and_every_segment_assigned() -> None:
+    rng = np.random.default_rng(44)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    embs, secs, eps, is_co = _kept(rng, [_near(target, 0.97, rng) for _ in range(40)], cohost)
+    sv = second_voice(embs, secs, eps, _near(target, 0.95, rng), max_points=60)  # 240 segments, a quarter used
+    assert sv is not None and np.array_equal(sv.other, is_co)

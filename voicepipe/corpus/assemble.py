@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed
+from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed, second_voice
 from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -49,7 +49,8 @@ class BuildResult(BaseModel):
 
 def _reason_kind(reason: str) -> str:
     """Group a reason for the report (drop numbers): 'speaker_sim 0.71 < 0.80' -> 'speaker_sim'."""
-    for kind in ("not the feed's voice", "nearer another voice of the feed", "other speaker", "overlap/backchannel",
+    for kind in ("not the feed's voice", "nearer another voice of the feed", "a second voice in the kept corpus",
+                 "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
                  "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
                  "speech_rate", "asr: no words", "duplicate"):
@@ -76,6 +77,66 @@ def _feed_entry(st: EpisodeState) -> dict:
     return {**feed_entry(st.results["diarize"]), "voice": _target_voice(st),
             "segments": [(s["start"], s.get("emb_heard") or s["emb"]) for s in st.results["filter"]["segments"]
                          if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
+
+
+def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
+                 p: Any) -> tuple[dict[tuple[str, Any], str], dict | None]:
+    """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings): ((episode,
+    segment start) -> reason for each segment it drops, what it found for corpus.json; None: one voice)."""
+    keys, embs, secs = [], [], []
+    for st in good:
+        if st.source.id in judged.episodes:
+            continue
+        for s in st.results["filter"]["segments"]:
+            if s["keep"] and s.get("emb") and (st.source.id, s["start"]) not in judged.segments:
+                keys.append((st.source.id, s["start"]))
+                embs.append(s["emb"])
+                secs.append(s["duration"])
+    sv = (second_voice(np.asarray(embs, dtype=np.float64), np.asarray(secs), [k[0] for k in keys], enroll,
+                       min_silhouette=p.voice_check_silhouette) if keys else None)
+    if sv is None:
+        return {}, None
+    both = sv.preference < p.voice_check_min_preference
+    kept_c, other_c = sv.enroll_sims
+    evidence = (f"the kept corpus's whole utterances part into two voices (silhouette {sv.silhouette:.2f} >= "
+                f"{p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
+                f"enrollment {kept_c:.3f} and {other_c:.3f}")
+    if both:
+        why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}, a "
+               f"lead of {sv.preference:.2f} of their distance < voice_check_min_preference "
+               f"{p.voice_check_min_preference:g}; both dropped")
+    else:
+        why = f"a second voice in the kept corpus: {evidence} (this one the farther)"
+    drops = {k: why for k, other in zip(keys, sv.other, strict=True) if other or both}
+    found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
+             "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
+             "other_s": sv.other_s, "kept_s": round(float(np.sum(secs)) - sv.other_s, 2), "both_dropped": both,
+             "other_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if o][:8],
+             "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if not o][:8]}
+    return drops, found
+
+
+def _second_voice_lines(summary: dict) -> list[str]:
+    """The report's paragraph on a second voice found in the kept corpus (`voice_check`)."""
+    sv = summary.get("second_voice")
+    if not sv:
+        return []
+    head = (f"**A second voice in the kept corpus** (`voice_check`): the whole kept utterances part into two voices "
+            f"(silhouette {sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
+            f"{sv['shared_episodes']} episodes), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
+            f"to the enrollment. The episodes' own speaker decisions merged them alike (as with a close co-host under "
+            "the show's music bed), so neither the episode nor the feed check could part them.")
+    if sv["both_dropped"]:
+        tail = (f" The enrollment leads by only {sv['preference']:.2f} of their distance, too little to say which "
+                "is the target, so **both were dropped**. Listen to a few of each (nearer the enrollment: "
+                f"{', '.join(sv['kept_clips'][:4])}; the other: {', '.join(sv['other_clips'][:4])}; episode@seconds), "
+                "then enroll with clips of the target cut from these episodes (the same channel), or set "
+                "`voice_check_min_preference` 0 to keep the nearer voice.")
+    else:
+        tail = (f" The one farther from the enrollment ({sv['other_s']:.0f} s, e.g. "
+                f"{', '.join(sv['other_clips'][:4])}; episode@seconds) was dropped, the enrollment leading by "
+                f"{sv['preference']:.2f} of their distance.")
+    return [head + tail, ""]
 
 
 def _feed_reason(reject: dict, feed: dict) -> str:
@@ -135,6 +196,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                          rescue_max_overlap=p.feed_rescue_max_overlap)
               if p.feed_voice_check else FeedJudgement())
     feed_sims, not_feed = judged.scores, judged.episodes
+    # then the whole kept corpus, for a voice that every episode merged into the target's alike
+    voice_drops, second = _voice_check(good, judged, ctx.centroid, p) if p.voice_check else ({}, None)
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
         secs = st.seconds
@@ -168,7 +231,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         ep_kept = 0.0
         for s in filt:
             sims.append(s["speaker_sim"])
-            why = not_feed.get(st.source.id) or judged.segments.get((st.source.id, s["start"]))
+            why = (not_feed.get(st.source.id) or judged.segments.get((st.source.id, s["start"]))
+                   or voice_drops.get((st.source.id, s["start"])))
             if s["keep"] and why:
                 s = {**s, "keep": False, "reasons": [why]}
                 if st.source.id not in not_feed:  # one segment: the centroid's sum gives back its embedding
@@ -272,6 +336,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                                    "seconds": round(reasons.get("nearer another voice of the feed", 0.0)
                                                     - unit_cuts[1], 2)},
         "feed_unit_cuts": {"pieces": unit_cuts[0], "seconds": round(unit_cuts[1], 2)},
+        "second_voice": second,
         # how many episodes the feed check compared (none below `speakers.FEED_MIN_EPISODES` with a target voice)
         "feed_check_episodes": len(feed_sims) if p.feed_voice_check else None,
         "flagged_episodes": [e["episode"] for e in episodes if e["flagged"]],
@@ -456,6 +521,7 @@ def write_report(
         "target's turns (per episode: the *feed* column).",
         "",
         *_feed_unjudged_lines(summary, len(summary.get("episode_speakers", []))),
+        *_second_voice_lines(summary),
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "

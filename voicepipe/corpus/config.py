@@ -155,6 +155,25 @@ class CorpusParams(BaseModel):
         "to -1.5, units holding the target and a co-host at -0.36 and -0.52, the target's own at -0.30 at worst "
         "(benchmarks/RESULTS.md, corpus purity). None: off."
     )
+    voice_check: bool = Field(
+        True, description="Once the feed is judged, the kept corpus's whole utterances (the kept audio's embeddings) "
+        "are checked for a second voice (`speakers.second_voice`): a voice every episode merged into the target's "
+        "cluster alike (a close co-host under the show's music bed), which the episode and feed checks cannot see. "
+        "Where one is found, the part the enrollment prefers by at least `voice_check_min_preference` is kept and "
+        "the other dropped; where the enrollment cannot tell the two apart, both are dropped (the build then fails "
+        "naming them, rather than train on two voices)."
+    )
+    voice_check_silhouette: float = Field(
+        0.3, ge=0.0, le=1.0, description="With `voice_check`: the silhouette the kept corpus's 2-means split must "
+        "reach to be two voices (one voice split by its channels scored 0.18-0.24, a close co-host merged in every "
+        "episode 0.37-0.49: benchmarks/RESULTS.md, corpus purity, thirteenth session)."
+    )
+    voice_check_min_preference: float = Field(
+        0.5, ge=0.0, description="With `voice_check`: how much nearer the enrollment the kept voice's centroid must "
+        "be than the second voice's, as a fraction of the distance between the two; below it neither is kept. 0: "
+        "keep the nearer voice however slight its lead (on the close co-host under a music bed the lead was 0.13 "
+        "and 0.14 of the distance, once for the target and once for the co-host)."
+    )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
         "the input speech; an episode keeping less than `flag_keep_fraction` is flagged in the report."

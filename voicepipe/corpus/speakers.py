@@ -816,3 +816,82 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
                                         f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the "
                                         f"feed's target voice (margin {m:.2f} < {margin:g})")
     return j
+
+
+@dataclass
+class SecondVoice:
+    """A second voice `second_voice` found in a kept corpus: which kept segments are it (`other`), and the evidence."""
+
+    other: np.ndarray  # bool per segment: the part farther from the enrollment
+    silhouette: float  # of the two parts (cosine, weighted by seconds)
+    enroll_sims: tuple[float, float]  # cosine of (the kept part's, the other part's) centroid to the enrollment
+    parts_cos: float  # cosine between the two parts' centroids
+    shared_episodes: int  # episodes with segments in both parts
+    other_s: float  # seconds in the other part
+
+    @property
+    def preference(self) -> float:
+        """How much nearer the enrollment the kept part is, as a fraction of the distance between the parts: near 0,
+        the enrollment cannot tell the two voices apart and the choice of the kept one is weak."""
+        return (self.enroll_sims[0] - self.enroll_sims[1]) / max(1.0 - self.parts_cos, 1e-6)
+
+
+def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enroll: np.ndarray, *,
+                 min_silhouette: float = 0.3, min_shared_episodes: int = 2, min_part_s: float = 10.0,
+                 max_points: int = 2000) -> SecondVoice | None:
+    """Whether the kept corpus still holds two voices, and which kept segments are the one farther from the
+    enrollment.
+
+    Each episode decides relative to its own speakers, so a voice it could not tell from the target (a close
+    co-host under the same music bed, merged into one cluster in every episode of a show) is kept in every episode
+    alike, and the feed check, which compares episodes, sees one consistent voice. Whole kept utterances (1-15 s,
+    the kept audio's embedding `embs`, the speaker model's space) embed a voice far more steadily than the 1.5 s
+    windows diarize clusters, and the whole feed's are many: there the two voices part (benchmarks/RESULTS.md,
+    corpus purity, thirteenth session). 2-means of the segments on the unit sphere (seeded with the enrollment and
+    the segment least like it, and by k-means++: the split with the better silhouette) is a second voice when its
+    silhouette (weighted by `seconds`) reaches `min_silhouette`, each part holds at least `min_part_s` seconds and
+    three segments, and both parts are heard in at least `min_shared_episodes` episodes (one voice parted by a
+    channel, say the episodes with a music bed and those without, parts by episode). The split is found on at most
+    `max_points` segments (evenly strided: a corpus of many hours), then every segment goes to its nearer part.
+    None otherwise.
+    """
+    from sklearn.cluster import KMeans
+
+    x = unit(np.asarray(embs, dtype=np.float64))
+    secs = np.asarray(seconds, dtype=np.float64)
+    if len(x) < 6:
+        return None
+    e = unit(np.asarray(enroll, dtype=np.float64))
+    far = x[int(np.argmax(1.0 - x @ e))]
+    pick = np.arange(0, len(x), max(1, int(np.ceil(len(x) / max_points))))
+    xs, ws = x[pick], secs[pick]
+    # seeded with the enrollment, and k-means++ (an enrollment about as near both voices draws every segment
+    # to its seed); the split with the better silhouette
+    best: tuple[float, np.ndarray] | None = None
+    for km in (KMeans(n_clusters=2, init=np.stack([e, far]), n_init=1, max_iter=100),
+               KMeans(n_clusters=2, n_init=10, max_iter=100, random_state=0)):
+        lab = km.fit(xs).labels_
+        if min(np.bincount(lab, minlength=2)) < 3:
+            continue
+        sil = _silhouette(xs, lab, ws)
+        if sil is not None and (best is None or sil > best[0]):
+            best = (sil, unit(km.cluster_centers_))
+    if best is None:
+        return None
+    sil, cents = best
+    lab = np.argmax(x @ cents.T, axis=1)
+    if min(np.bincount(lab, minlength=2)) < 3:
+        return None
+    parts = [unit(x[lab == i].mean(axis=0)) for i in (0, 1)]
+    near = int(parts[1] @ e > parts[0] @ e)
+    other = lab != near
+    if min(secs[other].sum(), secs[~other].sum()) < min_part_s:
+        return None
+    eps = np.asarray(episodes, dtype=object)
+    shared = len(set(eps[other]) & set(eps[~other]))
+    if sil is None or sil < min_silhouette or shared < min_shared_episodes:
+        return None
+    return SecondVoice(other=other, silhouette=round(sil, 4),
+                       enroll_sims=(round(float(parts[near] @ e), 4), round(float(parts[1 - near] @ e), 4)),
+                       parts_cos=round(float(parts[0] @ parts[1]), 4), shared_episodes=shared,
+                       other_s=round(float(secs[other].sum()), 2))
