@@ -387,7 +387,7 @@ def test_the_enrollments_lead_is_measured_between_the_two_voices() -> None:
     assert abs(sv.preference) < 0.2
 
 
-def test_the_build_drops_the_second_voice_or_both_when_the_enrollment_cannot_choose() -> None:
+def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_apart() -> None:
     from voicepipe.corpus.assemble import _reason_kind, _voice_check
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.fetch import EpisodeSource
@@ -406,19 +406,22 @@ def test_the_build_drops_the_second_voice_or_both_when_the_enrollment_cannot_cho
                                                  "emb": [float(x) for x in e]})
     good = list(states.values())
     judged = FeedJudgement(episodes={"ep5": "not the feed's voice"}, segments={("ep0", 0.0): "nearer another voice"})
-    p = CorpusParams(speaker="t", enroll=["e.wav"])
-    drops, found = _voice_check(good, judged, _near(target, 0.95, rng), p)
-    assert found is not None and not found["both_dropped"]
-    # only segments the feed check left kept are judged, and exactly the co-host's of them are dropped
+    # only segments the feed check left kept are judged
     judged_keys = {(ep, float(k)) for k, ep in enumerate(eps) if ep != "ep5" and (ep, float(k)) != ("ep0", 0.0)}
-    assert set(drops) == {key for key in judged_keys if is_co[int(key[1])]}
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    halfway = unit(target + cohost)  # an enrollment as near one voice as the other
+    drops, found = _voice_check(good, judged, halfway, p)
+    assert found is not None and found["action"] == "both dropped" and set(drops) == judged_keys
     assert all(_reason_kind(why) == "a second voice in the kept corpus" for why in drops.values())
-    drops, found = _voice_check(good, judged, unit(target + cohost), p)  # halfway: neither is kept
-    assert found is not None and found["both_dropped"] and set(drops) == judged_keys
     assert "cannot tell" in next(iter(drops.values()))
-    p0 = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_min_preference=0.0)
-    drops, found = _voice_check(good, judged, unit(target + cohost), p0)
-    assert found is not None and not found["both_dropped"] and 0 < len(drops) < len(judged_keys)
+    nearer = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_keep_nearer=True)
+    drops, found = _voice_check(good, judged, halfway, nearer)
+    assert found is not None and found["action"] == "other dropped"
+    co = {k for k in judged_keys if is_co[int(k[1])]}
+    assert set(drops) in (co, judged_keys - co)
+    # an enrollment that tells the parts apart: reported, nothing dropped (the target on two channels looks so)
+    drops, found = _voice_check(good, judged, _near(target, 0.95, rng), p)
+    assert found is not None and found["action"] == "none" and found["preference"] >= 0.5 and drops == {}
     one = [EpisodeState(source=st.source, results={"filter": {"segments": [
         s for s in st.results["filter"]["segments"] if not is_co[int(s["start"])]]}}) for st in good]
     assert _voice_check(one, FeedJudgement(), target, p) == ({}, None)

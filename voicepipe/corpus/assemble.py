@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import SourceReject
 from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed, second_voice
 from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
@@ -80,7 +81,7 @@ def _feed_entry(st: EpisodeState) -> dict:
 
 
 def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
-                 p: Any) -> tuple[dict[tuple[str, Any], str], dict | None]:
+                 p: CorpusParams) -> tuple[dict[tuple[str, Any], str], dict | None]:
     """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings): ((episode,
     segment start) -> reason for each segment it drops, what it found for corpus.json; None: one voice)."""
     keys, embs, secs = [], [], []
@@ -96,46 +97,54 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
                        min_silhouette=p.voice_check_silhouette) if keys else None)
     if sv is None:
         return {}, None
-    both = sv.preference < p.voice_check_min_preference
     kept_c, other_c = sv.enroll_sims
     evidence = (f"the kept corpus's whole utterances part into two voices (silhouette {sv.silhouette:.2f} >= "
                 f"{p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
-                f"enrollment {kept_c:.3f} and {other_c:.3f}")
-    if both:
-        why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}, a "
-               f"lead of {sv.preference:.2f} of their distance < voice_check_min_preference "
-               f"{p.voice_check_min_preference:g}; both dropped")
+                f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance < "
+                f"voice_check_min_preference {p.voice_check_min_preference:g}")
+    told_apart = sv.preference >= p.voice_check_min_preference
+    if told_apart:  # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
+        action, drops = "none", {}
+    elif p.voice_check_keep_nearer:
+        action = "other dropped"
+        why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; " \
+              "this one the farther (voice_check_keep_nearer)"
+        drops = {k: why for k, other in zip(keys, sv.other, strict=True) if other}
     else:
-        why = f"a second voice in the kept corpus: {evidence} (this one the farther)"
-    drops = {k: why for k, other in zip(keys, sv.other, strict=True) if other or both}
+        action = "both dropped"
+        why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; " \
+              "both dropped"
+        drops = dict.fromkeys(keys, why)
     found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
-             "other_s": sv.other_s, "kept_s": round(float(np.sum(secs)) - sv.other_s, 2), "both_dropped": both,
+             "other_s": sv.other_s, "kept_s": round(float(np.sum(secs)) - sv.other_s, 2), "action": action,
              "other_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if o][:8],
              "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if not o][:8]}
     return drops, found
 
 
 def _second_voice_lines(summary: dict) -> list[str]:
-    """The report's paragraph on a second voice found in the kept corpus (`voice_check`)."""
+    """The report's paragraph on two voices found in the kept corpus (`voice_check`)."""
     sv = summary.get("second_voice")
     if not sv:
         return []
-    head = (f"**A second voice in the kept corpus** (`voice_check`): the whole kept utterances part into two voices "
-            f"(silhouette {sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
+    head = (f"**Two voices in the kept corpus?** (`voice_check`): the whole kept utterances part in two (silhouette "
+            f"{sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
             f"{sv['shared_episodes']} episodes), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
-            f"to the enrollment. The episodes' own speaker decisions merged them alike (as with a close co-host under "
-            "the show's music bed), so neither the episode nor the feed check could part them.")
-    if sv["both_dropped"]:
-        tail = (f" The enrollment leads by only {sv['preference']:.2f} of their distance, too little to say which "
-                "is the target, so **both were dropped**. Listen to a few of each (nearer the enrollment: "
-                f"{', '.join(sv['kept_clips'][:4])}; the other: {', '.join(sv['other_clips'][:4])}; episode@seconds), "
-                "then enroll with clips of the target cut from these episodes (the same channel), or set "
-                "`voice_check_min_preference` 0 to keep the nearer voice.")
+            f"to the enrollment: a lead of {sv['preference']:.2f} of their distance.")
+    clips = (f" Nearer the enrollment: {', '.join(sv['kept_clips'][:4])}; the other: "
+             f"{', '.join(sv['other_clips'][:4])} (episode@seconds).")
+    if sv["action"] == "none":
+        tail = (" The enrollment tells the parts apart, so they are taken for the target on two channels (a music "
+                "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips)
     else:
-        tail = (f" The one farther from the enrollment ({sv['other_s']:.0f} s, e.g. "
-                f"{', '.join(sv['other_clips'][:4])}; episode@seconds) was dropped, the enrollment leading by "
-                f"{sv['preference']:.2f} of their distance.")
+        tail = (" The enrollment cannot tell them apart: two voices the episodes' own speaker decisions merged alike "
+                "(as with a close co-host under the show's music bed), which neither the episode nor the feed check "
+                + ("could part. **Both were dropped.**" if sv["action"] == "both dropped" else
+                   "could part. The farther was dropped (`voice_check_keep_nearer`), a guess.")
+                + clips + " Listen to a few of each, then enroll with clips of the target cut from these episodes "
+                "(the same channel)" + (", or set `voice_check_keep_nearer` to keep the nearer voice."
+                                        if sv["action"] == "both dropped" else "."))
     return [head + tail, ""]
 
 
