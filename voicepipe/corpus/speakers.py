@@ -889,7 +889,7 @@ def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enr
         return None
     eps = np.asarray(episodes, dtype=object)
     shared = len(set(eps[other]) & set(eps[~other]))
-    if sil is None or sil < min_silhouette or shared < min_shared_episodes:
+    if sil < min_silhouette or shared < min_shared_episodes:
         return None
     return SecondVoice(other=other, silhouette=round(sil, 4),
                        enroll_sims=(round(float(parts[near] @ e), 4), round(float(parts[1 - near] @ e), 4)),
