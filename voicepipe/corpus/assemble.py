@@ -102,19 +102,17 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
                 f"{p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
                 f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance < "
                 f"voice_check_min_preference {p.voice_check_min_preference:g}")
-    told_apart = sv.preference >= p.voice_check_min_preference
-    if told_apart:  # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
+    why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; "
+    if sv.preference >= p.voice_check_min_preference:
+        # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
     elif p.voice_check_keep_nearer:
         action = "other dropped"
-        why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; " \
-              "this one the farther (voice_check_keep_nearer)"
+        why += "this one the farther (voice_check_keep_nearer)"
         drops = {k: why for k, other in zip(keys, sv.other, strict=True) if other}
     else:
         action = "both dropped"
-        why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; " \
-              "both dropped"
-        drops = dict.fromkeys(keys, why)
+        drops = dict.fromkeys(keys, why + "both dropped")
     found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
              "other_s": sv.other_s, "kept_s": round(float(np.sum(secs)) - sv.other_s, 2), "action": action,
