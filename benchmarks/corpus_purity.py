@@ -166,6 +166,12 @@ def main() -> None:
     if args.voices and len(args.voices.split(",")) != 4:
         ap.error(f"--voices {args.voices}: give four voices (target, co-host, guest, ad reader), comma-separated")
 
+    try:
+        use = (None if args.use is None else int(args.use) if args.use.isdigit()
+               else {k: int(v) for k, v in (x.split("=", 1) for x in args.use.split(","))})
+    except ValueError:
+        ap.error(f"--use {args.use!r}: expected N or SCENARIO=N[,SCENARIO=N]")
+
     from voicepipe.models.tiny import build_tiny_codec
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-purity-"))
@@ -173,8 +179,6 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
-    use = (None if args.use is None else int(args.use) if args.use.isdigit()
-           else {k: int(v) for k, v in (x.split("=", 1) for x in args.use.split(","))})
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
                           args.voices.split(",") if args.voices else None, args.music, args.intro_s)
