@@ -390,7 +390,6 @@ def test_the_enrollments_lead_is_measured_between_the_two_voices() -> None:
 def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_apart() -> None:
     from voicepipe.corpus.assemble import _reason_kind, _voice_check
     from voicepipe.corpus.config import CorpusParams
-    from voicepipe.corpus.fetch import EpisodeSource
     from voicepipe.corpus.speakers import FeedJudgement
     from voicepipe.corpus.steps import EpisodeState
 
@@ -398,33 +397,77 @@ def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_
     target = _voice(rng)
     cohost = _near(target, 0.85, rng)
     embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost)
+    good = _states(embs, secs, eps)
+    judged = FeedJudgement(episodes={"ep5": "not the feed's voice"}, segments={("ep0", 0.0): "nearer another voice"})
+    # only segments the feed check left kept are judged
+    judged_keys = {(ep, float(k)) for k, ep in enumerate(eps) if ep != "ep5" and (ep, float(k)) != ("ep0", 0.0)}
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    halfway = unit(target + cohost)  # an enrollment as near one voice as the other
+    drops, found, _ = _voice_check(good, judged, halfway, p)
+    assert found is not None and found["action"] == "both dropped" and set(drops) == judged_keys
+    assert all(_reason_kind(why) == "a second voice in the kept corpus" for why in drops.values())
+    assert "cannot tell" in next(iter(drops.values()))
+    nearer = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_keep_nearer=True)
+    drops, found, _ = _voice_check(good, judged, halfway, nearer)
+    assert found is not None and found["action"] == "other dropped"
+    co = {k for k in judged_keys if is_co[int(k[1])]}
+    assert set(drops) in (co, judged_keys - co)
+    # an enrollment that tells the parts apart: reported, nothing dropped (the target on two channels looks so)
+    drops, found, _ = _voice_check(good, judged, _near(target, 0.95, rng), p)
+    assert found is not None and found["action"] == "none" and found["preference"] >= 0.5 and drops == {}
+    one = [EpisodeState(source=st.source, results={"filter": {"segments": [
+        s for s in st.results["filter"]["segments"] if not is_co[int(s["start"])]]}}) for st in good]
+    assert _voice_check(one, FeedJudgement(), target, p) == ({}, None, set())
+
+
+def _states(embs: np.ndarray, secs: np.ndarray, eps: list[str]) -> list:
+    """EpisodeStates whose filter kept one segment per embedding (start = its index)."""
+    from voicepipe.corpus.fetch import EpisodeSource
+    from voicepipe.corpus.steps import EpisodeState
+
     states: dict[str, EpisodeState] = {}
     for k, (e, s, ep) in enumerate(zip(embs, secs, eps, strict=True)):
         st = states.setdefault(ep, EpisodeState(source=EpisodeSource(id=ep, url=f"http://x/{ep}.mp3"),
                                                 results={"filter": {"segments": []}}))
         st.results["filter"]["segments"].append({"start": float(k), "duration": float(s), "keep": True,
                                                  "emb": [float(x) for x in e]})
-    good = list(states.values())
-    judged = FeedJudgement(episodes={"ep5": "not the feed's voice"}, segments={("ep0", 0.0): "nearer another voice"})
-    # only segments the feed check left kept are judged
-    judged_keys = {(ep, float(k)) for k, ep in enumerate(eps) if ep != "ep5" and (ep, float(k)) != ("ep0", 0.0)}
+    return list(states.values())
+
+
+def test_a_cohost_hosting_as_many_episodes_is_not_kept_for_the_feeds_voice() -> None:
+    """The 5 + 5 show: the target's episodes (the co-host merged in under the bed) and as many hosted by the co-host
+    alone. The feed check keeps the consistent voice, the co-host's, and drops the target's episodes; what it left
+    is one voice. Judged before the feed's drops, the two voices are seen: the build fails where the enrollment
+    cannot tell them apart, and drops the co-host where the feed check kept the voice the enrollment rejects."""
+    from voicepipe.corpus.assemble import _voice_checks
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement
+
+    rng = np.random.default_rng(45)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    e1, s1, ep1, co1 = _kept(rng, [target] * 4, cohost)
+    e2, s2, ep2, _ = _kept(rng, [cohost] * 4, None)
+    embs, secs, eps = np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"host{e}" for e in ep2]
+    is_co = np.concatenate([co1, np.ones(len(e2), bool)])
+    good = _states(embs, secs, eps)
+    judged = FeedJudgement(episodes={f"ep{i}": "not the feed's voice" for i in range(4)})
+    left = {(ep, float(k)) for k, ep in enumerate(eps) if ep.startswith("host")}
     p = CorpusParams(speaker="t", enroll=["e.wav"])
-    halfway = unit(target + cohost)  # an enrollment as near one voice as the other
-    drops, found = _voice_check(good, judged, halfway, p)
-    assert found is not None and found["action"] == "both dropped" and set(drops) == judged_keys
-    assert all(_reason_kind(why) == "a second voice in the kept corpus" for why in drops.values())
-    assert "cannot tell" in next(iter(drops.values()))
-    nearer = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_keep_nearer=True)
-    drops, found = _voice_check(good, judged, halfway, nearer)
-    assert found is not None and found["action"] == "other dropped"
-    co = {k for k in judged_keys if is_co[int(k[1])]}
-    assert set(drops) in (co, judged_keys - co)
-    # an enrollment that tells the parts apart: reported, nothing dropped (the target on two channels looks so)
-    drops, found = _voice_check(good, judged, _near(target, 0.95, rng), p)
-    assert found is not None and found["action"] == "none" and found["preference"] >= 0.5 and drops == {}
-    one = [EpisodeState(source=st.source, results={"filter": {"segments": [
-        s for s in st.results["filter"]["segments"] if not is_co[int(s["start"])]]}}) for st in good]
-    assert _voice_check(one, FeedJudgement(), target, p) == ({}, None)
+    halfway = unit(target + cohost)
+    assert _voice_checks(good, judged, halfway, p.model_copy(update={"voice_check_before_feed": False})) == ({}, None)
+    drops, found = _voice_checks(good, judged, halfway, p)
+    assert found is not None and found["stage"] == "before the feed check" and found["action"] == "both dropped"
+    assert set(drops) == {(ep, float(k)) for k, ep in enumerate(eps)} and abs(found["preference"]) < 0.5
+    # an enrollment that prefers the target: the co-host the feed check kept is dropped, the build keeps nothing
+    drops, found = _voice_checks(good, judged, _near(target, 0.95, rng), p)
+    assert found is not None and found["action"] == "feed kept the farther" and found["preference"] >= 0.5
+    assert set(drops) == left and all(is_co[int(k[1])] for k in drops)
+    assert "the feed check kept mostly the voice farther from the enrollment" in next(iter(drops.values()))
+    # a feed check that kept the target: the first look finds the two voices, tells them apart, drops nothing
+    right = FeedJudgement(episodes={f"hostep{i}": "not the feed's voice" for i in range(4)})
+    drops, found = _voice_checks(good, right, _near(target, 0.95, rng), p)
+    assert drops == {} and found is not None and found["action"] == "none"
 
 
 def test_a_large_corpus_is_split_on_a_sample_and_every_segment_assigned() -> None:

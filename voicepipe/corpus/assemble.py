@@ -80,45 +80,72 @@ def _feed_entry(st: EpisodeState) -> dict:
                          if s["keep"] and (s.get("emb_heard") or s.get("emb"))]}
 
 
-def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
-                 p: CorpusParams) -> tuple[dict[tuple[str, Any], str], dict | None]:
-    """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings): ((episode,
-    segment start) -> reason for each segment it drops, what it found for corpus.json; None: one voice)."""
-    keys, embs, secs = [], [], []
-    for st in good:
-        if st.source.id in judged.episodes:
-            continue
-        for s in st.results["filter"]["segments"]:
-            if s["keep"] and s.get("emb") and (st.source.id, s["start"]) not in judged.segments:
-                keys.append((st.source.id, s["start"]))
-                embs.append(s["emb"])
-                secs.append(s["duration"])
-    sv = (second_voice(np.asarray(embs, dtype=np.float64), np.asarray(secs), [k[0] for k in keys], enroll,
-                       min_silhouette=p.voice_check_silhouette) if keys else None)
+def _kept_segments(good: list[EpisodeState], judged: FeedJudgement) -> dict[tuple[str, Any], dict]:
+    """The segments the episodes kept and `judged` (the feed check) left kept, by (episode, segment start)."""
+    return {(st.source.id, s["start"]): s for st in good if st.source.id not in judged.episodes
+            for s in st.results["filter"]["segments"]
+            if s["keep"] and s.get("emb") and (st.source.id, s["start"]) not in judged.segments}
+
+
+def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray, p: CorpusParams,
+                 stage: str = "after the feed check") -> tuple[dict[tuple[str, Any], str], dict | None, set]:
+    """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings), or with an
+    empty `judged`, over every segment the episodes kept: ((episode, segment start) -> reason for each segment it
+    drops, what it found for corpus.json (None: one voice), the keys of the part farther from the enrollment)."""
+    seg = _kept_segments(good, judged)
+    keys = list(seg)
+    secs = np.asarray([seg[k]["duration"] for k in keys], dtype=np.float64)
+    sv = (second_voice(np.asarray([seg[k]["emb"] for k in keys], dtype=np.float64), secs, [k[0] for k in keys],
+                       enroll, min_silhouette=p.voice_check_silhouette) if keys else None)
     if sv is None:
-        return {}, None
+        return {}, None, set()
+    far = {k for k, o in zip(keys, sv.other, strict=True) if o}
     kept_c, other_c = sv.enroll_sims
-    evidence = (f"the kept corpus's whole utterances part into two voices (silhouette {sv.silhouette:.2f} >= "
-                f"{p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
-                f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance < "
-                f"voice_check_min_preference {p.voice_check_min_preference:g}")
-    why = f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence}; "
+    evidence = (f"the kept corpus's whole utterances ({stage}) part into two voices (silhouette {sv.silhouette:.2f} "
+                f">= {p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
+                f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance")
+    why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence} < "
+           f"voice_check_min_preference {p.voice_check_min_preference:g}; ")
     if sv.preference >= p.voice_check_min_preference:
         # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
     elif p.voice_check_keep_nearer:
         action = "other dropped"
-        why += "this one the farther (voice_check_keep_nearer)"
-        drops = {k: why for k, other in zip(keys, sv.other, strict=True) if other}
+        drops = dict.fromkeys(far, why + "this one the farther (voice_check_keep_nearer)")
     else:
         action = "both dropped"
         drops = dict.fromkeys(keys, why + "both dropped")
     found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
-             "other_s": sv.other_s, "kept_s": round(float(np.sum(secs)) - sv.other_s, 2), "action": action,
-             "other_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if o][:8],
-             "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k, o in zip(keys, sv.other, strict=True) if not o][:8]}
-    return drops, found
+             "other_s": sv.other_s, "kept_s": round(float(secs.sum()) - sv.other_s, 2), "action": action,
+             "stage": stage, "evidence": evidence,
+             "other_clips": [f"{k[0]}@{k[1]:.2f}" for k in keys if k in far][:8],
+             "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in keys if k not in far][:8]}
+    return drops, found, far
+
+
+def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
+                  p: CorpusParams) -> tuple[dict[tuple[str, Any], str], dict | None]:
+    """`_voice_check` first over what the episodes kept (`voice_check_before_feed`, where the feed check dropped
+    anything), then over what the feed check left. The first decides where the enrollment cannot tell its two
+    voices apart, or where the feed check kept mostly the part farther from the enrollment (it keeps the feed's
+    most consistent voice, which need not be the enrolled one): that part is dropped. Otherwise the second decides;
+    the first is reported where it alone found two voices."""
+    first = None
+    if p.voice_check_before_feed and p.feed_voice_check and (judged.episodes or judged.segments):
+        drops, first, far = _voice_check(good, FeedJudgement(), enroll, p, "before the feed check")
+        if first is not None and first["action"] != "none":
+            return drops, first
+        if first is not None:
+            after = {k: s["duration"] for k, s in _kept_segments(good, judged).items()}
+            far_s, all_s = sum(d for k, d in after.items() if k in far), sum(after.values())
+            if far_s > 0.5 * all_s:
+                why = (f"a second voice in the kept corpus: the feed check kept mostly the voice farther from the "
+                       f"enrollment ({far_s:.0f} s of {all_s:.0f} s; {first['evidence']}) and dropped the nearer "
+                       f"as not the feed's; the farther dropped")
+                return dict.fromkeys(far & set(after), why), {**first, "action": "feed kept the farther"}
+    drops, found, _ = _voice_check(good, judged, enroll, p)
+    return drops, found or first
 
 
 def _second_voice_lines(summary: dict) -> list[str]:
@@ -126,13 +153,19 @@ def _second_voice_lines(summary: dict) -> list[str]:
     sv = summary.get("second_voice")
     if not sv:
         return []
-    head = (f"**Two voices in the kept corpus?** (`voice_check`): the whole kept utterances part in two (silhouette "
+    head = (f"**Two voices in the kept corpus?** (`voice_check`, {sv.get('stage', 'after the feed check')}): the "
+            f"whole kept utterances part in two (silhouette "
             f"{sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
             f"{sv['shared_episodes']} episodes), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
             f"to the enrollment: a lead of {sv['preference']:.2f} of their distance.")
     clips = (f" Nearer the enrollment: {', '.join(sv['kept_clips'][:4])}; the other: "
              f"{', '.join(sv['other_clips'][:4])} (episode@seconds).")
-    if sv["action"] == "none":
+    if sv["action"] == "feed kept the farther":
+        tail = (" The feed check had kept mostly the part farther from the enrollment (the feed's most consistent "
+                "voice, as where a co-host hosts as many episodes as the target) and dropped the nearer as not the "
+                "feed's: **the farther part was dropped.**" + clips + " Listen to a few of each; where the nearer is "
+                "the target, enroll with more of its clips (cut from these episodes) so that the feed check keeps it.")
+    elif sv["action"] == "none":
         tail = (" The enrollment tells the parts apart, so they are taken for the target on two channels (a music "
                 "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips)
     else:
@@ -203,8 +236,11 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
                          rescue_max_overlap=p.feed_rescue_max_overlap)
               if p.feed_voice_check else FeedJudgement())
     feed_sims, not_feed = judged.scores, judged.episodes
-    # then the whole kept corpus, for a voice that every episode merged into the target's alike
-    voice_drops, second = _voice_check(good, judged, ctx.centroid, p) if p.voice_check else ({}, None)
+    # then the whole kept corpus, for a voice that every episode merged into the target's alike: first as the
+    # episodes kept it (the feed check picks the feed's most consistent voice, and where a co-host hosts as many
+    # episodes as the target that can be the co-host: only the enrollment may choose between two voices), then as
+    # the feed check left it
+    voice_drops, second = _voice_checks(good, judged, ctx.centroid, p) if p.voice_check else ({}, None)
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
         secs = st.seconds

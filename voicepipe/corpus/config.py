@@ -176,6 +176,12 @@ class CorpusParams(BaseModel):
         "it nothing is dropped, only reported: the CI feed's target on two channels led by 1.30, and a voice the "
         "enrollment tells apart that well is one the episodes' own decisions part."
     )
+    voice_check_before_feed: bool = Field(
+        True, description="With `voice_check` and `feed_voice_check`: the check runs first over every segment the "
+        "episodes kept, before the feed check's drops. The feed check keeps the feed's most consistent voice, so where "
+        "a co-host hosts as many episodes as the target and the target's episodes are under a music bed, it kept the "
+        "co-host alone; two voices the enrollment cannot tell apart are caught here instead (both dropped, as above)."
+    )
     voice_check_keep_nearer: bool = Field(
         False, description="With `voice_check`: where the enrollment cannot tell the two voices apart, keep the one "
         "nearer it and drop the other instead of both (a guess: right once and wrong once on the close co-host)."
