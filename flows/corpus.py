@@ -23,9 +23,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks.common import failed, settle, task_runner
-from tasks.corpus import STEP_TASKS, assemble_corpus, feed_check, list_episodes, local_params, publish_corpus_artifacts
+from tasks.corpus import (
+    STEP_TASKS,
+    assemble_corpus,
+    feed_check,
+    list_episodes,
+    local_params,
+    publish_corpus_artifacts,
+    publish_rejected_report,
+)
 from tasks.events import notify_corpus_version
 from tasks.preflight import check_models, corpus_needs
+from voicepipe.corpus.assemble import CorpusRejected
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.steps import AFTER_FEED, BEFORE_FEED, STEPS, EpisodeState
 from voicepipe.errors import VoicepipeError
@@ -86,7 +95,11 @@ def build_corpus(params: CorpusParams) -> dict[str, Any]:
         return failed(err)
     chains += takes
     states = [f.result() for f in chains]
-    result = assemble_corpus(params, states, source_rejects)
+    try:
+        result = assemble_corpus(params, states, source_rejects)
+    except CorpusRejected as e:  # the operator reads why in the UI: the report of what was dropped, and the error
+        publish_rejected_report(params, e)
+        return failed(e)
     publish_corpus_artifacts(params, states, result)
     from voicepipe.store import open_store
 

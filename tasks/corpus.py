@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import IO_RETRIES, publish_link, publish_markdown, publish_table
-from voicepipe.corpus.assemble import BuildResult, assemble, inline_images
+from voicepipe.corpus.assemble import BuildResult, CorpusRejected, assemble, inline_images
 from voicepipe.corpus.build import context_for as _context_for
 from voicepipe.corpus.build import list_sources
 from voicepipe.corpus.config import CorpusParams
@@ -118,3 +118,9 @@ def publish_corpus_artifacts(params: CorpusParams, states: list[EpisodeState], r
     ctx = context_for(params)
     publish_link(f"corpus-{spk}-report-file", tree_link(ctx.store, result.dir_sha, "report.md", ctx.settings),
                  description=f"report.md of corpus {result.version[:16]} (tree {result.dir_sha[:16]}) in the store")
+
+
+def publish_rejected_report(params: CorpusParams, err: CorpusRejected) -> None:
+    """The report of a build that kept almost nothing, on the flow run (its plots inline): why, gate by gate."""
+    publish_markdown(f"corpus-{params.speaker}-report", inline_images(err.report_md, Path(err.out)),
+                     description=f"corpus {params.speaker}: build rejected, kept almost nothing")

@@ -207,3 +207,24 @@ def test_report_artifact_carries_its_plots_inline(builds):
     assert len(names) == 4 and not re.search(r"\]\([\w.-]+\.png\)", md)
     assert [base64.b64decode(u) for u in uris] == [(out / n).read_bytes() for n in names]
     assert len(md) < 300_000, len(md)  # four small plots
+
+
+def test_a_rejected_build_fails_its_run_and_publishes_the_report_of_why(builds, tmp_path):
+    """A build that keeps almost nothing fails the flow run with the gates in its message, and the report of what
+    was dropped is on the run for the operator (the worker's report.md is out of the UI's reach)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.corpus import build_corpus
+
+    p3 = builds["p3"]
+    strict = p3.model_copy(update={"out": str(tmp_path / "out"),
+                                   "filters": p3.filters.model_copy(update={"min_snr_db": 80.0})})
+    state = build_corpus(strict, return_state=True)
+    assert state.is_failed() and "dropped by: " in state.message and "snr" in state.message, state.message
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["corpus-target-report"])), limit=50)
+    md = next(a.data for a in arts if "build rejected" in (a.description or ""))
+    assert "snr" in md and "data:image/png;base64," in md
+    assert "kept (s)" in md and md.count("| ep0") >= 3  # the per-episode table: every episode, what it kept

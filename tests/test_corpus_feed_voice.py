@@ -413,8 +413,12 @@ def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_
     co = {k for k in judged_keys if is_co[int(k[1])]}
     assert set(drops) in (co, judged_keys - co)
     # an enrollment that tells the parts apart: reported, nothing dropped (the target on two channels looks so)
-    drops, found, _ = _voice_check(good, judged, _near(target, 0.95, rng), p)
+    telling = _near(target, 0.95, rng)
+    drops, found, _ = _voice_check(good, judged, telling, p)
     assert found is not None and found["action"] == "none" and found["preference"] >= 0.5 and drops == {}
+    # ... unless the user says a second voice is there (the target's clips from the show as the enrollment)
+    drops, found, _ = _voice_check(good, judged, telling, nearer)
+    assert found is not None and found["action"] == "other dropped" and set(drops) == co
     one = [EpisodeState(source=st.source, results={"filter": {"segments": [
         s for s in st.results["filter"]["segments"] if not is_co[int(s["start"])]]}}) for st in good]
     assert _voice_check(one, FeedJudgement(), target, p) == ({}, None, set())
@@ -464,10 +468,15 @@ def test_a_cohost_hosting_as_many_episodes_is_not_kept_for_the_feeds_voice() -> 
     assert found is not None and found["action"] == "feed kept the farther" and found["preference"] >= 0.5
     assert set(drops) == left and all(is_co[int(k[1])] for k in drops)
     assert "the feed check kept mostly the voice farther from the enrollment" in next(iter(drops.values()))
-    # a feed check that kept the target: the first look finds the two voices, tells them apart, drops nothing
+    # a feed check that dropped the co-host's own episodes: the co-host merged into the target's is the rest of a
+    # voice it dropped elsewhere, and goes too
     right = FeedJudgement(episodes={f"hostep{i}": "not the feed's voice" for i in range(4)})
     drops, found = _voice_checks(good, right, _near(target, 0.95, rng), p)
-    assert drops == {} and found is not None and found["action"] == "none"
+    assert found is not None and found["action"] == "rest of a dropped voice"
+    assert set(drops) == {(ep, float(k)) for k, ep in enumerate(eps) if is_co[k] and not ep.startswith("host")}
+    # the target's episodes without the co-host: the two voices never share an episode, nothing to do
+    alone = _states(*(a[~co1] for a in (e1, s1)), [ep for ep, c in zip(ep1, co1, strict=True) if not c]) + good[4:]
+    assert _voice_checks(alone, right, _near(target, 0.95, rng), p) == ({}, None)
 
 
 def test_a_large_corpus_is_split_on_a_sample_and_every_segment_assigned() -> None:

@@ -243,8 +243,9 @@ def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build
         "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
         "filters": scenario_build["params"].filters.model_copy(update={"min_snr_db": 80.0}),
     })
-    with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*snr"):
+    with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*snr") as failed:
         build_local(p, progress=False)
+    assert failed.value.report_md == (tmp_path / "out" / "report.md").read_text()  # the flow publishes it
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert any(r["reason"].startswith("snr") for r in rejects)
     summary = json.loads((tmp_path / "out" / "corpus.json").read_text())

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed, second_voice
+from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed, second_voice, unit
 from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -100,13 +100,18 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     if sv is None:
         return {}, None, set()
     far = {k for k, o in zip(keys, sv.other, strict=True) if o}
+    listen = {part: _typical(seg, [k for k in keys if (k in far) == (part == "other")]) for part in ("nearer", "other")}
     kept_c, other_c = sv.enroll_sims
     evidence = (f"the kept corpus's whole utterances ({stage}) part into two voices (silhouette {sv.silhouette:.2f} "
                 f">= {p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
                 f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance")
     why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence} < "
            f"voice_check_min_preference {p.voice_check_min_preference:g}; ")
-    if sv.preference >= p.voice_check_min_preference:
+    if sv.preference >= p.voice_check_min_preference and p.voice_check_keep_nearer:
+        action = "other dropped"  # told apart, and the user says a second voice is there
+        drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
+                                   "(voice_check_keep_nearer)")
+    elif sv.preference >= p.voice_check_min_preference:
         # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
     elif p.voice_check_keep_nearer:
@@ -119,33 +124,86 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
              "other_s": sv.other_s, "kept_s": round(float(secs.sum()) - sv.other_s, 2), "action": action,
              "stage": stage, "evidence": evidence,
-             "other_clips": [f"{k[0]}@{k[1]:.2f}" for k in keys if k in far][:8],
-             "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in keys if k not in far][:8]}
+             "other_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["other"]],
+             "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["nearer"]],
+             "listen_keys": {part: [list(k) for k in ks] for part, ks in listen.items()}}
     return drops, found, far
+
+
+def _typical(seg: dict[tuple[str, Any], dict], keys: list[tuple[str, Any]], n: int = 4) -> list[tuple[str, Any]]:
+    """The `n` segments of one part that embed nearest its centroid, 3-12 s long where there are such (to listen to,
+    and to enroll with), at most two per episode while others remain."""
+    if not keys:
+        return []
+    x = unit(np.asarray([seg[k]["emb"] for k in keys], dtype=np.float64))
+    sims = x @ unit(x.mean(axis=0))
+    ranked = sorted(range(len(keys)), key=lambda i: (not 3.0 <= seg[keys[i]]["duration"] <= 12.0, -sims[i]))
+    picked: list[tuple[str, Any]] = []
+    per_ep: Counter = Counter()
+    for cap in (2, n):
+        for i in ranked:
+            if len(picked) < n and keys[i] not in picked and per_ep[keys[i][0]] < cap:
+                picked.append(keys[i])
+                per_ep[keys[i][0]] += 1
+    return picked
+
+
+def _voice_check_clips(ctx: StepContext, good: list[EpisodeState], found: dict | None, out: Path) -> None:
+    """Write the voice check's clips of each part to `out/voice_check/` (nearer-N.wav, other-N.wav: the kept audio,
+    to listen to and to enroll with) and name them in `found["listen"]`; stale ones of an earlier build go."""
+    vdir = out / "voice_check"
+    for stale in vdir.glob("*.wav"):
+        stale.unlink()
+    if not found:
+        return
+    clips = {(st.source.id, c["start"]): c for st in good for c in (st.results.get("encode") or {}).get("clips", [])}
+    found["listen"] = {}
+    for part, keys in found.pop("listen_keys").items():
+        names = []
+        for i, k in enumerate(keys, 1):
+            c = clips.get(tuple(k))
+            if c is None:
+                continue
+            vdir.mkdir(parents=True, exist_ok=True)
+            ctx.store.get_file(c["sha"], vdir / f"{part}-{i}.wav")
+            names.append(f"voice_check/{part}-{i}.wav")
+        found["listen"][part] = names
 
 
 def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
                   p: CorpusParams) -> tuple[dict[tuple[str, Any], str], dict | None]:
     """`_voice_check` first over what the episodes kept (`voice_check_before_feed`, where the feed check dropped
     anything), then over what the feed check left. The first decides where the enrollment cannot tell its two
-    voices apart, or where the feed check kept mostly the part farther from the enrollment (it keeps the feed's
-    most consistent voice, which need not be the enrolled one): that part is dropped. Otherwise the second decides;
-    the first is reported where it alone found two voices."""
+    voices apart (both dropped), and where the enrollment tells them apart but the feed check sided with the
+    farther part: where it kept mostly that part (it keeps the feed's most consistent voice, which need not be the
+    enrolled one), or where it dropped most of that part elsewhere and left the rest kept (a co-host hosting some
+    episodes and merged into the target's in the others), that part is dropped. Then the second decides on what
+    is left; the first is reported where it alone found two voices."""
     first = None
+    drops: dict[tuple[str, Any], str] = {}
     if p.voice_check_before_feed and p.feed_voice_check and (judged.episodes or judged.segments):
         drops, first, far = _voice_check(good, FeedJudgement(), enroll, p, "before the feed check")
         if first is not None and first["action"] != "none":
             return drops, first
         if first is not None:
+            every = {k: s["duration"] for k, s in _kept_segments(good, FeedJudgement()).items()}
             after = {k: s["duration"] for k, s in _kept_segments(good, judged).items()}
             far_s, all_s = sum(d for k, d in after.items() if k in far), sum(after.values())
+            far_gone = sum(d for k, d in every.items() if k in far and k not in after)
             if far_s > 0.5 * all_s:
                 why = (f"a second voice in the kept corpus: the feed check kept mostly the voice farther from the "
                        f"enrollment ({far_s:.0f} s of {all_s:.0f} s; {first['evidence']}) and dropped the nearer "
                        f"as not the feed's; the farther dropped")
                 return dict.fromkeys(far & set(after), why), {**first, "action": "feed kept the farther"}
-    drops, found, _ = _voice_check(good, judged, enroll, p)
-    return drops, found or first
+            if far_s > 0 and far_gone >= 0.5 * (far_gone + far_s):
+                why = (f"a second voice in the kept corpus: the voice farther from the enrollment is one the feed "
+                       f"check dropped elsewhere ({far_gone:.0f} s of its {far_gone + far_s:.0f} s; "
+                       f"{first['evidence']}); its rest dropped too")
+                drops = dict.fromkeys(far & set(after), why)
+                first = {**first, "action": "rest of a dropped voice", "dropped_s": round(far_s, 2)}
+                judged = FeedJudgement(episodes=judged.episodes, segments={**judged.segments, **drops})
+    more, found, _ = _voice_check(good, judged, enroll, p)
+    return {**drops, **more}, found or first
 
 
 def _second_voice_lines(summary: dict) -> list[str]:
@@ -158,24 +216,37 @@ def _second_voice_lines(summary: dict) -> list[str]:
             f"{sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
             f"{sv['shared_episodes']} episodes), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
             f"to the enrollment: a lead of {sv['preference']:.2f} of their distance.")
-    clips = (f" Nearer the enrollment: {', '.join(sv['kept_clips'][:4])}; the other: "
-             f"{', '.join(sv['other_clips'][:4])} (episode@seconds).")
-    if sv["action"] == "feed kept the farther":
+    listen = sv.get("listen") or {}
+
+    def named(part: str, at: list[str]) -> str:
+        files = listen.get(part) or []
+        return ", ".join(f"[{a}]({f})" for a, f in zip(at, files, strict=False)) or ", ".join(at)
+
+    clips = (f" Nearer the enrollment: {named('nearer', sv['kept_clips'])}; the other: "
+             f"{named('other', sv['other_clips'])} (episode@seconds; the files are in `voice_check/`).")
+    if sv["action"] == "rest of a dropped voice":
+        tail = (f" The enrollment tells them apart, and most of the farther part is what the feed check dropped "
+                f"elsewhere as not the target's (a co-host hosting some episodes, merged into the target in others): "
+                f"**its rest ({sv['dropped_s']:.0f} s) was dropped too.**" + clips)
+    elif sv["action"] == "feed kept the farther":
         tail = (" The feed check had kept mostly the part farther from the enrollment (the feed's most consistent "
                 "voice, as where a co-host hosts as many episodes as the target) and dropped the nearer as not the "
                 "feed's: **the farther part was dropped.**" + clips + " Listen to a few of each; where the nearer is "
                 "the target, enroll with more of its clips (cut from these episodes) so that the feed check keeps it.")
     elif sv["action"] == "none":
         tail = (" The enrollment tells the parts apart, so they are taken for the target on two channels (a music "
-                "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips)
+                "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips
+                + " Where it is another voice, set `voice_check_keep_nearer` to drop it (with the target's clips "
+                "from these episodes as the enrollment, the nearer part is the target's).")
     else:
         tail = (" The enrollment cannot tell them apart: two voices the episodes' own speaker decisions merged alike "
                 "(as with a close co-host under the show's music bed), which neither the episode nor the feed check "
                 + ("could part. **Both were dropped.**" if sv["action"] == "both dropped" else
                    "could part. The farther was dropped (`voice_check_keep_nearer`), a guess.")
-                + clips + " Listen to a few of each, then enroll with clips of the target cut from these episodes "
-                "(the same channel)" + (", or set `voice_check_keep_nearer` to keep the nearer voice."
-                                        if sv["action"] == "both dropped" else "."))
+                + clips + " Listen to a few of each, then enroll with the target's clips from these episodes "
+                "(the same channel: `--enroll voice_check/other-1.wav --enroll voice_check/other-2.wav ...` where "
+                "the farther is the target, `nearer-N.wav` where the nearer is) and set `voice_check_keep_nearer`, "
+                "which then keeps the part nearer those clips.")
     return [head + tail, ""]
 
 
@@ -241,6 +312,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     # episodes as the target that can be the co-host: only the enrollment may choose between two voices), then as
     # the feed check left it
     voice_drops, second = _voice_checks(good, judged, ctx.centroid, p) if p.voice_check else ({}, None)
+    _voice_check_clips(ctx, good, second, out)
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
         secs = st.seconds
@@ -392,7 +464,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     md = write_report(out, summary, flow_in, reasons, sims, durs, rejects, states, p.filters.min_speaker_sim)
-    check_kept(summary, episodes, reasons, p.min_keep_fraction, out)
+    check_kept(summary, episodes, reasons, p.min_keep_fraction, out, md)
 
     store = ctx.store
     ep_shas = [st.raw_sha for st in good]
@@ -424,18 +496,28 @@ def _best_clips(rows: list[dict], n: int) -> list[dict]:
     return sorted(pool, key=key)[:n]
 
 
-def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path) -> None:
+class CorpusRejected(InputError):
+    """A build that kept almost nothing: its report (`report_md`, written under `out`) says why, clip by clip."""
+
+    def __init__(self, message: str, out: Path, report_md: str = "") -> None:
+        super().__init__(message)
+        self.out = out
+        self.report_md = report_md
+
+
+def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path,
+               report_md: str = "") -> None:
     """Fail a build that kept almost nothing (the files are written, the store is not updated): an empty corpus
-    is not a success. The message names the gates that dropped the audio."""
+    is not a success. The message names the gates that dropped the audio; the error carries the report."""
     speech = sum(e["speech_s"] for e in episodes)
     kept = summary["hours"] * 3600
     if min_fraction <= 0 or speech <= 0 or (kept >= min_fraction * speech and summary["utterances"] > 0):
         return
     gates = ", ".join(f"{k} {v:.0f} s" for k, v in reasons.most_common(4)) or "none recorded"
-    raise InputError(
+    raise CorpusRejected(
         f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
         f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}. "
-        f"See {out / 'report.md'} and rejects.jsonl; check the enrollment clips and the filters."
+        f"See {out / 'report.md'} and rejects.jsonl; check the enrollment clips and the filters.", out, report_md
     )
 
 

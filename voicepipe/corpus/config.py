@@ -183,8 +183,11 @@ class CorpusParams(BaseModel):
         "co-host alone; two voices the enrollment cannot tell apart are caught here instead (both dropped, as above)."
     )
     voice_check_keep_nearer: bool = Field(
-        False, description="With `voice_check`: where the enrollment cannot tell the two voices apart, keep the one "
-        "nearer it and drop the other instead of both (a guess: right once and wrong once on the close co-host)."
+        False, description="With `voice_check`: wherever the kept corpus parts into two voices, keep the one nearer "
+        "the enrollment and drop the other. Where the enrollment cannot tell them apart (both dropped without this) "
+        "that is a guess (right once and wrong once on the close co-host); where it can (nothing dropped without "
+        "this: the target on two channels looks so too) it trusts the enrollment. Meant with the target's clips "
+        "from the show as the enrollment (the clips the failed build's report lists under `voice_check/`)."
     )
     min_keep_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="The build fails (naming the gates) when it keeps less than this share of "
