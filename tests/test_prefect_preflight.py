@@ -4,13 +4,14 @@ cancelled instead of staying PENDING for ever."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from prefect import flow, task
 
 from tasks.common import IO_RETRIES, settle
-from tests.fixtures.prefect import PrefectServer
+from tests.fixtures.prefect import PrefectServer, _flush_prefect_workers
 from voicepipe.errors import InputError, StoreError
 
 
@@ -45,7 +46,13 @@ def test_missing_model_fails_the_run_at_once_with_one_line(prefect_api: PrefectS
         state.result()
     run = prefect_api.flow_run(str(state.state_details.flow_run_id))
     assert run["state"]["type"] == "FAILED" and run["state"]["message"] == msg
-    runs = _task_runs(prefect_api, run["id"])
+    _flush_prefect_workers()  # task runs reach the server as events, sent in the background
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # and the server records them from the events asynchronously
+        runs = _task_runs(prefect_api, run["id"])
+        if runs and all(t["state"]["type"] not in ("PENDING", "RUNNING") for t in runs):
+            break
+        time.sleep(0.2)
     assert [(t["name"].rsplit("-", 1)[0], t["state"]["type"], t["run_count"]) for t in runs] == [
         ("preflight-models", "FAILED", 1)]  # nothing else started, nothing retried, nothing left PENDING
 
