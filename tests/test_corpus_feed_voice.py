@@ -486,3 +486,15 @@ def test_a_large_corpus_is_split_on_a_sample_and_every_segment_assigned() -> Non
     embs, secs, eps, is_co = _kept(rng, [_near(target, 0.97, rng) for _ in range(40)], cohost)
     sv = second_voice(embs, secs, eps, _near(target, 0.95, rng), max_points=60)  # 240 segments, a quarter used
     assert sv is not None and np.array_equal(sv.other, is_co)
+
+
+def test_a_rejected_build_error_pickles_with_its_report() -> None:
+    """The error a build that kept nothing raises (the voice check's failed build, say) crosses process
+    boundaries whole: its report and output directory survive pickling, not only its message."""
+    import pickle
+    from pathlib import Path
+
+    from voicepipe.corpus.assemble import CorpusRejected
+
+    err = pickle.loads(pickle.dumps(CorpusRejected("corpus t: kept 0.0 s of 9.0 s", Path("/out"), "# report")))
+    assert (str(err), err.out, err.report_md) == ("corpus t: kept 0.0 s of 9.0 s", Path("/out"), "# report")

@@ -504,6 +504,9 @@ class CorpusRejected(InputError):
         self.out = out
         self.report_md = report_md
 
+    def __reduce__(self) -> tuple:  # pickled whole (a task's result store, a process boundary), not as args[0] only
+        return (type(self), (str(self), self.out, self.report_md))
+
 
 def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path,
                report_md: str = "") -> None:
