@@ -126,6 +126,28 @@ def test_dnsmos_scores_speech_above_noise(tmp_path: Path) -> None:
     assert M.predict_mos(np.zeros(SR, np.float32), SR) is None
 
 
+def test_mos_windows_hear_every_sample_once_or_repeat_a_short_clip() -> None:
+    n = int(M.MOS_WINDOW_S * 16000)
+    x = np.arange(int(20.5 * 16000), dtype=np.float32)
+    wins = M.mos_windows(x)
+    assert [len(w) for w in wins] == [n, n, n]  # 0-9.01, 9.01-18.02, then the last 9.01 s (ending at the end)
+    assert wins[0][0] == 0 and wins[1][0] == n and wins[-1][-1] == x[-1]
+    assert len(np.unique(np.concatenate(wins))) == len(x)  # every sample heard
+    short = np.arange(16000 * 2, dtype=np.float32)
+    (w,) = M.mos_windows(short)
+    assert len(w) == n and np.array_equal(w[: len(short)], short) and w[len(short)] == 0  # repeated, as DNSMOS does
+    assert len(M.mos_windows(np.ones(n, np.float32))) == 1
+
+
+@needs_espeak
+def test_dnsmos_of_a_long_clip_is_the_mean_of_its_windows(tmp_path: Path) -> None:
+    """Speech repeated past two windows: one model call per 9.01 s window, the same scale as one window's."""
+    one = M.predict_mos(espeak(tmp_path, SENT), SR)
+    speech = M.predict_mos(np.tile(espeak(tmp_path, SENT), 6), SR)
+    assert one is not None and speech is not None
+    assert abs(speech["ovrl"] - one["ovrl"]) < 0.5, (one, speech)
+
+
 @needs_espeak
 def test_target_recording_is_more_similar_than_another_voice(tmp_path: Path) -> None:
     """resemblyzer's real weights: a new recording of the target beats another voice against held-out clips."""

@@ -105,9 +105,18 @@ def _link(artifact: dict) -> str:
     return m.group(1)
 
 
-def _task_runs(srv: PrefectServer, flow_run_id: str) -> list[dict]:
-    with srv.client() as c:
-        return c.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+def _task_runs(srv: PrefectServer, flow_run_id: str, settle_s: float = 30.0) -> list[dict]:
+    """The flow run's task runs, once the server has recorded at least one and all are final: the worker's flow
+    process reports task runs as events, which the server records in the background after the run's own state."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        with srv.client() as c:
+            runs = c.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        final = runs and all(t["state"] and t["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                             for t in runs)
+        if final or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 def _children(srv: PrefectServer, flow_run_id: str) -> list[dict]:

@@ -28,7 +28,8 @@ class FilterConfig(BaseModel):
         0.0, description="The whole segment's embedding must be nearer the episode's target speaker than any other "
         "by this fraction of their distance (0: merely nearer)."
     )
-    dnsmos: bool = Field(True, description="Score each segment with DNSMOS (P.835, offline ONNX in speechmos).")
+    dnsmos: bool = Field(True, description="Score each segment the other gates kept with DNSMOS (P.835, offline "
+                        "ONNX in speechmos).")
     min_dnsmos: float | None = Field(None, description="Min DNSMOS overall (P.835 OVRL) to keep a segment; None: off.")
     min_sec_per_char: float = Field(0.025, description="Faster than this (s per transcript char) is an outlier.")
     max_sec_per_char: float = Field(0.25, description="Slower than this (s per transcript char) is an outlier.")

@@ -703,9 +703,10 @@ def _speaker_margin(emb: np.ndarray, dia: dict) -> float | None:
 def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     """Measure each segment and keep it only if it passes every gate in `params.filters`.
 
-    SNR is local (background within `snr_context_s`), DNSMOS (P.835) is recorded per segment and gates when
-    `min_dnsmos` is set, and the whole segment's speaker embedding must still be nearer the episode's target
-    speaker than any other (`min_speaker_margin`); an absolute cosine floor (`min_speaker_sim`) is optional.
+    SNR is local (background within `snr_context_s`). DNSMOS (P.835) is scored last, only on segments every other
+    gate kept (it is the costly one; it ranks the reference clips and gates when `min_dnsmos` is set). The whole
+    segment's speaker embedding must still be nearer the episode's target speaker than any other
+    (`min_speaker_margin`); an absolute cosine floor (`min_speaker_sim`) is optional.
     """
     f = ctx.params.filters
     inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
@@ -748,8 +749,6 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 "sec_per_char": round(dur / max(1, len(text)), 4) if text else None,
                 "dnsmos": None,
             }
-            if mos_ok and dur >= 0.5:
-                m["dnsmos"] = _dnsmos(wav16[int(s * SR16) : int(e * SR16)])
             reasons = []
             if not f.min_duration_s <= dur <= f.max_duration_s:
                 reasons.append(f"duration {dur:.2f} s outside {f.min_duration_s:g}-{f.max_duration_s:g} s")
@@ -763,6 +762,8 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 reasons.append(f"loudness {m['lufs']:.1f} LUFS < {f.min_loudness_lufs:g}")
             if m["snr_db"] < f.min_snr_db:
                 reasons.append(f"snr {m['snr_db']:.1f} dB < {f.min_snr_db:g}")
+            if mos_ok and dur >= 0.5 and not reasons:  # the costly check last: a dropped segment is not scored
+                m["dnsmos"] = _dnsmos(wav16[int(s * SR16) : int(e * SR16)])
             if f.min_dnsmos is not None and m["dnsmos"] is not None and m["dnsmos"]["ovrl"] < f.min_dnsmos:
                 reasons.append(f"dnsmos {m['dnsmos']['ovrl']:.2f} < {f.min_dnsmos:g}")
             if not text:
