@@ -606,15 +606,31 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
                       generation={"max_new_tokens": frames, "min_new_tokens": frames},
                       **({"segment_chars": 2000} if varied else {}))
     app = create_app(cfg.model_copy(), voices={"alice": voice})
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1/audio/speech"
+    from voicepipe.serve.http import uvicorn_config
+
+    live: dict = {"stack": None}  # the running server, its thread, url and HTTP stack (parser, loop)
+
+    def serve_with(stack: tuple[str, str]) -> None:
+        """(Re)start the server as `voicepipe serve` configures it, with this (http parser, event loop); the
+        engine and the app stay the same."""
+        if live["stack"] == stack:
+            return
+        if live["stack"] is not None:
+            live["server"].should_exit = True
+            live["thread"].join(timeout=10)
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        ucfg = uvicorn_config(app, "127.0.0.1", port, log_level="warning", http=stack[0])
+        ucfg.loop = stack[1]
+        server = uvicorn.Server(ucfg)
+        th = threading.Thread(target=server.run, daemon=True)
+        th.start()
+        while not server.started:
+            time.sleep(0.05)
+        live.update(stack=stack, server=server, thread=th, url=f"http://127.0.0.1:{port}/v1/audio/speech")
+
+    serve_with((variants[0][1].get("http", "auto"), variants[0][1].get("loop", "auto")))
 
     bursts = iter(range(1, 10**6))
     text_mode = {"short": False}  # a variant's "short_texts": new texts of about TEXT's length (short_text)
@@ -626,7 +642,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         text = (short_text(k) if text_mode["short"] else varied_text(k)) if varied else TEXT
         body = {"model": "voicepipe", "input": text, "voice": "alice", "response_format": fmt,
                 "stream_format": "audio", "language": "english"}
-        cmd = [sys.executable, "-c", HTTP_CLIENT, url, json.dumps(body), str(c), str(runs)]
+        cmd = [sys.executable, "-c", HTTP_CLIENT, live["url"], json.dumps(body), str(c), str(runs)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip()[-500:])
@@ -685,6 +701,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
     def configure(overrides: dict) -> None:
         """Engine settings (EngineConfig fields), server settings (ServeConfig fields, e.g. prepare_threads),
         `legacy_host` and `per_slot_arm`; server settings not named go back to the bench's config."""
+        serve_with((overrides.get("http", "auto"), overrides.get("loop", "auto")))
         legacy_host(bool(overrides.get("legacy_host")))
         if overrides.get("per_slot_arm"):
             eng._arm_many = per_slot_arm
@@ -696,7 +713,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         server_cfg = app.state.vp.config
         for k in ServeConfig.model_fields:
             setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
-        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0", "formats")
+        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0", "formats", "http", "loop")
         for k, v in overrides.items():
             if k not in bench_keys and k not in ServeConfig.model_fields:
                 setattr(eng.cfg, k, v)
@@ -796,8 +813,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         configure(variants[-1][1])
         del eng._prefill  # the engine's own method again
         synth.SpeechJob.__init__ = real_init
-        server.should_exit = True
-        th.join(timeout=10)
+        live["server"].should_exit = True
+        live["thread"].join(timeout=10)
     out = []
     for label, _ in variants:
         for fmt in formats:
@@ -970,7 +987,7 @@ def main() -> None:
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
                                                     "prefill-graphs", "arm", "gc", "first-audio-2", "first-audio-3",
-                                                    "first-audio-4"],
+                                                    "first-audio-4", "http-stack"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1144,6 +1161,17 @@ def main() -> None:
             base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
                     "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
             variants = [("", {}), (" (gc gen0 50000)", {"gc_gen0": 50_000})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+        elif a.http_variants == "http-stack":
+            # issue 17, 2026-12-05: `voicepipe serve`'s HTTP stack, httptools + uvloop (the new default where they are
+            # installed) against h11 + asyncio (uvicorn's pure-Python parser and the stdlib loop: every earlier row),
+            # and the collector threshold beside them; the server restarts between variants, the engine stays
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            variants = [("", {"http": "httptools", "loop": "uvloop"}),
+                        (" (h11, asyncio)", {"http": "h11", "loop": "asyncio"}),
+                        (" (httptools, uvloop, gc gen0 50000)", {"http": "httptools", "loop": "uvloop",
+                                                                 "gc_gen0": 50_000})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched

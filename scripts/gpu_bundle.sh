@@ -21,7 +21,7 @@ opentelemetry-exporter-http-transport googleapis-common-protos orjson platformdi
 pyannote-core pyannote-database pyannote-metrics pyannote-pipeline pycparser pydantic pydantic-core
 pydantic-settings python-dotenv pytz sentence-stream sniffio soundfile soxr starlette torch-audiomentations
 torch-pitch-shift typing-inspection uvicorn wyoming wyoming-bench faster-qwen3-tts typing-extensions
-importlib-metadata lameenc"
+importlib-metadata lameenc httptools uvloop"
 reqs=$(mktemp)
 for name in $NEED; do
   pin=$(grep -i "^${name}==" requirements.lock | head -1 || true)

@@ -377,13 +377,14 @@ def test_ops_pages_can_stay_open(config, voices):
         srv.stop()
 
 
-def _raw(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
-    """Send `data` on a raw socket and read until the server closes or answers; (bytes, seconds)."""
+def _raw(port: int, data: bytes, timeout: float = 10.0, until_close: bool = False) -> tuple[bytes, float]:
+    """Send `data` on a raw socket and read until the server closes or answers (`until_close`: closes); (bytes,
+    seconds)."""
     t0 = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         out = b""
-        while b"\r\n\r\n" not in out or not out.rstrip().endswith(b"}"):
+        while until_close or b"\r\n\r\n" not in out or not out.rstrip().endswith(b"}"):
             try:
                 got = s.recv(65536)
             except TimeoutError:
@@ -405,14 +406,22 @@ def test_auth_is_checked_before_the_body_is_read(auth_server):
     assert out.startswith(b"HTTP/1.1 413") and b"body_too_large" in out and took < 5, (out, took)
 
 
-def test_half_sent_requests_are_closed(config, voices):
-    """Slow or stalled clients do not hold sockets: an unfinished request head is closed after header_timeout_s,
-    a body that stops arriving gets 408 after body_timeout_s."""
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_half_sent_requests_are_closed(config, voices, http):
+    """Slow or stalled clients do not hold sockets, with either HTTP parser: an unfinished request head is closed
+    after header_timeout_s (also the second request's on a kept-alive connection, and a connection that sends
+    nothing), a body that stops arriving gets 408 after body_timeout_s."""
     cfg = config.model_copy(update={"header_timeout_s": 1.0, "body_timeout_s": 1.0})
-    srv = LiveServer(create_app(cfg, voices))
+    srv = LiveServer(create_app(cfg, voices), http=http)
     try:
+        assert srv.server.config.http.__name__.lower().endswith(http)
         out, took = _raw(srv.port, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Ty")
         assert out == b"" and 0.9 < took < 5, (out, took)
+        out, took = _raw(srv.port, b"")
+        assert out == b"" and 0.9 < took < 5, (out, took)
+        ok = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        out, took = _raw(srv.port, ok + b"GET /health HTTP/1.1\r\nHo", until_close=True)  # one, then half a head
+        assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1") == 1 and 0.9 < took < 5, (out, took)
         body = b'{"voice": "alice", "input": "Hel'
         out, took = _raw(srv.port, b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                          b"\r\nContent-Length: 60\r\n\r\n" + body)  # fmt: skip

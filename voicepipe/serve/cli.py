@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
                                            "Assistant on this URI, e.g. tcp://0.0.0.0:10200."),
         wyoming_zeroconf: str | None = typer.Option(None, "--wyoming-zeroconf", help="Announce the Wyoming server "
                                                     "over mDNS under this name (needs the zeroconf package)."),
+        http: str = typer.Option("auto", "--http", help="HTTP parser: auto (httptools where installed, else h11), "
+                                 "httptools or h11."),
     ) -> None:
         """Serve voices over an OpenAI-compatible, streaming /v1/audio/speech (local, offline)."""
         import uvicorn
@@ -39,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from voicepipe.errors import ConfigError
         from voicepipe.serve.app import create_app, load_voices
         from voicepipe.serve.deps import ServeConfig
-        from voicepipe.serve.http import uvicorn_config
+        from voicepipe.serve.http import HTTP_IMPLS, uvicorn_config
 
         if voices_dir is not None and not voices_dir.is_dir():
             raise ConfigError(f"--voices-dir {voices_dir}: not a directory")
@@ -47,6 +49,8 @@ def register(app: typer.Typer) -> None:
                           max_concurrent=max_concurrent, queue_timeout_s=queue_timeout,
                           max_input_chars=max_input_chars, max_queue=max_queue, protect_ops=not open_ops,
                           wyoming_uri=wyoming, wyoming_zeroconf=wyoming_zeroconf)  # fmt: skip
+        if http not in HTTP_IMPLS:
+            raise ConfigError(f"--http {http!r}: expected one of {', '.join(HTTP_IMPLS)}")
         if wyoming_zeroconf and not wyoming:
             raise ConfigError("--wyoming-zeroconf needs --wyoming tcp://HOST:PORT")
         if wyoming:
@@ -59,4 +63,4 @@ def register(app: typer.Typer) -> None:
         voices = load_voices(cfg)  # fail fast (one-line error) before binding the port
         app = create_app(cfg, voices)
         app.state.vp.owns_engines = True
-        uvicorn.Server(uvicorn_config(app, host, port, header_timeout_s=cfg.header_timeout_s)).run()
+        uvicorn.Server(uvicorn_config(app, host, port, header_timeout_s=cfg.header_timeout_s, http=http)).run()
