@@ -177,3 +177,5 @@ def test_cli_refuses_bad_wyoming_options():
     assert r.returncode == 2 and r.stderr.startswith("error: --wyoming '10200'") and "tcp://" in r.stderr
     r = cli("--wyoming-zeroconf", "vp")
     assert r.returncode == 2 and "--wyoming-zeroconf needs --wyoming" in r.stderr
+    r = cli("--http", "h2")
+    assert r.returncode == 2 and r.stderr.startswith("error: --http 'h2': expected one of auto, httptools, h11")

@@ -34,6 +34,10 @@ def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
             super().data_received(data)
             self._watch_head()
 
+        def on_response_complete(self) -> None:  # a next request's head may already be buffered, half of it
+            super().on_response_complete()
+            self._watch_head()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
             super().connection_lost(exc)
