@@ -66,13 +66,14 @@ def _audit_text(target: str, built: dict) -> str:
 def built(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tests.fixtures.prefect import _flush_prefect_workers
+    from tests.fixtures.prefect import _flush_prefect_workers, wait_task_runs
 
     tmp_path = tmp_path_factory.mktemp("audit")
     store_url = f"file://{tmp_path / 'store'}"
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api}):
         out = audit_demo_build(store_url, "auditspeaker", ["ep01", "ep02"])
         _flush_prefect_workers()
+    wait_task_runs(prefect_server, out["run_id"], 3)  # the audit reads them back from the server
     # a voice trained from that corpus (what train + evaluate/promote leave in the registry)
     st = open_store(store_url)
     ckpt = st.put_bytes(b"weights", step="train.checkpoint", inputs=[out["tree"]], params={"epoch": 3},
