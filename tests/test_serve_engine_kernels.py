@@ -49,6 +49,39 @@ def test_prefill_attention_runs_without_cudnn_unless_allowed(tts, monkeypatch, a
     assert torch.backends.cuda.cudnn_sdp_enabled()  # the process-wide setting is left as it was
 
 
+def test_prefills_of_two_engines_at_once_leave_the_process_wide_flag_as_it_was():
+    """sdpa_kernel's flags are process-wide: two engine threads whose prefills overlap (enter A, enter B, exit A,
+    exit B) used to leave cuDNN's SDPA off for the process (B restored what it saw on entry: A's "off")."""
+    import threading
+
+    from voicepipe.serve.engine.step import _NO_CUDNN_SDPA
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside: dict[str, bool] = {}
+
+    def a() -> None:
+        with _NO_CUDNN_SDPA:
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with _NO_CUDNN_SDPA:
+            b_in.set()
+            a_out.wait(10)
+            inside["b"] = torch.backends.cuda.cudnn_sdp_enabled()  # A has left, B is still prefilling
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert inside == {"b": False}
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_gemv_op_traces_once_for_any_batch_and_equals_linear():
     from torch._dynamo.testing import CompileCounter
 

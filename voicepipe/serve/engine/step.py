@@ -35,6 +35,40 @@ def _bucket_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
+
+class _SharedSdpaKernel:
+    """`torch.nn.attention.sdpa_kernel(backends)` for several threads at once. Its backend flags are process-wide,
+    not per thread, and each `sdpa_kernel` restores the flags it saw on entry: two engines' threads (two voices of
+    one server) prefilling at once interleaved their enter/exit and left cuDNN's SDPA off for the whole process.
+    Counted: the first thread in enters one `sdpa_kernel`, the last one out leaves it. (An engine that allows cuDNN
+    still meets it disabled while another engine's prefill runs: the flags cannot differ per thread.)"""
+
+    def __init__(self, backends: list[SDPBackend]) -> None:
+        self.backends = backends
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._ctx: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._ctx = sdpa_kernel(self.backends)
+                self._ctx.__enter__()
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._ctx is not None:
+                self._ctx.__exit__(None, None, None)
+                self._ctx = None
+
+
+# attention backends of the (eager) prefill: cuDNN's SDPA builds a plan for every (batch, prompt length) it has not
+# seen, 50-90 ms on an H200 (benchmarks/prefill_first.py), so a burst split or a prompt length seen for the first time
+# paid it inside a request's time to first audio; flash attention needs no per-shape plan
+_NO_CUDNN_SDPA = _SharedSdpaKernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
 class FrameStep:
     """Device-side generation: one frame for every active slot, as one graph replay on CUDA."""
 
@@ -165,14 +199,9 @@ class FrameStep:
         c = self.cfg.fused_sample
         return (self.compiled if c is None else bool(c)) and fused.available(self.device)
 
-    # attention backends of the (eager) prefill: cuDNN's SDPA builds a plan for every (batch, prompt length) it has
-    # not seen, 50-90 ms on an H200 (benchmarks/prefill_first.py), so a burst split or a prompt length seen for the
-    # first time paid it inside a request's time to first audio; flash attention needs no per-shape plan
-    _PREFILL_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
     def _prefill_attention(self) -> contextlib.AbstractContextManager:
         """The SDPA backends the prefill may use (`EngineConfig.prefill_cudnn`: False excludes cuDNN's)."""
-        return contextlib.nullcontext() if self.cfg.prefill_cudnn else sdpa_kernel(self._PREFILL_SDPA)
+        return contextlib.nullcontext() if self.cfg.prefill_cudnn else _NO_CUDNN_SDPA
 
     @property
     def _units(self) -> SimpleNamespace:
