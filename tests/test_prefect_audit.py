@@ -64,15 +64,12 @@ def _audit_text(target: str, built: dict) -> str:
 
 @pytest.fixture(scope="module")
 def built(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.fixtures.prefect import _flush_prefect_workers, wait_task_runs
+    from tests.fixtures.prefect import on_server, wait_task_runs
 
     tmp_path = tmp_path_factory.mktemp("audit")
     store_url = f"file://{tmp_path / 'store'}"
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api}):
+    with on_server(prefect_server):
         out = audit_demo_build(store_url, "auditspeaker", ["ep01", "ep02"])
-        _flush_prefect_workers()
     wait_task_runs(prefect_server, out["run_id"], 3)  # the audit reads them back from the server
     # a voice trained from that corpus (what train + evaluate/promote leave in the registry)
     st = open_store(store_url)
@@ -135,9 +132,7 @@ def test_audit_json_form(built) -> None:
 def test_version_ref_survives_an_unchanged_rebuild_and_audit_takes_prefixes(built, prefect_server) -> None:
     """A later run that finds the same corpus version (its tree differs: the report's cache column) leaves the version
     ref on the first build and is recorded beside it; `audit` takes the 16-digit prefix the logs print."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.fixtures.prefect import _flush_prefect_workers
+    from tests.fixtures.prefect import on_server
 
     store_url = built["env"]["VOICEPIPE_STORE_URL"]
     st = open_store(store_url)
@@ -152,9 +147,8 @@ def test_version_ref_survives_an_unchanged_rebuild_and_audit_takes_prefixes(buil
         assert notify_corpus_version(store_url, "auditspeaker", built["version"], other_tree.sha256) is False
         return str(flow_run.id)
 
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api}):
+    with on_server(prefect_server):
         rerun_id = rebuild()
-        _flush_prefect_workers()
     assert st.get_ref(name) == before  # written once
     assert len(st.ref_history(name)) == 1
     (rec,) = st.list_refs(f"corpus/auditspeaker/rebuilds/{built['version']}/")
