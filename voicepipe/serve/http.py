@@ -20,12 +20,37 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 HTTP_IMPLS = ("auto", "httptools", "h11")
 
 
+class _HeadTimer:
+    """The request-head timer of both protocols below: armed by `_arm`, disarmed by `_disarm`; when it fires, the
+    connection is closed if it is still waiting on a request head (`_headless`, the parser's own view)."""
+
+    timeout_s: float
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _headless(self) -> bool:
+        raise NotImplementedError
+
+    def _arm(self) -> None:
+        if self._head_timer is None and not self.transport.is_closing():  # type: ignore[attr-defined]
+            self._head_timer = self.loop.call_later(self.timeout_s, self._head_expired)  # type: ignore[attr-defined]
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._headless() and not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.logger.info(  # type: ignore[attr-defined]
+                "closing a connection that sent no complete request head within %g s", self.timeout_s)
+            self.transport.close()  # type: ignore[attr-defined]
+
+
 def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing connections whose request head is not complete within `timeout_s`."""
 
-    class HeadTimeoutH11(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-
+    class HeadTimeoutH11(_HeadTimer, H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._watch_head()
@@ -39,27 +64,20 @@ def head_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
             self._watch_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._disarm()
             super().connection_lost(exc)
 
+        def _headless(self) -> bool:
+            return self.conn.their_state is h11.IDLE
+
         def _watch_head(self) -> None:
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
-                    self._head_timer = self.loop.call_later(timeout_s, self._head_expired)
+            if self._headless() and not self.transport.is_closing():
+                if self.cycle is None or self.cycle.response_complete:
+                    self._arm()
             else:
-                self._cancel_head_timer()
+                self._disarm()
 
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.logger.info("closing a connection that sent no complete request head within %g s", timeout_s)
-                self.transport.close()
-
+    HeadTimeoutH11.timeout_s = timeout_s
     return HeadTimeoutH11
 
 
@@ -68,8 +86,7 @@ def head_timeout_httptools(timeout_s: float) -> type:
     connection opens and when the first byte of a later request head arrives, disarmed once the head is parsed."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeadTimeoutHttpTools(HttpToolsProtocol):
-        _head_timer: asyncio.TimerHandle | None = None
+    class HeadTimeoutHttpTools(_HeadTimer, HttpToolsProtocol):
         _head_done = True  # no request head in progress (none begun yet, or the last one complete)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -90,21 +107,10 @@ def head_timeout_httptools(timeout_s: float) -> type:
             self._disarm()
             super().on_headers_complete()
 
-        def _arm(self) -> None:
-            if self._head_timer is None and not self.transport.is_closing():
-                self._head_timer = self.loop.call_later(timeout_s, self._head_expired)
+        def _headless(self) -> bool:  # a head begun and not complete, or nothing sent on the connection yet
+            return not self._head_done or self.cycle is None
 
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            if (not self._head_done or self.cycle is None) and not self.transport.is_closing():
-                self.logger.info("closing a connection that sent no complete request head within %g s", timeout_s)
-                self.transport.close()
-
+    HeadTimeoutHttpTools.timeout_s = timeout_s
     return HeadTimeoutHttpTools
 
 
