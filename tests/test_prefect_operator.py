@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.prefect import REPO, PrefectServer, dump_dom, free_port, screenshot, server_env
+from tests.fixtures.prefect import REPO, PrefectServer, dump_dom, free_port, screenshot, server_env, wait_task_runs
 from tests.fixtures.store import raw_s3_client
 
 pytestmark = pytest.mark.slow
@@ -105,20 +105,6 @@ def _link(artifact: dict) -> str:
     return m.group(1)
 
 
-def _task_runs(srv: PrefectServer, flow_run_id: str, settle_s: float = 30.0) -> list[dict]:
-    """The flow run's task runs, once the server has recorded at least one and all are final: the worker's flow
-    process reports task runs as events, which the server records in the background after the run's own state."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        with srv.client() as c:
-            runs = c.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-        final = runs and all(t["state"] and t["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-                             for t in runs)
-        if final or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.5)
-
-
 def _children(srv: PrefectServer, flow_run_id: str) -> list[dict]:
     with srv.client() as c:
         return c.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}}).json()
@@ -177,7 +163,8 @@ def test_missing_model_fails_the_run_at_once_with_one_line(ops) -> None:
     assert state["message"].startswith(f"ModelError: asr model openai/whisper-large-v3: not a local directory and "
                                        f"not available offline (looked in {models}); ")
     assert "demucs" not in state["message"] and "\n" not in state["message"]
-    tasks = [(t["name"].rsplit("-", 1)[0], t["state"]["type"], t["run_count"]) for t in _task_runs(srv, run["id"])]
+    runs = wait_task_runs(srv, run["id"], 1)  # recorded from the worker's events, after the run's own state
+    tasks = [(t["name"].rsplit("-", 1)[0], t["state"]["type"], t["run_count"]) for t in runs]
     assert tasks == [("preflight-models", "FAILED", 1)]  # no work, no retry, nothing left PENDING
     print(f"\npreflight failure: {done['total_run_time']:.1f} s of run time")
 

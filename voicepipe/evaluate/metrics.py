@@ -303,8 +303,7 @@ def predict_mos(wav: np.ndarray, sr: int) -> dict[str, float] | None:
     if peak > 1:
         x = x / peak
     runs = [dnsmos.run(w, sr=16000) for w in mos_windows(x)]  # one 9.01 s input is one model call
-    return {k: float(np.mean([r[f"{key}_mos"] for r in runs]))
-            for k, key in (("ovrl", "ovrl"), ("sig", "sig"), ("bak", "bak"), ("p808", "p808"))}
+    return {k: float(np.mean([r[f"{k}_mos"] for r in runs])) for k in ("ovrl", "sig", "bak", "p808")}
 
 
 def rtf(synthesis_seconds: float, audio_seconds: float) -> float:
