@@ -1,7 +1,9 @@
 """Corpus purity and recall on synthetic podcasts as real shows are, on the CPU path (not a test).
 
-    python benchmarks/corpus_purity.py [--engines espeak flite recorded] [--seconds 45] [--episodes 2] [--use 1]
+    python benchmarks/corpus_purity.py [--engines espeak flite festival recorded] [--seconds 45] [--episodes 2]
 
+`festival` (Debian `festival`, `festvox-kallpc16k`, `festvox-kdlpc16k`, `festvox-us-slt-hts`; not in CI's image) is a
+third engine, held out from every tuning: two recorded diphone voices as target and co-host.
 `recorded` is real speech: pyannote.audio's bundled two-person conversation (`make_recorded_podcast`: as it is, and
 under a music intro and bed), since synthetic voices separate more easily than real ones.
 
