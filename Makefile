@@ -9,7 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile
+	.venv/bin/python -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	.venv/bin/ruff check .

@@ -46,3 +46,20 @@ pytest_plugins = [
     "tests.fixtures.serve",
     "tests.fixtures.studio",
 ]
+
+# The files that take minutes on 2 cores, longest first (`--durations` of a full run, 2026-12-05). `make test` runs
+# `--dist loadfile --no-loadscope-reorder`: xdist hands whole files to its workers in collection order, so putting
+# these first packs the run longest-first and the short files fill the end, instead of a long file starting last
+# while the other workers sit idle (xdist's default order is by the number of tests in a file).
+LONG_FILES = (
+    "test_prefect_operator.py", "test_corpus_purity.py", "test_corpus_build.py", "test_contract.py",
+    "test_corpus_bad_inputs.py", "test_prefect_dask.py", "test_studio_browser.py", "test_prefect_resume.py",
+    "test_evaluate_checkpoints.py", "test_studio_corpus_flow.py", "test_corpus_show_music.py",
+    "test_prefect_pipeline.py", "test_train_packing.py", "test_train_fsdp.py", "test_store_infra_live.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """Long files first (`LONG_FILES`), the rest in their collected order; tests within a file keep theirs."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
