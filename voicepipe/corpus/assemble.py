@@ -696,7 +696,11 @@ def _segmentation_lines(states: list[EpisodeState]) -> list[str]:
     fused = " Speaker windows: the speaker model's and resemblyzer's cosines averaged." if dias[0].get("fused") else ""
     return ["", f"Overlapped speech and changes of speaker without a pause: `{dias[0]['segmentation']}` found "
             f"{ov:.1f} s of overlap (cut out of the target's speech) and {n_ch} changes of speaker (speech is cut "
-            f"there before it is embedded) in {len(dias)} episodes.{fused}"]
+            f"there before it is embedded) in {len(dias)} episodes.{fused} What it misses, measured on synthetic "
+            "shows: about half of the short backchannels (\"yeah\", \"right\") of a co-host whose voice is like the "
+            "target's (two men), against none of a co-host of the other sex (benchmarks/RESULTS.md, corpus purity, "
+            "2026-12-05); those stay inside the kept clips. Where such a co-host talks over the target, listen to a "
+            "few kept clips of those episodes."]
 
 
 def _separation_line(separator: str | None, demucs_model: str) -> str:
