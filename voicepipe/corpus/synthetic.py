@@ -442,11 +442,10 @@ def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch:
         else:
             _need("text2wave")  # festival; "VOICE:F0" sets a diphone voice's mean pitch (Hz)
             name, _, f0 = voice.partition(":")
-            cmd = ["text2wave", "-eval", f"(voice_{name})", "-eval",
+            pitch_eval = (["-eval", f"(set! int_lr_params '((target_f0_mean {float(f0):.0f}) (target_f0_std 20)"
+                           " (model_f0_mean 170) (model_f0_std 34)))"] if f0 else [])
+            cmd = ["text2wave", "-eval", f"(voice_{name})", *pitch_eval, "-eval",
                    f"(Parameter.set 'Duration_Stretch {1.0 / speed:.3f})", "-o", str(wav_path)]
-            if f0:
-                cmd[3:3] = ["-eval", f"(set! int_lr_params '((target_f0_mean {float(f0):.0f}) (target_f0_std 20)"
-                            " (model_f0_mean 170) (model_f0_std 34)))"]
         subprocess.run(cmd, input=text.encode() if engine == "festival" else None, check=True,
                        capture_output=True)
         wav = load_audio(wav_path, SR)
