@@ -439,6 +439,7 @@ def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch:
             _need("flite")
             cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={1.0 / speed:.3f}", "-t", text, "-o",
                    str(wav_path)]  # speed only (its voices' own pitch models are kept)
+            stdin = None
         else:
             _need("text2wave")  # festival; "VOICE:F0" sets a diphone voice's mean pitch (Hz)
             name, _, f0 = voice.partition(":")
@@ -446,8 +447,8 @@ def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch:
                            " (model_f0_mean 170) (model_f0_std 34)))"] if f0 else [])
             cmd = ["text2wave", "-eval", f"(voice_{name})", *pitch_eval, "-eval",
                    f"(Parameter.set 'Duration_Stretch {1.0 / speed:.3f})", "-o", str(wav_path)]
-        subprocess.run(cmd, input=text.encode() if engine == "festival" else None, check=True,
-                       capture_output=True)
+            stdin = text.encode()  # text2wave reads the text from its standard input
+        subprocess.run(cmd, input=stdin, check=True, capture_output=True)
         wav = load_audio(wav_path, SR)
     idx = np.flatnonzero(np.abs(wav) > 1e-3)
     if idx.size:

@@ -35,7 +35,6 @@ def _bucket_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
-
 class _SharedSdpaKernel:
     """`torch.nn.attention.sdpa_kernel(backends)` for several threads at once. Its backend flags are process-wide,
     not per thread, and each `sdpa_kernel` restores the flags it saw on entry: two engines' threads (two voices of
@@ -68,6 +67,7 @@ class _SharedSdpaKernel:
 # seen, 50-90 ms on an H200 (benchmarks/prefill_first.py), so a burst split or a prompt length seen for the first time
 # paid it inside a request's time to first audio; flash attention needs no per-shape plan
 _NO_CUDNN_SDPA = _SharedSdpaKernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
 
 class FrameStep:
     """Device-side generation: one frame for every active slot, as one graph replay on CUDA."""
