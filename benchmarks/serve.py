@@ -1048,7 +1048,25 @@ def main() -> None:
         save()
         print(f"[{time.perf_counter() - t_start:.0f} s] voicepipe done", flush=True)
     def lever_off(system: str, **cfg) -> None:
-        """A second engine with one setting changed, measured right after the default one (same call)."""
+        """A second engine with one setting changed, measured right after the default one (same call). A key
+        MODULE.NAME (e.g. fused.SAMPLE_RADIX) sets that constant of `voicepipe.serve.engine.MODULE` while this
+        engine is built, captured and measured (read at launch, so its graphs hold it), then restores it."""
+        import importlib
+
+        consts = {k: v for k, v in cfg.items() if "." in k}
+        cfg = {k: v for k, v in cfg.items() if "." not in k}
+        saved = {}
+        for k, v in consts.items():
+            mod = importlib.import_module(f"voicepipe.serve.engine.{k.split('.')[0]}")
+            saved[k] = (mod, getattr(mod, k.split(".")[1]))
+            setattr(mod, k.split(".")[1], v)
+        try:
+            _lever(system, cfg)
+        finally:
+            for k, (mod, v) in saved.items():
+                setattr(mod, k.split(".")[1], v)
+
+    def _lever(system: str, cfg: dict) -> None:
         other = make_engine(tts, mb, **cfg)
         if "numerics" in systems and device == "cuda":
             try:

@@ -8,6 +8,7 @@ same comparison is `benchmarks/serve.py --systems numerics`). Without Triton the
 from __future__ import annotations
 
 import os
+import queue
 
 import pytest
 import torch
@@ -127,10 +128,47 @@ def test_the_fused_predictor_unit_keeps_the_greedy_codes(tts, monkeypatch):
     assert torch.equal(out, ref)
 
 
+def test_the_talker_attention_kernel_matches_the_unfused_math_at_each_rows_position(interpret, monkeypatch):
+    """`attn_decode_rows` (`EngineConfig.fused_talker_attn`): rows at their own positions (the first block, a block
+    boundary, the last position of the bucket), the cache walked in blocks of 32 here: the same cache writes as the
+    unfused math and the same attention output (bf16 roundings aside); positions past each row's are never read."""
+    monkeypatch.setattr(fused, "ROWS_ATTN_BLOCK", 32)
+    torch.manual_seed(5)
+    b, S, Lmax, L = 4, 6, 160, 128
+    qkv = _bf(b, (NH + 2 * KVH) * HD)
+    qk_w = _bf(NH + KVH, HD, scale=0.1) + 1
+    pos = torch.tensor([3, 32, 77, 127])
+    ang = torch.randn(b, HD)
+    cos, sin = ang.cos().to(torch.bfloat16), signed_sin(ang.sin()).to(torch.bfloat16)
+    kc0, vc0 = _bf(S, KVH, Lmax, HD), _bf(S, KVH, Lmax, HD)
+    rkc, rvc = kc0.clone(), vc0.clone()
+    ref = fused._ref_attn_rows(qkv, qk_w, cos, sin, pos, rkc, rvc, L, 1e-6, NH, KVH)
+    kc0[:, :, L:] = float("nan")  # beyond the bucket: never read
+    for i, p in enumerate(pos.tolist()):
+        kc0[i, :, p:L] = float("nan")  # the row's position (written first) and beyond it: never read
+        vc0[i, :, p:L] = float("nan")
+    kc, vc = kc0.clone(), vc0.clone()
+    out = fused.attn_decode_rows(qkv, qk_w, cos, sin, pos, kc, vc, L, 1e-6, NH, KVH)
+    assert torch.isfinite(out).all()
+    _close(out, ref)
+    for i, p in enumerate(pos.tolist()):
+        _close(kc[i, :, p], rkc[i, :, p])
+        assert torch.equal(vc[i, :, p], rvc[i, :, p])
+        assert kc[i, :, p + 1 :].isnan().all() and kc[i, :, :p].equal(rkc[i, :, :p])  # nothing else written
+    assert kc[b:, :, :L].equal(rkc[b:, :, :L]) and vc[b:, :, :L].equal(rvc[b:, :, :L])  # other slots untouched
+    # the fallback (no Triton) is the reference math itself
+    monkeypatch.delenv("TRITON_INTERPRET")
+    kc2, vc2 = kc0.clone().nan_to_num(), vc0.clone().nan_to_num()
+    torch.testing.assert_close(fused.attn_decode_rows(qkv, qk_w, cos, sin, pos, kc2, vc2, L, 1e-6, NH, KVH), ref)
+
+
+@pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("V,k", [(2048, 50), (3072, 50), (300, 7)])
-def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V, k):
-    """The one-kernel top-k (threshold search, no sort) pairs each of the k best with its place in topk's order,
-    so with the same exponential draws it picks exactly the code the unfused math picks; greedy rows take argmax."""
+def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V, k, radix, monkeypatch):
+    """The one-kernel top-k (a threshold found by a binary search or a radix select, no sort) pairs each of the k
+    best with its place in topk's order, so with the same exponential draws it picks exactly the code the unfused
+    math picks; greedy rows take argmax."""
+    monkeypatch.setattr(fused, "SAMPLE_RADIX", radix)
     torch.manual_seed(3)
     b = 24
     logits = torch.randn(b, V) * 3
@@ -227,6 +265,39 @@ def test_the_fused_head_draws_what_the_unfused_step_draws(tts, monkeypatch):
     assert len(calls) in (14 * 8, 14 * 9)  # 14 predictor steps per frame (+ the one launched before the end)
     assert torch.equal(out, ref)
     assert not torch.equal(_engine_codes(tts, text, gen, seed=8), ref)
+
+
+def test_the_fused_talker_attention_keeps_the_greedy_codes(tts, monkeypatch):
+    """`EngineConfig.fused_talker_attn`: every talker layer's attention goes through `fused.attn_decode_rows` (its
+    unfused math here: fp32 on the CPU), with each slot's own position, RoPE rows and cache; two streams of
+    different prompt lengths (so different positions) keep the plain engine's greedy codes."""
+    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+    from voicepipe.serve.engine.step import FrameStep
+
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
+    texts = ["The talker's attention, fused.", "A longer second prompt, so the two slots sit at other positions."]
+
+    def codes(**cfg) -> list[torch.Tensor]:
+        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, **cfg)).start()
+        try:
+            qs = [queue.Queue() for _ in texts]  # both submitted at once: one step runs both slots
+            reqs = [eng.submit(eng.prepare(t, speaker="alice"), gen, q.put) for t, q in zip(texts, qs, strict=True)]
+            for q in qs:
+                while (ev := q.get(timeout=300)).kind not in ("done", "error"):
+                    pass
+                assert ev.kind == "done", ev.message
+            return [torch.stack(r.frames) for r in reqs]
+        finally:
+            eng.stop()
+
+    ref = codes()
+    calls = []
+    real = fused.attn_decode_rows
+    monkeypatch.setattr(FrameStep, "fused_talker_attn", property(lambda self: True))
+    monkeypatch.setattr(fused, "attn_decode_rows", lambda *a: calls.append(a[4].tolist()) or real(*a))
+    out = codes(fused_talker_attn=True)
+    assert calls and all(len(c) in (1, 2) for c in calls)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
 
 
 @pytest.mark.parametrize("rows,split", [(5, 2), (16, 4)])

@@ -145,6 +145,10 @@ class EngineConfig:
     # H200, the predictor step 170 -> 162 us as a graph of 14, but the engine's 2-row frame step 4.70 ms either way
     # and one stream's RTF 0.062-0.063 both ways (benchmarks/RESULTS.md, 2026-12-04 14:45 UTC)
     persistent_predictor: bool = False
+    # the talker's attention as one Triton kernel per layer (`fused.attn_decode_rows`: q/k head norms, RoPE, the
+    # cache write and the attention over the length bucket) instead of the compiled norms + RoPE, two cache writes
+    # and SDPA; needs compiled units on CUDA with Triton
+    fused_talker_attn: bool = False
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

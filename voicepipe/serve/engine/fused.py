@@ -55,6 +55,11 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
+# the sampler's top-k threshold: False, a binary search over the keys (33 dependent counting passes); True, a radix
+# select (4 passes, each an 8-bit histogram of the keys that share the digits found so far). The same threshold.
+SAMPLE_RADIX = False
+# cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
+ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
 # sets it to time each configuration on a shape
 SHAPE_CONFIG: dict[tuple[str, int, int], tuple[str, int, int, int, int]] = {}
@@ -267,8 +272,9 @@ def _kernels():
     @triton.jit
     def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex, emb_w_ptr, emb_ptr,
                 E, s_ew, s_e, VP: tl.constexpr, KP: tl.constexpr, EMB: tl.constexpr = False,
-                EP: tl.constexpr = 1):  # fmt: skip
-        # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them;
+                EP: tl.constexpr = 1, RADIX: tl.constexpr = False):  # fmt: skip
+        # one row: top-k of logits / temp by a threshold search (no sort; RADIX: a radix select), then the
+        # exponential race among them;
         # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32)
         row = tl.program_id(0)
         offs = tl.arange(0, VP)
@@ -280,13 +286,27 @@ def _kernels():
         bits = sc.to(tl.int32, bitcast=True)
         key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
         key = tl.where(ok, key, -(2**31) - 1)
-        lo = tl.min(key, axis=0)
-        hi = tl.max(key, axis=0)
-        for _ in range(33):  # the largest thr with at least k keys >= thr
-            mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
+        if RADIX:  # the k-th largest key digit by digit: 4 histograms of 8 bits, most significant first
+            u = key + 2**31  # [0, 2^32) for the valid keys, in their order
+            bins = tl.arange(0, 256)
+            pre = tl.min(tl.zeros_like(u), axis=0)  # the digits found so far
+            rem = k  # how many of the keys with that prefix must still be >= the threshold
+            for d in tl.static_range(4):
+                match = ok if d == 0 else ok & ((u >> (32 - 8 * d)) == pre)
+                h = tl.histogram(((u >> (24 - 8 * d)) & 255).to(tl.int32), 256, mask=match)
+                suf = tl.cumsum(h, axis=0, reverse=True)  # keys with this prefix and a digit >= each bin
+                b = tl.max(tl.where(suf >= rem, bins, -1), axis=0)
+                rem = rem - tl.sum(tl.where(bins > b, h, 0), axis=0)
+                pre = pre * 256 + b
+            lo = pre - 2**31
+        else:
+            lo = tl.min(key, axis=0)
+            hi = tl.max(key, axis=0)
+            for _ in range(33):  # the largest thr with at least k keys >= thr
+                mid = lo + (hi - lo + 1) // 2
+                enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
+                lo = tl.where(enough, mid, lo)
+                hi = tl.where(enough, hi, mid - 1)
         above = key > lo
         tie = key == lo
         sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
@@ -313,7 +333,65 @@ def _kernels():
             e_ok = eo < E
             tl.store(emb_ptr + row * s_e + eo, tl.load(emb_w_ptr + code * s_ew + eo, mask=e_ok), mask=e_ok)
 
-    return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample, _dot_res
+    @triton.jit
+    def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_cs, s_kb, s_kh, s_kl,
+                   s_o, eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr,
+                   BL: tl.constexpr, NB: tl.constexpr):  # fmt: skip
+        # one (row, query head) of the talker: q/k head norms, RoPE at the row's own position, the cache write (the
+        # first query head of each KV head writes), attention over positions 0..pos in blocks of BL (online softmax)
+        bi = tl.program_id(0)
+        qh = tl.program_id(1)
+        h = qh // (NH // KVH)
+        d = tl.arange(0, HD)
+        dr = (d + HD // 2) % HD
+        pos = tl.load(pos_ptr + bi)
+        cos = tl.load(cos_ptr + bi * s_cs + d).to(tl.float32)
+        sin = tl.load(sin_ptr + bi * s_cs + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
+        row = qkv_ptr + bi * s_qkv
+        kh = NH + h
+        k = tl.load(row + kh * HD + d).to(tl.float32)
+        kr = tl.load(row + kh * HD + dr).to(tl.float32)
+        krs = 1.0 / tl.sqrt(tl.sum(k * k, axis=0) / HD + eps)
+        kw = tl.load(qkw_ptr + kh * HD + d).to(tl.float32)
+        kwr = tl.load(qkw_ptr + kh * HD + dr).to(tl.float32)
+        kn = ((k * krs).to(tl.bfloat16).to(tl.float32) * kw).to(tl.bfloat16).to(tl.float32)
+        knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
+        k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
+        v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
+        cache = bi * s_kb + h * s_kh
+        if qh % (NH // KVH) == 0:
+            tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
+            tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
+        q = tl.load(row + qh * HD + d).to(tl.float32)
+        qr = tl.load(row + qh * HD + dr).to(tl.float32)
+        qrs = 1.0 / tl.sqrt(tl.sum(q * q, axis=0) / HD + eps)
+        qw = tl.load(qkw_ptr + qh * HD + d).to(tl.float32)
+        qwr = tl.load(qkw_ptr + qh * HD + dr).to(tl.float32)
+        qn = ((q * qrs).to(tl.bfloat16).to(tl.float32) * qw).to(tl.bfloat16).to(tl.float32)
+        qnr = ((qr * qrs).to(tl.bfloat16).to(tl.float32) * qwr).to(tl.bfloat16).to(tl.float32)
+        qq = ((qn * cos).to(tl.bfloat16).to(tl.float32) + qnr * sin).to(tl.bfloat16).to(tl.float32)
+        m = tl.max(tl.full((BL,), float("-inf"), tl.float32), axis=0)
+        den = tl.sum(tl.zeros((BL,), tl.float32), axis=0)
+        acc = tl.zeros((HD,), tl.float32)
+        # the bucket's NB blocks (past pos: masked, no reads); positions another program writes are never read
+        for blk in range(NB):
+            j = blk * BL + tl.arange(0, BL)
+            before = (j < pos)[:, None]
+            kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+            vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+            here = (j == pos)[:, None]
+            kk = tl.where(here, k_new[None, :], kk)
+            vv = tl.where(here, v_new[None, :], vv)
+            sc = tl.where(j <= pos, tl.sum(qq[None, :] * kk, axis=1) * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(sc, axis=0))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(sc - m_new)
+            den = den * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p.to(tl.bfloat16).to(tl.float32)[:, None] * vv, axis=0)
+            m = m_new
+        tl.store(o_ptr + bi * s_o + qh * HD + d, (acc / den).to(o_ptr.dtype.element_ty))
+
+    return {"gemv": _rms_gemv, "dot": _rms_dot}, _gemv_res, _attn, _sample, _dot_res, _attn_rows
 
 
 def _rows(x: torch.Tensor) -> int:
@@ -472,6 +550,49 @@ def _(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     return qkv.new_empty(qkv.shape[0], nh * kc.shape[-1])
 
 
+def _ref_attn_rows(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                   kc: torch.Tensor, vc: torch.Tensor, L: int, eps: float, nh: int, kvh: int) -> torch.Tensor:
+    """kernels.talker_layer's attention, unfused: qkv [b, (nh+2kvh)*hd], cos / sin [b, hd] and pos [b] per row ->
+    o [b, nh*hd]; writes kc/vc at each row's pos; attends over positions 0..pos of the first L."""
+    from voicepipe.serve.engine.kernels import rope
+
+    b, hd = qkv.shape[0], kc.shape[-1]
+    x = qkv.view(b, 1, nh + 2 * kvh, hd)
+    qk = rope(_ref_rms(x[:, :, : nh + kvh], qk_w, eps), cos.view(b, 1, 1, hd), sin.view(b, 1, 1, hd))
+    q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), x[:, :, nh + kvh :].transpose(1, 2)
+    bidx = torch.arange(b, device=qkv.device)
+    kc[bidx, :, pos] = k[:, :, 0]
+    vc[bidx, :, pos] = v[:, :, 0]
+    mask = (torch.arange(L, device=kc.device)[None] <= pos[:, None]).view(b, 1, 1, L)
+    o = F.scaled_dot_product_attention(q.reshape(b, kvh, -1, hd), kc[:b, :, :L], vc[:b, :, :L], attn_mask=mask)
+    return o.reshape(b, -1)
+
+
+@torch.library.custom_op("voicepipe::attn_decode_rows", mutates_args=("kc", "vc"))
+def attn_decode_rows(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                     kc: torch.Tensor, vc: torch.Tensor, L: int, eps: float, nh: int, kvh: int) -> torch.Tensor:
+    """The talker's attention for one new token per row, each row at its own position: q/k head norms, RoPE
+    (cos / pre-signed sin [b, hd] of each row's position pos [b]), K/V written into kc/vc [S, kvh, Lmax, hd] at
+    pos, attention over positions 0..pos (pos < L, the length bucket). One kernel on CUDA: a program per (row,
+    query head) walks the cache in blocks of `ROWS_ATTN_BLOCK` positions."""
+    b, hd = qkv.shape[0], kc.shape[-1]
+    if not (qkv.dtype == torch.bfloat16 and available(qkv.device) and hd & (hd - 1) == 0 and kc.stride(-1) == 1):
+        return _ref_attn_rows(qkv, qk_w, cos, sin, pos, kc, vc, L, eps, nh, kvh)
+    o = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
+    qkv, cos, sin = qkv.contiguous(), cos.reshape(b, hd).contiguous(), sin.reshape(b, hd).contiguous()
+    _kernels()[5][(b, nh)](qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0),
+                           kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
+                           NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=_cdiv(L, ROWS_ATTN_BLOCK),
+                           num_warps=ATTN_WARPS, num_stages=1)
+    return o
+
+
+@attn_decode_rows.register_fake
+def _(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+      kc: torch.Tensor, vc: torch.Tensor, L: int, eps: float, nh: int, kvh: int) -> torch.Tensor:  # fmt: skip
+    return qkv.new_empty(qkv.shape[0], nh * kc.shape[-1])
+
+
 def _ref_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, expo: torch.Tensor) -> torch.Tensor:
     """kernels.sample's math with its exponential draws given: top-k of logits / temp, k = expo.shape[-1]."""
     best = logits.argmax(-1)
@@ -513,7 +634,8 @@ def _launch_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tenso
         emb_args = (embed_w, emb, E, embed_w.stride(0), emb.stride(0))
         meta = {"EMB": True, "EP": 1 << (E - 1).bit_length()}
     _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
-                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta)
+                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1,
+                        RADIX=SAMPLE_RADIX, **meta)
     return out if emb is None else (out, emb)
 
 

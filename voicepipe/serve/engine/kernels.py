@@ -144,7 +144,8 @@ class Dims(NamedTuple):
     the Triton GEMV (`linear`); `sample`: its codes are sampled by the one-kernel `fused.sample_topk`; `head`: the
     fused predictor step's final norm + code head as one `fused.rms_linear` and its sampling + code embedding as one
     `fused.sample_embed` (with `sample`); `split`: the fused matmul + residual ops above 2 rows split K over this
-    many programs per output tile (`fused.linear_residual`)."""
+    many programs per output tile (`fused.linear_residual`); `attn`: the talker's attention as one
+    `fused.attn_decode_rows` a layer."""
 
     nh: int
     kvh: int
@@ -153,6 +154,7 @@ class Dims(NamedTuple):
     sample: bool = False
     head: bool = False
     split: int = 1
+    attn: bool = False
 
 
 def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
@@ -161,6 +163,11 @@ def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Te
 
     Attends over the first L = mask.shape[-1] cache positions; batch b = x.shape[0] (slots [0, b))."""
     b, L = x.shape[0], mask.shape[-1]
+    if d.attn:
+        qkv = linear(_rms(x, w.ln1, w.eps), w.wqkv, small=d.gemv).view(b, -1)
+        o = fused.attn_decode_rows(qkv, w.qk_w, cos.reshape(b, -1), sin.reshape(b, -1), p, kc, vc, L, w.qk_eps,
+                                   d.nh, d.kvh)
+        return attn_out_mlp(w, x, o.view(b, 1, -1), d.gemv)
     q, k, v = attn_qkv(w, x, d.nh, d.kvh, d.hd, cos, sin, d.gemv)
     bidx = torch.arange(b, device=x.device)
     kc[bidx, :, p] = k[:, :, 0]

@@ -87,7 +87,7 @@ class FrameStep:
         tc, pc = self.tc, self.cp.model.config
         small = self.small_gemv
         fs = self.fused_sample
-        td = K.Dims(self.nh, self.kvh, self.hd, small, fs)
+        td = K.Dims(self.nh, self.kvh, self.hd, small, fs, attn=self.fused_talker_attn)
         pd = K.Dims(self.p_nh, self.p_kvh, self.p_hd, small, fs, head=self.fused_head,
                     split=max(1, int(self.cfg.fused_split_k)))
         samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
@@ -190,6 +190,12 @@ class FrameStep:
         embedding another (`EngineConfig.fused_head`; default: with the fused predictor layer and fused sampling)."""
         c = self.cfg.fused_head
         return (self.fused_predictor and self.fused_sample) if c is None else bool(c) and fused.available(self.device)
+
+    @property
+    def fused_talker_attn(self) -> bool:
+        """Whether the talker's attention runs as one kernel per layer (`EngineConfig.fused_talker_attn`: off by
+        default; needs compiled units on CUDA with Triton)."""
+        return bool(self.cfg.fused_talker_attn) and self.compiled and fused.available(self.device)
 
     @property
     def fused_sample(self) -> bool:
