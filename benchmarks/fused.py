@@ -232,7 +232,7 @@ def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: 
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
     tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `l2`: the five
-    layers' weights packed in one buffer, its first `mb` MB in an L2 persisting window (`benchmarks/l2.py`):
+    layers' weights packed in one buffer, its first `mb` MB in an L2 persisting window (`engine/l2.py`):
     keys mb (0: packed, no window), hit (hit ratio; default set-aside / window), aside_mb (default the device's
     largest), mode ("stream": the capture stream's window; "nodes": every kernel node's, set after capture);
     `radix`: the sampler's radix select (`fused.SAMPLE_RADIX`)."""
@@ -268,7 +268,7 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
     lw = layers(dev)
     window = None
     if l2 is not None:
-        import l2 as L2
+        from voicepipe.serve.engine import l2 as L2
 
         names = ("ln1", "ln2", "qk_w", "wqkv", "wo", "wgu", "wd")
         flat, views = L2.pack([getattr(w, n) for w in lw for n in names])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from voicepipe.serve.engine import fused, gemv, persistent
+from voicepipe.serve.engine import fused, gemv, l2, persistent
 from voicepipe.serve.engine import kernels as K
 from voicepipe.serve.engine.kernels import decoder_layer
 
@@ -555,11 +555,15 @@ class FrameStep:
                             self.__dict__.pop("_units_", None)
                             self._warm_up(b, L)
                     torch.cuda.current_stream().wait_stream(s)
-                    g = torch.cuda.CUDAGraph()
+                    win = getattr(self, "l2_window", None)
+                    g = torch.cuda.CUDAGraph(keep_graph=win is not None)
                     # thread_local: the codec thread and request threads may use CUDA while a bucket is captured.
                     # Recording runs nothing, so it writes no live state.
                     with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                         self._step(b, L)
+                    if win is not None:  # every kernel node keeps the predictor's weights in persisting L2
+                        l2.graph_window(g, *win)
+                        g.instantiate()
                     self._graphs[(b, L)] = g
             torch.cuda.synchronize()
         return time.perf_counter() - t0

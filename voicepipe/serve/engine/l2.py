@@ -1,9 +1,11 @@
-"""L2 persistence (CUDA's access policy window) through the CUDA runtime, by ctypes (torch exposes none of it).
+"""L2 persistence (CUDA's access policy window) through the CUDA runtime, by ctypes: torch exposes none of it, and
+cuda-python would be one more dependency for five calls.
 
 The code predictor re-reads the same ~157 MB of layer weights in each of a frame's 15 steps, more than an H100 /
 H200's 50 MB L2 holds, so each step streams them from HBM again. A persisting window keeps a set-aside part of L2
 for chosen bytes; this module sets the set-aside (`cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize)`), a
-stream's window (kernels launched or captured on it) and a captured graph's kernel nodes' windows.
+stream's window (kernels launched or captured on it) and a captured graph's kernel nodes' windows
+(`EngineConfig.l2_persist_mb`; `benchmarks/fused.py --variants '[{"l2": ...}]'`).
 """
 
 from __future__ import annotations
