@@ -1050,9 +1050,14 @@ def main() -> None:
     def lever_off(system: str, **cfg) -> None:
         """A second engine with one setting changed, measured right after the default one (same call). A key
         MODULE.NAME (e.g. fused.SAMPLE_RADIX) sets that constant of `voicepipe.serve.engine.MODULE` while this
-        engine is built, captured and measured (read at launch, so its graphs hold it), then restores it."""
+        engine is built, captured and measured (read at launch, so its graphs hold it), then restores it; the key
+        blas sets torch's preferred BLAS library (cublas, cublaslt) the same way."""
         import importlib
 
+        blas = cfg.pop("blas", None)  # torch.backends.cuda.preferred_blas_library for this engine (e.g. cublaslt)
+        old_blas = torch.backends.cuda.preferred_blas_library() if blas else None
+        if blas:
+            torch.backends.cuda.preferred_blas_library(blas)
         consts = {k: v for k, v in cfg.items() if "." in k}
         cfg = {k: v for k, v in cfg.items() if "." not in k}
         saved = {}
@@ -1065,6 +1070,8 @@ def main() -> None:
         finally:
             for k, (mod, v) in saved.items():
                 setattr(mod, k.split(".")[1], v)
+            if blas:
+                torch.backends.cuda.preferred_blas_library(old_blas)
 
     def _lever(system: str, cfg: dict) -> None:
         other = make_engine(tts, mb, **cfg)
@@ -1075,6 +1082,11 @@ def main() -> None:
                 print(f"numerics ({system}) failed: {type(e).__name__}: {e}", flush=True)
         rows.extend(bench_voicepipe(tts, a.frames, concs, repeats, mb, name=f"voicepipe-{system}", eng=other,
                                     profile=extra["profile"]))
+        if getattr(other, "l2_window", None) is not None:
+            from voicepipe.serve.engine import l2
+
+            print(f"{system}: L2 {l2.device_info()}, window (address, bytes, hit ratio) {other.l2_window}, "
+                  f"{getattr(other, 'l2_nodes', 0)} kernel nodes", flush=True)
         other.stop()
         del other
         if eng is not None:  # the codec decoder is the shared model's: give it back the measured engine's setting

@@ -562,7 +562,7 @@ class FrameStep:
                     with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                         self._step(b, L)
                     if win is not None:  # every kernel node keeps the predictor's weights in persisting L2
-                        l2.graph_window(g, *win)
+                        self.l2_nodes = getattr(self, "l2_nodes", 0) + l2.graph_window(g, *win)
                         g.instantiate()
                     self._graphs[(b, L)] = g
             torch.cuda.synchronize()
