@@ -998,6 +998,8 @@ def main() -> None:
     ap.add_argument("--tiny-dir", type=Path, default=None, help="prebuilt voicepipe.models.tiny custom-voice dir")
     ap.add_argument("--engine-set", default="", help="EngineConfig settings for every engine, e.g. "
                     "codec_cudnn_benchmark=false (values parsed as JSON)")
+    ap.add_argument("--lever-numerics", type=lambda x: x.split(","), default=None, metavar="NAME,NAME",
+                    help="with the numerics system: check only these levers' engines against fp32 (default: all)")
     ap.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
                     help="another engine with these EngineConfig settings (values as JSON), measured after the "
                     "named systems' in the same process (system voicepipe-NAME); repeatable")
@@ -1075,7 +1077,7 @@ def main() -> None:
 
     def _lever(system: str, cfg: dict) -> None:
         other = make_engine(tts, mb, **cfg)
-        if "numerics" in systems and device == "cuda":
+        if "numerics" in systems and device == "cuda" and (a.lever_numerics is None or system in a.lever_numerics):
             try:
                 extra[f"numerics-{system}"] = numerics(tts, other)
             except Exception as e:  # noqa: BLE001 - report and go on
