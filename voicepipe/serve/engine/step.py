@@ -556,7 +556,7 @@ class FrameStep:
                             self._warm_up(b, L)
                     torch.cuda.current_stream().wait_stream(s)
                     win = getattr(self, "l2_window", None)
-                    g = torch.cuda.CUDAGraph(keep_graph=win is not None)
+                    g = torch.cuda.CUDAGraph(keep_graph=True) if win is not None else torch.cuda.CUDAGraph()
                     # thread_local: the codec thread and request threads may use CUDA while a bucket is captured.
                     # Recording runs nothing, so it writes no live state.
                     with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
