@@ -297,6 +297,7 @@ def test_the_fused_talker_attention_keeps_the_greedy_codes(tts, monkeypatch):
     monkeypatch.setattr(fused, "attn_decode_rows", lambda *a: calls.append(a[4].tolist()) or real(*a))
     out = codes(fused_talker_attn=True)
     assert calls and all(len(c) in (1, 2) for c in calls)
+    assert any(len(c) == 2 and c[0] != c[1] for c in calls)  # one step ran both slots, at different positions
     assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
 
 
