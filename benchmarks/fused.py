@@ -150,38 +150,6 @@ def warps_sweep(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
     return out
 
 
-def radix_check(dev: torch.device, ms: tuple[int, ...] = (2, 16), repeats: int = 3) -> list[dict]:
-    """The sampler's top-k threshold by binary search against radix select (`fused.SAMPLE_RADIX`): the codes of
-    `sample_topk` and `sample_embed` (equal?) and microseconds per call as CUDA graphs, each way `repeats` times in
-    alternation, at the predictor's and the talker's vocabularies."""
-    out = []
-    for m in ms:
-        for V in (2048, 3072):
-            logits = torch.randn(m, V, device=dev) * 3
-            lb = logits.to(torch.bfloat16)
-            temp, greedy = torch.full((m, 1), 0.9, device=dev), torch.zeros(m, dtype=torch.bool, device=dev)
-            expo = torch.empty(m, 50, device=dev).exponential_()
-            emb_w = (torch.randn(V, 2048, device=dev) * 0.02).to(torch.bfloat16)
-            res: dict = dict(check="radix", rows=m, V=V)
-            for _ in range(repeats):
-                for radix in (False, True):
-                    fused.SAMPLE_RADIX = radix
-                    c = fused.sample_topk(logits, temp, greedy, expo)
-                    ce, _ = fused.sample_embed(lb, temp, greedy, expo, emb_w)
-                    res.setdefault(f"codes_{radix}", (c, ce))
-                    res.setdefault(f"topk_us_{radix}", []).append(round(graph_us(
-                        lambda a=(logits, temp, greedy, expo): fused.sample_topk(*a)), 2))
-                    res.setdefault(f"embed_us_{radix}", []).append(round(graph_us(
-                        lambda a=(lb, temp, greedy, expo, emb_w): fused.sample_embed(*a)), 2))
-            fused.SAMPLE_RADIX = False
-            (c0, e0), (c1, e1) = res.pop("codes_False"), res.pop("codes_True")
-            res["equal"] = bool(torch.equal(c0, c1) and torch.equal(e0, e1))
-            res["ref_equal"] = bool(torch.equal(c1, fused._ref_sample(logits, temp, greedy, expo)))
-            out.append(res)
-            print(res, flush=True)
-    return out
-
-
 def split_sweep(dev: torch.device, m: int = 16, min_bytes: float = 6e8) -> list[dict]:
     """The two matmul + residual ops at `m` rows (the predictor's down and output projections), split-K over 1-8
     programs per tile at BN 16 / 32 / 64: microseconds per call (a CUDA graph over >= `min_bytes` of weight copies,
@@ -227,26 +195,18 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
-              split: int = 1, attn_warps: int | None = None, persist: dict | None = None,
-              l2: dict | None = None, radix: bool = False) -> dict:
+              split: int = 1, attn_warps: int | None = None, persist: dict | None = None) -> dict:
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
-    tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `l2`: the five
-    layers' weights packed in one buffer, its first `mb` MB in an L2 persisting window (`engine/l2.py`):
-    keys mb (0: packed, no window), hit (hit ratio; default set-aside / window), aside_mb (default the device's
-    largest), mode ("stream": the capture stream's window; "nodes": every kernel node's, set after capture);
-    `radix`: the sampler's radix select (`fused.SAMPLE_RADIX`)."""
+    tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides)."""
     old = fused.ATTN_WARPS
     fused.ATTN_WARPS = attn_warps or old
-    fused.SAMPLE_RADIX = radix
     saved = _persist_set(persist or {})
     try:
-        r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None, l2)
-        return {**r, "attn_warps": fused.ATTN_WARPS, **({"persistent": persist} if persist is not None else {}),
-                **({"l2": l2} if l2 is not None else {}), "radix": radix}
+        r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
+        return {**r, "attn_warps": fused.ATTN_WARPS, **({"persistent": persist} if persist is not None else {})}
     finally:
         fused.ATTN_WARPS = old
-        fused.SAMPLE_RADIX = False
         _persist_set(saved)
 
 
@@ -264,21 +224,8 @@ def _persist_set(p: dict) -> dict:
 
 
 def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool, sample: bool, split: int,
-               persist: bool = False, l2: dict | None = None) -> dict:
+               persist: bool = False) -> dict:
     lw = layers(dev)
-    window = None
-    if l2 is not None:
-        from voicepipe.serve.engine import l2 as L2
-
-        names = ("ln1", "ln2", "qk_w", "wqkv", "wo", "wgu", "wd")
-        flat, views = L2.pack([getattr(w, n) for w in lw for n in names])
-        lw = [w._replace(**dict(zip(names, views[i * 7 : (i + 1) * 7], strict=True))) for i, w in enumerate(lw)]
-        info = L2.device_info()
-        aside = L2.set_aside(int(l2.get("aside_mb", info["max_persist"] / 2**20) * 2**20))
-        nbytes = min(int(l2.get("mb", 0) * 2**20), flat.numel() * flat.element_size(), info["max_window"])
-        hit = float(l2.get("hit", min(1.0, aside / nbytes) if nbytes else 0.0))
-        window = (flat.data_ptr(), nbytes, hit, l2.get("mode", "stream"))
-        l2_info = dict(**info, aside=aside, window=nbytes, hit=round(hit, 4))
     pk = [torch.zeros(S, KVH, L, HD, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
     pv = [torch.zeros_like(t) for t in pk]
     rot = torch.randn(L, HD, device=dev)
@@ -319,22 +266,9 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
         for _ in range(3):
             frame()
     torch.cuda.current_stream().wait_stream(s)
-    if window is None or not window[1]:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            frame()
-    elif window[3] == "stream":
-        cs = torch.cuda.Stream()
-        L2.stream_window(cs, *window[:3])
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=cs):
-            frame()
-    else:
-        g = torch.cuda.CUDAGraph(keep_graph=True)
-        with torch.cuda.graph(g):
-            frame()
-        l2_info["nodes"] = L2.graph_window(g, *window[:3])
-        g.instantiate()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        frame()
     for _ in range(5):
         g.replay()
     torch.cuda.synchronize()
@@ -343,10 +277,6 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
         g.replay()
     torch.cuda.synchronize()
     us = 1e6 * (time.perf_counter() - t0) / reps / 14
-    if window is not None:  # the next variant starts with no persisting lines and no set-aside
-        del g
-        L2.reset_persisting()
-        L2.set_aside(0)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as p:
@@ -359,8 +289,7 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
     return dict(rows=m, fused=use_fused, sample=sample, head=head, split=split, us_per_step=round(us, 1),
                 kernels_per_step=round(len(ks) / 14, 1),
                 kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1),
-                top=[(k, round(v, 1)) for k, v in top.most_common(8)],
-                **({"l2_info": l2_info} if window is not None else {}))
+                top=[(k, round(v, 1)) for k, v in top.most_common(8)])
 
 
 def persistent_check(dev: torch.device, ms: tuple[int, ...], repeats: int = 200) -> list[dict]:
@@ -535,7 +464,6 @@ def main() -> None:
                     'unfused/fused, e.g. \'[{"sample": true}, {"sample": true, "split": 4}]\' (step_time arguments)')
     ap.add_argument("--warps", action="store_true", help="time attn_decode and sample_topk at 1-8 warps")
     ap.add_argument("--split-sweep", action="store_true", help="time the matmul + residual op split-K at 16 rows")
-    ap.add_argument("--radix", action="store_true", help="time the sampler's radix select against its search")
     ap.add_argument("--levers", action="store_true", help="also check sample_embed against sample_topk")
     ap.add_argument("--persistent", action="store_true", help="check the one-kernel predictor step against the "
                     "fused ops' step (`persistent_check`) before the step times")
@@ -566,7 +494,6 @@ def main() -> None:
     checks += persistent_check(dev, (1, 2)) if a.persistent else []
     checks += warps_sweep(dev, ms) if a.warps else []
     checks += split_sweep(dev) if a.split_sweep else []
-    checks += radix_check(dev) if a.radix else []
     times = []
     for m in ms if not a.skip_steps else ():
         for use in (False, True) if not a.variants else ():

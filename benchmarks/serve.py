@@ -1051,7 +1051,7 @@ def main() -> None:
         print(f"[{time.perf_counter() - t_start:.0f} s] voicepipe done", flush=True)
     def lever_off(system: str, **cfg) -> None:
         """A second engine with one setting changed, measured right after the default one (same call). A key
-        MODULE.NAME (e.g. fused.SAMPLE_RADIX) sets that constant of `voicepipe.serve.engine.MODULE` while this
+        MODULE.NAME (e.g. fused.ATTN_WARPS) sets that constant of `voicepipe.serve.engine.MODULE` while this
         engine is built, captured and measured (read at launch, so its graphs hold it), then restores it; the key
         blas sets torch's preferred BLAS library (cublas, cublaslt) the same way."""
         import importlib
@@ -1084,11 +1084,6 @@ def main() -> None:
                 print(f"numerics ({system}) failed: {type(e).__name__}: {e}", flush=True)
         rows.extend(bench_voicepipe(tts, a.frames, concs, repeats, mb, name=f"voicepipe-{system}", eng=other,
                                     profile=extra["profile"]))
-        if getattr(other, "l2_window", None) is not None:
-            from voicepipe.serve.engine import l2
-
-            print(f"{system}: L2 {l2.device_info()}, window (address, bytes, hit ratio) {other.l2_window}, "
-                  f"{getattr(other, 'l2_nodes', 0)} kernel nodes", flush=True)
         other.stop()
         del other
         if eng is not None:  # the codec decoder is the shared model's: give it back the measured engine's setting

@@ -162,13 +162,10 @@ def test_the_talker_attention_kernel_matches_the_unfused_math_at_each_rows_posit
     torch.testing.assert_close(fused.attn_decode_rows(qkv, qk_w, cos, sin, pos, kc2, vc2, L, 1e-6, NH, KVH), ref)
 
 
-@pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("V,k", [(2048, 50), (3072, 50), (300, 7)])
-def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V, k, radix, monkeypatch):
-    """The one-kernel top-k (a threshold found by a binary search or a radix select, no sort) pairs each of the k
-    best with its place in topk's order, so with the same exponential draws it picks exactly the code the unfused
-    math picks; greedy rows take argmax."""
-    monkeypatch.setattr(fused, "SAMPLE_RADIX", radix)
+def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V, k):
+    """The one-kernel top-k (threshold search, no sort) pairs each of the k best with its place in topk's order,
+    so with the same exponential draws it picks exactly the code the unfused math picks; greedy rows take argmax."""
     torch.manual_seed(3)
     b = 24
     logits = torch.randn(b, V) * 3

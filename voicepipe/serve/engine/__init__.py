@@ -6,7 +6,8 @@ Layout, by concern:
 - `kernels`: fused-layer weights and the pure per-frame math (RMSNorm, RoPE, decoder layer, sampling).
 - `codec`: streaming codec decode on its own thread and stream.
 - `gemv`: a Triton matmul for 1-2 rows (the code predictor's small weights; `EngineConfig.small_gemv`).
-- `fused`: the code predictor's decoder layer as five Triton kernels for 1-2 rows (`EngineConfig.fused_predictor`).
+- `fused`: the code predictor's decoder layer as five Triton kernels for 1-2 rows (`EngineConfig.fused_predictor`),
+  and the talker's attention as one a layer (`EngineConfig.fused_talker_attn`).
 - `persistent`: the code predictor's whole step as one persistent Triton kernel for 1-2 rows
   (`EngineConfig.persistent_predictor`, off by default; its Triton source in `_persistent_kernels`).
 

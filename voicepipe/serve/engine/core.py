@@ -147,13 +147,10 @@ class EngineConfig:
     persistent_predictor: bool = False
     # the talker's attention as one Triton kernel per layer (`fused.attn_decode_rows`: q/k head norms, RoPE, the
     # cache write and the attention over the length bucket) instead of the compiled norms + RoPE, two cache writes
-    # and SDPA; needs compiled units on CUDA with Triton
-    fused_talker_attn: bool = False
-    # megabytes of persisting L2 for the code predictor's layer weights, which each of a frame's 15 predictor steps
-    # reads again (~157 MB at 1.7B, over an H100 / H200's 50 MB of L2): the weights are packed into one buffer and
-    # every kernel node of the frame-step graphs gets an access policy window over it (`engine.l2`; the set-aside is
-    # the device's largest at most, the hit ratio set-aside / window). 0: off
-    l2_persist_mb: float = 0.0
+    # and SDPA. None: with compiled units on CUDA with Triton. H100, same run, two engines each way: the 2-row frame
+    # step 4.97 -> 4.80 ms (948 -> 808 kernels), 16 rows 5.39 -> 5.07 ms; one stream's RTF 0.064 -> 0.063, 16
+    # streams 192-193 -> 199-200x real time; bf16 vs fp32 as the default's (benchmarks/RESULTS.md, 2026-12-05)
+    fused_talker_attn: bool | None = None
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None
@@ -323,26 +320,6 @@ class TTSEngine(FrameStep, CodecStreaming):
         self.prefills = 0  # batched prefills run (a burst admitted over several steps takes several)
 
     # ------------------------------------------------------------------ state
-    def _l2_pack(self) -> tuple[int, int, float] | None:
-        """The predictor's layer weights packed into one buffer (`p_layers` become views of it) and the persisting
-        L2 window over it: (address, bytes, hit ratio); None where the runtime gives no set-aside."""
-        from voicepipe.serve.engine import l2
-
-        names = ("ln1", "ln2", "qk_w", "wqkv", "wo", "wgu", "wd")
-        flat, views = l2.pack([getattr(w, n) for w in self.p_layers for n in names])
-        k = len(names)
-        self.p_layers = [w._replace(**dict(zip(names, views[i * k : (i + 1) * k], strict=True)))
-                         for i, w in enumerate(self.p_layers)]
-        self._l2_flat = flat
-        try:
-            info = l2.device_info(self.device.index or 0)
-            aside = l2.set_aside(min(int(self.cfg.l2_persist_mb * 2**20), info["max_persist"]))
-        except (OSError, RuntimeError) as e:
-            log.warning("no persisting L2 (%s): the predictor's weights stream from memory", e)
-            return None
-        nbytes = min(flat.numel() * flat.element_size(), info["max_window"])
-        return (flat.data_ptr(), nbytes, min(1.0, aside / nbytes)) if aside else None
-
     def _alloc(self) -> None:
         c, tc, dev, dt = self.cfg, self.tc, self.device, self.dtype
         S, H = c.max_batch, tc.hidden_size
@@ -359,7 +336,6 @@ class TTSEngine(FrameStep, CodecStreaming):
                 self.p_layers = [_fuse_layer(x, self.p_nh, self.p_kvh) for x in self.cp.model.layers]
         except FusedLayerError as e:
             raise EngineError(str(e)) from e
-        self.l2_window = self._l2_pack() if c.l2_persist_mb > 0 and dev.type == "cuda" else None
         L = c.max_len
         self.kc = [torch.zeros(S, self.kvh, L, self.hd, device=dev, dtype=dt) for _ in self.talker.model.layers]
         self.vc = [torch.zeros_like(k) for k in self.kc]

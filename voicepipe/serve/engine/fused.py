@@ -55,9 +55,6 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
-# the sampler's top-k threshold: False, a binary search over the keys (33 dependent counting passes); True, a radix
-# select (4 passes, each an 8-bit histogram of the keys that share the digits found so far). The same threshold.
-SAMPLE_RADIX = False
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -272,9 +269,8 @@ def _kernels():
     @triton.jit
     def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex, emb_w_ptr, emb_ptr,
                 E, s_ew, s_e, VP: tl.constexpr, KP: tl.constexpr, EMB: tl.constexpr = False,
-                EP: tl.constexpr = 1, RADIX: tl.constexpr = False):  # fmt: skip
-        # one row: top-k of logits / temp by a threshold search (no sort; RADIX: a radix select), then the
-        # exponential race among them;
+                EP: tl.constexpr = 1):  # fmt: skip
+        # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them;
         # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32)
         row = tl.program_id(0)
         offs = tl.arange(0, VP)
@@ -286,27 +282,13 @@ def _kernels():
         bits = sc.to(tl.int32, bitcast=True)
         key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
         key = tl.where(ok, key, -(2**31) - 1)
-        if RADIX:  # the k-th largest key digit by digit: 4 histograms of 8 bits, most significant first
-            u = key + 2**31  # [0, 2^32) for the valid keys, in their order
-            bins = tl.arange(0, 256)
-            pre = tl.min(tl.zeros_like(u), axis=0)  # the digits found so far
-            rem = k  # how many of the keys with that prefix must still be >= the threshold
-            for d in tl.static_range(4):
-                match = ok if d == 0 else ok & ((u >> (32 - 8 * d)) == pre)
-                h = tl.histogram(((u >> (24 - 8 * d)) & 255).to(tl.int32), 256, mask=match)
-                suf = tl.cumsum(h, axis=0, reverse=True)  # keys with this prefix and a digit >= each bin
-                b = tl.max(tl.where(suf >= rem, bins, -1), axis=0)
-                rem = rem - tl.sum(tl.where(bins > b, h, 0), axis=0)
-                pre = pre * 256 + b
-            lo = pre - 2**31
-        else:
-            lo = tl.min(key, axis=0)
-            hi = tl.max(key, axis=0)
-            for _ in range(33):  # the largest thr with at least k keys >= thr
-                mid = lo + (hi - lo + 1) // 2
-                enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
-                lo = tl.where(enough, mid, lo)
-                hi = tl.where(enough, hi, mid - 1)
+        lo = tl.min(key, axis=0)
+        hi = tl.max(key, axis=0)
+        for _ in range(33):  # the largest thr with at least k keys >= thr
+            mid = lo + (hi - lo + 1) // 2
+            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
         above = key > lo
         tie = key == lo
         sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
@@ -634,8 +616,7 @@ def _launch_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tenso
         emb_args = (embed_w, emb, E, embed_w.stride(0), emb.stride(0))
         meta = {"EMB": True, "EP": 1 << (E - 1).bit_length()}
     _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
-                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1,
-                        RADIX=SAMPLE_RADIX, **meta)
+                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta)
     return out if emb is None else (out, emb)
 
 

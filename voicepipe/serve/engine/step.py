@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from voicepipe.serve.engine import fused, gemv, l2, persistent
+from voicepipe.serve.engine import fused, gemv, persistent
 from voicepipe.serve.engine import kernels as K
 from voicepipe.serve.engine.kernels import decoder_layer
 
@@ -193,9 +193,10 @@ class FrameStep:
 
     @property
     def fused_talker_attn(self) -> bool:
-        """Whether the talker's attention runs as one kernel per layer (`EngineConfig.fused_talker_attn`: off by
-        default; needs compiled units on CUDA with Triton)."""
-        return bool(self.cfg.fused_talker_attn) and self.compiled and fused.available(self.device)
+        """Whether the talker's attention runs as one kernel per layer (`EngineConfig.fused_talker_attn`; None: with
+        compiled units on CUDA with Triton)."""
+        c = self.cfg.fused_talker_attn
+        return (c is None or bool(c)) and self.compiled and fused.available(self.device)
 
     @property
     def fused_sample(self) -> bool:
@@ -555,15 +556,11 @@ class FrameStep:
                             self.__dict__.pop("_units_", None)
                             self._warm_up(b, L)
                     torch.cuda.current_stream().wait_stream(s)
-                    win = getattr(self, "l2_window", None)
-                    g = torch.cuda.CUDAGraph(keep_graph=True) if win is not None else torch.cuda.CUDAGraph()
+                    g = torch.cuda.CUDAGraph()
                     # thread_local: the codec thread and request threads may use CUDA while a bucket is captured.
                     # Recording runs nothing, so it writes no live state.
                     with torch.cuda.graph(g, pool=self._pool, capture_error_mode="thread_local"):
                         self._step(b, L)
-                    if win is not None:  # every kernel node keeps the predictor's weights in persisting L2
-                        self.l2_nodes = getattr(self, "l2_nodes", 0) + l2.graph_window(g, *win)
-                        g.instantiate()
                     self._graphs[(b, L)] = g
             torch.cuda.synchronize()
         return time.perf_counter() - t0
