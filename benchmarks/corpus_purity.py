@@ -37,7 +37,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
                use: int | dict[str, int] | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
                overrides: dict | None = None, voices: list[str] | None = None, music: str = "sine",
-               intro_s: float = 15.0) -> dict:
+               intro_s: float = 15.0, distinct_text: bool = False) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -60,6 +60,8 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         tag = "-" + "_".join(v.replace("+", "") for v in voices)
     if music != "sine":  # a real show's theme on every episode (the podcast is cached under its own name)
         tag += f"-{music}{intro_s:g}s"
+    if distinct_text:
+        tag += "-distinct"
     # the default scenarios first, in their order (the same seeded episodes as before), then any extra ones asked for
     wanted = list(SCENARIOS) + [s for s in EXTRA_SCENARIOS if scenarios and s in scenarios]
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
@@ -68,7 +70,8 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     else:
         pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}{tag}"
         make = partial(make_scenario_podcast, pod, wanted, engine=engine, episodes_per_scenario=episodes,
-                       episode_seconds=seconds, seed=seed, music=music, intro_s=intro_s)
+                       episode_seconds=seconds, seed=seed, music=music, intro_s=intro_s,
+                       distinct_text=distinct_text)
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None
     if truth is None or (engine != "recorded" and not set(wanted) <= {ep.scenario for ep in truth.episodes}):
         truth = make()  # one seeded generator, scenarios in order: a podcast cached before a scenario was added
@@ -145,6 +148,9 @@ def main() -> None:
                     "rich: a real show's theme on every episode (drums, bass, sawtooth chords; intro, stings, "
                     "outro; the bed under the speech in the music scenarios)")
     ap.add_argument("--intro-s", type=float, default=15.0, help="with --music rich: the intro's length")
+    ap.add_argument("--distinct-text", action="store_true",
+                    help="no sentence spoken twice in an episode (by default turns draw independently and may "
+                    "repeat one verbatim, which a deterministic engine speaks near-identically)")
     ap.add_argument("--voices", default=None, metavar="TARGET,COHOST,GUEST,AD",
                     help="the engine's voices for the four roles instead of the tuned ones (e.g. espeak "
                     "en-gb+m2,en-us+m4,en-us+f4,en-gb-x-rp+m1): a show nobody tuned for")
@@ -183,7 +189,8 @@ def main() -> None:
         build_tiny_codec(codec)
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
-                          args.voices.split(",") if args.voices else None, args.music, args.intro_s)
+                          args.voices.split(",") if args.voices else None, args.music, args.intro_s,
+                          args.distinct_text)
                for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:

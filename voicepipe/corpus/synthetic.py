@@ -490,14 +490,29 @@ class _Timeline:
 
 def _scenario_episode(
     rng: np.random.Generator, scenario: str, seconds: float, engine: str, *, music: str = "sine",
-    intro_s: float = 15.0,
+    intro_s: float = 15.0, distinct_text: bool = False,
 ) -> tuple[np.ndarray, list[Turn]]:
     """One episode of `scenario` (see SCENARIOS, EXTRA_SCENARIOS): its mix and the truth turns (one per sentence /
     backchannel). `music="sine"` (the default, what every earlier result used): the music scenarios get
     `_show_music`'s sine chords (4 s intro). `music="rich"`: every episode gets a real show's theme
     (`_rich_show_music`: drums, bass, sawtooth chords; an `intro_s` intro at -12 dBFS, a -12 dBFS sting between
     segments at about a third and two thirds of the episode, an outro), and the music scenarios the bed under the
-    speech too."""
+    speech too. `distinct_text`: no sentence is spoken twice in the episode until its pool is used up (by default
+    turns draw independently, so a sentence may recur verbatim: a deterministic engine then speaks near-identical
+    audio, which a speaker model's windows cluster by, as no real show would give them)."""
+    decks: dict[int, list[str]] = {}
+
+    def pick(pool: list[str], n: int) -> list[str]:
+        if not distinct_text:
+            return [str(x) for x in rng.choice(pool, size=n, replace=False)]
+        out: list[str] = []
+        while len(out) < n:
+            deck = decks.setdefault(id(pool), [])
+            if not deck:
+                deck.extend(str(x) for x in rng.permutation(pool) if str(x) not in out)
+            out.append(deck.pop())
+        return out
+
     if scenario not in SCENARIOS + EXTRA_SCENARIOS:
         raise InputError(f"scenario {scenario!r}: unknown (expected one of {', '.join(SCENARIOS + EXTRA_SCENARIOS)})")
     if music not in ("sine", "rich"):
@@ -534,16 +549,16 @@ def _scenario_episode(
             ad_done = True
             continue
         if interview and speaker == "target":  # an introduction first, then short questions
-            texts = (list(rng.choice(_SENTENCES, size=int(rng.integers(1, 3)), replace=False)) if first
-                     else [str(rng.choice(_QUESTIONS))])
+            texts = (pick(_SENTENCES, int(rng.integers(1, 3))) if first
+                     else pick(_QUESTIONS, 1) if distinct_text else [str(rng.choice(_QUESTIONS))])
         elif interview:
-            texts = list(rng.choice(_SENTENCES, size=int(rng.integers(2, 5)), replace=False))
+            texts = pick(_SENTENCES, int(rng.integers(2, 5)))
         elif speaker == "target" or (absent and speaker == "cohost"):
-            texts = list(rng.choice(_SENTENCES, size=int(rng.integers(1, 4)), replace=False))
+            texts = pick(_SENTENCES, int(rng.integers(1, 4)))
         elif other == "guest" or absent:
-            texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(2, 4)), replace=False))
+            texts = pick(_COHOST_SENTENCES, int(rng.integers(2, 4)))
         else:
-            texts = list(rng.choice(_COHOST_SENTENCES, size=int(rng.integers(1, 3)), replace=False))
+            texts = pick(_COHOST_SENTENCES, int(rng.integers(1, 3)))
         first = False
         who = speaker if speaker == "target" or absent else other
         voice = v[who]
@@ -603,10 +618,12 @@ def make_scenario_podcast(
     seed: int = 0,
     music: str = "sine",
     intro_s: float = 15.0,
+    distinct_text: bool = False,
 ) -> PodcastTruth:
     """One episode per scenario (x `episodes_per_scenario`) spoken by `engine`'s voices, as 64 kb/s mp3, plus 3
     clean enrollment clips of the target and `truth.json`. Episode ids: `<scenario>-<n>`. `music`, `intro_s`: see
-    `_scenario_episode` ("rich": every episode under a real show's theme, an `intro_s` intro)."""
+    `_scenario_episode` ("rich": every episode under a real show's theme, an `intro_s` intro); `distinct_text`: no
+    sentence spoken twice in an episode (`_scenario_episode`)."""
     if engine not in ENGINE_VOICES:
         raise InputError(f"speech engine {engine!r}: unknown (expected one of {', '.join(ENGINE_VOICES)})")
     out = Path(out_dir)
@@ -616,7 +633,8 @@ def make_scenario_podcast(
     day0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     for si, scenario in enumerate(scenarios):
         for k in range(episodes_per_scenario):
-            wav, turns = _scenario_episode(rng, scenario, episode_seconds, engine, music=music, intro_s=intro_s)
+            wav, turns = _scenario_episode(rng, scenario, episode_seconds, engine, music=music, intro_s=intro_s,
+                                           distinct_text=distinct_text)
             eid = f"{scenario}-{k + 1}"
             _to_mp3(wav, out / f"{eid}.mp3")
             published = format_datetime(day0 + timedelta(days=si * episodes_per_scenario + k))
