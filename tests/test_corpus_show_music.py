@@ -69,3 +69,21 @@ def test_the_rich_show_music_is_broadband_with_a_loud_intro_and_the_caller_is_ba
     guest = np.concatenate([wav[int(t.start * SR) : int(t.end * SR)] for t in turns if t.speaker == "guest"])
     f, p = welch(guest, SR, nperseg=2048)
     assert p[f > 4500].sum() < 0.01 * p[(f > 300) & (f < 3400)].sum()  # the telephone band, 300-3400 Hz
+
+
+def test_distinct_text_speaks_no_sentence_twice_in_an_episode():
+    """`distinct_text`: a deterministic engine speaks a repeated sentence near-identically, and the speaker windows
+    then cluster by sentence (benchmarks/RESULTS.md, corpus purity, eighteenth session). With it no sentence recurs
+    in an episode; the default draws as before (turns independent, so this seed repeats one)."""
+    import numpy as np
+
+    from voicepipe.corpus.synthetic import _scenario_episode
+
+    def texts(distinct: bool) -> list[str]:
+        _, turns = _scenario_episode(np.random.default_rng(61), "backchannels", 60.0, "espeak",
+                                     distinct_text=distinct)
+        return [t.text for t in turns if t.speaker == "target"]
+
+    plain, distinct = texts(False), texts(True)
+    assert len(distinct) >= 12 and len(set(distinct)) == len(distinct)
+    assert len(set(plain)) < len(plain)
