@@ -140,9 +140,12 @@ def test_corpus_from_the_session_holds_the_good_takes_only(recorded, studio_serv
     from voicepipe.corpus.config import CorpusParams
 
     out = studio_server["root"] / "corpus"
+    # studio_max_wer 1.0: PocketSphinx follows espeak's voice through the browser's capture only sometimes (a good
+    # take of the third prompt was heard at WER 0.82 in one full run, 2026-12-05, and dropped), as in
+    # test_studio_corpus_flow; the redo take stays out by its status in the session, which is what this test checks
     params = CorpusParams(speaker="james", enroll=[], studio=["main"], out=str(out), separate=False,
                           asr_backend="pocketsphinx", codec_model=str(tiny_tts_dir), workers=1,
-                          store_url=str(studio_server["root"] / "store"))
+                          store_url=str(studio_server["root"] / "store"), studio_max_wer=1.0)
     result = build_local(params, progress=False)
     manifest = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(m["text"] for m in manifest) == sorted([PROMPTS[0], PROMPTS[2]]), manifest
