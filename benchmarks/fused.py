@@ -195,18 +195,22 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
-              split: int = 1, attn_warps: int | None = None, persist: dict | None = None) -> dict:
+              split: int = 1, attn_warps: int | None = None, persist: dict | None = None,
+              pdl: bool | None = None) -> dict:
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
-    tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides)."""
-    old = fused.ATTN_WARPS
+    tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `pdl`: the fused
+    kernels launched with programmatic dependent launch or not (`fused.PDL`; None: its default)."""
+    old, old_pdl = fused.ATTN_WARPS, fused.PDL
     fused.ATTN_WARPS = attn_warps or old
+    fused.PDL = old_pdl if pdl is None else pdl
     saved = _persist_set(persist or {})
     try:
         r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
-        return {**r, "attn_warps": fused.ATTN_WARPS, **({"persistent": persist} if persist is not None else {})}
+        return {**r, "attn_warps": fused.ATTN_WARPS, "pdl": fused.PDL,
+                **({"persistent": persist} if persist is not None else {})}
     finally:
-        fused.ATTN_WARPS = old
+        fused.ATTN_WARPS, fused.PDL = old, old_pdl
         _persist_set(saved)
 
 
@@ -225,6 +229,7 @@ def _persist_set(p: dict) -> dict:
 
 def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool, sample: bool, split: int,
                persist: bool = False) -> dict:
+    torch.manual_seed(0)  # the same weights, inputs and draws for every variant: `digest` compares their outputs
     lw = layers(dev)
     pk = [torch.zeros(S, KVH, L, HD, device=dev, dtype=torch.bfloat16) for _ in range(LAYERS)]
     pv = [torch.zeros_like(t) for t in pk]
@@ -255,10 +260,15 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
     cu = torch.compile(unit, dynamic=True, fullgraph=True, options={"fallback_random": True})
     e0 = torch.zeros(m, 2048, device=dev, dtype=torch.bfloat16)
 
+    codes = []
+
     def frame():
         e = e0
+        codes.clear()
         for j in range(1, 15):
-            _, e = cu(lw, e, pk, pv, *ptab[j + 1], heads[j], embeds[j])
+            c, e = cu(lw, e, pk, pv, *ptab[j + 1], heads[j], embeds[j])
+            codes.append(c)
+        return e
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -266,6 +276,12 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
         for _ in range(3):
             frame()
     torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    torch.manual_seed(1)
+    e_out = frame()  # eager (the compiled units' kernels, launched one by one), from the same caches and draws
+    torch.cuda.synchronize()
+    digest = dict(e_sum=float(e_out.float().sum()), e_absmax=float(e_out.float().abs().max()),
+                  codes=[int(x) for c in codes for x in c.reshape(-1).tolist()][:28])
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         frame()
@@ -288,7 +304,7 @@ def _step_time(dev: torch.device, m: int, use_fused: bool, reps: int, head: bool
         top[e.name[:50]] += e.device_time / 14
     return dict(rows=m, fused=use_fused, sample=sample, head=head, split=split, us_per_step=round(us, 1),
                 kernels_per_step=round(len(ks) / 14, 1),
-                kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1),
+                kernel_us_per_step=round(sum(e.device_time for e in ks) / 14, 1), digest=digest,
                 top=[(k, round(v, 1)) for k, v in top.most_common(8)])
 
 

@@ -313,3 +313,27 @@ def test_split_k_matmul_residual_adds_every_split_once_and_leaves_its_counters_a
     _close(out, one, rel=0.01)
     assert not fused._COUNTERS[x.device].any()
     assert torch.equal(fused.linear_residual(x, w, r, split), out)  # deterministic
+
+
+def test_pdl_launches_only_on_gpus_that_have_it(monkeypatch):
+    """Programmatic dependent launch (`fused.PDL`): by default on for compute capability 9.0+ only (the kernels'
+    `griddepcontrol` is sm_90 PTX), never in Triton's interpreter; the switch forces it either way."""
+    cap = {"v": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap["v"])
+    monkeypatch.setattr(fused, "_interpreted", lambda: False)
+    gpu, on = torch.device("cuda", 0), {"PDL": True, "launch_pdl": True}
+    monkeypatch.setattr(fused, "PDL", None)
+    fused._has_pdl.cache_clear()
+    try:
+        assert fused._pdl(gpu) == {} and fused._pdl(torch.device("cpu")) == {}
+        cap["v"] = (9, 0)
+        fused._has_pdl.cache_clear()
+        assert fused._pdl(gpu) == on
+        assert fused._pdl(gpu, ok=False) == {}  # a kernel form without the switch (the GEMV form of the norm ops)
+        monkeypatch.setattr(fused, "PDL", False)
+        assert fused._pdl(gpu) == {}
+        monkeypatch.setattr(fused, "PDL", True)
+        monkeypatch.setattr(fused, "_interpreted", lambda: True)
+        assert fused._pdl(gpu) == {}
+    finally:
+        fused._has_pdl.cache_clear()

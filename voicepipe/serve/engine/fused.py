@@ -17,8 +17,11 @@ matmul + residual op may split K over several programs per output tile, `split`,
 `sample_topk`, the step's top-k sampling as one kernel per call at any batch size (a threshold search instead of a
 sort; the same exponential draws), and `sample_embed`, the same with the picked code's embedding row written by it.
 
-Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). Numerics follow the unfused path's bf16
-rounding points (every place the eager math stores a bf16 tensor, the kernel rounds), summation order differs, so
+Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). On GPUs of compute capability 9.0+ the
+predictor's kernels are launched with programmatic dependent launch (`PDL`): each loads its first weight tile
+before waiting for the kernel before it, so launches and first loads overlap the previous kernel's tail.
+Numerics follow the unfused path's bf16 rounding points (every place the eager math stores a bf16 tensor, the
+kernel rounds), summation order differs, so
 results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
 interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
 or above `DOT_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
@@ -55,6 +58,11 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
+# programmatic dependent launch for the predictor's fused kernels (`_pdl`): each loads its first weight tile, waits
+# for the kernel before it (`gdc_wait`), then lets the next one launch. None: on where the GPU has it (compute
+# capability 9.0+). H100, 2026-12-05: outputs bitwise equal; predictor step 213 -> 203 us at 16 rows, 196 -> 191 at 2;
+# 16 streams 192 -> 198x; one stream unchanged (benchmarks/RESULTS.md, serve)
+PDL: bool | None = None
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -73,7 +81,11 @@ def available(device: torch.device) -> bool:
 def _kernels():
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+    # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
+    # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
+    # (`gdc_launch_dependents`): the next kernel's programs are resident and loading while this one runs.
     # `.to(tl.bfloat16).to(tl.float32)`: rounded where the unfused path stores a bf16 tensor
     @triton.jit
     def _rms_gemv(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
@@ -113,7 +125,8 @@ def _kernels():
 
     @triton.jit
     def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr,
+                 PDL: tl.constexpr = False):  # fmt: skip
         # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K.
         # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly
         pid = tl.program_id(0)
@@ -122,6 +135,16 @@ def _kernels():
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
+        # the first K tile of the weights before the wait (PDL), the rest in the loop
+        w0 = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                     eviction_policy="evict_first")
+        u0 = w0
+        if GLU:
+            u0 = tl.load(w_ptr + (offs_n[:, None] + N) * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                         eviction_policy="evict_first")
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         ss = tl.zeros((BM, BK), dtype=tl.float32)
         for k0 in range(0, K, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
@@ -130,7 +153,19 @@ def _kernels():
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+        g = tl.load(ln_ptr + offs_k).to(tl.float32)
+        xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
+        if DOT_F32:
+            acc = tl.dot(xn.to(tl.float32), tl.trans(w0.to(tl.float32)), acc)
+        else:
+            acc = tl.dot(xn, tl.trans(w0), acc)
+        if GLU:
+            if DOT_F32:
+                acc_u = tl.dot(xn.to(tl.float32), tl.trans(u0.to(tl.float32)), acc_u)
+            else:
+                acc_u = tl.dot(xn, tl.trans(u0), acc_u)
+        for k0 in range(BK, K, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
             g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
             xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
@@ -156,7 +191,7 @@ def _kernels():
 
     @triton.jit
     def _gemv_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
         # y = r + x @ w.T
         pid = tl.program_id(0)
         offs_n = pid * BN + tl.arange(0, BN)
@@ -164,8 +199,14 @@ def _kernels():
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
-        acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        w0 = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                     eviction_policy="evict_first").to(tl.float32)
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+        x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+        acc = x.to(tl.float32)[:, None, :] * w0[None, :, :]
+        for k0 in range(BK, K, BK):
             w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                         eviction_policy="evict_first").to(tl.float32)
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
@@ -177,7 +218,8 @@ def _kernels():
 
     @triton.jit
     def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, sxm, swn, srm, sym, BM: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr, SPLIT: tl.constexpr = 1):  # fmt: skip
+                 BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr, SPLIT: tl.constexpr = 1,
+                 PDL: tl.constexpr = False):  # fmt: skip
         # _gemv_res on tensor cores (3-16 rows): [BM, BK] x [BK, BN] tiles, rows padded to BM = 16.
         # SPLIT > 1: split-K over program_id(1) (more programs on the few output columns: N = 1024 at BN 32 is 32
         # programs); each split stores its fp32 partial in ws [SPLIT, BM, N], and the tile's last split to arrive
@@ -191,7 +233,17 @@ def _kernels():
         m_ok = offs_m < M
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         kper = K // SPLIT
-        for k0 in range(ks * kper, ks * kper + kper, BK):
+        w0 = tl.load(w_ptr + offs_n[:, None] * swn + ks * kper + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                     eviction_policy="evict_first")
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+        x = tl.load(x_ptr + offs_m[:, None] * sxm + ks * kper + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w0.to(tl.float32)), acc)
+        else:
+            acc = tl.dot(x, tl.trans(w0), acc)
+        for k0 in range(ks * kper + BK, ks * kper + kper, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
             w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                         eviction_policy="evict_first")
@@ -219,12 +271,16 @@ def _kernels():
 
     @triton.jit
     def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_kb, s_kh, s_kl, s_o,
-              eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr):  # fmt: skip
+              eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr,
+              PDL: tl.constexpr = False):  # fmt: skip
         # one (row, KV head): q/k head norms, RoPE, cache write at pos, attention of its NH // KVH query heads
         bi = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, HD)
         dr = (d + HD // 2) % HD  # rotate_half as a roll: x.roll(HD/2) at d is x[(d + HD/2) % HD]
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         pos = tl.load(pos_ptr)
         cos = tl.load(cos_ptr + d).to(tl.float32)
         sin = tl.load(sin_ptr + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
@@ -269,12 +325,15 @@ def _kernels():
     @triton.jit
     def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex, emb_w_ptr, emb_ptr,
                 E, s_ew, s_e, VP: tl.constexpr, KP: tl.constexpr, EMB: tl.constexpr = False,
-                EP: tl.constexpr = 1):  # fmt: skip
+                EP: tl.constexpr = 1, PDL: tl.constexpr = False):  # fmt: skip
         # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them;
         # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32)
         row = tl.program_id(0)
         offs = tl.arange(0, VP)
         ok = offs < V
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf")).to(tl.float32)
         best = tl.argmax(lg, axis=0)
         t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
@@ -398,6 +457,22 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _has_pdl(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _pdl(device: torch.device, ok: bool = True) -> dict:
+    """Launch options of a kernel with its PDL switch: on where `PDL` says (None: on a GPU of compute capability
+    9.0+), never in Triton's interpreter (no inline PTX there)."""
+    on = _has_pdl(device) if PDL is None else PDL
+    return {"PDL": True, "launch_pdl": True} if on and ok and not _interpreted() else {}
+
+
 # ---------------------------------------------------------------- reference math (the unfused path, kernels.py's)
 def _ref_rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     from voicepipe.serve.engine.kernels import _rms
@@ -421,10 +496,10 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     kind, bn, bk, warps, stages = _config(op, N, K, M)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
-    extra = {} if kind == "gemv" else {"DOT_F32": os.environ.get("TRITON_INTERPRET") == "1"}
+    extra = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
     _kernels()[0][kind][(_cdiv(N, bn),)](x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu,
                                          BM=2 if kind == "gemv" else 16, BN=bn, BK=bk, num_warps=warps,
-                                         num_stages=stages, **extra)
+                                         num_stages=stages, **extra, **_pdl(x.device, kind == "dot"))
     return y
 
 
@@ -479,11 +554,12 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: in
         ws = torch.empty(split, 16, N, device=x.device, dtype=torch.float32) if split > 1 else y
         _kernels()[4][(_cdiv(N, bn), split)](x, w, r, y, ws, y if cnt is None else cnt, M, N, K, x.stride(0),
                                              w.stride(0), r.stride(0), y.stride(0), BM=16, BN=bn, BK=bk,
-                                             num_warps=warps, num_stages=stages,
-                                             DOT_F32=os.environ.get("TRITON_INTERPRET") == "1", SPLIT=split)
+                                             num_warps=warps, num_stages=stages, DOT_F32=_interpreted(),
+                                             SPLIT=split, **_pdl(x.device))
         return y
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
-                                             y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+                                             y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
+                                             **_pdl(x.device))
     return y
 
 
@@ -522,7 +598,7 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
     qkv = qkv.contiguous()
     _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
                             kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1)
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1, **_pdl(qkv.device))
     return o
 
 
@@ -616,7 +692,8 @@ def _launch_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tenso
         emb_args = (embed_w, emb, E, embed_w.stride(0), emb.stride(0))
         meta = {"EMB": True, "EP": 1 << (E - 1).bit_length()}
     _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
-                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta)
+                        *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta,
+                        **_pdl(logits.device))
     return out if emb is None else (out, emb)
 
 
