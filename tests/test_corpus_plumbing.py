@@ -158,3 +158,51 @@ def test_pocketsphinx_without_a_hypothesis_is_no_words_not_a_crash(synthetic_pod
     asr = Asr("pocketsphinx", "en-us")
     assert asr.transcribe([wav[3 * 16000 : 3 * 16000 + 400]]) == [("", 0.0)]
     assert asr.transcribe([wav[2 * 16000 : 8 * 16000]])[0][0]  # the recogniser still works afterwards
+
+
+def test_feed_and_episode_requests_name_voicepipe_as_the_client(synthetic_podcast, tmp_path):
+    """Podcast hosts and CDNs may refuse a library's default agent (here: 403 to python-httpx's, as some bot rules
+    do); the feed and the episode (through a redirect, as tracking prefixes do) are fetched as voicepipe."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from voicepipe.corpus.fetch import USER_AGENT, list_feed
+
+    seen: list[str] = []
+
+    class Picky(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            agent = self.headers.get("User-Agent", "")
+            seen.append(agent)
+            if agent.startswith("python-httpx") or not agent:
+                self.send_error(403, "Forbidden")
+            elif self.path.startswith("/track/"):  # a measurement prefix redirecting to the file
+                self.send_response(302)
+                self.send_header("Location", self.path[len("/track"):])
+                self.end_headers()
+            else:
+                super().do_GET()
+
+    truth = synthetic_podcast.truth
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Picky, directory=str(truth.dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ep = truth.episodes[0]
+        rss = (f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item><title>one</title>'
+               f'<guid>ep-1</guid><enclosure url="{base}/track/{ep.file}" type="audio/mpeg" length="0"/></item>'
+               f"</channel></rss>")
+        (truth.dir / "picky.xml").write_text(rss)
+        episodes = list_feed(f"{base}/picky.xml")
+        assert [e.url for e in episodes] == [f"{base}/track/{ep.file}"]
+        got = download(episodes[0], tmp_path / "one.mp3", max_bytes=10**8)
+        assert got.read_bytes() == (truth.dir / ep.file).read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and all(a == USER_AGENT for a in seen), seen
+    assert len(seen) == 3  # the feed, the redirect, the file

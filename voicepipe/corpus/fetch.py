@@ -16,7 +16,13 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
+from voicepipe import __version__
 from voicepipe.errors import InputError
+
+# sent with every feed and episode request: podcast hosts and their CDNs answer clients that name themselves (some
+# refuse a library's default agent), and a host's logs can tell voicepipe's fetches apart
+USER_AGENT = f"voicepipe/{__version__} (podcast corpus builder)"
+HEADERS = {"User-Agent": USER_AGENT, "Accept": "*/*"}
 
 AUDIO_EXT = {".mp3", ".m4a", ".aac", ".wav", ".flac", ".ogg", ".opus", ".webm", ".mp4"}
 
@@ -60,7 +66,7 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
 
     if feed.startswith(("http://", "https://")):
         try:
-            resp = httpx.get(feed, timeout=timeout_s, follow_redirects=True)
+            resp = httpx.get(feed, timeout=timeout_s, follow_redirects=True, headers=HEADERS)
             resp.raise_for_status()
         except httpx.HTTPError as e:
             raise InputError(f"feed {feed}: unreachable ({e.__class__.__name__}: {e})") from None
@@ -222,7 +228,7 @@ def _download_http(
     last_err = ""
     for attempt in range(retries + 1):
         have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {**HEADERS, "Range": f"bytes={have}-"} if have else dict(HEADERS)
         try:
             with httpx.stream("GET", src.url, headers=headers, timeout=timeout_s, follow_redirects=True) as r:
                 if r.status_code == 416:  # already complete
