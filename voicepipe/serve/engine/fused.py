@@ -18,7 +18,7 @@ matmul + residual op may split K over several programs per output tile, `split`,
 sort; the same exponential draws), and `sample_embed`, the same with the picked code's embedding row written by it.
 
 Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). On GPUs of compute capability 9.0+ the
-predictor's kernels are launched with programmatic dependent launch (`PDL`): each loads its first weight tile
+fused kernels are launched with programmatic dependent launch (`PDL`): each loads its first weight tile
 before waiting for the kernel before it, so launches and first loads overlap the previous kernel's tail.
 Numerics follow the unfused path's bf16 rounding points (every place the eager math stores a bf16 tensor, the
 kernel rounds), summation order differs, so
@@ -58,7 +58,7 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
-# programmatic dependent launch for the predictor's fused kernels (`_pdl`): each loads its first weight tile, waits
+# programmatic dependent launch for the fused kernels (`_pdl`): each loads its first weight tile, waits
 # for the kernel before it (`gdc_wait`), then lets the next one launch. None: on where the GPU has it (compute
 # capability 9.0+). H100, 2026-12-05: outputs bitwise equal; predictor step 213 -> 203 us at 16 rows, 196 -> 191 at 2;
 # 16 streams 192 -> 198x; one stream unchanged (benchmarks/RESULTS.md, serve)
@@ -377,7 +377,7 @@ def _kernels():
     @triton.jit
     def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_cs, s_kb, s_kh, s_kl,
                    s_o, eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr,
-                   BL: tl.constexpr, NB: tl.constexpr):  # fmt: skip
+                   BL: tl.constexpr, NB: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
         # one (row, query head) of the talker: q/k head norms, RoPE at the row's own position, the cache write (the
         # first query head of each KV head writes), attention over positions 0..pos in blocks of BL (online softmax)
         bi = tl.program_id(0)
@@ -385,6 +385,9 @@ def _kernels():
         h = qh // (NH // KVH)
         d = tl.arange(0, HD)
         dr = (d + HD // 2) % HD
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         pos = tl.load(pos_ptr + bi)
         cos = tl.load(cos_ptr + bi * s_cs + d).to(tl.float32)
         sin = tl.load(sin_ptr + bi * s_cs + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
@@ -641,7 +644,7 @@ def attn_decode_rows(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, s
     _kernels()[5][(b, nh)](qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0),
                            kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
                            NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=_cdiv(L, ROWS_ATTN_BLOCK),
-                           num_warps=ATTN_WARPS, num_stages=1)
+                           num_warps=ATTN_WARPS, num_stages=1, **_pdl(qkv.device))
     return o
 
 
