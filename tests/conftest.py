@@ -53,7 +53,8 @@ pytest_plugins = [
 # while the other workers sit idle (xdist's default order is by the number of tests in a file). Not among them:
 # test_studio_browser.py (98 s, mostly waiting on Chromium), whose fake microphone, captured beside the first
 # minutes' corpus builds, once came through degraded (0.82 correlation with its source against 0.99998 for the
-# take before it) and pocketsphinx then misheard a good take; it runs in its collected place, later.
+# take before it) and pocketsphinx then misheard a good take (such a take is now recorded again: its
+# `record_checked`); it runs in its collected place, later.
 LONG_FILES = (
     "test_prefect_operator.py", "test_corpus_purity.py", "test_corpus_build.py", "test_contract.py",
     "test_corpus_bad_inputs.py", "test_prefect_dask.py", "test_prefect_resume.py",
