@@ -494,6 +494,7 @@ def main() -> None:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), gpu=torch.cuda.get_device_name(),
+                gpu_uuid=str(getattr(torch.cuda.get_device_properties(0), "uuid", "")),
                 torch=torch.__version__)
     print(info, flush=True)
     srows = tuple(int(x) for x in a.sweep_rows.split(","))

@@ -1016,6 +1016,7 @@ def main() -> None:
         tts = build_model(device, dtype, a.tiny, Path(tmp), a.tiny_dir)
     info = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__,
                 gpu=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+                gpu_uuid=str(getattr(torch.cuda.get_device_properties(0), "uuid", "")) if device == "cuda" else None,
                 frames=a.frames, text=TEXT, engine_set=ENGINE_SET)
     print(info, flush=True)
     rows: list[dict] = []
