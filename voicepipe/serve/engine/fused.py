@@ -21,10 +21,10 @@ Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). On GPU
 fused kernels are launched with programmatic dependent launch (`PDL`): each loads its first weight tile
 before waiting for the kernel before it, so launches and first loads overlap the previous kernel's tail.
 Numerics follow the unfused path's bf16 rounding points (every place the eager math stores a bf16 tensor, the
-kernel rounds), summation order differs, so
-results agree to bf16 rounding, not bit for bit (`tests/test_serve_engine_fused.py` runs the kernels in Triton's
-interpreter where Triton is installed; `benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton,
-or above `DOT_ROWS` rows, the ops run the reference math of `kernels.py` (same functions, unfused).
+kernel rounds), summation order differs, so results agree to bf16 rounding, not bit for bit
+(`tests/test_serve_engine_fused.py` runs the kernels in Triton's interpreter where Triton is installed;
+`benchmarks/serve.py --systems numerics` on a GPU). Off CUDA, without Triton, or above `DOT_ROWS` rows, the ops run
+the reference math of `kernels.py` (same functions, unfused).
 Hand-written because no library fuses a whole decoder layer for a few rows, nor top-k sampling without a sort (nor
 with the embedding lookup behind it); cuBLAS's own split-K for these shapes is a matmul kernel plus a reduce kernel
 and cannot add the residual and round where the unfused path does.
