@@ -196,21 +196,23 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
               split: int = 1, attn_warps: int | None = None, persist: dict | None = None,
-              pdl: bool | None = None) -> dict:
+              pdl: bool | None = None, rms_split: int | None = None) -> dict:
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
     tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `pdl`: the fused
-    kernels launched with programmatic dependent launch or not (`fused.PDL`; None: its default)."""
-    old, old_pdl = fused.ATTN_WARPS, fused.PDL
+    kernels launched with programmatic dependent launch or not (`fused.PDL`; None: its default); `rms_split`: the norm
+    ops' split-K at 1-2 rows (`fused.RMS_SPLIT`)."""
+    old, old_pdl, old_split = fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT
     fused.ATTN_WARPS = attn_warps or old
     fused.PDL = old_pdl if pdl is None else pdl
+    fused.RMS_SPLIT = old_split if rms_split is None else rms_split
     saved = _persist_set(persist or {})
     try:
         r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
-        return {**r, "attn_warps": fused.ATTN_WARPS, "pdl": fused.PDL,
+        return {**r, "attn_warps": fused.ATTN_WARPS, "pdl": fused.PDL, "rms_split": fused.RMS_SPLIT,
                 **({"persistent": persist} if persist is not None else {})}
     finally:
-        fused.ATTN_WARPS, fused.PDL = old, old_pdl
+        fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT = old, old_pdl, old_split
         _persist_set(saved)
 
 

@@ -337,3 +337,27 @@ def test_pdl_launches_only_on_gpus_that_have_it(monkeypatch):
         assert fused._pdl(gpu) == {}
     finally:
         fused._has_pdl.cache_clear()
+
+
+@pytest.mark.parametrize("rows,split", [(1, 2), (2, 4)])
+def test_split_k_norm_ops_match_the_unsplit_ones_and_leave_their_counters_at_zero(interpret, rows, split,
+                                                                                  monkeypatch):
+    """`fused.RMS_SPLIT` (the norm ops' tl.dot form at 1-2 rows, K split over programs): every program normalizes
+    with the whole row's rms; the last split of a tile adds the partials in split order, then SiLU·up for the gate /
+    up op; the same outputs as the unsplit kernel to bf16 rounding, deterministic, counters zero again after."""
+    monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "rms_linear": ("dot", 32, 256, 4, 3),
+                                          "rms_glu": ("dot", 32, 256, 4, 3)})
+    torch.manual_seed(6)
+    x, ln = _bf(rows, H), _bf(H, scale=0.1) + 1
+    w, wgu = _bf(96, H, scale=0.03), _bf(2 * 96, H, scale=0.03)  # 3 tiles of 32 columns
+    one = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
+    monkeypatch.setattr(fused, "RMS_SPLIT", split)
+    out = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
+    g, u = torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), wgu).chunk(2, -1)
+    _close(out[0], torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), w))
+    _close(out[1], torch.nn.functional.silu(g) * u)
+    for a, b in zip(out, one, strict=True):
+        _close(a, b, rel=0.01)
+    assert not fused._COUNTERS[x.device].any()
+    again = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))  # deterministic

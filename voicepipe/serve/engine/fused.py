@@ -63,6 +63,10 @@ SAMPLE_WARPS = 4
 # capability 9.0+). H100, 2026-12-05: outputs bitwise equal; predictor step 213 -> 203 us at 16 rows, 196 -> 191 at 2;
 # 16 streams 192 -> 198x; one stream unchanged (benchmarks/RESULTS.md, serve)
 PDL: bool | None = None
+# split-K of the norm ops' tl.dot form at 1-2 rows (`_rms_dot` SPLIT: more programs on the predictor's few output
+# tiles, partials added in split order, deterministic); 1 = off. Not measured yet: `benchmarks/fused.py --variants
+# '[{..., "rms_split": 2}]'` times it
+RMS_SPLIT = 1
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -126,22 +130,30 @@ def _kernels():
     @triton.jit
     def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr,
-                 PDL: tl.constexpr = False):  # fmt: skip
+                 PDL: tl.constexpr = False, ws_ptr=None, cnt_ptr=None, SPLIT: tl.constexpr = 1):  # fmt: skip
         # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K.
-        # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly
+        # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly.
+        # SPLIT > 1: K split over program_id(1) as in _dot_res (each program normalizes with the whole row's rms;
+        # fp32 partials in ws [SPLIT, 2, BM, N], the tile's last split adds them in split order and stores)
         pid = tl.program_id(0)
         offs_n = pid * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
+        ks = 0
+        kper = K
+        if SPLIT > 1:
+            ks = tl.program_id(1)
+            kper = K // SPLIT
+        k_lo = ks * kper
         # the first K tile of the weights before the wait (PDL), the rest in the loop
-        w0 = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+        w0 = tl.load(w_ptr + offs_n[:, None] * swn + k_lo + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                      eviction_policy="evict_first")
         u0 = w0
         if GLU:
-            u0 = tl.load(w_ptr + (offs_n[:, None] + N) * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
-                         eviction_policy="evict_first")
+            u0 = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k_lo + offs_k[None, :], mask=n_ok[:, None],
+                         other=0.0, eviction_policy="evict_first")
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
@@ -153,8 +165,8 @@ def _kernels():
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         acc_u = tl.zeros((BM, BN), dtype=tl.float32)
-        x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-        g = tl.load(ln_ptr + offs_k).to(tl.float32)
+        x = tl.load(x_ptr + offs_m[:, None] * sxm + k_lo + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+        g = tl.load(ln_ptr + k_lo + offs_k).to(tl.float32)
         xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
         if DOT_F32:
             acc = tl.dot(xn.to(tl.float32), tl.trans(w0.to(tl.float32)), acc)
@@ -165,7 +177,7 @@ def _kernels():
                 acc_u = tl.dot(xn.to(tl.float32), tl.trans(u0.to(tl.float32)), acc_u)
             else:
                 acc_u = tl.dot(xn, tl.trans(u0), acc_u)
-        for k0 in range(BK, K, BK):
+        for k0 in range(k_lo + BK, k_lo + kper, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
             g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
             xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
@@ -182,12 +194,31 @@ def _kernels():
                     acc_u = tl.dot(xn.to(tl.float32), tl.trans(u.to(tl.float32)), acc_u)
                 else:
                     acc_u = tl.dot(xn, tl.trans(u), acc_u)
-        out = acc.to(tl.bfloat16).to(tl.float32)
-        if GLU:
-            up = acc_u.to(tl.bfloat16).to(tl.float32)
-            out = (out / (1.0 + tl.exp(-out))).to(tl.bfloat16).to(tl.float32) * up
-        tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+        last = True
+        if SPLIT > 1:
+            part = offs_m[:, None] * N + offs_n[None, :]
+            tl.store(ws_ptr + (2 * ks) * BM * N + part, acc, mask=n_ok[None, :])
+            if GLU:
+                tl.store(ws_ptr + (2 * ks + 1) * BM * N + part, acc_u, mask=n_ok[None, :])
+            tl.debug_barrier()  # every thread's partial stored before the counter moves
+            last = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT - 1
+            if last:
+                acc = tl.zeros((BM, BN), dtype=tl.float32)
+                acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+                for j in tl.static_range(SPLIT):
+                    acc += tl.load(ws_ptr + (2 * j) * BM * N + part, mask=n_ok[None, :], other=0.0,
+                                   cache_modifier=".cg")
+                    if GLU:
+                        acc_u += tl.load(ws_ptr + (2 * j + 1) * BM * N + part, mask=n_ok[None, :], other=0.0,
+                                         cache_modifier=".cg")
+                tl.store(cnt_ptr + pid, 0)
+        if last:
+            out = acc.to(tl.bfloat16).to(tl.float32)
+            if GLU:
+                up = acc_u.to(tl.bfloat16).to(tl.float32)
+                out = (out / (1.0 + tl.exp(-out))).to(tl.bfloat16).to(tl.float32) * up
+            tl.store(y_ptr + offs_m[:, None] * sym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
+                     mask=m_ok[:, None] & n_ok[None, :])
 
     @triton.jit
     def _gemv_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym,
@@ -499,10 +530,15 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     kind, bn, bk, warps, stages = _config(op, N, K, M)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
-    extra = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
-    _kernels()[0][kind][(_cdiv(N, bn),)](x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu,
-                                         BM=2 if kind == "gemv" else 16, BN=bn, BK=bk, num_warps=warps,
-                                         num_stages=stages, **extra, **_pdl(x.device, kind == "dot"))
+    extra: dict = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
+    split = RMS_SPLIT if kind == "dot" and M <= GEMV_ROWS else 1
+    cnt = _counters(x.device) if split > 1 and K % (split * bk) == 0 and _cdiv(N, bn) <= 4096 else None
+    if cnt is not None:
+        ws = torch.empty(split, 2, 16, N, device=x.device, dtype=torch.float32)
+        extra.update(ws_ptr=ws, cnt_ptr=cnt, SPLIT=split)
+    _kernels()[0][kind][(_cdiv(N, bn), split if cnt is not None else 1)](
+        x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu, BM=2 if kind == "gemv" else 16,
+        BN=bn, BK=bk, num_warps=warps, num_stages=stages, **extra, **_pdl(x.device, kind == "dot"))
     return y
 
 
