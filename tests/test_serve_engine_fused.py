@@ -317,9 +317,11 @@ def test_split_k_matmul_residual_adds_every_split_once_and_leaves_its_counters_a
 
 def test_pdl_launches_only_on_gpus_that_have_it(monkeypatch):
     """Programmatic dependent launch (`fused.PDL`): by default on for compute capability 9.0+ only (the kernels'
-    `griddepcontrol` is sm_90 PTX), never in Triton's interpreter; the switch forces it either way."""
-    cap = {"v": (8, 0)}
+    `griddepcontrol` is sm_90 PTX) with a Triton that has it, never in Triton's interpreter; the switch forces it
+    either way."""
+    cap, gdc = {"v": (8, 0)}, {"v": True}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap["v"])
+    monkeypatch.setattr(fused, "_gdc_available", lambda: gdc["v"])
     monkeypatch.setattr(fused, "_interpreted", lambda: False)
     gpu, on = torch.device("cuda", 0), {"PDL": True, "launch_pdl": True}
     monkeypatch.setattr(fused, "PDL", None)
@@ -329,6 +331,11 @@ def test_pdl_launches_only_on_gpus_that_have_it(monkeypatch):
         cap["v"] = (9, 0)
         fused._has_pdl.cache_clear()
         assert fused._pdl(gpu) == on
+        gdc["v"] = False  # an older Triton without `griddepcontrol` in its language
+        fused._has_pdl.cache_clear()
+        assert fused._pdl(gpu) == {}
+        gdc["v"] = True
+        fused._has_pdl.cache_clear()
         assert fused._pdl(gpu, ok=False) == {}  # a kernel form without the switch (the GEMV form of the norm ops)
         monkeypatch.setattr(fused, "PDL", False)
         assert fused._pdl(gpu) == {}

@@ -85,7 +85,11 @@ def available(device: torch.device) -> bool:
 def _kernels():
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    if _gdc_available():
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    else:  # an older Triton: the `PDL` branches are never compiled (`_has_pdl` is False)
+        gdc_launch_dependents = gdc_wait = None
 
     # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
     # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
@@ -496,8 +500,17 @@ def _interpreted() -> bool:
 
 
 @functools.cache
+def _gdc_available() -> bool:
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
 def _has_pdl(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9 and _gdc_available()
 
 
 def _pdl(device: torch.device, ok: bool = True) -> dict:
