@@ -634,6 +634,7 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
 
     bursts = iter(range(1, 10**6))
     text_mode = {"short": False}  # a variant's "short_texts": new texts of about TEXT's length (short_text)
+    client_mode = {"procs": False}  # a variant's "client_procs": one client process per request (HTTP_CLIENT_PROCS)
 
     def clients(fmt: str, c: int, runs: int) -> tuple[list[float], list[float], float]:
         """`c` concurrent streamed requests, `runs` times, from a separate client process (as a voice assistant
@@ -642,7 +643,8 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         text = (short_text(k) if text_mode["short"] else varied_text(k)) if varied else TEXT
         body = {"model": "voicepipe", "input": text, "voice": "alice", "response_format": fmt,
                 "stream_format": "audio", "language": "english"}
-        cmd = [sys.executable, "-c", HTTP_CLIENT, live["url"], json.dumps(body), str(c), str(runs)]
+        script = HTTP_CLIENT_PROCS if client_mode["procs"] else HTTP_CLIENT
+        cmd = [sys.executable, "-c", script, live["url"], json.dumps(body), str(c), str(runs)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise RuntimeError(res.stderr.strip()[-500:])
@@ -708,12 +710,14 @@ def bench_http(eng, frames: int, formats: list[str], concs: list[int], repeats: 
         else:
             eng.__dict__.pop("_arm_many", None)
         text_mode["short"] = bool(overrides.get("short_texts"))
+        client_mode["procs"] = bool(overrides.get("client_procs"))
         gc.set_threshold(overrides.get("gc_gen0", gc_threshold[0]), *gc_threshold[1:])
         sys.setswitchinterval(overrides.get("switch_ms", switch_ms) / 1e3)  # the GIL's hand-over interval
         server_cfg = app.state.vp.config
         for k in ServeConfig.model_fields:
             setattr(server_cfg, k, overrides.get(k, getattr(cfg, k)))
-        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0", "formats", "http", "loop")
+        bench_keys = ("legacy_host", "short_texts", "switch_ms", "per_slot_arm", "gc_gen0", "formats", "http", "loop",
+                      "client_procs")
         for k, v in overrides.items():
             if k not in bench_keys and k not in ServeConfig.model_fields:
                 setattr(eng.cfg, k, v)
@@ -906,6 +910,59 @@ async def main():
 asyncio.run(main())
 """
 
+# `c` voice assistants as `c` processes (`client_procs`): each its own interpreter and keep-alive connection, all
+# sending at one wall-clock instant; the one-process client above builds and sends its requests one after another
+# (a 16-request burst reached the app over 13-24 ms on 2026-12-05), so its early requests also time its later ones
+HTTP_CLIENT_PROCS = r"""
+import json, subprocess, sys, time
+
+url, body, c, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+CHILD = '''
+import json, sys, time
+import httpx
+
+url, body = sys.argv[1], json.loads(sys.argv[2])
+with httpx.Client(timeout=120) as client:
+    client.get(url.rsplit("/v1/", 1)[0] + "/health").raise_for_status()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        start = float(line)
+        time.sleep(max(0.0, start - time.time() - 0.002))
+        while time.time() < start:
+            pass
+        t0, first = time.perf_counter(), None
+        with client.stream("POST", url, json=body) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code} {r.read()[:200]!r}")
+            for chunk in r.iter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter() - t0
+        print(json.dumps([first, time.perf_counter() - t0]), flush=True)
+'''
+procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, body], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) for _ in range(c)]
+try:
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("a client process did not start")
+    ttfb, wall, elapsed = [], [], 0.0
+    for _ in range(runs):
+        start = time.time() + 0.05
+        for p in procs:
+            p.stdin.write(f"{start}\n")
+            p.stdin.flush()
+        res = [json.loads(p.stdout.readline()) for p in procs]
+        elapsed += time.time() - start
+        ttfb += [r[0] for r in res]
+        wall += [r[1] for r in res]
+finally:
+    for p in procs:
+        p.stdin.close()
+    for p in procs:
+        p.wait(timeout=30)
+print(json.dumps({"ttfb": ttfb, "wall": wall, "elapsed": elapsed}))
+"""
+
 
 def bench_official(tts, frames: int, concs: list[int]) -> list[dict]:
     pad = tts.model.config.talker_config.codec_pad_id  # a suppressed id as EOS: generation runs to max_new_tokens
@@ -987,7 +1044,7 @@ def main() -> None:
     ap.add_argument("--http-concurrency", default="1,16", help="client counts for the HTTP system")
     ap.add_argument("--http-variants", choices=["prefill-cudnn", "admit-wait", "host", "host-admit", "embed",
                                                     "prefill-graphs", "arm", "gc", "first-audio-2", "first-audio-3",
-                                                    "first-audio-4", "http-stack"],
+                                                    "first-audio-4", "http-stack", "clients"],
                     default="prefill-cudnn",
                     help="the two engine settings the HTTP system alternates")
     ap.add_argument("--http-texts", choices=["fixed", "varied"], default="varied",
@@ -1200,6 +1257,13 @@ def main() -> None:
                         (" (h11, asyncio)", {"http": "h11", "loop": "asyncio"}),
                         (" (httptools, uvloop, gc gen0 50000)", {"http": "httptools", "loop": "uvloop",
                                                                  "gc_gen0": 50_000})]
+            variants = [(lb, {**base, **ov}) for lb, ov in variants]
+        elif a.http_variants == "clients":
+            # the clients, not the server: the same server and defaults, requests from one client process (every
+            # earlier row) and from one process per request, all sending at one instant (HTTP_CLIENT_PROCS)
+            base = {"first_chunk_frames": 1, "prefill_graphs": True, "embed_at_admit": True, "admit_gap_ms": 2.5,
+                    "admit_wait_ms": EngineConfig.admit_wait_ms, "short_texts": True}
+            variants = [("", {}), (" (a process per client)", {"client_procs": True})]
             variants = [(lb, {**base, **ov}) for lb, ov in variants]
         elif a.http_variants == "embed":
             # prompts embedded on each request's thread or by the engine at admission, batched
