@@ -545,7 +545,7 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     x = x.contiguous()
     extra: dict = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
     split = RMS_SPLIT if kind == "dot" and M <= GEMV_ROWS else 1
-    cnt = _counters(x.device) if split > 1 and K % (split * bk) == 0 and _cdiv(N, bn) <= 4096 else None
+    cnt = _split_counters(x.device, split, N, K, bn, bk)
     if cnt is not None:
         ws = torch.empty(split, 2, 16, N, device=x.device, dtype=torch.float32)
         extra.update(ws_ptr=ws, cnt_ptr=cnt, SPLIT=split)
@@ -579,13 +579,24 @@ def _(x: torch.Tensor, ln: torch.Tensor, wgu: torch.Tensor, eps: float) -> torch
 _COUNTERS: dict[torch.device, torch.Tensor] = {}  # per device: the split-K tiles' arrival counters, kept at zero
 
 
+_N_COUNTERS = 4096  # output tiles a split-K kernel may have (one arrival counter each)
+
+
+def _split_counters(device: torch.device, split: int, N: int, K: int, bn: int, bk: int) -> torch.Tensor | None:
+    """The arrival counters for a split-K launch over N columns in tiles of `bn`, K in blocks of `bk`; None where
+    the split cannot run (split 1, K not a multiple of split * bk, too many tiles, or inside a first capture)."""
+    if split <= 1 or K % (split * bk) or _cdiv(N, bn) > _N_COUNTERS:
+        return None
+    return _counters(device)
+
+
 def _counters(device: torch.device) -> torch.Tensor | None:
     """The split-K counters of `device` (allocated on first use outside a CUDA-graph capture; None inside one, where
     an allocation would belong to the graph's pool). Ops on one device share them: their kernels run one at a time
     (one stream); each kernel leaves them at zero."""
     c = _COUNTERS.get(device)
     if c is None and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        c = _COUNTERS[device] = torch.zeros(4096, dtype=torch.int32, device=device)
+        c = _COUNTERS[device] = torch.zeros(_N_COUNTERS, dtype=torch.int32, device=device)
     return c
 
 
@@ -601,7 +612,7 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: in
     x, r = x.contiguous(), r.contiguous()
     if kind == "dot":
         N = w.shape[0]
-        cnt = _counters(x.device) if split > 1 and K % (split * bk) == 0 and _cdiv(N, bn) <= 4096 else None
+        cnt = _split_counters(x.device, split, N, K, bn, bk)
         split = split if cnt is not None else 1
         ws = torch.empty(split, 16, N, device=x.device, dtype=torch.float32) if split > 1 else y
         _kernels()[4][(_cdiv(N, bn), split)](x, w, r, y, ws, y if cnt is None else cnt, M, N, K, x.stride(0),
