@@ -68,6 +68,7 @@ def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
         e = F.linear(rms32(x32, lw.ln1), lw.wqkv.float())
         rows.append(dict(op="rms_linear", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
                          unfused_vs_fp32=rel(r, e)))
+        rows += rms_split_errors("rms_linear", m, lambda x=x: fused.rms_linear(x, lw.ln1, lw.wqkv, 1e-6), r, e)
         y = fused.rms_glu(x, lw.ln2, lw.wgu, 1e-6)
         g, u = F.linear(fused._ref_rms(x, lw.ln2, 1e-6), lw.wgu).chunk(2, -1)
         r = F.silu(g) * u
@@ -75,6 +76,7 @@ def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
         e = F.silu(g32) * u32
         rows.append(dict(op="rms_glu", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
                          unfused_vs_fp32=rel(r, e)))
+        rows += rms_split_errors("rms_glu", m, lambda x=x: fused.rms_glu(x, lw.ln2, lw.wgu, 1e-6), r, e)
         a = torch.randn(m, FF, device=dev).to(torch.bfloat16)
         y, r = fused.linear_residual(a, lw.wd, x), x + F.linear(a, lw.wd)
         e = x32 + F.linear(a.float(), lw.wd.float())
@@ -96,6 +98,30 @@ def op_errors(dev: torch.device, ms: tuple[int, ...] = (1, 2)) -> list[dict]:
             same = bool(torch.equal(vc, vc2)) and rel(kc, kc2) < 0.01
             rows.append(dict(op="attn_decode", rows=m, pos=pos, vs_unfused=rel(y, r),
                              cache_k_vs_unfused=rel(kc, kc2), caches_match=same))
+    return rows
+
+
+def rms_split_errors(op: str, m: int, call, r: torch.Tensor, e: torch.Tensor, splits: tuple[int, ...] = (2, 4)
+                     ) -> list[dict]:
+    """The norm op split K ways (`fused.RMS_SPLIT`) at 1-2 rows against the unfused path `r` and fp32 `e`: the
+    fraction of outputs that differ from the unsplit kernel (fp32 partials added in another order, then rounded to
+    bf16) and whether two calls agree bitwise (the split's reduction is deterministic)."""
+    if m > fused.GEMV_ROWS:
+        return []
+    old = fused.RMS_SPLIT
+    rows = []
+    try:
+        fused.RMS_SPLIT = 1
+        y1 = call()
+        for s in splits:
+            fused.RMS_SPLIT = s
+            y, y2 = call(), call()
+            rows.append(dict(op=f"{op} rms_split {s}", rows=m, vs_unfused=rel(y, r), fused_vs_fp32=rel(y, e),
+                             unfused_vs_fp32=rel(r, e), vs_split1=rel(y, y1),
+                             differ_from_split1=float((y != y1).float().mean()),
+                             repeat_bitwise=bool(torch.equal(y, y2))))
+    finally:
+        fused.RMS_SPLIT = old
     return rows
 
 
@@ -196,13 +222,15 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
               split: int = 1, attn_warps: int | None = None, persist: dict | None = None,
-              pdl: bool | None = None, rms_split: int | None = None) -> dict:
+              pdl: bool | None = None, rms_split: int | None = None, config: dict | None = None) -> dict:
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
     tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `pdl`: the fused
     kernels launched with programmatic dependent launch or not (`fused.PDL`; None: its default); `rms_split`: the norm
-    ops' split-K at 1-2 rows (`fused.RMS_SPLIT`)."""
-    old, old_pdl, old_split = fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT
+    ops' split-K at 1-2 rows (`fused.RMS_SPLIT`); `config`: `fused.CONFIG` entries for this variant (op -> config).
+    """
+    old, old_pdl, old_split, old_cfg = fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT, dict(fused.CONFIG)
+    fused.CONFIG.update({k: tuple(v) for k, v in (config or {}).items()})
     fused.ATTN_WARPS = attn_warps or old
     fused.PDL = old_pdl if pdl is None else pdl
     fused.RMS_SPLIT = old_split if rms_split is None else rms_split
@@ -210,9 +238,11 @@ def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: 
     try:
         r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
         return {**r, "attn_warps": fused.ATTN_WARPS, "pdl": fused.PDL, "rms_split": fused.RMS_SPLIT,
-                **({"persistent": persist} if persist is not None else {})}
+                **({"config": config} if config else {}), **({"persistent": persist} if persist is not None else {})}
     finally:
         fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT = old, old_pdl, old_split
+        fused.CONFIG.clear()
+        fused.CONFIG.update(old_cfg)
         _persist_set(saved)
 
 

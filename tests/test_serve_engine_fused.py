@@ -357,6 +357,7 @@ def test_split_k_norm_ops_match_the_unsplit_ones_and_leave_their_counters_at_zer
     torch.manual_seed(6)
     x, ln = _bf(rows, H), _bf(H, scale=0.1) + 1
     w, wgu = _bf(96, H, scale=0.03), _bf(2 * 96, H, scale=0.03)  # 3 tiles of 32 columns
+    monkeypatch.setattr(fused, "RMS_SPLIT", 1)
     one = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
     monkeypatch.setattr(fused, "RMS_SPLIT", split)
     out = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)

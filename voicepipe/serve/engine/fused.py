@@ -64,9 +64,10 @@ SAMPLE_WARPS = 4
 # 16 streams 192 -> 198x; one stream unchanged (benchmarks/RESULTS.md, serve)
 PDL: bool | None = None
 # split-K of the norm ops' tl.dot form at 1-2 rows (`_rms_dot` SPLIT: more programs on the predictor's few output
-# tiles, partials added in split order, deterministic); 1 = off. Not measured yet: `benchmarks/fused.py --variants
-# '[{..., "rms_split": 2}]'` times it
-RMS_SPLIT = 1
+# tiles, partials added in split order, deterministic); 1 = off. 2-row predictor step, 2026-12-05: H200 181.6 ->
+# 173.6 us, H100 190 -> 185 us (split 4: 209 us; BN 16 / 64 or BK 128 / 512 with split 2: 188-214 us); one stream
+# RTF 0.061 -> 0.059 (H200); 0.06 % of outputs differ from the unsplit kernel by one bf16 rounding
+RMS_SPLIT = 2
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
