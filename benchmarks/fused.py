@@ -125,6 +125,33 @@ def rms_split_errors(op: str, m: int, call, r: torch.Tensor, e: torch.Tensor, sp
     return rows
 
 
+def preload_checks(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
+    """`fused.GEMV_PRELOAD` / `fused.RMS_PRELOAD` against the same ops without them, at the predictor's shapes
+    (q/k/v, gate/up + SiLU, output and down projections + residual): the same sums in the same order, so the
+    outputs must be bitwise equal."""
+    lw = layers(dev)[0]
+    rows = []
+    for m in ms:
+        x, o, a = (torch.randn(m, k, device=dev).to(torch.bfloat16) for k in (H, NH * HD, FF))
+        calls = {"rms_linear": lambda x=x: fused.rms_linear(x, lw.ln1, lw.wqkv, 1e-6),
+                 "rms_glu": lambda x=x: fused.rms_glu(x, lw.ln2, lw.wgu, 1e-6),
+                 "linear_residual/o": lambda x=x, o=o: fused.linear_residual(o, lw.wo, x),
+                 "linear_residual/down": lambda x=x, a=a: fused.linear_residual(a, lw.wd, x)}
+        for name, call in calls.items():
+            flag = "GEMV_PRELOAD" if name.startswith("linear") else "RMS_PRELOAD"
+            old = getattr(fused, flag)
+            try:
+                setattr(fused, flag, False)
+                y0 = call()
+                setattr(fused, flag, True)
+                y1 = call()
+            finally:
+                setattr(fused, flag, old)
+            rows.append(dict(op=f"{name} {flag}", rows=m, bitwise_equal=bool(torch.equal(y0, y1)),
+                             vs_without=rel(y1, y0)))
+    return rows
+
+
 def head_check(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
     """`fused.sample_embed` (`EngineConfig.fused_head`) against `sample_topk` + `F.embedding`, bf16 logits against
     their fp32 copy: the same codes and rows."""
@@ -222,14 +249,18 @@ def graph_us_list(fn, ws: list[torch.Tensor]) -> float:
 
 def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: bool = False, sample: bool = False,
               split: int = 1, attn_warps: int | None = None, persist: dict | None = None,
-              pdl: bool | None = None, rms_split: int | None = None, config: dict | None = None) -> dict:
+              pdl: bool | None = None, rms_split: int | None = None, config: dict | None = None,
+              consts: dict | None = None) -> dict:
     """`_step_time` with `fused.ATTN_WARPS` set to `attn_warps` (when given) for its compile, capture and replays;
     `persist`: the one-kernel step (`persistent.predictor_next`) with these module settings (grid, warps,
     tiles, sync, work: `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides); `pdl`: the fused
     kernels launched with programmatic dependent launch or not (`fused.PDL`; None: its default); `rms_split`: the norm
-    ops' split-K at 1-2 rows (`fused.RMS_SPLIT`); `config`: `fused.CONFIG` entries for this variant (op -> config).
-    """
+    ops' split-K at 1-2 rows (`fused.RMS_SPLIT`); `config`: `fused.CONFIG` entries for this variant (op -> config);
+    `consts`: other `fused` constants for this variant (e.g. {"GEMV_PRELOAD": true})."""
     old, old_pdl, old_split, old_cfg = fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT, dict(fused.CONFIG)
+    old_consts = {k: getattr(fused, k) for k in consts or {}}
+    for k, v in (consts or {}).items():
+        setattr(fused, k, v)
     fused.CONFIG.update({k: tuple(v) for k, v in (config or {}).items()})
     fused.ATTN_WARPS = attn_warps or old
     fused.PDL = old_pdl if pdl is None else pdl
@@ -238,9 +269,12 @@ def step_time(dev: torch.device, m: int, use_fused: bool, reps: int = 50, head: 
     try:
         r = _step_time(dev, m, use_fused, reps, head, sample, split, persist is not None)
         return {**r, "attn_warps": fused.ATTN_WARPS, "pdl": fused.PDL, "rms_split": fused.RMS_SPLIT,
-                **({"config": config} if config else {}), **({"persistent": persist} if persist is not None else {})}
+                **({"config": config} if config else {}), **({"consts": consts} if consts else {}),
+                **({"persistent": persist} if persist is not None else {})}
     finally:
         fused.ATTN_WARPS, fused.PDL, fused.RMS_SPLIT = old, old_pdl, old_split
+        for k, v in old_consts.items():
+            setattr(fused, k, v)
         fused.CONFIG.clear()
         fused.CONFIG.update(old_cfg)
         _persist_set(saved)
@@ -536,7 +570,7 @@ def main() -> None:
     print("config:", fused.CONFIG, flush=True)
     samples = sample_check(dev)
     ms = tuple(int(x) for x in a.rows.split(","))
-    errs = op_errors(dev, ms)
+    errs = op_errors(dev, ms) + preload_checks(dev, ms)
     for r in errs:
         print(r, flush=True)
     checks = head_check(dev, ms) if a.levers else []

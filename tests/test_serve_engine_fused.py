@@ -369,3 +369,48 @@ def test_split_k_norm_ops_match_the_unsplit_ones_and_leave_their_counters_at_zer
     assert not fused._COUNTERS[x.device].any()
     again = fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
     assert all(torch.equal(a, b) for a, b in zip(again, out, strict=True))  # deterministic
+
+
+@pytest.mark.parametrize("rows,K", [(1, 1024), (2, 3072), (2, 4096), (2, 5 * 1024)])
+def test_the_gemv_matmul_residual_with_its_weights_preloaded_is_the_looped_one(interpret, rows, K, monkeypatch):
+    """`fused.GEMV_PRELOAD`: the matmul + residual op's GEMV form (1-2 rows) loads all of its weight tiles (up to 4
+    of `BK`) before it waits for the kernel before it; the products are summed in the same order as the K loop's, so
+    the output is the loop's bit for bit. Above 4 tiles it keeps the loop."""
+    monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "linear_residual": ("gemv", 4, 1024, 4, 1)})
+    torch.manual_seed(8)
+    x, w, r = _bf(rows, K), _bf(40, K, scale=0.03), _bf(rows, 40)  # 40 columns: 10 tiles of 4
+    monkeypatch.setattr(fused, "GEMV_PRELOAD", False)
+    looped = fused.linear_residual(x, w, r)
+    monkeypatch.setattr(fused, "GEMV_PRELOAD", True)
+    out = fused.linear_residual(x, w, r)
+    _close(out, r.float() + torch.nn.functional.linear(x.float(), w.float()))
+    assert torch.equal(out, looped)
+    wrong = w.clone()
+    wrong[:, -1024:] = 0  # the last tile is really read: without it the result moves
+    assert not torch.equal(fused.linear_residual(x, wrong, r), out)
+
+
+@pytest.mark.parametrize("rows,split,K", [(1, 1, 1024), (2, 2, 1024), (2, 2, 2048), (2, 4, 1024)])
+def test_the_norm_ops_with_their_weights_preloaded_are_the_looped_ones(interpret, rows, split, K, monkeypatch):
+    """`fused.RMS_PRELOAD`: the norm ops' tl.dot form unrolls its rms pass and loads its program's second weight
+    tile (of gate and up too) before the wait; the sums are the loop's in the same order, so the outputs are the
+    loop's bit for bit (split 4 at K 1024: one tile a program, only the rms pass changes)."""
+    monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "rms_linear": ("dot", 32, 256, 4, 3),
+                                          "rms_glu": ("dot", 32, 256, 4, 3)})
+    monkeypatch.setattr(fused, "RMS_SPLIT", split)
+    torch.manual_seed(9)
+    x, ln = _bf(rows, K), _bf(K, scale=0.1) + 1
+    w, wgu = _bf(64, K, scale=0.03), _bf(2 * 64, K, scale=0.03)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        return fused.rms_linear(x, ln, w, 1e-6), fused.rms_glu(x, ln, wgu, 1e-6)
+
+    monkeypatch.setattr(fused, "RMS_PRELOAD", False)
+    looped = both()
+    monkeypatch.setattr(fused, "RMS_PRELOAD", True)
+    out = both()
+    g, u = torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), wgu).chunk(2, -1)
+    _close(out[0], torch.nn.functional.linear(fused._ref_rms(x, ln, 1e-6), w))
+    _close(out[1], torch.nn.functional.silu(g) * u, rel=0.04)  # the interpreter's truncations, twice (see _close)
+    assert all(torch.equal(a, b) for a, b in zip(out, looped, strict=True))
+    assert split == 1 or not fused._COUNTERS[x.device].any()

@@ -68,6 +68,15 @@ PDL: bool | None = None
 # 173.6 us, H100 190 -> 185 us (split 4: 209 us; BN 16 / 64 or BK 128 / 512 with split 2: 188-214 us); one stream
 # RTF 0.061 -> 0.059 (H200); 0.06 % of outputs differ from the unsplit kernel by one bf16 rounding
 RMS_SPLIT = 2
+# the matmul + residual op's GEMV form (1-2 rows) loads all of its program's weight tiles (up to 4) before it waits
+# for the kernel before it, instead of one, then a K loop whose every tile load waits behind the previous tile's
+# products (sm_90 SASS: the loop's x goes through shared memory with barriers, and no load moves above them).
+# Built 2026-12-05 after the device time was spent: not measured yet, so off
+GEMV_PRELOAD = False
+# the norm ops' tl.dot form: the rms pass unrolled (its x tiles asked for at once, where a runtime loop waits for
+# each in turn) and the program's second weight tile loaded before the wait as well as its first. Built
+# 2026-12-05 after the device time was spent: not measured yet, so off
+RMS_PRELOAD = False
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -135,11 +144,14 @@ def _kernels():
     @triton.jit
     def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr,
-                 PDL: tl.constexpr = False, ws_ptr=None, cnt_ptr=None, SPLIT: tl.constexpr = 1):  # fmt: skip
+                 PDL: tl.constexpr = False, ws_ptr=None, cnt_ptr=None, SPLIT: tl.constexpr = 1,
+                 KC: tl.constexpr = 0, PRE: tl.constexpr = 1):  # fmt: skip
         # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K.
         # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly.
         # SPLIT > 1: K split over program_id(1) as in _dot_res (each program normalizes with the whole row's rms;
-        # fp32 partials in ws [SPLIT, 2, BM, N], the tile's last split adds them in split order and stores)
+        # fp32 partials in ws [SPLIT, 2, BM, N], the tile's last split adds them in split order and stores).
+        # `RMS_PRELOAD`: KC (= K at compile time) unrolls the rms pass, so its x tiles are asked for at once, and
+        # PRE = 2 loads the program's second weight tile before the wait too (else it waits behind the rms pass)
         pid = tl.program_id(0)
         offs_n = pid * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
@@ -159,14 +171,28 @@ def _kernels():
         if GLU:
             u0 = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k_lo + offs_k[None, :], mask=n_ok[:, None],
                          other=0.0, eviction_policy="evict_first")
+        w1 = w0
+        u1 = u0
+        if PRE > 1:
+            w1 = tl.load(w_ptr + offs_n[:, None] * swn + k_lo + BK + offs_k[None, :], mask=n_ok[:, None],
+                         other=0.0, eviction_policy="evict_first")
+            if GLU:
+                u1 = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k_lo + BK + offs_k[None, :],
+                             mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
         ss = tl.zeros((BM, BK), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-            x = x.to(tl.float32)
-            ss += x * x
+        if KC > 0:
+            for k0 in tl.static_range(0, KC, BK):
+                x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+                x = x.to(tl.float32)
+                ss += x * x
+        else:
+            for k0 in range(0, K, BK):
+                x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+                x = x.to(tl.float32)
+                ss += x * x
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         acc_u = tl.zeros((BM, BN), dtype=tl.float32)
@@ -182,7 +208,20 @@ def _kernels():
                 acc_u = tl.dot(xn.to(tl.float32), tl.trans(u0.to(tl.float32)), acc_u)
             else:
                 acc_u = tl.dot(xn, tl.trans(u0), acc_u)
-        for k0 in range(k_lo + BK, k_lo + kper, BK):
+        if PRE > 1:
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + k_lo + BK + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            g = tl.load(ln_ptr + k_lo + BK + offs_k).to(tl.float32)
+            xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
+            if DOT_F32:
+                acc = tl.dot(xn.to(tl.float32), tl.trans(w1.to(tl.float32)), acc)
+            else:
+                acc = tl.dot(xn, tl.trans(w1), acc)
+            if GLU:
+                if DOT_F32:
+                    acc_u = tl.dot(xn.to(tl.float32), tl.trans(u1.to(tl.float32)), acc_u)
+                else:
+                    acc_u = tl.dot(xn, tl.trans(u1), acc_u)
+        for k0 in range(k_lo + PRE * BK, k_lo + kper, BK):
             x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
             g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
             xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
@@ -227,26 +266,54 @@ def _kernels():
 
     @triton.jit
     def _gemv_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
-        # y = r + x @ w.T
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr = False,
+                  KC: tl.constexpr = 0):  # fmt: skip
+        # y = r + x @ w.T. KC (`GEMV_PRELOAD`; K at compile time, at most 4 * BK): all of the program's weight
+        # tiles are loaded before the wait, kept in bf16; otherwise (KC 0) the first tile, then a K loop, where each
+        # tile's load waits behind the previous tile's products (their x goes through shared memory, with barriers)
         pid = tl.program_id(0)
         offs_n = pid * BN + tl.arange(0, BN)
         offs_m = tl.arange(0, BM)
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
-        w0 = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
-                     eviction_policy="evict_first").to(tl.float32)
+        wp = w_ptr + offs_n[:, None] * swn + offs_k[None, :]
+        xp = x_ptr + offs_m[:, None] * sxm + offs_k[None, :]
+        w0 = tl.load(wp, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if KC > BK:
+            w1 = tl.load(wp + BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+        if KC > 2 * BK:
+            w2 = tl.load(wp + 2 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+        if KC > 3 * BK:
+            w3 = tl.load(wp + 3 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
         if PDL:
             gdc_wait()
             gdc_launch_dependents()
-        x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-        acc = x.to(tl.float32)[:, None, :] * w0[None, :, :]
-        for k0 in range(BK, K, BK):
-            w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
-                        eviction_policy="evict_first").to(tl.float32)
-            x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-            acc += x.to(tl.float32)[:, None, :] * w[None, :, :]
+        x0 = tl.load(xp, mask=m_ok[:, None], other=0.0)  # then x's tiles, all before the first product
+        x1 = x0
+        x2 = x0
+        x3 = x0
+        if KC > BK:
+            x1 = tl.load(xp + BK, mask=m_ok[:, None], other=0.0)
+        if KC > 2 * BK:
+            x2 = tl.load(xp + 2 * BK, mask=m_ok[:, None], other=0.0)
+        if KC > 3 * BK:
+            x3 = tl.load(xp + 3 * BK, mask=m_ok[:, None], other=0.0)
+        acc = x0.to(tl.float32)[:, None, :] * w0.to(tl.float32)[None, :, :]
+        if KC > BK:
+            acc += x1.to(tl.float32)[:, None, :] * w1.to(tl.float32)[None, :, :]
+        if KC > 2 * BK:
+            acc += x2.to(tl.float32)[:, None, :] * w2.to(tl.float32)[None, :, :]
+        if KC > 3 * BK:
+            acc += x3.to(tl.float32)[:, None, :] * w3.to(tl.float32)[None, :, :]
+        if KC == 0:
+            for k0 in range(BK, K, BK):
+                w = tl.load(wp + k0, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+                x = tl.load(xp + k0, mask=m_ok[:, None], other=0.0)
+                acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
         ok = m_ok[:, None] & n_ok[None, :]
         r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
         out = (tl.sum(acc, axis=2)).to(tl.bfloat16).to(tl.float32) + r
@@ -550,6 +617,8 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     if cnt is not None:
         ws = torch.empty(split, 2, 16, N, device=x.device, dtype=torch.float32)
         extra.update(ws_ptr=ws, cnt_ptr=cnt, SPLIT=split)
+    if kind == "dot" and RMS_PRELOAD:
+        extra.update(KC=K, PRE=2 if K // (split if cnt is not None else 1) >= 2 * bk else 1)
     _kernels()[0][kind][(_cdiv(N, bn), split if cnt is not None else 1)](
         x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu, BM=2 if kind == "gemv" else 16,
         BN=bn, BK=bk, num_warps=warps, num_stages=stages, **extra, **_pdl(x.device, kind == "dot"))
@@ -623,7 +692,7 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: in
         return y
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
                                              y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
-                                             **_pdl(x.device))
+                                             KC=K if GEMV_PRELOAD and K <= 4 * bk else 0, **_pdl(x.device))
     return y
 
 
