@@ -1,0 +1,77 @@
+"""Where the fused kernels' loads sit, without a GPU: compile one for sm_90 and print its SASS's memory operations.
+
+Triton compiles for a target GPU on any machine (`triton.compile` with a `GPUTarget`); its wheel carries `ptxas`,
+`nvdisasm` and `cuobjdump`. This prints, in program order, the global loads (`LDG`, `LDGSTS`), the wait on the kernel
+before (`ACQBULK`, PDL's `griddepcontrol.wait`), barriers, branches, tensor-core ops and stores, then the registers
+per thread and any spill. It is how the preload switches (`fused.GEMV_PRELOAD`, `fused.RMS_PRELOAD`) were checked:
+without them a weight tile's load sits after the previous tile's barriers; with them all sit before `ACQBULK`.
+A structure check, not a timing: `benchmarks/fused.py` on a GPU times them.
+
+    pip install --target /tmp/tri triton==3.6.0   # not a project dependency
+    PYTHONPATH=/tmp/tri:. python benchmarks/fused_sass.py gemv_res --kc 3072      # down projection, preloaded
+    PYTHONPATH=/tmp/tri:. python benchmarks/fused_sass.py rms_dot --glu --split 2 --kc 1024 --pre 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from voicepipe.serve.engine import fused
+
+PTR = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ln_ptr": "*bf16", "y_ptr": "*bf16", "r_ptr": "*bf16", "ws_ptr": "*fp32",
+       "cnt_ptr": "*i32"}
+DIV16 = ("N", "K", "sxm", "swn", "srm", "sym")  # what Triton's launcher marks divisible by 16 at the real shapes
+SHOWN = re.compile(r"LDG|LDGSTS|LDGDEPBAR|ACQBULK|BAR\.SYNC|BRA|HMMA|WGMMA|STG|ATOM")
+
+
+def compile_sm90(fn, const: dict, warps: int, stages: int):
+    const = {k: v for k, v in const.items() if k in fn.arg_names}
+    sig = {n: "constexpr" if n in const else PTR.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names}
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
+             if n not in const and (n in PTR or n in DIV16)}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kernel", choices=["gemv_res", "rms_dot"])
+    ap.add_argument("--kc", type=int, default=0, help="KC: K at compile time (0: the runtime loop)")
+    ap.add_argument("--pre", type=int, default=1, help="rms_dot: weight tiles loaded before the wait (1-2)")
+    ap.add_argument("--split", type=int, default=2, help="rms_dot: SPLIT")
+    ap.add_argument("--glu", action="store_true", help="rms_dot: the gate/up + SiLU form")
+    a = ap.parse_args()
+    ks = fused._kernels()
+    if a.kernel == "gemv_res":
+        kind, bn, bk, warps, stages = fused.CONFIG["linear_residual"]
+        k = compile_sm90(ks[1], dict(BM=2, BN=bn, BK=bk, PDL=True, KC=a.kc), warps, stages)
+    else:
+        kind, bn, bk, warps, stages = fused.CONFIG["rms_glu" if a.glu else "rms_linear"]
+        k = compile_sm90(ks[0]["dot"], dict(GLU=a.glu, BM=16, BN=bn, BK=bk, DOT_F32=False, PDL=True,
+                                            SPLIT=a.split, KC=a.kc, PRE=a.pre), warps, stages)
+    tools = Path(triton.__file__).parent / "backends/nvidia/bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([tools / "nvdisasm", "-c", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+    n = 0
+    for line in sass.splitlines():
+        ins = re.sub(r"/\*[0-9a-f]+\*/", "", line).strip()
+        if ins and not ins.startswith((".", "//")):
+            n += 1
+            if SHOWN.search(ins):
+                print(f"{n:5d}  {ins[:100]}")
+    print(next((x.strip() for x in res.splitlines() if "REG:" in x), res.strip()))
+
+
+if __name__ == "__main__":
+    main()
