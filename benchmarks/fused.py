@@ -126,9 +126,9 @@ def rms_split_errors(op: str, m: int, call, r: torch.Tensor, e: torch.Tensor, sp
 
 
 def preload_checks(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
-    """`fused.GEMV_PRELOAD` / `fused.RMS_PRELOAD` against the same ops without them, at the predictor's shapes
-    (q/k/v, gate/up + SiLU, output and down projections + residual): the same sums in the same order, so the
-    outputs must be bitwise equal."""
+    """`fused.GEMV_PRELOAD` / `fused.RMS_PRELOAD` / `fused.ATTN_PRELOAD` against the same ops without them, at the
+    predictor's shapes (q/k/v, gate/up + SiLU, output and down projections + residual, attention with its cache
+    write): the same sums in the same order, so the outputs (and caches) must be bitwise equal."""
     lw = layers(dev)[0]
     rows = []
     for m in ms:
@@ -137,8 +137,21 @@ def preload_checks(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
                  "rms_glu": lambda x=x: fused.rms_glu(x, lw.ln2, lw.wgu, 1e-6),
                  "linear_residual/o": lambda x=x, o=o: fused.linear_residual(o, lw.wo, x),
                  "linear_residual/down": lambda x=x, a=a: fused.linear_residual(a, lw.wd, x)}
+        pos, qkv = 9, torch.randn(m, (NH + 2 * KVH) * HD, device=dev).to(torch.bfloat16)
+        kc, vc = (torch.randn(S, KVH, L, HD, device=dev).to(torch.bfloat16) for _ in range(2))
+        rot = torch.randn(L, HD, device=dev)
+        cs = (rot.cos().to(torch.bfloat16)[pos : pos + 1, None],
+              K.signed_sin(rot.sin()).to(torch.bfloat16)[pos : pos + 1, None])
+
+        def attn(qkv=qkv, kc=kc, vc=vc, cs=cs, pos=pos) -> torch.Tensor:
+            k2, v2 = kc.clone(), vc.clone()
+            o = fused.attn_decode(qkv, lw.qk_w, *cs, torch.tensor([pos], device=dev), k2, v2, 1e-6, NH, KVH)
+            return torch.cat([o.flatten(), k2.flatten(), v2.flatten()])
+
+        calls["attn_decode"] = attn
         for name, call in calls.items():
-            flag = "GEMV_PRELOAD" if name.startswith("linear") else "RMS_PRELOAD"
+            flag = ("GEMV_PRELOAD" if name.startswith("linear") else "ATTN_PRELOAD" if name.startswith("attn")
+                    else "RMS_PRELOAD")
             old = getattr(fused, flag)
             try:
                 setattr(fused, flag, False)

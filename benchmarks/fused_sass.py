@@ -10,6 +10,7 @@ A structure check, not a timing: `benchmarks/fused.py` on a GPU times them.
     pip install --target /tmp/tri triton==3.6.0   # not a project dependency
     PYTHONPATH=/tmp/tri:. python benchmarks/fused_sass.py gemv_res --kc 3072      # down projection, preloaded
     PYTHONPATH=/tmp/tri:. python benchmarks/fused_sass.py rms_dot --glu --split 2 --kc 1024 --pre 2
+    PYTHONPATH=/tmp/tri:. python benchmarks/fused_sass.py attn --pre 2           # the cache read before the wait
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from triton.compiler import ASTSource
 from voicepipe.serve.engine import fused
 
 PTR = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ln_ptr": "*bf16", "y_ptr": "*bf16", "r_ptr": "*bf16", "ws_ptr": "*fp32",
-       "cnt_ptr": "*i32"}
-DIV16 = ("N", "K", "sxm", "swn", "srm", "sym")  # what Triton's launcher marks divisible by 16 at the real shapes
+       "cnt_ptr": "*i32", "qkv_ptr": "*bf16", "qkw_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16",
+       "pos_ptr": "*i64", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "o_ptr": "*bf16"}
+# what Triton's launcher marks divisible by 16 at the real shapes
+DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o")
 SHOWN = re.compile(r"LDG|LDGSTS|LDGDEPBAR|ACQBULK|BAR\.SYNC|BRA|HMMA|WGMMA|STG|ATOM")
 
 
 def compile_sm90(fn, const: dict, warps: int, stages: int):
     const = {k: v for k, v in const.items() if k in fn.arg_names}
-    sig = {n: "constexpr" if n in const else PTR.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names}
+    sig = {n: "constexpr" if n in const else PTR.get(n, "fp32" if n in ("eps", "scale") else "i32")
+           for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
              if n not in const and (n in PTR or n in DIV16)}
     src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
@@ -43,9 +47,10 @@ def compile_sm90(fn, const: dict, warps: int, stages: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kernel", choices=["gemv_res", "rms_dot"])
+    ap.add_argument("kernel", choices=["gemv_res", "rms_dot", "attn"])
     ap.add_argument("--kc", type=int, default=0, help="KC: K at compile time (0: the runtime loop)")
-    ap.add_argument("--pre", type=int, default=1, help="rms_dot: weight tiles loaded before the wait (1-2)")
+    ap.add_argument("--pre", type=int, default=1, help="rms_dot: weight tiles loaded before the wait (1-2); "
+                    "attn: 2 for the cache loaded before the wait")
     ap.add_argument("--split", type=int, default=2, help="rms_dot: SPLIT")
     ap.add_argument("--glu", action="store_true", help="rms_dot: the gate/up + SiLU form")
     a = ap.parse_args()
@@ -53,6 +58,8 @@ def main() -> None:
     if a.kernel == "gemv_res":
         kind, bn, bk, warps, stages = fused.CONFIG["linear_residual"]
         k = compile_sm90(ks[1], dict(BM=2, BN=bn, BK=bk, PDL=True, KC=a.kc), warps, stages)
+    elif a.kernel == "attn":  # the code predictor's: 16 query heads, 8 KV heads of 128, a cache of 16 positions
+        k = compile_sm90(ks[2], dict(NH=16, KVH=8, HD=128, L=16, PDL=True, PRE=a.pre > 1), fused.ATTN_WARPS, 1)
     else:
         kind, bn, bk, warps, stages = fused.CONFIG["rms_glu" if a.glu else "rms_linear"]
         k = compile_sm90(ks[0]["dot"], dict(GLU=a.glu, BM=16, BN=bn, BK=bk, DOT_F32=False, PDL=True,

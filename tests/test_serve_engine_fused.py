@@ -414,3 +414,22 @@ def test_the_norm_ops_with_their_weights_preloaded_are_the_looped_ones(interpret
     _close(out[1], torch.nn.functional.silu(g) * u, rel=0.04)  # the interpreter's truncations, twice (see _close)
     assert all(torch.equal(a, b) for a, b in zip(out, looped, strict=True))
     assert split == 1 or not fused._COUNTERS[x.device].any()
+
+
+@pytest.mark.parametrize("rows,pos", [(1, 2), (2, 15)])
+def test_the_attention_with_its_cache_preloaded_is_the_plain_one(interpret, rows, pos, monkeypatch):
+    """`fused.ATTN_PRELOAD`: the predictor's attention reads its position, RoPE rows and the cache below pos before
+    it waits for the kernel before it (then the q/k/v row): the same output and caches, bit for bit."""
+    torch.manual_seed(3)
+    qkv, qk_w = _bf(rows, (NH + 2 * KVH) * HD), _bf(NH + KVH, HD, scale=0.1) + 1
+    rot = torch.randn(L, HD)
+    cos = rot.cos().to(torch.bfloat16)[pos : pos + 1, None]
+    sin = signed_sin(rot.sin()).to(torch.bfloat16)[pos : pos + 1, None]
+    caches = _bf(4, KVH, L, HD), _bf(4, KVH, L, HD)
+    out = {}
+    for pre in (False, True):
+        monkeypatch.setattr(fused, "ATTN_PRELOAD", pre)
+        kc, vc = (c.clone() for c in caches)
+        out[pre] = fused.attn_decode(qkv, qk_w, cos, sin, torch.tensor([pos]), kc, vc, 1e-6, NH, KVH), kc, vc
+    assert all(torch.equal(a, b) for a, b in zip(out[True], out[False], strict=True))
+    assert not torch.equal(out[True][1], caches[0])  # the cache write happened

@@ -77,6 +77,9 @@ GEMV_PRELOAD = False
 # each in turn) and the program's second weight tile loaded before the wait as well as its first. Built
 # 2026-12-05 after the device time was spent: not measured yet, so off
 RMS_PRELOAD = False
+# the predictor's attention loads its position, RoPE rows and cache rows below the position before the wait, the
+# q/k/v row after it. Built 2026-12-05 after the device time was spent: not measured yet, so off
+ATTN_PRELOAD = False
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -375,18 +378,31 @@ def _kernels():
     @triton.jit
     def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_kb, s_kh, s_kl, s_o,
               eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr,
-              PDL: tl.constexpr = False):  # fmt: skip
-        # one (row, KV head): q/k head norms, RoPE, cache write at pos, attention of its NH // KVH query heads
+              PDL: tl.constexpr = False, PRE: tl.constexpr = False):  # fmt: skip
+        # one (row, KV head): q/k head norms, RoPE, cache write at pos, attention of its NH // KVH query heads.
+        # PRE (`ATTN_PRELOAD`): the position, RoPE rows and the cache below pos are loaded before the wait (no kernel
+        # just before writes them: the cache below pos was written by earlier steps' attention, which had finished
+        # when the kernel before this one passed its own wait), only the q/k/v row after it
         bi = tl.program_id(0)
         h = tl.program_id(1)
         d = tl.arange(0, HD)
         dr = (d + HD // 2) % HD  # rotate_half as a roll: x.roll(HD/2) at d is x[(d + HD/2) % HD]
         if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
+            if not PRE:
+                gdc_wait()
+                gdc_launch_dependents()
         pos = tl.load(pos_ptr)
         cos = tl.load(cos_ptr + d).to(tl.float32)
         sin = tl.load(sin_ptr + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
+        cache = bi * s_kb + h * s_kh
+        j = tl.arange(0, L)
+        before = (j < pos)[:, None]
+        kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+        vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+        if PDL:
+            if PRE:
+                gdc_wait()
+                gdc_launch_dependents()
         row = qkv_ptr + bi * s_qkv
         kh = NH + h
         k = tl.load(row + kh * HD + d).to(tl.float32)
@@ -398,13 +414,8 @@ def _kernels():
         knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
         k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
         v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
-        cache = bi * s_kb + h * s_kh
         tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
         tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
-        j = tl.arange(0, L)
-        before = (j < pos)[:, None]
-        kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
-        vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
         here = (j == pos)[:, None]
         kk = tl.where(here, k_new[None, :], kk)
         vv = tl.where(here, v_new[None, :], vv)
@@ -722,7 +733,9 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
                 kc: torch.Tensor, vc: torch.Tensor, eps: float, nh: int, kvh: int) -> torch.Tensor:  # fmt: skip
     """The predictor's attention for one new token per row: q/k head norms (qk_w [nh+kvh, hd]), RoPE (cos and
     pre-signed sin of position `pos`, a 1-element tensor), K/V written into kc/vc [S, kvh, L, hd] at `pos`, and
-    attention over positions 0..pos. qkv [b, (nh + 2 kvh) hd] -> [b, nh hd]. Fused on CUDA (any b)."""
+    attention over positions 0..pos. qkv [b, (nh + 2 kvh) hd] -> [b, nh hd]. Fused on CUDA (any b). With
+    `ATTN_PRELOAD`, pos, cos, sin and the cache below pos must not be written by the kernel just before (the
+    engine's are per-step constants and earlier steps' cache rows)."""
     b, hd, L = qkv.shape[0], kc.shape[-1], kc.shape[2]
     if not (qkv.dtype == torch.bfloat16 and available(qkv.device) and L & (L - 1) == 0 and hd & (hd - 1) == 0
             and kc.stride(-1) == 1):
@@ -731,7 +744,9 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
     qkv = qkv.contiguous()
     _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
                             kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1, **_pdl(qkv.device))
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1,
+                            PRE=ATTN_PRELOAD and all(t.is_contiguous() for t in (qk_w, cos, sin)),  # no copy kernels
+                            **_pdl(qkv.device))
     return o
 
 
