@@ -280,43 +280,52 @@ def _kernels():
         offs_k = tl.arange(0, BK)
         n_ok = offs_n < N
         m_ok = offs_m < M
-        wp = w_ptr + offs_n[:, None] * swn + offs_k[None, :]
-        xp = x_ptr + offs_m[:, None] * sxm + offs_k[None, :]
-        w0 = tl.load(wp, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-        w1 = w0
-        w2 = w0
-        w3 = w0
-        if KC > BK:
-            w1 = tl.load(wp + BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-        if KC > 2 * BK:
-            w2 = tl.load(wp + 2 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-        if KC > 3 * BK:
-            w3 = tl.load(wp + 3 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
-        x0 = tl.load(xp, mask=m_ok[:, None], other=0.0)  # then x's tiles, all before the first product
-        x1 = x0
-        x2 = x0
-        x3 = x0
-        if KC > BK:
-            x1 = tl.load(xp + BK, mask=m_ok[:, None], other=0.0)
-        if KC > 2 * BK:
-            x2 = tl.load(xp + 2 * BK, mask=m_ok[:, None], other=0.0)
-        if KC > 3 * BK:
-            x3 = tl.load(xp + 3 * BK, mask=m_ok[:, None], other=0.0)
-        acc = x0.to(tl.float32)[:, None, :] * w0.to(tl.float32)[None, :, :]
-        if KC > BK:
-            acc += x1.to(tl.float32)[:, None, :] * w1.to(tl.float32)[None, :, :]
-        if KC > 2 * BK:
-            acc += x2.to(tl.float32)[:, None, :] * w2.to(tl.float32)[None, :, :]
-        if KC > 3 * BK:
-            acc += x3.to(tl.float32)[:, None, :] * w3.to(tl.float32)[None, :, :]
-        if KC == 0:
+        if KC > 0:
+            wp = w_ptr + offs_n[:, None] * swn + offs_k[None, :]
+            xp = x_ptr + offs_m[:, None] * sxm + offs_k[None, :]
+            w0 = tl.load(wp, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+            w1 = w0
+            w2 = w0
+            w3 = w0
+            if KC > BK:
+                w1 = tl.load(wp + BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+            if KC > 2 * BK:
+                w2 = tl.load(wp + 2 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+            if KC > 3 * BK:
+                w3 = tl.load(wp + 3 * BK, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
+            if PDL:
+                gdc_wait()
+                gdc_launch_dependents()
+            x0 = tl.load(xp, mask=m_ok[:, None], other=0.0)  # then x's tiles, all before the first product
+            x1 = x0
+            x2 = x0
+            x3 = x0
+            if KC > BK:
+                x1 = tl.load(xp + BK, mask=m_ok[:, None], other=0.0)
+            if KC > 2 * BK:
+                x2 = tl.load(xp + 2 * BK, mask=m_ok[:, None], other=0.0)
+            if KC > 3 * BK:
+                x3 = tl.load(xp + 3 * BK, mask=m_ok[:, None], other=0.0)
+            acc = x0.to(tl.float32)[:, None, :] * w0.to(tl.float32)[None, :, :]
+            if KC > BK:
+                acc += x1.to(tl.float32)[:, None, :] * w1.to(tl.float32)[None, :, :]
+            if KC > 2 * BK:
+                acc += x2.to(tl.float32)[:, None, :] * w2.to(tl.float32)[None, :, :]
+            if KC > 3 * BK:
+                acc += x3.to(tl.float32)[:, None, :] * w3.to(tl.float32)[None, :, :]
+        else:
+            w0 = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                         eviction_policy="evict_first").to(tl.float32)
+            if PDL:
+                gdc_wait()
+                gdc_launch_dependents()
+            x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+            acc = x.to(tl.float32)[:, None, :] * w0[None, :, :]
             for k0 in range(BK, K, BK):
-                w = tl.load(wp + k0, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-                x = tl.load(xp + k0, mask=m_ok[:, None], other=0.0)
-                acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+                w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
+                            eviction_policy="evict_first").to(tl.float32)
+                x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
+                acc += x.to(tl.float32)[:, None, :] * w[None, :, :]
         ok = m_ok[:, None] & n_ok[None, :]
         r = tl.load(r_ptr + offs_m[:, None] * srm + offs_n[None, :], mask=ok, other=0.0).to(tl.float32)
         out = (tl.sum(acc, axis=2)).to(tl.bfloat16).to(tl.float32) + r
@@ -394,13 +403,13 @@ def _kernels():
         pos = tl.load(pos_ptr)
         cos = tl.load(cos_ptr + d).to(tl.float32)
         sin = tl.load(sin_ptr + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
-        cache = bi * s_kb + h * s_kh
-        j = tl.arange(0, L)
-        before = (j < pos)[:, None]
-        kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
-        vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
-        if PDL:
-            if PRE:
+        if PRE:
+            cache = bi * s_kb + h * s_kh
+            j = tl.arange(0, L)
+            before = (j < pos)[:, None]
+            kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+            vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+            if PDL:
                 gdc_wait()
                 gdc_launch_dependents()
         row = qkv_ptr + bi * s_qkv
@@ -414,8 +423,15 @@ def _kernels():
         knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
         k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
         v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
+        if not PRE:
+            cache = bi * s_kb + h * s_kh
         tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
         tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
+        if not PRE:
+            j = tl.arange(0, L)
+            before = (j < pos)[:, None]
+            kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
+            vv = tl.load(vc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
         here = (j == pos)[:, None]
         kk = tl.where(here, k_new[None, :], kk)
         vv = tl.where(here, v_new[None, :], vv)
