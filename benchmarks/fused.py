@@ -19,7 +19,10 @@ phase-by-phase launch and 200 repeats of itself (`persistent_check`); a variant 
 `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides (`SYNC` / `WORK`: timing-only switches that
 leave out the barriers or phases). `--levers`: `sample_embed` against `sample_topk`; `--warps`: attention and
 sampling at 1-8 warps; `--split-sweep`: the matmul + residual op split-K at 16 rows; `--variants`: step times of the
-fused step with the given levers.
+fused step with the given levers (`"rms_split"`: `fused.RMS_SPLIT`; `"config"`: `fused.CONFIG` entries; `"consts"`:
+other `fused` constants, e.g. `{"GEMV_PRELOAD": true}`). The error check (1.) also compares the norm ops split K
+2 and 4 ways with the unsplit kernel (`rms_split_errors`) and each preload switch with the op without it
+(`preload_checks`: bitwise equal).
 """
 
 from __future__ import annotations
