@@ -53,17 +53,19 @@ def main() -> None:
                     "attn: 2 for the cache loaded before the wait")
     ap.add_argument("--split", type=int, default=2, help="rms_dot: SPLIT")
     ap.add_argument("--glu", action="store_true", help="rms_dot: the gate/up + SiLU form")
+    ap.add_argument("--warps", type=int, default=0, help="num_warps (0: the op's fused.CONFIG / ATTN_WARPS)")
     a = ap.parse_args()
     ks = fused._kernels()
     if a.kernel == "gemv_res":
         kind, bn, bk, warps, stages = fused.CONFIG["linear_residual"]
-        k = compile_sm90(ks[1], dict(BM=2, BN=bn, BK=bk, PDL=True, KC=a.kc), warps, stages)
+        k = compile_sm90(ks[1], dict(BM=2, BN=bn, BK=bk, PDL=True, KC=a.kc), a.warps or warps, stages)
     elif a.kernel == "attn":  # the code predictor's: 16 query heads, 8 KV heads of 128, a cache of 16 positions
-        k = compile_sm90(ks[2], dict(NH=16, KVH=8, HD=128, L=16, PDL=True, PRE=a.pre > 1), fused.ATTN_WARPS, 1)
+        k = compile_sm90(ks[2], dict(NH=16, KVH=8, HD=128, L=16, PDL=True, PRE=a.pre > 1), a.warps or fused.ATTN_WARPS,
+                         1)
     else:
         kind, bn, bk, warps, stages = fused.CONFIG["rms_glu" if a.glu else "rms_linear"]
         k = compile_sm90(ks[0]["dot"], dict(GLU=a.glu, BM=16, BN=bn, BK=bk, DOT_F32=False, PDL=True,
-                                            SPLIT=a.split, KC=a.kc, PRE=a.pre), warps, stages)
+                                            SPLIT=a.split, KC=a.kc, PRE=a.pre), a.warps or warps, stages)
     tools = Path(triton.__file__).parent / "backends/nvidia/bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
