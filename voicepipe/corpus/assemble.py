@@ -219,8 +219,8 @@ def _background_lines(summary: dict, separate: bool) -> list[str]:
     names = ", ".join(f"{e['episode']} ({e['snr_dropped_s']:.0f} of {e['target_s']:.0f} s)" for e in eps)
     what = ("Separation is off (`separate: false`): build with it on (the default) to take the music or noise "
             "out from under the speech, so this speech can be kept." if not separate else
-            "Separation is on, and what it left under the speech is still loud: listen to a few dropped clips (the "
-            "*snr* rows of `rejects.jsonl`); the gate is `min_snr_db`.")
+            "Separation is on, and what it left under the speech is still loud: listen to a few of these stretches "
+            "(the *snr* rows of `rejects.jsonl` give their episode and times); the gate is `min_snr_db`.")
     return [f"**The SNR gate dropped most of the target's speech in {len(eps)} episode(s)** (music or noise under "
             f"the speech, measured next to each utterance, not over the episode): {names}. {what}", ""]
 
