@@ -390,11 +390,11 @@ def test_the_gemv_matmul_residual_with_its_weights_preloaded_is_the_looped_one(i
     assert not torch.equal(fused.linear_residual(x, wrong, r), out)
 
 
-@pytest.mark.parametrize("rows,split,K", [(1, 1, 1024), (2, 2, 1024), (2, 2, 2048), (2, 4, 1024)])
+@pytest.mark.parametrize("rows,split,K", [(1, 1, 1024), (2, 2, 1024), (2, 2, 2048), (2, 4, 1024), (5, 2, 1024)])
 def test_the_norm_ops_with_their_weights_preloaded_are_the_looped_ones(interpret, rows, split, K, monkeypatch):
     """`fused.RMS_PRELOAD`: the norm ops' tl.dot form unrolls its rms pass and loads its program's second weight
     tile (of gate and up too) before the wait; the sums are the loop's in the same order, so the outputs are the
-    loop's bit for bit (split 4 at K 1024: one tile a program, only the rms pass changes)."""
+    loop's bit for bit (split 4 at K 1024: one tile a program, only the rms pass changes; 5 rows: no split)."""
     monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "rms_linear": ("dot", 32, 256, 4, 3),
                                           "rms_glu": ("dot", 32, 256, 4, 3)})
     monkeypatch.setattr(fused, "RMS_SPLIT", split)
