@@ -16,6 +16,17 @@ try:
 except ImportError:  # an older Triton: the `PDL` branches are never compiled (`fused._has_pdl` is False)
     gdc_launch_dependents = gdc_wait = None
 
+@triton.jit
+def _dot_t(a, b, acc, DOT_F32: tl.constexpr):
+    # acc + a @ b.T on tensor cores; DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies
+    # bf16 operands wrongly
+    if DOT_F32:
+        acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc)
+    else:
+        acc = tl.dot(a, tl.trans(b), acc)
+    return acc
+
+
 # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
 # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
 # (`gdc_launch_dependents`): the next kernel's programs are resident and loading while this one runs.
@@ -63,7 +74,7 @@ def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.c
              PDL: tl.constexpr = False, ws_ptr=None, cnt_ptr=None, SPLIT: tl.constexpr = 1,
              KC: tl.constexpr = 0, PRE: tl.constexpr = 1):  # fmt: skip
     # _rms_gemv on tensor cores: [BM, BK] x [BK, BN] tiles (rows padded to BM = 16), pipelined over K.
-    # DOT_F32: the operands as fp32 (the same values): Triton's interpreter multiplies bf16 operands wrongly.
+    # DOT_F32: the operands as fp32 (`_dot_t`).
     # SPLIT > 1: K split over program_id(1) as in _dot_res (each program normalizes with the whole row's rms;
     # fp32 partials in ws [SPLIT, 2, BM, N], the tile's last split adds them in split order and stores).
     # `RMS_PRELOAD`: KC (= K at compile time) unrolls the rms pass, so its x tiles are asked for at once, and
@@ -115,45 +126,27 @@ def _rms_dot(x_ptr, ln_ptr, w_ptr, y_ptr, M, N, K, sxm, swn, sym, eps, GLU: tl.c
     x = tl.load(x_ptr + offs_m[:, None] * sxm + k_lo + offs_k[None, :], mask=m_ok[:, None], other=0.0)
     g = tl.load(ln_ptr + k_lo + offs_k).to(tl.float32)
     xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
-    if DOT_F32:
-        acc = tl.dot(xn.to(tl.float32), tl.trans(w0.to(tl.float32)), acc)
-    else:
-        acc = tl.dot(xn, tl.trans(w0), acc)
+    acc = _dot_t(xn, w0, acc, DOT_F32)
     if GLU:
-        if DOT_F32:
-            acc_u = tl.dot(xn.to(tl.float32), tl.trans(u0.to(tl.float32)), acc_u)
-        else:
-            acc_u = tl.dot(xn, tl.trans(u0), acc_u)
+        acc_u = _dot_t(xn, u0, acc_u, DOT_F32)
     if PRE > 1:
         x = tl.load(x_ptr + offs_m[:, None] * sxm + k_lo + BK + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         g = tl.load(ln_ptr + k_lo + BK + offs_k).to(tl.float32)
         xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
-        if DOT_F32:
-            acc = tl.dot(xn.to(tl.float32), tl.trans(w1.to(tl.float32)), acc)
-        else:
-            acc = tl.dot(xn, tl.trans(w1), acc)
+        acc = _dot_t(xn, w1, acc, DOT_F32)
         if GLU:
-            if DOT_F32:
-                acc_u = tl.dot(xn.to(tl.float32), tl.trans(u1.to(tl.float32)), acc_u)
-            else:
-                acc_u = tl.dot(xn, tl.trans(u1), acc_u)
+            acc_u = _dot_t(xn, u1, acc_u, DOT_F32)
     for k0 in range(k_lo + PRE * BK, k_lo + kper, BK):
         x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         g = tl.load(ln_ptr + k0 + offs_k).to(tl.float32)
         xn = (x.to(tl.float32) * rstd[:, None] * g[None, :]).to(tl.bfloat16)
         w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                     eviction_policy="evict_first")
-        if DOT_F32:
-            acc = tl.dot(xn.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
-        else:
-            acc = tl.dot(xn, tl.trans(w), acc)
+        acc = _dot_t(xn, w, acc, DOT_F32)
         if GLU:
             u = tl.load(w_ptr + (offs_n[:, None] + N) * swn + k0 + offs_k[None, :], mask=n_ok[:, None],
                         other=0.0, eviction_policy="evict_first")
-            if DOT_F32:
-                acc_u = tl.dot(xn.to(tl.float32), tl.trans(u.to(tl.float32)), acc_u)
-            else:
-                acc_u = tl.dot(xn, tl.trans(u), acc_u)
+            acc_u = _dot_t(xn, u, acc_u, DOT_F32)
     last = True
     if SPLIT > 1:
         part = offs_m[:, None] * N + offs_n[None, :]
@@ -269,18 +262,12 @@ def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, sxm, swn, srm
         gdc_wait()
         gdc_launch_dependents()
     x = tl.load(x_ptr + offs_m[:, None] * sxm + ks * kper + offs_k[None, :], mask=m_ok[:, None], other=0.0)
-    if DOT_F32:
-        acc = tl.dot(x.to(tl.float32), tl.trans(w0.to(tl.float32)), acc)
-    else:
-        acc = tl.dot(x, tl.trans(w0), acc)
+    acc = _dot_t(x, w0, acc, DOT_F32)
     for k0 in range(ks * kper + BK, ks * kper + kper, BK):
         x = tl.load(x_ptr + offs_m[:, None] * sxm + k0 + offs_k[None, :], mask=m_ok[:, None], other=0.0)
         w = tl.load(w_ptr + offs_n[:, None] * swn + k0 + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                     eviction_policy="evict_first")
-        if DOT_F32:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
-        else:
-            acc = tl.dot(x, tl.trans(w), acc)
+        acc = _dot_t(x, w, acc, DOT_F32)
     ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT > 1:
         part = offs_m[:, None] * N + offs_n[None, :]
