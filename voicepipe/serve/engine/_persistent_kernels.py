@@ -63,7 +63,8 @@ def _ld(w_ptr, t, ok, N: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BN: tl
 
 @triton.jit
 def _xrows(x_ptr, M, ln_ptr, eps, NORM: tl.constexpr, K: tl.constexpr, KP: tl.constexpr):
-    # the (<= 2) activation rows [2, KP] in fp32, from L2; NORM: RMSNorm * ln, rounded to bf16 (fused._rms_gemv's)
+    # the (<= 2) activation rows [2, KP] in fp32, from L2; NORM: RMSNorm * ln, rounded to bf16
+    # (_fused_kernels._rms_gemv's)
     offs_m = tl.arange(0, 2)
     offs_k = tl.arange(0, KP)
     k_ok = offs_k < K
@@ -141,7 +142,7 @@ def _res_phase(x_ptr, M, w_ptr, b_ptr, h_ptr, pid, w0, RES: tl.constexpr, BIAS: 
 @triton.jit
 def _attn_phase(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, M, s_kb, s_kh, s_kl, eps, scale,
                 pid, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr, L: tl.constexpr, P: tl.constexpr):
-    # fused._attn per (row, query head) instead of per (row, KV head): each item normalises and rotates its KV
+    # _fused_kernels._attn per (row, query head) instead of per (row, KV head): each item normalises and rotates its KV
     # head's new key itself; the item of the head's first query head writes the caches at pos (the others read
     # only positions before pos there, and take pos's key and value from registers)
     G: tl.constexpr = NH // KVH
@@ -200,7 +201,7 @@ def _attn_phase(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_p
 @triton.jit
 def _sample_phase(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, k, s_t, s_ex, emb_w_ptr, emb_ptr, M, pid,
                   V: tl.constexpr, E: tl.constexpr, VP: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr):  # fmt: skip
-    # fused._sample with EMB (one row per program, programs 0..M-1): threshold top-k, the exponential race, the
+    # _fused_kernels._sample with EMB (one row per program, programs 0..M-1): threshold top-k, the exponential race, the
     # code's embedding row
     if pid < M:
         row = pid

@@ -10,11 +10,11 @@ barrier between phases. The race's exponential draws are made by torch before th
 draws them, so the codes for a seed are the fused path's.
 
 Numerics follow `fused.py`'s ops (the same bf16 rounding points; every matmul on CUDA cores in fp32, as
-`fused._rms_gemv` / `_gemv_res`), so results agree with the fused path to summation order (its norm ops' tensor-core
-form at 1-2 rows sums differently). `EngineConfig.persistent_predictor` switches it on; off by default: on an H200
-the step took 162 us against the fused ops' 170 as a graph of 14 steps, but the engine's 2-row frame step did not
-get shorter (benchmarks/RESULTS.md, 2026-12-04 14:45 UTC). Off CUDA, the kernel runs in Triton's interpreter phase by
-phase (`staged=True`: one launch per phase, no barrier), which is how the CPU tests check it.
+`_fused_kernels._rms_gemv` / `_gemv_res`), so results agree with the fused path to summation order (its norm ops'
+tensor-core form at 1-2 rows sums differently). `EngineConfig.persistent_predictor` switches it on; off by default:
+on an H200 the step took 162 us against the fused ops' 170 as a graph of 14 steps, but the engine's 2-row frame step
+did not get shorter (benchmarks/RESULTS.md, 2026-12-04 14:45 UTC). Off CUDA, the kernel runs in Triton's interpreter
+phase by phase (`staged=True`: one launch per phase, no barrier), which is how the CPU tests check it.
 """
 
 from __future__ import annotations
