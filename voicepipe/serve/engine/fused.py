@@ -17,9 +17,11 @@ matmul + residual op may split K over several programs per output tile, `split`,
 `sample_topk`, the step's top-k sampling as one kernel per call at any batch size (a threshold search instead of a
 sort; the same exponential draws), and `sample_embed`, the same with the picked code's embedding row written by it.
 
-Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). On GPUs of compute capability 9.0+ the
-fused kernels are launched with programmatic dependent launch (`PDL`): each loads its first weight tile
-before waiting for the kernel before it, so launches and first loads overlap the previous kernel's tail.
+The kernels' Triton source is `_fused_kernels.py` (imported on first use); here are the switches that pick their
+forms, the ops and their launches. Each is a custom op (opaque to torch.compile, capturable in CUDA graphs). On GPUs
+of compute capability 9.0+ the fused kernels are launched with programmatic dependent launch (`PDL`): each loads its
+first weight tile before waiting for the kernel before it, so launches and first loads overlap the previous kernel's
+tail.
 Numerics follow the unfused path's bf16 rounding points (every place the eager math stores a bf16 tensor, the
 kernel rounds), summation order differs, so results agree to bf16 rounding, not bit for bit
 (`tests/test_serve_engine_fused.py` runs the kernels in Triton's interpreter where Triton is installed;
