@@ -31,7 +31,7 @@ PTR = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ln_ptr": "*bf16", "y_ptr": "*bf16", 
        "cnt_ptr": "*i32", "qkv_ptr": "*bf16", "qkw_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16",
        "pos_ptr": "*i64", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "o_ptr": "*bf16"}
 # what Triton's launcher marks divisible by 16 at the real shapes
-DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o")
+DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o", "s_cs")
 SHOWN = re.compile(r"LDG|LDGSTS|LDGDEPBAR|ACQBULK|BAR\.SYNC|BRA|HMMA|WGMMA|STG|ATOM")
 
 

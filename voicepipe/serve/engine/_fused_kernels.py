@@ -27,6 +27,20 @@ def _dot_t(a, b, acc, DOT_F32: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _head_norm_rope(row, qkw_ptr, hd_idx, d, dr, cos, sin, eps, HD: tl.constexpr):
+    # one head of a q/k/v row: its RMS norm (qk_w's row `hd_idx`) and RoPE (pre-signed sin), rounded where the
+    # unfused path stores bf16
+    x = tl.load(row + hd_idx * HD + d).to(tl.float32)
+    xr = tl.load(row + hd_idx * HD + dr).to(tl.float32)
+    rs = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / HD + eps)
+    w = tl.load(qkw_ptr + hd_idx * HD + d).to(tl.float32)
+    wr = tl.load(qkw_ptr + hd_idx * HD + dr).to(tl.float32)
+    xn = ((x * rs).to(tl.bfloat16).to(tl.float32) * w).to(tl.bfloat16).to(tl.float32)
+    xnr = ((xr * rs).to(tl.bfloat16).to(tl.float32) * wr).to(tl.bfloat16).to(tl.float32)
+    return ((xn * cos).to(tl.bfloat16).to(tl.float32) + xnr * sin).to(tl.bfloat16).to(tl.float32)
+
+
 # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
 # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
 # (`gdc_launch_dependents`): the next kernel's programs are resident and loading while this one runs.
@@ -317,14 +331,7 @@ def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_
             gdc_launch_dependents()
     row = qkv_ptr + bi * s_qkv
     kh = NH + h
-    k = tl.load(row + kh * HD + d).to(tl.float32)
-    kr = tl.load(row + kh * HD + dr).to(tl.float32)
-    krs = 1.0 / tl.sqrt(tl.sum(k * k, axis=0) / HD + eps)
-    kw = tl.load(qkw_ptr + kh * HD + d).to(tl.float32)
-    kwr = tl.load(qkw_ptr + kh * HD + dr).to(tl.float32)
-    kn = ((k * krs).to(tl.bfloat16).to(tl.float32) * kw).to(tl.bfloat16).to(tl.float32)
-    knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
-    k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
+    k_new = _head_norm_rope(row, qkw_ptr, kh, d, dr, cos, sin, eps, HD)
     v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
     if not PRE:
         cache = bi * s_kb + h * s_kh
@@ -340,14 +347,7 @@ def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_
     vv = tl.where(here, v_new[None, :], vv)
     for g in tl.static_range(NH // KVH):
         qh = h * (NH // KVH) + g
-        q = tl.load(row + qh * HD + d).to(tl.float32)
-        qr = tl.load(row + qh * HD + dr).to(tl.float32)
-        qrs = 1.0 / tl.sqrt(tl.sum(q * q, axis=0) / HD + eps)
-        qw = tl.load(qkw_ptr + qh * HD + d).to(tl.float32)
-        qwr = tl.load(qkw_ptr + qh * HD + dr).to(tl.float32)
-        qn = ((q * qrs).to(tl.bfloat16).to(tl.float32) * qw).to(tl.bfloat16).to(tl.float32)
-        qnr = ((qr * qrs).to(tl.bfloat16).to(tl.float32) * qwr).to(tl.bfloat16).to(tl.float32)
-        qq = ((qn * cos).to(tl.bfloat16).to(tl.float32) + qnr * sin).to(tl.bfloat16).to(tl.float32)
+        qq = _head_norm_rope(row, qkw_ptr, qh, d, dr, cos, sin, eps, HD)
         s = tl.sum(qq[None, :] * kk, axis=1) * scale
         s = tl.where(j <= pos, s, float("-inf"))
         p = tl.exp(s - tl.max(s, axis=0))
@@ -428,27 +428,13 @@ def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_pt
     sin = tl.load(sin_ptr + bi * s_cs + d).to(tl.float32)  # pre-signed (kernels.signed_sin)
     row = qkv_ptr + bi * s_qkv
     kh = NH + h
-    k = tl.load(row + kh * HD + d).to(tl.float32)
-    kr = tl.load(row + kh * HD + dr).to(tl.float32)
-    krs = 1.0 / tl.sqrt(tl.sum(k * k, axis=0) / HD + eps)
-    kw = tl.load(qkw_ptr + kh * HD + d).to(tl.float32)
-    kwr = tl.load(qkw_ptr + kh * HD + dr).to(tl.float32)
-    kn = ((k * krs).to(tl.bfloat16).to(tl.float32) * kw).to(tl.bfloat16).to(tl.float32)
-    knr = ((kr * krs).to(tl.bfloat16).to(tl.float32) * kwr).to(tl.bfloat16).to(tl.float32)
-    k_new = ((kn * cos).to(tl.bfloat16).to(tl.float32) + knr * sin).to(tl.bfloat16).to(tl.float32)
+    k_new = _head_norm_rope(row, qkw_ptr, kh, d, dr, cos, sin, eps, HD)
     v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
     cache = bi * s_kb + h * s_kh
     if qh % (NH // KVH) == 0:
         tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
         tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
-    q = tl.load(row + qh * HD + d).to(tl.float32)
-    qr = tl.load(row + qh * HD + dr).to(tl.float32)
-    qrs = 1.0 / tl.sqrt(tl.sum(q * q, axis=0) / HD + eps)
-    qw = tl.load(qkw_ptr + qh * HD + d).to(tl.float32)
-    qwr = tl.load(qkw_ptr + qh * HD + dr).to(tl.float32)
-    qn = ((q * qrs).to(tl.bfloat16).to(tl.float32) * qw).to(tl.bfloat16).to(tl.float32)
-    qnr = ((qr * qrs).to(tl.bfloat16).to(tl.float32) * qwr).to(tl.bfloat16).to(tl.float32)
-    qq = ((qn * cos).to(tl.bfloat16).to(tl.float32) + qnr * sin).to(tl.bfloat16).to(tl.float32)
+    qq = _head_norm_rope(row, qkw_ptr, qh, d, dr, cos, sin, eps, HD)
     m = tl.max(tl.full((BL,), float("-inf"), tl.float32), axis=0)
     den = tl.sum(tl.zeros((BL,), tl.float32), axis=0)
     acc = tl.zeros((HD,), tl.float32)
