@@ -41,6 +41,26 @@ def _head_norm_rope(row, qkw_ptr, hd_idx, d, dr, cos, sin, eps, HD: tl.constexpr
     return ((xn * cos).to(tl.bfloat16).to(tl.float32) + xnr * sin).to(tl.bfloat16).to(tl.float32)
 
 
+@triton.jit
+def _topk_mask(sc, ok, k):
+    # which of the valid (`ok`) scores are the top k, ties broken by index as topk does: a threshold search (the
+    # largest threshold with at least k scores at or above it, 33 halvings over the floats' order as integers), no
+    # sort. `_sample`'s and the persistent step's sampler
+    bits = sc.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
+    key = tl.where(ok, key, -(2**31) - 1)
+    lo = tl.min(key, axis=0)
+    hi = tl.max(key, axis=0)
+    for _ in range(33):  # the largest thr with at least k keys >= thr
+        mid = lo + (hi - lo + 1) // 2
+        enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid - 1)
+    above = key > lo
+    tie = key == lo
+    return above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
+
+
 # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
 # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
 # (`gdc_launch_dependents`): the next kernel's programs are resident and loading while this one runs.
@@ -371,20 +391,7 @@ def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, 
     lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf")).to(tl.float32)
     best = tl.argmax(lg, axis=0)
     t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-    sc = lg / t
-    bits = sc.to(tl.int32, bitcast=True)
-    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
-    key = tl.where(ok, key, -(2**31) - 1)
-    lo = tl.min(key, axis=0)
-    hi = tl.max(key, axis=0)
-    for _ in range(33):  # the largest thr with at least k keys >= thr
-        mid = lo + (hi - lo + 1) // 2
-        enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, hi, mid - 1)
-    above = key > lo
-    tie = key == lo
-    sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
+    sel = _topk_mask(lg / t, ok, k)
     slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
     tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
     tl.debug_barrier()

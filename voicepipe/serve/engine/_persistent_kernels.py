@@ -13,6 +13,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from voicepipe.serve.engine._fused_kernels import _topk_mask
+
 # phases (STAGE): 0 input projection, 1 norm + q/k/v, 2 attention, 3 output projection + residual,
 # 4 norm + gate/up + SiLU, 5 down projection + residual, 6 final norm + code head, 7 sampling + embedding
 N_TAB = 9  # per layer, element offsets from `base` of: ln1, ln2, qk_w, wqkv, wo, wgu, wd, k cache, v cache
@@ -210,20 +212,7 @@ def _sample_phase(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, k, s_t
         lg = tl.load(lg_ptr + row * V + offs, mask=ok, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
         best = tl.argmax(lg, axis=0)
         t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-        sc = lg / t
-        bits = sc.to(tl.int32, bitcast=True)
-        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-        key = tl.where(ok, key, -(2**31) - 1)
-        lo = tl.min(key, axis=0)
-        hi = tl.max(key, axis=0)
-        for _ in range(33):
-            mid = lo + (hi - lo + 1) // 2
-            enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        above = key > lo
-        tie = key == lo
-        sel = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
+        sel = _topk_mask(lg / t, ok, k)
         slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
         tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
         tl.debug_barrier()
