@@ -61,6 +61,20 @@ def _topk_mask(sc, ok, k):
     return above | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= k - tl.sum(above.to(tl.int32), axis=0)))
 
 
+@triton.jit
+def _race(v, idx, j, jok, ex_ptr, row, s_ex):
+    # the exponential race among the top k (scores v of codes idx, slots j, valid jok): the code of the largest
+    # p / draw, each paired with its draw (row `row` of ex) by its place in topk's order (descending; equal values
+    # by index), as `kernels.sample` pairs them. `_sample`'s and the persistent step's sampler
+    ahead = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))
+    rank = tl.sum((ahead & jok[None, :]).to(tl.int32), axis=1)
+    p = tl.exp(v - tl.max(v, axis=0))
+    p = p / tl.sum(p, axis=0)
+    e = tl.load(ex_ptr + row * s_ex + rank, mask=jok, other=1.0)
+    pick = tl.argmax(tl.where(jok, p / e, -1.0), axis=0)
+    return tl.sum(tl.where(j == pick, idx, 0), axis=0)
+
+
 # PDL (programmatic dependent launch, `PDL`): a kernel loads what no earlier kernel writes (its first weight tile)
 # before `gdc_wait` (the kernel before it finished, its writes visible), then lets the next kernel launch
 # (`gdc_launch_dependents`): the next kernel's programs are resident and loading while this one runs.
@@ -399,14 +413,7 @@ def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, 
     jok = j < k
     idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
     v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")).to(tl.float32) / t
-    # each one's place in topk's order (descending; equal values by index), which pairs it with its draw
-    ahead = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))
-    rank = tl.sum((ahead & jok[None, :]).to(tl.int32), axis=1)
-    p = tl.exp(v - tl.max(v, axis=0))
-    p = p / tl.sum(p, axis=0)
-    e = tl.load(ex_ptr + row * s_ex + rank, mask=jok, other=1.0)
-    pick = tl.argmax(tl.where(jok, p / e, -1.0), axis=0)
-    code = tl.sum(tl.where(j == pick, idx, 0), axis=0)
+    code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
     g = tl.load(greedy_ptr + row).to(tl.int32)
     code = tl.where(g != 0, best, code).to(tl.int64)
     tl.store(out_ptr + row, code)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from voicepipe.serve.engine._fused_kernels import _topk_mask
+from voicepipe.serve.engine._fused_kernels import _race, _topk_mask
 
 # phases (STAGE): 0 input projection, 1 norm + q/k/v, 2 attention, 3 output projection + residual,
 # 4 norm + gate/up + SiLU, 5 down projection + residual, 6 final norm + code head, 7 sampling + embedding
@@ -220,13 +220,7 @@ def _sample_phase(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, k, s_t
         jok = j < k
         idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
         v = tl.load(lg_ptr + row * V + idx, mask=jok, other=float("-inf"), cache_modifier=".cg").to(tl.float32) / t
-        ahead = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (idx[None, :] < idx[:, None]))
-        rank = tl.sum((ahead & jok[None, :]).to(tl.int32), axis=1)
-        p = tl.exp(v - tl.max(v, axis=0))
-        p = p / tl.sum(p, axis=0)
-        e = tl.load(ex_ptr + row * s_ex + rank, mask=jok, other=1.0)
-        pick = tl.argmax(tl.where(jok, p / e, -1.0), axis=0)
-        code = tl.sum(tl.where(j == pick, idx, 0), axis=0)
+        code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
         g = tl.load(greedy_ptr + row).to(tl.int32)
         code = tl.where(g != 0, best, code).to(tl.int64)
         tl.store(out_ptr + row, code)
