@@ -129,9 +129,10 @@ def rms_split_errors(op: str, m: int, call, r: torch.Tensor, e: torch.Tensor, sp
 
 
 def preload_checks(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
-    """`fused.GEMV_PRELOAD` / `fused.RMS_PRELOAD` / `fused.ATTN_PRELOAD` against the same ops without them, at the
-    predictor's shapes (q/k/v, gate/up + SiLU, output and down projections + residual, attention with its cache
-    write): the same sums in the same order, so the outputs (and caches) must be bitwise equal."""
+    """`fused.GEMV_PRELOAD` / `fused.RMS_PRELOAD` / `fused.ATTN_PRELOAD` (and `fused.SPLIT_ALIGN` at 16 rows) against
+    the same ops without them, at the predictor's shapes (q/k/v, gate/up + SiLU, output and down projections +
+    residual, attention with its cache write): the same sums in the same order, so the outputs (and caches) must be
+    bitwise equal."""
     lw = layers(dev)[0]
     rows = []
     for m in ms:
@@ -165,6 +166,17 @@ def preload_checks(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
                 setattr(fused, flag, old)
             rows.append(dict(op=f"{name} {flag}", rows=m, bitwise_equal=bool(torch.equal(y0, y1)),
                              vs_without=rel(y1, y0)))
+    a, x = torch.randn(16, FF, device=dev).to(torch.bfloat16), torch.randn(16, H, device=dev).to(torch.bfloat16)
+    old = fused.SPLIT_ALIGN
+    try:  # the 3-16 row form's split-K (EngineConfig.fused_split_k 4) with its alignment hint
+        fused.SPLIT_ALIGN = False
+        y0 = fused.linear_residual(a, lw.wd, x, 4)
+        fused.SPLIT_ALIGN = True
+        y1 = fused.linear_residual(a, lw.wd, x, 4)
+    finally:
+        fused.SPLIT_ALIGN = old
+    rows.append(dict(op="linear_residual/down split 4 SPLIT_ALIGN", rows=16, bitwise_equal=bool(torch.equal(y0, y1)),
+                     vs_without=rel(y1, y0)))
     return rows
 
 

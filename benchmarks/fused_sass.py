@@ -16,6 +16,7 @@ A structure check, not a timing: `benchmarks/fused.py` on a GPU times them.
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import subprocess
 import tempfile
@@ -29,14 +30,19 @@ from voicepipe.serve.engine import fused
 
 PTR = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ln_ptr": "*bf16", "y_ptr": "*bf16", "r_ptr": "*bf16", "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "qkv_ptr": "*bf16", "qkw_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16",
-       "pos_ptr": "*i64", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "o_ptr": "*bf16"}
+       "pos_ptr": "*i64", "kc_ptr": "*bf16", "vc_ptr": "*bf16", "o_ptr": "*bf16", "lg_ptr": "*bf16",
+       "temp_ptr": "*fp32", "greedy_ptr": "*i1", "ex_ptr": "*fp32", "scr_ptr": "*i32", "out_ptr": "*i64",
+       "emb_w_ptr": "*bf16", "emb_ptr": "*bf16"}
 # what Triton's launcher marks divisible by 16 at the real shapes
 DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o", "s_cs")
 SHOWN = re.compile(r"LDG|LDGSTS|LDGDEPBAR|ACQBULK|BAR\.SYNC|BRA|HMMA|WGMMA|STG|ATOM")
 
 
 def compile_sm90(fn, const: dict, warps: int, stages: int):
+    """`fn` compiled for sm_90 with these constexprs (a constexpr left out takes its default, as at a launch)."""
     const = {k: v for k, v in const.items() if k in fn.arg_names}
+    const.update({p.name: p.default for p in fn.params
+                  if p.is_constexpr and p.name not in const and p.default is not inspect.Parameter.empty})
     sig = {n: "constexpr" if n in const else PTR.get(n, "fp32" if n in ("eps", "scale") else "i32")
            for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in fn.arg_names
@@ -47,12 +53,13 @@ def compile_sm90(fn, const: dict, warps: int, stages: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kernel", choices=["gemv_res", "rms_dot", "attn"])
+    ap.add_argument("kernel", choices=["gemv_res", "rms_dot", "attn", "dot_res", "attn_rows", "sample"])
     ap.add_argument("--kc", type=int, default=0, help="KC: K at compile time (0: the runtime loop)")
     ap.add_argument("--pre", type=int, default=1, help="rms_dot: weight tiles loaded before the wait (1-2); "
                     "attn: 2 for the cache loaded before the wait")
-    ap.add_argument("--split", type=int, default=2, help="rms_dot: SPLIT")
+    ap.add_argument("--split", type=int, default=2, help="rms_dot, dot_res: SPLIT")
     ap.add_argument("--glu", action="store_true", help="rms_dot: the gate/up + SiLU form")
+    ap.add_argument("--align", action="store_true", help="dot_res: ALIGN (`fused.SPLIT_ALIGN`)")
     ap.add_argument("--warps", type=int, default=0, help="num_warps (0: the op's fused.CONFIG / ATTN_WARPS)")
     a = ap.parse_args()
     ks = fused._kernels()
@@ -62,6 +69,15 @@ def main() -> None:
     elif a.kernel == "attn":  # the code predictor's: 16 query heads, 8 KV heads of 128, a cache of 16 positions
         k = compile_sm90(ks[2], dict(NH=16, KVH=8, HD=128, L=16, PDL=True, PRE=a.pre > 1), a.warps or fused.ATTN_WARPS,
                          1)
+    elif a.kernel == "dot_res":  # the matmul + residual op above 2 rows (16-row tiles, split-K)
+        kind, bn, bk, warps, stages = fused.DOT_CONFIG["linear_residual"]
+        k = compile_sm90(ks[4], dict(BM=16, BN=bn, BK=bk, DOT_F32=False, SPLIT=a.split, PDL=True, ALIGN=a.align),
+                         a.warps or warps, stages)
+    elif a.kernel == "attn_rows":  # the talker's: 16 query heads, 8 KV heads of 128, blocks of ROWS_ATTN_BLOCK
+        k = compile_sm90(ks[5], dict(NH=16, KVH=8, HD=128, BL=fused.ROWS_ATTN_BLOCK, NB=4, PDL=True),
+                         a.warps or fused.ATTN_WARPS, 1)
+    elif a.kernel == "sample":  # top-k sampling + the code's embedding row, vocabulary 2048, k <= 64
+        k = compile_sm90(ks[3], dict(VP=2048, KP=64, EMB=True, EP=2048, PDL=True), a.warps or fused.SAMPLE_WARPS, 1)
     else:
         kind, bn, bk, warps, stages = fused.CONFIG["rms_glu" if a.glu else "rms_linear"]
         k = compile_sm90(ks[0]["dot"], dict(GLU=a.glu, BM=16, BN=bn, BK=bk, DOT_F32=False, PDL=True,

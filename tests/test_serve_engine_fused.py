@@ -433,3 +433,18 @@ def test_the_attention_with_its_cache_preloaded_is_the_plain_one(interpret, rows
         out[pre] = fused.attn_decode(qkv, qk_w, cos, sin, torch.tensor([pos]), kc, vc, 1e-6, NH, KVH), kc, vc
     assert all(torch.equal(a, b) for a, b in zip(out[True], out[False], strict=True))
     assert not torch.equal(out[True][1], caches[0])  # the cache write happened
+
+
+@pytest.mark.parametrize("rows,split", [(5, 2), (16, 4)])
+def test_the_split_k_matmul_residual_with_its_alignment_hint_is_the_plain_one(interpret, rows, split, monkeypatch):
+    """`fused.SPLIT_ALIGN`: the matmul + residual op's split-K form is told that each split's K range starts at a
+    multiple of its K tile (a compiler hint for wider loads): the same output, bit for bit."""
+    torch.manual_seed(10)
+    K, N = 4 * 1024, 96
+    x, w, r = _bf(rows, K), _bf(N, K, scale=0.03), _bf(rows, N)
+    monkeypatch.setattr(fused, "SPLIT_ALIGN", False)
+    plain = fused.linear_residual(x, w, r, split)
+    monkeypatch.setattr(fused, "SPLIT_ALIGN", True)
+    out = fused.linear_residual(x, w, r, split)
+    _close(out, r.float() + torch.nn.functional.linear(x.float(), w.float()))
+    assert torch.equal(out, plain) and not fused._COUNTERS[x.device].any()

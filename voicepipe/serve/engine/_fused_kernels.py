@@ -290,8 +290,10 @@ def _gemv_res(x_ptr, w_ptr, r_ptr, y_ptr, M, N, K, sxm, swn, srm, sym,
 @triton.jit
 def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, sxm, swn, srm, sym, BM: tl.constexpr,
              BN: tl.constexpr, BK: tl.constexpr, DOT_F32: tl.constexpr, SPLIT: tl.constexpr = 1,
-             PDL: tl.constexpr = False):  # fmt: skip
+             PDL: tl.constexpr = False, ALIGN: tl.constexpr = False):  # fmt: skip
     # _gemv_res on tensor cores (3-16 rows): [BM, BK] x [BK, BN] tiles, rows padded to BM = 16.
+    # ALIGN (`SPLIT_ALIGN`): a split's K range starts at a multiple of BK (the launcher checks it), which Triton
+    # cannot infer from K // SPLIT: its loads are then 128-bit, not 64-bit, at split 4
     # SPLIT > 1: split-K over program_id(1) (more programs on the few output columns: N = 1024 at BN 32 is 32
     # programs); each split stores its fp32 partial in ws [SPLIT, BM, N], and the tile's last split to arrive
     # (counter cnt[tile], left at zero again) adds them in split order, so the result is deterministic
@@ -304,6 +306,8 @@ def _dot_res(x_ptr, w_ptr, r_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, sxm, swn, srm
     m_ok = offs_m < M
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     kper = K // SPLIT
+    if ALIGN:
+        kper = tl.multiple_of(kper, BK)
     w0 = tl.load(w_ptr + offs_n[:, None] * swn + ks * kper + offs_k[None, :], mask=n_ok[:, None], other=0.0,
                  eviction_policy="evict_first")
     if PDL:

@@ -82,6 +82,12 @@ RMS_PRELOAD = False
 # the predictor's attention loads its position, RoPE rows and cache rows below the position before the wait, the
 # q/k/v row after it. Built 2026-12-05 after the device time was spent: not measured yet, so off
 ATTN_PRELOAD = False
+# the matmul + residual op's tl.dot form (3-16 rows) told that a split's K range starts at a multiple of its K tile
+# (`_split_counters` guarantees it), which Triton cannot infer from K // split: at split 4 (the default
+# `EngineConfig.fused_split_k`) its weight and x loads become 128-bit instead of 64-bit, 95 registers instead of 152
+# (sm_90 SASS, `benchmarks/fused_sass.py dot_res --split 4`). Found 2026-12-05 after the device time was spent: not
+# measured yet, so off
+SPLIT_ALIGN = False
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
@@ -250,7 +256,7 @@ def linear_residual(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, split: in
         _kernels()[4][(_cdiv(N, bn), split)](x, w, r, y, ws, y if cnt is None else cnt, M, N, K, x.stride(0),
                                              w.stride(0), r.stride(0), y.stride(0), BM=16, BN=bn, BK=bk,
                                              num_warps=warps, num_stages=stages, DOT_F32=_interpreted(),
-                                             SPLIT=split, **_pdl(x.device))
+                                             SPLIT=split, ALIGN=SPLIT_ALIGN and split > 1, **_pdl(x.device))
         return y
     _kernels()[1][(_cdiv(w.shape[0], bn),)](x, w, r, y, M, w.shape[0], K, x.stride(0), w.stride(0), r.stride(0),
                                              y.stride(0), BM=2, BN=bn, BK=bk, num_warps=warps, num_stages=stages,
