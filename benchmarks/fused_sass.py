@@ -34,7 +34,8 @@ PTR = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ln_ptr": "*bf16", "y_ptr": "*bf16", 
        "temp_ptr": "*fp32", "greedy_ptr": "*i1", "ex_ptr": "*fp32", "scr_ptr": "*i32", "out_ptr": "*i64",
        "emb_w_ptr": "*bf16", "emb_ptr": "*bf16"}
 # what Triton's launcher marks divisible by 16 at the real shapes
-DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o", "s_cs")
+DIV16 = ("N", "K", "sxm", "swn", "srm", "sym", "s_qkv", "s_kb", "s_kh", "s_kl", "s_o", "s_cs", "s_lg", "V", "E", "s_ew",
+         "s_e")
 SHOWN = re.compile(r"LDG|LDGSTS|LDGDEPBAR|ACQBULK|BAR\.SYNC|BRA|HMMA|WGMMA|STG|ATOM")
 
 
