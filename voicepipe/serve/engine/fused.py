@@ -182,12 +182,13 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     extra: dict = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
     split = RMS_SPLIT if kind == "dot" and M <= GEMV_ROWS else 1
     cnt = _split_counters(x.device, split, N, K, bn, bk)
+    split = split if cnt is not None else 1
     if cnt is not None:
         ws = torch.empty(split, 2, 16, N, device=x.device, dtype=torch.float32)
         extra.update(ws_ptr=ws, cnt_ptr=cnt, SPLIT=split)
     if kind == "dot" and RMS_PRELOAD:
-        extra.update(KC=K, PRE=2 if K // (split if cnt is not None else 1) >= 2 * bk else 1)
-    _kernels()[0][kind][(_cdiv(N, bn), split if cnt is not None else 1)](
+        extra.update(KC=K, PRE=2 if K // split >= 2 * bk else 1)
+    _kernels()[0][kind][(_cdiv(N, bn), split)](
         x, ln, w, y, M, N, K, x.stride(0), w.stride(0), y.stride(0), eps, GLU=glu, BM=2 if kind == "gemv" else 16,
         BN=bn, BK=bk, num_warps=warps, num_stages=stages, **extra, **_pdl(x.device, kind == "dot"))
     return y
