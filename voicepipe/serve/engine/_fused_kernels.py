@@ -62,6 +62,19 @@ def _topk_mask(sc, ok, k):
 
 
 @triton.jit
+def _topk_codes(sel, offs, scr_ptr, row, k, KP: tl.constexpr):
+    # the selected codes packed into KP slots (through the row's scratch in scr) in code order: slots j, which hold
+    # one (jok: j < k), and their codes idx. `_sample`'s and the persistent step's sampler
+    slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
+    tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
+    tl.debug_barrier()
+    j = tl.arange(0, KP)
+    jok = j < k
+    idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
+    return j, jok, idx
+
+
+@triton.jit
 def _race(v, idx, j, jok, ex_ptr, row, s_ex):
     # the exponential race among the top k (scores v of codes idx, slots j, valid jok): the code of the largest
     # p / draw, each paired with its draw (row `row` of ex) by its place in topk's order (descending; equal values
@@ -409,13 +422,7 @@ def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, 
     lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf")).to(tl.float32)
     best = tl.argmax(lg, axis=0)
     t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-    sel = _topk_mask(lg / t, ok, k)
-    slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
-    tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
-    tl.debug_barrier()
-    j = tl.arange(0, KP)
-    jok = j < k
-    idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
+    j, jok, idx = _topk_codes(_topk_mask(lg / t, ok, k), offs, scr_ptr, row, k, KP)
     v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")).to(tl.float32) / t
     code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
     g = tl.load(greedy_ptr + row).to(tl.int32)

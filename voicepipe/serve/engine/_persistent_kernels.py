@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from voicepipe.serve.engine._fused_kernels import _race, _topk_mask
+from voicepipe.serve.engine._fused_kernels import _race, _topk_codes, _topk_mask
 
 # phases (STAGE): 0 input projection, 1 norm + q/k/v, 2 attention, 3 output projection + residual,
 # 4 norm + gate/up + SiLU, 5 down projection + residual, 6 final norm + code head, 7 sampling + embedding
@@ -212,13 +212,7 @@ def _sample_phase(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, k, s_t
         lg = tl.load(lg_ptr + row * V + offs, mask=ok, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
         best = tl.argmax(lg, axis=0)
         t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-        sel = _topk_mask(lg / t, ok, k)
-        slot = tl.cumsum(sel.to(tl.int32), axis=0) - 1
-        tl.store(scr_ptr + row * KP + slot, offs, mask=sel)
-        tl.debug_barrier()
-        j = tl.arange(0, KP)
-        jok = j < k
-        idx = tl.load(scr_ptr + row * KP + j, mask=jok, other=0)
+        j, jok, idx = _topk_codes(_topk_mask(lg / t, ok, k), offs, scr_ptr, row, k, KP)
         v = tl.load(lg_ptr + row * V + idx, mask=jok, other=float("-inf"), cache_modifier=".cg").to(tl.float32) / t
         code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
         g = tl.load(greedy_ptr + row).to(tl.int32)
