@@ -37,7 +37,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
                use: int | dict[str, int] | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
                overrides: dict | None = None, voices: list[str] | None = None, music: str = "sine",
-               intro_s: float = 15.0, distinct_text: bool = False) -> dict:
+               intro_s: float = 15.0, distinct_text: bool = False, enroll_from: str | None = None) -> dict:
     from voicepipe.corpus.build import build_local
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
@@ -85,9 +85,10 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     write_feed(pod / "feed.xml", feed_items(truth, base))
     url = f"{base}/feed.xml"
     build_dir = Path(tempfile.mkdtemp(prefix=f"purity-{engine}-", dir=work))
+    enroll = truth.enrollment if enroll_from is None else _clips_from(truth, enroll_from, build_dir / "enroll")
     try:
         params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in truth.enrollment], out=str(build_dir / "out"), feeds=[url],
+            speaker="target", enroll=[str(p) for p in enroll], out=str(build_dir / "out"), feeds=[url],
             separate=separator != "none", separator="auto" if separator == "none" else separator,
             asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
             store_url=str(build_dir / "store"), val_fraction=0.0,
@@ -127,6 +128,24 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     }
 
 
+def _clips_from(truth, episode: str, out: Path, n: int = 3) -> list[Path]:  # noqa: ANN001 - PodcastTruth
+    """Enrollment as a user would cut it from the show: the `n` longest stretches of the target alone in
+    `episode`'s published mp3 (with whatever music and noise lie under them), as wav."""
+    from voicepipe.audio import load_audio, save_wav
+
+    try:
+        ep = truth.episode(episode)
+    except KeyError:
+        raise SystemExit(f"--enroll-from {episode}: no such episode (have {[e.id for e in truth.episodes]})") from None
+    wav = load_audio(truth.dir / f"{episode}.mp3", 24000)
+    spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:n]
+    if not spans:
+        raise SystemExit(f"--enroll-from {episode}: the target does not speak alone there")
+    print(f"enrollment cut from {episode}: {[(round(a, 2), round(b, 2)) for a, b in spans]}", flush=True)
+    return [save_wav(out / f"enroll-{k + 1}.wav", wav[int(a * 24000): int(b * 24000)], 24000)
+            for k, (a, b) in enumerate(spans)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", nargs="+", default=["espeak", "flite"])
@@ -157,6 +176,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another CorpusParams field for the build (VALUE read as JSON, else a string), e.g. "
                     "--set overlap_count=1.5; repeatable")
+    ap.add_argument("--enroll-from", default=None, metavar="EPISODE",
+                    help="enroll with the target's longest stretches alone in this episode's mp3 (e.g. music-1: "
+                    "under its bed), as a user clips the host from the show, instead of the clean clips")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -190,7 +212,7 @@ def main() -> None:
     results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
                           args.change_guard_s, args.separator, args.scenarios, overrides,
                           args.voices.split(",") if args.voices else None, args.music, args.intro_s,
-                          args.distinct_text)
+                          args.distinct_text, args.enroll_from)
                for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
