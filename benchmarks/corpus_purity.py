@@ -38,18 +38,14 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
                separator: str = "none", scenarios: list[str] | None = None,
                overrides: dict | None = None, voices: list[str] | None = None, music: str = "sine",
                intro_s: float = 15.0, distinct_text: bool = False, enroll_from: str | None = None) -> dict:
-    from voicepipe.corpus.build import build_local
-    from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.synthetic import (
         EXTRA_SCENARIOS,
         SCENARIOS,
         PodcastTruth,
-        feed_items,
+        build_feed,
         make_recorded_podcast,
         make_scenario_podcast,
         score_corpus,
-        serve_dir,
-        write_feed,
     )
 
     tag = ""
@@ -81,32 +77,22 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         truth.episodes = [ep for ep in truth.episodes if int(ep.id.rsplit("-", 1)[1]) <= limit.get(ep.scenario, 10**6)]
     if scenarios:
         truth.episodes = [ep for ep in truth.episodes if ep.scenario in scenarios]
-    base, stop = serve_dir(pod)
-    write_feed(pod / "feed.xml", feed_items(truth, base))
-    url = f"{base}/feed.xml"
     build_dir = Path(tempfile.mkdtemp(prefix=f"purity-{engine}-", dir=work))
     enroll = truth.enrollment if enroll_from is None else _clips_from(truth, enroll_from, build_dir / "enroll")
+    t0 = time.perf_counter()
+    error = None
     try:
-        params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in enroll], out=str(build_dir / "out"), feeds=[url],
-            separate=separator != "none", separator="auto" if separator == "none" else separator,
-            asr_backend="pocketsphinx", codec_model=str(codec), workers=workers,
-            store_url=str(build_dir / "store"), val_fraction=0.0,
-            **({} if change_guard_s is None else {"change_guard_s": change_guard_s}), **(overrides or {}),
-        )
-        t0 = time.perf_counter()
-        error = None
-        try:
-            res = build_local(params, progress=False)
-            step_seconds, audio_s = res.step_seconds, res.audio_seconds
-        except Exception as e:  # a build that keeps nothing fails: score what it left
-            error = f"{type(e).__name__}: {e}"
-            traceback.print_exc()  # a bug (not a build that kept nothing) must be visible
-            step_seconds, audio_s = {}, sum(ep.duration for ep in truth.episodes)
-        wall = time.perf_counter() - t0
-    finally:
-        stop()
-    out = Path(params.out)
+        res = build_feed(truth, build_dir, codec, enroll=[str(p) for p in enroll], workers=workers,
+                         separate=separator != "none", separator="auto" if separator == "none" else separator,
+                         **({} if change_guard_s is None else {"change_guard_s": change_guard_s}),
+                         **(overrides or {}))
+        step_seconds, audio_s = res.step_seconds, res.audio_seconds
+    except Exception as e:  # a build that keeps nothing fails: score what it left
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()  # a bug (not a build that kept nothing) must be visible
+        step_seconds, audio_s = {}, sum(ep.duration for ep in truth.episodes)
+    wall = time.perf_counter() - t0
+    out = build_dir / "out"
     if error:
         print(f"{engine}: the build failed: {error}", flush=True)
     score = score_corpus(out, truth) if (out / "corpus.json").exists() else {"per_episode": {}}

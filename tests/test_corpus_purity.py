@@ -20,12 +20,10 @@ from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.synthetic import (
     ENGINE_VOICES,
     SCENARIOS,
-    feed_items,
+    build_feed,
     make_scenario_podcast,
     score_corpus,
-    serve_dir,
     speak_with,
-    write_feed,
 )
 from voicepipe.errors import InputError
 
@@ -43,21 +41,10 @@ NOT_MET = {"backchannels", "crosstalk", "music"}
 
 @pytest.fixture(scope="module")
 def scenario_build(tmp_path_factory, tiny_tts_dir):
-    from voicepipe.corpus.build import build_local
-
     root = tmp_path_factory.mktemp("purity")
     truth = make_scenario_podcast(root / "pod", SCENARIO_EPISODES, engine="espeak", episode_seconds=24.0, seed=5)
-    base, stop = serve_dir(truth.dir)
-    try:
-        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
-        params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in truth.enrollment], feeds=[f"{base}/feed.xml"],
-            out=str(root / "out"), store_url=str(root / "store"), separate=False, asr_backend="pocketsphinx",
-            codec_model=str(tiny_tts_dir), workers=2, val_fraction=0.0,
-        )
-        res = build_local(params, progress=False)
-    finally:
-        stop()
+    res = build_feed(truth, root, tiny_tts_dir, separate=False, workers=2)
+    params = CorpusParams.model_validate(json.loads((Path(res.out) / "corpus.json").read_text())["params"])
     return {"truth": truth, "res": res, "out": Path(res.out), "params": params, "root": root}
 
 

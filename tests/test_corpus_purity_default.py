@@ -13,15 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from voicepipe.corpus.config import CorpusParams
-from voicepipe.corpus.synthetic import (
-    SCENARIOS,
-    feed_items,
-    make_scenario_podcast,
-    score_corpus,
-    serve_dir,
-    write_feed,
-)
+from voicepipe.corpus.synthetic import SCENARIOS, build_feed, make_scenario_podcast, score_corpus
 
 # issue 12's target (purity >= 0.99, recall >= 0.8) is NOT met here yet; this build, 2026-12-05 (twenty-first
 # session; benchmarks/RESULTS.md, corpus purity): backchannels 0.998 / 0.762 and crosstalk 1.000 / 0.649, the two
@@ -33,22 +25,9 @@ NOT_MET = {"backchannels", "crosstalk"}
 
 @pytest.fixture(scope="module")
 def default_build(tmp_path_factory, tiny_tts_dir):
-    from voicepipe.corpus.build import build_local
-
     root = tmp_path_factory.mktemp("purity-default")
     truth = make_scenario_podcast(root / "pod", SCENARIOS, engine="espeak", episode_seconds=24.0, seed=5)
-    base, stop = serve_dir(truth.dir)
-    try:
-        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
-        params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in truth.enrollment], feeds=[f"{base}/feed.xml"],
-            out=str(root / "out"), store_url=str(root / "store"), asr_backend="pocketsphinx",
-            codec_model=str(tiny_tts_dir), workers=2, val_fraction=0.0,
-        )
-        res = build_local(params, progress=False)
-    finally:
-        stop()
-    out = Path(res.out)
+    out = Path(build_feed(truth, root, tiny_tts_dir, workers=2).out)
     return {"truth": truth, "out": out, "score": score_corpus(out, truth)}
 
 

@@ -12,30 +12,16 @@ import json
 from pathlib import Path
 
 from voicepipe.corpus import intervals
-from voicepipe.corpus.config import CorpusParams
-from voicepipe.corpus.synthetic import feed_items, make_scenario_podcast, score_corpus, serve_dir, write_feed
+from voicepipe.corpus.synthetic import build_feed, make_scenario_podcast, score_corpus
 
 
 def test_music_the_vad_hears_as_speech_does_not_merge_the_co_host_into_the_target(tmp_path, tiny_tts_dir):
-    from voicepipe.corpus.build import build_local
-
     # espeak's close co-host, a 6 s intro, stings, an outro (seed 3: the VAD hears one sting as speech; built
     # without the floor (`separated_floor_db=None`), that 0.4 s is a cluster at cosine 0.11 to the enrollment and
     # the co-host joins the target's: purity 0.913; with it 1.000 / 0.772)
     truth = make_scenario_podcast(tmp_path / "pod", ["cohost_close"], engine="espeak", episode_seconds=30.0, seed=3,
                                   music="rich", intro_s=6.0)
-    base, stop = serve_dir(truth.dir)
-    try:
-        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
-        params = CorpusParams(
-            speaker="target", enroll=[str(p) for p in truth.enrollment], feeds=[f"{base}/feed.xml"],
-            out=str(tmp_path / "out"), store_url=str(tmp_path / "store"), asr_backend="pocketsphinx",
-            codec_model=str(tiny_tts_dir), workers=1, val_fraction=0.0,
-        )
-        res = build_local(params, progress=False)
-    finally:
-        stop()
-    out = Path(res.out)
+    out = Path(build_feed(truth, tmp_path, tiny_tts_dir, workers=1).out)
     summary = json.loads((out / "corpus.json").read_text())
     assert summary["separation"] == "deepfilternet"
     ep = score_corpus(out, truth)["per_episode"]["cohost_close-1"]

@@ -25,6 +25,7 @@ from email.utils import format_datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -32,6 +33,9 @@ import numpy as np
 from voicepipe.audio import load_audio, normalize_loudness, resample, save_wav
 from voicepipe.corpus import intervals
 from voicepipe.errors import InputError
+
+if TYPE_CHECKING:
+    from voicepipe.corpus.build import BuildResult
 
 SR = 24000
 TARGET_VOICE = "en-us+m3"
@@ -784,6 +788,25 @@ def serve_feed(directory: str | Path) -> tuple[str, Callable[[], None]]:
 def _overlap_s(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
     return float(sum(max(0.0, min(e, be) - max(s, bs)) for s, e in a for bs, be in b))
 
+
+def build_feed(truth: PodcastTruth, root: str | Path, codec_model: str | Path, **params: Any) -> BuildResult:
+    """`voicepipe corpus build` (`build_local`) over `truth`'s podcast as a user's feed: its episodes (`truth.episodes`,
+    which a caller may narrow) as RSS over HTTP on 127.0.0.1, the podcast's enrollment, out/ and store/ under `root`,
+    pocketsphinx, the codec at `codec_model`, no validation split. `params`: other `CorpusParams` fields (e.g.
+    `separate=False`, `workers=2`, `enroll=[...]`). Returns the `BuildResult`; the feed server stops either way."""
+    from voicepipe.corpus.build import build_local
+    from voicepipe.corpus.config import CorpusParams
+
+    root = Path(root)
+    base, stop = serve_dir(truth.dir)
+    try:
+        write_feed(truth.dir / "feed.xml", feed_items(truth, base))
+        fields = {"speaker": "target", "enroll": [str(p) for p in truth.enrollment], "feeds": [f"{base}/feed.xml"],
+                  "out": str(root / "out"), "store_url": str(root / "store"), "asr_backend": "pocketsphinx",
+                  "codec_model": str(codec_model), "val_fraction": 0.0, **params}
+        return build_local(CorpusParams(**fields), progress=False)
+    finally:
+        stop()
 
 def score_corpus(corpus_dir: str | Path, truth: PodcastTruth) -> dict:
     """Score a built corpus against the truth.
