@@ -114,22 +114,26 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     }
 
 
-def _clips_from(truth, episode: str, out: Path, n: int = 3) -> list[Path]:  # noqa: ANN001 - PodcastTruth
-    """Enrollment as a user would cut it from the show: the `n` longest stretches of the target alone in
-    `episode`'s published mp3 (with whatever music and noise lie under them), as wav."""
+def _clips_from(truth, episodes: str, out: Path, n: int = 3) -> list[Path]:  # noqa: ANN001 - PodcastTruth
+    """Enrollment as a user would cut it from the show: the `n` longest stretches of the target alone in each of
+    `episodes`' (comma-separated) published mp3 (with whatever music and noise lie under them), as wav."""
     from voicepipe.audio import load_audio, save_wav
 
-    try:
-        ep = truth.episode(episode)
-    except KeyError:
-        raise SystemExit(f"--enroll-from {episode}: no such episode (have {[e.id for e in truth.episodes]})") from None
-    wav = load_audio(truth.dir / f"{episode}.mp3", 24000)
-    spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:n]
-    if not spans:
-        raise SystemExit(f"--enroll-from {episode}: the target does not speak alone there")
-    print(f"enrollment cut from {episode}: {[(round(a, 2), round(b, 2)) for a, b in spans]}", flush=True)
-    return [save_wav(out / f"enroll-{k + 1}.wav", wav[int(a * 24000): int(b * 24000)], 24000)
-            for k, (a, b) in enumerate(spans)]
+    clips = []
+    for episode in episodes.split(","):
+        try:
+            ep = truth.episode(episode)
+        except KeyError:
+            raise SystemExit(f"--enroll-from {episode}: no such episode (have {[e.id for e in truth.episodes]})"
+                             ) from None
+        wav = load_audio(truth.dir / f"{episode}.mp3", 24000)
+        spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:n]
+        if not spans:
+            raise SystemExit(f"--enroll-from {episode}: the target does not speak alone there")
+        print(f"enrollment cut from {episode}: {[(round(a, 2), round(b, 2)) for a, b in spans]}", flush=True)
+        clips += [save_wav(out / f"enroll-{episode}-{k + 1}.wav", wav[int(a * 24000): int(b * 24000)], 24000)
+                  for k, (a, b) in enumerate(spans)]
+    return clips
 
 
 def main() -> None:
@@ -162,9 +166,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another CorpusParams field for the build (VALUE read as JSON, else a string), e.g. "
                     "--set overlap_count=1.5; repeatable")
-    ap.add_argument("--enroll-from", default=None, metavar="EPISODE",
-                    help="enroll with the target's longest stretches alone in this episode's mp3 (e.g. music-1: "
-                    "under its bed), as a user clips the host from the show, instead of the clean clips")
+    ap.add_argument("--enroll-from", default=None, metavar="EPISODE[,EPISODE]",
+                    help="enroll with the target's three longest stretches alone in each of these episodes' mp3 "
+                    "(e.g. music-1: under its bed), as a user clips the host from the show, instead of the clean "
+                    "clips")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
