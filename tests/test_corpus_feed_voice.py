@@ -448,6 +448,47 @@ def test_a_lead_short_of_half_the_distance_is_still_the_enrollment_telling_the_p
     assert all(v[0] == "both dropped" for k, v in leads.items() if k < 0.3), leads
 
 
+def test_a_told_apart_part_that_leans_toward_a_voice_of_the_feed_is_dropped_and_a_second_channel_is_not() -> None:
+    """A close co-host merged into the target in every episode (enrolled from the show: the episodes' clusters
+    merged them alike) parts from the target in the kept corpus, and the enrollment prefers the target's part by
+    far; a lead alone read that as the target on a second channel and kept both. Where the farther part lies at
+    least `voice_check_toward_other` of the way toward a voice the feed's episodes heard as a speaker of their own
+    (the co-host's own short clusters), it is dropped. The target on a second channel (a music bed's direction,
+    unrelated to any other voice) is kept, and so is a farther part that is the bigger one (an enrollment cut under
+    the bed prefers the bed's minority)."""
+    from voicepipe.corpus.assemble import _voice_check
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement, FeedVoices
+
+    rng = np.random.default_rng(47)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    feed = FeedVoices(target=target, others=[("ep9", "S1", _near(cohost, 0.9, rng)), ("ep8", "S1", _voice(rng))])
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    telling = _near(target, 0.97, rng)
+
+    embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost)
+    good = _states(embs, secs, eps)
+    co = {(ep, float(k)) for k, ep in enumerate(eps) if is_co[k]}
+    assert _voice_check(good, FeedJudgement(), telling, p)[1]["action"] == "none"  # no feed: the lead alone
+    drops, found, _ = _voice_check(good, FeedJudgement(), telling, p, feed=feed)
+    assert found is not None and found["action"] == "other dropped" and set(drops) == co, found
+    assert "of the way toward episode ep9's speaker S1, a voice of the feed" in next(iter(drops.values()))
+    off = p.model_copy(update={"voice_check_toward_other": 1.0})
+    assert _voice_check(good, FeedJudgement(), telling, off, feed=feed)[1]["action"] == "none"
+
+    bed = _near(target, 0.85, rng)  # the target under a music bed: a direction of its own
+    embs, secs, eps, _ = _kept(rng, [target] * 6, bed)
+    drops, found, _ = _voice_check(_states(embs, secs, eps), FeedJudgement(), telling, p, feed=feed)
+    assert found is not None and found["action"] == "none" and drops == {}, found
+
+    embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost, per_episode=1)  # the farther part the bigger
+    secs = np.where(is_co, 8.0, 2.0)
+    drops, found, _ = _voice_check(_states(embs, secs, eps), FeedJudgement(), unit(target + 0.3 * cohost), p,
+                                   feed=feed)
+    assert found is not None and found["other_s"] > found["kept_s"] and drops == {}, found
+
+
 def _states(embs: np.ndarray, secs: np.ndarray, eps: list[str]) -> list:
     """EpisodeStates whose filter kept one segment per embedding (start = its index)."""
     from voicepipe.corpus.fetch import EpisodeSource

@@ -22,7 +22,14 @@ from pydantic import BaseModel
 
 from voicepipe.corpus.config import CorpusParams
 from voicepipe.corpus.fetch import SourceReject
-from voicepipe.corpus.speakers import FEED_MIN_EPISODES, FeedJudgement, judge_feed, second_voice, unit
+from voicepipe.corpus.speakers import (
+    FEED_MIN_EPISODES,
+    FeedJudgement,
+    FeedVoices,
+    judge_feed,
+    second_voice,
+    unit,
+)
 from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
@@ -88,10 +95,13 @@ def _kept_segments(good: list[EpisodeState], judged: FeedJudgement) -> dict[tupl
 
 
 def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray, p: CorpusParams,
-                 stage: str = "after the feed check") -> tuple[dict[tuple[str, Any], str], dict | None, set]:
+                 stage: str = "after the feed check", feed: FeedVoices | None = None,
+                 ) -> tuple[dict[tuple[str, Any], str], dict | None, set]:
     """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings), or with an
     empty `judged`, over every segment the episodes kept: ((episode, segment start) -> reason for each segment it
-    drops, what it found for corpus.json (None: one voice), the keys of the part farther from the enrollment)."""
+    drops, what it found for corpus.json (None: one voice), the keys of the part farther from the enrollment).
+    `feed` (the feed's voices, `voice_check_toward_other`): where the enrollment tells the parts apart, the farther
+    part is dropped when, as the episodes heard it, it leans toward a voice of the feed (`_far_heard`)."""
     seg = _kept_segments(good, judged)
     keys = list(seg)
     secs = np.asarray([seg[k]["duration"] for k in keys], dtype=np.float64)
@@ -111,6 +121,13 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
                                    "(voice_check_keep_nearer)")
+    elif sv.preference >= p.voice_check_min_preference and sv.other_s < 0.5 * float(secs.sum()) and (
+            heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other or 0.0)):
+        # told apart, and the farther part, the smaller (an enrollment nearer a minority, say clips cut under a
+        # music bed, says more of its channel than of the voice), leans toward a voice the feed's episodes heard
+        action = "other dropped"
+        drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part, as the "
+                                   f"episodes heard it, lies {heard}; the farther dropped")
     elif sv.preference >= p.voice_check_min_preference:
         # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
@@ -128,6 +145,34 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
              "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["nearer"]],
              "listen_keys": {part: [list(k) for k in ks] for part, ks in listen.items()}}
     return drops, found, far
+
+
+def _far_heard(seg: dict[tuple[str, Any], dict], keys: list[tuple[str, Any]], far: set,
+               feed: FeedVoices | None, toward: float) -> str:
+    """Whether the voice check's farther part is, or holds, a voice of the feed: as the episodes heard them (the
+    segments' `emb_heard`, the space the feed's voices are in), the farther part's centroid lies at least `toward`
+    of the way from the nearer part's centroid to one of `feed`'s other voices (the gain in cosine to that voice
+    over the nearer part's, divided by the nearer part's distance to it). The target on a second channel (a music
+    bed) moves away from every other voice; a co-host merged into it moves toward the co-host's own clusters.
+    Returns that voice and the fraction in words, or "" (none, or no feed)."""
+    if feed is None or not feed.others:
+        return ""
+
+    def centroid(ks: list[tuple[str, Any]]) -> np.ndarray:
+        x = unit(np.asarray([seg[k].get("emb_heard") or seg[k]["emb"] for k in ks], dtype=np.float64))
+        return unit(np.average(x, axis=0, weights=[seg[k]["duration"] for k in ks]))
+
+    far_c, near_c = centroid([k for k in keys if k in far]), centroid([k for k in keys if k not in far])
+    best, who = -np.inf, None
+    for ep, lab, v in feed.others:
+        frac = float(far_c @ v - near_c @ v) / max(1.0 - float(near_c @ v), 1e-3)
+        if frac > best:
+            best, who = frac, (ep, lab, float(far_c @ v), float(near_c @ v))
+    if who is None or best < toward:
+        return ""
+    name = "its kept voice" if who[1] == "kept" else f"speaker {who[1]}"
+    return (f"{best:.2f} of the way toward episode {who[0]}'s {name}, a voice of the feed (cosine {who[2]:.3f} to "
+            f"it, the nearer part {who[3]:.3f}; >= voice_check_toward_other {toward:g})")
 
 
 def _typical(seg: dict[tuple[str, Any], dict], keys: list[tuple[str, Any]], n: int = 4) -> list[tuple[str, Any]]:
@@ -181,8 +226,9 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
     is left; the first is reported where it alone found two voices."""
     first = None
     drops: dict[tuple[str, Any], str] = {}
+    feed = judged.feed if p.voice_check_toward_other is not None else None
     if p.voice_check_before_feed and p.feed_voice_check and (judged.episodes or judged.segments):
-        drops, first, far = _voice_check(good, FeedJudgement(), enroll, p, "before the feed check")
+        drops, first, far = _voice_check(good, FeedJudgement(), enroll, p, "before the feed check", feed)
         if first is not None and first["action"] != "none":
             return drops, first
         if first is not None:
@@ -202,7 +248,7 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
                 drops = dict.fromkeys(far & set(after), why)
                 first = {**first, "action": "rest of a dropped voice", "dropped_s": round(far_s, 2)}
                 judged = FeedJudgement(episodes=judged.episodes, segments={**judged.segments, **drops})
-    more, found, _ = _voice_check(good, judged, enroll, p)
+    more, found, _ = _voice_check(good, judged, enroll, p, feed=feed)
     return {**drops, **more}, found or first
 
 

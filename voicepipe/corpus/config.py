@@ -178,6 +178,15 @@ class CorpusParams(BaseModel):
         "festival feed 0.52 with clean enrollment clips and 0.47 with clips cut from the show, where 0.5 failed "
         "the build: benchmarks/RESULTS.md, corpus purity, twenty-first session)."
     )
+    voice_check_toward_other: float | None = Field(
+        0.25, ge=0.0, le=1.0, description="With `voice_check` and `feed_other_voices`: where the enrollment tells "
+        "the kept corpus's two parts apart, the farther part, where it is the smaller, is dropped when, as the "
+        "episodes heard them, it lies at least this fraction of the way from the nearer part toward a voice the "
+        "feed's episodes heard as a speaker of their own (a close co-host merged into the target in every episode: "
+        "0.34-0.50; the target under a music bed moves away from every such voice, below 0; clips holding a "
+        "co-host's backchannels 0.12: benchmarks/RESULTS.md, corpus purity, twenty-first session). None: off (a "
+        "lead alone then keeps both)."
+    )
     voice_check_before_feed: bool = Field(
         True, description="With `voice_check` and `feed_voice_check`: the check runs first over every segment the "
         "episodes kept, before the feed check's drops. The feed check keeps the feed's most consistent voice, so where "

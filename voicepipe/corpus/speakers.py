@@ -721,6 +721,8 @@ class FeedJudgement:
     voices: list[tuple[str, str, float]] = field(default_factory=list)
     # outliers kept after all (id -> why): their voice is the target's nearest, and no second voice was heard
     rescued: dict[str, str] = field(default_factory=dict)
+    # the feed's voices it judged with (None: fewer than two target voices, or `other_voices` off)
+    feed: FeedVoices | None = None
 
 
 def feed_voices(episodes: dict[str, dict], enroll: np.ndarray | None, *, mad_k: float = 5.0, min_gap: float = 0.05,
@@ -785,6 +787,7 @@ def judge_feed(episodes: dict[str, dict], enroll: np.ndarray | None, *, other_vo
     if not other_voices or feed is None:
         return j
     judged = [k for k in scores if k not in out]
+    j.feed = feed
     j.voices = [(ep, lab, round(float(c @ feed.target), 4)) for ep, lab, c in feed.others]
     if rescue_max_overlap is not None and out:
         med, gap = _outlier_gap([scores[k] for k in ref], mad_k, min_gap)
