@@ -456,7 +456,7 @@ def test_a_told_apart_part_that_leans_toward_a_voice_of_the_feed_is_dropped_and_
     (the co-host's own short clusters), it is dropped. The target on a second channel (a music bed's direction,
     unrelated to any other voice) is kept, and so is a farther part that is the bigger one (an enrollment cut under
     the bed prefers the bed's minority)."""
-    from voicepipe.corpus.assemble import _voice_check
+    from voicepipe.corpus.assemble import _second_voice_lines, _voice_check
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.speakers import FeedJudgement, FeedVoices
 
@@ -472,8 +472,11 @@ def test_a_told_apart_part_that_leans_toward_a_voice_of_the_feed_is_dropped_and_
     co = {(ep, float(k)) for k, ep in enumerate(eps) if is_co[k]}
     assert _voice_check(good, FeedJudgement(), telling, p)[1]["action"] == "none"  # no feed: the lead alone
     drops, found, _ = _voice_check(good, FeedJudgement(), telling, p, feed=feed)
-    assert found is not None and found["action"] == "other dropped" and set(drops) == co, found
+    assert found is not None and found["action"] == "farther toward a voice of the feed" and set(drops) == co, found
     assert "of the way toward episode ep9's speaker S1, a voice of the feed" in next(iter(drops.values()))
+    assert found["toward"].startswith("0.") and "ep9's speaker S1" in found["toward"]
+    report = " ".join(_second_voice_lines({"second_voice": found}))
+    assert "**The farther part was dropped.**" in report and "cannot tell" not in report
     off = p.model_copy(update={"voice_check_toward_other": 1.0})
     assert _voice_check(good, FeedJudgement(), telling, off, feed=feed)[1]["action"] == "none"
 

@@ -117,6 +117,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
                 f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance")
     why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence} < "
            f"voice_check_min_preference {p.voice_check_min_preference:g}; ")
+    heard = ""
     if sv.preference >= p.voice_check_min_preference and p.voice_check_keep_nearer:
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
@@ -125,7 +126,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
             heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other or 0.0)):
         # told apart, and the farther part, the smaller (an enrollment nearer a minority, say clips cut under a
         # music bed, says more of its channel than of the voice), leans toward a voice the feed's episodes heard
-        action = "other dropped"
+        action = "farther toward a voice of the feed"
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part, as the "
                                    f"episodes heard it, lies {heard}; the farther dropped")
     elif sv.preference >= p.voice_check_min_preference:
@@ -140,6 +141,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
              "other_s": sv.other_s, "kept_s": round(float(secs.sum()) - sv.other_s, 2), "action": action,
+             **({"toward": heard} if heard else {}),
              "stage": stage, "evidence": evidence,
              "other_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["other"]],
              "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["nearer"]],
@@ -298,6 +300,12 @@ def _second_voice_lines(summary: dict) -> list[str]:
                 "voice, as where a co-host hosts as many episodes as the target) and dropped the nearer as not the "
                 "feed's: **the farther part was dropped.**" + clips + " Listen to a few of each; where the nearer is "
                 "the target, enroll with more of its clips (cut from these episodes) so that the feed check keeps it.")
+    elif sv["action"] == "farther toward a voice of the feed":
+        tail = (f" The enrollment tells the parts apart, and the farther, the smaller, lies {sv['toward']}: a voice "
+                "the episodes heard as a speaker of their own, merged into the target's alike (as a close co-host is "
+                "where the enrollment's clips come from the show), not the target on a second channel, which moves "
+                "away from every other voice. **The farther part was dropped.**" + clips + " Listen to a few of "
+                "each; where the farther is the target after all, build with `voice_check_toward_other` off (None).")
     elif sv["action"] == "none":
         tail = (" The enrollment tells the parts apart, so they are taken for the target on two channels (a music "
                 "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips
