@@ -118,6 +118,7 @@ def _clips_from(truth, episodes: str, out: Path, n: int = 3) -> list[Path]:  # n
     """Enrollment as a user would cut it from the show: the `n` longest stretches of the target alone in each of
     `episodes`' (comma-separated) published mp3 (with whatever music and noise lie under them), as wav."""
     from voicepipe.audio import load_audio, save_wav
+    from voicepipe.corpus.synthetic import SR
 
     clips = []
     for episode in episodes.split(","):
@@ -126,12 +127,12 @@ def _clips_from(truth, episodes: str, out: Path, n: int = 3) -> list[Path]:  # n
         except KeyError:
             raise SystemExit(f"--enroll-from {episode}: no such episode (have {[e.id for e in truth.episodes]})"
                              ) from None
-        wav = load_audio(truth.dir / f"{episode}.mp3", 24000)
+        wav = load_audio(truth.dir / f"{episode}.mp3", SR)
         spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:n]
         if not spans:
             raise SystemExit(f"--enroll-from {episode}: the target does not speak alone there")
         print(f"enrollment cut from {episode}: {[(round(a, 2), round(b, 2)) for a, b in spans]}", flush=True)
-        clips += [save_wav(out / f"enroll-{episode}-{k + 1}.wav", wav[int(a * 24000): int(b * 24000)], 24000)
+        clips += [save_wav(out / f"enroll-{episode}-{k + 1}.wav", wav[int(a * SR): int(b * SR)], SR)
                   for k, (a, b) in enumerate(spans)]
     return clips
 

@@ -122,8 +122,9 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
                                    "(voice_check_keep_nearer)")
-    elif sv.preference >= p.voice_check_min_preference and sv.other_s < 0.5 * float(secs.sum()) and (
-            heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other or 0.0)):
+    elif (sv.preference >= p.voice_check_min_preference and sv.other_s < 0.5 * float(secs.sum())
+          and p.voice_check_toward_other is not None
+          and (heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other))):
         # told apart, and the farther part, the smaller (an enrollment nearer a minority, say clips cut under a
         # music bed, says more of its channel than of the voice), leans toward a voice the feed's episodes heard
         action = "farther toward a voice of the feed"
@@ -228,7 +229,7 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
     is left; the first is reported where it alone found two voices."""
     first = None
     drops: dict[tuple[str, Any], str] = {}
-    feed = judged.feed if p.voice_check_toward_other is not None else None
+    feed = judged.feed  # (kept: `judged` is rebuilt below without it)
     if p.voice_check_before_feed and p.feed_voice_check and (judged.episodes or judged.segments):
         drops, first, far = _voice_check(good, FeedJudgement(), enroll, p, "before the feed check", feed)
         if first is not None and first["action"] != "none":

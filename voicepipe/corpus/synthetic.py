@@ -808,6 +808,7 @@ def build_feed(truth: PodcastTruth, root: str | Path, codec_model: str | Path, *
     finally:
         stop()
 
+
 def score_corpus(corpus_dir: str | Path, truth: PodcastTruth) -> dict:
     """Score a built corpus against the truth.
 
