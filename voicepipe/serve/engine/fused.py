@@ -70,24 +70,27 @@ PDL: bool | None = None
 # 173.6 us, H100 190 -> 185 us (split 4: 209 us; BN 16 / 64 or BK 128 / 512 with split 2: 188-214 us); one stream
 # RTF 0.061 -> 0.059 (H200); 0.06 % of outputs differ from the unsplit kernel by one bf16 rounding
 RMS_SPLIT = 2
+# The four preload/alignment switches below: outputs bitwise equal with them off or on (the same sums in the same
+# order). H100, 2026-12-05 (benchmarks/RESULTS.md, serve): 2-row predictor step 184.5 -> 164.8 us with the first
+# three, 16-row step 202.6 -> 182.0 us with SPLIT_ALIGN and RMS_PRELOAD; engines one stream RTF 0.063 -> 0.060, 16
+# streams 199x -> 209x. Off keeps the code they replaced (the same PTX as the kernels measured before them).
 # the matmul + residual op's GEMV form (1-2 rows) loads all of its program's weight tiles (up to 4) before it waits
 # for the kernel before it, instead of one, then a K loop whose every tile load waits behind the previous tile's
 # products (sm_90 SASS: the loop's x goes through shared memory with barriers, and no load moves above them).
-# Built 2026-12-05 after the device time was spent: not measured yet, so off
-GEMV_PRELOAD = False
+# Alone: 184.5 -> 178.5 us a 2-row step
+GEMV_PRELOAD = True
 # the norm ops' tl.dot form: the rms pass unrolled (its x tiles asked for at once, where a runtime loop waits for
-# each in turn) and the program's second weight tile loaded before the wait as well as its first. Built
-# 2026-12-05 after the device time was spent: not measured yet, so off
-RMS_PRELOAD = False
+# each in turn) and the program's second weight tile loaded before the wait as well as its first. Alone: 184.5 ->
+# 173.7 us a 2-row step (gate/up at 8 warps with it: 188.0, not kept)
+RMS_PRELOAD = True
 # the predictor's attention loads its position, RoPE rows and cache rows below the position before the wait, the
-# q/k/v row after it. Built 2026-12-05 after the device time was spent: not measured yet, so off
-ATTN_PRELOAD = False
+# q/k/v row after it. Alone: 184.5 -> 183.4 us a 2-row step; with the other two 164.8 (they overlap more with it)
+ATTN_PRELOAD = True
 # the matmul + residual op's tl.dot form (3-16 rows) told that a split's K range starts at a multiple of its K tile
 # (`_split_counters` guarantees it), which Triton cannot infer from K // split: at split 4 (the default
 # `EngineConfig.fused_split_k`) its weight and x loads become 128-bit instead of 64-bit, 95 registers instead of 152
-# (sm_90 SASS, `benchmarks/fused_sass.py dot_res --split 4`). Found 2026-12-05 after the device time was spent: not
-# measured yet, so off
-SPLIT_ALIGN = False
+# (sm_90 SASS, `benchmarks/fused_sass.py dot_res --split 4`). Alone: 202.6 -> 198.2 us a 16-row step
+SPLIT_ALIGN = True
 # cache positions per block of the talker's fused attention (`attn_decode_rows`, `EngineConfig.fused_talker_attn`)
 ROWS_ATTN_BLOCK = 64
 # per (op, N, K): another configuration than the op's default (N: output columns); `benchmarks/fused.py --sweep`
