@@ -483,6 +483,7 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0
+        per_round: list[float] = []  # each round's aggregate x real time: one slow round shows itself
         counts = (eng.prefills, eng.decode_calls, eng.codec_captures)
         rounds = max(repeats.get(c, 1), 5 if c == 1 else 1)
         for _ in range(rounds):
@@ -512,8 +513,10 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
                 ttfa.append(s["ttfa_s"])
                 rtf.append(s["wall_s"] / s["audio_s"])
                 audio += s["audio_s"]
+            per_round.append(round(sum(s["audio_s"] for s in results) / wall, 1))
             walls += wall
-        out.append(summarize(name, c, ttfa, rtf, audio, walls) | engine_counts(eng, counts, rounds))
+        out.append(summarize(name, c, ttfa, rtf, audio, walls) | engine_counts(eng, counts, rounds)
+                   | {"x_realtime_rounds": per_round})
         print(out[-1], flush=True)
     eng.stop()
     return out
