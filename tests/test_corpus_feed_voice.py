@@ -492,6 +492,44 @@ def test_a_told_apart_part_that_leans_toward_a_voice_of_the_feed_is_dropped_and_
     assert found is not None and found["other_s"] > found["kept_s"] and drops == {}, found
 
 
+def test_a_told_apart_part_holding_a_rescued_episodes_voice_is_dropped() -> None:
+    """The all-episodes show enrolled from the show: every episode merges the close co-host into the target, so no
+    episode hears it alone and no voice of the feed is there to lean toward; the episode without the target keeps
+    the co-host, scores as not the feed's voice, and is rescued as the voice nearest the target's. The enrollment
+    prefers the target's part (a lead read as the target on a second channel: nothing dropped). Where the farther
+    part holds most of a rescued episode's kept speech, that part is another voice of the feed and is dropped (the
+    rescued episode's speech with it); an episode rescued whose speech lies in the nearer part changes nothing."""
+    from voicepipe.corpus.assemble import _second_voice_lines, _voice_check
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement
+
+    rng = np.random.default_rng(48)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    embs, secs, eps, is_co = _kept(rng, [target] * 5, cohost)
+    absent = np.stack([_near(cohost, 0.93, rng) for _ in range(3)])  # the episode without the target
+    embs, secs = np.concatenate([embs, absent]), np.concatenate([secs, rng.uniform(2.0, 8.0, 3)])
+    eps, is_co = eps + ["ep5"] * 3, np.concatenate([is_co, [True] * 3])
+    good = _states(embs, secs, eps)
+    co = {(ep, float(k)) for k, ep in enumerate(eps) if is_co[k]}
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    telling = _near(target, 0.97, rng)
+    rescued = FeedJudgement(rescued={"ep5": "kept although its score is low"})
+
+    assert _voice_check(good, FeedJudgement(), telling, p)[1]["action"] == "none"  # no rescue: the lead alone
+    drops, found, _ = _voice_check(good, rescued, telling, p)
+    assert found is not None and found["action"] == "farther holds a rescued episode" and set(drops) == co, found
+    assert found["rescued"] == {"ep5": 1.0}
+    assert "holds most of the kept speech of ep5 (100 %)" in next(iter(drops.values()))
+    report = " ".join(_second_voice_lines({"second_voice": found}))
+    assert "**The farther part was dropped.**" in report and "voice_check_rescued_far" in report
+    off = p.model_copy(update={"voice_check_rescued_far": False})
+    assert _voice_check(good, rescued, telling, off)[1]["action"] == "none"
+    # a rescued episode of the target's own voice (its speech in the nearer part) is not evidence
+    drops, found, _ = _voice_check(good, FeedJudgement(rescued={"ep0": "kept although"}), telling, p)
+    assert found is not None and found["action"] == "none" and drops == {}, found
+
+
 def _states(embs: np.ndarray, secs: np.ndarray, eps: list[str]) -> list:
     """EpisodeStates whose filter kept one segment per embedding (start = its index)."""
     from voicepipe.corpus.fetch import EpisodeSource

@@ -118,10 +118,19 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence} < "
            f"voice_check_min_preference {p.voice_check_min_preference:g}; ")
     heard = ""
+    rescued = _rescued_far(seg, far, judged.rescued) if p.voice_check_rescued_far else {}
     if sv.preference >= p.voice_check_min_preference and p.voice_check_keep_nearer:
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
                                    "(voice_check_keep_nearer)")
+    elif sv.preference >= p.voice_check_min_preference and rescued:
+        # told apart, and the farther part is the voice of an episode the feed check kept only as the target's
+        # nearest: that voice is a second voice of the feed, merged into the target's in the other episodes
+        action = "farther holds a rescued episode"
+        names = ", ".join(f"{ep} ({100 * share:.0f} %)" for ep, share in rescued.items())
+        drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part holds most of "
+                                   f"the kept speech of {names}, which the feed check found not to be the feed's "
+                                   f"voice and kept only as the voice nearest the target's; the farther dropped")
     elif (sv.preference >= p.voice_check_min_preference and sv.other_s < 0.5 * float(secs.sum())
           and p.voice_check_toward_other is not None
           and (heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other))):
@@ -143,11 +152,24 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
              "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
              "other_s": sv.other_s, "kept_s": round(float(secs.sum()) - sv.other_s, 2), "action": action,
              **({"toward": heard} if heard else {}),
+             **({"rescued": {ep: round(v, 3) for ep, v in rescued.items()}} if rescued else {}),
              "stage": stage, "evidence": evidence,
              "other_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["other"]],
              "kept_clips": [f"{k[0]}@{k[1]:.2f}" for k in listen["nearer"]],
              "listen_keys": {part: [list(k) for k in ks] for part, ks in listen.items()}}
     return drops, found, far
+
+
+def _rescued_far(seg: dict[tuple[str, Any], dict], far: set, rescued: dict[str, str]) -> dict[str, float]:
+    """The episodes the feed check rescued (kept although their voice scored as not the feed's) whose kept speech
+    lies mostly (over half its seconds) in the voice check's farther part: episode -> that share."""
+    out = {}
+    for ep in rescued:
+        secs = [(k in far, s["duration"]) for k, s in seg.items() if k[0] == ep]
+        total = sum(d for _, d in secs)
+        if total > 0 and sum(d for f, d in secs if f) > 0.5 * total:
+            out[ep] = sum(d for f, d in secs if f) / total
+    return out
 
 
 def _far_heard(seg: dict[tuple[str, Any], dict], keys: list[tuple[str, Any]], far: set,
@@ -301,6 +323,15 @@ def _second_voice_lines(summary: dict) -> list[str]:
                 "voice, as where a co-host hosts as many episodes as the target) and dropped the nearer as not the "
                 "feed's: **the farther part was dropped.**" + clips + " Listen to a few of each; where the nearer is "
                 "the target, enroll with more of its clips (cut from these episodes) so that the feed check keeps it.")
+    elif sv["action"] == "farther holds a rescued episode":
+        eps = ", ".join(f"{ep} ({100 * v:.0f} %)" for ep, v in sv["rescued"].items())
+        tail = (f" The enrollment tells the parts apart, and the farther part holds most of the kept speech of "
+                f"{eps}: an episode the feed check found not to be the feed's voice and kept only because that voice "
+                "was nearer the target's than any other the feed had heard. So the farther part is that voice, merged "
+                "into the target's in the other episodes (as a close co-host is where no episode hears it alone and "
+                "the enrollment's clips come from the show), not the target on a second channel. **The farther part "
+                "was dropped.**" + clips + " Listen to a few of each; where the farther is the target after all, "
+                "build with `voice_check_rescued_far` off.")
     elif sv["action"] == "farther toward a voice of the feed":
         tail = (f" The enrollment tells the parts apart, and the farther, the smaller, lies {sv['toward']}: a voice "
                 "the episodes heard as a speaker of their own, merged into the target's alike (as a close co-host is "

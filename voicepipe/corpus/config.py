@@ -187,6 +187,15 @@ class CorpusParams(BaseModel):
         "co-host's backchannels 0.12: benchmarks/RESULTS.md, corpus purity, twenty-first session). None: off (a "
         "lead alone then keeps both)."
     )
+    voice_check_rescued_far: bool = Field(
+        True, description="With `voice_check` and the feed check's rescue (`feed_rescue_max_overlap`): where the "
+        "enrollment tells the kept corpus's two parts apart and the farther part holds most of the kept speech of "
+        "an episode the feed check found not to be the feed's voice and kept only because that voice was nearer the "
+        "target's than any other it had heard, the farther part is dropped: that episode's voice is a second voice "
+        "of the feed, merged into the target's in the others (a close co-host in a show whose episodes never hear "
+        "it alone, enrolled from the show: purity 0.552 -> 0.864, benchmarks/RESULTS.md, corpus purity, "
+        "twenty-second session). False: off."
+    )
     voice_check_before_feed: bool = Field(
         True, description="With `voice_check` and `feed_voice_check`: the check runs first over every segment the "
         "episodes kept, before the feed check's drops. The feed check keeps the feed's most consistent voice, so where "
