@@ -499,7 +499,7 @@ def test_a_told_apart_part_holding_a_rescued_episodes_voice_is_dropped() -> None
     prefers the target's part (a lead read as the target on a second channel: nothing dropped). Where the farther
     part holds most of a rescued episode's kept speech, that part is another voice of the feed and is dropped (the
     rescued episode's speech with it); an episode rescued whose speech lies in the nearer part changes nothing."""
-    from voicepipe.corpus.assemble import _second_voice_lines, _voice_check
+    from voicepipe.corpus.assemble import _feed_cell, _second_voice_lines, _voice_check
     from voicepipe.corpus.config import CorpusParams
     from voicepipe.corpus.speakers import FeedJudgement
 
@@ -523,6 +523,9 @@ def test_a_told_apart_part_holding_a_rescued_episodes_voice_is_dropped() -> None
     assert "holds most of the kept speech of ep5 (100 %)" in next(iter(drops.values()))
     report = " ".join(_second_voice_lines({"second_voice": found}))
     assert "**The farther part was dropped.**" in report and "voice_check_rescued_far" in report
+    row = {"episode": "ep5", "feed_sim": 0.834, "feed_rescued": "kept although its score is low"}
+    assert "then its voice found to be the second voice" in _feed_cell(row, set(found["rescued"]))
+    assert _feed_cell(row, set()) == "0.834 (kept: short turns or its channel)"
     off = p.model_copy(update={"voice_check_rescued_far": False})
     assert _voice_check(good, rescued, telling, off)[1]["action"] == "none"
     # a rescued episode of the target's own voice (its speech in the nearer part) is not evidence

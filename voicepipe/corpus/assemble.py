@@ -651,6 +651,19 @@ def _feed_unjudged_lines(summary: dict, n_episodes: int) -> list[str]:
             "speaker below, or set `min_speaker_sim`.", ""]
 
 
+def _feed_cell(e: dict, rescued_far: set[str]) -> str:
+    """The report table's *feed* column for one episode (`rescued_far`: the episodes the voice check found to be
+    the second voice after the feed check had kept them)."""
+    if e.get("feed_sim") is None:
+        return "–"
+    sim = e["feed_sim"]
+    cell = (f"**{sim:.3f} not the feed's voice**" if e.get("not_feed_voice") else
+            f"**{sim:.3f}: kept as the target's nearest, then its voice found to be the second voice**"
+            if e.get("feed_rescued") and e["episode"] in rescued_far else
+            f"{sim:.3f} (kept: short turns or its channel)" if e.get("feed_rescued") else f"{sim:.3f}")
+    return cell + (f"; {e['feed_cut_s']:.1f} s cut as another voice of the feed" if e.get("feed_cut_s") else "")
+
+
 def write_report(
     out: Path, summary: dict, flow: dict, reasons: Counter, sims: list[float], durs: list[float],
     rejects: list[dict], states: list[EpisodeState], sim_threshold: float | None,
@@ -770,12 +783,7 @@ def write_report(
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
-          + ("–" if e.get("feed_sim") is None else
-             f"**{e['feed_sim']:.3f} not the feed's voice**" if e.get("not_feed_voice") else
-             f"{e['feed_sim']:.3f} (kept: short turns or its channel)" if e.get("feed_rescued") else
-             f"{e['feed_sim']:.3f}")
-          + (f"; {e['feed_cut_s']:.1f} s cut as another voice of the feed" if e.get("feed_cut_s") else "")
-          + " | "
+          + _feed_cell(e, set((summary.get("second_voice") or {}).get("rescued") or {})) + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
           + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else
