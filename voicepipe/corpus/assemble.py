@@ -100,8 +100,10 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     """`speakers.second_voice` over the segments the feed check left kept (the kept audio's embeddings), or with an
     empty `judged`, over every segment the episodes kept: ((episode, segment start) -> reason for each segment it
     drops, what it found for corpus.json (None: one voice), the keys of the part farther from the enrollment).
-    `feed` (the feed's voices, `voice_check_toward_other`): where the enrollment tells the parts apart, the farther
-    part is dropped when, as the episodes heard it, it leans toward a voice of the feed (`_far_heard`)."""
+    Where the enrollment tells the parts apart, the farther part is dropped when it holds most of an episode the
+    feed check rescued (`judged.rescued`, `voice_check_rescued_far`: `_rescued_far`), or, with `feed` (the feed's
+    voices, `voice_check_toward_other`), when as the episodes heard it it leans toward a voice of the feed
+    (`_far_heard`)."""
     seg = _kept_segments(good, judged)
     keys = list(seg)
     secs = np.asarray([seg[k]["duration"] for k in keys], dtype=np.float64)
