@@ -168,9 +168,9 @@ def _rescued_far(seg: dict[tuple[str, Any], dict], far: set, rescued: dict[str, 
     out = {}
     for ep in rescued:
         secs = [(k in far, s["duration"]) for k, s in seg.items() if k[0] == ep]
-        total = sum(d for _, d in secs)
-        if total > 0 and sum(d for f, d in secs if f) > 0.5 * total:
-            out[ep] = sum(d for f, d in secs if f) / total
+        total, in_far = sum(d for _, d in secs), sum(d for f, d in secs if f)
+        if total > 0 and in_far > 0.5 * total:
+            out[ep] = in_far / total
     return out
 
 
@@ -718,6 +718,7 @@ def write_report(
     fig.savefig(out / "duration_hist.png", dpi=100)
     plt.close(fig)
 
+    rescued_far = set((summary.get("second_voice") or {}).get("rescued") or {})  # (the feed column's)
     lines = [
         f"# Corpus `{summary['speaker']}` — version `{summary['version'][:16]}`",
         "",
@@ -785,7 +786,7 @@ def write_report(
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
         "|---|---:|---:|---:|---:|---|---|",
         *[f"| {e['episode']} | {e['speech_s']:.1f} | {e['target_s']:.1f} | {e['kept_s']:.1f} | "
-          + _feed_cell(e, set((summary.get("second_voice") or {}).get("rescued") or {})) + " | "
+          + _feed_cell(e, rescued_far) + " | "
           + ", ".join((f"**{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})**" if x["target"] else
                        f"{x['label']}: {x['talk_s']:.1f} ({x['enroll_sim']:.2f})") for x in e["speakers"])
           + " | " + ("FLAGGED: " + "; ".join(f"{k} {v:.0f} s" for k, v in e["top_reasons"]) if e["flagged"] else
