@@ -460,7 +460,10 @@ def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_pt
     k_new = _head_norm_rope(row, qkw_ptr, kh, d, dr, cos, sin, eps, HD)
     v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
     cache = bi * s_kb + h * s_kh
-    if qh % (NH // KVH) == 0 and sp == 0:
+    write = qh % (NH // KVH) == 0
+    if SPLIT > 1:
+        write = write & (sp == 0)
+    if write:
         tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
         tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
     qq = _head_norm_rope(row, qkw_ptr, qh, d, dr, cos, sin, eps, HD)
@@ -468,8 +471,9 @@ def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_pt
     den = tl.sum(tl.zeros((BL,), tl.float32), axis=0)
     acc = tl.zeros((HD,), tl.float32)
     NBS: tl.constexpr = (NB + SPLIT - 1) // SPLIT
+    lo = sp * NBS if SPLIT > 1 else 0  # (split 1: the loop's bounds stay constants, as before the split)
     # the bucket's NB blocks (past pos: masked, no reads); positions another program writes are never read
-    for blk in range(sp * NBS, sp * NBS + NBS):
+    for blk in range(lo, lo + NBS):
         j = blk * BL + tl.arange(0, BL)
         before = (j < pos)[:, None]
         kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
