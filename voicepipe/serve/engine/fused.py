@@ -60,16 +60,6 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
-# warps of `attn_decode` at 1-`GEMV_ROWS` rows (None: `ATTN_WARPS`). H100, 2026-12-06: a 2-row predictor step 165.0 us
-# at 2 warps, 156.5 at 1 (`benchmarks/fused.py`; 181.8 at 4)
-ATTN_WARPS_FEW: int | None = None
-# warps of one program of the talker's attention (`attn_decode_rows`: one row and query head), and the software
-# pipelining stages of its walk over the cache's blocks (1: none)
-ROWS_ATTN_WARPS = 2
-ROWS_ATTN_STAGES = 1
-# the talker's attention split over this many runs of the cache's blocks per (row, query head), joined by the last
-# to finish (flash-decoding; 1: one program walks them all). A 2-row step has 32 programs at split 1 for 132 SMs
-ROWS_ATTN_SPLIT = 1
 # programmatic dependent launch for the fused kernels (`_pdl`): each loads its first weight tile, waits
 # for the kernel before it (`gdc_wait`), then lets the next one launch. None: on where the GPU has it (compute
 # capability 9.0+). H100, 2026-12-05: outputs bitwise equal; predictor step 213 -> 203 us at 16 rows, 196 -> 191 at 2;
@@ -315,14 +305,10 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
     qkv = qkv.contiguous()
     _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
                             kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=_attn_warps(b), num_stages=1,
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1,
                             PRE=ATTN_PRELOAD and all(t.is_contiguous() for t in (qk_w, cos, sin)),  # no copy kernels
                             **_pdl(qkv.device))
     return o
-
-
-def _attn_warps(rows: int) -> int:
-    return ATTN_WARPS_FEW if ATTN_WARPS_FEW is not None and rows <= GEMV_ROWS else ATTN_WARPS
 
 
 @attn_decode.register_fake
@@ -361,17 +347,10 @@ def attn_decode_rows(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, s
         return _ref_attn_rows(qkv, qk_w, cos, sin, pos, kc, vc, L, eps, nh, kvh)
     o = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
     qkv, cos, sin = qkv.contiguous(), cos.reshape(b, hd).contiguous(), sin.reshape(b, hd).contiguous()
-    nb = _cdiv(L, ROWS_ATTN_BLOCK)
-    split = max(1, min(ROWS_ATTN_SPLIT, nb))
-    cnt = _counters(qkv.device) if split > 1 and b * nh <= _N_COUNTERS else None
-    extra: dict = {}
-    if cnt is not None:
-        extra = dict(ws_ptr=torch.empty(b * nh * split, hd + 2, device=qkv.device, dtype=torch.float32),
-                     cnt_ptr=cnt, SPLIT=split)
-    _kernels()[5][(b, nh, split if cnt is not None else 1)](
-        qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0), kc.stride(0), kc.stride(1),
-        kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd), NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=nb,
-        num_warps=ROWS_ATTN_WARPS, num_stages=ROWS_ATTN_STAGES, **extra, **_pdl(qkv.device))
+    _kernels()[5][(b, nh)](qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0),
+                           kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
+                           NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=_cdiv(L, ROWS_ATTN_BLOCK),
+                           num_warps=ATTN_WARPS, num_stages=1, **_pdl(qkv.device))
     return o
 
 
