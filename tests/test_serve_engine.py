@@ -242,3 +242,22 @@ def test_admission_writes_every_slots_sampling_state_in_one_batch(tiny_custom_vo
         assert bool(eng.greedy[slot]) == (not g.do_sample) and bool(eng.sub_greedy[slot]) == (not g.subtalker_do_sample)
     for slot in (0, 2):  # not admitted: as allocated
         assert eng.active[slot] == 0 and eng.temp[slot, 0] == 1 and eng.min_new[slot] == 0
+
+
+def test_one_slot_engine_queues_requests_and_gives_the_batched_engines_codes(engine):
+    """`voicepipe serve --max-concurrent 1` (a single-user assistant) and a one-text evaluation build an engine of one
+    slot: a second request waits for the first's slot, and each gets the codes the batched engine gives it."""
+    one = TTSEngine(engine.tts, EngineConfig(max_batch=1, max_len=256)).start()
+    try:
+        gen = GenerationConfig(max_new_tokens=10, min_new_tokens=10, **GREEDY)
+        texts = ["Hello there.", "A second request, somewhat longer than the first one."]
+        handles = [one.submit(one.prepare(t, speaker="alice"), gen, lambda ev: None) for t in texts]
+        for h in handles:
+            assert h.finished.wait(60)
+        steps = one.steps
+    finally:
+        one.stop()
+    want = [engine.generate_codes(engine.prepare(t, speaker="alice"), gen) for t in texts]
+    for h, w in zip(handles, want, strict=True):
+        assert w.shape == (10, 16) and torch.equal(torch.stack(h.frames), w)
+    assert steps >= 2 * 10  # one slot: the second ran after the first, not beside it
