@@ -121,11 +121,12 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
            f"voice_check_min_preference {p.voice_check_min_preference:g}; ")
     heard = ""
     rescued = _rescued_far(seg, far, judged.rescued) if p.voice_check_rescued_far else {}
-    if sv.preference >= p.voice_check_min_preference and p.voice_check_keep_nearer:
+    told = sv.preference >= p.voice_check_min_preference  # the enrollment tells the two parts apart
+    if told and p.voice_check_keep_nearer:
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
                                    "(voice_check_keep_nearer)")
-    elif sv.preference >= p.voice_check_min_preference and rescued:
+    elif told and rescued:
         # told apart, and the farther part is the voice of an episode the feed check kept only as the target's
         # nearest: that voice is a second voice of the feed, merged into the target's in the other episodes
         action = "farther holds a rescued episode"
@@ -133,7 +134,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part holds most of "
                                    f"the kept speech of {names}, which the feed check found not to be the feed's "
                                    f"voice and kept only as the voice nearest the target's; the farther dropped")
-    elif (sv.preference >= p.voice_check_min_preference and sv.other_s < 0.5 * float(secs.sum())
+    elif (told and sv.other_s < 0.5 * float(secs.sum())
           and p.voice_check_toward_other is not None
           and (heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other))):
         # told apart, and the farther part, the smaller (an enrollment nearer a minority, say clips cut under a
@@ -141,7 +142,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         action = "farther toward a voice of the feed"
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part, as the "
                                    f"episodes heard it, lies {heard}; the farther dropped")
-    elif sv.preference >= p.voice_check_min_preference:
+    elif told:
         # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
     elif p.voice_check_keep_nearer:
