@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--split", type=int, default=2, help="rms_dot, dot_res: SPLIT")
     ap.add_argument("--glu", action="store_true", help="rms_dot: the gate/up + SiLU form")
     ap.add_argument("--align", action="store_true", help="dot_res: ALIGN (`fused.SPLIT_ALIGN`)")
+    ap.add_argument("--rows-split", type=int, default=1, help="attn_rows: SPLIT (`fused.ROWS_ATTN_SPLIT`)")
     ap.add_argument("--warps", type=int, default=0, help="num_warps (0: the op's fused.CONFIG / ATTN_WARPS)")
     a = ap.parse_args()
     ks = fused._kernels()
@@ -75,8 +76,8 @@ def main() -> None:
         k = compile_sm90(ks[4], dict(BM=16, BN=bn, BK=bk, DOT_F32=False, SPLIT=a.split, PDL=True, ALIGN=a.align),
                          a.warps or warps, stages)
     elif a.kernel == "attn_rows":  # the talker's: 16 query heads, 8 KV heads of 128, blocks of ROWS_ATTN_BLOCK
-        k = compile_sm90(ks[5], dict(NH=16, KVH=8, HD=128, BL=fused.ROWS_ATTN_BLOCK, NB=4, PDL=True),
-                         a.warps or fused.ATTN_WARPS, 1)
+        k = compile_sm90(ks[5], dict(NH=16, KVH=8, HD=128, BL=fused.ROWS_ATTN_BLOCK, NB=4, PDL=True,
+                                     SPLIT=a.rows_split), a.warps or fused.ROWS_ATTN_WARPS, fused.ROWS_ATTN_STAGES)
     elif a.kernel == "sample":  # top-k sampling + the code's embedding row, vocabulary 2048, k <= 64
         k = compile_sm90(ks[3], dict(VP=2048, KP=64, EMB=True, EP=2048, PDL=True), a.warps or fused.SAMPLE_WARPS, 1)
     else:

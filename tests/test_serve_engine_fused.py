@@ -128,11 +128,15 @@ def test_the_fused_predictor_unit_keeps_the_greedy_codes(tts, monkeypatch):
     assert torch.equal(out, ref)
 
 
-def test_the_talker_attention_kernel_matches_the_unfused_math_at_each_rows_position(interpret, monkeypatch):
+@pytest.mark.parametrize("split", [1, 2, 3, ((2, 1), (4, 3))])
+def test_the_talker_attention_kernel_matches_the_unfused_math_at_each_rows_position(interpret, monkeypatch, split):
     """`attn_decode_rows` (`EngineConfig.fused_talker_attn`): rows at their own positions (the first block, a block
     boundary, the last position of the bucket), the cache walked in blocks of 32 here: the same cache writes as the
-    unfused math and the same attention output (bf16 roundings aside); positions past each row's are never read."""
+    unfused math and the same attention output (bf16 roundings aside); positions past each row's are never read.
+    Split over 2 or 3 runs of blocks (`ROWS_ATTN_SPLIT`; at 3 the last run lies past every row's position, and a
+    table gives these 4 rows 3), the runs joined: the same output."""
     monkeypatch.setattr(fused, "ROWS_ATTN_BLOCK", 32)
+    monkeypatch.setattr(fused, "ROWS_ATTN_SPLIT", split)
     torch.manual_seed(5)
     b, S, Lmax, L = 4, 6, 160, 128
     qkv = _bf(b, (NH + 2 * KVH) * HD)

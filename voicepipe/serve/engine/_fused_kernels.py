@@ -437,11 +437,15 @@ def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, 
 @triton.jit
 def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_qkv, s_cs, s_kb, s_kh, s_kl,
                s_o, eps, scale, NH: tl.constexpr, KVH: tl.constexpr, HD: tl.constexpr,
-               BL: tl.constexpr, NB: tl.constexpr, PDL: tl.constexpr = False):  # fmt: skip
+               BL: tl.constexpr, NB: tl.constexpr, PDL: tl.constexpr = False, ws_ptr=None, cnt_ptr=None,
+               SPLIT: tl.constexpr = 1):  # fmt: skip
     # one (row, query head) of the talker: q/k head norms, RoPE at the row's own position, the cache write (the
-    # first query head of each KV head writes), attention over positions 0..pos in blocks of BL (online softmax)
+    # first query head of each KV head writes), attention over positions 0..pos in blocks of BL (online softmax).
+    # SPLIT > 1 (program_id(2): which of SPLIT runs of NB / SPLIT blocks): each split's (max, sum, P·V) in fp32 in
+    # ws [NH * rows, SPLIT, HD + 2]; the (row, head)'s last split to arrive joins them, as flash-decoding does
     bi = tl.program_id(0)
     qh = tl.program_id(1)
+    sp = tl.program_id(2)
     h = qh // (NH // KVH)
     d = tl.arange(0, HD)
     dr = (d + HD // 2) % HD
@@ -456,15 +460,20 @@ def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_pt
     k_new = _head_norm_rope(row, qkw_ptr, kh, d, dr, cos, sin, eps, HD)
     v_new = tl.load(row + (NH + KVH + h) * HD + d).to(tl.float32)
     cache = bi * s_kb + h * s_kh
-    if qh % (NH // KVH) == 0:
+    write = qh % (NH // KVH) == 0
+    if SPLIT > 1:
+        write = write & (sp == 0)
+    if write:
         tl.store(kc_ptr + cache + pos * s_kl + d, k_new.to(kc_ptr.dtype.element_ty))
         tl.store(vc_ptr + cache + pos * s_kl + d, v_new.to(vc_ptr.dtype.element_ty))
     qq = _head_norm_rope(row, qkw_ptr, qh, d, dr, cos, sin, eps, HD)
     m = tl.max(tl.full((BL,), float("-inf"), tl.float32), axis=0)
     den = tl.sum(tl.zeros((BL,), tl.float32), axis=0)
     acc = tl.zeros((HD,), tl.float32)
+    NBS: tl.constexpr = (NB + SPLIT - 1) // SPLIT
+    lo = sp * NBS if SPLIT > 1 else 0  # (split 1: the loop's bounds stay constants, as before the split)
     # the bucket's NB blocks (past pos: masked, no reads); positions another program writes are never read
-    for blk in range(NB):
+    for blk in range(lo, lo + NBS):
         j = blk * BL + tl.arange(0, BL)
         before = (j < pos)[:, None]
         kk = tl.load(kc_ptr + cache + j[:, None] * s_kl + d[None, :], mask=before, other=0.0).to(tl.float32)
@@ -474,9 +483,31 @@ def _attn_rows(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_pt
         vv = tl.where(here, v_new[None, :], vv)
         sc = tl.where(j <= pos, tl.sum(qq[None, :] * kk, axis=1) * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(sc, axis=0))
+        if SPLIT > 1:  # a split's blocks may all lie past pos: no NaN from -inf - -inf
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - m_new)
         p = tl.exp(sc - m_new)
         den = den * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p.to(tl.bfloat16).to(tl.float32)[:, None] * vv, axis=0)
         m = m_new
-    tl.store(o_ptr + bi * s_o + qh * HD + d, (acc / den).to(o_ptr.dtype.element_ty))
+    if SPLIT > 1:
+        slot = ws_ptr + ((bi * NH + qh) * SPLIT + sp) * (HD + 2)
+        tl.store(slot + d, acc)
+        tl.store(slot + HD, tl.where(den > 0, m, -1e30))  # a split past pos weighs nothing in the join
+        tl.store(slot + HD + 1, den)
+        tl.debug_barrier()  # every thread's partial stored before the counter moves
+        if tl.atomic_add(cnt_ptr + bi * NH + qh, 1, sem="acq_rel") == SPLIT - 1:
+            base = ws_ptr + (bi * NH + qh) * SPLIT * (HD + 2)
+            m_all = tl.load(base + HD, cache_modifier=".cg")
+            for k in tl.static_range(1, SPLIT):
+                m_all = tl.maximum(m_all, tl.load(base + k * (HD + 2) + HD, cache_modifier=".cg"))
+            acc = tl.zeros((HD,), tl.float32)
+            den = tl.sum(tl.zeros((BL,), tl.float32), axis=0)
+            for k in tl.static_range(SPLIT):
+                w = tl.exp(tl.load(base + k * (HD + 2) + HD, cache_modifier=".cg") - m_all)
+                den += w * tl.load(base + k * (HD + 2) + HD + 1, cache_modifier=".cg")
+                acc += w * tl.load(base + k * (HD + 2) + d, cache_modifier=".cg")
+            tl.store(o_ptr + bi * s_o + qh * HD + d, (acc / den).to(o_ptr.dtype.element_ty))
+            tl.store(cnt_ptr + bi * NH + qh, 0)
+    else:
+        tl.store(o_ptr + bi * s_o + qh * HD + d, (acc / den).to(o_ptr.dtype.element_ty))

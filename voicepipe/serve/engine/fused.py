@@ -60,6 +60,20 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
+# warps of `attn_decode` at 1-`GEMV_ROWS` rows (None: `ATTN_WARPS`). H100, 2026-12-06: a 2-row predictor step 165.0 us
+# at 2 warps, 156.5 at 1 (`benchmarks/fused.py`; 181.8 at 4); one stream RTF 0.0602 -> 0.0589, 16 streams 208x either
+ATTN_WARPS_FEW: int | None = 1
+# warps of one program of the talker's attention (`attn_decode_rows`: one row and query head), and the software
+# pipelining stages of its walk over the cache's blocks (1: none)
+ROWS_ATTN_WARPS = 2
+ROWS_ATTN_STAGES = 1
+# the talker's attention split over runs of the cache's blocks per (row, query head), joined by the last to finish
+# (flash-decoding; 1: one program walks them all): (at most this many rows, this many runs), the first that fits;
+# more rows than the last entry: 1. A 2-row step has 32 programs at split 1 for an H100's 132 SMs. H100, 2026-12-06,
+# against split 1 in the same run: one stream (2 rows) RTF 0.0602 -> 0.0582 at split 2, 0.0575 at 4; 16 streams 208.2x
+# -> 212.3x at 2, 209.2x at 4. With the 1-warp predictor attention, against neither (a second run): RTF 0.0600 ->
+# 0.0566; 4 / 8 / 16 streams 60.8 / 115.7 / 208.2x -> 63.0 / 119.3 / 211.6x (split 4 to 8 rows; 62.2 / 118.0x with 2)
+ROWS_ATTN_SPLIT: tuple[tuple[int, int], ...] | int = ((8, 4), (16, 2))
 # programmatic dependent launch for the fused kernels (`_pdl`): each loads its first weight tile, waits
 # for the kernel before it (`gdc_wait`), then lets the next one launch. None: on where the GPU has it (compute
 # capability 9.0+). H100, 2026-12-05: outputs bitwise equal; predictor step 213 -> 203 us at 16 rows, 196 -> 191 at 2;
@@ -305,10 +319,22 @@ def attn_decode(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, sin: t
     qkv = qkv.contiguous()
     _kernels()[2][(b, kvh)](qkv, qk_w.contiguous(), cos.reshape(-1), sin.reshape(-1), pos, kc, vc, o, qkv.stride(0),
                             kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=ATTN_WARPS, num_stages=1,
+                            NH=nh, KVH=kvh, HD=hd, L=L, num_warps=_attn_warps(b), num_stages=1,
                             PRE=ATTN_PRELOAD and all(t.is_contiguous() for t in (qk_w, cos, sin)),  # no copy kernels
                             **_pdl(qkv.device))
     return o
+
+
+def rows_attn_split(rows: int) -> int:
+    """How many runs `attn_decode_rows` splits each (row, query head)'s cache walk into at `rows` rows
+    (`ROWS_ATTN_SPLIT`: a table, or one split for every size)."""
+    if isinstance(ROWS_ATTN_SPLIT, int):
+        return ROWS_ATTN_SPLIT
+    return next((int(s) for r, s in ROWS_ATTN_SPLIT if rows <= r), 1)
+
+
+def _attn_warps(rows: int) -> int:
+    return ATTN_WARPS_FEW if ATTN_WARPS_FEW is not None and rows <= GEMV_ROWS else ATTN_WARPS
 
 
 @attn_decode.register_fake
@@ -347,10 +373,17 @@ def attn_decode_rows(qkv: torch.Tensor, qk_w: torch.Tensor, cos: torch.Tensor, s
         return _ref_attn_rows(qkv, qk_w, cos, sin, pos, kc, vc, L, eps, nh, kvh)
     o = torch.empty(b, nh * hd, device=qkv.device, dtype=qkv.dtype)
     qkv, cos, sin = qkv.contiguous(), cos.reshape(b, hd).contiguous(), sin.reshape(b, hd).contiguous()
-    _kernels()[5][(b, nh)](qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0),
-                           kc.stride(0), kc.stride(1), kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd),
-                           NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=_cdiv(L, ROWS_ATTN_BLOCK),
-                           num_warps=ATTN_WARPS, num_stages=1, **_pdl(qkv.device))
+    nb = _cdiv(L, ROWS_ATTN_BLOCK)
+    split = max(1, min(rows_attn_split(b), nb))
+    cnt = _counters(qkv.device) if split > 1 and b * nh <= _N_COUNTERS else None
+    extra: dict = {}
+    if cnt is not None:
+        extra = dict(ws_ptr=torch.empty(b * nh * split, hd + 2, device=qkv.device, dtype=torch.float32),
+                     cnt_ptr=cnt, SPLIT=split)
+    _kernels()[5][(b, nh, split if cnt is not None else 1)](
+        qkv, qk_w.contiguous(), cos, sin, pos, kc, vc, o, qkv.stride(0), cos.stride(0), kc.stride(0), kc.stride(1),
+        kc.stride(2), o.stride(0), eps, 1.0 / math.sqrt(hd), NH=nh, KVH=kvh, HD=hd, BL=ROWS_ATTN_BLOCK, NB=nb,
+        num_warps=ROWS_ATTN_WARPS, num_stages=ROWS_ATTN_STAGES, **extra, **_pdl(qkv.device))
     return o
 
 
