@@ -134,6 +134,27 @@ def test_select_applies_date_range_and_cap():
     assert [e.id for e in select(eps, since=None, until=None, max_episodes=2)] == ["e4", "e3"]
 
 
+def test_episodes_whose_long_guids_differ_only_at_the_end_keep_distinct_ids(tmp_path):
+    """Feeds often use an episode's page URL as its guid; two parts of one episode differ in the last characters.
+    Their ids (at most 80 characters, file-safe) must differ, or the build keeps only the first as a duplicate."""
+    from voicepipe.corpus.fetch import list_feed
+
+    base = "https://podcasts.example-network.com/shows/the-long-running-show-about-everything/episodes/2026/12/"
+    items = "".join(f'<item><title>part {i}</title><guid>{base}episode-412-a-very-long-title-part-{i}</guid>'
+                    f'<enclosure url="https://cdn.example.com/{i}.mp3" type="audio/mpeg" length="1"/></item>'
+                    for i in (1, 2))
+    short = ('<item><title>short</title><guid>ep-7</guid>'
+             '<enclosure url="https://cdn.example.com/7.mp3" type="audio/mpeg" length="1"/></item>')
+    feed = tmp_path / "feed.xml"
+    feed.write_text(f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}{short}'
+                    "</channel></rss>")
+    ids = [e.id for e in list_feed(str(feed))]
+    assert len(ids) == 3 and len(set(ids)) == 3, ids
+    assert all(len(i) <= 80 and "/" not in i for i in ids), ids
+    assert ids[2] == "ep-7"  # short guids keep their readable id
+    assert [e.id for e in list_feed(str(feed))] == ids  # stable across listings
+
+
 def test_pocketsphinx_transcript_does_not_depend_on_what_was_decoded_before(synthetic_podcast):
     """One long-lived recogniser serves a whole build: a clip's text and confidence must be the same whatever it
     decoded before (else a corpus version depends on episode order and worker scheduling)."""

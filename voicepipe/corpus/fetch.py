@@ -46,8 +46,14 @@ class SourceReject(BaseModel):
 
 
 def _slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text.strip())
-    return keep.strip("-")[:80] or hashlib.sha256(text.encode()).hexdigest()[:12]
+    """A file-safe id of at most 80 characters. One longer than that ends in a hash of the whole text: feeds whose
+    guids are long URLs differ only at the end (".../episode-12-part-1", "...-part-2"), and two episodes cut to the
+    same id would be taken for one listed twice."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text.strip()).strip("-")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    if not keep:
+        return digest
+    return keep if len(keep) <= 80 else f"{keep[:67].rstrip('-')}-{digest}"
 
 
 def _parse_date(value: str | None) -> date | None:
