@@ -91,7 +91,7 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
         raise InputError(f"feed {feed}: no episodes (not an RSS/Atom feed, or an empty one)")
     out = []
     for entry in parsed.entries:
-        enclosure = next((e for e in entry.get("enclosures", []) if e.get("href")), None)
+        enclosure = _audio_enclosure(entry.get("enclosures", []))
         if enclosure is None:
             continue
         published = None
@@ -118,6 +118,25 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
             raise malformed()
         raise InputError(f"feed {feed}: no episode has an audio enclosure")
     return out
+
+
+def _audio_enclosure(enclosures: list) -> dict | None:
+    """The episode's audio among its enclosures: a feed may list cover art first, or the same episode in several
+    formats. Audio by type, then by file extension, then video (its sound track), then whatever comes first; an
+    image or a document is never the episode."""
+    def ext(e: dict) -> str:
+        return Path(urlparse(e["href"]).path).suffix.lower()
+
+    def kind(e: dict) -> str:
+        return str(e.get("type") or "").split("/")[0].lower()
+
+    usable = [e for e in enclosures if e.get("href")]
+    for ok in (lambda e: kind(e) == "audio", lambda e: ext(e) in AUDIO_EXT, lambda e: kind(e) == "video",
+               lambda e: kind(e) not in ("image", "text", "application")):
+        found = next((e for e in usable if ok(e)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def list_folder(folder: str) -> list[EpisodeSource]:
