@@ -57,6 +57,9 @@ def create_app(config: ServeConfig, voices: dict[str, Voice] | None = None) -> F
             state.voices = load_voices(config)
         for v in state.voices.values():
             if config.capture_graphs and v.engine.use_graphs and not v.engine._graphs:
+                # minutes with many slots (64 slots: 225 s on an H200, benchmarks/RESULTS.md 2026-12-06): say so first
+                log.info("voice %s: capturing CUDA graphs for %d slots; the server answers once they are ready",
+                         v.name, v.engine.cfg.max_batch)
                 log.info("voice %s: CUDA graphs captured in %.1f s", v.name, v.engine.capture())
             v.engine.start()
         if config.wyoming_uri:
