@@ -177,6 +177,39 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
         torch._dynamo.reset()
 
 
+def test_a_one_row_bucket_traces_the_units_once_more_and_keeps_the_codes(tiny_custom_voice_dir):
+    """`one_row_bucket`: with compiled units, one stream steps in a batch bucket of its own (the units traced again,
+    the batch specialised to 1) instead of the 2-row one, with the eager engine's greedy codes; two streams still
+    share the 2-row bucket."""
+    from torch._dynamo.utils import counters
+
+    from voicepipe.models import load_tts
+
+    torch._dynamo.reset()
+    eager = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256)).start()
+    one = TTSEngine(load_tts(tiny_custom_voice_dir),
+                    EngineConfig(max_batch=4, max_len=256, compile="aot_eager", one_row_bucket=True)).start()
+    try:
+        assert one.compiled and one._batch_buckets() == [1, 2, 4] and one._pick(1, 10)[0] == 1
+        gen = GenerationConfig(max_new_tokens=10, min_new_tokens=10, **GREEDY)
+        texts = ["One request alone.", "Then two at once.", "The second of the two."]
+        before = counters["stats"]["unique_graphs"]
+        want = [eager.generate_codes(eager.prepare(t, speaker="alice"), gen) for t in texts]
+        assert torch.equal(one.generate_codes(one.prepare(texts[0], speaker="alice"), gen), want[0])
+        traced_alone = counters["stats"]["unique_graphs"] - before
+        with one._step_lock:  # two requests at once: batch bucket 2
+            hs = [one.submit(one.prepare(t, speaker="alice"), gen, lambda ev: None) for t in texts[1:]]
+        for h, w in zip(hs, want[1:], strict=True):
+            assert h.finished.wait(300)
+            assert torch.equal(torch.stack(h.frames), w)
+        # the four step units traced for the batch of 1 and then again for the symbolic batch
+        assert traced_alone >= 4 and counters["stats"]["unique_graphs"] - before >= traced_alone + 4
+    finally:
+        one.stop()
+        eager.stop()
+        torch._dynamo.reset()
+
+
 def test_prefill_length_buckets_follow_the_step(tiny_custom_voice_dir):
     """`prefill_len_step`: the graphed prompt lengths are its multiples up to 256, then of 64 up to 512, then of 128,
     ending at max_len; a prompt pads to the first bucket that holds it."""

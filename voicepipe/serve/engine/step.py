@@ -484,9 +484,11 @@ class FrameStep:
 
     def _batch_buckets(self) -> list[int]:
         sizes = _bucket_sizes(self.cfg.max_batch)
-        # compiled units are traced with a symbolic batch, which excludes 1 (PyTorch specialises size-1 dims):
-        # one stream runs in the 2-slot graph, at nearly the same cost (the step is bound by weight reads)
-        return [s for s in sizes if s > 1] or sizes if self.compiled else sizes
+        # compiled units are traced with a symbolic batch, which excludes 1 (PyTorch specialises size-1 dims): one
+        # stream runs in the 2-slot graph, unless `one_row_bucket` has the units traced once more for a batch of 1
+        if not self.compiled or self.cfg.one_row_bucket:
+            return sizes
+        return [s for s in sizes if s > 1] or sizes
 
     def _pick(self, b_needed: int, l_needed: int) -> tuple[int, int]:
         b = next(s for s in self._batch_buckets() if s >= b_needed)
