@@ -157,7 +157,8 @@ def test_episodes_whose_long_guids_differ_only_at_the_end_keep_distinct_ids(tmp_
 
 def test_the_audio_enclosure_is_taken_when_a_feed_lists_cover_art_or_several_formats(tmp_path):
     """An Atom feed's entry may link cover art as an enclosure before the audio, or the same episode as video and
-    audio; the episode is its audio. An entry with only an image has no episode (its feed's other entries do)."""
+    audio; the episode is its audio. An entry with only an image has no episode (its feed's other entries do); a
+    generic binary type from a tracking URL without an extension is still taken (its download says what it is)."""
     from voicepipe.corpus.fetch import list_feed
 
     def link(href: str, typ: str) -> str:
@@ -168,7 +169,9 @@ def test_the_audio_enclosure_is_taken_when_a_feed_lists_cover_art_or_several_for
                ("video-and-audio", link("https://cdn.example.com/b.mp4", "video/mp4")
                 + link("https://cdn.example.com/b.m4a", "audio/x-m4a")),
                ("untyped", link("https://cdn.example.com/cover.png", "") + link("https://cdn.example.com/c.ogg", "")),
-               ("image-only", link("https://cdn.example.com/d.jpg", "image/jpeg"))]
+               ("image-only", link("https://cdn.example.com/d.jpg", "image/jpeg")),
+               ("octet-stream", link("https://cdn.example.com/e.jpg", "image/jpeg")
+                + link("https://track.example.com/play?id=5", "application/octet-stream"))]
     body = "".join(f"<entry><id>{i}</id><title>{i}</title><updated>2026-12-01T00:00:00Z</updated>{links}</entry>"
                    for i, links in entries)
     feed = tmp_path / "feed.atom"
@@ -176,7 +179,8 @@ def test_the_audio_enclosure_is_taken_when_a_feed_lists_cover_art_or_several_for
                     f"<id>f</id><updated>2026-12-01T00:00:00Z</updated>{body}</feed>")
     got = {e.id: e.url for e in list_feed(str(feed))}
     assert got == {"art-first": "https://cdn.example.com/a.mp3", "video-and-audio": "https://cdn.example.com/b.m4a",
-                   "untyped": "https://cdn.example.com/c.ogg"}, got
+                   "untyped": "https://cdn.example.com/c.ogg",
+                   "octet-stream": "https://track.example.com/play?id=5"}, got
 
 
 def test_pocketsphinx_transcript_does_not_depend_on_what_was_decoded_before(synthetic_podcast):

@@ -122,8 +122,9 @@ def list_feed(feed: str, timeout_s: float = 60.0) -> list[EpisodeSource]:
 
 def _audio_enclosure(enclosures: list) -> dict | None:
     """The episode's audio among its enclosures: a feed may list cover art first, or the same episode in several
-    formats. Audio by type, then by file extension, then video (its sound track), then whatever comes first; an
-    image or a document is never the episode."""
+    formats. Audio by type, then by file extension, then video (its sound track), then the first that is not an
+    image or a text page ("application/octet-stream" from a tracking URL without an extension may well be audio;
+    what is not fails at download, recorded)."""
     def ext(e: dict) -> str:
         return Path(urlparse(e["href"]).path).suffix.lower()
 
@@ -132,7 +133,7 @@ def _audio_enclosure(enclosures: list) -> dict | None:
 
     usable = [e for e in enclosures if e.get("href")]
     for ok in (lambda e: kind(e) == "audio", lambda e: ext(e) in AUDIO_EXT, lambda e: kind(e) == "video",
-               lambda e: kind(e) not in ("image", "text", "application")):
+               lambda e: kind(e) not in ("image", "text")):
         found = next((e for e in usable if ok(e)), None)
         if found is not None:
             return found
