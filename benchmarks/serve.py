@@ -526,7 +526,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
 
 def numerics(tts, e16, frames: int = 4) -> dict:
     """The bf16 engine `e16` (its units as configured: compiled on CUDA) vs an fp32 copy of the same weights,
-    teacher-forced (never started; slots 0-1 are used and left idle): both see the fp32 run's
+    teacher-forced (never started; slots 0-1, or the one slot of a one-slot engine, are used and left idle): both
+    see the fp32 run's
     inputs every frame. Reports per frame the relative error of the talker output and its code-0 logits, and how
     many of the 16 greedy codes agree."""
     import types as _types
@@ -545,13 +546,14 @@ def numerics(tts, e16, frames: int = 4) -> dict:
     with torch.inference_mode():
         p32 = e32.prepare(TEXT, speaker="alice", language="english")
         p16 = Prompt(p32.embeds.to(e16.dtype), p32.trailing.to(e16.dtype))
+        n = min(2, e16.cfg.max_batch)
         for e, p in ((e32, p32), (e16, p16)):
-            e._prefill([0, 1], [p, p])
-            e._arm(0, greedy)
-            e._arm(1, greedy)
+            e._prefill(list(range(n)), [p] * n)
+            for slot in range(n):
+                e._arm(slot, greedy)
         for f in range(frames):
-            e32._step(2, 256)
-            e16._step(2, 256)
+            e32._step(n, 256)
+            e16._step(n, 256)
             h32, h16 = e32._last_hidden[0].double(), e16._last_hidden[0].double()
             l32 = e32.talker.codec_head(e32._last_hidden[:1]).double()[0]
             l16 = e16.talker.codec_head(e16._last_hidden[:1]).double()[0]
@@ -559,8 +561,8 @@ def numerics(tts, e16, frames: int = 4) -> dict:
             rows.append(dict(frame=f, hidden_rel_err=float((h16 - h32).norm() / h32.norm()),
                              logits_rel_err=float((l16 - l32).norm() / l32.norm()),
                              code0_same=bool(c32[0] == c16[0]), codes_same=int((c32 == c16).sum())))
-            e16.next_emb[:2] = e32.next_emb[:2].to(e16.dtype)  # teacher forcing
-            e16.pos[:2] = e32.pos[:2]
+            e16.next_emb[:n] = e32.next_emb[:n].to(e16.dtype)  # teacher forcing
+            e16.pos[:n] = e32.pos[:n]
     print("numerics bf16 vs fp32:", rows, flush=True)
     e16.pos.zero_()
     e16.active.zero_()

@@ -261,3 +261,18 @@ def test_one_slot_engine_queues_requests_and_gives_the_batched_engines_codes(eng
     for h, w in zip(handles, want, strict=True):
         assert w.shape == (10, 16) and torch.equal(torch.stack(h.frames), w)
     assert steps >= 2 * 10  # one slot: the second ran after the first, not beside it
+
+
+def test_a_prefill_into_slots_the_engine_does_not_have_is_refused_before_any_write(engine):
+    """A slot past the engine's caches (two prompts into a one-slot engine, as a benchmark once did) is refused on the
+    host with the slots it has, before anything is written: on CUDA it would be a device-side assert."""
+    one = TTSEngine(engine.tts, EngineConfig(max_batch=1, max_len=256))
+    prompts = [one.prepare(t, speaker="alice") for t in ("Hello there.", "A second prompt.")]
+    before = [c.clone() for c in one.kc]
+    with pytest.raises(ValueError, match=r"slots \[0, 1\] for 2 prompts; this engine has slots 0-0"):
+        one._prefill([0, 1], prompts)
+    with pytest.raises(ValueError, match="1 prompts"):
+        one._prefill([0, 0], prompts[:1])  # a slot list that does not match the prompts
+    assert all(torch.equal(a, b) for a, b in zip(before, one.kc, strict=True)) and int(one.pos[0]) == 0
+    one._prefill([0], prompts[:1])  # its one slot takes a prompt
+    assert int(one.pos[0]) == prompts[0].embeds.shape[0] - 1

@@ -261,6 +261,11 @@ class FrameStep:
         graphs (`prefill_graphed`) the batch is padded further, to its (batch, length) bucket: the extra rows are
         copies of the last prompt written to its own slot (the same values twice), and the layers are one graph
         replay instead of ~550 kernel launches (eager, the prefill is bound by launching them)."""
+        if len(slots) != len(prompts) or not all(0 <= s < self.cfg.max_batch for s in slots):
+            # checked here, on the host: on CUDA a slot past the caches is a device-side assert that ends the process's
+            # CUDA context (a benchmark did so on 2026-12-06, benchmarks/RESULTS.md)
+            raise ValueError(f"prefill: slots {slots} for {len(prompts)} prompts; this engine has slots "
+                             f"0-{self.cfg.max_batch - 1}")
         lens = [p.embeds.shape[0] - 1 for p in prompts]
         T = max(lens)
         n = len(slots)
