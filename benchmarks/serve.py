@@ -527,9 +527,8 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
 def numerics(tts, e16, frames: int = 4) -> dict:
     """The bf16 engine `e16` (its units as configured: compiled on CUDA) vs an fp32 copy of the same weights,
     teacher-forced (never started; slots 0-1, or the one slot of a one-slot engine, are used and left idle): both
-    see the fp32 run's
-    inputs every frame. Reports per frame the relative error of the talker output and its code-0 logits, and how
-    many of the 16 greedy codes agree."""
+    see the fp32 run's inputs every frame. Reports per frame the relative error of the talker output and its code-0
+    logits, and how many of the 16 greedy codes agree."""
     import types as _types
 
     from voicepipe.serve.engine import GenerationConfig, Prompt
