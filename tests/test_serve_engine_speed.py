@@ -145,7 +145,7 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
     torch._dynamo.reset()
     tts = load_tts(tiny_custom_voice_dir)
     eager = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256)).start()
-    comp = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()
+    comp = TTSEngine(tts, EngineConfig(max_batch=4, max_len=256, compile="aot_eager", one_row_bucket=False)).start()
     try:
         assert comp.compiled and comp._batch_buckets() == [2, 4]
         gen = GenerationConfig(max_new_tokens=10, min_new_tokens=10, **GREEDY)
@@ -164,7 +164,7 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
         assert counters["stats"]["unique_graphs"] - before == 4 + 2 * 2
         # a second engine of the same shape (another voice) reuses them: its closures hold plain numbers only
         other = TTSEngine(load_tts(tiny_custom_voice_dir),
-                          EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()
+                          EngineConfig(max_batch=4, max_len=256, compile="aot_eager", one_row_bucket=False)).start()
         try:
             assert torch.equal(other.generate_codes(other.prepare(texts[0], speaker="alice"), gen),
                                comp.generate_codes(p, gen))
@@ -178,7 +178,7 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
 
 
 def test_a_one_row_bucket_traces_the_units_once_more_and_keeps_the_codes(tiny_custom_voice_dir):
-    """`one_row_bucket`: with compiled units, one stream steps in a batch bucket of its own (the units traced again,
+    """`one_row_bucket` (the default): with compiled units, one stream steps in a batch bucket of its own (the units traced again,
     the batch specialised to 1) instead of the 2-row one, with the eager engine's greedy codes; two streams still
     share the 2-row bucket."""
     from torch._dynamo.utils import counters
@@ -188,7 +188,7 @@ def test_a_one_row_bucket_traces_the_units_once_more_and_keeps_the_codes(tiny_cu
     torch._dynamo.reset()
     eager = TTSEngine(load_tts(tiny_custom_voice_dir), EngineConfig(max_batch=4, max_len=256)).start()
     one = TTSEngine(load_tts(tiny_custom_voice_dir),
-                    EngineConfig(max_batch=4, max_len=256, compile="aot_eager", one_row_bucket=True)).start()
+                    EngineConfig(max_batch=4, max_len=256, compile="aot_eager")).start()  # one_row_bucket: the default
     try:
         assert one.compiled and one._batch_buckets() == [1, 2, 4] and one._pick(1, 10)[0] == 1
         gen = GenerationConfig(max_new_tokens=10, min_new_tokens=10, **GREEDY)

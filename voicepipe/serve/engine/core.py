@@ -128,10 +128,10 @@ class EngineConfig:
     # (`engine.fused`) instead of ~11 compiled ones; None: with compiled units on CUDA
     fused_predictor: bool | None = None
     # compiled units: a step of one row gets its own batch bucket (the units traced again with the batch specialised
-    # to 1) instead of running in the 2-row one. False: one stream runs in the 2-row graph. H100, 2026-12-06: the
-    # 1-row graph of a one-slot engine 4.38 ms against 4.65 for the 2-row graph of a 16-slot one (settings of then);
-    # not yet measured in one engine
-    one_row_bucket: bool = False
+    # to 1) instead of running in the 2-row one. H100, 2026-12-06 05:16, one process: the 1-row step graph 4.23 ms
+    # against 4.35 for the 2-row one, one stream RTF 0.0560 -> 0.0544, 16 streams unchanged (213x), graph capture
+    # ~18 s longer (benchmarks/RESULTS.md). False: one stream runs in the 2-row graph
+    one_row_bucket: bool = True
     # the largest step (rows) that takes the fused layer; above 2 rows its ops use their tl.dot form (at most 16;
     # H200: a 16-row predictor step 336 -> 232 us, 16 streams 156 -> 191x real time: benchmarks/RESULTS.md)
     fused_rows: int = 16
