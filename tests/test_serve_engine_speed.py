@@ -178,9 +178,9 @@ def test_compiled_units_trace_once_and_keep_greedy_parity(tiny_custom_voice_dir)
 
 
 def test_a_one_row_bucket_traces_the_units_once_more_and_keeps_the_codes(tiny_custom_voice_dir):
-    """`one_row_bucket` (the default): with compiled units, one stream steps in a batch bucket of its own (the units traced again,
-    the batch specialised to 1) instead of the 2-row one, with the eager engine's greedy codes; two streams still
-    share the 2-row bucket."""
+    """`one_row_bucket` (the default): with compiled units, one stream steps in a batch bucket of its own (the units
+    traced again, the batch specialised to 1) instead of the 2-row one, with the eager engine's greedy codes; two
+    streams still share the 2-row bucket."""
     from torch._dynamo.utils import counters
 
     from voicepipe.models import load_tts
