@@ -31,6 +31,7 @@ import argparse
 import collections
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -486,10 +487,12 @@ SWEEP_DOT = [("dot", 32, 256, 4, 3), ("dot", 16, 256, 4, 3), ("dot", 16, 512, 4,
 
 
 def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8, ms: tuple[int, ...] = (1, 2),
-          skip: str = "") -> list[dict]:
+          skip: str = "", splits: tuple[int, ...] = (1,)) -> list[dict]:
     """Each op's configurations (`SWEEP`) at the predictor's shapes, 1 and 2 rows: a CUDA graph of one call per
     weight copy over >= `min_bytes` of copies (weights come from HBM, as in a step), microseconds per call;
-    beside it cuBLAS (`F.linear`) on the same matrix and the eager unfused chain's kernels for reference."""
+    beside it cuBLAS (`F.linear`) on the same matrix and the eager unfused chain's kernels for reference.
+    `splits` other than (1,): every tl.dot form (the matmul + residual op's too, at 1-2 rows) also split-K that
+    many ways (`fused.RMS_SPLIT` for the norm ops, the op's `split` for the matmul + residual)."""
     shapes = {"rms_linear": ((NH + 2 * KVH) * HD, H), "rms_glu": (2 * FF, H), "linear_residual": (H, FF),
               "linear_residual/o": (H, NH * HD),  # the code predictor's; then the talker's (hidden 2048, MLP 6144)
               "rms_linear/talker": (4096, 2048), "rms_glu/talker": (2 * 6144, 2048),
@@ -506,20 +509,29 @@ def sweep(dev: torch.device, only: str = "", min_bytes: float = 6e8, ms: tuple[i
             x = torch.randn(m, k, device=dev).to(torch.bfloat16)
             r = torch.randn(m, n, device=dev).to(torch.bfloat16)
 
-            def call(w, x=x, r=r, op=op, ln=ln):
+            def call(w, x=x, r=r, op=op, ln=ln, split=1):
                 if op == "rms_linear":
                     return fused.rms_linear(x, ln, w, 1e-6)
                 if op == "rms_glu":
                     return fused.rms_glu(x, ln, w, 1e-6)
-                return fused.linear_residual(x, w, r)
+                return fused.linear_residual(x, w, r, split)
 
-            for cfg in [*(SWEEP[op] if m <= fused.GEMV_ROWS else SWEEP_DOT), "cublas"]:
-                if cfg != "cublas":
-                    fused.SHAPE_CONFIG[(op, n // 2 if op == "rms_glu" else n, k)] = cfg
-                fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else call
-                us = graph_us_list(fn, ws)
-                out.append(dict(op=name, rows=m, config=cfg, us=round(us, 2), gbps=round(n * k * 2 / us / 1e3)))
-                print(out[-1], flush=True)
+            cfgs = SWEEP[op] if m <= fused.GEMV_ROWS else SWEEP_DOT
+            if splits != (1,) and op == "linear_residual" and m <= fused.GEMV_ROWS:
+                cfgs = [*cfgs, *SWEEP_DOT]
+            rms_split, max_k = fused.RMS_SPLIT, fused.RMS_SPLIT_MAX_K
+            fused.RMS_SPLIT_MAX_K = max_k if splits == (1,) else k  # the norm ops split at any K in a split sweep
+            for cfg in [*cfgs, "cublas"]:
+                for sp in splits if cfg != "cublas" and cfg[0] == "dot" else (1,):
+                    if cfg != "cublas":
+                        fused.SHAPE_CONFIG[(op, n // 2 if op == "rms_glu" else n, k)] = cfg
+                    fused.RMS_SPLIT = sp if splits != (1,) else rms_split
+                    fn = (lambda w, x=x: F.linear(x, w)) if cfg == "cublas" else partial(call, split=sp)
+                    us = graph_us_list(fn, ws)
+                    out.append(dict(op=name, rows=m, config=cfg, split=sp, us=round(us, 2),
+                                    gbps=round(n * k * 2 / us / 1e3)))
+                    print(out[-1], flush=True)
+            fused.RMS_SPLIT, fused.RMS_SPLIT_MAX_K = rms_split, max_k
     return out
 
 
@@ -579,6 +591,8 @@ def main() -> None:
                     "fused ops' step (`persistent_check`) before the step times")
     ap.add_argument("--sweep-only", default="", help="sweep only the shapes whose name holds this (e.g. talker)")
     ap.add_argument("--sweep-skip", default="", help="skip the shapes whose name holds this (e.g. talker)")
+    ap.add_argument("--sweep-split", default="1", help="split-K ways of the sweep's tl.dot forms, e.g. 1,2,4,8")
+    ap.add_argument("--sweep-exit", action="store_true", help="stop after the sweep (write it, no checks)")
     ap.add_argument("--sweep-rows", default="1,2", help="rows of the sweep; above 2 the tl.dot forms (SWEEP_DOT)")
     ap.add_argument("--pick-dot", action="store_true", help="after a sweep above 2 rows: set fused.DOT_CONFIG to "
                     "each op's fastest there (its predictor shape, the most rows swept) and time the steps again")
@@ -592,7 +606,13 @@ def main() -> None:
                 torch=torch.__version__)
     print(info, flush=True)
     srows = tuple(int(x) for x in a.sweep_rows.split(","))
-    swept = sweep(dev, a.sweep_only, ms=srows, skip=a.sweep_skip) if a.sweep else []
+    swept = (sweep(dev, a.sweep_only, ms=srows, skip=a.sweep_skip,
+                   splits=tuple(int(x) for x in a.sweep_split.split(","))) if a.sweep else [])
+    if a.sweep_exit:
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            (a.out / "fused.json").write_text(json.dumps(dict(info=info, sweep=swept), indent=2))
+        return
     fused.SHAPE_CONFIG.clear()
     fused.CONFIG.update({k: tuple(v) for k, v in (a.config or {}).items()})
     print("config:", fused.CONFIG, flush=True)

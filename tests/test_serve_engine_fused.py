@@ -302,6 +302,46 @@ def test_the_fused_talker_attention_keeps_the_greedy_codes(tts, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
 
 
+def test_the_fused_talker_matmuls_run_at_one_row_only_and_keep_the_greedy_codes(tts, monkeypatch):
+    """`EngineConfig.fused_talker_mm`: a one-row step runs every talker layer's matmuls through the fused ops
+    (norm + q/k/v, output projection + residual, norm + gate/up + SiLU, down projection + residual; their unfused
+    math here: fp32 on the CPU) and keeps the plain engine's greedy codes; a two-row step keeps the plain layer."""
+    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+    from voicepipe.serve.engine.step import FrameStep
+
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
+    texts = ["The talker's matmuls, fused.", "A second stream, so a step runs two rows."]
+    H = tts.model.talker.config.hidden_size
+
+    def codes(texts: list[str], **cfg) -> list[torch.Tensor]:
+        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, **cfg)).start()
+        try:
+            qs = [queue.Queue() for _ in texts]  # submitted at once: one step runs every slot
+            reqs = [eng.submit(eng.prepare(t, speaker="alice"), gen, q.put) for t, q in zip(texts, qs, strict=True)]
+            for q in qs:
+                while (ev := q.get(timeout=300)).kind not in ("done", "error"):
+                    pass
+                assert ev.kind == "done", ev.message
+            return [torch.stack(r.frames) for r in reqs]
+        finally:
+            eng.stop()
+
+    ref_one, ref_two = codes(texts[:1]), codes(texts)
+    rows = []
+    real = fused.rms_glu
+    monkeypatch.setattr(FrameStep, "fused_talker_attn", property(lambda self: True))
+    monkeypatch.setattr(fused, "rms_glu", lambda x, *a: (rows.append(x.shape[0]) if x.shape[1] == H else None)
+                        or real(x, *a))
+    one = codes(texts[:1], fused_talker_attn=True, fused_talker_mm=True)
+    n_layers = tts.model.talker.config.num_hidden_layers
+    assert rows and set(rows) == {1} and len(rows) % n_layers == 0  # every layer of every one-row step
+    assert all(torch.equal(a, b) for a, b in zip(one, ref_one, strict=True))
+    rows.clear()
+    two = codes(texts, fused_talker_attn=True, fused_talker_mm=True)
+    assert all(torch.equal(a, b) for a, b in zip(two, ref_two, strict=True))
+    assert not rows  # every step ran both rows: the plain layer
+
+
 @pytest.mark.parametrize("rows,split", [(5, 2), (16, 4)])
 def test_split_k_matmul_residual_adds_every_split_once_and_leaves_its_counters_at_zero(interpret, rows, split):
     """`linear_residual(..., split=s)` above 2 rows (`EngineConfig.fused_split_k`): K split over s programs per
@@ -402,6 +442,7 @@ def test_the_norm_ops_with_their_weights_preloaded_are_the_looped_ones(interpret
     monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "rms_linear": ("dot", 32, 256, 4, 3),
                                           "rms_glu": ("dot", 32, 256, 4, 3)})
     monkeypatch.setattr(fused, "RMS_SPLIT", split)
+    monkeypatch.setattr(fused, "RMS_SPLIT_MAX_K", K)  # split at K 2048 too (the default splits K <= 1024 only)
     torch.manual_seed(9)
     x, ln = _bf(rows, K), _bf(K, scale=0.1) + 1
     w, wgu = _bf(64, K, scale=0.03), _bf(2 * 64, K, scale=0.03)
@@ -418,6 +459,19 @@ def test_the_norm_ops_with_their_weights_preloaded_are_the_looped_ones(interpret
     _close(out[1], torch.nn.functional.silu(g) * u, rel=0.04)  # the interpreter's truncations, twice (see _close)
     assert all(torch.equal(a, b) for a, b in zip(out, looped, strict=True))
     assert split == 1 or not fused._COUNTERS[x.device].any()
+
+
+def test_the_norm_ops_split_k_only_up_to_rms_split_max_k(interpret, monkeypatch):
+    """`fused.RMS_SPLIT_MAX_K`: at 1-2 rows the norm ops split K (`RMS_SPLIT`) for the predictor's K 1024, not for
+    the talker's 2048 (`EngineConfig.fused_talker_mm`), which has output tiles enough unsplit: no partials there."""
+    monkeypatch.setattr(fused, "CONFIG", {**fused.CONFIG, "rms_linear": ("dot", 32, 256, 4, 3)})
+    monkeypatch.setattr(fused, "RMS_SPLIT", 2)
+    launched = []
+    real = fused._split_counters
+    monkeypatch.setattr(fused, "_split_counters", lambda dev, split, *a: launched.append(split) or real(dev, split, *a))
+    for K in (1024, 2048):
+        fused.rms_linear(_bf(1, K), _bf(K, scale=0.1) + 1, _bf(64, K, scale=0.03), 1e-6)
+    assert launched == [2, 1]
 
 
 @pytest.mark.parametrize("rows,pos", [(1, 2), (2, 15)])

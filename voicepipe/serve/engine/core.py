@@ -156,6 +156,13 @@ class EngineConfig:
     # step 4.97 -> 4.80 ms (948 -> 808 kernels), 16 rows 5.39 -> 5.07 ms; one stream's RTF 0.064 -> 0.063, 16
     # streams 192-193 -> 199-200x real time; bf16 vs fp32 as the default's (benchmarks/RESULTS.md, 2026-12-05)
     fused_talker_attn: bool | None = None
+    # a one-row step (one stream, `one_row_bucket`) runs the talker's matmuls as the fused ops of the code predictor
+    # (`fused.rms_linear` for norm + q/k/v, `fused.linear_residual` for the output and down projections + residual,
+    # `fused.rms_glu` for norm + gate/up + SiLU) instead of cuBLAS and the compiled norms; needs `fused_talker_attn`.
+    # H100, 2026-12-06, one call per matrix at one row: q/k/v 9.6 us with its norm against cuBLAS's 8.2 without it,
+    # gate/up 19.9 against 20.9, down 10.8 against 12.5, output 4.5 against 6.0 (`benchmarks/fused.py --sweep
+    # --sweep-only talker`). Steps of more rows keep cuBLAS (at 16 rows the fused forms were slower: 2026-12-04)
+    fused_talker_mm: bool = False
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

@@ -84,6 +84,9 @@ PDL: bool | None = None
 # 173.6 us, H100 190 -> 185 us (split 4: 209 us; BN 16 / 64 or BK 128 / 512 with split 2: 188-214 us); one stream
 # RTF 0.061 -> 0.059 (H200); 0.06 % of outputs differ from the unsplit kernel by one bf16 rounding
 RMS_SPLIT = 2
+# ... for K of at most this (the predictor's 1024). The talker's norm ops (K 2048, `EngineConfig.fused_talker_mm`)
+# have enough output tiles unsplit: H100, one row, q/k/v 9.6 -> 10.0 us and gate/up 19.9 -> 21.8 us at split 2
+RMS_SPLIT_MAX_K = 1024
 # The four preload/alignment switches below: outputs bitwise equal with them off or on (the same sums in the same
 # order). H100, 2026-12-05 (benchmarks/RESULTS.md, serve): 2-row predictor step 184.5 -> 164.8 us with the first
 # three, 16-row step 202.6 -> 182.0 us with SPLIT_ALIGN and RMS_PRELOAD; engines one stream RTF 0.063 -> 0.060, 16
@@ -197,7 +200,7 @@ def _launch_rms(x: torch.Tensor, ln: torch.Tensor, w: torch.Tensor, N: int, eps:
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     x = x.contiguous()
     extra: dict = {} if kind == "gemv" else {"DOT_F32": _interpreted()}
-    split = RMS_SPLIT if kind == "dot" and M <= GEMV_ROWS else 1
+    split = RMS_SPLIT if kind == "dot" and M <= GEMV_ROWS and K <= RMS_SPLIT_MAX_K else 1
     cnt = _split_counters(x.device, split, N, K, bn, bk)
     split = split if cnt is not None else 1
     if cnt is not None:

@@ -145,7 +145,7 @@ class Dims(NamedTuple):
     fused predictor step's final norm + code head as one `fused.rms_linear` and its sampling + code embedding as one
     `fused.sample_embed` (with `sample`); `split`: the fused matmul + residual ops above 2 rows split K over this
     many programs per output tile (`fused.linear_residual`); `attn`: the talker's attention as one
-    `fused.attn_decode_rows` a layer."""
+    `fused.attn_decode_rows` a layer; `mm` (with `attn`): a one-row talker step's matmuls as the fused ops."""
 
     nh: int
     kvh: int
@@ -155,6 +155,7 @@ class Dims(NamedTuple):
     head: bool = False
     split: int = 1
     attn: bool = False
+    mm: bool = False
 
 
 def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, p: torch.Tensor,
@@ -163,6 +164,13 @@ def talker_layer(w: _FusedLayer, x: torch.Tensor, kc: torch.Tensor, vc: torch.Te
 
     Attends over the first L = mask.shape[-1] cache positions; batch b = x.shape[0] (slots [0, b))."""
     b, L = x.shape[0], mask.shape[-1]
+    if d.attn and d.mm and b == 1:  # one row (a trace of its own with `one_row_bucket`; never true in a dynamic one)
+        h = x.view(b, -1)
+        qkv = fused.rms_linear(h, w.ln1, w.wqkv, w.eps)
+        o = fused.attn_decode_rows(qkv, w.qk_w, cos.reshape(b, -1), sin.reshape(b, -1), p, kc, vc, L, w.qk_eps,
+                                   d.nh, d.kvh)
+        h = fused.linear_residual(o.reshape(b, -1), w.wo, h)
+        return fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h).view(b, 1, -1)
     if d.attn:
         qkv = linear(_rms(x, w.ln1, w.eps), w.wqkv, small=d.gemv).view(b, -1)
         o = fused.attn_decode_rows(qkv, w.qk_w, cos.reshape(b, -1), sin.reshape(b, -1), p, kc, vc, L, w.qk_eps,

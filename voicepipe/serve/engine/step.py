@@ -87,7 +87,7 @@ class FrameStep:
         tc, pc = self.tc, self.cp.model.config
         small = self.small_gemv
         fs = self.fused_sample
-        td = K.Dims(self.nh, self.kvh, self.hd, small, fs, attn=self.fused_talker_attn)
+        td = K.Dims(self.nh, self.kvh, self.hd, small, fs, attn=self.fused_talker_attn, mm=self.fused_talker_mm)
         pd = K.Dims(self.p_nh, self.p_kvh, self.p_hd, small, fs, head=self.fused_head,
                     split=max(1, int(self.cfg.fused_split_k)))
         samp = K.Sampling(self.temp, self.greedy, self.sub_temp, self.sub_greedy, self.rep_pen, self.seen,
@@ -197,6 +197,12 @@ class FrameStep:
         compiled units on CUDA with Triton)."""
         c = self.cfg.fused_talker_attn
         return (c is None or bool(c)) and self.compiled and fused.available(self.device)
+
+    @property
+    def fused_talker_mm(self) -> bool:
+        """Whether a one-row step runs the talker's matmuls as fused ops (`EngineConfig.fused_talker_mm`; needs the
+        fused talker attention)."""
+        return bool(self.cfg.fused_talker_mm) and self.fused_talker_attn
 
     @property
     def fused_sample(self) -> bool:
