@@ -161,8 +161,12 @@ class EngineConfig:
     # `fused.rms_glu` for norm + gate/up + SiLU) instead of cuBLAS and the compiled norms; needs `fused_talker_attn`.
     # H100, 2026-12-06, one call per matrix at one row: q/k/v 9.6 us with its norm against cuBLAS's 8.2 without it,
     # gate/up 19.9 against 20.9, down 10.8 against 12.5, output 4.5 against 6.0 (`benchmarks/fused.py --sweep
-    # --sweep-only talker`). Steps of more rows keep cuBLAS (at 16 rows the fused forms were slower: 2026-12-04)
-    fused_talker_mm: bool = False
+    # --sweep-only talker`). Steps of more rows keep cuBLAS (at 16 rows the fused forms were slower: 2026-12-04).
+    # Same H100, one process: the 1-row step graph 4.17 -> 4.03 ms (802 -> 662 kernels), one stream RTF 0.0541 ->
+    # 0.0523. bf16 against fp32: 1.8 % relative error in the talker's output, as the eager (uncompiled) bf16 path's
+    # 1.8-1.9 %, against 1.5 % for the compiled units, whose fused kernels skip some of eager's bf16 roundings; the
+    # fused ops round where eager (and the package's `generate`) do (benchmarks/RESULTS.md, 2026-12-06 05:46)
+    fused_talker_mm: bool = True
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None
