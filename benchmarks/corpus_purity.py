@@ -6,6 +6,10 @@
 third engine, held out from every tuning: two recorded diphone voices as target and co-host.
 `recorded` is real speech: pyannote.audio's bundled two-person conversation (`make_recorded_podcast`: as it is, and
 under a music intro and bed), since synthetic voices separate more easily than real ones.
+`meeting-SHOW` is real meeting speech (AMI excerpts: the 30 s test clips in pyannote.audio's source distribution,
+fetched from PyPI with `pip download --no-binary :all:` into `--work` the first time; 2-4 speakers a clip, overlaps
+and backchannels as they come): a show (`MEETING_SHOWS`) is one annotated speaker's clips as episodes, clips without
+them as episodes the target is absent from, and enrollment cut from the show (`make_meeting_podcast`).
 
 For each speech engine (espeak-ng and flite, both offline, from Debian), `make_scenario_podcast` writes one feed
 with `--episodes` episodes per scenario (a co-host whose voice embeds close to the target's, a guest, backchannels
@@ -33,6 +37,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+# real meeting speech (`meeting-SHOW`): the target, its clips, clips without it, the clip its enrollment is cut from
+# (its three longest stretches alone; the clip may also be an episode), clips again under a music intro and bed
+MEETING_SHOWS: dict[str, dict] = {
+    "meo069": dict(target="MEO069", episodes=["trn00", "trn01"], absent=["trn02", "trn04", "trn05"],
+                   enroll_from="trn03", music=["trn00"]),  # a man; a second man talks more than him in trn00
+    "fee087": dict(target="FEE087", episodes=["trn07", "trn08"], absent=["trn05", "trn06", "trn09"],
+                   enroll_from="trn07"),  # a woman, with another woman who talks as much in trn08
+    "mee009": dict(target="MEE009", episodes=["dev00", "dev01"], absent=["trn00", "trn04", "tst01"],
+                   enroll_from="dev00", music=["dev01"]),  # two men in every clip
+    "fee083": dict(target="FEE083", episodes=["trn06", "trn09"], absent=["trn05", "trn07", "trn08"],
+                   enroll_from="trn06"),  # a woman, talked over by a man for 13 s of trn09
+    "feo070": dict(target="FEO070", episodes=["tst00", "tst01"], absent=["dev00", "trn05", "trn06"],
+                   enroll_from="tst00"),  # four people at once, the target 11 s of tst00's 30
+}
+MEETING_SDIST = "pyannote.audio==4.0.7"
+
+
+def meeting_data(work: Path) -> Path:
+    """pyannote.audio's test clips (`tests/data` of its source distribution) under `work`, fetched from PyPI once."""
+    import subprocess
+    import tarfile
+
+    dest = work / "pyannote-audio-tests"
+    if (dest / "debug.train.rttm").exists():
+        return dest
+    dl = work / "sdist"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d",
+                    str(dl), MEETING_SDIST], check=True)
+    tgz = next(dl.glob("pyannote*audio*.tar.gz"))
+    with tarfile.open(tgz) as tf:
+        members = [m for m in tf.getmembers() if "/tests/data/" in m.name and m.isfile()]
+        for m in members:
+            m.name = m.name.split("/tests/data/", 1)[1]
+        dest.mkdir(parents=True, exist_ok=True)
+        tf.extractall(dest, members=members, filter="data")
+    return dest
+
+
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
                use: int | dict[str, int] | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
@@ -43,13 +85,15 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         SCENARIOS,
         PodcastTruth,
         build_feed,
+        make_meeting_podcast,
         make_recorded_podcast,
         make_scenario_podcast,
         score_corpus,
     )
 
     tag = ""
-    if voices and engine != "recorded":  # other voices than the tuned ones (the podcast is cached under their names)
+    # other voices than the tuned ones (the podcast is cached under their names)
+    if voices and engine != "recorded" and not engine.startswith("meeting-"):
         from voicepipe.corpus import synthetic
 
         synthetic.ENGINE_VOICES[engine] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
@@ -60,16 +104,23 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         tag += "-distinct"
     # the default scenarios first, in their order (the same seeded episodes as before), then any extra ones asked for
     wanted = list(SCENARIOS) + [s for s in EXTRA_SCENARIOS if scenarios and s in scenarios]
+    real = engine == "recorded" or engine.startswith("meeting-")
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
         pod = work / "podcast-recorded"
         make = partial(make_recorded_podcast, pod, seed=seed)
+    elif engine.startswith("meeting-"):  # real meeting speech (its clips' lengths, not --seconds)
+        show = engine.split("-", 1)[1]
+        if show not in MEETING_SHOWS:
+            raise SystemExit(f"--engines {engine}: no such show (have {sorted(MEETING_SHOWS)})")
+        pod = work / f"podcast-{engine}"
+        make = partial(make_meeting_podcast, pod, meeting_data(work), seed=seed, **MEETING_SHOWS[show])
     else:
         pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}{tag}"
         make = partial(make_scenario_podcast, pod, wanted, engine=engine, episodes_per_scenario=episodes,
                        episode_seconds=seconds, seed=seed, music=music, intro_s=intro_s,
                        distinct_text=distinct_text)
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None
-    if truth is None or (engine != "recorded" and not set(wanted) <= {ep.scenario for ep in truth.episodes}):
+    if truth is None or (not real and not set(wanted) <= {ep.scenario for ep in truth.episodes}):
         truth = make()  # one seeded generator, scenarios in order: a podcast cached before a scenario was added
         # gets the same episodes again, and the new ones
     if use is not None:  # only the first `use` episodes of each scenario (a dict: of the scenarios it names)

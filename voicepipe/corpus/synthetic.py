@@ -714,6 +714,88 @@ def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth
     return truth
 
 
+def meeting_turns(data_dir: str | Path) -> dict[str, tuple[Path, list[tuple[float, float, str]]]]:
+    """Real meeting speech with its speakers annotated: pyannote.audio's test clips (AMI meetings, 30 s each, in the
+    package's source distribution, not its wheel): {clip: (wav path, [(start, end, speaker)])} from the RTTMs under
+    `data_dir` (its `tests/data`). Clip names are NFC-normalised and matched to the files the same way (one file is
+    named with an n-tilde where its RTTM says "trn00")."""
+    import unicodedata
+
+    d = Path(data_dir)
+    rttms = sorted(d.glob("*.rttm"))
+    if not rttms:
+        raise InputError(f"{d}: no RTTM files (expected pyannote.audio's tests/data from its source distribution)")
+
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+
+    wavs = {key(p.stem): p for p in d.glob("*.wav")}
+    clips: dict[str, tuple[Path, list[tuple[float, float, str]]]] = {}
+    for rttm in rttms:
+        for line in rttm.read_text().splitlines():
+            f = line.split()
+            if not f or f[0] != "SPEAKER":
+                continue
+            clip = key(f[1])
+            if clip not in wavs:
+                raise InputError(f"{rttm}: clip {f[1]!r} has no wav in {d}")
+            start = float(f[3])
+            clips.setdefault(clip, (wavs[clip], []))[1].append((start, start + float(f[4]), key(f[7])))
+    return clips
+
+
+def make_meeting_podcast(out_dir: str | Path, data_dir: str | Path, target: str, episodes: Sequence[str],
+                         absent: Sequence[str], enroll_from: str, *, music: Sequence[str] = (),
+                         seed: int = 0) -> PodcastTruth:
+    """A feed of real recorded meeting speech (`meeting_turns`): each clip in `episodes` (where `target` speaks) and
+    `absent` (where it does not) is an episode as it is, 64 kb/s mp3; the clips in `music` again with a 4 s music
+    intro and a -28 dBFS bed under the speech. Every other speaker is "other:<id>" in the truth. The enrollment is
+    cut from the show, as a user would: the three longest stretches of the target alone in `enroll_from` (a clip,
+    which may also be an episode)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    clips = meeting_turns(data_dir)
+    for c in [*episodes, *absent, *music, enroll_from]:
+        if c not in clips:
+            raise InputError(f"meeting podcast: no clip {c!r} (have {sorted(clips)})")
+    day0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
+    eps: list[EpisodeTruth] = []
+
+    def turns_of(clip: str, shift: float = 0.0) -> list[Turn]:
+        return [Turn("target" if spk == target else f"other:{spk}", round(a + shift, 3), round(b + shift, 3), "")
+                for a, b, spk in clips[clip][1]]  # fmt: skip
+
+    for clip in [*episodes, *absent]:
+        wav = load_audio(clips[clip][0], SR)
+        _to_mp3(wav, out / f"{clip}.mp3")
+        eps.append(EpisodeTruth(clip, f"{clip}.mp3", f"meeting {clip}", round(wav.size / SR, 3),
+                                format_datetime(day0 + timedelta(days=len(eps))), turns_of(clip),
+                                "meeting" if clip in episodes else "absent"))
+    for clip in music:
+        wav = load_audio(clips[clip][0], SR)
+        intro = int(4.0 * SR)
+        n = intro + wav.size + 2 * SR
+        mix = np.zeros(n, dtype=np.float32)
+        mix[intro : intro + wav.size] = normalize_loudness(wav, SR, -24.0)[0]  # the bed a few dB under the speech
+        mix += _show_music(n, rng, intro, intro + wav.size)
+        _to_mp3(np.clip(mix, -1, 1), out / f"{clip}_music.mp3")
+        eps.append(EpisodeTruth(f"{clip}_music", f"{clip}_music.mp3", f"meeting {clip} (music)", round(n / SR, 3),
+                                format_datetime(day0 + timedelta(days=len(eps))), turns_of(clip, 4.0),
+                                "meeting_music"))
+    ep = EpisodeTruth(enroll_from, "", "", 0.0, "", turns_of(enroll_from))
+    spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:3]
+    if not spans:
+        raise InputError(f"meeting podcast: {target} never speaks alone in {enroll_from}")
+    wav = load_audio(clips[enroll_from][0], SR)
+    enrollment = [save_wav(out / f"enroll-{k + 1}.wav", wav[int(a * SR) : int(b * SR)], SR)
+                  for k, (a, b) in enumerate(spans)]
+    truth = PodcastTruth(out, f"meeting:{target}", "meeting:others", eps, enrollment,
+                         {"target": f"meeting:{target}"})
+    truth.save()
+    return truth
+
+
 def write_feed(path: str | Path, items: Sequence[dict], *, title: str = "Synthetic Podcast") -> Path:
     """Write an RSS 2.0 feed; each item: `title`, `guid`, `url`, optional `length`, `type`, `published`."""
     rows = []
