@@ -24,6 +24,11 @@ class FilterConfig(BaseModel):
         None, description="Optional absolute floor on the segment's cosine to the enrollment (off by default: the "
         "decision is relative to the episode's speakers, see `CorpusParams.speaker_margin`)."
     )
+    min_target_speaker_sim: float | None = Field(
+        None, description="Optional floor on the cosine of the episode's target speaker (its diarized cluster or "
+        "pyannote speaker, as a whole) to the enrollment: below it the episode is judged not to have the target (an "
+        "episode without the target gives its nearest voice) and none of its segments is kept. Off by default."
+    )
     min_speaker_margin: float = Field(
         0.0, description="The whole segment's embedding must be nearer the episode's target speaker than any other "
         "by this fraction of their distance (0: merely nearer)."

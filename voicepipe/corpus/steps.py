@@ -730,6 +730,10 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         else:
             margin_embs = embs
         mos_ok = f.dnsmos and _mos_available()
+        # the episode's target speaker as a whole (diarize's cluster or pyannote speaker): far from the enrollment,
+        # the episode gave its nearest voice (`min_target_speaker_sim`)
+        t_sim = max((x["enroll_sim"] for x in dia.get("speakers", []) if x.get("target")), default=None)
+        absent = (f.min_target_speaker_sim is not None and t_sim is not None and t_sim < f.min_target_speaker_sim)
         rows = []
         kept_sum = np.zeros(embs.shape[1] if len(segs) else 0, dtype=np.float64)
         for seg, tr, emb, m_emb in zip(segs, state.results["transcribe"]["texts"], embs, margin_embs, strict=True):
@@ -756,6 +760,9 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
                 reasons.append(f"speaker_margin {margin:.2f} < {f.min_speaker_margin:g} (nearer another speaker)")
             if f.min_speaker_sim is not None and m["speaker_sim"] < f.min_speaker_sim:
                 reasons.append(f"speaker_sim {m['speaker_sim']:.2f} < {f.min_speaker_sim:.2f}")
+            if absent:
+                reasons.append(f"the episode's target speaker: cosine {t_sim:.2f} to the enrollment < "
+                               f"min_target_speaker_sim {f.min_target_speaker_sim:g} (the target absent?)")
             if m["clipped"] > f.max_clipped_fraction:
                 reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
             if m["lufs"] < f.min_loudness_lufs:
