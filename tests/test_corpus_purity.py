@@ -295,6 +295,40 @@ def test_a_short_stretch_after_overlapped_speech_is_judged_by_the_margin_and_gua
     assert [i for i in range(len(embs)) if keep2[i] != keep[i]] == [low[0]]  # nothing else changes
     assert spared == [tails[0]]  # only the spared tail is guarded
 
+def test_an_episode_whose_target_speaker_is_far_from_the_enrollment_keeps_nothing_with_the_floor(scenario_build,
+                                                                                                tmp_path):
+    """`FilterConfig.min_target_speaker_sim`: without the feed check, the episode without the target keeps its
+    nearest voice (its "target" speaker); a floor between that speaker's cosine to the enrollment and every episode
+    with the target drops that episode's segments, naming the gate, and leaves the others' kept speech as it was
+    (the same store: only the filter runs again)."""
+    base = json.loads((scenario_build["out"] / "corpus.json").read_text())
+    sims = {e["episode"]: max(x["enroll_sim"] for x in e["speakers"] if x["target"])
+            for e in base["episode_speakers"] if any(x["target"] for x in e["speakers"])}
+    truth = scenario_build["truth"]
+    present = [sims[ep.id] for ep in truth.episodes if ep.id in sims and ep.target_only()]
+    absent = [k for k in sims if not truth.episode(k).target_only()]
+    assert len(absent) == 1 and sims[absent[0]] < min(present)
+    p = scenario_build["params"]
+
+    def build(name: str, floor: float | None) -> tuple[dict[str, float], list[dict]]:
+        # the fixture's feed again (served anew) and its store
+        build_feed(truth, tmp_path / name, p.codec_model, store_url=p.store_url, separate=False, workers=2,
+                   feed_voice_check=False,
+                   filters=p.filters.model_copy(update={"min_target_speaker_sim": floor}).model_dump())
+        out = tmp_path / name / "out"
+        rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+        kept = {e["episode"]: e["kept_s"] for e in json.loads((out / "corpus.json").read_text())["episode_speakers"]}
+        return kept, rejects
+
+    open_kept, _ = build("open", None)
+    assert open_kept[absent[0]] > 0  # without the feed check, its nearest voice gets in
+    kept, rejects = build("floor", (sims[absent[0]] + min(present)) / 2)
+    assert {r["episode"] for r in rejects if "min_target_speaker_sim" in r["reason"]} == set(absent)
+    assert kept[absent[0]] == 0.0
+    assert {k: v for k, v in kept.items() if k not in absent} == {k: v for k, v in open_kept.items()
+                                                                   if k not in absent}
+
+
 def test_the_recorded_conversation_feed_is_real_speech_with_its_own_truth(tmp_path):
     """The benchmark's real-voice feed (pyannote's bundled recording): the enrollment is the target's own later turn,
     never audio of the episodes, and the truth's "target" is the voice the enrollment embeds nearest."""
@@ -328,3 +362,35 @@ def test_the_report_names_the_feeds_other_voices_that_judged(scenario_build):
     assert set(corpus["feed_other_voice_drops"]) == {"segments", "seconds"}
     report = (scenario_build["out"] / "report.md").read_text()
     assert "The feed's other voices that judged: " + voices[0]["episode"] in report
+
+
+def test_a_meeting_show_maps_the_annotated_speakers_and_cuts_its_enrollment_from_the_target_alone(tmp_path):
+    """`make_meeting_podcast` (the benchmark's real meeting speech): clips are matched to their RTTM names however
+    the file names are accented (NFKD, as pyannote's own test clip "trñ00"), the target's turns become "target" and
+    every other speaker "other:<id>", an absent clip is its own scenario, and the enrollment is the target's longest
+    stretches alone, never a second where another speaker talks."""
+    import soundfile as sf
+
+    from voicepipe.corpus.synthetic import make_meeting_podcast, meeting_turns
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sr = 16000
+    rng = np.random.default_rng(0)
+    for name in ("trñ00", "x01"):
+        sf.write(data / f"{name}.wav", (rng.standard_normal(10 * sr) * 0.05).astype(np.float32), sr)
+    (data / "debug.rttm").write_text("\n".join(
+        f"SPEAKER {clip} 1 {a} {d} <NA> <NA> {spk} <NA> <NA>" for clip, a, d, spk in [
+            ("trn00", 0.5, 3.0, "MÉO069"), ("trn00", 3.2, 2.0, "MEE068"), ("trn00", 4.0, 4.5, "MÉO069"),
+            ("x01", 1.0, 5.0, "FEE078")]) + "\n")
+    clips = meeting_turns(data)
+    assert sorted(clips) == ["trn00", "x01"] and clips["trn00"][0].name == "trñ00.wav"
+    truth = make_meeting_podcast(tmp_path / "pod", data, "MEO069", ["trn00"], ["x01"], "trn00")
+    ep, ab = truth.episode("trn00"), truth.episode("x01")
+    assert [t.speaker for t in ep.turns] == ["target", "other:MEE068", "target"]
+    assert ep.scenario == "meeting" and ab.scenario == "absent" and not ab.target_only()
+    assert ep.target_only() == [(0.5, 3.2), (5.2, 8.5)]
+    lens = sorted(load_audio(p, sr).size / sr for p in truth.enrollment)
+    assert len(lens) == 2 and abs(lens[0] - 2.7) < 0.02 and abs(lens[1] - 3.3) < 0.02
+    with pytest.raises(InputError, match="never speaks alone"):
+        make_meeting_podcast(tmp_path / "pod2", data, "MEO069", ["trn00"], ["x01"], "x01")

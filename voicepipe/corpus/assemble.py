@@ -61,7 +61,7 @@ def _reason_kind(reason: str) -> str:
                  "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
                  "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
-                 "speech_rate", "asr: no words", "duplicate"):
+                 "speech_rate", "asr: no words", "duplicate", "the episode's target speaker far from the enrollment"):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]

@@ -761,8 +761,8 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             if f.min_speaker_sim is not None and m["speaker_sim"] < f.min_speaker_sim:
                 reasons.append(f"speaker_sim {m['speaker_sim']:.2f} < {f.min_speaker_sim:.2f}")
             if absent:
-                reasons.append(f"the episode's target speaker: cosine {t_sim:.2f} to the enrollment < "
-                               f"min_target_speaker_sim {f.min_target_speaker_sim:g} (the target absent?)")
+                reasons.append(f"the episode's target speaker far from the enrollment (cosine {t_sim:.2f} < "
+                               f"min_target_speaker_sim {f.min_target_speaker_sim:g}: the target absent?)")
             if m["clipped"] > f.max_clipped_fraction:
                 reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
             if m["lufs"] < f.min_loudness_lufs:
