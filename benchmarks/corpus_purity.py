@@ -6,6 +6,10 @@
 third engine, held out from every tuning: two recorded diphone voices as target and co-host.
 `recorded` is real speech: pyannote.audio's bundled two-person conversation (`make_recorded_podcast`: as it is, and
 under a music intro and bed), since synthetic voices separate more easily than real ones.
+`fillets` is real recorded voices in the scenario podcasts: acted game dialogue from Debian (`fillets_bank`: two men
+as target and co-host, two women as guest and ad reader; Dutch and Czech, so build it with `--set
+'filters={"min_asr_confidence": 0, "min_sec_per_char": 0, "max_sec_per_char": 10}'`: the English recognizer hears
+other languages poorly, and the score is who speaks when). The clips' words are their own, not the scenario's text.
 `meeting-SHOW` is real meeting speech (AMI excerpts: the 30 s test clips in pyannote.audio's source distribution,
 fetched from PyPI with `pip download --no-binary :all:` into `--work` the first time; 2-4 speakers a clip, overlaps
 and backchannels as they come): a show (`MEETING_SHOWS`) is one annotated speaker's clips as episodes, clips without
@@ -86,6 +90,41 @@ def meeting_data(work: Path) -> Path:
     return dest
 
 
+FILLETS_PACKAGES = ("fillets-ng-data-nl", "fillets-ng-data-cs")
+
+
+def fillets_bank(work: Path) -> list[str]:
+    """Real recorded voices for the scenario podcasts (engine "fillets"): the acted dialogue of Debian's
+    `fillets-ng-data-nl` and `-cs` (GPL-2; every line a file `<level>-<speaker>-<line>.ogg`, 22 kHz), fetched with
+    `apt-get download` into `work` once and sorted into one directory per actor: the Dutch and the Czech big fish (two
+    men: target and co-host), the Dutch and the Czech small fish (two women: guest and ad reader), 35-40 minutes
+    each. Returns those four directories (target, co-host, guest, ad)."""
+    import re
+    import subprocess
+
+    root = work / "bank-fillets"
+    roles = [("nl", "v"), ("cs", "v"), ("nl", "m"), ("cs", "m")]
+    dirs = [root / f"{lang}-{spk}" for lang, spk in roles]
+    if all(d.is_dir() and any(d.iterdir()) for d in dirs):
+        return [str(d) for d in dirs]
+    deb = work / "deb"
+    deb.mkdir(parents=True, exist_ok=True)
+    for pkg in FILLETS_PACKAGES:
+        if not list(deb.glob(f"{pkg}_*.deb")):
+            subprocess.run(["apt-get", "download", pkg], cwd=deb, check=True)
+        subprocess.run(["dpkg", "-x", str(next(deb.glob(f"{pkg}_*.deb"))), str(deb / pkg)], check=True)
+    line = re.compile(r"^[^-]+-(v|m)-.+\.ogg$")
+    for (lang, spk), d in zip(roles, dirs, strict=True):
+        d.mkdir(parents=True, exist_ok=True)
+        for f in sorted((deb / f"fillets-ng-data-{lang}").rglob(f"sound/*/{lang}/*.ogg")):
+            m = line.match(f.name)
+            if m and m.group(1) == spk:
+                link = d / f"{f.parent.parent.name}-{f.name}"
+                if not link.exists():
+                    link.symlink_to(f)
+    return [str(d) for d in dirs]
+
+
 def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Path, workers: int,
                use: int | dict[str, int] | None = None, seed: int = 12, change_guard_s: float | None = None,
                separator: str = "none", scenarios: list[str] | None = None,
@@ -103,12 +142,15 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     )
 
     tag = ""
+    synth = engine  # the speech engine of the scenario podcast
+    if engine == "fillets":  # real recorded voices: `fillets_bank`'s clips through the "bank" engine
+        voices, synth = voices or fillets_bank(work), "bank"
     # other voices than the tuned ones (the podcast is cached under their names)
     if voices and engine != "recorded" and not engine.startswith("meeting-"):
         from voicepipe.corpus import synthetic
 
-        synthetic.ENGINE_VOICES[engine] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
-        tag = "-" + "_".join(v.replace("+", "") for v in voices)
+        synthetic.ENGINE_VOICES[synth] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
+        tag = "-" + "_".join(Path(v).name.replace("+", "") for v in voices)
     if music != "sine":  # a real show's theme on every episode (the podcast is cached under its own name)
         tag += f"-{music}{intro_s:g}s"
     if distinct_text:
@@ -127,7 +169,7 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         make = partial(make_meeting_podcast, pod, meeting_data(work), seed=seed, **MEETING_SHOWS[show])
     else:
         pod = work / f"podcast-{engine}-{int(seconds)}s-{episodes}-seed{seed}{tag}"
-        make = partial(make_scenario_podcast, pod, wanted, engine=engine, episodes_per_scenario=episodes,
+        make = partial(make_scenario_podcast, pod, wanted, engine=synth, episodes_per_scenario=episodes,
                        episode_seconds=seconds, seed=seed, music=music, intro_s=intro_s,
                        distinct_text=distinct_text)
     truth = PodcastTruth.load(pod) if (pod / "truth.json").exists() else None

@@ -394,3 +394,23 @@ def test_a_meeting_show_maps_the_annotated_speakers_and_cuts_its_enrollment_from
     assert len(lens) == 2 and abs(lens[0] - 2.7) < 0.02 and abs(lens[1] - 3.3) < 0.02
     with pytest.raises(InputError, match="never speaks alone"):
         make_meeting_podcast(tmp_path / "pod2", data, "MEO069", ["trn00"], ["x01"], "x01")
+
+
+def test_the_bank_engine_speaks_with_recorded_clips_of_the_right_length_each_in_turn(tmp_path):
+    """Engine "bank" (real recorded voices in the scenario podcasts): a text gets the least used clip of the
+    speaker's directory whose length is nearest the text's, so a backchannel gets a short clip and a turn a long
+    one, and a clip comes back only after the others have been used."""
+    import soundfile as sf
+
+    from voicepipe.corpus.synthetic import SR, speak_with
+
+    d = tmp_path / "spk"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for name, secs in (("a", 0.4), ("b", 2.0), ("c", 4.0)):
+        sf.write(d / f"{name}.wav", (rng.standard_normal(int(secs * 16000)) * 0.1).astype(np.float32), 16000)
+    lens = [round(speak_with("bank", text, str(d)).size / SR, 1)
+            for text in ("yeah", "a sentence of about thirty chars", "yeah", "yeah")]
+    assert lens == [0.4, 2.0, 4.0, 0.4]  # short, then the nearest to 2 s, then the one left, then round again
+    with pytest.raises(InputError, match="no wav, flac or ogg"):
+        speak_with("bank", "yeah", str(tmp_path))

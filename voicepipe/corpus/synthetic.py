@@ -430,13 +430,53 @@ _AD = [
 ]
 
 
+_BANK: dict[str, dict[Path, int]] = {}  # "bank" voices: each directory's clips and how often each was taken
+_BANK_DUR: dict[Path, float] = {}
+_BANK_SEC_PER_CHAR = 0.065  # read English speech: the length a text's stand-in clip should have
+
+
+def _bank_speak(voice_dir: str, text: str) -> np.ndarray:
+    """A recorded clip of the speaker whose clips fill `voice_dir` (wav, flac or ogg) standing in for `text`: the
+    least used of those whose length is nearest the text's (~0.065 s a character), so a backchannel gets a short
+    clip and a turn a long one, and a clip comes back only when the others of its length have been used. The words
+    are the recording's own, not `text`'s (purity and recall are scored on who speaks when, not on the words)."""
+    import soundfile as sf
+
+    d = Path(voice_dir)
+    uses = _BANK.get(voice_dir)
+    if uses is None:
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg"))
+        if not files:
+            raise InputError(f"bank voice {voice_dir}: no wav, flac or ogg clips there")
+        uses = _BANK[voice_dir] = dict.fromkeys(files, 0)
+        _BANK_DUR.update((p, sf.info(p).duration) for p in files)
+    want = _BANK_SEC_PER_CHAR * max(1, len(text))
+    clip = min(uses, key=lambda p: (uses[p], abs(_BANK_DUR[p] - want) > 0.5 * want, abs(_BANK_DUR[p] - want),
+                                    p.name))
+    uses[clip] += 1
+    return load_audio(clip, SR)
+
+
 def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch: float = 0.0) -> np.ndarray:
     """Synthesize `text` with `engine` ("espeak", "flite" or "festival"), float32 mono 24 kHz, trimmed, peak 0.5.
-    `speed` > 1 is faster; `pitch` moves espeak's pitch (flite and festival keep their voices' own)."""
-    if engine == "espeak":
+    `speed` > 1 is faster; `pitch` moves espeak's pitch (flite and festival keep their voices' own). Engine "bank":
+    a real recording of the speaker whose clips fill the directory `voice` (`_bank_speak`; speed and pitch kept)."""
+    if engine == "bank":
+        wav = _bank_speak(voice, text)
+    elif engine == "espeak":
         return speak(text, voice, speed=int(160 * speed), pitch=int(50 + 4 * pitch))
-    if engine not in ("flite", "festival"):
-        raise InputError(f"speech engine {engine!r}: unknown (expected espeak, flite or festival)")
+    elif engine not in ("flite", "festival"):
+        raise InputError(f"speech engine {engine!r}: unknown (expected espeak, flite, festival or bank)")
+    else:
+        wav = _engine_wav(engine, text, voice, speed)
+    idx = np.flatnonzero(np.abs(wav) > 1e-3)
+    if idx.size:
+        wav = wav[max(0, idx[0] - 240) : idx[-1] + 240]
+    return wav / (np.max(np.abs(wav)) + 1e-9) * 0.5
+
+
+def _engine_wav(engine: str, text: str, voice: str, speed: float) -> np.ndarray:
+    """flite's or festival's synthesis of `text` at 24 kHz, untrimmed."""
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = Path(tmp) / "s.wav"
         if engine == "flite":
@@ -453,11 +493,7 @@ def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch:
                    f"(Parameter.set 'Duration_Stretch {1.0 / speed:.3f})", "-o", str(wav_path)]
             stdin = text.encode()  # text2wave reads the text from its standard input
         subprocess.run(cmd, input=stdin, check=True, capture_output=True)
-        wav = load_audio(wav_path, SR)
-    idx = np.flatnonzero(np.abs(wav) > 1e-3)
-    if idx.size:
-        wav = wav[max(0, idx[0] - 240) : idx[-1] + 240]
-    return wav / (np.max(np.abs(wav)) + 1e-9) * 0.5
+        return load_audio(wav_path, SR)
 
 
 def _pink(n: int, rng: np.random.Generator, level_db: float) -> np.ndarray:
