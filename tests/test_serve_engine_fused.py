@@ -268,35 +268,38 @@ def test_the_fused_head_draws_what_the_unfused_step_draws(tts, monkeypatch):
     assert not torch.equal(_engine_codes(tts, text, gen, seed=8), ref)
 
 
+def _codes_at_once(tts, texts: list[str], **cfg) -> list[torch.Tensor]:  # noqa: ANN001 - the tts fixture
+    """Greedy codes (6 frames) of `texts` submitted at once to a two-slot engine with `cfg`: one step runs every
+    slot (unless a stream is admitted or finishes alone)."""
+    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
+
+    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
+    eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, **cfg)).start()
+    try:
+        qs = [queue.Queue() for _ in texts]
+        reqs = [eng.submit(eng.prepare(t, speaker="alice"), gen, q.put) for t, q in zip(texts, qs, strict=True)]
+        for q in qs:
+            while (ev := q.get(timeout=300)).kind not in ("done", "error"):
+                pass
+            assert ev.kind == "done", ev.message
+        return [torch.stack(r.frames) for r in reqs]
+    finally:
+        eng.stop()
+
+
 def test_the_fused_talker_attention_keeps_the_greedy_codes(tts, monkeypatch):
     """`EngineConfig.fused_talker_attn`: every talker layer's attention goes through `fused.attn_decode_rows` (its
     unfused math here: fp32 on the CPU), with each slot's own position, RoPE rows and cache; two streams of
     different prompt lengths (so different positions) keep the plain engine's greedy codes."""
-    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
     from voicepipe.serve.engine.step import FrameStep
 
-    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
     texts = ["The talker's attention, fused.", "A longer second prompt, so the two slots sit at other positions."]
-
-    def codes(**cfg) -> list[torch.Tensor]:
-        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, **cfg)).start()
-        try:
-            qs = [queue.Queue() for _ in texts]  # both submitted at once: one step runs both slots
-            reqs = [eng.submit(eng.prepare(t, speaker="alice"), gen, q.put) for t, q in zip(texts, qs, strict=True)]
-            for q in qs:
-                while (ev := q.get(timeout=300)).kind not in ("done", "error"):
-                    pass
-                assert ev.kind == "done", ev.message
-            return [torch.stack(r.frames) for r in reqs]
-        finally:
-            eng.stop()
-
-    ref = codes()
+    ref = _codes_at_once(tts, texts)
     calls = []
     real = fused.attn_decode_rows
     monkeypatch.setattr(FrameStep, "fused_talker_attn", property(lambda self: True))
     monkeypatch.setattr(fused, "attn_decode_rows", lambda *a: calls.append(a[4].tolist()) or real(*a))
-    out = codes(fused_talker_attn=True)
+    out = _codes_at_once(tts, texts, fused_talker_attn=True)
     assert calls and all(len(c) in (1, 2) for c in calls)
     assert any(len(c) == 2 and c[0] != c[1] for c in calls)  # one step ran both slots, at different positions
     assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
@@ -306,40 +309,24 @@ def test_the_fused_talker_matmuls_run_at_one_row_only_and_keep_the_greedy_codes(
     """`EngineConfig.fused_talker_mm`: a one-row step runs every talker layer's matmuls through the fused ops
     (norm + q/k/v, output projection + residual, norm + gate/up + SiLU, down projection + residual; their unfused
     math here: fp32 on the CPU) and keeps the plain engine's greedy codes; a two-row step keeps the plain layer."""
-    from voicepipe.serve.engine import EngineConfig, GenerationConfig, TTSEngine
     from voicepipe.serve.engine import kernels as K
     from voicepipe.serve.engine.step import FrameStep
 
-    gen = GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False, subtalker_do_sample=False)
     texts = ["The talker's matmuls, fused.", "A second stream, so a step runs two rows."]
     H = tts.model.talker.config.hidden_size
-
-    def codes(texts: list[str], **cfg) -> list[torch.Tensor]:
-        eng = TTSEngine(tts, EngineConfig(max_batch=2, max_len=128, compile=False, **cfg)).start()
-        try:
-            qs = [queue.Queue() for _ in texts]  # submitted at once: one step runs every slot
-            reqs = [eng.submit(eng.prepare(t, speaker="alice"), gen, q.put) for t, q in zip(texts, qs, strict=True)]
-            for q in qs:
-                while (ev := q.get(timeout=300)).kind not in ("done", "error"):
-                    pass
-                assert ev.kind == "done", ev.message
-            return [torch.stack(r.frames) for r in reqs]
-        finally:
-            eng.stop()
-
-    ref_one, ref_two = codes(texts[:1]), codes(texts)
+    ref_one, ref_two = _codes_at_once(tts, texts[:1]), _codes_at_once(tts, texts)
     rows, layers = [], []  # rows of each fused gate/up call at the talker's width; of each talker layer call
     real, real_layer = fused.rms_glu, K.talker_layer
     monkeypatch.setattr(FrameStep, "fused_talker_attn", property(lambda self: True))
     monkeypatch.setattr(fused, "rms_glu", lambda x, *a: (rows.append(x.shape[0]) if x.shape[1] == H else None)
                         or real(x, *a))
     monkeypatch.setattr(K, "talker_layer", lambda w, x, *a: layers.append(x.shape[0]) or real_layer(w, x, *a))
-    one = codes(texts[:1], fused_talker_attn=True, fused_talker_mm=True)
+    one = _codes_at_once(tts, texts[:1], fused_talker_attn=True, fused_talker_mm=True)
     assert layers and set(layers) == {1} and len(rows) == len(layers)  # every layer of every one-row step
     assert all(torch.equal(a, b) for a, b in zip(one, ref_one, strict=True))
     rows.clear()
     layers.clear()
-    two = codes(texts, fused_talker_attn=True, fused_talker_mm=True)
+    two = _codes_at_once(tts, texts, fused_talker_attn=True, fused_talker_mm=True)
     assert all(torch.equal(a, b) for a, b in zip(two, ref_two, strict=True))
     # the two-row steps ran the plain layer; only one-row steps (a stream admitted or finishing alone) the fused ops
     assert 2 in layers and len(rows) == layers.count(1)
