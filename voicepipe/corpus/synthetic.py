@@ -753,8 +753,8 @@ def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth
 def meeting_turns(data_dir: str | Path) -> dict[str, tuple[Path, list[tuple[float, float, str]]]]:
     """Real meeting speech with its speakers annotated: pyannote.audio's test clips (AMI meetings, 30 s each, in the
     package's source distribution, not its wheel): {clip: (wav path, [(start, end, speaker)])} from the RTTMs under
-    `data_dir` (its `tests/data`). Clip names are NFC-normalised and matched to the files the same way (one file is
-    named with an n-tilde where its RTTM says "trn00")."""
+    `data_dir` (its `tests/data`). Clip names are folded to ASCII (NFKD) and matched to the files the same way
+    (one file is named with an n-tilde where its RTTM says "trn00")."""
     import unicodedata
 
     d = Path(data_dir)
