@@ -412,5 +412,10 @@ def test_the_bank_engine_speaks_with_recorded_clips_of_the_right_length_each_in_
     lens = [round(speak_with("bank", text, str(d)).size / SR, 1)
             for text in ("yeah", "a sentence of about thirty chars", "yeah", "yeah")]
     assert lens == [0.4, 2.0, 4.0, 0.4]  # short, then the nearest to 2 s, then the one left, then round again
+    tail = tmp_path / "tail"  # a recorded line's room tone after it (-50 dB) is not part of the turn
+    tail.mkdir()
+    line = np.concatenate([rng.standard_normal(16000) * 0.1, rng.standard_normal(16000) * 0.1 * 10 ** (-50 / 20)])
+    sf.write(tail / "line.wav", line.astype(np.float32), 16000)
+    assert 1.0 <= speak_with("bank", "a line", str(tail)).size / SR <= 1.06  # the line and a margin, not 2 s
     with pytest.raises(InputError, match="no wav, flac or ogg"):
         speak_with("bank", "yeah", str(tmp_path))

@@ -438,8 +438,9 @@ _BANK_SEC_PER_CHAR = 0.065  # read English speech: the length a text's stand-in 
 def _bank_speak(voice_dir: str, text: str) -> np.ndarray:
     """A recorded clip of the speaker whose clips fill `voice_dir` (wav, flac or ogg) standing in for `text`: the
     least used of those whose length is nearest the text's (~0.065 s a character), so a backchannel gets a short
-    clip and a turn a long one, and a clip comes back only when the others of its length have been used. The words
-    are the recording's own, not `text`'s (purity and recall are scored on who speaks when, not on the words)."""
+    clip and a turn a long one, and a clip comes back only when the others of its length have been used; its room
+    tone before and after the speech is cut. The words are the recording's own, not `text`'s (purity and recall are
+    scored on who speaks when, not on the words)."""
     import soundfile as sf
 
     d = Path(voice_dir)
@@ -454,7 +455,15 @@ def _bank_speak(voice_dir: str, text: str) -> np.ndarray:
     clip = min(uses, key=lambda p: (uses[p], abs(_BANK_DUR[p] - want) > 0.5 * want, abs(_BANK_DUR[p] - want),
                                     p.name))
     uses[clip] += 1
-    return load_audio(clip, SR)
+    wav = load_audio(clip, SR)
+    # a recorded line ends in a second or two of room tone and reverb (above the synthesizers' trim level of 1e-3):
+    # keep 20 ms frames within 35 dB of its loudest one, so the timeline's turn is the speech, not the tail
+    n = wav.size // 480
+    if n:
+        rms = np.sqrt(np.mean(wav[: n * 480].reshape(n, 480) ** 2, axis=1))
+        live = np.flatnonzero(rms > rms.max() * 10 ** (-35 / 20))
+        wav = wav[max(0, live[0] * 480 - 1200) : min(wav.size, (live[-1] + 1) * 480 + 1200)]
+    return wav
 
 
 def speak_with(engine: str, text: str, voice: str, *, speed: float = 1.0, pitch: float = 0.0) -> np.ndarray:
