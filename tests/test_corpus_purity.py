@@ -419,3 +419,8 @@ def test_the_bank_engine_speaks_with_recorded_clips_of_the_right_length_each_in_
     assert 1.0 <= speak_with("bank", "a line", str(tail)).size / SR <= 1.06  # the line and a margin, not 2 s
     with pytest.raises(InputError, match="no wav, flac or ogg"):
         speak_with("bank", "yeah", str(tmp_path))
+    empty = tmp_path / "empty"  # an empty line in a package is never taken
+    empty.mkdir()
+    sf.write(empty / "a.wav", np.zeros(0, dtype=np.float32), 16000)
+    sf.write(empty / "b.wav", (rng.standard_normal(8000) * 0.1).astype(np.float32), 16000)
+    assert [round(speak_with("bank", "yeah", str(empty)).size / SR, 1) for _ in range(2)] == [0.5, 0.5]

@@ -447,10 +447,11 @@ def _bank_speak(voice_dir: str, text: str) -> np.ndarray:
     uses = _BANK.get(voice_dir)
     if uses is None:
         files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".wav", ".flac", ".ogg"))
-        if not files:
-            raise InputError(f"bank voice {voice_dir}: no wav, flac or ogg clips there")
-        uses = _BANK[voice_dir] = dict.fromkeys(files, 0)
         _BANK_DUR.update((p, sf.info(p).duration) for p in files)
+        files = [p for p in files if _BANK_DUR[p] >= 0.2]  # (a packaged line may be empty)
+        if not files:
+            raise InputError(f"bank voice {voice_dir}: no wav, flac or ogg clips of 0.2 s or more there")
+        uses = _BANK[voice_dir] = dict.fromkeys(files, 0)
     want = _BANK_SEC_PER_CHAR * max(1, len(text))
     clip = min(uses, key=lambda p: (uses[p], abs(_BANK_DUR[p] - want) > 0.5 * want, abs(_BANK_DUR[p] - want),
                                     p.name))
