@@ -142,11 +142,12 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
     )
 
     tag = ""
+    real = engine == "recorded" or engine.startswith("meeting-")  # real recordings: no synthesized scenarios
     synth = engine  # the speech engine of the scenario podcast
     if engine == "fillets":  # real recorded voices: `fillets_bank`'s clips through the "bank" engine
         voices, synth = voices or fillets_bank(work), "bank"
     # other voices than the tuned ones (the podcast is cached under their names)
-    if voices and engine != "recorded" and not engine.startswith("meeting-"):
+    if voices and not real:
         from voicepipe.corpus import synthetic
 
         synthetic.ENGINE_VOICES[synth] = dict(zip(["target", "cohost", "guest", "ad"], voices, strict=True))
@@ -157,7 +158,6 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         tag += "-distinct"
     # the default scenarios first, in their order (the same seeded episodes as before), then any extra ones asked for
     wanted = list(SCENARIOS) + [s for s in EXTRA_SCENARIOS if scenarios and s in scenarios]
-    real = engine == "recorded" or engine.startswith("meeting-")
     if engine == "recorded":  # real speech: pyannote's bundled two-person recording (its length, not --seconds)
         pod = work / "podcast-recorded"
         make = partial(make_recorded_podcast, pod, seed=seed)

@@ -723,6 +723,21 @@ def recorded_conversation() -> tuple[Path, list[tuple[float, float, str]]]:
     return d / "sample.wav", turns
 
 
+MUSIC_INTRO_S = 4.0  # a real recording under a show's music: the intro before it (its turns move this much)
+
+
+def _under_music(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A real recording as a show's episode with music: a `MUSIC_INTRO_S` intro, the recording brought to the
+    synthetic voices' level (~-24 LUFS; pyannote's sample is -32.5) over a bed a few dB under it, as in the synthetic
+    music scenario, and 2 s of outro; clipped to [-1, 1]."""
+    intro = int(MUSIC_INTRO_S * SR)
+    n = intro + wav.size + 2 * SR
+    mix = np.zeros(n, dtype=np.float32)
+    mix[intro : intro + wav.size] = normalize_loudness(wav, SR, -24.0)[0]
+    mix += _show_music(n, rng, intro, intro + wav.size)
+    return np.clip(mix, -1, 1)
+
+
 def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth:
     """A feed of real recorded speech: the first 21.7 s of pyannote's two-person sample as it is (`recorded-1`) and
     with a 4 s music intro and a -28 dBFS bed under the speech (`recorded_music-1`), 64 kb/s mp3; the target is
@@ -741,16 +756,12 @@ def make_recorded_podcast(out_dir: str | Path, *, seed: int = 0) -> PodcastTruth
     _to_mp3(ep, out / "recorded-1.mp3")
     episodes.append(EpisodeTruth("recorded-1", "recorded-1.mp3", "recorded 1", round(ep.size / SR, 3),
                                  format_datetime(day0), turns, "recorded"))
-    intro = int(4.0 * SR)
-    n = intro + ep.size + 2 * SR
-    mix = np.zeros(n, dtype=np.float32)
-    # the recording is quiet (-32.5 LUFS): bring it to the synthetic voices' level (~-24 LUFS) so that the bed
-    # sits where it does in the synthetic music scenario, a few dB under the speech
-    mix[intro : intro + ep.size] = normalize_loudness(ep, SR, -24.0)[0]
-    mix += _show_music(n, rng, intro, intro + ep.size)
-    shifted = [Turn(t.speaker, round(t.start + 4.0, 3), round(t.end + 4.0, 3), "") for t in turns]
-    _to_mp3(np.clip(mix, -1, 1), out / "recorded_music-1.mp3")
-    episodes.append(EpisodeTruth("recorded_music-1", "recorded_music-1.mp3", "recorded music 1", round(n / SR, 3),
+    mix = _under_music(ep, rng)
+    shifted = [Turn(t.speaker, round(t.start + MUSIC_INTRO_S, 3), round(t.end + MUSIC_INTRO_S, 3), "")
+               for t in turns]
+    _to_mp3(mix, out / "recorded_music-1.mp3")
+    episodes.append(EpisodeTruth("recorded_music-1", "recorded_music-1.mp3", "recorded music 1",
+                                 round(mix.size / SR, 3),
                                  format_datetime(day0 + timedelta(days=1)), shifted, "recorded_music"))
     ea, eb = RECORDED_ENROLL
     enrollment = [save_wav(out / "enroll-1.wav", wav[int(ea * SR) : int(eb * SR)], SR)]
@@ -819,16 +830,11 @@ def make_meeting_podcast(out_dir: str | Path, data_dir: str | Path, target: str,
                                 format_datetime(day0 + timedelta(days=len(eps))), turns_of(clip),
                                 "meeting" if clip in episodes else "absent"))
     for clip in music:
-        wav = load_audio(clips[clip][0], SR)
-        intro = int(4.0 * SR)
-        n = intro + wav.size + 2 * SR
-        mix = np.zeros(n, dtype=np.float32)
-        mix[intro : intro + wav.size] = normalize_loudness(wav, SR, -24.0)[0]  # the bed a few dB under the speech
-        mix += _show_music(n, rng, intro, intro + wav.size)
-        _to_mp3(np.clip(mix, -1, 1), out / f"{clip}_music.mp3")
-        eps.append(EpisodeTruth(f"{clip}_music", f"{clip}_music.mp3", f"meeting {clip} (music)", round(n / SR, 3),
-                                format_datetime(day0 + timedelta(days=len(eps))), turns_of(clip, 4.0),
-                                "meeting_music"))
+        mix = _under_music(load_audio(clips[clip][0], SR), rng)
+        _to_mp3(mix, out / f"{clip}_music.mp3")
+        eps.append(EpisodeTruth(f"{clip}_music", f"{clip}_music.mp3", f"meeting {clip} (music)",
+                                round(mix.size / SR, 3), format_datetime(day0 + timedelta(days=len(eps))),
+                                turns_of(clip, MUSIC_INTRO_S), "meeting_music"))
     ep = EpisodeTruth(enroll_from, "", "", 0.0, "", turns_of(enroll_from))
     spans = sorted(ep.target_only(), key=lambda ab: ab[0] - ab[1])[:3]
     if not spans:
