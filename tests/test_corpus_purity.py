@@ -218,6 +218,30 @@ def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build
     assert summary["flagged_episodes"] == ["guest-1.mp3"]  # a folder source: the id is the file name
 
 
+def test_a_build_whose_every_target_speaker_is_under_the_floor_fails_saying_why(scenario_build, tmp_path):
+    """Every episode's target speaker under `min_target_speaker_sim` (the target absent from the feed, or an
+    enrollment recorded on another channel): the build fails naming the floor, the nearest episode's cosine and
+    both explanations, not only "check the enrollment clips"."""
+    from voicepipe.corpus.build import build_local
+
+    truth = scenario_build["truth"]
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "guest-1.mp3").write_bytes((truth.dir / "guest-1.mp3").read_bytes())
+    p = scenario_build["params"].model_copy(update={
+        "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
+        "filters": scenario_build["params"].filters.model_copy(update={"min_target_speaker_sim": 0.999}),
+    })
+    with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*target speaker far") as failed:
+        build_local(p, progress=False)
+    msg = str(failed.value)
+    assert "1 of 1 episodes' target speakers are under min_target_speaker_sim 0.999" in msg, msg
+    summary = json.loads((tmp_path / "out" / "corpus.json").read_text())
+    best = max(s["enroll_sim"] for e in summary["episode_speakers"] for s in e["speakers"] if s["target"])
+    assert f"(the nearest at cosine {best:.2f} to the enrollment)" in msg, msg
+    assert "another channel than the show" in msg and "lower min_target_speaker_sim" in msg, msg
+
+
 def test_the_pyannote_path_picks_the_target_speaker_relative_to_the_episode():
     """With a diarizer's speakers (pyannote's labels), the target is the speaker nearest the enrollment, whatever
     the absolute cosines: a guest above the old 0.82 (resemblyzer's scale) is not the target, and the target is

@@ -622,6 +622,25 @@ _NOT_TARGET = frozenset({"other speaker", "not the feed's voice", "nearer anothe
                          "a second voice in the kept corpus", "target not among", "no speaker turn", "not speech"})
 
 
+_FAR_TARGET = "the episode's target speaker far from the enrollment"  # `FilterConfig.min_target_speaker_sim`'s
+
+
+def _far_target_hint(episodes: list[dict], floor: float | None) -> str:
+    """Why every episode's target speaker can sit under the floor, with the best episode's cosine: the target is not
+    in these episodes, or the enrollment was recorded on another channel (benchmarks/RESULTS.md, corpus purity: a
+    telephone-band copy of a meeting show's enrollment puts its target speakers at 0.15-0.40)."""
+    sims = [s["enroll_sim"] for e in episodes for s in e.get("speakers", []) if s.get("target")]
+    if not sims or floor is None:
+        return ""
+    best = max(sims)
+    under = sum(x < floor for x in sims)
+    return (f" Most of it fell to the target-speaker floor: {under} of {len(sims)} episodes' target speakers are "
+            f"under min_target_speaker_sim {floor:g} (the nearest at cosine {best:.2f} to the enrollment). Either "
+            "the target is not in these episodes, or the enrollment clips come from another channel than the show "
+            "(a phone, another microphone or room): cut them from the show's own episodes, or, having listened to "
+            "the episodes' target speakers in report.md, lower min_target_speaker_sim.")
+
+
 def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fraction: float, out: Path,
                report_md: str = "") -> None:
     """Fail a build that kept almost nothing (the files are written, the store is not updated): an empty corpus
@@ -636,6 +655,8 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
         hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
                 "separation on (the default) to take it out.")
+    elif gated and gated.most_common(1)[0][0] == _FAR_TARGET:
+        hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"))
     raise CorpusRejected(
         f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
         f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}.{hint} "
