@@ -30,7 +30,10 @@ class FilterConfig(BaseModel):
         "without the target gives its nearest voice, which the feed check misses in small feeds of real speech) and "
         "none of its segments is kept. Real meeting speech (benchmarks/RESULTS.md, corpus purity, twenty-fifth "
         "session): the target's speaker 0.50-0.98 where it talks >= 4 s, absent episodes' nearest voice -0.06-0.48. "
-        "Lower it (or None: off) where the enrollment comes from another microphone than the show."
+        "An enrollment from another channel moves every cosine down (a telephone-band copy of a meeting show's "
+        "enrollment: its target speakers 0.16-0.39, every episode under the floor, and the build fails saying so; "
+        "synthetic and acted voices mostly 0.54-0.87: twenty-sixth session). Cut the enrollment from the show's own "
+        "episodes; lower the floor (or None: off) only having listened to the episodes' target speakers."
     )
     min_speaker_margin: float = Field(
         0.0, description="The whole segment's embedding must be nearer the episode's target speaker than any other "
