@@ -93,7 +93,10 @@ class CorpusParams(BaseModel):
     fuse_resemblyzer: bool = Field(
         True, description="CPU path: the windows that find an episode's speakers are embedded by the speaker model "
         "and by resemblyzer, cosines averaged (score fusion; no effect when resemblyzer is the speaker model). CAM++ "
-        "separates real voices far better, resemblyzer the benchmark's synthetic ones (benchmarks/RESULTS.md)."
+        "separates real voices far better, resemblyzer the benchmark's synthetic ones (benchmarks/RESULTS.md). "
+        "Measured on every stored build (twenty-sixth session): off, recorded actors' feeds reach 11 cells at both "
+        "targets instead of 9 and 0.78-0.84 recall instead of 0.52-0.81, synthetic feeds 48 instead of 54; for a "
+        "show of recorded people, off is the better choice."
     )
     overlap_pad_s: float = Field(
         0.1, ge=0.0, le=1.0, description="Seconds given up either side of each overlapped region."
