@@ -628,7 +628,7 @@ _FAR_TARGET = "the episode's target speaker far from the enrollment"  # `FilterC
 def _far_target_hint(episodes: list[dict], floor: float | None) -> str:
     """Why every episode's target speaker can sit under the floor, with the best episode's cosine: the target is not
     in these episodes, or the enrollment was recorded on another channel (benchmarks/RESULTS.md, corpus purity: a
-    telephone-band copy of a meeting show's enrollment puts its target speakers at 0.15-0.40)."""
+    telephone-band copy of a meeting show's enrollment puts its target speakers at 0.16-0.39)."""
     sims = [s["enroll_sim"] for e in episodes for s in e.get("speakers", []) if s.get("target")]
     if not sims or floor is None:
         return ""
