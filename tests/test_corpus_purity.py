@@ -197,17 +197,21 @@ def load_audio_array(wav24: np.ndarray) -> np.ndarray:
     return resample(wav24, 24000, 16000)
 
 
+def _guest_episode_alone(scenario_build, tmp_path, **filters):
+    """The scenario feed's guest episode as a folder source, built into `tmp_path / "out"` with these filters."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "guest-1.mp3").write_bytes((scenario_build["truth"].dir / "guest-1.mp3").read_bytes())
+    return scenario_build["params"].model_copy(update={
+        "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
+        "filters": scenario_build["params"].filters.model_copy(update=filters),
+    })
+
+
 def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build, tmp_path):
     from voicepipe.corpus.build import build_local
 
-    truth = scenario_build["truth"]
-    folder = tmp_path / "src"
-    folder.mkdir()
-    (folder / "guest-1.mp3").write_bytes((truth.dir / "guest-1.mp3").read_bytes())
-    p = scenario_build["params"].model_copy(update={
-        "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
-        "filters": scenario_build["params"].filters.model_copy(update={"min_snr_db": 80.0}),
-    })
+    p = _guest_episode_alone(scenario_build, tmp_path, min_snr_db=80.0)
     with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*snr") as failed:
         build_local(p, progress=False)
     assert "with separation off" in str(failed.value) and "separation on (the default)" in str(failed.value)
@@ -224,14 +228,7 @@ def test_a_build_whose_every_target_speaker_is_under_the_floor_fails_saying_why(
     both explanations, not only "check the enrollment clips"."""
     from voicepipe.corpus.build import build_local
 
-    truth = scenario_build["truth"]
-    folder = tmp_path / "src"
-    folder.mkdir()
-    (folder / "guest-1.mp3").write_bytes((truth.dir / "guest-1.mp3").read_bytes())
-    p = scenario_build["params"].model_copy(update={
-        "feeds": [], "sources": [str(folder)], "out": str(tmp_path / "out"),
-        "filters": scenario_build["params"].filters.model_copy(update={"min_target_speaker_sim": 0.999}),
-    })
+    p = _guest_episode_alone(scenario_build, tmp_path, min_target_speaker_sim=0.999)
     with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*target speaker far") as failed:
         build_local(p, progress=False)
     msg = str(failed.value)
