@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feed_rule import feed_inputs  # noqa: E402
+from feed_rule import feed_inputs, stored_build  # noqa: E402
 
 KINDS = ("phone", "room", "phone+room")
 
@@ -76,12 +76,9 @@ def cosines(build: Path, floor: float) -> None:
 def rebuild(build: Path, kind: str) -> None:
     """Build `build` again from its store with the `kind` copy of its enrollment; print the scores or the error."""
     from voicepipe.audio import load_audio, save_wav
-    from voicepipe.corpus.synthetic import PodcastTruth, build_feed, score_corpus
+    from voicepipe.corpus.synthetic import build_feed, score_corpus
 
-    params = json.loads((build / "out" / "corpus.json").read_text())["params"]
-    truth = PodcastTruth.load(Path(params["enroll"][0]).parent)
-    built = {e["episode"] for e in json.loads((build / "out" / "corpus.json").read_text())["episode_speakers"]}
-    truth.episodes = [ep for ep in truth.episodes if ep.id in built]
+    params, truth = stored_build(build)
     rng = np.random.default_rng(0)
     root = Path(tempfile.mkdtemp(prefix=f"enroll-{kind.replace('+', '-')}-", dir=build))
     enroll = [str(save_wav(root / "enroll" / Path(p).name, rerecord(load_audio(p, 16000), kind, rng), 16000))

@@ -30,18 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from voicepipe.corpus import speakers  # noqa: E402
 
 
+def stored_build(build: Path) -> tuple[dict, object]:
+    """(the build's parameters, its podcast's truth narrowed to the episodes it built)."""
+    from voicepipe.corpus.synthetic import PodcastTruth
+
+    cj = json.loads((build / "out" / "corpus.json").read_text())
+    truth = PodcastTruth.load(Path(cj["params"]["enroll"][0]).parent)
+    built = {e["episode"] for e in cj["episode_speakers"]}
+    truth.episodes = [ep for ep in truth.episodes if ep.id in built]
+    return cj["params"], truth
+
+
 def feed_inputs(build: Path) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
     """(episode -> target voice, enrollment centroid, episode -> the target's own seconds) as the build's assembly
     gives them to the feed check, re-run from the build's store."""
     import voicepipe.corpus.assemble as assemble
     from voicepipe.corpus.assemble import CorpusRejected
-    from voicepipe.corpus.synthetic import PodcastTruth, build_feed
+    from voicepipe.corpus.synthetic import build_feed
 
-    cj = json.loads((build / "out" / "corpus.json").read_text())
-    params = cj["params"]
-    truth = PodcastTruth.load(Path(params["enroll"][0]).parent)
-    built = {e["episode"] for e in cj["episode_speakers"]}
-    truth.episodes = [ep for ep in truth.episodes if ep.id in built]
+    params, truth = stored_build(build)
     seen: list[tuple[dict, np.ndarray]] = []
     judge = assemble.judge_feed
 
