@@ -625,17 +625,22 @@ _NOT_TARGET = frozenset({"other speaker", "not the feed's voice", "nearer anothe
 _FAR_TARGET = "the episode's target speaker far from the enrollment"  # `FilterConfig.min_target_speaker_sim`'s
 
 
-def _far_target_hint(episodes: list[dict], floor: float | None) -> str:
+def _far_target_hint(episodes: list[dict], floor: float | None, *, top: bool) -> str:
     """Why every episode's target speaker can sit under the floor, with the best episode's cosine: the target is not
     in these episodes, or the enrollment was recorded on another channel (benchmarks/RESULTS.md, corpus purity: a
-    telephone-band copy of a meeting show's enrollment puts its target speakers at 0.16-0.39)."""
+    telephone-band copy of a meeting show's enrollment puts its target speakers at 0.16-0.39). Given where the floor
+    took the most of the target's speech (`top`) or every episode's target speaker is under it (the rest then
+    falls to overlap or other gates on what little is left)."""
     sims = [s["enroll_sim"] for e in episodes for s in e.get("speakers", []) if s.get("target")]
     if not sims or floor is None:
         return ""
     best = max(sims)
     under = sum(x < floor for x in sims)
-    return (f" Most of it fell to the target-speaker floor: {under} of {len(sims)} episodes' target speakers are "
-            f"under min_target_speaker_sim {floor:g} (the nearest at cosine {best:.2f} to the enrollment). Either "
+    if not top and under < len(sims):
+        return ""
+    return (f" The target-speaker floor took {'most' if top else 'part'} of it: {under} of {len(sims)} episodes' "
+            f"target speakers are under min_target_speaker_sim {floor:g} (the nearest at cosine {best:.2f} to the "
+            "enrollment). Either "
             "the target is not in these episodes, or the enrollment clips come from another channel than the show "
             "(a phone, another microphone or room): cut them from the show's own episodes, or, having listened to "
             "the episodes' target speakers in report.md, lower min_target_speaker_sim.")
@@ -655,8 +660,9 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
         hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
                 "separation on (the default) to take it out.")
-    elif gated and gated.most_common(1)[0][0] == _FAR_TARGET:
-        hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"))
+    elif _FAR_TARGET in gated:
+        hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"),
+                                top=gated.most_common(1)[0][0] == _FAR_TARGET)
     raise CorpusRejected(
         f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
         f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}.{hint} "
