@@ -106,15 +106,14 @@ def main() -> None:
     tally = {r: [0, 0, 0] for r in rules}  # target episodes dropped, absent dropped, absent left
     for build in args.builds:
         voices, enroll, own = feed_inputs(build)
-        scores, _ = speakers.feed_outliers(voices, enroll)
+        scores, shipped = speakers.feed_outliers(voices, enroll)
         e = speakers.unit(enroll)
         tag = {k: "T" if own.get(k, 0.0) > 0 else "a" for k in scores}
         print(f"{build.name}: " + " ".join(
             f"{k}:{tag[k]} {scores[k]:.2f} (enrol {float(speakers.unit(voices[k]) @ e):.2f})"
             for k in sorted(scores, key=lambda x: -scores[x])))
         for rule in rules:
-            out = (speakers.feed_outliers(voices, enroll)[1] if rule[0] == "reference"
-                   else feed_spread_outliers(voices, enroll, rule[1], rule[2]))
+            out = shipped if rule[0] == "reference" else feed_spread_outliers(voices, enroll, rule[1], rule[2])
             lost = sorted(k for k in out if tag[k] == "T")
             found = sorted(k for k in out if tag[k] == "a")
             left = sorted(k for k in scores if tag[k] == "a" and k not in out)

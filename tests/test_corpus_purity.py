@@ -245,7 +245,8 @@ def test_the_floor_is_named_when_every_target_speaker_is_under_it_even_if_overla
     where only some episodes are under it and another gate took most, it is not (that failure is the gate's)."""
     from collections import Counter
 
-    from voicepipe.corpus.assemble import _FAR_TARGET, check_kept
+    from voicepipe.corpus.assemble import check_kept
+    from voicepipe.corpus.steps import FAR_TARGET_REASON
 
     summary = {"hours": 0.0, "utterances": 0, "speaker": "target",
                "params": {"separate": True, "filters": {"min_target_speaker_sim": 0.45}}}
@@ -254,7 +255,7 @@ def test_the_floor_is_named_when_every_target_speaker_is_under_it_even_if_overla
         return [{"speech_s": 30.0, "speakers": [{"enroll_sim": x, "target": True}, {"enroll_sim": 0.1}]}
                 for x in sims]
 
-    reasons = Counter({"other speaker": 50.0, "overlapped speech": 16.0, _FAR_TARGET: 13.0})
+    reasons = Counter({"other speaker": 50.0, "overlapped speech": 16.0, FAR_TARGET_REASON: 13.0})
     with pytest.raises(InputError) as failed:
         check_kept(summary, episodes(0.36, 0.22, 0.3), reasons, 0.02, tmp_path)
     assert "The target-speaker floor took part of it: 3 of 3 episodes' target speakers are under " \

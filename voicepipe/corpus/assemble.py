@@ -30,7 +30,7 @@ from voicepipe.corpus.speakers import (
     second_voice,
     unit,
 )
-from voicepipe.corpus.steps import BUILD_STEPS, FEED_STEP, EpisodeState, StepContext, feed_entry
+from voicepipe.corpus.steps import BUILD_STEPS, FAR_TARGET_REASON, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
 
@@ -61,7 +61,7 @@ def _reason_kind(reason: str) -> str:
                  "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
                  "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
-                 "speech_rate", "asr: no words", "duplicate", "the episode's target speaker far from the enrollment"):
+                 "speech_rate", "asr: no words", "duplicate", FAR_TARGET_REASON):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
@@ -622,9 +622,6 @@ _NOT_TARGET = frozenset({"other speaker", "not the feed's voice", "nearer anothe
                          "a second voice in the kept corpus", "target not among", "no speaker turn", "not speech"})
 
 
-_FAR_TARGET = "the episode's target speaker far from the enrollment"  # `FilterConfig.min_target_speaker_sim`'s
-
-
 def _far_target_hint(episodes: list[dict], floor: float | None, *, top: bool) -> str:
     """Why every episode's target speaker can sit under the floor, with the best episode's cosine: the target is not
     in these episodes, or the enrollment was recorded on another channel (benchmarks/RESULTS.md, corpus purity: a
@@ -640,8 +637,8 @@ def _far_target_hint(episodes: list[dict], floor: float | None, *, top: bool) ->
         return ""
     return (f" The target-speaker floor took {'most' if top else 'part'} of it: {under} of {len(sims)} episodes' "
             f"target speakers are under min_target_speaker_sim {floor:g} (the nearest at cosine {best:.2f} to the "
-            "enrollment). Either "
-            "the target is not in these episodes, or the enrollment clips come from another channel than the show "
+            "enrollment). Either the target is not in these episodes, or the enrollment clips come from another "
+            "channel than the show "
             "(a phone, another microphone or room): cut them from the show's own episodes, or, having listened to "
             "the episodes' target speakers in report.md, lower min_target_speaker_sim.")
 
@@ -660,9 +657,9 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
         hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
                 "separation on (the default) to take it out.")
-    elif _FAR_TARGET in gated:
+    elif FAR_TARGET_REASON in gated:
         hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"),
-                                top=gated.most_common(1)[0][0] == _FAR_TARGET)
+                                top=gated.most_common(1)[0][0] == FAR_TARGET_REASON)
     raise CorpusRejected(
         f"corpus {summary['speaker']}: kept {kept:.1f} s of {speech:.1f} s of speech "
         f"({kept / speech:.1%} < min_keep_fraction {min_fraction:g}); dropped by: {gates}.{hint} "

@@ -54,6 +54,7 @@ FEED_STEP, FEED_VERSION = "feed", 1
 BEFORE_FEED, AFTER_FEED = STEPS[: STEPS.index("segment")], STEPS[STEPS.index("segment") :]
 BUILD_STEPS = [*BEFORE_FEED, FEED_STEP, *AFTER_FEED]  # what a build runs, as its report and tables list it
 FEED_CUT_REASON = "nearer another voice of the feed than the feed's target voice (a unit of one voice)"
+FAR_TARGET_REASON = "the episode's target speaker far from the enrollment"  # `FilterConfig.min_target_speaker_sim`
 
 
 class EpisodeState(BaseModel):
@@ -761,7 +762,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             if f.min_speaker_sim is not None and m["speaker_sim"] < f.min_speaker_sim:
                 reasons.append(f"speaker_sim {m['speaker_sim']:.2f} < {f.min_speaker_sim:.2f}")
             if absent:
-                reasons.append(f"the episode's target speaker far from the enrollment (cosine {t_sim:.2f} < "
+                reasons.append(f"{FAR_TARGET_REASON} (cosine {t_sim:.2f} < "
                                f"min_target_speaker_sim {f.min_target_speaker_sim:g}: the target absent?)")
             if m["clipped"] > f.max_clipped_fraction:
                 reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
