@@ -18,7 +18,8 @@ weights, 1 and 2 rows:
 phase-by-phase launch and 200 repeats of itself (`persistent_check`); a variant `{"persist": {...}}` times it, with
 `persistent.GRID` / `NUM_WARPS` / `TILES` / `SYNC` / `WORK` overrides (`SYNC` / `WORK`: timing-only switches that
 leave out the barriers or phases). `--levers`: `sample_embed` against `sample_topk`; `--warps`: attention and
-sampling at 1-8 warps; `--split-sweep`: the matmul + residual op split-K at 16 rows; `--variants`: step times of the
+sampling at 1-8 warps; `--sampler`: the sampler's threshold-search forms (`fused.SAMPLE_KEY16`);
+`--split-sweep`: the matmul + residual op split-K at 16 rows; `--variants`: step times of the
 fused step with the given levers (`"rms_split"`: `fused.RMS_SPLIT`; `"config"`: `fused.CONFIG` entries; `"consts"`:
 other `fused` constants, e.g. `{"GEMV_PRELOAD": true}`). The error check (1.) also compares the norm ops split K
 2 and 4 ways with the unsplit kernel (`rms_split_errors`) and each preload switch with the op without it
@@ -229,6 +230,36 @@ def warps_sweep(dev: torch.device, ms: tuple[int, ...]) -> list[dict]:
                             sample_us=round(graph_us(lambda a=(logits, temp, greedy, expo): fused.sample_topk(*a)), 2)))
             print(out[-1], flush=True)
     fused.ATTN_WARPS = fused.SAMPLE_WARPS = 4
+    return out
+
+
+def sampler_forms(dev: torch.device, ms: tuple[int, ...] = (1, 2, 16), reps: int = 3) -> list[dict]:
+    """`sample_topk` / `sample_embed` in each form of the threshold search (`fused.SAMPLE_KEY16`: bf16 logits'
+    16-bit order, or the fp32 order of logits / temp): microseconds per call as CUDA graphs (the forms interleaved,
+    `reps` rounds), codes against the first form's (equal)."""
+    forms = [True, False]
+    out = []
+    for m in ms:
+        for V, dtype, emb in ((2048, torch.bfloat16, True), (3072, torch.bfloat16, False),
+                              (3072, torch.float32, False)):
+            args = ((torch.randn(m, V, device=dev) * 3).to(dtype), torch.full((m, 1), 0.9, device=dev),
+                    torch.zeros(m, dtype=torch.bool, device=dev), torch.empty(m, 50, device=dev).exponential_())
+            emb_w = torch.randn(V, 1024, device=dev).to(torch.bfloat16)
+            call = (partial(lambda a, w: fused.sample_embed(*a, w)[0], args, emb_w) if emb
+                    else partial(lambda a: fused.sample_topk(*a), args))
+            us: dict = {f: [] for f in forms}
+            codes = {}
+            for _ in range(reps):
+                for f in forms:
+                    fused.SAMPLE_KEY16 = f
+                    codes[f] = call()
+                    us[f].append(graph_us(call))
+            for f in forms:
+                out.append(dict(check="sampler", rows=m, V=V, logits=str(dtype).split(".")[-1], embed=emb,
+                                key16=f, us=round(min(us[f]), 2), us_all=[round(x, 2) for x in us[f]],
+                                codes_equal=bool(torch.equal(codes[f], codes[forms[0]]))))
+                print(out[-1], flush=True)
+    fused.SAMPLE_KEY16 = forms[0]
     return out
 
 
@@ -585,6 +616,7 @@ def main() -> None:
     ap.add_argument("--variants", type=json.loads, default=None, help='fused step variants to time instead of '
                     'unfused/fused, e.g. \'[{"sample": true}, {"sample": true, "split": 4}]\' (step_time arguments)')
     ap.add_argument("--warps", action="store_true", help="time attn_decode and sample_topk at 1-8 warps")
+    ap.add_argument("--sampler", action="store_true", help="time the sampler's threshold-search forms at 1-16 rows")
     ap.add_argument("--split-sweep", action="store_true", help="time the matmul + residual op split-K at 16 rows")
     ap.add_argument("--levers", action="store_true", help="also check sample_embed against sample_topk")
     ap.add_argument("--persistent", action="store_true", help="check the one-kernel predictor step against the "
@@ -625,6 +657,7 @@ def main() -> None:
     checks += persistent_check(dev, (1, 2)) if a.persistent else []
     checks += warps_sweep(dev, ms) if a.warps else []
     checks += split_sweep(dev) if a.split_sweep else []
+    checks += sampler_forms(dev) if a.sampler else []
     times = []
     for m in ms if not a.skip_steps else ():
         for use in (False, True) if not a.variants else ():

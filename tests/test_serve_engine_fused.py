@@ -186,6 +186,32 @@ def test_the_sampling_kernel_draws_the_codes_topk_and_the_race_draw(interpret, V
     assert (other != out)[~greedy].float().mean() > 0.3
 
 
+@pytest.mark.parametrize("key16", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_forms_of_the_threshold_search_find_the_same_top_k_through_ties(interpret, monkeypatch, key16, dtype):
+    """The sampler's threshold search, on bf16 logits' 16-bit order or on the fp32 order of logits / temp, picks
+    the top k that a stable sort picks (ties by index) where most logits tie: scores on a 0.5 grid, rows all
+    negative, a third of a row at -inf, temperatures 0.05-1.65."""
+    monkeypatch.setattr(fused, "SAMPLE_KEY16", key16)
+    torch.manual_seed(5)
+    for V, k in ((2048, 50), (3072, 50), (300, 7)):
+        b = 24
+        logits = (torch.randn(b, V) * 4).round() / 2
+        logits[1::4] -= 30
+        logits[2::4, : V // 3] = float("-inf")
+        logits = logits.to(dtype)
+        temp = torch.rand(b, 1) * 1.6 + 0.05
+        greedy = torch.arange(b) % 7 == 0
+        expo = torch.empty(b, k).exponential_()
+        vals, idx = (logits.float() / temp).sort(dim=-1, descending=True, stable=True)
+        pick = (vals[:, :k].softmax(-1) / expo).argmax(-1, keepdim=True)
+        ref = torch.where(greedy, logits.float().argmax(-1), idx[:, :k].gather(-1, pick).squeeze(-1))
+        assert torch.equal(fused.sample_topk(logits, temp, greedy, expo), ref)
+        if V == 2048:  # a tie at the threshold in most rows: the test is about ties
+            kth = (logits.float() / temp).sort(dim=-1, descending=True).values[:, k - 1 : k + 1]
+            assert (kth[:, 0] == kth[:, 1]).float().mean() > 0.5
+
+
 def test_fused_sampling_draws_what_the_unfused_sampler_draws(tts, monkeypatch):
     """With `fused_sample` on, the step draws its exponential race numbers as before ([b, k] fp32, in the same order)
     and `fused.sample_topk` decides (here its unfused math: no Triton on the CPU): a sampled request with one seed gets

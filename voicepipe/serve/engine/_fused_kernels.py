@@ -42,16 +42,22 @@ def _head_norm_rope(row, qkw_ptr, hd_idx, d, dr, cos, sin, eps, HD: tl.constexpr
 
 
 @triton.jit
-def _topk_mask(sc, ok, k):
+def _topk_mask(sc, ok, k, KEY16: tl.constexpr):
     # which of the valid (`ok`) scores are the top k, ties broken by index as topk does: a threshold search (the
-    # largest threshold with at least k scores at or above it, 33 halvings over the floats' order as integers), no
-    # sort. `_sample`'s and the persistent step's sampler
+    # largest threshold with at least k scores at or above it, halving the range over the floats' order as
+    # integers: 33 halvings), no sort. KEY16: the scores are bf16 values (as fp32), whose order is that of their 16
+    # high bits: 17 halvings. `_sample`'s and the persistent step's sampler
     bits = sc.to(tl.int32, bitcast=True)
-    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)  # the floats' order, as integers
+    if KEY16:
+        bits = bits >> 16  # (arithmetic: the sign stays; a bf16 value's low 16 bits are zero)
+        key = tl.where(bits < 0, bits ^ 0x7FFF, bits).to(tl.int64)  # the floats' order, as integers
+    else:
+        key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    # the largest thr in [lo, hi] with at least k keys >= thr (>= lo: every valid one; > hi: fewer than k)
+    lo = tl.min(tl.where(ok, key, 2**31), axis=0)
+    hi = tl.max(tl.where(ok, key, -(2**31) - 1), axis=0)
     key = tl.where(ok, key, -(2**31) - 1)
-    lo = tl.min(key, axis=0)
-    hi = tl.max(key, axis=0)
-    for _ in range(33):  # the largest thr with at least k keys >= thr
+    for _ in range(33 - 16 * KEY16):  # a range of at most 2**32 keys (2**16: KEY16)
         mid = lo + (hi - lo + 1) // 2
         enough = tl.sum((key >= mid).to(tl.int32), axis=0) >= k
         lo = tl.where(enough, mid, lo)
@@ -410,9 +416,10 @@ def _attn(qkv_ptr, qkw_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, o_ptr, s_
 @triton.jit
 def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, s_t, s_ex, emb_w_ptr, emb_ptr,
             E, s_ew, s_e, VP: tl.constexpr, KP: tl.constexpr, EMB: tl.constexpr = False,
-            EP: tl.constexpr = 1, PDL: tl.constexpr = False):  # fmt: skip
+            EP: tl.constexpr = 1, PDL: tl.constexpr = False, KEY16: tl.constexpr = False):  # fmt: skip
     # one row: top-k of logits / temp by a threshold search (no sort), then the exponential race among them;
-    # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32)
+    # EMB: also the picked code's embedding row (E wide) of emb_w into emb (bf16 logits are read as fp32);
+    # KEY16: the logits are bf16 (the search runs on their 16-bit order: `_topk_mask`)
     row = tl.program_id(0)
     offs = tl.arange(0, VP)
     ok = offs < V
@@ -422,7 +429,12 @@ def _sample(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, V, k, s_lg, 
     lg = tl.load(lg_ptr + row * s_lg + offs, mask=ok, other=float("-inf")).to(tl.float32)
     best = tl.argmax(lg, axis=0)
     t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-    j, jok, idx = _topk_codes(_topk_mask(lg / t, ok, k), offs, scr_ptr, row, k, KP)
+    # the top k of lg / t are those of lg (t > 0; bf16 neighbours stay apart and ties stay ties after the division)
+    if KEY16:
+        sel = _topk_mask(lg, ok, k, True)
+    else:
+        sel = _topk_mask(lg / t, ok, k, False)
+    j, jok, idx = _topk_codes(sel, offs, scr_ptr, row, k, KP)
     v = tl.load(lg_ptr + row * s_lg + idx, mask=jok, other=float("-inf")).to(tl.float32) / t
     code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
     g = tl.load(greedy_ptr + row).to(tl.int32)

@@ -212,7 +212,7 @@ def _sample_phase(lg_ptr, temp_ptr, greedy_ptr, ex_ptr, scr_ptr, out_ptr, k, s_t
         lg = tl.load(lg_ptr + row * V + offs, mask=ok, other=float("-inf"), cache_modifier=".cg").to(tl.float32)
         best = tl.argmax(lg, axis=0)
         t = tl.maximum(tl.load(temp_ptr + row * s_t), 1e-5)
-        j, jok, idx = _topk_codes(_topk_mask(lg / t, ok, k), offs, scr_ptr, row, k, KP)
+        j, jok, idx = _topk_codes(_topk_mask(lg / t, ok, k, False), offs, scr_ptr, row, k, KP)
         v = tl.load(lg_ptr + row * V + idx, mask=jok, other=float("-inf"), cache_modifier=".cg").to(tl.float32) / t
         code = _race(v, idx, j, jok, ex_ptr, row, s_ex)
         g = tl.load(greedy_ptr + row).to(tl.int32)

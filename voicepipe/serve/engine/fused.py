@@ -60,6 +60,11 @@ CONFIG: dict[str, tuple[str, int, int, int, int]] = {
 # sampling 12.4 us at 4 warps, 16-24 at 1-2)
 ATTN_WARPS = 2
 SAMPLE_WARPS = 4
+# the sampler's threshold search on bf16 logits over their 16-bit order (17 halvings) rather than the fp32 order of
+# logits / temp (33): the same top k (`_fused_kernels._topk_mask`). H100, 2026-12-06: one call 12.7 -> 9.4 us
+# (predictor, 2048 codes), 16.6 -> 12.5 us (talker, 3072); one stream RTF 0.0527 -> 0.0520, 16 streams 212.6x ->
+# 215.0x (benchmarks/RESULTS.md, serve)
+SAMPLE_KEY16 = True
 # warps of `attn_decode` at 1-`GEMV_ROWS` rows (None: `ATTN_WARPS`). H100, 2026-12-06: a 2-row predictor step 165.0 us
 # at 2 warps, 156.5 at 1 (`benchmarks/fused.py`; 181.8 at 4); one stream RTF 0.0602 -> 0.0589, 16 streams 208x either
 ATTN_WARPS_FEW: int | None = 1
@@ -438,7 +443,7 @@ def _launch_sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tenso
         meta = {"EMB": True, "EP": 1 << (E - 1).bit_length()}
     _kernels()[3][(b,)](logits, temp, greedy, expo, scr, out, V, k, logits.stride(0), temp.stride(0), expo.stride(0),
                         *emb_args, VP=1 << (V - 1).bit_length(), KP=kp, num_warps=SAMPLE_WARPS, num_stages=1, **meta,
-                        **_pdl(logits.device))
+                        KEY16=SAMPLE_KEY16 and logits.dtype == torch.bfloat16, **_pdl(logits.device))
     return out if emb is None else (out, emb)
 
 
