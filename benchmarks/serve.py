@@ -452,6 +452,9 @@ def make_engine(tts, max_batch: int, **overrides):
     return TTSEngine(tts, EngineConfig(**{"max_batch": max_batch, "max_len": 512, **ENGINE_SET, **overrides}))
 
 
+SEEDED_CODES: dict[str, torch.Tensor] = {}  # per engine measured: one stream's sampled codes for seed 1234
+
+
 def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int], max_batch: int,
                     name: str = "voicepipe", eng=None, profile: dict | None = None, **overrides) -> list[dict]:
     from voicepipe.serve.engine import GenerationConfig
@@ -482,6 +485,13 @@ def bench_voicepipe(tts, frames: int, concs: list[int], repeats: dict[int, int],
             h.finished.wait()
     if profile is not None and eng.prefill_graphed and eng.__dict__.get("_prefill_graphs"):
         profile[name]["prefill_graph_codes_equal"] = float(prefill_codes_parity(eng))
+    if profile is not None:  # one stream's sampled codes for a seed: a lever that keeps the codes gives these
+        torch.manual_seed(1234)
+        SEEDED_CODES[name] = eng.generate_codes(prompt, GenerationConfig(max_new_tokens=32, min_new_tokens=32)).cpu()
+        first = next(iter(SEEDED_CODES))
+        same = torch.equal(SEEDED_CODES[name], SEEDED_CODES[first])
+        profile[name]["seeded_codes_equal_first"] = float(same)
+        print(f"{name}: one stream's sampled codes (seed 1234, 32 frames) equal to {first}'s: {same}", flush=True)
     out = []
     for c in concs:
         ttfa, rtf, audio, walls = [], [], 0.0, 0.0

@@ -522,3 +522,35 @@ def test_the_split_k_matmul_residual_with_its_alignment_hint_is_the_plain_one(in
     out = fused.linear_residual(x, w, r, split)
     _close(out, r.float() + torch.nn.functional.linear(x.float(), w.float()))
     assert torch.equal(out, plain) and not fused._COUNTERS[x.device].any()
+
+
+@pytest.mark.parametrize("fused_path", [False, True])
+def test_the_projected_tables_give_the_same_codes_without_a_projection_a_step(tts, monkeypatch, fused_path):
+    """`EngineConfig.proj_table`: a one-row step samples the predictor's codes with each embedding table extended
+    by its rows' input projection, so its steps run no projection of their own; a sampled request with one seed
+    gets the plain engine's codes (the plain predictor step and the fused one, here its unfused math), and a
+    request beside another (two rows) keeps the tables out."""
+    from voicepipe.serve.engine import GenerationConfig, kernels
+    from voicepipe.serve.engine.step import FrameStep
+
+    if fused_path:
+        monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
+        monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
+        monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+    gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
+    text = "Each code's projection read from its table."
+    ref = _engine_codes(tts, text, gen, seed=7, proj_table=False)
+    proj_w = tts.model.talker.code_predictor.small_to_mtp_projection.weight
+    real, projected = kernels.linear, []
+    monkeypatch.setattr(kernels, "linear", lambda x, w, *a, **k: (projected.append(x.shape[0]) if w is proj_w
+                                                                    else None) or real(x, w, *a, **k))
+    out = _engine_codes(tts, text, gen, seed=7, proj_table=True)
+    V = tts.model.talker.code_predictor.model.codec_embedding[0].weight.shape[0]
+    # the tables' rows (15 tables of V codes, one row a call), then only predictor_first's [hidden, code 0] a frame
+    assert projected[: 15 * V] == [1] * (15 * V) and len(projected) - 15 * V in (8, 9)
+    assert torch.equal(out, ref)
+    assert not torch.equal(_engine_codes(tts, text, gen, seed=8, proj_table=True), ref)  # the seed matters
+    # two rows: the tables stay out (their rows are one-row projections), the codes as the plain engine's
+    texts = ["Two at once, the first.", "Two at once, and the second one."]
+    assert all(torch.equal(a, b) for a, b in zip(_codes_at_once(tts, texts, proj_table=True),
+                                                 _codes_at_once(tts, texts, proj_table=False), strict=True))

@@ -167,6 +167,13 @@ class EngineConfig:
     # 1.8-1.9 %, against 1.5 % for the compiled units, whose fused kernels skip some of eager's bf16 roundings; the
     # fused ops round where eager (and the package's `generate`) do (benchmarks/RESULTS.md, 2026-12-06 05:46)
     fused_talker_mm: bool = True
+    # a one-row step (one stream) samples the predictor's codes with each code embedding table extended by its rows'
+    # input projection (`kernels.projected_tables`: 189 MB for the 1.7B model, built at start-up), so its 14
+    # projection kernels a frame become row copies inside the sampling kernel; the same rows bit for bit, the same
+    # codes. None: with the fused predictor (CUDA). H100, 2026-12-06, two engines each way: the 1-row step graph
+    # 3.98 -> 3.88 ms (669 -> 655 kernels), one stream RTF 0.0517 -> 0.0504, sampled codes for a seed equal, 16
+    # streams unchanged (214x) (benchmarks/RESULTS.md, serve)
+    proj_table: bool | None = None
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

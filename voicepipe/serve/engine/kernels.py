@@ -219,7 +219,25 @@ def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch
 
 def _project(x: torch.Tensor, proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, small: bool = False
              ) -> torch.Tensor:  # fmt: skip
+    """The predictor's input projection of x; a row of a projected embedding table (`projected_tables`: [projected
+    | embedding]) is projected already: its first part."""
+    if proj_w is not None and x.shape[-1] == proj_w.shape[0] + proj_w.shape[1]:
+        return x[..., : proj_w.shape[0]]
     return x if proj_w is None else linear(x, proj_w, proj_b, small)
+
+
+@torch.no_grad()
+def projected_tables(embeds: list[torch.Tensor], proj_w: torch.Tensor, proj_b: torch.Tensor | None,
+                     small: bool = False) -> list[torch.Tensor]:  # fmt: skip
+    """Each code embedding table [V, H] with its rows' input projection before them: [V, Hp + H]. A predictor step
+    whose code is sampled with such a table (`fused.sample_embed` copies the picked row) needs no projection kernel
+    of its own (`_project`). Row by row through `linear` at one row, the kernel a one-row step runs, so each row is
+    bitwise what the step would compute."""
+    out = []
+    for w in embeds:
+        proj = torch.cat([linear(w[i : i + 1], proj_w, proj_b, small) for i in range(w.shape[0])])
+        out.append(torch.cat([proj, w], 1).contiguous())
+    return out
 
 
 def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.Tensor, pk: list[torch.Tensor],

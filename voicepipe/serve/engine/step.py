@@ -134,6 +134,8 @@ class FrameStep:
         ptab = [(torch.tensor([i], device=self.device), self.pcos[i : i + 1, None].clone(),
                  self.psin[i : i + 1, None].clone(), (ar <= i)[None]) for i in range(self.n_groups)]
         p01 = (self.pcos[:2, None].clone(), self.psin[:2, None].clone())
+        tables = (K.projected_tables([m.weight for m in self.cp.model.codec_embedding], proj_w, proj_b, small)
+                  if self.proj_table and proj_w is not None else None)
         backend = self.cfg.compile if isinstance(self.cfg.compile, str) else "inductor"
         if self.compiled:
             # every full-size buffer, weight and table keeps its shape; only the batch (and the talker's length
@@ -142,14 +144,15 @@ class FrameStep:
                       self.talker.codec_head.weight, self.talker.get_input_embeddings().weight, *p01,
                       *(m.weight for m in self.cp.lm_head), *(m.weight for m in self.cp.model.codec_embedding),
                       *(t for w in [*self.t_layers, *self.p_layers] for t in w if isinstance(t, torch.Tensor)),
-                      *(t for row in ptab for t in row), *(t for t in (proj_w, proj_b) if t is not None)]
+                      *(t for row in ptab for t in row), *(t for t in (proj_w, proj_b) if t is not None),
+                      *(tables or [])]
             for t in static:
                 torch._dynamo.mark_static(t)
             # inductor: sampling draws its random numbers exactly as the eager path does
             opts = {"fallback_random": True, **(self.cfg.compile_options or {})} if backend == "inductor" else None
             fns = {k: torch.compile(f, backend=backend, dynamic=True, fullgraph=True, options=opts)
                    for k, f in fns.items()}
-        return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01)
+        return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01, tables=tables)
 
     @property
     def compiled(self) -> bool:
@@ -190,6 +193,13 @@ class FrameStep:
         embedding another (`EngineConfig.fused_head`; default: with the fused predictor layer and fused sampling)."""
         c = self.cfg.fused_head
         return (self.fused_predictor and self.fused_sample) if c is None else bool(c) and fused.available(self.device)
+
+    @property
+    def proj_table(self) -> bool:
+        """Whether a one-row step samples the predictor's codes with projected embedding tables
+        (`EngineConfig.proj_table`; default: with the fused predictor)."""
+        c = self.cfg.proj_table
+        return self.fused_predictor if c is None else bool(c)
 
     @property
     def fused_talker_attn(self) -> bool:
@@ -237,18 +247,23 @@ class FrameStep:
                                           self.talker.get_input_embeddings().weight, self.suppress, u.samp)
         self._last_hidden = hidden  # the talker's output (numerics checks; inside a graph: its static buffer)
         # code predictor: prefill [talker hidden, code-0 embedding] -> code 1, then 14 single steps -> codes 2..15
-        heads, embeds = self.cp.lm_head, self.cp.model.codec_embedding
-        _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
-                                    self.cp.model.norm.weight, heads[0].weight, embeds[0].weight, u.samp)
-        codes, embs = [code0, c], [e0, e]
+        heads = self.cp.lm_head
         nxt = u.predictor_next_small if b <= self._fused_rows and self.fused_predictor else u.predictor_next
-        if b <= persistent.MAX_ROWS and self.persistent_predictor:
+        one = b <= persistent.MAX_ROWS and self.persistent_predictor
+        if one:
             nxt = u.predictor_next_one
+        # one row: the codes' rows of the projected tables ([projection | embedding]): no projection kernel a step
+        tables = u.tables if b == 1 and not one else None
+        embeds = tables or [m.weight for m in self.cp.model.codec_embedding]
+        H = embeds[0].shape[1] if tables is None else self.tc.hidden_size
+        _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
+                                    self.cp.model.norm.weight, heads[0].weight, embeds[0], u.samp)
+        codes, embs = [code0, c], [e0, e[:, -H:]]
         for j in range(1, self.n_groups - 1):
             c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
-                                    self.cp.model.norm.weight, heads[j].weight, embeds[j].weight, u.samp)
+                                    self.cp.model.norm.weight, heads[j].weight, embeds[j], u.samp)
             codes.append(c)
-            embs.append(e)
+            embs.append(e[:, -H:])
         emb = torch.stack(embs, 1).sum(1)
         gs = self.gen_step[:b]
         txt = self.text_buf[self.slot_idx[:b], gs.clamp(max=self.cfg.max_text - 1)]
