@@ -7,6 +7,7 @@ same comparison is `benchmarks/serve.py --systems numerics`). Without Triton the
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 
@@ -554,3 +555,27 @@ def test_the_projected_tables_give_the_same_codes_without_a_projection_a_step(tt
     texts = ["Two at once, the first.", "Two at once, and the second one."]
     assert all(torch.equal(a, b) for a, b in zip(_codes_at_once(tts, texts, proj_table=True),
                                                  _codes_at_once(tts, texts, proj_table=False), strict=True))
+
+
+@pytest.mark.parametrize("fused_path", [False, True])
+def test_the_draws_made_before_the_layers_give_the_same_codes(tts, monkeypatch, fused_path):
+    """`EngineConfig.early_draws`: the step makes its 16 sampling calls' exponential draws before the talker's
+    layers, in the calls' order; a sampled request with one seed gets the codes of the draws made where each call
+    samples (the plain predictor step and the fused one, here its unfused math), and no sampling call draws."""
+    from voicepipe.serve.engine import GenerationConfig, kernels
+    from voicepipe.serve.engine.step import FrameStep
+
+    if fused_path:
+        monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
+        monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
+        monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+    gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
+    text = "Every draw made before the layers."
+    ref = _engine_codes(tts, text, gen, seed=7, early_draws=False)
+    real, where = kernels.draws, []
+    monkeypatch.setattr(kernels, "draws", lambda *a: where.append(
+        any(f.function == "_draw_early" for f in inspect.stack(0)[1:4])) or real(*a))
+    out = _engine_codes(tts, text, gen, seed=7, early_draws=True)
+    assert all(where) and len(where) in (16 * 8, 16 * 9)
+    assert torch.equal(out, ref)
+    assert not torch.equal(_engine_codes(tts, text, gen, seed=8, early_draws=True), ref)  # the seed matters

@@ -174,6 +174,12 @@ class EngineConfig:
     # 3.98 -> 3.88 ms (669 -> 655 kernels), one stream RTF 0.0517 -> 0.0504, sampled codes for a seed equal, 16
     # streams unchanged (214x) (benchmarks/RESULTS.md, serve)
     proj_table: bool | None = None
+    # the frame step makes its 16 sampling calls' exponential draws before its layers, in the same order (the same
+    # numbers, the same codes), on CUDA on a stream of their own beside the talker's layers, instead of one draw
+    # kernel before each sampling kernel on the step's critical path. None: on CUDA. H100, 2026-12-06, two engines
+    # each way: the 1-row step graph 3.87 -> 3.81 ms, one stream RTF 0.0503 -> 0.0494, 16 streams 214.6-215.1x ->
+    # 218.2-218.5x, sampled codes for a seed equal (benchmarks/RESULTS.md, serve)
+    early_draws: bool | None = None
     # the step's 16 codes sampled by one Triton kernel each (threshold top-k, the same exponential draws, so the
     # same codes for a seed); None: with compiled units on CUDA
     fused_sample: bool | None = None

@@ -122,20 +122,28 @@ def decoder_layer(w: _FusedLayer, x: torch.Tensor, nh: int, kvh: int, hd: int, c
     return attn_out_mlp(w, x, attend(q, k, v))
 
 
-def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int, fused_op: bool = False
-           ) -> torch.Tensor:  # fmt: skip
+def draws(b: int, k: int, device: torch.device) -> torch.Tensor:
+    """The exponential draws of one sampling call's race ([b, k] fp32): `sample` makes them so, or the frame step
+    before its layers (`EngineConfig.early_draws`), in the same order, so the same numbers."""
+    return torch.empty(b, k, device=device).exponential_()
+
+
+def sample(logits: torch.Tensor, temp: torch.Tensor, greedy: torch.Tensor, k: int, fused_op: bool = False,
+           expo: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Top-k sampling at per-row temperature (greedy rows: argmax), with no host sync.
 
     Exponential-race sampling (== multinomial: the top-k softmax divided by exponential draws, argmax) keeps the
     whole step free of host syncs, so it can be graphed. `fused_op`: the same draws ([b, k] fp32, drawn the same
-    way), the rest in one kernel (`fused.sample_topk`; its unfused math where it cannot run)."""
+    way), the rest in one kernel (`fused.sample_topk`; its unfused math where it cannot run). `expo`: the draws,
+    made already (`draws`)."""
+    if expo is None:
+        expo = draws(logits.shape[0], min(k, logits.shape[-1]), logits.device)
     if fused_op:
-        expo = torch.empty(logits.shape[0], min(k, logits.shape[-1]), device=logits.device).exponential_()
         return fused.sample_topk(logits, temp, greedy, expo)
     best = logits.argmax(-1)
     vals, idx = (logits / temp.clamp_min(1e-5)).topk(min(k, logits.shape[-1]), dim=-1)
     probs = vals.softmax(-1)
-    pick = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+    pick = (probs / expo).argmax(-1, keepdim=True)
     return torch.where(greedy, best, idx.gather(-1, pick).squeeze(-1))
 
 
@@ -199,8 +207,8 @@ class Sampling(NamedTuple):
 
 
 def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch.Tensor, embed_w: torch.Tensor,
-                suppress: torch.Tensor, eos: int, s: Sampling, top_k: int, fused_sample: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+                suppress: torch.Tensor, eos: int, s: Sampling, top_k: int, fused_sample: bool = False,
+                expo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Final norm, codec head and the package's talker logits processors (repetition penalty, suppressed control
     codes, min length), then code 0. Returns (talker hidden [b,H], code0 [b], its embedding [b,H])."""
     b = x.shape[0]
@@ -211,7 +219,7 @@ def talker_head(x: torch.Tensor, norm_w: torch.Tensor, eps: float, head_w: torch
     logits = logits.masked_fill(suppress, float("-inf"))
     block_eos = s.n_sampled[:b] < s.min_new[:b]
     logits[:, eos] = torch.where(block_eos, float("-inf"), logits[:, eos])
-    code0 = sample(logits, s.temp[:b], s.greedy[:b], top_k, fused_sample)
+    code0 = sample(logits, s.temp[:b], s.greedy[:b], top_k, fused_sample, expo)
     s.seen[:b].scatter_(1, code0[:, None], True)
     s.n_sampled[:b] += 1
     return hidden, code0, F.embedding(code0, embed_w)
@@ -243,7 +251,7 @@ def projected_tables(embeds: list[torch.Tensor], proj_w: torch.Tensor, proj_b: t
 def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.Tensor, pk: list[torch.Tensor],
                     pv: list[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, proj_w: torch.Tensor | None,
                     proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float, head_w: torch.Tensor,
-                    embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
+                    embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims, expo: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The code predictor's prefill over [talker hidden, code-0 embedding] at positions 0-1 (cache pk/pv [S,kvh,16,hd],
     cos/sin [2,1,hd]), then code 1. Returns (last hidden [b,Hp], code1 [b], its embedding [b,H])."""
@@ -256,15 +264,15 @@ def predictor_first(layers: list[_FusedLayer], hidden: torch.Tensor, e0: torch.T
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         h = attn_out_mlp(w, h, o.transpose(1, 2).reshape(b, 2, -1), d.gemv)
     h = _rms(h[:, -1], norm_w, eps)
-    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample, expo)
     return h, c, F.embedding(c, embed_w)
 
 
 def predictor_next(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Tensor], pv: list[torch.Tensor],
                    pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                    proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
-                   head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
-                   ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                   head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims,
+                   expo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One code-predictor step: the previous code's embedding e [b,H] enters at position `pos` (a 1-element tensor;
     cos/sin [1,1,hd]; mask [1,16], True up to pos), attends over the whole 16-slot cache under the mask, and the next
     code is sampled. Returns (code [b], its embedding [b,H])."""
@@ -277,15 +285,15 @@ def predictor_next(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Te
         o = F.scaled_dot_product_attention(q.reshape(b, d.kvh, -1, d.hd), kc[:b], vc[:b], attn_mask=mask)
         h = attn_out_mlp(w, h, o.reshape(b, 1, -1), d.gemv)
     h = _rms(h[:, 0], norm_w, eps)
-    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample, expo)
     return c, F.embedding(c, embed_w)
 
 
 def predictor_next_fused(layers: list[_FusedLayer], e: torch.Tensor, pk: list[torch.Tensor], pv: list[torch.Tensor],
                          pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                          proj_w: torch.Tensor | None, proj_b: torch.Tensor | None, norm_w: torch.Tensor, eps: float,
-                         head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims
-                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                         head_w: torch.Tensor, embed_w: torch.Tensor, s: Sampling, top_k: int, d: Dims,
+                         expo: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """`predictor_next` with each layer as five fused kernels (`fused.py`: norm + q/k/v, attention with the cache
     write, output projection + residual, norm + gate/up + SiLU, down projection + residual): the same math, for
     the 1-2 rows of a one-stream step (`mask` is implied by `pos`)."""
@@ -298,8 +306,9 @@ def predictor_next_fused(layers: list[_FusedLayer], e: torch.Tensor, pk: list[to
         h = fused.linear_residual(fused.rms_glu(h, w.ln2, w.wgu, w.eps), w.wd, h, d.split)
     if d.head and d.sample:  # norm + head in one kernel (bf16 logits, as linear(...) gives), sampling + embedding
         logits = fused.rms_linear(h, norm_w, head_w, eps)
-        expo = torch.empty(b, min(top_k, logits.shape[-1]), device=logits.device).exponential_()  # as `sample`
+        if expo is None:
+            expo = draws(b, min(top_k, logits.shape[-1]), logits.device)  # as `sample`
         return fused.sample_embed(logits, s.sub_temp[:b], s.sub_greedy[:b], expo, embed_w)
     h = _rms(h, norm_w, eps)
-    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample)
+    c = sample(linear(h, head_w, small=d.gemv).float(), s.sub_temp[:b], s.sub_greedy[:b], top_k, d.sample, expo)
     return c, F.embedding(c, embed_w)

@@ -102,21 +102,23 @@ class FrameStep:
         def talker_layer(w, x, kc, vc, p, cos, sin, mask):
             return K.talker_layer(w, x, kc, vc, p, cos, sin, mask, td)
 
-        def talker_head(x, norm_w, head_w, embed_w, suppress, samp):
-            return K.talker_head(x, norm_w, t_eps, head_w, embed_w, suppress, eos, samp, top_k, fs)
+        def talker_head(x, norm_w, head_w, embed_w, suppress, samp, expo=None):
+            return K.talker_head(x, norm_w, t_eps, head_w, embed_w, suppress, eos, samp, top_k, fs, expo)
 
-        def predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, head_w, embed_w, samp):
+        def predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, head_w, embed_w, samp,
+                            expo=None):
             return K.predictor_first(layers, hidden, e0, pk, pv, cos, sin, proj_w, proj_b, norm_w, p_eps, head_w,
-                                     embed_w, samp, sub_k, pd)
+                                     embed_w, samp, sub_k, pd, expo)
 
-        def predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w, samp):
+        def predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w, samp,
+                           expo=None):
             return K.predictor_next(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps, head_w,
-                                    embed_w, samp, sub_k, pd)
+                                    embed_w, samp, sub_k, pd, expo)
 
         def predictor_next_small(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w,
-                                 samp):
+                                 samp, expo=None):
             return K.predictor_next_fused(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, p_eps,
-                                          head_w, embed_w, samp, sub_k, pd)
+                                          head_w, embed_w, samp, sub_k, pd, expo)
 
         def predictor_next_one(layers, e, pk, pv, pos, cos, sin, mask, proj_w, proj_b, norm_w, head_w, embed_w,
                                samp):
@@ -195,6 +197,13 @@ class FrameStep:
         return (self.fused_predictor and self.fused_sample) if c is None else bool(c) and fused.available(self.device)
 
     @property
+    def early_draws(self) -> bool:
+        """Whether the step makes its sampling draws before its layers (`EngineConfig.early_draws`; default: on
+        CUDA)."""
+        c = self.cfg.early_draws
+        return self.device.type == "cuda" if c is None else bool(c)
+
+    @property
     def proj_table(self) -> bool:
         """Whether a one-row step samples the predictor's codes with projected embedding tables
         (`EngineConfig.proj_table`; default: with the fused predictor)."""
@@ -233,9 +242,30 @@ class FrameStep:
             u = self.__dict__.setdefault("_units_", self._build_units())
         return u
 
+    def _draw_early(self, b: int) -> tuple[list[torch.Tensor | None], torch.cuda.Stream | None]:
+        """The step's 16 sampling calls' exponential draws, in the order the calls make them (so the same numbers),
+        before its layers (`EngineConfig.early_draws`): on CUDA on a stream of their own, beside the talker's layers
+        (the caller joins it before the first sampling call). Off: 16 Nones."""
+        n = self.n_groups
+        if not self.early_draws or (b <= persistent.MAX_ROWS and self.persistent_predictor):
+            return [None] * n, None
+        kt = min(self.cfg.top_k, self.tc.vocab_size)
+        pc = self.cp.model.config
+        kp = min(self.cfg.subtalker_top_k, pc.vocab_size)
+        if self.device.type != "cuda":
+            return [K.draws(b, kt, self.device)] + [K.draws(b, kp, self.device) for _ in range(n - 1)], None
+        side = self.__dict__.get("_draw_stream")
+        if side is None:
+            side = self.__dict__.setdefault("_draw_stream", torch.cuda.Stream(self.device))
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            ex = [K.draws(b, kt, self.device)] + [K.draws(b, kp, self.device) for _ in range(n - 1)]
+        return ex, side
+
     def _step(self, b: int, L: int) -> None:
         """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
         u = self._units
+        ex, side = self._draw_early(b)
         # a copy (an inference tensor like every later layer's input): one traced variant of the layer unit
         x = self.next_emb[:b].unsqueeze(1).clone()
         p = self.pos[:b]
@@ -243,8 +273,10 @@ class FrameStep:
         mask = (self.ar[:L][None] <= p[:, None]).view(b, 1, 1, L)
         for i, w in enumerate(self.t_layers):
             x = u.talker_layer(w, x, self.kc[i], self.vc[i], p, cos, sin, mask)
+        if side is not None:
+            torch.cuda.current_stream(self.device).wait_stream(side)
         hidden, code0, e0 = u.talker_head(x, self.talker.model.norm.weight, self.talker.codec_head.weight,
-                                          self.talker.get_input_embeddings().weight, self.suppress, u.samp)
+                                          self.talker.get_input_embeddings().weight, self.suppress, u.samp, ex[0])
         self._last_hidden = hidden  # the talker's output (numerics checks; inside a graph: its static buffer)
         # code predictor: prefill [talker hidden, code-0 embedding] -> code 1, then 14 single steps -> codes 2..15
         heads = self.cp.lm_head
@@ -257,11 +289,12 @@ class FrameStep:
         embeds = tables or [m.weight for m in self.cp.model.codec_embedding]
         H = embeds[0].shape[1] if tables is None else self.tc.hidden_size
         _, c, e = u.predictor_first(self.p_layers, hidden, e0, self.pk, self.pv, *u.p01, *u.proj,
-                                    self.cp.model.norm.weight, heads[0].weight, embeds[0], u.samp)
+                                    self.cp.model.norm.weight, heads[0].weight, embeds[0], u.samp, ex[1])
         codes, embs = [code0, c], [e0, e[:, -H:]]
         for j in range(1, self.n_groups - 1):
             c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
-                                    self.cp.model.norm.weight, heads[j].weight, embeds[j], u.samp)
+                       self.cp.model.norm.weight, heads[j].weight, embeds[j], u.samp,
+                       *([ex[j + 1]] if ex[j + 1] is not None else []))
             codes.append(c)
             embs.append(e[:, -H:])
         emb = torch.stack(embs, 1).sum(1)
