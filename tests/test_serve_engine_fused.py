@@ -261,6 +261,14 @@ def test_the_sampling_kernel_with_the_embedding_row_picks_the_same_codes(interpr
     assert emb.dtype == torch.bfloat16 and torch.equal(emb, torch.nn.functional.embedding(ref, emb_w))
 
 
+def _fused_predictor_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused predictor step, its head and its sampler on (on the CPU: their unfused math)."""
+    from voicepipe.serve.engine.step import FrameStep
+
+    for name in ("fused_predictor", "fused_sample", "fused_head"):
+        monkeypatch.setattr(FrameStep, name, property(lambda self: True))
+
+
 def _engine_codes(tts, text: str, gen, seed: int | None = None, **cfg) -> torch.Tensor:
     from voicepipe.serve.engine import EngineConfig, TTSEngine
 
@@ -278,16 +286,13 @@ def test_the_fused_head_draws_what_the_unfused_step_draws(tts, monkeypatch):
     """With `fused_head` the fused predictor step's norm + head is one `rms_linear` and its sampling + embedding one
     `sample_embed`, the race's draws made as before: a sampled request with one seed gets the plain engine's codes."""
     from voicepipe.serve.engine import GenerationConfig
-    from voicepipe.serve.engine.step import FrameStep
 
     gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
     text = "The head and the sampler fused."
     ref = _engine_codes(tts, text, gen, seed=7)
     calls = []
     real = fused.sample_embed
-    monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
-    monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
-    monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+    _fused_predictor_on(monkeypatch)
     monkeypatch.setattr(fused, "sample_embed", lambda *a: calls.append(a[0].shape) or real(*a))
     out = _engine_codes(tts, text, gen, seed=7)
     assert len(calls) in (14 * 8, 14 * 9)  # 14 predictor steps per frame (+ the one launched before the end)
@@ -532,12 +537,9 @@ def test_the_projected_tables_give_the_same_codes_without_a_projection_a_step(tt
     gets the plain engine's codes (the plain predictor step and the fused one, here its unfused math), and a
     request beside another (two rows) keeps the tables out."""
     from voicepipe.serve.engine import GenerationConfig, kernels
-    from voicepipe.serve.engine.step import FrameStep
 
     if fused_path:
-        monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
-        monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
-        monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+        _fused_predictor_on(monkeypatch)
     gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
     text = "Each code's projection read from its table."
     ref = _engine_codes(tts, text, gen, seed=7, proj_table=False)
@@ -563,12 +565,9 @@ def test_the_draws_made_before_the_layers_give_the_same_codes(tts, monkeypatch, 
     layers, in the calls' order; a sampled request with one seed gets the codes of the draws made where each call
     samples (the plain predictor step and the fused one, here its unfused math), and no sampling call draws."""
     from voicepipe.serve.engine import GenerationConfig, kernels
-    from voicepipe.serve.engine.step import FrameStep
 
     if fused_path:
-        monkeypatch.setattr(FrameStep, "fused_predictor", property(lambda self: True))
-        monkeypatch.setattr(FrameStep, "fused_sample", property(lambda self: True))
-        monkeypatch.setattr(FrameStep, "fused_head", property(lambda self: True))
+        _fused_predictor_on(monkeypatch)
     gen = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=True, subtalker_do_sample=True)
     text = "Every draw made before the layers."
     ref = _engine_codes(tts, text, gen, seed=7, early_draws=False)
