@@ -28,11 +28,34 @@ def _triton_language_for_the_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         import triton.language  # noqa: F401
+
+        _interpreter_index_for_numpy_2()
     finally:
         if old is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
+
+
+def _interpreter_index_for_numpy_2() -> None:
+    """Triton's interpreter (3.6) turns a scalar tensor into an index (a `range` bound in a kernel) with
+    int(ndarray), and its scalars are arrays of shape (1,), which NumPy 2.3+ refuses ("only 0-dimensional arrays can
+    be converted to Python scalars"): every kernel with such a loop failed in the interpreter. The same conversion,
+    through the array's one element."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_voicepipe_index", False):
+        return
+
+    def patched(tensor, scope):  # noqa: ANN001, ANN202 - Triton's own signature
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._voicepipe_index = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patched
 
 
 _triton_language_for_the_interpreter()
