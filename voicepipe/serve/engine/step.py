@@ -293,8 +293,7 @@ class FrameStep:
         codes, embs = [code0, c], [e0, e[:, -H:]]
         for j in range(1, self.n_groups - 1):
             c, e = nxt(self.p_layers, e, self.pk, self.pv, *u.ptab[j + 1], *u.proj,
-                       self.cp.model.norm.weight, heads[j].weight, embeds[j], u.samp,
-                       *([ex[j + 1]] if ex[j + 1] is not None else []))
+                       self.cp.model.norm.weight, heads[j].weight, embeds[j], u.samp, *(() if one else (ex[j + 1],)))
             codes.append(c)
             embs.append(e[:, -H:])
         emb = torch.stack(embs, 1).sum(1)
