@@ -242,12 +242,13 @@ class FrameStep:
             u = self.__dict__.setdefault("_units_", self._build_units())
         return u
 
-    def _draw_early(self, b: int) -> tuple[list[torch.Tensor | None], torch.cuda.Stream | None]:
+    def _draw_early(self, b: int, one: bool) -> tuple[list[torch.Tensor | None], torch.cuda.Stream | None]:
         """The step's 16 sampling calls' exponential draws, in the order the calls make them (so the same numbers),
         before its layers (`EngineConfig.early_draws`): on CUDA on a stream of their own, beside the talker's layers
-        (the caller joins it before the first sampling call). Off: 16 Nones."""
+        (the caller joins it before the first sampling call). Off, or for the persistent predictor step (`one`,
+        which draws its own): 16 Nones."""
         n = self.n_groups
-        if not self.early_draws or (b <= persistent.MAX_ROWS and self.persistent_predictor):
+        if not self.early_draws or one:
             return [None] * n, None
         kt = min(self.cfg.top_k, self.tc.vocab_size)
         pc = self.cp.model.config
@@ -265,7 +266,11 @@ class FrameStep:
     def _step(self, b: int, L: int) -> None:
         """One frame for slots [0, b): everything on device, no host sync (graph-capturable)."""
         u = self._units
-        ex, side = self._draw_early(b)
+        nxt = u.predictor_next_small if b <= self._fused_rows and self.fused_predictor else u.predictor_next
+        one = b <= persistent.MAX_ROWS and self.persistent_predictor
+        if one:
+            nxt = u.predictor_next_one
+        ex, side = self._draw_early(b, one)
         # a copy (an inference tensor like every later layer's input): one traced variant of the layer unit
         x = self.next_emb[:b].unsqueeze(1).clone()
         p = self.pos[:b]
@@ -280,10 +285,6 @@ class FrameStep:
         self._last_hidden = hidden  # the talker's output (numerics checks; inside a graph: its static buffer)
         # code predictor: prefill [talker hidden, code-0 embedding] -> code 1, then 14 single steps -> codes 2..15
         heads = self.cp.lm_head
-        nxt = u.predictor_next_small if b <= self._fused_rows and self.fused_predictor else u.predictor_next
-        one = b <= persistent.MAX_ROWS and self.persistent_predictor
-        if one:
-            nxt = u.predictor_next_one
         # one row: the codes' rows of the projected tables ([projection | embedding]): no projection kernel a step
         tables = u.tables if b == 1 and not one else None
         embeds = tables or [m.weight for m in self.cp.model.codec_embedding]
