@@ -154,7 +154,8 @@ class FrameStep:
             opts = {"fallback_random": True, **(self.cfg.compile_options or {})} if backend == "inductor" else None
             fns = {k: torch.compile(f, backend=backend, dynamic=True, fullgraph=True, options=opts)
                    for k, f in fns.items()}
-        return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01, tables=tables)
+        return SimpleNamespace(**fns, samp=samp, proj=(proj_w, proj_b), ptab=ptab, p01=p01, tables=tables,
+                               top_k=(top_k, sub_k))
 
     @property
     def compiled(self) -> bool:
@@ -250,9 +251,7 @@ class FrameStep:
         n = self.n_groups
         if not self.early_draws or one:
             return [None] * n, None
-        kt = min(self.cfg.top_k, self.tc.vocab_size)
-        pc = self.cp.model.config
-        kp = min(self.cfg.subtalker_top_k, pc.vocab_size)
+        kt, kp = self._units.top_k  # the talker's and the predictor's k, as their sampling calls take them
         if self.device.type != "cuda":
             return [K.draws(b, kt, self.device)] + [K.draws(b, kp, self.device) for _ in range(n - 1)], None
         side = self.__dict__.get("_draw_stream")
