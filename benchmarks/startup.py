@@ -47,13 +47,15 @@ def main() -> None:
     ap.add_argument("--tiny-dir", type=Path, required=True)
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--first", choices=["on", "off"], default="on", help="which engine the first round builds first")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     tts = serve.build_model("cuda", torch.bfloat16, False, Path("/tmp"), a.tiny_dir)
     rows = []
     for b in (int(x) for x in a.batches.split(",")):
         for r in range(a.rounds):
-            for proj in ((True, False) if r % 2 == 0 else (False, True)):
+            order = (True, False) if (r % 2 == 0) == (a.first == "on") else (False, True)
+            for proj in order:
                 gc.collect()
                 torch.cuda.empty_cache()
                 _sync()
