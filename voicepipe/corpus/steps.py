@@ -515,8 +515,10 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     of one voice, embedded whole) are judged against the voices of the whole feed (`speakers.feed_voices`: the
     target's voice over the episodes nearest the enrollment, and the other voices that recur across episodes),
     and those nearer another voice than the target's by `feed_unit_margin` are cut before segment cuts the
-    target's speech into utterances (`speakers.feed_units`). Per episode a memoized step keyed by every
-    episode's diarize result. Episodes without units (the pyannote path, studio takes, rejected episodes) pass.
+    target's speech into utterances (`speakers.feed_units`). Units of `feed_unit_min_s` to 2 s (a co-host's short
+    reply the episode's clusters gave the target), which diarize does not embed, are embedded here. Per episode a
+    memoized step keyed by every episode's diarize result. Episodes without units (the pyannote path, studio takes,
+    rejected episodes) pass.
     """
     from voicepipe.corpus import speakers as spk_mod
 
@@ -534,15 +536,28 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     # otherwise list every sha in every episode's sidecar), the episode's own as its lineage
     params = {"margin": p.feed_unit_margin, "enroll": ctx.enroll_key, "feed": _hash(every),
               "quiet_overlap": p.feed_rescue_max_overlap}
+    short_s = p.feed_unit_min_s if p.feed_unit_min_s < spk_mod.Units.MIN_S else None
+    if short_s is not None:
+        params.update(short_units=short_s)
     for st in judged:
         dia = st.results["diarize"]
 
-        def compute(dia: dict = dia, episode: str = st.source.id) -> dict:
+        def compute(dia: dict = dia, episode: str = st.source.id, sha: str = st.speaker_audio_sha) -> dict:
             # only the units that hold some of the target's turns (the others are cut already)
             turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
             mine = [i for i, u in enumerate(dia["units"]) if intervals.seconds(intervals.intersect(turns, [tuple(u)]))]
             units = [tuple(dia["units"][i]) for i in mine]
             embs = np.asarray([dia["unit_embs"][i] for i in mine], dtype=np.float64)
+            if short_s is not None:  # the shorter stretches of one voice too, embedded here (diarize keeps >= 2 s)
+                regions = spk_mod.units([tuple(x) for x in dia["speech"]], [tuple(x) for x in dia["overlap"]],
+                                        dia.get("changes") or [])
+                short = [(a, b) for a, b in regions if short_s <= b - a < spk_mod.Units.MIN_S
+                         and intervals.seconds(intervals.intersect(turns, [(a, b)]))]
+                if short:
+                    wav = ctx.audio(sha, SR16)
+                    semb = ctx.engines.speaker.embed_many([wav[int(a * SR16) : int(b * SR16)] for a, b in short])
+                    units += short
+                    embs = np.concatenate([embs.reshape(-1, semb.shape[1]), semb.astype(np.float64)])
             cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
                    if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
