@@ -173,7 +173,7 @@ class CorpusParams(BaseModel):
     feed_unit_min_s: float = Field(
         1.0, ge=0.3, le=2.0, description="CPU path, with `feed_unit_margin`: the shortest unit the feed check judges; "
         "units under 2 s, which diarize does not embed, are embedded by the feed check itself (a close co-host's "
-        "1.6 s reply merged into the target's cluster; over 15 feeds the truth's 1-2 s stretches of the target sat "
+        "1.6 s reply merged into the target's cluster; over 16 feeds the truth's 1-2 s stretches of the target sat "
         "at margins of -0.45 or more, most other voices' at -0.55 or less: benchmarks/RESULTS.md, corpus purity, "
         "twenty-eighth session). 2: diarize's units only."
     )
