@@ -152,3 +152,60 @@ def test_a_short_reply_of_the_cohost_merged_into_the_target_is_cut_and_the_targe
     again = feed_check(off, [episode(i, ["t1", "c1", "t2"], False)[0] for i in range(3)]
                        + [episode(3, ["t1", "c2", "t2"], True)[0]])
     assert again[3].results[FEED_STEP]["cut"] == []
+
+
+def _split_episode(i: int, t: np.ndarray, c: np.ndarray, rng: np.random.Generator, split: bool) -> EpisodeState:
+    """30 s: the target 1-9 s and 20-29 s, the co-host 10-18 s (S1). `split`: diarize split the target's 20-29 s
+    into a cluster of its own (S2), which it then judged another speaker."""
+    turns = [{"start": 1.0, "end": 9.0, "target": True, "reason": ""},
+             {"start": 10.0, "end": 18.0, "target": False, "reason": "other speaker (cluster 1, margin -0.90 < 0.3)"},
+             {"start": 20.0, "end": 29.0, "target": not split,
+              "reason": "other speaker (cluster 2, margin -0.20 < 0.3)" if split else ""}]
+    cents = {"S0": _jit(t, rng), "S1": _jit(c, rng), **({"S2": _jit(t, rng, 0.3)} if split else {})}
+    dia = {"backend": "embedding-clusters", "segmentation": "segmentation-3.0",
+           "speech": [[1.0, 9.0], [10.0, 18.0], [20.0, 29.0]], "overlap": [], "changes": [], "turns": turns,
+           "target_label": "S0", "speakers": [{"label": k, "talk_s": 8.0} for k in cents], "centroids": cents,
+           "units": [[1.0, 9.0], [10.0, 18.0], [20.0, 29.0]],
+           "unit_embs": [_jit(t, rng), _jit(c, rng), _jit(t, rng)]}
+    st = EpisodeState(source=EpisodeSource(id=f"ep{i}", url=f"http://x/ep{i}.mp3"), seconds=30.0)
+    st.results["diarize"], st.result_shas["diarize"] = dia, f"{i + 100:064x}"
+    return st
+
+
+def test_a_cluster_split_off_the_target_is_given_back_and_the_cohost_is_not(tmp_path) -> None:
+    from voicepipe.corpus.steps import _speaker_margin
+
+    rng = np.random.default_rng(4)
+    t, c = _voices()
+    ctx = _ctx(tmp_path, t)
+    states = feed_check(ctx, [_split_episode(i, t, c, rng, split=i == 2) for i in range(4)])
+    feed = states[2].results[FEED_STEP]
+    assert feed["target_labels_after_all"] == ["S2"]
+    assert [(a, b) for a, b, _ in feed["target_after_all"]] == [(20.0, 29.0)]
+    assert "the target's after all" in feed["target_after_all"][0][2]
+    assert all("target_after_all" not in st.results[FEED_STEP] for k, st in enumerate(states) if k != 2)
+    seg = segment(ctx, states[2]).results["segment"]
+    assert seg["target_s"] == 17.0  # 1-9 s and 20-29 s, as in the episodes diarize did not split
+    assert not [r for r in seg["rejects"] if r["start"] >= 19.0]
+    # the filter's margin no longer counts the split-off cluster as another speaker
+    dia = states[2].results["diarize"]
+    emb = np.asarray(dia["centroids"]["S2"])
+    assert _speaker_margin(emb, dia) < 0 < _speaker_margin(emb, dia, ["S2"])
+    # off: nothing given back
+    off = _ctx(tmp_path / "off", t)
+    off.params = off.params.model_copy(update={"feed_split_margin": None})
+    plain = feed_check(off, [_split_episode(i, t, c, np.random.default_rng(4), split=i == 2) for i in range(4)])
+    assert "target_after_all" not in plain[2].results[FEED_STEP]
+    assert segment(off, plain[2]).results["segment"]["target_s"] == 8.0
+
+
+def test_a_feed_that_does_not_know_its_target_voice_gives_nothing_back() -> None:
+    from voicepipe.corpus.speakers import FeedVoices, feed_target_clusters
+
+    rng = np.random.default_rng(5)
+    t, c = _voices()
+    dia = _split_episode(2, t, c, rng, split=True).results["diarize"]
+    others = [("ep0", "S1", unit(np.asarray(_jit(c, rng)))), ("ep1", "S1", unit(np.asarray(_jit(c, rng))))]
+    assert list(feed_target_clusters(dia, FeedVoices(t, others, 0.95), "ep2", margin=0.4)) == ["S2"]
+    # its judged episodes' target voices as far as 0.5 from it (a show whose target the enrollment did not find)
+    assert feed_target_clusters(dia, FeedVoices(t, others, 0.5), "ep2", margin=0.4) == {}

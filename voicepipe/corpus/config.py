@@ -177,6 +177,14 @@ class CorpusParams(BaseModel):
         "at margins of -0.45 or more, most other voices' at -0.55 or less: benchmarks/RESULTS.md, corpus purity, "
         "twenty-eighth session). 2: diarize's units only."
     )
+    feed_split_margin: float | None = Field(
+        0.4, description="CPU path, with `feed_unit_margin`: in the feed check, an episode's speaker that its "
+        "diarize did not take for the target but whose centroid is nearer the feed's target voice than any other "
+        "voice of the feed by this fraction of the distance between the two is the target's after all (a target "
+        "split into several clusters between a co-host's backchannels). On 26 feeds such clusters of the target "
+        "sat at +0.31 to +1.07, other voices' at +0.24 at most where the feed knew its target voice "
+        "(benchmarks/RESULTS.md, corpus purity, twenty-eighth session). None: off."
+    )
     voice_check: bool = Field(
         True, description="Once the feed is judged, the kept corpus's whole utterances (the kept audio's embeddings) "
         "are checked for a second voice (`speakers.second_voice`): a voice every episode merged into the target's "

@@ -33,6 +33,7 @@ are the point of this module.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -624,6 +625,7 @@ class FeedVoices:
 
     target: np.ndarray
     others: list[tuple[str, str, np.ndarray]]  # (episode, speaker label, unit vector)
+    floor: float = -1.0  # the least target-like judged episode's target voice: cosine to `target`
 
     @classmethod
     def of(cls, targets: dict[str, np.ndarray], speakers: dict[str, dict[str, tuple[np.ndarray, float]]], *,
@@ -646,12 +648,12 @@ class FeedVoices:
         # a voice of the feed recurs: another episode heard it too, nearer to it than either is to the target (a
         # cluster that mixes the target with another voice, say in crosstalk, is heard once and judges nothing)
         if not cand:
-            return cls(t, [])
+            return cls(t, [], floor)
         m = np.stack([c for _, _, c in cand])  # (all at once: a feed of hundreds of episodes has thousands)
         to_t = m @ t
         eps = np.asarray([ep for ep, _, _ in cand], dtype=object)
         recurs = ((m @ m.T) > np.maximum(to_t[:, None], to_t[None, :])) & (eps[:, None] != eps[None, :])
-        return cls(t, [x for x, r in zip(cand, recurs.any(axis=1), strict=True) if r])
+        return cls(t, [x for x, r in zip(cand, recurs.any(axis=1), strict=True) if r], floor)
 
     def nearest_other(self, emb: np.ndarray, episode: str) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
         """The cosine of `emb` to the nearest voice that another episode heard, with its (episode, label)."""
@@ -705,6 +707,37 @@ def feed_units(units: list[tuple[float, float]], embs: np.ndarray, feed: FeedVoi
             out.append((float(a), float(b), f"nearer another voice of the feed (episode {who[0]}'s "
                         f"{'kept voice' if who[1] == 'kept' else 'speaker ' + who[1]}) than the feed's target "
                         f"voice, heard as one unit of {b - a:.1f} s (margin {m:.2f} < -{margin:g})"))
+    return out
+
+
+# the reason `decide` gives a window nearer another of the episode's speakers, naming that speaker's cluster
+_OTHER_CLUSTER = re.compile(r"^other speaker \(cluster (\d+),")
+SPLIT_MIN_FLOOR = 0.8  # `feed_target_clusters`: only where every judged episode's target voice is this near the feed's
+
+
+def feed_target_clusters(dia: dict, feed: FeedVoices, episode: str, *, margin: float
+                         ) -> dict[str, list[tuple[float, float, str]]]:
+    """An episode's speakers that are the target after all: a cluster its diarize split off the target's (short
+    turns between a co-host's backchannels, a music bed) whose centroid is nearer the feed's target voice than
+    every other voice of the feed by at least `margin` of the distance between the two (`FeedVoices.margins`).
+    Returns each such speaker's label with the turns given to it, as (start, end, reason). Only where the feed
+    knows its target voice (every judged episode's within `SPLIT_MIN_FLOOR` of it): a feed whose target episodes
+    disagree has no voice to hold a cluster to."""
+    if feed.floor < SPLIT_MIN_FLOOR or not feed.others:
+        return {}
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for label, c in (dia.get("centroids") or {}).items():
+        if label == dia.get("target_label") or not label.startswith("S"):
+            continue
+        m, who = feed.margins(np.asarray(c, dtype=np.float64)[None, :], episode)
+        if who[0] is None or not m[0] >= margin:
+            continue
+        why = (f"the target's after all: its speaker {label} is nearer the feed's target voice than any other voice "
+               f"of the feed (margin {m[0]:.2f} >= {margin:g})")
+        for t in dia.get("turns", []):
+            hit = _OTHER_CLUSTER.match(t.get("reason") or "")
+            if not t["target"] and hit and f"S{hit.group(1)}" == label:
+                out.setdefault(label, []).append((float(t["start"]), float(t["end"]), why))
     return out
 
 

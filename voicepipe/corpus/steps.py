@@ -539,12 +539,19 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
     short_s = p.feed_unit_min_s if p.feed_unit_min_s < spk_mod.Units.MIN_S else None
     if short_s is not None:
         params.update(short_units=short_s)
+    if p.feed_split_margin is not None:
+        params.update(split_margin=p.feed_split_margin)
     for st in judged:
         dia = st.results["diarize"]
 
         def compute(dia: dict = dia, episode: str = st.source.id, sha: str = st.speaker_audio_sha) -> dict:
+            # an episode's cluster split off the target's, given back (`speakers.feed_target_clusters`)
+            found = (spk_mod.feed_target_clusters(dia, feed, episode, margin=p.feed_split_margin)
+                     if feed is not None and p.feed_split_margin is not None else {})
+            back = [x for spans in found.values() for x in spans]
             # only the units that hold some of the target's turns (the others are cut already)
-            turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
+            turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]]
+                                    + [(a, b) for a, b, _ in back])
             mine = [i for i, u in enumerate(dia["units"]) if intervals.seconds(intervals.intersect(turns, [tuple(u)]))]
             units = [tuple(dia["units"][i]) for i in mine]
             embs = np.asarray([dia["unit_embs"][i] for i in mine], dtype=np.float64)
@@ -561,7 +568,8 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
             cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
                    if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
-                    "episodes": len(every)}
+                    "episodes": len(every), **({"target_after_all": [list(x) for x in back],
+                                                "target_labels_after_all": sorted(found)} if found else {})}
 
         run_step(ctx, st, FEED_STEP, [st.result_shas["diarize"]], params, compute)
     return states
@@ -584,12 +592,16 @@ def segment(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     feed_cut = [[a, b] for a, b, _ in feed["cut"]] if feed else []
     if feed_cut:  # only the cut itself is a key: a feed that grows by an episode leaves the others' segments cached
         params.update(feed_cut=feed_cut, feed_guard=p.change_guard_s)
+    back = [[a, b] for a, b, _ in (feed or {}).get("target_after_all", [])]
+    if back:
+        params.update(target_after_all=back)
 
     def compute() -> dict:
         dia = state.results["diarize"]
         speech = [tuple(x) for x in dia["speech"]]
         overlap = intervals.union([tuple(x) for x in dia["overlap"]])
-        tgt_turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]])
+        tgt_turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]]
+                                    + [tuple(x) for x in back])  # (the feed check's: the target's after all)
         other_turns = [t for t in dia["turns"] if not t["target"]]
         target = intervals.subtract(intervals.intersect(speech, tgt_turns), overlap)
         rejects = []
@@ -697,10 +709,11 @@ def _local_noise(wav: np.ndarray, sr: int, noise_iv: list[intervals.Interval], s
     return frames[power <= np.quantile(power, 0.25)].reshape(-1)  # the bed, not a loud intro or outro next to it
 
 
-def _speaker_margin(emb: np.ndarray, dia: dict) -> float | None:
+def _speaker_margin(emb: np.ndarray, dia: dict, also_target: list[str] | None = None) -> float | None:
     """The segment's margin to the episode's target speaker: (cos to target - max cos to another speaker) / the
-    distance between those two speakers; None when the episode's speakers are unknown (pyannote path)."""
-    cents = dia.get("centroids") or {}
+    distance between those two speakers; None when the episode's speakers are unknown (pyannote path).
+    `also_target`: speakers the feed check found to be the target's after all (not "another speaker")."""
+    cents = {k: v for k, v in (dia.get("centroids") or {}).items() if k not in (also_target or [])}
     target = dia.get("target_label")
     if target not in cents or len(cents) < 2:
         return None if target not in cents else 1.0
@@ -728,6 +741,9 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
     # seg_embs: kept segments carry their embeddings (the feed-level check in assemble judges them)
     params = {"filters": f.model_dump(), "enroll": ctx.enroll_key, "seg_embs": 1}
+    also_target = (state.results.get(FEED_STEP) or {}).get("target_labels_after_all") or []
+    if also_target:
+        params.update(also_target=also_target)
 
     def compute() -> dict:
         wav = ctx.audio(state.audio_sha, SR)
@@ -757,7 +773,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             clip = wav[int(s * SR) : int(e * SR)]
             dur = e - s
             text = tr["text"]
-            margin = _speaker_margin(m_emb, dia)
+            margin = _speaker_margin(m_emb, dia, also_target)
             noise = _local_noise(wav, SR, noise_iv, s, e, f.snr_context_s)
             m = {
                 "start": s, "end": e, "duration": round(dur, 3), "text": text, "asr_conf": tr["asr_conf"],
