@@ -209,3 +209,12 @@ def test_a_feed_that_does_not_know_its_target_voice_gives_nothing_back() -> None
     assert list(feed_target_clusters(dia, FeedVoices(t, others, 0.95), "ep2", margin=0.4)) == ["S2"]
     # its judged episodes' target voices as far as 0.5 from it (a show whose target the enrollment did not find)
     assert feed_target_clusters(dia, FeedVoices(t, others, 0.5), "ep2", margin=0.4) == {}
+
+
+def test_the_report_says_which_speakers_were_the_targets_after_all() -> None:
+    from voicepipe.corpus.assemble import _feed_cell
+
+    e = {"episode": "ep2", "feed_sim": 0.95, "feed_cut_s": 0.0,
+         "target_after_all": {"speakers": ["S2", "S4"], "seconds": 6.4}}
+    assert _feed_cell(e, set()) == "0.950; S2, S4 (6.4 s) the target's after all"
+    assert _feed_cell({**e, "target_after_all": {"speakers": [], "seconds": 0.0}}, set()) == "0.950"

@@ -495,6 +495,10 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             "target_label": r["diarize"].get("target_label"), "flagged": flagged,
             "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
             "feed_rescued": judged.rescued.get(st.source.id), "feed_cut_s": round(ep_feed_cut, 2),
+            # the speakers its diarize split off the target that the feed check gave back (`feed_split_margin`)
+            "target_after_all": {"speakers": (r.get(FEED_STEP) or {}).get("target_labels_after_all", []),
+                                 "seconds": round(sum(b - a for a, b, _ in
+                                                      (r.get(FEED_STEP) or {}).get("target_after_all", [])), 2)},
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
             "snr_dropped_s": round(ep_reasons.get("snr", 0.0), 2),
         })
@@ -688,7 +692,10 @@ def _feed_cell(e: dict, rescued_far: set[str]) -> str:
             f"**{sim:.3f}: kept as the target's nearest, then its voice found to be the second voice**"
             if e.get("feed_rescued") and e["episode"] in rescued_far else
             f"{sim:.3f} (kept: short turns or its channel)" if e.get("feed_rescued") else f"{sim:.3f}")
-    return cell + (f"; {e['feed_cut_s']:.1f} s cut as another voice of the feed" if e.get("feed_cut_s") else "")
+    back = e.get("target_after_all") or {}
+    return (cell + (f"; {e['feed_cut_s']:.1f} s cut as another voice of the feed" if e.get("feed_cut_s") else "")
+            + (f"; {', '.join(back['speakers'])} ({back['seconds']:.1f} s) the target's after all"
+               if back.get("speakers") else ""))
 
 
 def write_report(
