@@ -218,3 +218,16 @@ def test_the_report_says_which_speakers_were_the_targets_after_all() -> None:
          "target_after_all": {"speakers": ["S2", "S4"], "seconds": 6.4}}
     assert _feed_cell(e, set()) == "0.950; S2, S4 (6.4 s) the target's after all"
     assert _feed_cell({**e, "target_after_all": {"speakers": [], "seconds": 0.0}}, set()) == "0.950"
+
+
+def test_the_cluster_a_window_was_judged_nearer_is_read_back_from_its_reason() -> None:
+    """`feed_target_clusters` reads the speaker out of `decide`'s reason: the two must keep one format."""
+    from voicepipe.corpus.speakers import _OTHER_CLUSTER, EpisodeSpeakers, decide
+
+    t, c = _voices()
+    rng = np.random.default_rng(6)
+    embs = np.asarray([_jit(t, rng) for _ in range(4)] + [_jit(c, rng) for _ in range(4)], dtype=np.float32)
+    sp = EpisodeSpeakers(np.array([0] * 4 + [1] * 4), np.stack([t, c]).astype(np.float32), [1.0, 0.85], 0)
+    keep, _, reasons = decide(embs, sp)
+    assert keep.tolist() == [True] * 4 + [False] * 4
+    assert all(_OTHER_CLUSTER.match(r).group(1) == "1" for r in reasons[4:])

@@ -333,6 +333,11 @@ def target_label(label_embs: dict[str, np.ndarray], enroll: np.ndarray) -> tuple
     return (max(sims, key=sims.__getitem__) if sims else None), sims
 
 
+# the reason `decide` gives a window nearer another of the episode's speakers names that speaker's cluster;
+# `feed_target_clusters` reads it back from the turns (change one, change both)
+_OTHER_CLUSTER = re.compile(r"^other speaker \(cluster (\d+),")
+
+
 def decide(embs: np.ndarray, sp: EpisodeSpeakers, *, margin: float = 0.3,
            outlier_mad: float = 3.5) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per window: (is_target (n,) bool, score (n,) fp32, reason per window ('' for target windows)).
@@ -710,8 +715,6 @@ def feed_units(units: list[tuple[float, float]], embs: np.ndarray, feed: FeedVoi
     return out
 
 
-# the reason `decide` gives a window nearer another of the episode's speakers, naming that speaker's cluster
-_OTHER_CLUSTER = re.compile(r"^other speaker \(cluster (\d+),")
 SPLIT_MIN_FLOOR = 0.8  # `feed_target_clusters`: only where every judged episode's target voice is this near the feed's
 
 
