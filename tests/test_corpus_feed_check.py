@@ -164,7 +164,8 @@ def _split_episode(i: int, t: np.ndarray, c: np.ndarray, rng: np.random.Generato
     cents = {"S0": _jit(t, rng), "S1": _jit(c, rng), **({"S2": _jit(t, rng, 0.3)} if split else {})}
     dia = {"backend": "embedding-clusters", "segmentation": "segmentation-3.0",
            "speech": [[1.0, 9.0], [10.0, 18.0], [20.0, 29.0]], "overlap": [], "changes": [], "turns": turns,
-           "target_label": "S0", "speakers": [{"label": k, "talk_s": 8.0} for k in cents], "centroids": cents,
+           "target_label": "S0", "speakers": [{"label": k, "talk_s": {"S2": 4.0}.get(k, 8.0)} for k in cents],
+           "centroids": cents,
            "units": [[1.0, 9.0], [10.0, 18.0], [20.0, 29.0]],
            "unit_embs": [_jit(t, rng), _jit(c, rng), _jit(t, rng)]}
     st = EpisodeState(source=EpisodeSource(id=f"ep{i}", url=f"http://x/ep{i}.mp3"), seconds=30.0)
@@ -199,7 +200,7 @@ def test_a_cluster_split_off_the_target_is_given_back_and_the_cohost_is_not(tmp_
     assert segment(off, plain[2]).results["segment"]["target_s"] == 8.0
 
 
-def test_a_feed_that_does_not_know_its_target_voice_gives_nothing_back() -> None:
+def test_nothing_is_given_back_without_a_known_target_voice_nor_a_main_speaker() -> None:
     from voicepipe.corpus.speakers import FeedVoices, feed_target_clusters
 
     rng = np.random.default_rng(5)
@@ -209,6 +210,9 @@ def test_a_feed_that_does_not_know_its_target_voice_gives_nothing_back() -> None
     assert list(feed_target_clusters(dia, FeedVoices(t, others, 0.95), "ep2", margin=0.4)) == ["S2"]
     # its judged episodes' target voices as far as 0.5 from it (a show whose target the enrollment did not find)
     assert feed_target_clusters(dia, FeedVoices(t, others, 0.5), "ep2", margin=0.4) == {}
+    # a speaker that talks as much as the target (an interview's guest whose voice is near the target's)
+    main = {**dia, "speakers": [{"label": k, "talk_s": 8.0} for k in ("S0", "S1", "S2")]}
+    assert feed_target_clusters(main, FeedVoices(t, others, 0.95), "ep2", margin=0.4) == {}
 
 
 def test_the_report_says_which_speakers_were_the_targets_after_all() -> None:

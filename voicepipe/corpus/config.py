@@ -180,8 +180,9 @@ class CorpusParams(BaseModel):
     feed_split_margin: float | None = Field(
         0.4, description="CPU path, with `feed_unit_margin`: in the feed check, an episode's speaker that its "
         "diarize did not take for the target but whose centroid is nearer the feed's target voice than any other "
-        "voice of the feed by this fraction of the distance between the two is the target's after all (a target "
-        "split into several clusters between a co-host's backchannels). On 28 feeds 17 of 22 such clusters of the "
+        "voice of the feed by this fraction of the distance between the two, and that talks less than the episode's "
+        "target speaker, is the target's after all (a target split into several clusters between a co-host's "
+        "backchannels). On 28 feeds 17 of 22 such clusters of the "
         "target sat at +0.31 to +1.07, other voices' at +0.24 at most where the feed knew its target voice "
         "(benchmarks/RESULTS.md, corpus purity, twenty-eighth session). None: off."
     )

@@ -722,16 +722,21 @@ def feed_target_clusters(dia: dict, feed: FeedVoices, episode: str, *, margin: f
                          ) -> dict[str, list[tuple[float, float, str]]]:
     """An episode's speakers that are the target after all: a cluster its diarize split off the target's (short
     turns between a co-host's backchannels, a music bed) whose centroid is nearer the feed's target voice than
-    every other voice of the feed by at least `margin` of the distance between the two (`FeedVoices.margins`).
-    Returns each such speaker's label with the turns given to it, as (start, end, reason). Only where the feed
-    knows its target voice (every judged episode's within `SPLIT_MIN_FLOOR` of it): a feed whose target episodes
-    disagree has no voice to hold a cluster to."""
+    every other voice of the feed by at least `margin` of the distance between the two (`FeedVoices.margins`), and
+    that talks less than the episode's target speaker: a one-off guest whose voice is near the target's is no
+    other voice of the feed to be measured against, and talks as a main speaker. Returns each such speaker's label
+    with the turns given to it, as (start, end, reason). Only where the feed knows its target voice (every judged
+    episode's within `SPLIT_MIN_FLOOR` of it): a feed whose target episodes disagree has no voice to hold a
+    cluster to."""
     if feed.floor < SPLIT_MIN_FLOOR or not feed.others:
         return {}
+    talk = {x["label"]: x.get("talk_s", 0.0) for x in dia.get("speakers", [])}
     out: dict[str, list[tuple[float, float, str]]] = {}
     for label, c in (dia.get("centroids") or {}).items():
         if label == dia.get("target_label") or not label.startswith("S"):
             continue
+        if talk.get(label, 0.0) >= talk.get(dia.get("target_label"), 0.0):
+            continue  # a main speaker of its episode (an interview's guest), never a piece split off the target
         m, who = feed.margins(np.asarray(c, dtype=np.float64)[None, :], episode)
         if who[0] is None or not m[0] >= margin:
             continue
