@@ -423,6 +423,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
     _voice_check_clips(ctx, good, second, out)
     for st in sorted(good, key=lambda s: s.source.id):
         r = st.results
+        feed_r = r.get(FEED_STEP) or {}  # the feed check's result (none: it did not judge this episode)
         secs = st.seconds
         for step in ("standardize", "separate"):
             flow_in[step][0] += secs
@@ -436,7 +437,7 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
         ep_feed_cut = 0.0
         for rj in r["segment"]["rejects"]:
             if rj["step"] == FEED_STEP:  # the feed check's own words for the unit (the segment memo keeps only the cut)
-                rj = {**rj, "reason": _feed_reason(rj, r.get(FEED_STEP) or {})}
+                rj = {**rj, "reason": _feed_reason(rj, feed_r)}
                 unit_cuts[0] += 1
                 unit_cuts[1] += rj["end"] - rj["start"]
                 ep_feed_cut += rj["end"] - rj["start"]
@@ -496,9 +497,8 @@ def assemble(ctx: StepContext, states: list[EpisodeState], source_rejects: list[
             "feed_sim": feed_sims.get(st.source.id), "not_feed_voice": st.source.id in not_feed,
             "feed_rescued": judged.rescued.get(st.source.id), "feed_cut_s": round(ep_feed_cut, 2),
             # the speakers its diarize split off the target that the feed check gave back (`feed_split_margin`)
-            "target_after_all": {"speakers": (r.get(FEED_STEP) or {}).get("target_labels_after_all", []),
-                                 "seconds": round(sum(b - a for a, b, _ in
-                                                      (r.get(FEED_STEP) or {}).get("target_after_all", [])), 2)},
+            "target_after_all": {"speakers": feed_r.get("target_labels_after_all", []),
+                                 "seconds": round(sum(b - a for a, b, _ in feed_r.get("target_after_all", [])), 2)},
             "top_reasons": [[k, round(v, 1)] for k, v in ep_reasons.most_common(3)],
             "snr_dropped_s": round(ep_reasons.get("snr", 0.0), 2),
         })

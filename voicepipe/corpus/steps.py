@@ -552,14 +552,17 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
             # only the units that hold some of the target's turns (the others are cut already)
             turns = intervals.union([(t["start"], t["end"]) for t in dia["turns"] if t["target"]]
                                     + [(a, b) for a, b, _ in back])
-            mine = [i for i, u in enumerate(dia["units"]) if intervals.seconds(intervals.intersect(turns, [tuple(u)]))]
+
+            def holds_target(a: float, b: float) -> bool:
+                return intervals.seconds(intervals.intersect(turns, [(a, b)])) > 0
+
+            mine = [i for i, (a, b) in enumerate(dia["units"]) if holds_target(a, b)]
             units = [tuple(dia["units"][i]) for i in mine]
             embs = np.asarray([dia["unit_embs"][i] for i in mine], dtype=np.float64)
             if short_s is not None:  # the shorter stretches of one voice too, embedded here (diarize keeps >= 2 s)
                 regions = spk_mod.units([tuple(x) for x in dia["speech"]], [tuple(x) for x in dia["overlap"]],
                                         dia.get("changes") or [])
-                short = [(a, b) for a, b in regions if short_s <= b - a < spk_mod.Units.MIN_S
-                         and intervals.seconds(intervals.intersect(turns, [(a, b)]))]
+                short = [(a, b) for a, b in regions if short_s <= b - a < spk_mod.Units.MIN_S and holds_target(a, b)]
                 if short:
                     wav = ctx.audio(sha, SR16)
                     semb = ctx.engines.speaker.embed_many([wav[int(a * SR16) : int(b * SR16)] for a, b in short])

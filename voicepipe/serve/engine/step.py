@@ -252,13 +252,13 @@ class FrameStep:
         if not self.early_draws or one:
             return [None] * n, None
         kt, kp = self._units.top_k  # the talker's and the predictor's k, as their sampling calls take them
-        if self.device.type != "cuda":
-            return [K.draws(b, kt, self.device)] + [K.draws(b, kp, self.device) for _ in range(n - 1)], None
-        side = self.__dict__.get("_draw_stream")
-        if side is None:
-            side = self.__dict__.setdefault("_draw_stream", torch.cuda.Stream(self.device))
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        side = None
+        if self.device.type == "cuda":
+            side = self.__dict__.get("_draw_stream")
+            if side is None:
+                side = self.__dict__.setdefault("_draw_stream", torch.cuda.Stream(self.device))
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             ex = [K.draws(b, kt, self.device)] + [K.draws(b, kp, self.device) for _ in range(n - 1)]
         return ex, side
 
