@@ -134,11 +134,9 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         EXTRA_SCENARIOS,
         SCENARIOS,
         PodcastTruth,
-        build_feed,
         make_meeting_podcast,
         make_recorded_podcast,
         make_scenario_podcast,
-        score_corpus,
     )
 
     tag = ""
@@ -183,13 +181,36 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         truth.episodes = [ep for ep in truth.episodes if ep.scenario in scenarios]
     build_dir = Path(tempfile.mkdtemp(prefix=f"purity-{engine}-", dir=work))
     enroll = truth.enrollment if enroll_from is None else _clips_from(truth, enroll_from, build_dir / "enroll")
+    params = dict(enroll=[str(p) for p in enroll], workers=workers, separate=separator != "none",
+                  separator="auto" if separator == "none" else separator,
+                  **({} if change_guard_s is None else {"change_guard_s": change_guard_s}), **(overrides or {}))
+    # what `--rerun` needs to build this feed again on its own store (cached steps stay cached)
+    (build_dir / "bench.json").write_text(json.dumps({
+        "engine": engine, "podcast": str(pod), "episodes": [ep.id for ep in truth.episodes], "codec": str(codec),
+        "params": params}, indent=1))
+    return build_and_score(engine, truth, build_dir, codec, params)
+
+
+def rerun(build_dir: Path, overrides: dict) -> dict:
+    """Build a stored build (`bench.json` in `build_dir`) again on its own store, its parameters updated by
+    `overrides`: only the steps whose inputs changed run again. Its out/ is rewritten."""
+    from voicepipe.corpus.synthetic import PodcastTruth
+
+    spec = json.loads((build_dir / "bench.json").read_text())
+    truth = PodcastTruth.load(spec["podcast"])
+    keep = set(spec["episodes"])
+    truth.episodes = [ep for ep in truth.episodes if ep.id in keep]
+    return build_and_score(spec["engine"], truth, build_dir, Path(spec["codec"]), {**spec["params"], **overrides})
+
+
+def build_and_score(engine: str, truth, build_dir: Path, codec: Path, params: dict) -> dict:  # noqa: ANN001
+    """`build_feed` into `build_dir` with `params` (`CorpusParams` fields), scored per scenario against `truth`."""
+    from voicepipe.corpus.synthetic import build_feed, score_corpus
+
     t0 = time.perf_counter()
     error = None
     try:
-        res = build_feed(truth, build_dir, codec, enroll=[str(p) for p in enroll], workers=workers,
-                         separate=separator != "none", separator="auto" if separator == "none" else separator,
-                         **({} if change_guard_s is None else {"change_guard_s": change_guard_s}),
-                         **(overrides or {}))
+        res = build_feed(truth, build_dir, codec, **params)
         step_seconds, audio_s = res.step_seconds, res.audio_seconds
     except Exception as e:  # a build that keeps nothing fails: score what it left
         error = f"{type(e).__name__}: {e}"
@@ -211,8 +232,8 @@ def run_engine(engine: str, work: Path, seconds: float, episodes: int, codec: Pa
         agg["purity"] = agg["target_s"] / agg["speech_s"] if agg["speech_s"] else 0.0
         agg["recall"] = agg["target_s"] / agg["target_total_s"] if agg["target_total_s"] else 0.0
     return {
-        "engine": engine, "error": error, "purity": score.get("purity", 0.0), "recall": score.get("recall", 0.0),
-        "scenarios": per_scenario, "audio_s": audio_s, "wall_s": round(wall, 1),
+        "engine": engine, "build": str(build_dir), "error": error, "purity": score.get("purity", 0.0),
+        "recall": score.get("recall", 0.0), "scenarios": per_scenario, "audio_s": audio_s, "wall_s": round(wall, 1),
         "x_realtime": {k: round(audio_s / v, 1) for k, v in step_seconds.items() if v > 0},
         "whole_build_x_realtime": round(audio_s / wall, 2),
     }
@@ -277,6 +298,9 @@ def main() -> None:
                     "clips")
     ap.add_argument("--work", type=Path, default=None, help="keep podcasts here between runs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--rerun", type=Path, nargs="+", default=None, metavar="BUILD_DIR",
+                    help="build these stored builds (a purity-ENGINE-* directory under --work) again on their own "
+                    "stores with --set's changes, instead of building new ones")
     args = ap.parse_args()
     from voicepipe.corpus.config import CorpusParams
 
@@ -305,11 +329,14 @@ def main() -> None:
     codec = work / "codec"
     if not (codec / "config.json").exists():
         build_tiny_codec(codec)
-    results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
-                          args.change_guard_s, args.separator, args.scenarios, overrides,
-                          args.voices.split(",") if args.voices else None, args.music, args.intro_s,
-                          args.distinct_text, args.enroll_from)
-               for e in args.engines]
+    if args.rerun:
+        results = [rerun(d, overrides) for d in args.rerun]
+    else:
+        results = [run_engine(e, work, args.seconds, args.episodes, codec, args.workers, use, args.seed,
+                              args.change_guard_s, args.separator, args.scenarios, overrides,
+                              args.voices.split(",") if args.voices else None, args.music, args.intro_s,
+                              args.distinct_text, args.enroll_from)
+                   for e in args.engines]
     print("| engine | scenario | purity | recall |\n|---|---|---:|---:|")
     for r in results:
         for name, s in r["scenarios"].items():
@@ -319,7 +346,8 @@ def main() -> None:
                 print(f"| {r['engine']} | {name} | {s['purity']:.3f} | {s['recall']:.3f} |")
         print(f"| {r['engine']} | **whole** | **{r['purity']:.3f}** | **{r['recall']:.3f}** |")
     for r in results:
-        print(f"{r['engine']}: {r['audio_s']:.0f} s audio, build {r['wall_s']} s ({r['whole_build_x_realtime']}x), "
+        print(f"{r['engine']} ({r['build']}): {r['audio_s']:.0f} s audio, build {r['wall_s']} s "
+              f"({r['whole_build_x_realtime']}x), "
               f"steps x real time {r['x_realtime']}" + (f", ERROR {r['error']}" if r["error"] else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

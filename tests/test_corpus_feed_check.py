@@ -235,3 +235,71 @@ def test_the_cluster_a_window_was_judged_nearer_is_read_back_from_its_reason() -
     keep, _, reasons = decide(embs, sp)
     assert keep.tolist() == [True] * 4 + [False] * 4
     assert all(_OTHER_CLUSTER.match(r).group(1) == "1" for r in reasons[4:])
+
+
+def test_a_unit_running_on_into_the_cohosts_turn_is_judged_by_the_targets_part(tmp_path) -> None:
+    """The segmentation model hears no change where the co-host answers without a pause, so one unit runs from the
+    target's line through the co-host's reply; diarize's windows give the two to different speakers. Judged whole,
+    the unit is the co-host's and the target's line is cut with it; with `feed_unit_turns` the target's part is
+    embedded alone (real CAM++ and espeak-ng voices) and stays, while the co-host's own turn is not the target's."""
+    from voicepipe.audio.io import resample
+    from voicepipe.corpus.engines import Engines
+    from voicepipe.corpus.synthetic import SR, speak
+
+    lines = {"t1": ("Keep your cables short, always.", "en-us+m3"),
+             "t2": ("The inverter hummed loudly whenever the sun came out.", "en-us+m3"),
+             "c1": ("Let me read a question that came in from a listener last week.", "en-gb+f3"),
+             "c2": ("I remember when panels cost ten times as much as they do today.", "en-gb+f3"),
+             "c3": ("People always ask me about the warranty, so here is what it covers.", "en-gb+f3")}
+    wavs = {k: resample(speak(text, voice), SR, 16000) for k, (text, voice) in lines.items()}
+    params = CorpusParams(speaker="t", enroll=[str(tmp_path / "enroll.wav")], feeds=["http://x/feed.xml"])
+    engines = Engines(params)
+    emb = {k: unit(engines.speaker.embed(w)) for k, w in wavs.items()}
+    gap = np.zeros(8000, dtype=np.float32)
+
+    def episode(ctx: StepContext, i: int, joined: bool) -> tuple[EpisodeState, dict]:
+        """t1, c1 + c2 + c3, t2; `joined`: the co-host answers t1 without a pause, and goes on, and the segmentation
+        heard one unit."""
+        order = [("t1", 0.0 if joined else 0.5), ("c1", 0.0 if joined else 0.5), ("c2", 0.0 if joined else 0.5),
+                 ("c3", 0.5), ("t2", 0.5)]
+        parts, spans, t = [gap], {}, 0.5
+        for k, pause in order:
+            parts += [wavs[k], np.zeros(int(pause * 16000), dtype=np.float32)]
+            spans[k] = (t, t + len(wavs[k]) / 16000)
+            t = spans[k][1] + pause
+        audio = np.concatenate(parts)
+        sha = ctx.put_audio(resample(audio, 16000, SR), step="test", inputs=[], params={"episode": i})
+        units = ([(spans["t1"][0], spans["c3"][1])] if joined else [spans[k] for k in ("t1", "c1", "c2", "c3")]
+                 ) + [spans["t2"]]
+
+        def heard(a: float, b: float) -> list[float]:
+            return [float(x) for x in unit(engines.speaker.embed(audio[int(a * 16000) : int(b * 16000)]))]
+
+        dia = {"backend": "embedding-clusters", "segmentation": "segmentation-3.0",
+               "speech": [list(u) for u in units], "overlap": [], "changes": [],
+               "turns": [{"start": a, "end": b, "target": k[0] == "t", "reason": "" if k[0] == "t" else
+                          "other speaker (cluster 1, margin -0.90 < 0.3)"} for k, (a, b) in spans.items()],
+               "target_label": "S0", "speakers": [{"label": "S0", "talk_s": 5.0}, {"label": "S1", "talk_s": 10.0}],
+               "centroids": {"S0": [float(x) for x in unit(emb["t1"] + emb["t2"])],
+                             "S1": [float(x) for x in unit(emb["c1"] + emb["c2"] + emb["c3"])]},
+               "units": [list(u) for u in units], "unit_embs": [heard(a, b) for a, b in units]}
+        st = EpisodeState(source=EpisodeSource(id=f"ep{i}", url=f"http://x/ep{i}.mp3"), seconds=t)
+        st.results["standardize"] = {"sha": sha}
+        st.results["diarize"], st.result_shas["diarize"] = dia, f"{i:064x}"
+        return st, spans
+
+    def run(turns: bool, root: str) -> tuple[list[list[tuple[float, float]]], dict]:
+        # (a unit this mixed sits at -0.55, a real show's at -0.61: judged at 0.4 here, not the default 0.6)
+        ctx = StepContext(params=params.model_copy(update={"feed_unit_turns": turns, "feed_unit_margin": 0.4}),
+                          store=open_store(str(tmp_path / root)), engines=engines, work=tmp_path)
+        ctx._centroid, ctx._enroll_key = unit(emb["t1"] + emb["t2"]).astype(np.float32), "k"
+        made = [episode(ctx, i, joined=i == 3) for i in range(4)]
+        states = feed_check(ctx, [st for st, _ in made])
+        return [[(a, b) for a, b, _ in st.results[FEED_STEP]["cut"]] for st in states], made[3][1]
+
+    whole, spans = run(False, "whole")
+    t1 = spans["t1"]
+    assert whole[3] and any(a <= t1[0] + 0.01 and b >= t1[1] - 0.01 for a, b in whole[3]), whole  # the line is cut
+    parts, _ = run(True, "parts")
+    assert parts[:3] == [[], [], []]
+    assert intervals.seconds(intervals.intersect(parts[3], [t1])) == 0.0, parts  # the target's line stays

@@ -243,6 +243,20 @@ def _voice_check_clips(ctx: StepContext, good: list[EpisodeState], found: dict |
         found["listen"][part] = names
 
 
+def _target_by_feed(seg: dict[tuple[str, Any], dict], keys: set, feed: FeedVoices | None,
+                    margin: float | None) -> dict[tuple[str, Any], float]:
+    """The segments of `keys` that the feed's voices call the target's: `FeedVoices.margin` of the segment as its
+    episode heard it (`emb_heard`) at least `margin` (key -> margin); none without `feed` or `margin`."""
+    if feed is None or margin is None or not keys:
+        return {}
+    out = {}
+    for k in keys:
+        m, _ = feed.margin(np.asarray(seg[k].get("emb_heard") or seg[k]["emb"], dtype=np.float64), k[0])
+        if m is not None and m >= margin:
+            out[k] = m
+    return out
+
+
 def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.ndarray,
                   p: CorpusParams) -> tuple[dict[tuple[str, Any], str], dict | None]:
     """`_voice_check` first over what the episodes kept (`voice_check_before_feed`, where the feed check dropped
@@ -273,8 +287,12 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
                 why = (f"a second voice in the kept corpus: the voice farther from the enrollment is one the feed "
                        f"check dropped elsewhere ({far_gone:.0f} s of its {far_gone + far_s:.0f} s; "
                        f"{first['evidence']}); its rest dropped too")
-                drops = dict.fromkeys(far & set(after), why)
-                first = {**first, "action": "rest of a dropped voice", "dropped_s": round(far_s, 2)}
+                rest = far & set(after)
+                spared = _target_by_feed(_kept_segments(good, judged), rest, feed, p.voice_check_rest_margin)
+                drops = dict.fromkeys(rest - set(spared), why)
+                first = {**first, "action": "rest of a dropped voice",
+                         "dropped_s": round(sum(after[k] for k in drops), 2),
+                         **({"spared_s": round(sum(after[k] for k in spared), 2)} if spared else {})}
                 judged = FeedJudgement(episodes=judged.episodes, segments={**judged.segments, **drops})
     more, found, _ = _voice_check(good, judged, enroll, p, feed=feed)
     return {**drops, **more}, found or first

@@ -177,6 +177,11 @@ class CorpusParams(BaseModel):
         "at margins of -0.45 or more, most other voices' at -0.55 or less: benchmarks/RESULTS.md, corpus purity, "
         "twenty-eighth session). 2: diarize's units only."
     )
+    feed_unit_turns: bool = Field(
+        False, description="CPU path, with `feed_unit_margin`: a unit of one voice (as the segmentation model hears "
+        "it) that runs on outside the target's turns (a co-host who answers without a pause) is judged by its part "
+        "inside them, embedded alone, not whole (`steps._target_parts`)."
+    )
     feed_split_margin: float | None = Field(
         0.4, description="CPU path, with `feed_unit_margin`: in the feed check, an episode's speaker that its "
         "diarize did not take for the target but whose centroid is nearer the feed's target voice than any other "
@@ -216,6 +221,13 @@ class CorpusParams(BaseModel):
         "0.34-0.50; the target under a music bed moves away from every such voice, below 0; clips holding a "
         "co-host's backchannels 0.12: benchmarks/RESULTS.md, corpus purity, twenty-first session). None: off (a "
         "lead alone then keeps both)."
+    )
+    voice_check_rest_margin: float | None = Field(
+        None, description="With `voice_check_before_feed` and `feed_other_voices`: where the voice the feed check "
+        "dropped elsewhere has a rest the feed check left kept, a segment of that rest the feed's voices call the "
+        "target's (`FeedVoices.margin` of its heard embedding at least this) is kept: the target under a music bed "
+        "parts from its clean speech like a second voice, and an episode of it that the feed check dropped (an "
+        "\"all\" episode that merged a co-host) took the rest of it down too. None: the whole rest is dropped."
     )
     voice_check_rescued_far: bool = Field(
         True, description="With `voice_check` and the feed check's rescue (`feed_rescue_max_overlap`): where the "

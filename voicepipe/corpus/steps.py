@@ -541,10 +541,19 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
         params.update(short_units=short_s)
     if p.feed_split_margin is not None:
         params.update(split_margin=p.feed_split_margin)
+    if p.feed_unit_turns:
+        params.update(unit_turns=1)
     for st in judged:
         dia = st.results["diarize"]
 
         def compute(dia: dict = dia, episode: str = st.source.id, sha: str = st.speaker_audio_sha) -> dict:
+            heard: list[np.ndarray] = []
+
+            def wav16() -> np.ndarray:  # (read once, only where something is embedded here)
+                if not heard:
+                    heard.append(ctx.audio(sha, SR16))
+                return heard[0]
+
             # an episode's cluster split off the target's, given back (`speakers.feed_target_clusters`)
             found = (spk_mod.feed_target_clusters(dia, feed, episode, margin=p.feed_split_margin)
                      if feed is not None and p.feed_split_margin is not None else {})
@@ -564,10 +573,11 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
                                         dia.get("changes") or [])
                 short = [(a, b) for a, b in regions if short_s <= b - a < spk_mod.Units.MIN_S and holds_target(a, b)]
                 if short:
-                    wav = ctx.audio(sha, SR16)
-                    semb = ctx.engines.speaker.embed_many([wav[int(a * SR16) : int(b * SR16)] for a, b in short])
+                    semb = ctx.engines.speaker.embed_many([wav16()[int(a * SR16) : int(b * SR16)] for a, b in short])
                     units += short
                     embs = np.concatenate([embs.reshape(-1, semb.shape[1]), semb.astype(np.float64)])
+            if p.feed_unit_turns and units:  # a unit that runs on into another speaker's turn: its target's part
+                units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s, wav16, ctx.engines.speaker)
             cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
                    if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
@@ -576,6 +586,41 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
 
         run_step(ctx, st, FEED_STEP, [st.result_shas["diarize"]], params, compute)
     return states
+
+
+TURN_TOLERANCE_S = 0.5  # `_target_parts`: less of a unit than this outside the target's turns is its edges
+
+
+def _target_parts(units: list[tuple[float, float]], embs: np.ndarray, turns: list[tuple[float, float]],
+                  min_s: float, wav16: Callable[[], np.ndarray], speaker: Any,
+                  ) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """The feed check's units as the target's turns hold them. The segmentation model hears no change where one
+    voice follows another without a pause, so a unit may run from the end of the target's turn through a
+    co-host's whole reply, while diarize's windows give the two to different speakers; judged whole, its voice is
+    the co-host's and the target's part of it is cut. A unit more than `TURN_TOLERANCE_S` outside the target's
+    `turns` is judged by its parts inside them instead: each part of `min_s` or more embedded alone, a shorter one
+    by the whole unit's voice (too short to say otherwise). Returns (units, embeddings) to judge."""
+    out: list[tuple[float, float]] = []
+    rows: list[np.ndarray] = []
+    alone: list[tuple[float, float]] = []
+    for (a, b), e in zip(units, embs, strict=True):
+        parts = intervals.intersect(turns, [(a, b)])
+        if (b - a) - intervals.seconds(parts) < TURN_TOLERANCE_S:
+            out.append((a, b))
+            rows.append(e)
+            continue
+        for x, y in parts:
+            if y - x >= min_s:
+                alone.append((x, y))
+            else:
+                out.append((x, y))
+                rows.append(e)
+    if alone:
+        wav = wav16()
+        aemb = speaker.embed_many([wav[int(x * SR16) : int(y * SR16)] for x, y in alone])
+        out += alone
+        rows += list(np.asarray(aemb, dtype=np.float64))
+    return out, np.asarray(rows, dtype=np.float64).reshape(len(out), -1)
 
 
 # ------------------------------------------------------------------------------------------------ 5. segment
