@@ -588,6 +588,56 @@ def test_a_cohost_hosting_as_many_episodes_is_not_kept_for_the_feeds_voice() -> 
     assert _voice_checks(alone, right, _near(target, 0.95, rng), p) == ({}, None)
 
 
+def test_the_rest_of_a_dropped_voice_spares_what_the_feed_and_its_episode_call_the_target() -> None:
+    """The rest of a voice the feed check dropped elsewhere, where that "voice" is the target under a music bed: the
+    bed parts the kept corpus like a second voice, and the episodes it covers whole (an "all" episode that merged a
+    co-host) were dropped. With `voice_check_rest_margin`, a segment of the rest that both the feed's voices
+    (`FeedVoices.margin` against the co-host the feed heard) and its own episode's speakers (`speaker_margin`) call
+    the target's stays; one that holds a backchannel (low `speaker_margin`) goes, and so does a co-host's rest."""
+    from voicepipe.corpus.assemble import _voice_checks
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement
+
+    rng = np.random.default_rng(46)
+    target = _voice(rng)
+    bed, cohost = _near(target, 0.85, rng), _near(target, 0.85, rng)
+    feed = FeedVoices(target, [("x", "S1", cohost)])
+    e1, s1, ep1, on_bed = _kept(rng, [target] * 4, bed)
+    e2, s2, ep2, _ = _kept(rng, [bed] * 4, None)
+    embs, secs, eps = np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"bed{e}" for e in ep2]
+    good = _states(embs, secs, eps)
+    for st in good:
+        for seg in st.results["filter"]["segments"]:
+            seg["speaker_margin"] = 0.9
+    rest = {(ep, float(k)) for k, ep in enumerate(eps) if k < len(e1) and on_bed[k]}
+    held = sorted(rest)[0]  # a backchannel in it: its episode's speakers do not call it the target's
+    next(x for st in good if st.source.id == held[0] for x in st.results["filter"]["segments"]
+         if x["start"] == held[1])["speaker_margin"] = 0.1
+    judged = FeedJudgement(episodes={f"bedep{i}": "not the feed's voice" for i in range(4)}, feed=feed)
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    telling = _near(target, 0.95, rng)
+    whole = p.model_copy(update={"voice_check_rest_margin": None})
+    drops, found = _voice_checks(good, judged, telling, whole)  # without it the whole rest goes
+    assert found is not None and found["action"] == "rest of a dropped voice" and rest <= set(drops), found
+    spare = p.model_copy(update={"voice_check_rest_margin": 0.5})
+    drops, found = _voice_checks(good, judged, telling, spare)
+    assert not (rest - {held}) & set(drops) and held in drops, drops
+    # (what is left still parts on the bed: the target on two channels, which the enrollment tells apart)
+    assert found is not None and found["stage"] == "after the feed check" and found["action"] == "none", found
+    # the co-host's rest (the 5 + 5 show above): the feed's co-host voice calls it another's, and it goes
+    feed_co = FeedVoices(target, [("x", "S1", _near(cohost, 0.99, rng))])
+    e1, s1, ep1, co1 = _kept(rng, [target] * 4, cohost)
+    e2, s2, ep2, _ = _kept(rng, [cohost] * 4, None)
+    good = _states(np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"host{e}" for e in ep2])
+    for st in good:
+        for seg in st.results["filter"]["segments"]:
+            seg["speaker_margin"] = 0.9
+    right = FeedJudgement(episodes={f"hostep{i}": "not the feed's voice" for i in range(4)}, feed=feed_co)
+    drops, found = _voice_checks(good, right, telling, spare)
+    assert found is not None and found["action"] == "rest of a dropped voice" and "spared_s" not in found
+    assert set(drops) == {(ep, float(k)) for k, ep in enumerate(ep1) if co1[k]}
+
+
 def test_a_large_corpus_is_split_on_a_sample_and_every_segment_assigned() -> None:
     rng = np.random.default_rng(44)
     target = _voice(rng)

@@ -245,12 +245,17 @@ def _voice_check_clips(ctx: StepContext, good: list[EpisodeState], found: dict |
 
 def _target_by_feed(seg: dict[tuple[str, Any], dict], keys: set, feed: FeedVoices | None,
                     margin: float | None) -> dict[tuple[str, Any], float]:
-    """The segments of `keys` that the feed's voices call the target's: `FeedVoices.margin` of the segment as its
-    episode heard it (`emb_heard`) at least `margin` (key -> margin); none without `feed` or `margin`."""
+    """The segments of `keys` that both the feed's voices and their own episode's speakers call the target's, each
+    by at least `margin`: `FeedVoices.margin` of the segment as its episode heard it (`emb_heard`), and the
+    filter's `speaker_margin` (a segment that holds a co-host's backchannel sits low there); key -> the feed's
+    margin. None without `feed` or `margin`."""
     if feed is None or margin is None or not keys:
         return {}
     out = {}
     for k in keys:
+        own = seg[k].get("speaker_margin")
+        if own is not None and own < margin:
+            continue
         m, _ = feed.margin(np.asarray(seg[k].get("emb_heard") or seg[k]["emb"], dtype=np.float64), k[0])
         if m is not None and m >= margin:
             out[k] = m

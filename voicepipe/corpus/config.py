@@ -178,9 +178,20 @@ class CorpusParams(BaseModel):
         "twenty-eighth session). 2: diarize's units only."
     )
     feed_unit_turns: bool = Field(
-        False, description="CPU path, with `feed_unit_margin`: a unit of one voice (as the segmentation model hears "
+        True, description="CPU path, with `feed_unit_margin`: a unit of one voice (as the segmentation model hears "
         "it) that runs on outside the target's turns (a co-host who answers without a pause) is judged by its part "
-        "inside them, embedded alone, not whole (`steps._target_parts`)."
+        "inside them, embedded alone, not whole (`steps._target_parts`; a held-out show's 2.6 s of the target cut "
+        "with a 9.7 s unit that ran through the co-host's reply: benchmarks/RESULTS.md, corpus purity, "
+        "twenty-ninth session). False: units judged whole."
+    )
+    feed_unit_min_preference: float | None = Field(
+        0.7, description="CPU path, with `feed_unit_margin`: the units are judged only against the feed's other "
+        "voices that the enrollment tells from the feed's target voice (`FeedVoices.told_apart`: the enrollment "
+        "nearer the target voice by at least this fraction of the distance between the two). Where the feed's target "
+        "voice is a co-host's (hosting the episodes nearest the enrollment), the target's own voice is no such voice, "
+        "and its units are left for the voice check to find two voices (the 5 + 5 show kept the co-host alone "
+        "until this: the target's voice sat at 0.47-0.57, every other voice of 14 feeds at 0.86 or more: "
+        "benchmarks/RESULTS.md, corpus purity, twenty-ninth session). None: every other voice judges."
     )
     feed_split_margin: float | None = Field(
         0.4, description="CPU path, with `feed_unit_margin`: in the feed check, an episode's speaker that its "
@@ -223,11 +234,14 @@ class CorpusParams(BaseModel):
         "lead alone then keeps both)."
     )
     voice_check_rest_margin: float | None = Field(
-        None, description="With `voice_check_before_feed` and `feed_other_voices`: where the voice the feed check "
-        "dropped elsewhere has a rest the feed check left kept, a segment of that rest the feed's voices call the "
-        "target's (`FeedVoices.margin` of its heard embedding at least this) is kept: the target under a music bed "
+        0.5, description="With `voice_check_before_feed` and `feed_other_voices`: where the voice the feed check "
+        "dropped elsewhere has a rest the feed check left kept, a segment of that rest that both the feed's voices and "
+        "its own episode's speakers call the target's (`FeedVoices.margin` of its heard embedding and its "
+        "`speaker_margin` at least this) is kept: the target under a music bed "
         "parts from its clean speech like a second voice, and an episode of it that the feed check dropped (an "
-        "\"all\" episode that merged a co-host) took the rest of it down too. None: the whole rest is dropped."
+        "\"all\" episode that merged a co-host) took the rest of it down too (a held-out show's music episode: "
+        "recall 0.177 -> 1.000: benchmarks/RESULTS.md, corpus purity, twenty-ninth session). None: the whole rest "
+        "is dropped."
     )
     voice_check_rescued_far: bool = Field(
         True, description="With `voice_check` and the feed check's rescue (`feed_rescue_max_overlap`): where the "

@@ -543,6 +543,10 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
         params.update(split_margin=p.feed_split_margin)
     if p.feed_unit_turns:
         params.update(unit_turns=1)
+    unit_feed = feed
+    if p.feed_unit_min_preference is not None and feed is not None and ctx.centroid is not None:
+        params.update(unit_preference=p.feed_unit_min_preference)
+        unit_feed = feed.told_apart(ctx.centroid, p.feed_unit_min_preference)
     for st in judged:
         dia = st.results["diarize"]
 
@@ -577,9 +581,11 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
                     units += short
                     embs = np.concatenate([embs.reshape(-1, semb.shape[1]), semb.astype(np.float64)])
             if p.feed_unit_turns and units:  # a unit that runs on into another speaker's turn: its target's part
-                units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s, wav16, ctx.engines.speaker)
-            cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
-                   if feed is not None and units else [])
+                units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s,
+                                            lambda spans: ctx.engines.speaker.embed_many(
+                                                [wav16()[int(a * SR16) : int(b * SR16)] for a, b in spans]))
+            cut = (spk_mod.feed_units(units, embs, unit_feed, episode, margin=p.feed_unit_margin)
+                   if unit_feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
                     "episodes": len(every), **({"target_after_all": [list(x) for x in back],
                                                 "target_labels_after_all": sorted(found)} if found else {})}
@@ -592,14 +598,15 @@ TURN_TOLERANCE_S = 0.5  # `_target_parts`: less of a unit than this outside the 
 
 
 def _target_parts(units: list[tuple[float, float]], embs: np.ndarray, turns: list[tuple[float, float]],
-                  min_s: float, wav16: Callable[[], np.ndarray], speaker: Any,
+                  min_s: float, embed: Callable[[list[tuple[float, float]]], np.ndarray],
                   ) -> tuple[list[tuple[float, float]], np.ndarray]:
     """The feed check's units as the target's turns hold them. The segmentation model hears no change where one
     voice follows another without a pause, so a unit may run from the end of the target's turn through a
     co-host's whole reply, while diarize's windows give the two to different speakers; judged whole, its voice is
     the co-host's and the target's part of it is cut. A unit more than `TURN_TOLERANCE_S` outside the target's
     `turns` is judged by its parts inside them instead: each part of `min_s` or more embedded alone, a shorter one
-    by the whole unit's voice (too short to say otherwise). Returns (units, embeddings) to judge."""
+    by the whole unit's voice (too short to say otherwise); `embed` embeds spans of the episode's heard audio.
+    Returns (units, embeddings) to judge."""
     out: list[tuple[float, float]] = []
     rows: list[np.ndarray] = []
     alone: list[tuple[float, float]] = []
@@ -616,8 +623,7 @@ def _target_parts(units: list[tuple[float, float]], embs: np.ndarray, turns: lis
                 out.append((x, y))
                 rows.append(e)
     if alone:
-        wav = wav16()
-        aemb = speaker.embed_many([wav[int(x * SR16) : int(y * SR16)] for x, y in alone])
+        aemb = embed(alone)
         out += alone
         rows += list(np.asarray(aemb, dtype=np.float64))
     return out, np.asarray(rows, dtype=np.float64).reshape(len(out), -1)
