@@ -304,36 +304,3 @@ def test_a_unit_running_on_into_the_cohosts_turn_is_judged_by_the_targets_part(t
     assert parts[:3] == [[], [], []]
     assert intervals.seconds(intervals.intersect(parts[3], [t1])) == 0.0, parts  # the target's line stays
 
-
-def test_where_the_feeds_target_voice_is_a_cohosts_the_targets_units_are_left_for_the_voice_check(tmp_path) -> None:
-    """A show whose co-host hosts the episodes nearest the enrollment (a close voice the enrollment barely tells
-    from the target's): the feed's target voice is the co-host's, and the target's own voice, heard in the other
-    episodes, is one of the feed's "other voices". Judged against it, every unit of the target would be cut before
-    segmenting, leaving one voice for the voice check to see. `feed_unit_min_preference`: only the voices the
-    enrollment tells from the feed's target voice judge units, so the target's stay (for the voice check to find
-    two voices), while in a show whose target voice is the enrolled one the co-host is still cut."""
-    from voicepipe.corpus.speakers import FeedVoices
-
-    rng = np.random.default_rng(3)
-    t, c = _voices()
-    r = unit(rng.normal(size=DIM))
-    x = unit(r - (r @ t) * t - (r @ c) * c)  # a third voice: each episode's other speaker
-    enroll = unit(0.52 * c + 0.48 * t)  # the enrollment a hair nearer the co-host
-    hosted = [_episode(i, c, x, rng, merged=False) for i in range(3)]  # the co-host's episodes
-    ours = [_episode(i, t, x, rng, merged=False) for i in range(3, 6)]  # the target's
-
-    def run(pref: float | None, root: str) -> list[list]:
-        ctx = _ctx(tmp_path / root, enroll)
-        ctx.params = ctx.params.model_copy(update={"feed_unit_min_preference": pref})
-        states = [EpisodeState(source=st.source, seconds=30.0, results={"diarize": st.results["diarize"]},
-                               result_shas={"diarize": st.result_shas["diarize"]}) for st in hosted + ours]
-        return [st.results[FEED_STEP]["cut"] for st in feed_check(ctx, states)]
-
-    every = run(None, "every")
-    assert all(every[i] for i in range(3, 6)), every  # the target's units cut as "another voice of the feed"
-    told = run(0.7, "told")
-    assert told == [[]] * 6, told
-    # the rule itself: the enrollment tells the target from a co-host, not two voices it sits between
-    feed = FeedVoices(t, [("a", "S1", c), ("b", "S1", x)])
-    assert [lab for _, lab, _ in feed.told_apart(t, 0.7).others] == ["S1", "S1"]
-    assert [ep for ep, _, _ in FeedVoices(c, [("a", "S0", t), ("b", "S1", x)]).told_apart(enroll, 0.7).others] == ["b"]

@@ -657,3 +657,22 @@ def test_a_rejected_build_error_pickles_with_its_report() -> None:
 
     err = pickle.loads(pickle.dumps(CorpusRejected("corpus t: kept 0.0 s of 9.0 s", Path("/out"), "# report")))
     assert (str(err), err.out, err.report_md) == ("corpus t: kept 0.0 s of 9.0 s", Path("/out"), "# report")
+
+
+def test_the_report_warns_when_the_feed_check_drops_a_large_share_of_the_episodes() -> None:
+    """A show whose co-host hosts as many episodes as the host, with an enrollment near both voices, keeps the
+    co-host's voice as the feed's and drops the host's episodes (the 5 + 5 show of benchmarks/RESULTS.md): the
+    report says how many episodes were dropped as not the feed's voice and what to listen to. Two of eight (an
+    episode without the host and one that merged a co-host) is a normal show's and gets no warning."""
+    from voicepipe.corpus.assemble import _feed_dropped_lines
+
+    def summary(n: int, dropped: int) -> dict:
+        return {"episode_speakers": [{"episode": f"ep{i}", "feed_sim": 0.95 - 0.1 * (i < dropped),
+                                      "not_feed_voice": i < dropped} for i in range(n)]
+                + [{"episode": "rejected", "feed_sim": None}]}
+
+    lines = _feed_dropped_lines(summary(10, 5))
+    assert lines and "dropped 5 of 10 episodes as not the feed's voice** (ep0, ep1, ep2, ep3, ep4)" in lines[0]
+    assert "enroll with the host's own clips" in lines[0]
+    assert _feed_dropped_lines(summary(8, 2)) == [] and _feed_dropped_lines(summary(3, 1)) == []
+    assert "and 4 more" in _feed_dropped_lines(summary(30, 12))[0]

@@ -705,6 +705,27 @@ def _feed_unjudged_lines(summary: dict, n_episodes: int) -> list[str]:
             "speaker below, or set `min_speaker_sim`.", ""]
 
 
+FEED_DROPPED_WARN = 1 / 3  # `_feed_dropped_lines`: the share of judged episodes dropped whole that is warned of
+
+
+def _feed_dropped_lines(summary: dict) -> list[str]:
+    """The report's warning when the feed check dropped a large share of the episodes as not the feed's voice: the
+    host absent from that many episodes, or a feed whose voice is a co-host's (one who hosts as many episodes as
+    the target, with an enrollment that sits near both voices: benchmarks/RESULTS.md, corpus purity, the 5 + 5
+    show, which kept the co-host alone in the twenty-ninth session)."""
+    eps = [e for e in summary.get("episode_speakers", []) if e.get("feed_sim") is not None]
+    gone = [e["episode"] for e in eps if e.get("not_feed_voice")]
+    if len(gone) < 2 or len(gone) < FEED_DROPPED_WARN * len(eps):
+        return []
+    names = ", ".join(gone[:8]) + (f" and {len(gone) - 8} more" if len(gone) > 8 else "")
+    return [f"**The feed check dropped {len(gone)} of {len(eps)} episodes as not the feed's voice** ({names}). "
+            "If the host is absent from that many episodes, that is right. If not, the voice kept may be another "
+            "regular's: a co-host who hosts as many episodes as the host, with an enrollment that sits near both "
+            "voices, makes the co-host's the feed's voice. Listen to a few kept clips and to the dropped episodes' "
+            "target speakers (the table below); if the kept voice is not the host's, enroll with the host's own "
+            "clips cut from a dropped episode.", ""]
+
+
 def _feed_cell(e: dict, rescued_far: set[str]) -> str:
     """The report table's *feed* column for one episode (`rescued_far`: the episodes the voice check found to be
     the second voice after the feed check had kept them)."""
@@ -836,6 +857,7 @@ def write_report(
         "target's turns (per episode: the *feed* column).",
         "",
         *_feed_unjudged_lines(summary, len(summary.get("episode_speakers", []))),
+        *_feed_dropped_lines(summary),
         *_second_voice_lines(summary),
         *_background_lines(summary, bool(summary.get("params", {}).get("separate", True))),
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",

@@ -184,15 +184,6 @@ class CorpusParams(BaseModel):
         "with a 9.7 s unit that ran through the co-host's reply: benchmarks/RESULTS.md, corpus purity, "
         "twenty-ninth session). False: units judged whole."
     )
-    feed_unit_min_preference: float | None = Field(
-        0.7, description="CPU path, with `feed_unit_margin`: the units are judged only against the feed's other "
-        "voices that the enrollment tells from the feed's target voice (`FeedVoices.told_apart`: the enrollment "
-        "nearer the target voice by at least this fraction of the distance between the two). Where the feed's target "
-        "voice is a co-host's (hosting the episodes nearest the enrollment), the target's own voice is no such voice, "
-        "and its units are left for the voice check to find two voices (the 5 + 5 show kept the co-host alone "
-        "until this: the target's voice sat at 0.47-0.57, every other voice of 14 feeds at 0.86 or more: "
-        "benchmarks/RESULTS.md, corpus purity, twenty-ninth session). None: every other voice judges."
-    )
     feed_split_margin: float | None = Field(
         0.4, description="CPU path, with `feed_unit_margin`: in the feed check, an episode's speaker that its "
         "diarize did not take for the target but whose centroid is nearer the feed's target voice than any other "

@@ -660,17 +660,6 @@ class FeedVoices:
         recurs = ((m @ m.T) > np.maximum(to_t[:, None], to_t[None, :])) & (eps[:, None] != eps[None, :])
         return cls(t, [x for x, r in zip(cand, recurs.any(axis=1), strict=True) if r], floor)
 
-    def told_apart(self, enroll: np.ndarray, min_preference: float) -> FeedVoices:
-        """These voices less the other voices the enrollment does not tell from the feed's target voice: its cosine
-        to the target voice above its cosine to that voice by less than `min_preference` of the distance between
-        the two. Where the feed's target voice is not the enrolled one (a co-host hosting the episodes nearest the
-        enrollment), the target's own voice is such a voice."""
-        e = unit(np.asarray(enroll, dtype=np.float64))
-        et = float(e @ self.target)
-        keep = [(ep, lab, v) for ep, lab, v in self.others
-                if et - float(e @ v) >= min_preference * max(1.0 - float(self.target @ v), 1e-3)]
-        return FeedVoices(self.target, keep, self.floor)
-
     def nearest_other(self, emb: np.ndarray, episode: str) -> tuple[float, tuple[str, str] | None, np.ndarray | None]:
         """The cosine of `emb` to the nearest voice that another episode heard, with its (episode, label)."""
         best, i = self._nearest(unit(np.asarray(emb, dtype=np.float64))[None, :], episode)

@@ -543,10 +543,6 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
         params.update(split_margin=p.feed_split_margin)
     if p.feed_unit_turns:
         params.update(unit_turns=1)
-    unit_feed = feed
-    if p.feed_unit_min_preference is not None and feed is not None and ctx.centroid is not None:
-        params.update(unit_preference=p.feed_unit_min_preference)
-        unit_feed = feed.told_apart(ctx.centroid, p.feed_unit_min_preference)
     for st in judged:
         dia = st.results["diarize"]
 
@@ -584,8 +580,8 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
                 units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s,
                                             lambda spans: ctx.engines.speaker.embed_many(
                                                 [wav16()[int(a * SR16) : int(b * SR16)] for a, b in spans]))
-            cut = (spk_mod.feed_units(units, embs, unit_feed, episode, margin=p.feed_unit_margin)
-                   if unit_feed is not None and units else [])
+            cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
+                   if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
                     "episodes": len(every), **({"target_after_all": [list(x) for x in back],
                                                 "target_labels_after_all": sorted(found)} if found else {})}
