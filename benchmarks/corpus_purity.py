@@ -24,7 +24,10 @@ tiny random codec: plumbing only), one worker so step times do not overlap. Scor
 target-only seconds kept / all speech seconds kept (silence neutral), recall = target-only seconds kept /
 target-only seconds. Target: purity >= 0.99 and recall >= 0.8 in every scenario. Also prints each step's speed
 (seconds of audio per wall second, x real time).
-`--work DIR` keeps the podcasts (and the tiny codec) for the next run; the store is always fresh.
+`--work DIR` keeps the podcasts (and the tiny codec) for the next run; the store is always fresh. Each build's
+directory (`DIR/purity-ENGINE-*`) keeps its store and a `bench.json`; `--rerun BUILD_DIR ... [--set KEY=VALUE]`
+builds those again on their own stores with other `CorpusParams` (only the steps whose inputs changed run: seconds),
+the way a rule is measured on every stored build before it becomes a default.
 """
 
 from __future__ import annotations
