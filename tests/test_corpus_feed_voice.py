@@ -676,3 +676,38 @@ def test_the_report_warns_when_the_feed_check_drops_a_large_share_of_the_episode
     assert "enroll with the host's own clips" in lines[0]
     assert _feed_dropped_lines(summary(8, 2)) == [] and _feed_dropped_lines(summary(3, 1)) == []
     assert "and 4 more" in _feed_dropped_lines(summary(30, 12))[0]
+
+
+def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_cannot_tell_them() -> None:
+    """The 5 + 5 show once the feed check has cut each voice's units from the other's episodes: the target's
+    episodes and the co-host's share no episode, so the kept corpus parts by episode, as one voice on two channels
+    (a music bed in half the episodes) also does. With `voice_check_disjoint`, such a split is a finding only where
+    the enrollment cannot tell the parts apart (both dropped: the build fails rather than train on either); an
+    enrollment near one part (one voice, the other part its other channel) finds nothing, as before."""
+    from voicepipe.corpus.assemble import _voice_checks
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement
+
+    rng = np.random.default_rng(47)
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    e1, s1, ep1, _ = _kept(rng, [target] * 5, None)
+    e2, s2, ep2, _ = _kept(rng, [cohost] * 5, None)
+    embs, secs, eps = np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"host{e}" for e in ep2]
+    halfway = unit(target + cohost)
+    assert second_voice(embs, secs, eps, halfway) is None  # no shared episode: not seen before
+    sv = second_voice(embs, secs, eps, halfway, disjoint=True)
+    assert sv is not None and sv.disjoint and sv.shared_episodes == 0 and abs(sv.preference) < 0.3
+    assert {ep.startswith("host") for ep, o in zip(eps, sv.other, strict=True) if o} in ({True}, {False})
+    good = _states(embs, secs, eps)
+    judged = FeedJudgement(episodes={f"ep{i}": "not the feed's voice" for i in range(5)})
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    drops, found = _voice_checks(good, judged, halfway, p)
+    assert found is not None and found["action"] == "both dropped" and len(drops) == len(eps), found
+    assert "heard in separate episodes: 0 shared" in found["evidence"]
+    assert _voice_checks(good, judged, halfway, p.model_copy(update={"voice_check_disjoint": False})) == ({}, None)
+    # one voice, its episodes on two channels, enrolled clean: the enrollment is near one part, nothing is found
+    bed = _near(target, 0.85, rng)
+    e3, s3, ep3, _ = _kept(rng, [bed] * 5, None)
+    one = _states(np.concatenate([e1, e3]), np.concatenate([s1, s3]), ep1 + [f"bed{e}" for e in ep3])
+    assert _voice_checks(one, FeedJudgement(), _near(target, 0.97, rng), p) == ({}, None)

@@ -108,14 +108,19 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     keys = list(seg)
     secs = np.asarray([seg[k]["duration"] for k in keys], dtype=np.float64)
     sv = (second_voice(np.asarray([seg[k]["emb"] for k in keys], dtype=np.float64), secs, [k[0] for k in keys],
-                       enroll, min_silhouette=p.voice_check_silhouette) if keys else None)
-    if sv is None:
+                       enroll, min_silhouette=p.voice_check_silhouette, disjoint=p.voice_check_disjoint)
+          if keys else None)
+    # two parts in separate episodes: two voices, or one voice on two channels (the episodes with a music bed and
+    # those without); only an enrollment that cannot tell them apart makes them a finding
+    if sv is None or (sv.disjoint and sv.preference >= p.voice_check_min_preference):
         return {}, None, set()
     far = {k for k, o in zip(keys, sv.other, strict=True) if o}
     listen = {part: _typical(seg, [k for k in keys if (k in far) == (part == "other")]) for part in ("nearer", "other")}
     kept_c, other_c = sv.enroll_sims
+    heard_in = (f"heard in separate episodes: {sv.shared_episodes} shared" if sv.disjoint else
+                f"both heard in {sv.shared_episodes} episodes")
     evidence = (f"the kept corpus's whole utterances ({stage}) part into two voices (silhouette {sv.silhouette:.2f} "
-                f">= {p.voice_check_silhouette:g}, both heard in {sv.shared_episodes} episodes); cosine to the "
+                f">= {p.voice_check_silhouette:g}, {heard_in}); cosine to the "
                 f"enrollment {kept_c:.3f} and {other_c:.3f}, a lead of {sv.preference:.2f} of their distance")
     why = (f"a second voice in the kept corpus that the enrollment cannot tell from the target: {evidence} < "
            f"voice_check_min_preference {p.voice_check_min_preference:g}; ")

@@ -234,6 +234,13 @@ class CorpusParams(BaseModel):
         "recall 0.177 -> 1.000: benchmarks/RESULTS.md, corpus purity, twenty-ninth session). None: the whole rest "
         "is dropped."
     )
+    voice_check_disjoint: bool = Field(
+        True, description="With `voice_check`: two parts of the kept corpus heard in separate episodes (fewer than two "
+        "shared) are a finding too, but only where the enrollment cannot tell them apart "
+        "(`voice_check_min_preference`): two close voices hosting separate episodes, where one voice on two "
+        "channels (episodes with a music bed and without) leaves the enrollment nearer one part (the 5 + 5 show, "
+        "whose co-host was kept alone: benchmarks/RESULTS.md, corpus purity, twenty-ninth session)."
+    )
     voice_check_rescued_far: bool = Field(
         True, description="With `voice_check` and the feed check's rescue (`feed_rescue_max_overlap`): where the "
         "enrollment tells the kept corpus's two parts apart and the farther part holds most of the kept speech of "

@@ -872,6 +872,7 @@ class SecondVoice:
     parts_cos: float  # cosine between the two parts' centroids
     shared_episodes: int  # episodes with segments in both parts
     other_s: float  # seconds in the other part
+    disjoint: bool = False  # the parts share fewer than `min_shared_episodes` episodes (`second_voice`'s `disjoint`)
 
     @property
     def preference(self) -> float:
@@ -882,7 +883,7 @@ class SecondVoice:
 
 def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enroll: np.ndarray, *,
                  min_silhouette: float = 0.3, min_shared_episodes: int = 2, min_part_s: float = 10.0,
-                 max_points: int = 2000) -> SecondVoice | None:
+                 max_points: int = 2000, disjoint: bool = False) -> SecondVoice | None:
     """Whether the kept corpus still holds two voices, and which kept segments are the one farther from the
     enrollment.
 
@@ -897,7 +898,9 @@ def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enr
     three segments, and both parts are heard in at least `min_shared_episodes` episodes (one voice parted by a
     channel, say the episodes with a music bed and those without, parts by episode). The split is found on at most
     `max_points` segments (evenly strided: a corpus of many hours), then every segment goes to its nearer part.
-    None otherwise.
+    None otherwise. With `disjoint`, where no split passes so, the best one that passes all but the shared
+    episodes is returned marked `disjoint`: two voices in separate episodes, or one voice on two channels, which
+    only the enrollment may tell apart (the caller decides).
     """
     from sklearn.cluster import KMeans
 
@@ -911,31 +914,38 @@ def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enr
     xs, ws = x[pick], secs[pick]
     # seeded with the enrollment, and k-means++ (an enrollment about as near both voices draws every segment
     # to its seed); the split with the better silhouette
-    best: tuple[float, np.ndarray] | None = None
+    cands: list[tuple[float, np.ndarray]] = []
     for km in (KMeans(n_clusters=2, init=np.stack([e, far]), n_init=1, max_iter=100),
                KMeans(n_clusters=2, n_init=10, max_iter=100, random_state=0)):
         lab = km.fit(xs).labels_
         if min(np.bincount(lab, minlength=2)) < 3:
             continue
         sil = _silhouette(xs, lab, ws)
-        if sil is not None and (best is None or sil > best[0]):
-            best = (sil, unit(km.cluster_centers_))
-    if best is None:
-        return None
-    sil, cents = best
-    lab = np.argmax(x @ cents.T, axis=1)
-    if min(np.bincount(lab, minlength=2)) < 3:
-        return None
-    parts = [unit(x[lab == i].mean(axis=0)) for i in (0, 1)]
-    near = int(parts[1] @ e > parts[0] @ e)
-    other = lab != near
-    if min(secs[other].sum(), secs[~other].sum()) < min_part_s:
-        return None
+        if sil is not None:
+            cands.append((sil, unit(km.cluster_centers_)))
+    cands.sort(key=lambda c: -c[0])
     eps = np.asarray(episodes, dtype=object)
-    shared = len(set(eps[other]) & set(eps[~other]))
-    if sil < min_silhouette or shared < min_shared_episodes:
+
+    def split(sil: float, cents: np.ndarray) -> SecondVoice | None:
+        lab = np.argmax(x @ cents.T, axis=1)
+        if min(np.bincount(lab, minlength=2)) < 3:
+            return None
+        parts = [unit(x[lab == i].mean(axis=0)) for i in (0, 1)]
+        near = int(parts[1] @ e > parts[0] @ e)
+        other = lab != near
+        if min(secs[other].sum(), secs[~other].sum()) < min_part_s or sil < min_silhouette:
+            return None
+        shared = len(set(eps[other]) & set(eps[~other]))
+        return SecondVoice(other=other, silhouette=round(sil, 4),
+                           enroll_sims=(round(float(parts[near] @ e), 4), round(float(parts[1 - near] @ e), 4)),
+                           parts_cos=round(float(parts[0] @ parts[1]), 4), shared_episodes=shared,
+                           other_s=round(float(secs[other].sum()), 2), disjoint=shared < min_shared_episodes)
+
+    if not cands:
         return None
-    return SecondVoice(other=other, silhouette=round(sil, 4),
-                       enroll_sims=(round(float(parts[near] @ e), 4), round(float(parts[1 - near] @ e), 4)),
-                       parts_cos=round(float(parts[0] @ parts[1]), 4), shared_episodes=shared,
-                       other_s=round(float(secs[other].sum()), 2))
+    first = split(*cands[0])  # the best split, as it has always been judged
+    if first is not None and not first.disjoint:
+        return first
+    if not disjoint:
+        return None
+    return next((sv for sv in (split(*c) for c in cands) if sv is not None and sv.disjoint), None)
