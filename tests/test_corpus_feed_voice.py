@@ -705,6 +705,9 @@ def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_can
     drops, found = _voice_checks(good, judged, halfway, p)
     assert found is not None and found["action"] == "both dropped" and len(drops) == len(eps), found
     assert "heard in separate episodes: 0 shared" in found["evidence"]
+    from voicepipe.corpus.assemble import _second_voice_lines
+
+    assert "heard in separate episodes, 0 shared" in " ".join(_second_voice_lines({"second_voice": found}))
     assert _voice_checks(good, judged, halfway, p.model_copy(update={"voice_check_disjoint": False})) == ({}, None)
     # one voice, its episodes on two channels, enrolled clean: the enrollment is near one part, nothing is found
     bed = _near(target, 0.85, rng)

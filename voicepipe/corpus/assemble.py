@@ -157,7 +157,8 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         action = "both dropped"
         drops = dict.fromkeys(keys, why + "both dropped")
     found = {"silhouette": sv.silhouette, "enroll_sims": list(sv.enroll_sims), "parts_cos": sv.parts_cos,
-             "shared_episodes": sv.shared_episodes, "preference": round(sv.preference, 3),
+             "shared_episodes": sv.shared_episodes, **({"disjoint": True} if sv.disjoint else {}),
+             "preference": round(sv.preference, 3),
              "other_s": sv.other_s, "kept_s": round(float(secs.sum()) - sv.other_s, 2), "action": action,
              **({"toward": heard} if heard else {}),
              **({"rescued": {ep: round(v, 3) for ep, v in rescued.items()}} if rescued else {}),
@@ -334,8 +335,10 @@ def _second_voice_lines(summary: dict) -> list[str]:
         return []
     head = (f"**Two voices in the kept corpus?** (`voice_check`, {sv.get('stage', 'after the feed check')}): the "
             f"whole kept utterances part in two (silhouette "
-            f"{sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, both heard in "
-            f"{sv['shared_episodes']} episodes), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
+            f"{sv['silhouette']:.2f}; {sv['kept_s']:.0f} s and {sv['other_s']:.0f} s, "
+            + (f"heard in separate episodes, {sv['shared_episodes']} shared" if sv.get("disjoint") else
+               f"both heard in {sv['shared_episodes']} episodes")
+            + f"), at cosine {sv['enroll_sims'][0]:.3f} and {sv['enroll_sims'][1]:.3f} "
             f"to the enrollment: a lead of {sv['preference']:.2f} of their distance.")
     listen = sv.get("listen") or {}
 
