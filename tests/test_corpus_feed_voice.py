@@ -547,6 +547,17 @@ def _states(embs: np.ndarray, secs: np.ndarray, eps: list[str]) -> list:
     return list(states.values())
 
 
+def _hosted_show(rng: np.random.Generator, n: int, merged: bool) -> tuple:
+    """A show of `n` target episodes (with the co-host merged in where `merged`) and `n` hosted by a close co-host
+    alone: (target, co-host, the target episodes' `_kept`, then every segment's embeddings, seconds, episodes)."""
+    target = _voice(rng)
+    cohost = _near(target, 0.85, rng)
+    mine = _kept(rng, [target] * n, cohost if merged else None)
+    e2, s2, ep2, _ = _kept(rng, [cohost] * n, None)
+    return (target, cohost, mine, np.concatenate([mine[0], e2]), np.concatenate([mine[1], s2]),
+            mine[2] + [f"host{e}" for e in ep2])
+
+
 def test_a_cohost_hosting_as_many_episodes_is_not_kept_for_the_feeds_voice() -> None:
     """The 5 + 5 show: the target's episodes (the co-host merged in under the bed) and as many hosted by the co-host
     alone. The feed check keeps the consistent voice, the co-host's, and drops the target's episodes; what it left
@@ -557,12 +568,8 @@ def test_a_cohost_hosting_as_many_episodes_is_not_kept_for_the_feeds_voice() -> 
     from voicepipe.corpus.speakers import FeedJudgement
 
     rng = np.random.default_rng(45)
-    target = _voice(rng)
-    cohost = _near(target, 0.85, rng)
-    e1, s1, ep1, co1 = _kept(rng, [target] * 4, cohost)
-    e2, s2, ep2, _ = _kept(rng, [cohost] * 4, None)
-    embs, secs, eps = np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"host{e}" for e in ep2]
-    is_co = np.concatenate([co1, np.ones(len(e2), bool)])
+    target, cohost, (e1, s1, ep1, co1), embs, secs, eps = _hosted_show(rng, 4, merged=True)
+    is_co = np.concatenate([co1, np.ones(len(embs) - len(e1), bool)])
     good = _states(embs, secs, eps)
     judged = FeedJudgement(episodes={f"ep{i}": "not the feed's voice" for i in range(4)})
     left = {(ep, float(k)) for k, ep in enumerate(eps) if ep.startswith("host")}
@@ -689,11 +696,7 @@ def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_can
     from voicepipe.corpus.speakers import FeedJudgement
 
     rng = np.random.default_rng(47)
-    target = _voice(rng)
-    cohost = _near(target, 0.85, rng)
-    e1, s1, ep1, _ = _kept(rng, [target] * 5, None)
-    e2, s2, ep2, _ = _kept(rng, [cohost] * 5, None)
-    embs, secs, eps = np.concatenate([e1, e2]), np.concatenate([s1, s2]), ep1 + [f"host{e}" for e in ep2]
+    target, cohost, (e1, s1, ep1, _), embs, secs, eps = _hosted_show(rng, 5, merged=False)
     halfway = unit(target + cohost)
     assert second_voice(embs, secs, eps, halfway) is None  # no shared episode: not seen before
     sv = second_voice(embs, secs, eps, halfway, disjoint=True)
