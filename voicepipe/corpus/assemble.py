@@ -286,7 +286,8 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
             return drops, first
         if first is not None:
             every = {k: s["duration"] for k, s in _kept_segments(good, FeedJudgement()).items()}
-            after = {k: s["duration"] for k, s in _kept_segments(good, judged).items()}
+            left = _kept_segments(good, judged)
+            after = {k: s["duration"] for k, s in left.items()}
             far_s, all_s = sum(d for k, d in after.items() if k in far), sum(after.values())
             far_gone = sum(d for k, d in every.items() if k in far and k not in after)
             if far_s > 0.5 * all_s:
@@ -299,7 +300,7 @@ def _voice_checks(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nd
                        f"check dropped elsewhere ({far_gone:.0f} s of its {far_gone + far_s:.0f} s; "
                        f"{first['evidence']}); its rest dropped too")
                 rest = far & set(after)
-                spared = _target_by_feed(_kept_segments(good, judged), rest, feed, p.voice_check_rest_margin)
+                spared = _target_by_feed(left, rest, feed, p.voice_check_rest_margin)
                 drops = dict.fromkeys(rest - set(spared), why)
                 first = {**first, "action": "rest of a dropped voice",
                          "dropped_s": round(sum(after[k] for k in drops), 2),

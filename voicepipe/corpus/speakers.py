@@ -948,4 +948,5 @@ def second_voice(embs: np.ndarray, seconds: np.ndarray, episodes: list[str], enr
         return first
     if not disjoint:
         return None
-    return next((sv for sv in (split(*c) for c in cands) if sv is not None and sv.disjoint), None)
+    later = (split(*c) for c in cands[1:])
+    return next((sv for sv in (first, *later) if sv is not None and sv.disjoint), None)

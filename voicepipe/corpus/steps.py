@@ -549,10 +549,11 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
         def compute(dia: dict = dia, episode: str = st.source.id, sha: str = st.speaker_audio_sha) -> dict:
             heard: list[np.ndarray] = []
 
-            def wav16() -> np.ndarray:  # (read once, only where something is embedded here)
+            def embed(spans: list[tuple[float, float]]) -> np.ndarray:
+                """The speaker model's embeddings of `spans` of the heard audio (read once, only if needed)."""
                 if not heard:
                     heard.append(ctx.audio(sha, SR16))
-                return heard[0]
+                return ctx.engines.speaker.embed_many([heard[0][int(a * SR16) : int(b * SR16)] for a, b in spans])
 
             # an episode's cluster split off the target's, given back (`speakers.feed_target_clusters`)
             found = (spk_mod.feed_target_clusters(dia, feed, episode, margin=p.feed_split_margin)
@@ -573,13 +574,11 @@ def feed_check(ctx: StepContext, states: list[EpisodeState]) -> list[EpisodeStat
                                         dia.get("changes") or [])
                 short = [(a, b) for a, b in regions if short_s <= b - a < spk_mod.Units.MIN_S and holds_target(a, b)]
                 if short:
-                    semb = ctx.engines.speaker.embed_many([wav16()[int(a * SR16) : int(b * SR16)] for a, b in short])
+                    semb = embed(short)
                     units += short
                     embs = np.concatenate([embs.reshape(-1, semb.shape[1]), semb.astype(np.float64)])
             if p.feed_unit_turns and units:  # a unit that runs on into another speaker's turn: its target's part
-                units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s,
-                                            lambda spans: ctx.engines.speaker.embed_many(
-                                                [wav16()[int(a * SR16) : int(b * SR16)] for a, b in spans]))
+                units, embs = _target_parts(units, embs, turns, p.feed_unit_min_s, embed)
             cut = (spk_mod.feed_units(units, embs, feed, episode, margin=p.feed_unit_margin)
                    if feed is not None and units else [])
             return {"cut": [list(c) for c in cut], "voices": len(feed.others) if feed is not None else 0,
