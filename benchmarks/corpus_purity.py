@@ -199,6 +199,9 @@ def rerun(build_dir: Path, overrides: dict) -> dict:
     `overrides`: only the steps whose inputs changed run again. Its out/ is rewritten."""
     from voicepipe.corpus.synthetic import PodcastTruth
 
+    if not (build_dir / "bench.json").is_file():
+        raise SystemExit(f"--rerun {build_dir}: no bench.json there (a purity-ENGINE-* directory that "
+                         "`--work` kept, built since --rerun exists)")
     spec = json.loads((build_dir / "bench.json").read_text())
     truth = PodcastTruth.load(spec["podcast"])
     keep = set(spec["episodes"])
