@@ -685,6 +685,27 @@ def test_the_report_warns_when_the_feed_check_drops_a_large_share_of_the_episode
     assert "and 4 more" in _feed_dropped_lines(summary(30, 12))[0]
 
 
+def test_the_report_warns_when_most_of_the_kept_speech_comes_from_conversations() -> None:
+    """A co-host's backchannels under the target's sentences are heard by no model here when the voices are alike,
+    so a corpus kept mostly from conversations says so, naming the episodes; a show kept mostly from the host's solo
+    episodes (another voice under a quarter of the host's talk) does not."""
+    from voicepipe.corpus.assemble import _conversation_lines
+
+    def ep(name: str, kept: float, target: float, others: list[float]) -> dict:
+        return {"episode": name, "kept_s": kept,
+                "speakers": [{"label": "S0", "talk_s": target, "target": True}]
+                + [{"label": f"S{i + 1}", "talk_s": t, "target": False} for i, t in enumerate(others)]}
+
+    talk = {"episode_speakers": [ep("talk-1", 60.0, 100.0, [20.0, 10.0]), ep("solo-1", 50.0, 90.0, [5.0]),
+                                 ep("absent-1", 0.0, 30.0, [30.0])]}
+    lines = _conversation_lines(talk)
+    assert lines and lines[0].startswith("**1.0 of the 1.8 kept minutes come from conversations** (talk-1:")
+    assert "absent-1" not in lines[0] and "solo-1" not in lines[0] and "`voicepipe studio`" in lines[0]
+    solo = {"episode_speakers": [ep("talk-1", 40.0, 100.0, [30.0]), ep("solo-1", 50.0, 90.0, [5.0]),
+                                 ep("solo-2", 20.0, 90.0, [])]}
+    assert _conversation_lines(solo) == [] and _conversation_lines({"episode_speakers": []}) == []
+
+
 def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_cannot_tell_them() -> None:
     """The 5 + 5 show once the feed check has cut each voice's units from the other's episodes: the target's
     episodes and the co-host's share no episode, so the kept corpus parts by episode, as one voice on two channels

@@ -735,6 +735,37 @@ def _feed_dropped_lines(summary: dict) -> list[str]:
             "clips cut from a dropped episode.", ""]
 
 
+CONVERSATION_SHARE = 0.25  # `_conversation_lines`: other voices' talk, as a share of the target's, in a conversation
+CONVERSATION_WARN = 0.5  # ... and the share of the kept speech from such episodes that is warned of
+
+
+def _conversation_lines(summary: dict) -> list[str]:
+    """The report's warning when most of the kept speech comes from conversations (episodes where other voices talk
+    at least `CONVERSATION_SHARE` as much as the target): a co-host's backchannels under the target's sentences,
+    which no model here hears when the two voices are alike, are then a real share of the corpus (shows made only of
+    such episodes: 8-19 % of the kept speech; benchmarks/RESULTS.md, corpus purity, thirtieth session)."""
+    kept = [e for e in summary.get("episode_speakers", []) if e.get("kept_s", 0.0) > 0.0]
+    total = sum(e["kept_s"] for e in kept)
+    talks = []
+    for e in kept:
+        target = sum(x["talk_s"] for x in e.get("speakers", []) if x.get("target"))
+        others = sum(x["talk_s"] for x in e.get("speakers", []) if not x.get("target"))
+        if target > 0.0 and others >= CONVERSATION_SHARE * target:
+            talks.append(e)
+    talk_s = sum(e["kept_s"] for e in talks)
+    if total <= 0.0 or talk_s < CONVERSATION_WARN * total:
+        return []
+    names = ", ".join(e["episode"] for e in talks[:6]) + (f" and {len(talks) - 6} more" if len(talks) > 6 else "")
+    return [f"**{talk_s / 60:.1f} of the {total / 60:.1f} kept minutes come from conversations** ({names}: other "
+            f"voices talk at least {CONVERSATION_SHARE:.0%} as much as the target there). A co-host's or guest's "
+            "short backchannels (\"yeah\", \"right\") under the target's sentences stay inside the kept clips "
+            "wherever the overlap model does not hear them, which is about half of them when the two voices are "
+            "alike; in shows made only of such episodes they were 8-19 % of the kept speech, and nothing the build "
+            "records (margins, DNSMOS, SNR) tells those clips apart (benchmarks/RESULTS.md, corpus purity, "
+            "thirtieth session). Listen to a few of the longest kept clips of these episodes; for a cleaner voice, "
+            "build from the host's solo episodes or record the speaker (`voicepipe studio`).", ""]
+
+
 def _feed_cell(e: dict, rescued_far: set[str]) -> str:
     """The report table's *feed* column for one episode (`rescued_far`: the episodes the voice check found to be
     the second voice after the feed check had kept them)."""
@@ -867,6 +898,7 @@ def write_report(
         "",
         *_feed_unjudged_lines(summary, len(summary.get("episode_speakers", []))),
         *_feed_dropped_lines(summary),
+        *_conversation_lines(summary),
         *_second_voice_lines(summary),
         *_background_lines(summary, bool(summary.get("params", {}).get("separate", True))),
         "| episode | speech (s) | target (s) | kept (s) | feed | speakers: talk s (sim) | flag |",
