@@ -30,7 +30,15 @@ from voicepipe.corpus.speakers import (
     second_voice,
     unit,
 )
-from voicepipe.corpus.steps import BUILD_STEPS, FAR_TARGET_REASON, FEED_STEP, EpisodeState, StepContext, feed_entry
+from voicepipe.corpus.steps import (
+    BUILD_STEPS,
+    CONVERSATION_REASON,
+    FAR_TARGET_REASON,
+    FEED_STEP,
+    EpisodeState,
+    StepContext,
+    feed_entry,
+)
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
 
@@ -61,7 +69,7 @@ def _reason_kind(reason: str) -> str:
                  "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
                  "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
-                 "speech_rate", "asr: no words", "duplicate", FAR_TARGET_REASON):
+                 "speech_rate", "asr: no words", "duplicate", FAR_TARGET_REASON, CONVERSATION_REASON):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
@@ -693,6 +701,11 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
         hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
                 "separation on (the default) to take it out.")
+    elif gated and gated.most_common(1)[0][0] == CONVERSATION_REASON:
+        share = summary.get("params", {}).get("filters", {}).get("max_other_talk")
+        hint = (f" Most of it fell to max_other_talk {share:g} (solo episodes only): the target talks with "
+                "others in these episodes. Add the host's solo episodes, or raise max_other_talk or set it to "
+                "null, and listen to the kept clips for backchannels.")
     elif FAR_TARGET_REASON in gated:
         hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"),
                                 top=gated.most_common(1)[0][0] == FAR_TARGET_REASON)
