@@ -73,3 +73,16 @@ def test_distinct_text_speaks_no_sentence_twice_in_an_episode():
     plain, distinct = texts(False), texts(True)
     assert len(distinct) >= 12 and len(set(distinct)) == len(distinct)
     assert len(set(plain)) < len(plain)
+
+
+def test_a_solo_episode_is_the_host_alone_under_the_show_music():
+    """The "solo" scenario (a host's solo episode, what `filters.max_other_talk` keeps): nobody else speaks, the
+    sentences follow each other with a pause, and the show's music plays before the first."""
+    import numpy as np
+
+    from voicepipe.corpus.synthetic import SR, _scenario_episode
+
+    wav, turns = _scenario_episode(np.random.default_rng(3), "solo", 30.0, "espeak", music="rich", intro_s=6.0)
+    assert len(turns) >= 5 and {t.speaker for t in turns} == {"target"}
+    assert all(b.start - a.end >= 0.3 for a, b in zip(turns, turns[1:], strict=False))
+    assert abs(turns[0].start - 6.0) < 1e-6 and np.mean(wav[: 5 * SR].astype(np.float64) ** 2) > 1e-3

@@ -776,7 +776,8 @@ def _conversation_lines(summary: dict) -> list[str]:
             "alike; in shows made only of such episodes they were 8-19 % of the kept speech, and nothing the build "
             "records (margins, DNSMOS, SNR) tells those clips apart (benchmarks/RESULTS.md, corpus purity, "
             "thirtieth session). Listen to a few of the longest kept clips of these episodes; for a cleaner voice, "
-            "build from the host's solo episodes or record the speaker (`voicepipe studio`).", ""]
+            "keep the host's solo episodes alone (`filters.max_other_talk`, e.g. 0.1) or record the speaker "
+            "(`voicepipe studio`).", ""]
 
 
 def _feed_cell(e: dict, rescued_far: set[str]) -> str:

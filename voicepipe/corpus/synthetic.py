@@ -411,8 +411,9 @@ ENGINE_VOICES = {
 }
 # not in SCENARIOS (the default feed, which tests and results depend on): built when asked for by name.
 # interview: the target introduces a guest, then asks short questions that the guest answers at length; phone_guest:
-# the same with the guest on the phone (`telephone`: 8 kHz, 300-3400 Hz, mu-law)
-EXTRA_SCENARIOS = ("interview", "phone_guest")
+# the same with the guest on the phone (`telephone`: 8 kHz, 300-3400 Hz, mu-law); solo: the target alone under the
+# show's music (a host's solo episode)
+EXTRA_SCENARIOS = ("interview", "phone_guest", "solo")
 _QUESTIONS = [
     "So how did you get started?",
     "What went wrong the first time?",
@@ -574,6 +575,7 @@ def _scenario_episode(
     interview = scenario in ("interview", "phone_guest")  # the guest talks most; the target asks short questions
     other = "guest" if scenario == "guest" or interview else "cohost"
     absent = scenario == "absent"  # the target is away: the co-host hosts a guest (a real feed has such episodes)
+    solo = scenario == "solo"  # the host alone: one sentence after another, nobody else speaks
     tl = _Timeline()
     intro = int(intro_s * SR) if rich else int(4.0 * SR) if music_bed else int(1.0 * SR)
     pos = intro
@@ -635,6 +637,8 @@ def _scenario_episode(
             pos += int(rng.uniform(0.5, 0.9) * SR)
         if absent:
             speaker = "guest" if speaker == "cohost" else "cohost"
+        elif solo:
+            speaker = "target"
         elif other == "cohost" and scenario == "backchannels":
             speaker = "target" if speaker != "target" or rng.random() < 0.6 else "cohost"
         else:
