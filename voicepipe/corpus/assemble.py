@@ -761,8 +761,9 @@ def _conversation_lines(summary: dict) -> list[str]:
     total = sum(e["kept_s"] for e in kept)
     talks = []
     for e in kept:
-        target = sum(x["talk_s"] for x in e.get("speakers", []) if x.get("target"))
-        others = sum(x["talk_s"] for x in e.get("speakers", []) if not x.get("target"))
+        back = set((e.get("target_after_all") or {}).get("speakers") or [])  # given back: the target's own voice
+        target = sum(x["talk_s"] for x in e.get("speakers", []) if x.get("target") or x["label"] in back)
+        others = sum(x["talk_s"] for x in e.get("speakers", []) if not (x.get("target") or x["label"] in back))
         if target > 0.0 and others >= CONVERSATION_SHARE * target:
             talks.append(e)
     talk_s = sum(e["kept_s"] for e in talks)

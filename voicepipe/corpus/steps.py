@@ -818,9 +818,11 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         # the episode gave its nearest voice (`min_target_speaker_sim`)
         t_sim = max((x["enroll_sim"] for x in dia.get("speakers", []) if x.get("target")), default=None)
         absent = (f.min_target_speaker_sim is not None and t_sim is not None and t_sim < f.min_target_speaker_sim)
-        # a conversation: the other voices talk more than `max_other_talk` of the target's talk (solo episodes only)
-        t_talk = sum(x.get("talk_s", 0.0) for x in dia.get("speakers", []) if x.get("target"))
-        o_talk = sum(x.get("talk_s", 0.0) for x in dia.get("speakers", []) if not x.get("target"))
+        # a conversation: the other voices talk more than `max_other_talk` of the target's talk (solo episodes only;
+        # a cluster the feed check gave back to the target is the target's: one voice split by a bed or a channel)
+        mine = [bool(x.get("target")) or x.get("label") in also_target for x in dia.get("speakers", [])]
+        t_talk = sum(x.get("talk_s", 0.0) for x, m in zip(dia.get("speakers", []), mine, strict=True) if m)
+        o_talk = sum(x.get("talk_s", 0.0) for x, m in zip(dia.get("speakers", []), mine, strict=True) if not m)
         other_share = o_talk / t_talk if t_talk > 0 else None
         conversation = f.max_other_talk is not None and other_share is not None and other_share > f.max_other_talk
         rows = []
