@@ -704,6 +704,10 @@ def test_the_report_warns_when_most_of_the_kept_speech_comes_from_conversations(
     solo = {"episode_speakers": [ep("talk-1", 40.0, 100.0, [30.0]), ep("solo-1", 50.0, 90.0, [5.0]),
                                  ep("solo-2", 20.0, 90.0, [])]}
     assert _conversation_lines(solo) == [] and _conversation_lines({"episode_speakers": []}) == []
+    split = ep("solo-3", 40.0, 40.0, [13.0])  # a solo episode's voice split in two, the part given back
+    assert _conversation_lines({"episode_speakers": [split]})
+    split["target_after_all"] = {"speakers": ["S1"], "seconds": 13.0}
+    assert _conversation_lines({"episode_speakers": [split]}) == []
 
 
 def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_cannot_tell_them() -> None:
