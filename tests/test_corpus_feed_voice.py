@@ -742,3 +742,33 @@ def test_two_voices_in_separate_episodes_are_found_only_where_the_enrollment_can
     e3, s3, ep3, _ = _kept(rng, [bed] * 5, None)
     one = _states(np.concatenate([e1, e3]), np.concatenate([s1, s3]), ep1 + [f"bed{e}" for e in ep3])
     assert _voice_checks(one, FeedJudgement(), _near(target, 0.97, rng), p) == ({}, None)
+
+
+def test_a_voice_merged_in_every_episode_and_never_heard_alone_is_dropped_where_the_parts_are_far_apart() -> None:
+    """An ad read by another voice in every episode, merged into the target's cluster each time: no episode heard it
+    as a speaker of its own, so the feed's voices cannot name it, and the enrollment tells the two parts apart. The
+    parts sit farther apart than one voice moves between channels (`voice_check_apart_cos`), so the farther, the
+    smaller, is dropped; off, it is taken for the target on a second channel and kept. The target under a music bed
+    in every episode (its two parts close together) keeps everything."""
+    from voicepipe.corpus.assemble import _second_voice_lines, _voice_checks
+    from voicepipe.corpus.config import CorpusParams
+    from voicepipe.corpus.speakers import FeedJudgement
+
+    rng = np.random.default_rng(53)
+    target = _voice(rng)
+    ad = _near(target, 0.72, rng)
+    embs, secs, eps, is_ad = _kept(rng, [target] * 5, ad)
+    good = _states(embs, secs, eps)
+    enroll = _near(target, 0.97, rng)
+    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    drops, found = _voice_checks(good, FeedJudgement(), enroll, p)
+    assert found is not None and found["action"] == "farther a voice of its own", found
+    assert found["parts_cos"] < 0.85 and found["preference"] >= 0.3
+    assert {k[1] for k in drops} == {float(i) for i in np.flatnonzero(is_ad)}  # the ad's segments, all of them
+    assert "**The farther part was dropped.**" in " ".join(_second_voice_lines({"second_voice": found}))
+    kept, off = _voice_checks(good, FeedJudgement(), enroll, p.model_copy(update={"voice_check_apart_cos": None}))
+    assert kept == {} and off is not None and off["action"] == "none"
+    bed = _near(target, 0.95, rng)  # one voice, its bed-covered utterances in every episode
+    embs, secs, eps, _ = _kept(rng, [target] * 5, bed)
+    drops, found = _voice_checks(_states(embs, secs, eps), FeedJudgement(), enroll, p)
+    assert drops == {} and (found is None or found["parts_cos"] >= 0.85), found

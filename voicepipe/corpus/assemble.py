@@ -155,6 +155,15 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         action = "farther toward a voice of the feed"
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part, as the "
                                    f"episodes heard it, lies {heard}; the farther dropped")
+    elif (told and sv.other_s < 0.5 * float(secs.sum()) and p.voice_check_apart_cos is not None
+          and sv.parts_cos < p.voice_check_apart_cos):
+        # told apart, and the farther part, the smaller, sits farther from the nearer than a channel moves one voice:
+        # a voice of its own that no episode heard alone (an ad read by another voice, merged in every episode)
+        action = "farther a voice of its own"
+        drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the parts sit at cosine "
+                                   f"{sv.parts_cos:.3f} to each other (< voice_check_apart_cos "
+                                   f"{p.voice_check_apart_cos:g}: two voices, not one on two channels); the farther "
+                                   "dropped")
     elif told:
         # one voice on two channels (a voice the enrollment tells apart, the episodes part themselves)
         action, drops = "none", {}
@@ -381,6 +390,13 @@ def _second_voice_lines(summary: dict) -> list[str]:
                 "where the enrollment's clips come from the show), not the target on a second channel, which moves "
                 "away from every other voice. **The farther part was dropped.**" + clips + " Listen to a few of "
                 "each; where the farther is the target after all, build with `voice_check_toward_other` off (None).")
+    elif sv["action"] == "farther a voice of its own":
+        tail = (f" The enrollment tells the parts apart, and the farther, the smaller, sits at cosine "
+                f"{sv['parts_cos']:.3f} to the nearer: farther than one voice moves between channels (a music bed, a "
+                "phone line), so it is a voice of its own that every episode merged into the target's and none heard "
+                "alone (an ad read by another voice in every episode, a regular guest). **The farther part was "
+                "dropped.**" + clips + " Listen to a few of each; where the farther is the target after all, build "
+                "with `voice_check_apart_cos` off (None).")
     elif sv["action"] == "none":
         tail = (" The enrollment tells the parts apart, so they are taken for the target on two channels (a music "
                 "bed, overlapped speech) and **nothing was dropped**; listen to the farther part to be sure." + clips

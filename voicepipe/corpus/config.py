@@ -232,6 +232,14 @@ class CorpusParams(BaseModel):
         "co-host's backchannels 0.12: benchmarks/RESULTS.md, corpus purity, twenty-first session). None: off (a "
         "lead alone then keeps both)."
     )
+    voice_check_apart_cos: float | None = Field(
+        0.85, ge=-1.0, le=1.0, description="With `voice_check`: where the enrollment tells the kept corpus's two "
+        "parts apart, the farther part, where it is the smaller, is dropped when the two parts' centroids sit under "
+        "this cosine: two voices, not one voice on two channels. One voice split by a music bed or its "
+        "backchannels sat at 0.87-0.94 in every stored build that parted it; an ad read by another voice in every "
+        "episode, merged into the target's each time and never heard alone, at 0.79 (benchmarks/RESULTS.md, corpus "
+        "purity, thirtieth session). None: off."
+    )
     voice_check_rest_margin: float | None = Field(
         0.5, description="With `voice_check_before_feed` and `feed_other_voices`: where the voice the feed check "
         "dropped elsewhere has a rest the feed check left kept, a segment of that rest that both the feed's voices and "
