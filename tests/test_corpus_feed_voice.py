@@ -412,9 +412,13 @@ def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_
     assert found is not None and found["action"] == "other dropped"
     co = {k for k in judged_keys if is_co[int(k[1])]}
     assert set(drops) in (co, judged_keys - co)
-    # an enrollment that tells the parts apart: reported, nothing dropped (the target on two channels looks so)
+    # an enrollment that tells the parts apart: the parts sit farther apart than one voice's channels, so the
+    # farther (the co-host) is dropped; without that rule, reported and nothing dropped (two channels look so)
     telling = _near(target, 0.95, rng)
+    co = {k for k in judged_keys if is_co[int(k[1])]}
     drops, found, _ = _voice_check(good, judged, telling, p)
+    assert found is not None and found["action"] == "farther a voice of its own" and set(drops) == co, found
+    drops, found, _ = _voice_check(good, judged, telling, p.model_copy(update={"voice_check_apart_cos": None}))
     assert found is not None and found["action"] == "none" and found["preference"] >= 0.5 and drops == {}
     # ... unless the user says a second voice is there (the target's clips from the show as the enrollment)
     drops, found, _ = _voice_check(good, judged, telling, nearer)
@@ -437,7 +441,7 @@ def test_a_lead_short_of_half_the_distance_is_still_the_enrollment_telling_the_p
     channel = _near(target, 0.85, rng)
     embs, secs, eps, _ = _kept(rng, [target] * 6, channel)
     good = _states(embs, secs, eps)
-    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    p = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_apart_cos=None)  # (another rule)
     leads = {}
     for w in np.linspace(0.5, 1.0, 26):  # enrollments from halfway to the target: leads from ~0 up
         drops, found, _ = _voice_check(good, FeedJudgement(), unit(w * target + (1 - w) * channel), p)
@@ -464,7 +468,7 @@ def test_a_told_apart_part_that_leans_toward_a_voice_of_the_feed_is_dropped_and_
     target = _voice(rng)
     cohost = _near(target, 0.85, rng)
     feed = FeedVoices(target=target, others=[("ep9", "S1", _near(cohost, 0.9, rng)), ("ep8", "S1", _voice(rng))])
-    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    p = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_apart_cos=None)  # (another rule)
     telling = _near(target, 0.97, rng)
 
     embs, secs, eps, is_co = _kept(rng, [target] * 6, cohost)
@@ -512,7 +516,7 @@ def test_a_told_apart_part_holding_a_rescued_episodes_voice_is_dropped() -> None
     eps, is_co = eps + ["ep5"] * 3, np.concatenate([is_co, [True] * 3])
     good = _states(embs, secs, eps)
     co = {(ep, float(k)) for k, ep in enumerate(eps) if is_co[k]}
-    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    p = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_apart_cos=None)  # (another rule)
     telling = _near(target, 0.97, rng)
     rescued = FeedJudgement(rescued={"ep5": "kept although its score is low"})
 
@@ -621,7 +625,7 @@ def test_the_rest_of_a_dropped_voice_spares_what_the_feed_and_its_episode_call_t
     next(x for st in good if st.source.id == held[0] for x in st.results["filter"]["segments"]
          if x["start"] == held[1])["speaker_margin"] = 0.1
     judged = FeedJudgement(episodes={f"bedep{i}": "not the feed's voice" for i in range(4)}, feed=feed)
-    p = CorpusParams(speaker="t", enroll=["e.wav"])
+    p = CorpusParams(speaker="t", enroll=["e.wav"], voice_check_apart_cos=None)  # (another rule)
     telling = _near(target, 0.95, rng)
     whole = p.model_copy(update={"voice_check_rest_margin": None})
     drops, found = _voice_checks(good, judged, telling, whole)  # without it the whole rest goes
