@@ -704,7 +704,7 @@ def test_the_report_warns_when_most_of_the_kept_speech_comes_from_conversations(
                                  ep("absent-1", 0.0, 30.0, [30.0])]}
     lines = _conversation_lines(talk)
     assert lines and lines[0].startswith("**1.0 of the 1.8 kept minutes come from conversations** (talk-1:")
-    assert "absent-1" not in lines[0] and "solo-1" not in lines[0] and "`filters.max_other_talk`" in lines[0]
+    assert "absent-1" not in lines[0] and "solo-1" not in lines[0] and "`voicepipe studio`" in lines[0]
     solo = {"episode_speakers": [ep("talk-1", 40.0, 100.0, [30.0]), ep("solo-1", 50.0, 90.0, [5.0]),
                                  ep("solo-2", 20.0, 90.0, [])]}
     assert _conversation_lines(solo) == [] and _conversation_lines({"episode_speakers": []}) == []

@@ -222,31 +222,6 @@ def test_a_build_that_keeps_almost_nothing_fails_naming_the_gates(scenario_build
     assert summary["flagged_episodes"] == ["guest-1.mp3"]  # a folder source: the id is the file name
 
 
-def test_solo_episodes_only_drops_a_conversation_and_says_so(scenario_build, tmp_path):
-    """`max_other_talk`: an episode where the other voices talk more than that share of the target's talk keeps
-    nothing, each segment dropped with the reason and the share; when that empties the build, the failure names the
-    setting and the way out. A share above the guest's keeps the episode's speech as without the setting."""
-    from voicepipe.corpus.build import build_local
-
-    p = _guest_episode_alone(scenario_build, tmp_path, max_other_talk=0.1)
-    with pytest.raises(InputError, match=r"kept 0\.0 s of .*dropped by: .*a conversation") as failed:
-        build_local(p, progress=False)
-    assert "max_other_talk 0.1 (solo episodes only)" in str(failed.value), str(failed.value)
-    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
-    talk = [r["reason"] for r in rejects if r["reason"].startswith("a conversation: the other voices talk ")]
-    assert talk and all(r.endswith("as much as the target (max_other_talk 0.1)") for r in talk), talk
-    summary = json.loads((tmp_path / "out" / "corpus.json").read_text())
-    (e,) = summary["episode_speakers"]
-    share = sum(x["talk_s"] for x in e["speakers"] if not x["target"]) / sum(
-        x["talk_s"] for x in e["speakers"] if x["target"])
-    assert share > 0.1 and f"talk {share:.0%} as much" in talk[0], (share, talk[0])
-    off = build_local(p.model_copy(update={"out": str(tmp_path / "off"), "filters": p.filters.model_copy(
-        update={"max_other_talk": None})}), progress=False)
-    wide = build_local(p.model_copy(update={"out": str(tmp_path / "wide"), "filters": p.filters.model_copy(
-        update={"max_other_talk": share + 0.5})}), progress=False)
-    assert off.hours > 0 and (wide.hours, wide.version) == (off.hours, off.version)
-
-
 def test_a_build_whose_every_target_speaker_is_under_the_floor_fails_saying_why(scenario_build, tmp_path):
     """Every episode's target speaker under `min_target_speaker_sim` (the target absent from the feed, or an
     enrollment recorded on another channel): the build fails naming the floor, the nearest episode's cosine and

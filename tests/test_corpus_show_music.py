@@ -76,7 +76,7 @@ def test_distinct_text_speaks_no_sentence_twice_in_an_episode():
 
 
 def test_a_solo_episode_is_the_host_alone_under_the_show_music():
-    """The "solo" scenario (a host's solo episode, what `filters.max_other_talk` keeps): nobody else speaks, the
+    """The "solo" scenario (a host's solo episode, the cleanest source of a voice): nobody else speaks, the
     sentences follow each other with a pause, and the show's music plays before the first."""
     import numpy as np
 

@@ -32,7 +32,6 @@ from voicepipe.corpus.speakers import (
 )
 from voicepipe.corpus.steps import (
     BUILD_STEPS,
-    CONVERSATION_REASON,
     FAR_TARGET_REASON,
     FEED_STEP,
     EpisodeState,
@@ -69,7 +68,7 @@ def _reason_kind(reason: str) -> str:
                  "other speaker", "overlap/backchannel",
                  "overlapped speech", "target not among", "no speaker turn", "not speech", "duration",
                  "speaker_margin", "speaker_sim", "clipping", "loudness", "snr", "dnsmos", "asr_confidence",
-                 "speech_rate", "asr: no words", "duplicate", FAR_TARGET_REASON, CONVERSATION_REASON):
+                 "speech_rate", "asr: no words", "duplicate", FAR_TARGET_REASON):
         if reason.startswith(kind):
             return kind
     return reason.split(":")[-1].split("(")[0].strip()[:60] or reason[:60]
@@ -717,11 +716,6 @@ def check_kept(summary: dict, episodes: list[dict], reasons: Counter, min_fracti
     if gated and gated.most_common(1)[0][0] == "snr" and not summary.get("params", {}).get("separate", True):
         hint = (" Most of it fell to the SNR gate with separation off: music or noise under the speech; build with "
                 "separation on (the default) to take it out.")
-    elif gated and gated.most_common(1)[0][0] == CONVERSATION_REASON:
-        share = summary.get("params", {}).get("filters", {}).get("max_other_talk")
-        hint = (f" Most of it fell to max_other_talk {share:g} (solo episodes only): the target talks with "
-                "others in these episodes. Add the host's solo episodes, or raise max_other_talk or set it to "
-                "null, and listen to the kept clips for backchannels.")
     elif FAR_TARGET_REASON in gated:
         hint = _far_target_hint(episodes, summary.get("params", {}).get("filters", {}).get("min_target_speaker_sim"),
                                 top=gated.most_common(1)[0][0] == FAR_TARGET_REASON)
@@ -793,7 +787,7 @@ def _conversation_lines(summary: dict) -> list[str]:
             "alike; in shows made only of such episodes they were 8-19 % of the kept speech, and nothing the build "
             "records (margins, DNSMOS, SNR) tells those clips apart (benchmarks/RESULTS.md, corpus purity, "
             "thirtieth session). Listen to a few of the longest kept clips of these episodes; for a cleaner voice, "
-            "keep the host's solo episodes alone (`filters.max_other_talk`, e.g. 0.1) or record the speaker "
+            "build from the host's solo episodes (a folder of them as `--source`) or record the speaker "
             "(`voicepipe studio`).", ""]
 
 

@@ -24,14 +24,6 @@ class FilterConfig(BaseModel):
         None, description="Optional absolute floor on the segment's cosine to the enrollment (off by default: the "
         "decision is relative to the episode's speakers, see `CorpusParams.speaker_margin`)."
     )
-    max_other_talk: float | None = Field(
-        None, ge=0.0, description="Solo episodes only: an episode where the other voices together talk more than "
-        "this share of the target's talk (the episode's speakers as diarize found them) keeps nothing. A co-host's "
-        "backchannels under the target's sentences stay in the clips wherever the overlap model does not hear "
-        "them, about half of them when the voices are alike (shows made only of conversations: 8-19 % of the kept "
-        "speech; benchmarks/RESULTS.md, corpus purity, thirtieth session); for a show with solo episodes, e.g. "
-        "0.1 keeps those alone. None: off."
-    )
     min_target_speaker_sim: float | None = Field(
         0.45, description="Floor on the cosine of the episode's target speaker (its diarized cluster or pyannote "
         "speaker, as a whole) to the enrollment: below it the episode is judged not to have the target (an episode "

@@ -55,7 +55,6 @@ BEFORE_FEED, AFTER_FEED = STEPS[: STEPS.index("segment")], STEPS[STEPS.index("se
 BUILD_STEPS = [*BEFORE_FEED, FEED_STEP, *AFTER_FEED]  # what a build runs, as its report and tables list it
 FEED_CUT_REASON = "nearer another voice of the feed than the feed's target voice (a unit of one voice)"
 FAR_TARGET_REASON = "the episode's target speaker far from the enrollment"  # `FilterConfig.min_target_speaker_sim`
-CONVERSATION_REASON = "a conversation"  # `FilterConfig.max_other_talk`
 
 
 class EpisodeState(BaseModel):
@@ -790,9 +789,7 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
     f = ctx.params.filters
     inputs = [state.result_shas["segment"], state.result_shas["transcribe"]]
     # seg_embs: kept segments carry their embeddings (the feed-level check in assemble judges them)
-    # (a setting added later enters the key only when set: the results stored before it stay valid)
-    params = {"filters": f.model_dump(exclude={"max_other_talk"} if f.max_other_talk is None else None),
-              "enroll": ctx.enroll_key, "seg_embs": 1}
+    params = {"filters": f.model_dump(), "enroll": ctx.enroll_key, "seg_embs": 1}
     also_target = (state.results.get(FEED_STEP) or {}).get("target_labels_after_all") or []
     if also_target:
         params.update(also_target=also_target)
@@ -818,13 +815,6 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
         # the episode gave its nearest voice (`min_target_speaker_sim`)
         t_sim = max((x["enroll_sim"] for x in dia.get("speakers", []) if x.get("target")), default=None)
         absent = (f.min_target_speaker_sim is not None and t_sim is not None and t_sim < f.min_target_speaker_sim)
-        # a conversation: the other voices talk more than `max_other_talk` of the target's talk (solo episodes only;
-        # a cluster the feed check gave back to the target is the target's: one voice split by a bed or a channel)
-        mine = [bool(x.get("target")) or x.get("label") in also_target for x in dia.get("speakers", [])]
-        t_talk = sum(x.get("talk_s", 0.0) for x, m in zip(dia.get("speakers", []), mine, strict=True) if m)
-        o_talk = sum(x.get("talk_s", 0.0) for x, m in zip(dia.get("speakers", []), mine, strict=True) if not m)
-        other_share = o_talk / t_talk if t_talk > 0 else None
-        conversation = f.max_other_talk is not None and other_share is not None and other_share > f.max_other_talk
         rows = []
         kept_sum = np.zeros(embs.shape[1] if len(segs) else 0, dtype=np.float64)
         for seg, tr, emb, m_emb in zip(segs, state.results["transcribe"]["texts"], embs, margin_embs, strict=True):
@@ -854,9 +844,6 @@ def quality_filter(ctx: StepContext, state: EpisodeState) -> EpisodeState:
             if absent:
                 reasons.append(f"{FAR_TARGET_REASON} (cosine {t_sim:.2f} < "
                                f"min_target_speaker_sim {f.min_target_speaker_sim:g}: the target absent?)")
-            if conversation:
-                reasons.append(f"{CONVERSATION_REASON}: the other voices talk {other_share:.0%} as much as the "
-                               f"target (max_other_talk {f.max_other_talk:g})")
             if m["clipped"] > f.max_clipped_fraction:
                 reasons.append(f"clipping {m['clipped']:.4f} > {f.max_clipped_fraction:g}")
             if m["lufs"] < f.min_loudness_lufs:
