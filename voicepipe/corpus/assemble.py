@@ -30,14 +30,7 @@ from voicepipe.corpus.speakers import (
     second_voice,
     unit,
 )
-from voicepipe.corpus.steps import (
-    BUILD_STEPS,
-    FAR_TARGET_REASON,
-    FEED_STEP,
-    EpisodeState,
-    StepContext,
-    feed_entry,
-)
+from voicepipe.corpus.steps import BUILD_STEPS, FAR_TARGET_REASON, FEED_STEP, EpisodeState, StepContext, feed_entry
 from voicepipe.errors import InputError
 from voicepipe.models.speaker import choose_speaker_model
 
@@ -772,8 +765,10 @@ def _conversation_lines(summary: dict) -> list[str]:
     talks = []
     for e in kept:
         back = set((e.get("target_after_all") or {}).get("speakers") or [])  # given back: the target's own voice
-        target = sum(x["talk_s"] for x in e.get("speakers", []) if x.get("target") or x["label"] in back)
-        others = sum(x["talk_s"] for x in e.get("speakers", []) if not (x.get("target") or x["label"] in back))
+        talk = {True: 0.0, False: 0.0}  # the target's (given-back clusters included), the other voices'
+        for x in e.get("speakers", []):
+            talk[bool(x.get("target") or x["label"] in back)] += x["talk_s"]
+        target, others = talk[True], talk[False]
         if target > 0.0 and others >= CONVERSATION_SHARE * target:
             talks.append(e)
     talk_s = sum(e["kept_s"] for e in talks)
