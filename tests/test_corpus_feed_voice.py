@@ -689,10 +689,10 @@ def test_the_report_warns_when_the_feed_check_drops_a_large_share_of_the_episode
     assert "and 4 more" in _feed_dropped_lines(summary(30, 12))[0]
 
 
-def test_the_report_warns_when_most_of_the_kept_speech_comes_from_conversations() -> None:
+def test_the_report_warns_when_a_tenth_of_the_kept_speech_comes_from_conversations() -> None:
     """A co-host's backchannels under the target's sentences are heard by no model here when the voices are alike,
-    so a corpus kept mostly from conversations says so, naming the episodes; a show kept mostly from the host's solo
-    episodes (another voice under a quarter of the host's talk) does not."""
+    so a corpus kept a tenth or more from conversations says so, naming the episodes and their share; a
+    show kept from the host's solo episodes (another voice under a quarter of the host's talk) does not."""
     from voicepipe.corpus.assemble import _conversation_lines
 
     def ep(name: str, kept: float, target: float, others: list[float]) -> dict:
@@ -703,10 +703,13 @@ def test_the_report_warns_when_most_of_the_kept_speech_comes_from_conversations(
     talk = {"episode_speakers": [ep("talk-1", 60.0, 100.0, [20.0, 10.0]), ep("solo-1", 50.0, 90.0, [5.0]),
                                  ep("absent-1", 0.0, 30.0, [30.0])]}
     lines = _conversation_lines(talk)
-    assert lines and lines[0].startswith("**1.0 of the 1.8 kept minutes come from conversations** (talk-1:")
+    assert lines and lines[0].startswith("**1.0 of the 1.8 kept minutes (55%) come from conversations** (talk-1:")
     assert "absent-1" not in lines[0] and "solo-1" not in lines[0] and "`voicepipe studio`" in lines[0]
-    solo = {"episode_speakers": [ep("talk-1", 40.0, 100.0, [30.0]), ep("solo-1", 50.0, 90.0, [5.0]),
-                                 ep("solo-2", 20.0, 90.0, [])]}
+    # a conversation that gave a sixth of the kept speech: warned of (the old bar, most of it, was silent)
+    some = {"episode_speakers": [ep("talk-1", 20.0, 100.0, [30.0]), ep("solo-1", 100.0, 110.0, [5.0])]}
+    assert "(17%)" in _conversation_lines(some)[0]
+    solo = {"episode_speakers": [ep("talk-1", 10.0, 100.0, [30.0]), ep("solo-1", 50.0, 90.0, [5.0]),
+                                 ep("solo-2", 60.0, 90.0, [])]}
     assert _conversation_lines(solo) == [] and _conversation_lines({"episode_speakers": []}) == []
     split = ep("solo-3", 40.0, 40.0, [13.0])  # a solo episode's voice split in two, the part given back
     assert _conversation_lines({"episode_speakers": [split]})

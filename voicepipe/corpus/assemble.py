@@ -752,14 +752,17 @@ def _feed_dropped_lines(summary: dict) -> list[str]:
 
 
 CONVERSATION_SHARE = 0.25  # `_conversation_lines`: other voices' talk, as a share of the target's, in a conversation
-CONVERSATION_WARN = 0.5  # ... and the share of the kept speech from such episodes that is warned of
+# ... and the share of the kept speech from such episodes that is warned of: in shows made only of conversations with
+# backchannels, 8-19 % of those episodes' kept speech was other voices, so from a tenth of the corpus on they can take
+# it under the 0.99 purity a voice wants; two shows kept 44-46 % from conversations at 0.92-0.95 purity
+# (benchmarks/RESULTS.md, corpus purity, thirtieth and thirty-first sessions)
+CONVERSATION_WARN = 0.1
 
 
 def _conversation_lines(summary: dict) -> list[str]:
-    """The report's warning when most of the kept speech comes from conversations (episodes where other voices talk
-    at least `CONVERSATION_SHARE` as much as the target): a co-host's backchannels under the target's sentences,
-    which no model here hears when the two voices are alike, are then a real share of the corpus (shows made only of
-    such episodes: 8-19 % of the kept speech; benchmarks/RESULTS.md, corpus purity, thirtieth session)."""
+    """The report's warning when a tenth or more of the kept speech comes from conversations (episodes where other
+    voices talk at least `CONVERSATION_SHARE` as much as the target): a co-host's backchannels under the target's
+    sentences, which no model here hears when the two voices are alike, can then be enough of the corpus to matter."""
     kept = [e for e in summary.get("episode_speakers", []) if e.get("kept_s", 0.0) > 0.0]
     total = sum(e["kept_s"] for e in kept)
     talks = []
@@ -775,15 +778,15 @@ def _conversation_lines(summary: dict) -> list[str]:
     if total <= 0.0 or talk_s < CONVERSATION_WARN * total:
         return []
     names = ", ".join(e["episode"] for e in talks[:6]) + (f" and {len(talks) - 6} more" if len(talks) > 6 else "")
-    return [f"**{talk_s / 60:.1f} of the {total / 60:.1f} kept minutes come from conversations** ({names}: other "
-            f"voices talk at least {CONVERSATION_SHARE:.0%} as much as the target there). A co-host's or guest's "
-            "short backchannels (\"yeah\", \"right\") under the target's sentences stay inside the kept clips "
-            "wherever the overlap model does not hear them, which is about half of them when the two voices are "
-            "alike; in shows made only of such episodes they were 8-19 % of the kept speech, and nothing the build "
-            "records (margins, DNSMOS, SNR) tells those clips apart (benchmarks/RESULTS.md, corpus purity, "
-            "thirtieth session). Listen to a few of the longest kept clips of these episodes; for a cleaner voice, "
-            "build from the host's solo episodes (a folder of them as `--source`) or record the speaker "
-            "(`voicepipe studio`).", ""]
+    return [f"**{talk_s / 60:.1f} of the {total / 60:.1f} kept minutes ({talk_s / total:.0%}) come from "
+            f"conversations** ({names}: other voices talk at least {CONVERSATION_SHARE:.0%} as much as the target "
+            "there). A co-host's or guest's short backchannels (\"yeah\", \"right\") under the target's sentences "
+            "stay inside the kept clips wherever the overlap model does not hear them, which is about half of them "
+            "when the two voices are alike; in shows made only of such episodes they were 8-19 % of the kept speech "
+            "(fewer where the other voice is of the other sex or seldom talks over the target), and nothing the "
+            "build records (margins, DNSMOS, SNR) tells those clips apart (benchmarks/RESULTS.md, corpus purity). "
+            "Listen to a few of the longest kept clips of these episodes; for a cleaner voice, build from the "
+            "host's solo episodes (a folder of them as `--source`) or record the speaker (`voicepipe studio`).", ""]
 
 
 def _feed_cell(e: dict, rescued_far: set[str]) -> str:
