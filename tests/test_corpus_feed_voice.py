@@ -415,7 +415,6 @@ def test_the_build_drops_both_voices_only_where_the_enrollment_cannot_tell_them_
     # an enrollment that tells the parts apart: the parts sit farther apart than one voice's channels, so the
     # farther (the co-host) is dropped; without that rule, reported and nothing dropped (two channels look so)
     telling = _near(target, 0.95, rng)
-    co = {k for k in judged_keys if is_co[int(k[1])]}
     drops, found, _ = _voice_check(good, judged, telling, p)
     assert found is not None and found["action"] == "farther a voice of its own" and set(drops) == co, found
     drops, found, _ = _voice_check(good, judged, telling, p.model_copy(update={"voice_check_apart_cos": None}))

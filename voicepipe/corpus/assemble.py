@@ -127,6 +127,7 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
     heard = ""
     rescued = _rescued_far(seg, far, judged.rescued) if p.voice_check_rescued_far else {}
     told = sv.preference >= p.voice_check_min_preference  # the enrollment tells the two parts apart
+    smaller = sv.other_s < 0.5 * float(secs.sum())  # the farther part is the smaller
     if told and p.voice_check_keep_nearer:
         action = "other dropped"  # told apart, and the user says a second voice is there
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther dropped "
@@ -139,16 +140,14 @@ def _voice_check(good: list[EpisodeState], judged: FeedJudgement, enroll: np.nda
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part holds most of "
                                    f"the kept speech of {names}, which the feed check found not to be the feed's "
                                    f"voice and kept only as the voice nearest the target's; the farther dropped")
-    elif (told and sv.other_s < 0.5 * float(secs.sum())
-          and p.voice_check_toward_other is not None
+    elif (told and smaller and p.voice_check_toward_other is not None
           and (heard := _far_heard(seg, keys, far, feed, p.voice_check_toward_other))):
         # told apart, and the farther part, the smaller (an enrollment nearer a minority, say clips cut under a
         # music bed, says more of its channel than of the voice), leans toward a voice the feed's episodes heard
         action = "farther toward a voice of the feed"
         drops = dict.fromkeys(far, f"a second voice in the kept corpus: {evidence}; the farther part, as the "
                                    f"episodes heard it, lies {heard}; the farther dropped")
-    elif (told and sv.other_s < 0.5 * float(secs.sum()) and p.voice_check_apart_cos is not None
-          and sv.parts_cos < p.voice_check_apart_cos):
+    elif told and smaller and p.voice_check_apart_cos is not None and sv.parts_cos < p.voice_check_apart_cos:
         # told apart, and the farther part, the smaller, sits farther from the nearer than a channel moves one voice:
         # a voice of its own that no episode heard alone (an ad read by another voice, merged in every episode)
         action = "farther a voice of its own"
